@@ -1,0 +1,26 @@
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: setup test test-fast bench lint demo
+
+# One command on a fresh machine: the CPU torch wheel first (a plain `torch` requirement would pull a
+# multi-GB CUDA build), then spiel in editable mode with its test tools.
+setup:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+
+# The README's test command, and exactly what CI runs.
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+bench:
+	$(PYTHON) scripts/bench_kernel.py --quick --json bench_kernel.json
+
+lint:
+	$(PYTHON) -m ruff check spiel tests scripts
+
+demo:
+	spiel-train

@@ -1,0 +1,27 @@
+"""spiel: SpIEL sparse fine-tuning for instruction-tuning LLaMA-class models.
+
+The heavy parts are imported lazily, so `spiel.delta`, `spiel.optim` and `spiel.selection` work on a
+machine that has only torch (and triton), without hydra, datasets, bitsandbytes or wandb.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SpielConfig": "spiel.model",
+    "SpielModel": "spiel.model",
+    "get_spiel_model": "spiel.model",
+    "compose": "spiel.model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spiel' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

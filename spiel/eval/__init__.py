@@ -1,0 +1,1 @@
+"""spiel-eval: benchmarks for trained checkpoints, one module per benchmark."""
