@@ -1,0 +1,119 @@
+"""The gather-gradient: ``grad_values[j] = sum_b X[b, col_j] * dY[b, row_j]`` for flat indices j.
+
+This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positions. Three ways:
+
+* ``dense``:  the full ``dYᵀ X`` then a gather (what the paper timed; O(out·in) transient memory);
+* ``sddmm``:  ``torch.sparse.sampled_addmm`` on the CSR pattern of the (sorted) indices, accumulated
+              over chunks of tokens so the transposed copies stay cache-sized; O(k + chunk) memory;
+* ``triton``: a Triton gather-dot kernel for CUDA (``triton_sddmm.py``).
+
+``auto`` picks one; see :func:`choose_grad_path` for the rule and where its numbers come from.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .indices import csr_pattern
+
+GRAD_PATHS = ("auto", "dense", "sddmm", "triton")
+
+# Tokens per sampled_addmm call. The kernel reads dYᵀ and Xᵀ rows of this length per active index;
+# 128 tokens keeps a 4096-wide chunk of Xᵀ (2 MiB fp32) inside a core's L2. Measured on the 2-core dev
+# box (scripts/bench_kernel.py): 64 → 0.38×, 128 → 0.30×, 256 → 0.37× of dense at 4096², 2048 tokens.
+SDDMM_TOKEN_CHUNK = 128
+
+# CPU crossover between sddmm and dense, as a density (k / (out·in)). sampled_addmm does ~2·B·k flops
+# at memory speed, dense does 2·B·out·in at BLAS speed, so the ratio of their times is roughly
+# density × (BLAS rate / gather rate), independent of B once B is past the per-call overhead.
+# Fitted from scripts/bench_kernel.py on the dev box: see README "Gather-gradient benchmark".
+CPU_SDDMM_MAX_DENSITY = 0.10
+# Below this many tokens the per-chunk call overhead dominates and one dense GEMM is cheaper.
+CPU_SDDMM_MIN_TOKENS = 16
+
+
+def validate_grad_path(grad_path: str) -> str:
+    if grad_path not in GRAD_PATHS:
+        raise ValueError(f"grad_path must be one of {GRAD_PATHS}, got {grad_path!r}")
+    return grad_path
+
+
+def choose_grad_path(device: torch.device, tokens: int, k: int, out_features: int, in_features: int) -> str:
+    """The ``auto`` rule: Triton on CUDA; on CPU sddmm when the density is low enough to win."""
+    if device.type == "cuda":
+        from .triton_sddmm import triton_available
+
+        return "triton" if triton_available() else "dense"
+    density = k / max(1, out_features * in_features)
+    if tokens >= CPU_SDDMM_MIN_TOKENS and density <= CPU_SDDMM_MAX_DENSITY:
+        return "sddmm"
+    return "dense"
+
+
+def dense_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Full ``dYᵀ X`` then gather: the paper's baseline, and the fastest at high density."""
+    return torch.mm(g2d.t(), x2d).view(-1).index_select(0, indices)
+
+
+def sddmm_gather_grad(
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    indices: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    token_chunk: int = SDDMM_TOKEN_CHUNK,
+) -> torch.Tensor:
+    """Only the k needed dot products, in fp32, via sampled_addmm over token chunks.
+
+    Extra memory: the CSR pattern and result (O(k)) plus one transposed chunk of X and dY
+    (O(token_chunk · (in + out))); nothing of size out·in.
+    """
+    k = indices.numel()
+    crow, cols = csr_pattern(indices, out_features, in_features)
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
+        warnings.simplefilter("ignore", UserWarning)
+        acc = torch.sparse_csr_tensor(
+            crow,
+            cols,
+            torch.zeros(k, dtype=torch.float32, device=x2d.device),
+            (out_features, in_features),
+            check_invariants=False,
+        )
+    for start in range(0, x2d.shape[0], token_chunk):
+        # sampled_addmm wants mat1 rows and mat2 columns contiguous: dYᵀ [out, c] and Xᵀ [in, c].
+        g_t = g2d[start : start + token_chunk].t().to(torch.float32).contiguous()
+        x_t = x2d[start : start + token_chunk].t().to(torch.float32).contiguous()
+        torch.sparse.sampled_addmm(acc, g_t, x_t.t(), beta=1.0, out=acc)
+    return acc.values()
+
+
+def gather_grad(
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    indices: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    grad_path: str = "auto",
+    dense_grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(dYᵀ X).view(-1)[indices]`` by the chosen path, as fp32 for the sparse paths.
+
+    ``dense_grad``: an already computed ``dYᵀ X`` (a growth probe asked for it); then a gather is free.
+    """
+    if indices.numel() == 0:
+        return torch.zeros(0, dtype=torch.float32, device=x2d.device)
+    if dense_grad is not None:
+        return dense_grad.view(-1).index_select(0, indices)
+    if grad_path == "auto":
+        grad_path = choose_grad_path(x2d.device, x2d.shape[0], indices.numel(), out_features, in_features)
+    if grad_path == "dense":
+        return dense_gather_grad(x2d, g2d, indices)
+    if grad_path == "sddmm":
+        return sddmm_gather_grad(x2d, g2d, indices, out_features, in_features)
+    if grad_path == "triton":
+        from .triton_sddmm import triton_gather_grad
+
+        return triton_gather_grad(x2d, g2d, indices, in_features)
+    raise ValueError(f"grad_path must be one of {GRAD_PATHS}, got {grad_path!r}")

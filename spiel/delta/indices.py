@@ -1,0 +1,75 @@
+"""Flat row-major index sets for a sparse delta over a dense ``[out, in]`` weight.
+
+Invariant kept everywhere in spiel: indices are sorted and unique, int32 when ``out*in < 2**31``
+(half the memory, and what the kernels read), int64 otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT32_LIMIT = 2**31
+
+
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype for flat indices into a tensor of ``numel`` entries."""
+    return torch.int32 if numel < INT32_LIMIT else torch.int64
+
+
+def random_subset(
+    numel: int, k: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """A uniformly random sorted k-subset of ``range(numel)`` as int64, without an O(numel) tensor.
+
+    Draws with replacement and tops up until ``k`` unique values are found; when ``k > numel / 2`` it
+    draws the complement instead, so the expected number of rounds stays small.
+    """
+    if not 0 <= k <= numel:
+        raise ValueError(f"cannot choose {k} positions out of {numel}")
+    if 2 * k > numel:
+        # Choose the positions to leave out, then list everything else (only here is O(numel) memory
+        # used, and only because the result itself is that large).
+        excluded = random_subset(numel, numel - k, generator, "cpu")
+        keep = torch.ones(numel, dtype=torch.bool)
+        keep[excluded] = False
+        return keep.nonzero().view(-1).to(device)
+    chosen = torch.empty(0, dtype=torch.int64)
+    while chosen.numel() < k:
+        need = k - chosen.numel()
+        draw = torch.randint(0, numel, (need + need // 8 + 16,), generator=generator)
+        merged = torch.cat([chosen, draw]).unique()  # sorted
+        if merged.numel() > k:
+            # Keep a uniformly random k of them (the new draws are as random as the old ones).
+            perm = torch.randperm(merged.numel(), generator=generator)[:k]
+            merged = merged[perm].sort().values
+        chosen = merged
+    return chosen.to(device)
+
+
+def check_indices(indices: torch.Tensor, numel: int, name: str = "indices") -> None:
+    """Raise ValueError unless ``indices`` is 1-D, sorted, unique and within ``[0, numel)``."""
+    if indices.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(indices.shape)}")
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be int32 or int64, got {indices.dtype}")
+    if indices.numel() == 0:
+        return
+    if int(indices.min()) < 0 or int(indices.max()) >= numel:
+        raise ValueError(f"{name} out of range [0, {numel})")
+    if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+        raise ValueError(f"{name} must be sorted and unique")
+
+
+def rows_cols(indices: torch.Tensor, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split flat row-major indices into (row, col), keeping the index dtype."""
+    rows = torch.div(indices, in_features, rounding_mode="floor")
+    return rows, indices - rows * in_features
+
+
+def csr_pattern(indices: torch.Tensor, out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crow_indices, col_indices) of the CSR pattern of sorted flat indices; O(k + out) memory."""
+    rows, cols = rows_cols(indices, in_features)
+    counts = torch.bincount(rows, minlength=out_features)
+    crow = torch.zeros(out_features + 1, dtype=indices.dtype, device=indices.device)
+    crow[1:] = counts.cumsum(0)
+    return crow, cols

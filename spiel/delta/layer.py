@@ -1,0 +1,161 @@
+"""``SparseDeltaLinear``: a frozen ``nn.Linear`` (or bitsandbytes ``Linear4bit``) plus a sparse delta.
+
+State: ``indices`` (buffer, sorted unique flat positions into ``W``), ``values`` (the trainable
+``nn.Parameter``), ``grown_at`` (buffer: optimizer step at which each slot's index was grown, for the
+parameter-age plot). The base layer is kept as ``base_layer`` and is never modified, except by
+:meth:`merge` / :meth:`unmerge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from .function import GradProbe, sparse_delta_linear
+from .grad_paths import validate_grad_path
+from .indices import check_indices, index_dtype, random_subset
+from .weights import is_quantized, weight_plus_delta, weight_shape
+
+
+class SparseDeltaLinear(nn.Module):
+    """``y = x (W + scatter(indices, values))ᵀ + b`` with ``k`` trainable entries.
+
+    ``delta_dtype``: dtype of ``values`` (fp32 by default; the paper uses bf16 for 4-bit bases). The
+    delta is added to ``W`` in the compute dtype, so with a bf16 base very small deltas round away in
+    the forward pass exactly as they would after merging.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        k: int,
+        *,
+        delta_dtype: torch.dtype = torch.float32,
+        grad_path: str = "auto",
+        indices: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.base_layer = base_layer
+        self.out_features, self.in_features = weight_shape(base_layer.weight)
+        numel = self.out_features * self.in_features
+        if not 0 < k <= numel:
+            raise ValueError(f"k must be in [1, {numel}] for a {self.out_features}x{self.in_features} weight, got {k}")
+        device = base_layer.weight.device
+        if indices is None:
+            indices = random_subset(numel, k, generator)
+        else:
+            check_indices(indices, numel)
+            if indices.numel() != k:
+                raise ValueError(f"got {indices.numel()} indices for k={k}")
+        self.register_buffer("indices", indices.to(device=device, dtype=index_dtype(numel)))
+        self.values = nn.Parameter(torch.zeros(k, dtype=delta_dtype, device=device))
+        self.register_buffer("grown_at", torch.zeros(k, dtype=torch.int64, device=device))
+        self.grad_path = validate_grad_path(grad_path)
+        self.merged = False
+        self._dense_grad_request: Callable[[torch.Tensor], None] | None = None
+        self._candidates: torch.Tensor | None = None
+        self._candidate_callback: Callable[[torch.Tensor], None] | None = None
+
+    # -- shape and views ---------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def dense_shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
+    @property
+    def k(self) -> int:
+        return self.values.numel()
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The matmul dtype: a 4-bit layer's ``compute_dtype``, else the weight's dtype."""
+        if is_quantized(self.weight):
+            return getattr(self.base_layer, "compute_dtype", None)
+        return self.weight.dtype
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense delta ``scatter(indices, values)`` as ``[out, in]`` (for export and tests)."""
+        dtype = dtype or self.values.dtype
+        delta = torch.zeros(self.out_features * self.in_features, dtype=dtype, device=self.values.device)
+        delta.index_add_(0, self.indices, self.values.detach().to(dtype))
+        return delta.view(self.out_features, self.in_features)
+
+    def extra_repr(self) -> str:
+        density = self.k / (self.out_features * self.in_features)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
+            f"density={density:.4g}, grad_path={self.grad_path}, merged={self.merged}"
+        )
+
+    # -- growth probes -------------------------------------------------------------------------------
+    def request_dense_grad(self, callback: Callable[[torch.Tensor], None]) -> None:
+        """Hand the dense ``dL/dW`` of the next backward (one micro-batch) to ``callback``, once."""
+        self._dense_grad_request = callback
+
+    def set_candidate_probe(self, candidates: torch.Tensor, callback: Callable[[torch.Tensor], None]) -> None:
+        """On every backward until cleared, hand ``dL/dW`` at ``candidates`` (fp32) to ``callback``."""
+        check_indices(candidates, self.out_features * self.in_features, "candidates")
+        self._candidates = candidates.to(device=self.indices.device, dtype=self.indices.dtype)
+        self._candidate_callback = callback
+
+    def clear_probes(self) -> None:
+        self._dense_grad_request = None
+        self._candidates = None
+        self._candidate_callback = None
+
+    def _take_probe(self) -> GradProbe | None:
+        # Only a forward that will get a backward consumes the one-shot request (this keeps it alive
+        # through the no-grad first pass of reentrant activation checkpointing).
+        if not (torch.is_grad_enabled() and self.values.requires_grad):
+            return None
+        if self._dense_grad_request is None and self._candidates is None:
+            return None
+        probe = GradProbe(self._dense_grad_request, self._candidates, self._candidate_callback)
+        self._dense_grad_request = None
+        return probe
+
+    # -- forward / merge -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        return sparse_delta_linear(
+            x, self.weight, self.indices, self.values, self.bias, self.grad_path, self._take_probe(),
+            self.compute_dtype,
+        )
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the delta into ``W`` in place (forward then runs the plain base layer)."""
+        self._check_mergeable()
+        if not self.merged:
+            self.weight.view(-1).index_add_(0, self.indices, self.values.to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the delta again (exact in fp32 up to rounding of ``W + Δ``)."""
+        self._check_mergeable()
+        if self.merged:
+            self.weight.view(-1).index_add_(0, self.indices, self.values.to(self.weight.dtype), alpha=-1)
+            self.merged = False
+
+    def _check_mergeable(self) -> None:
+        if is_quantized(self.weight):
+            raise RuntimeError(
+                "merging a delta into a 4-bit weight would requantize it (lossy); keep the delta unmerged"
+            )
+
+    def merged_weight(self) -> torch.Tensor:
+        """A fresh dense ``W + Δ`` in the compute dtype (dequantized for 4-bit weights)."""
+        dtype = self.compute_dtype or self.values.dtype
+        return weight_plus_delta(self.weight, self.indices, self.values.detach(), dtype)
