@@ -25,13 +25,23 @@ GRAD_PATHS = ("auto", "dense", "sddmm", "triton")
 # box (scripts/bench_kernel.py): 64 → 0.38×, 128 → 0.30×, 256 → 0.37× of dense at 4096², 2048 tokens.
 SDDMM_TOKEN_CHUNK = 128
 
-# CPU crossover between sddmm and dense, as a density (k / (out·in)). sampled_addmm does ~2·B·k flops
-# at memory speed, dense does 2·B·out·in at BLAS speed, so the ratio of their times is roughly
-# density × (BLAS rate / gather rate), independent of B once B is past the per-call overhead.
-# Fitted from scripts/bench_kernel.py on the dev box: see README "Gather-gradient benchmark".
-CPU_SDDMM_MAX_DENSITY = 0.10
-# Below this many tokens the per-chunk call overhead dominates and one dense GEMM is cheaper.
+# CPU choice between sddmm and dense, from a time model per token fitted with
+# `scripts/bench_kernel.py --crossover` on the 2-core dev box (fp32):
+#     dense ≈ out·in / R_gemm          sddmm ≈ k / R_gather + (in + out) / R_copy
+# (R_copy covers the transposed chunk copies and per-call overhead). So sddmm wins when
+#     density < (R_gather / R_gemm) · (1 − (R_gemm / R_copy) · (in + out) / (out·in)).
+# Measured: R_gemm ≈ 115e9, R_gather ≈ 9–12e9, R_copy ≈ 0.8e9 multiply-adds/s, giving a crossover near
+# 7% density at 4096x4096 and near 5% at 1024x1024 (LoRA rank 64 is 3.1% and 12.5% there).
+CPU_GATHER_TO_GEMM = 0.08
+CPU_GEMM_TO_COPY = 140.0
+# Below this many tokens the per-call overhead dominates and one dense GEMM is cheaper.
 CPU_SDDMM_MIN_TOKENS = 16
+
+
+def cpu_sddmm_max_density(out_features: int, in_features: int) -> float:
+    """Density below which ``sddmm`` beats ``dense`` on CPU, by the time model above."""
+    overhead = CPU_GEMM_TO_COPY * (in_features + out_features) / (in_features * out_features)
+    return CPU_GATHER_TO_GEMM * max(0.0, 1.0 - overhead)
 
 
 def validate_grad_path(grad_path: str) -> str:
@@ -41,13 +51,14 @@ def validate_grad_path(grad_path: str) -> str:
 
 
 def choose_grad_path(device: torch.device, tokens: int, k: int, out_features: int, in_features: int) -> str:
-    """The ``auto`` rule: Triton on CUDA; on CPU sddmm when the density is low enough to win."""
+    """The ``auto`` rule: Triton on CUDA (dense if triton is missing); on CPU the cheaper of sddmm and
+    dense by the time model above."""
     if device.type == "cuda":
         from .triton_sddmm import triton_available
 
         return "triton" if triton_available() else "dense"
     density = k / max(1, out_features * in_features)
-    if tokens >= CPU_SDDMM_MIN_TOKENS and density <= CPU_SDDMM_MAX_DENSITY:
+    if tokens >= CPU_SDDMM_MIN_TOKENS and density < cpu_sddmm_max_density(out_features, in_features):
         return "sddmm"
     return "dense"
 

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Benchmark the values' gradient of the sparse-delta layer by each gather-gradient path.
+
+For LLaMA-2-7B layer shapes (4096x4096 attention projections, 11008x4096 MLP projections), token
+counts 512 and 2048 and budgets matching LoRA ranks 8/16/64 (k = r·(in+out)), it times
+``(dYᵀ X).view(-1)[indices]`` by ``dense``, ``sddmm``, ``auto`` (and ``triton`` on CUDA), prints the
+median time of each and its ratio to ``dense``, and the largest single allocation each made.
+
+    python scripts/bench_kernel.py                 # full sizes
+    python scripts/bench_kernel.py --quick         # 1024-wide shapes, for `make bench`
+    python scripts/bench_kernel.py --crossover     # density sweep used to fit the CPU `auto` rule
+    python scripts/bench_kernel.py --json out.json
+
+Needs only torch (+ triton on CUDA) and ``spiel.delta``; run from the repo root without installing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from spiel.delta import choose_grad_path, gather_grad, random_subset  # noqa: E402
+
+FULL_SHAPES = [(4096, 4096), (11008, 4096)]
+QUICK_SHAPES = [(1024, 1024), (2752, 1024)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes and token counts")
+    p.add_argument("--crossover", action="store_true", help="sweep densities on one shape")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU (CPU bf16 GEMMs say nothing, see README)")
+    p.add_argument("--ranks", default="8,16,64")
+    p.add_argument("--tokens", default=None, help="comma list; default 512,2048 (quick: 256,512)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, repeats):
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(fn, device):
+    """Largest extra memory of one call: CUDA peak allocated, or the largest CPU allocation."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    act = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=act, profile_memory=True) as prof:
+        fn()
+    return max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
+
+
+def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, in_f, generator=gen).to(device=device, dtype=dtype)
+    g = torch.randn(tokens, out_f, generator=gen).to(device=device, dtype=dtype)
+    indices = random_subset(out_f * in_f, k, gen).to(device=device, dtype=torch.int32)
+    ref = gather_grad(x, g, indices, out_f, in_f, "dense").float()
+    row = {"out": out_f, "in": in_f, "tokens": tokens, "k": k, "density": k / (out_f * in_f),
+           "auto_choice": choose_grad_path(device, tokens, k, out_f, in_f)}
+    for path in paths:
+        def call(path=path):
+            return gather_grad(x, g, indices, out_f, in_f, path)
+        err = (call().float() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
+        row[path] = {"median_s": median_time(call, device, repeats), "peak_mb": peak_bytes(call, device) / 2**20,
+                     "max_rel_err": err}
+    for path in paths:
+        row[path]["ratio_to_dense"] = row[path]["median_s"] / row["dense"]["median_s"]
+    best = min(row[p]["median_s"] for p in paths if p != "auto")
+    row["auto_vs_best"] = row["auto"]["median_s"] / best
+    return row
+
+
+def print_table(rows, paths):
+    head = f"{'out x in':>12} {'tokens':>6} {'k':>8} {'density':>8} " + " ".join(
+        f"{p + ' ms':>10} {p + '/dense':>12}" for p in paths) + f" {'auto→':>7} {'auto/best':>9}"
+    print(head)
+    for r in rows:
+        cells = " ".join(f"{r[p]['median_s'] * 1e3:10.1f} {r[p]['ratio_to_dense']:12.3f}" for p in paths)
+        print(f"{r['out']:>5}x{r['in']:<6} {r['tokens']:>6} {r['k']:>8} {r['density']:8.4f} {cells} "
+              f"{r['auto_choice']:>7} {r['auto_vs_best']:9.3f}")
+    print("peak extra memory (MB): " + "; ".join(
+        f"{r['out']}x{r['in']}/{r['tokens']}/k={r['k']}: " + ", ".join(f"{p} {r[p]['peak_mb']:.1f}" for p in paths)
+        for r in rows[:3]) + (" ..." if len(rows) > 3 else ""))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    torch.set_num_threads(torch.get_num_threads())
+    paths = ["dense", "sddmm", "auto"] + (["triton"] if device.type == "cuda" else [])
+    tokens_list = [int(t) for t in (args.tokens or ("256,512" if args.quick else "512,2048")).split(",")]
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    cases = []
+    if args.crossover:
+        out_f, in_f = shapes[0]
+        for density in (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.16, 0.25):
+            for tokens in tokens_list:
+                cases.append((out_f, in_f, tokens, int(density * out_f * in_f)))
+    else:
+        for out_f, in_f in shapes:
+            for tokens in tokens_list:
+                for r in (int(r) for r in args.ranks.split(",")):
+                    cases.append((out_f, in_f, tokens, r * (out_f + in_f)))
+    rows = []
+    for out_f, in_f, tokens, k in cases:
+        rows.append(bench_case(out_f, in_f, tokens, k, dtype, device, paths, args.repeats))
+        r = rows[-1]
+        print(f"  {out_f}x{in_f} tokens={tokens} k={k}: " + ", ".join(
+            f"{p} {r[p]['median_s'] * 1e3:.1f} ms" for p in paths), flush=True)
+    print()
+    print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
+          f" dtype={dtype}, threads={torch.get_num_threads()}, torch {torch.__version__}")
+    print_table(rows, paths)
+    worst_auto = max(r["auto_vs_best"] for r in rows)
+    print(f"auto is at most {worst_auto:.3f}x the faster of the other paths")
+    if args.json:
+        meta = {"device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "quick": args.quick, "crossover": args.crossover}
+        Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
