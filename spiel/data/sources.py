@@ -1,0 +1,116 @@
+"""Loading one source (a local file or a hub dataset) into an on-disk `datasets.Dataset` of canonical rows.
+
+Every raw record becomes one row, valid or not: invalid ones carry `error_kind` and `error` (with
+file:line) so the builder can fail on the first or skip and count them, and so a second run reads the
+counts back from the cache instead of re-parsing. The Arrow result is cached by `from_generator`
+under a fingerprint of (file path, size, mtime) or (hub dataset fingerprint), format and template seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from datasets import Dataset, Features, List, Value
+
+from spiel.data.config import SourceSpec, resolve_path
+from spiel.data.errors import DataError
+from spiel.data.reader import check_file, file_signature, iter_records
+from spiel.data.records import RecordError, to_canonical
+
+RAW_FORMAT_VERSION = "1"  # bump when the canonical rows a given file produces change
+
+FEATURES = Features(
+    {
+        "dataset": Value("string"),
+        "id": Value("string"),
+        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "prompt": Value("string"),
+        "completion": Value("string"),
+        "where": Value("string"),
+        "error_kind": Value("string"),
+        "error": Value("string"),
+    }
+)
+
+
+def load_dataset(*args, **kwargs):
+    """`datasets.load_dataset`, imported late (and patchable in tests, which never download)."""
+    import datasets
+
+    return datasets.load_dataset(*args, **kwargs)
+
+
+def _row(where: str, canonical: dict | None = None, error: tuple[str, str] | None = None) -> dict:
+    row = {"dataset": "", "id": "", "messages": [], "prompt": "", "completion": "", "where": where,
+           "error_kind": "", "error": ""}
+    if canonical is not None:
+        row.update(canonical)
+    if error is not None:
+        row["error_kind"], row["error"] = error
+    return row
+
+
+def _canonical_rows(records, fmt: str, dataset: str, seed: int):
+    for index, (where, record, error) in enumerate(records):
+        if error is None:
+            try:
+                yield _row(where, to_canonical(record, fmt, index, dataset, seed))
+                continue
+            except RecordError as e:
+                error = (e.kind, f"{where}: {e}")
+        yield _row(where, error=error)
+
+
+def _file_rows(path: str, fmt: str, dataset: str, seed: int):
+    yield from _canonical_rows(iter_records(path), fmt, dataset, seed)
+
+
+def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int):
+    records = ((f"{hub_id}[{i}]", dict(row), None) for i, row in enumerate(hub))
+    yield from _canonical_rows(records, fmt, dataset, seed)
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256("|".join(str(p) for p in (RAW_FORMAT_VERSION, *parts)).encode()).hexdigest()[:32]
+
+
+def describe(spec: SourceSpec) -> str:
+    return f"hub:{spec.hub_id}" if spec.hub_id else str(resolve_path(spec.path))
+
+
+def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
+    """All records of a source as canonical rows (with error columns); see the module docstring."""
+    if spec.hub_id:
+        hub = _load_hub(spec)
+        fp = _fingerprint("hub", spec.hub_id, hub._fingerprint, spec.format, spec.name, spec.template_seed)
+        gen, kwargs = _hub_rows, {"hub": hub, "hub_id": spec.hub_id}
+    else:
+        path = resolve_path(spec.path)
+        try:
+            check_file(path)
+        except DataError as e:
+            hint = " (run scripts/prepare_train_data.py, or set the source's path)" if spec.name != "demo" else ""
+            raise DataError(f"source {spec.name!r}: {e}{hint}") from None
+        fp = _fingerprint("file", file_signature(path), spec.format, spec.name, spec.template_seed)
+        gen, kwargs = _file_rows, {"path": str(path)}
+    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed)
+    try:
+        return Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp)
+    except Exception as e:  # datasets wraps errors raised in the generator; surface ours plainly
+        cause = e
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise DataError(str(cause)) from None
+        raise
+
+
+def _load_hub(spec: SourceSpec) -> Dataset:
+    try:
+        return load_dataset(spec.hub_id, split=spec.split, revision=spec.revision)
+    except Exception as e:
+        raise DataError(
+            f"source {spec.name!r}: could not load hub dataset {spec.hub_id!r} "
+            f"(split {spec.split!r}): {type(e).__name__}: {e}. Without internet, download it elsewhere "
+            f"(scripts/prepare_train_data.py) and set the source's 'path' to the local JSONL."
+        ) from None
