@@ -10,6 +10,7 @@ the cached Arrow file instead of re-tokenizing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import numpy as np
@@ -31,7 +32,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        state = json.loads(backend.to_str())
+        # calling the tokenizer with truncation/padding rewrites these two fields: not part of its identity
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         from datasets.fingerprint import Hasher
 

@@ -1,0 +1,131 @@
+"""Label masking, token by token: only assistant content and its EOS are trainable."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from spiel.data import encode_messages, encode_prompt_completion, render_messages
+from spiel.data.encode import IGNORE_INDEX
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+def char_tokenizer():
+    """One token per character, BOS added, "</s>" a special token: positions are easy to predict."""
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(FIXTURES / "char_tokenizer.json"),
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    )
+
+
+def bpe_tokenizer():
+    """A small trained byte-level BPE without BOS: merges cross role/content boundaries if they can."""
+    corpus = [render_messages(json.loads(line)["messages"]) for line in open(FIXTURES / "tulu_messages.jsonl")]
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders
+
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>")
+
+
+SYS, U1, A1, U2, A2 = "Be brief.", "What is 2+2?", "It is 4.", "And 3+3?", "6"
+CONV = [
+    {"role": "system", "content": SYS},
+    {"role": "user", "content": U1},
+    {"role": "assistant", "content": A1},
+    {"role": "user", "content": U2},
+    {"role": "assistant", "content": A2},
+]
+# The training text in pieces, each marked trainable or not, written out by hand (not by the template code).
+PIECES = [
+    ("<|system|>\n" + SYS + "\n<|user|>\n" + U1 + "\n<|assistant|>\n", False),
+    (A1, True), ("</s>", True),
+    ("\n<|user|>\n" + U2 + "\n<|assistant|>\n", False),
+    (A2, True), ("</s>", True),
+]
+
+
+def expected_char_tokens():
+    """(token, trainable) per position for the char tokenizer: BOS, then characters, EOS whole."""
+    out = [("<s>", False)]
+    for text, trainable in PIECES:
+        out += [(text, trainable)] if text == "</s>" else [(c, trainable) for c in text]
+    return out
+
+
+def test_exactly_assistant_content_and_eos_are_trainable():
+    tok = char_tokenizer()
+    enc = encode_messages(CONV, tok, max_seq_len=2048)
+    expected = expected_char_tokens()
+    assert tok.convert_ids_to_tokens(enc["input_ids"]) == [t for t, _ in expected]
+    for pos, ((token, trainable), ids, label) in enumerate(zip(expected, enc["input_ids"], enc["labels"], strict=True)):
+        assert label == (ids if trainable else IGNORE_INDEX), f"position {pos} ({token!r})"
+    trained = [t for t, (_, lab) in zip(tok.convert_ids_to_tokens(enc["input_ids"]), expected, strict=True) if lab]
+    assert "".join(trained) == A1 + "</s>" + A2 + "</s>"
+    assert enc["input_ids"][0] == tok.bos_token_id
+    assert enc["labels"].count(tok.eos_token_id) == 2  # EOS is the special token, not "<", "/", "s", ">"
+
+
+def test_truncation_inside_an_assistant_turn_keeps_the_trainable_prefix():
+    tok = char_tokenizer()
+    full = expected_char_tokens()
+    second_answer_start = len(full) - len(A2) - 1
+    cut = second_answer_start + 1  # one token of the second answer survives, its EOS does not
+    enc = encode_messages(CONV, tok, max_seq_len=cut)
+    assert len(enc["input_ids"]) == cut
+    want = [lab for _, lab in full[:cut]]
+    assert [lab != IGNORE_INDEX for lab in enc["labels"]] == want
+    assert enc["labels"][-1] == enc["input_ids"][-1]  # the surviving first token of A2 is trained
+
+
+def test_truncation_before_any_assistant_token_leaves_nothing_trainable():
+    tok = char_tokenizer()
+    first_answer_start = 1 + len(PIECES[0][0])  # BOS + one token per character
+    enc = encode_messages(CONV, tok, max_seq_len=first_answer_start)  # ends right after "<|assistant|>\n"
+    assert len(enc["input_ids"]) == first_answer_start
+    assert all(lab == IGNORE_INDEX for lab in enc["labels"])
+
+
+def test_bpe_tokenizer_without_bos_trains_exactly_the_answers():
+    tok = bpe_tokenizer()
+    enc = encode_messages(CONV, tok, max_seq_len=2048)
+    assert enc["input_ids"] == tok(render_messages(CONV))["input_ids"]
+    # gather contiguous trainable spans and decode each
+    spans, cur = [], []
+    for ids, lab in zip(enc["input_ids"], enc["labels"], strict=True):
+        if lab != IGNORE_INDEX:
+            assert lab == ids
+            cur.append(ids)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    if cur:
+        spans.append(cur)
+    assert [tok.decode(s) for s in spans] == [A1 + "</s>", A2 + "</s>"]
+
+
+def test_prompt_completion_format():
+    tok = char_tokenizer()
+    enc = encode_prompt_completion("Q: 1+1=", "2", tok, max_seq_len=64)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert "".join(tokens) == "<s>Q: 1+1= 2</s>"  # a space is inserted at a whitespace-free join
+    trained = [t for t, lab in zip(tokens, enc["labels"], strict=True) if lab != IGNORE_INDEX]
+    assert trained == [" ", "2", "</s>"]  # everything past the tokenized prompt, as the reference does
+    enc2 = encode_prompt_completion("Say:\n", "yes", tok, max_seq_len=64)
+    assert "".join(tok.convert_ids_to_tokens(enc2["input_ids"])) == "<s>Say:\nyes</s>"
+    assert [t for t, lab in zip(tok.convert_ids_to_tokens(enc2["input_ids"]), enc2["labels"], strict=True)
+            if lab != IGNORE_INDEX] == ["y", "e", "s", "</s>"]
+
+
+def test_tokenizer_without_eos_is_refused():
+    tok = char_tokenizer()
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="no eos_token"):
+        encode_messages(CONV, tok)
