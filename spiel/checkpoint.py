@@ -1,0 +1,137 @@
+"""The SpIEL checkpoint format (what spiel-eval consumes) and the checks made when loading one.
+
+A directory with ``spiel_config.json`` (SpielConfig, per-module k and shape, base model identity,
+format and package version), ``spiel_delta.safetensors`` (``M.indices``, ``M.values``, ``M.grown_at``
+per target module M) and, when given, the tokenizer files. Each file is written to a temporary name
+and renamed; the config goes last, so a directory without it is never taken for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .delta.weights import dense_weight, weight_shape
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "spiel_config.json"
+DELTA_NAME = "spiel_delta.safetensors"
+TENSOR_KEYS = ("indices", "values", "grown_at")
+FINGERPRINT_SIZE = 32
+# Same base: the sampled weights correlate ~1 (≥ 0.99 even through NF4 quantization); another model
+# of the same architecture: ~0.
+FINGERPRINT_MIN_CORRELATION = 0.9
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the base model it is being loaded into."""
+
+
+def weight_fingerprint(module) -> list[float]:
+    """``FINGERPRINT_SIZE`` evenly spaced entries of a linear layer's base weight (without any delta).
+
+    ``module``: a plain (or 4-bit) linear layer, or a ``SparseDeltaLinear`` (its merged delta is
+    subtracted back out)."""
+    base = getattr(module, "base_layer", module)
+    out_features, in_features = weight_shape(base.weight)
+    positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE).long()
+    weight, _ = dense_weight(base.weight, torch.float32)
+    sample = weight.reshape(-1)[positions.to(weight.device)].clone().cpu()
+    if getattr(module, "merged", False):
+        indices = module.indices.long().cpu()
+        hit = torch.isin(positions, indices)
+        sample[hit] -= module.values.detach().float().cpu()[torch.searchsorted(indices, positions[hit])]
+    return [round(float(v), 7) for v in sample]
+
+
+def base_identity(model) -> dict:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    first = next(model.parameters(), None)
+    return {"name_or_path": name or type(model).__name__, "class": type(model).__name__,
+            "dtype": str(first.dtype).replace("torch.", "") if first is not None else None,
+            "revision": getattr(config, "_commit_hash", None)}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], tokenizer=None) -> Path:
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).unlink(missing_ok=True)  # not a checkpoint until the config is back
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"format": "spiel"})
+    _atomic_write_bytes(directory / DELTA_NAME, blob)
+    _atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
+    return directory
+
+
+def read_spiel_config(directory) -> dict:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        hint = ""
+        if (Path(directory) / "adapter_config.json").is_file():
+            hint = " (it looks like a peft adapter)"
+        elif (Path(directory) / "config.json").is_file():
+            hint = " (it looks like a full transformers model)"
+        raise FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {CONFIG_NAME}{hint}")
+    config = json.loads(path.read_text())
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{directory} has checkpoint format {config['format_version']}; this spiel reads "
+                         f"up to {FORMAT_VERSION}: upgrade spiel")
+    return config
+
+
+def read_delta_tensors(directory) -> dict[str, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    path = Path(directory) / DELTA_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {DELTA_NAME}")
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path)).items():
+        name, _, field = key.rpartition(".")
+        modules.setdefault(name, {})[field] = tensor
+    return modules
+
+
+def check_against_base(directory, saved: dict, base_model) -> None:
+    """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
+    (module names, shapes, and the base weights themselves by a sampled fingerprint)."""
+    linears = {n: m for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
+    problems = []
+    modules = saved["modules"]
+    missing = [n for n in modules if n not in base_shapes]
+    if missing:
+        problems.append(f"{len(missing)} module(s) of the checkpoint are not linear layers of the base model, "
+                        f"e.g. {missing[:3]}")
+    wrong = [f"{n}: checkpoint {modules[n]['shape']}, base {list(base_shapes[n])}"
+             for n in modules if n in base_shapes and list(base_shapes[n]) != list(modules[n]["shape"])]
+    if wrong:
+        problems.append("shape mismatch for " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+    if not problems:
+        names = [n for n in modules if "fingerprint" in modules[n]]
+        if names:
+            a = torch.tensor([v for n in names for v in modules[n]["fingerprint"]])
+            b = torch.tensor([v for n in names for v in weight_fingerprint(linears[n])])
+            corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+            if not corr >= FINGERPRINT_MIN_CORRELATION:
+                problems.append(f"the base weights differ: the checkpoint was trained on "
+                                f"{saved['base_model'].get('name_or_path')!r} and the sampled weights of the "
+                                f"given model correlate {corr:.2f} with it (same base: > {FINGERPRINT_MIN_CORRELATION})")
+    if problems:
+        raise CheckpointMismatchError(f"checkpoint {directory} does not match the base model: " + "; ".join(problems))

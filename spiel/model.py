@@ -1,0 +1,213 @@
+"""SpielModel: a model whose target linear layers carry sparse deltas, and its public API.
+
+    spiel_model = get_spiel_model(hf_model, SpielConfig(method="ag", rank_equiv=64))
+    optimizer = spiel_model.make_optimizer(lr=1e-4, weight_decay=30.0)
+    selector = spiel_model.make_selector(optimizer, total_steps=1000)
+    for batch in data:  # forward, backward, step, zero_grad, then selector.step()
+        ...
+    spiel_model.save_pretrained("out/final", tokenizer=tokenizer)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .checkpoint import (
+    FORMAT_VERSION,
+    CheckpointMismatchError,
+    base_identity,
+    check_against_base,
+    read_delta_tensors,
+    read_spiel_config,
+    weight_fingerprint,
+    write_checkpoint,
+)
+from .delta.indices import check_indices
+from .delta.layer import SparseDeltaLinear
+from .delta.weights import is_quantized, weight_shape
+from .optim import SparseAdamW, SparseSM3
+from .selection import Selector
+from .spiel_config import SpielConfig
+from .targets import allocate, find_targets, total_budget
+
+__all__ = ["CheckpointMismatchError", "SpielConfig", "SpielModel", "compose", "get_spiel_model", "read_spiel_config"]
+
+
+def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+class SpielModel(nn.Module):
+    """Wraps ``model`` (``.model``); forward, generate and unknown attributes go to it."""
+
+    def __init__(self, model: nn.Module, config: SpielConfig):
+        super().__init__()
+        self.model = model
+        self.spiel_config = config
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.model.generate(*args, **kwargs)
+
+    @property
+    def deltas(self) -> dict[str, SparseDeltaLinear]:
+        """The sparse-delta layers by module name (relative to ``.model``)."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, SparseDeltaLinear)}
+
+    def num_tunable(self) -> int:
+        return sum(layer.k for layer in self.deltas.values())
+
+    def trainable_summary(self) -> str:
+        total = sum(p.numel() for p in self.model.parameters())
+        tunable = self.num_tunable()
+        return f"tunable entries: {tunable:,} of {total:,} parameters ({100 * tunable / max(1, total):.3f}%)"
+
+    # -- training ------------------------------------------------------------------------------------
+    def make_optimizer(self, lr: float, weight_decay: float = 0.0, **kwargs):
+        """SparseAdamW for ``ag``, SparseSM3 for ``ma``, over every delta's values."""
+        layers = list(self.deltas.values())
+        params = [layer.values for layer in layers]
+        if self.spiel_config.method == "ag":
+            return SparseAdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        return SparseSM3(params, {layer.values: layer for layer in layers}, lr=lr, weight_decay=weight_decay, **kwargs)
+
+    def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
+        c = self.spiel_config
+        return Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
+                        reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
+                        schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop,
+                        process_group=process_group)
+
+    # -- saving and loading ----------------------------------------------------------------------------
+    def delta_state(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.{key}": getattr(layer, key) for n, layer in self.deltas.items()
+                for key in ("indices", "values", "grown_at")}
+
+    def save_pretrained(self, directory, tokenizer=None) -> Path:
+        deltas = self.deltas
+        config = {
+            "format_version": FORMAT_VERSION,
+            "spiel_version": __version__,
+            "spiel_config": self.spiel_config.to_dict(),
+            "base_model": base_identity(self.model),
+            "modules": {n: {"k": layer.k, "shape": [layer.out_features, layer.in_features],
+                            "fingerprint": weight_fingerprint(layer)} for n, layer in deltas.items()},
+        }
+        return write_checkpoint(directory, config, self.delta_state(), tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False) -> SpielModel:
+        """Wrap ``base_model`` with the deltas saved in ``directory`` (checked against the base)."""
+        saved = read_spiel_config(directory)
+        config = SpielConfig.from_dict(saved["spiel_config"])
+        config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
+        check_against_base(directory, saved, base_model)  # before base_model is touched
+        tensors = read_delta_tensors(directory)
+        model = get_spiel_model(base_model, config)
+        model.load_delta_tensors(tensors, str(directory))
+        model.requires_grad_(False)
+        if is_trainable:
+            for layer in model.deltas.values():
+                layer.values.requires_grad_(True)
+        return model
+
+    @torch.no_grad()
+    def load_delta_tensors(self, tensors: dict[str, dict[str, torch.Tensor]], source: str = "checkpoint") -> None:
+        deltas = self.deltas
+        if set(tensors) != set(deltas):
+            raise CheckpointMismatchError(
+                f"{source} holds deltas for {sorted(set(tensors) - set(deltas))[:3]} and lacks "
+                f"{sorted(set(deltas) - set(tensors))[:3]}")
+        for name, layer in deltas.items():
+            entry = tensors[name]
+            check_indices(entry["indices"], layer.out_features * layer.in_features, f"{name}.indices")
+            if entry["indices"].numel() != layer.k:
+                raise CheckpointMismatchError(f"{source}: {name} has {entry['indices'].numel()} entries, expected {layer.k}")
+            layer.indices.copy_(entry["indices"])
+            layer.values.copy_(entry["values"])
+            layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
+
+    def merge_and_unload(self) -> nn.Module:
+        """Add every delta into its base weight and return the plain model (not for 4-bit bases)."""
+        for name, layer in self.deltas.items():
+            if is_quantized(layer.weight):
+                raise RuntimeError(f"{name} has a 4-bit base weight: merging would requantize it (lossy). "
+                                   "Keep the SpielModel (deltas applied on the fly) instead.")
+        for name, layer in self.deltas.items():
+            layer.merge()
+            _replace_module(self.model, name, layer.base_layer)
+        return self.model
+
+
+def get_spiel_model(model: nn.Module, config: SpielConfig | None = None) -> SpielModel:
+    """Freeze ``model`` and put a ``SparseDeltaLinear`` in place of each target linear layer."""
+    config = config or SpielConfig()
+    if config.num_deltas:
+        missing = [n for n in config.num_deltas if not isinstance(_get(model, n), nn.Linear)]
+        if missing:
+            raise CheckpointMismatchError(f"no linear layer named {missing[:3]} in this model")
+        targets = {n: _get(model, n) for n in config.num_deltas}
+        sizes = dict(config.num_deltas)
+    else:
+        targets = find_targets(model, config.target_modules)
+        shapes = {n: weight_shape(m.weight) for n, m in targets.items()}
+        sizes = allocate(total_budget(config, model, shapes), shapes)
+        config.num_deltas = sizes
+    model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    dtype = getattr(torch, config.delta_dtype)
+    for name, module in targets.items():
+        layer = SparseDeltaLinear(module, sizes[name], delta_dtype=dtype, grad_path=config.grad_path,
+                                  generator=generator)
+        _replace_module(model, name, layer)
+    return SpielModel(model, config)
+
+
+def _get(model: nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def compose(ckpt_dirs, base_model: nn.Module) -> nn.Module:
+    """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
+    "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
+    bases come back as a SpielModel holding the union of the positions, unmerged."""
+    ckpt_dirs = [str(d) for d in ckpt_dirs]
+    if not ckpt_dirs:
+        raise ValueError("compose needs at least one checkpoint")
+    merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    first = read_spiel_config(ckpt_dirs[0])
+    for directory in ckpt_dirs:
+        saved = read_spiel_config(directory)
+        if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
+            raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
+        check_against_base(directory, saved, base_model)
+        for name, entry in read_delta_tensors(directory).items():
+            idx, val = entry["indices"].long(), entry["values"].float()
+            if name in merged:
+                idx, val = torch.cat([merged[name][0], idx]), torch.cat([merged[name][1], val])
+            union, inverse = torch.unique(idx, return_inverse=True)
+            merged[name] = (union, torch.zeros(union.numel()).index_add_(0, inverse, val))
+    config = SpielConfig.from_dict(first["spiel_config"])
+    config.num_deltas = {n: int(idx.numel()) for n, (idx, _) in merged.items()}
+    model = get_spiel_model(base_model, config)  # every checkpoint was checked against the base above
+    tensors = {n: {"indices": idx, "values": val, "grown_at": torch.zeros_like(idx)} for n, (idx, val) in merged.items()}
+    model.load_delta_tensors(tensors, " + ".join(ckpt_dirs))
+    if any(is_quantized(layer.weight) for layer in model.deltas.values()):
+        return model
+    return model.merge_and_unload()

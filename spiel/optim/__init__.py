@@ -1,0 +1,11 @@
+"""Optimizers for sparse-delta values: SparseAdamW (SpIEL-AG) and SparseSM3 (SpIEL-MA).
+
+Both keep fp32 state, expose ``reset_slots(param, slots, **state)`` for regrown slots and
+``permute_slots(param, perm)`` so state follows re-sorted indices. Needs only torch.
+"""
+
+from .adamw import SparseAdamW
+from .slot_state import SlotStateOptimizer
+from .sm3 import SparseSM3
+
+__all__ = ["SlotStateOptimizer", "SparseAdamW", "SparseSM3"]

@@ -1,0 +1,61 @@
+"""Shared machinery for optimizers over sparse-delta values: per-slot state that can be reset for
+regrown slots and permuted when the indices are re-sorted, and that keeps its dtypes across save/load."""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotStateOptimizer(torch.optim.Optimizer):
+    """Base class. Subclasses list their per-slot state keys (tensors shaped like the parameter) in
+    ``SLOT_KEYS``."""
+
+    SLOT_KEYS: tuple[str, ...] = ()
+
+    def _init_state(self, param: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def _state_for(self, param: torch.Tensor) -> dict:
+        state = self.state[param]
+        if not state:
+            state.update(self._init_state(param))
+        return state
+
+    @torch.no_grad()
+    def reset_slots(self, param: torch.Tensor, slots: torch.Tensor, **values) -> None:
+        """Set per-slot state at ``slots`` (positions in ``param``): each key given in ``values`` takes
+        that tensor (or scalar), every other per-slot key is zeroed."""
+        unknown = set(values) - set(self.SLOT_KEYS)
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no per-slot state {sorted(unknown)}; has {self.SLOT_KEYS}")
+        state = self._state_for(param)
+        slots = slots.to(device=param.device, dtype=torch.long)
+        for key in self.SLOT_KEYS:
+            if key not in state:
+                continue
+            new = values.get(key, 0)
+            if torch.is_tensor(new):
+                new = new.to(device=state[key].device, dtype=state[key].dtype)
+            state[key][slots] = new
+
+    @torch.no_grad()
+    def permute_slots(self, param: torch.Tensor, perm: torch.Tensor) -> None:
+        """Reorder per-slot state so that new slot i holds what old slot ``perm[i]`` held."""
+        state = self.state.get(param)
+        if not state:
+            return
+        perm = perm.to(device=param.device, dtype=torch.long)
+        for key in self.SLOT_KEYS:
+            if key in state:
+                state[key] = state[key][perm]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but state keeps its saved dtypes: torch casts every state tensor of a bf16
+        parameter to bf16, which would round fp32 moments and turn integer ages into bf16 counters."""
+        super().load_state_dict({**state_dict, "state": {}})
+        params = {pid: p for saved, group in zip(state_dict["param_groups"], self.param_groups, strict=True)
+                  for pid, p in zip(saved["params"], group["params"], strict=True)}
+        for pid, saved_state in state_dict["state"].items():
+            param = params[pid]
+            self.state[param] = {k: v.to(param.device).clone() if torch.is_tensor(v) else v
+                                 for k, v in saved_state.items()}

@@ -1,0 +1,21 @@
+"""SpIEL's drop/grow selection: the update-rate schedule, drop and growth rules, and the Selector.
+
+Needs only torch (torch.distributed for multi-rank agreement).
+"""
+
+from .drop import DROP_CRITERIA, drop_order
+from .grow import ag_grow_order, ma_grow_indices, top_candidates
+from .schedule import SCHEDULES, ReselectionSchedule
+from .selector import METHODS, Selector
+
+__all__ = [
+    "DROP_CRITERIA",
+    "METHODS",
+    "SCHEDULES",
+    "ReselectionSchedule",
+    "Selector",
+    "ag_grow_order",
+    "drop_order",
+    "ma_grow_indices",
+    "top_candidates",
+]

@@ -1,0 +1,46 @@
+"""Keeping SpIEL's decisions identical on every rank of a data-parallel run.
+
+Growth candidates come from rank-local gradients, so without care each rank would grow different
+indices and the replicas would drift apart. The selector therefore broadcasts rank 0's candidate set,
+averages the candidate statistics over ranks (so they are the statistics of the all-reduced gradient
+the optimizer sees) and, after every reselection, checks that all ranks hold rank 0's indices.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size(group=None) -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def broadcast_from_rank0(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (same shape and dtype on all ranks)."""
+    if world_size(group) > 1:
+        dist.broadcast(tensor, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return tensor
+
+
+def all_reduce_mean_(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """In place: the mean of ``tensor`` over ranks."""
+    n = world_size(group)
+    if n > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        tensor.div_(n)
+    return tensor
+
+
+def check_same_on_all_ranks(tensor: torch.Tensor, what: str, group=None) -> None:
+    """Raise if this rank's ``tensor`` differs from rank 0's."""
+    if world_size(group) == 1:
+        return
+    reference = broadcast_from_rank0(tensor.clone(), group)
+    if not torch.equal(reference, tensor):
+        raise RuntimeError(
+            f"SpIEL ranks disagree on {what} (rank {dist.get_rank()} differs from rank 0): the replicas "
+            "would diverge. Are all ranks running the same seed and data-parallel gradients?"
+        )

@@ -1,0 +1,170 @@
+"""Drop/grow selection against constructed problems and dense references."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from spiel.delta import SparseDeltaLinear
+from spiel.optim import SparseAdamW, SparseSM3
+from spiel.selection import ReselectionSchedule, Selector, ma_grow_indices
+
+
+def test_linear_schedule_is_eq8_with_full_first_replacement():
+    s = ReselectionSchedule(total_steps=200, reselection_steps=20, estimation_steps=5, initial_rate=0.2)
+    assert [t for t in range(0, 201) if s.is_reselection(t)] == [5 + 20 * j for j in range(10)]
+    assert s.num_to_replace(1000, 5) == 1000  # the first reselection replaces every slot
+    for t in (25, 105, 185):
+        assert s.num_to_replace(1000, t) == math.floor(0.2 * (200 - t) / 200 * 1000)
+
+
+def test_cosine_schedule_is_eq11():
+    s = ReselectionSchedule(total_steps=200, reselection_steps=20, estimation_steps=5, schedule="cosine")
+    for t in (5, 25, 105, 185):
+        assert s.num_to_replace(1000, t) == math.floor(0.2 / 2 * (1 + math.cos(math.pi * t / 200)) * 1000)
+
+
+def test_estimation_phases_are_the_gamma_steps_before_each_reselection():
+    s = ReselectionSchedule(total_steps=60, reselection_steps=20, estimation_steps=5)
+    in_phase = [t for t in range(60) if s.in_estimation_phase(t)]  # t = completed steps
+    assert in_phase == [0, 1, 2, 3, 4, 20, 21, 22, 23, 24, 40, 41, 42, 43, 44]
+    assert ReselectionSchedule(total_steps=22, reselection_steps=20, estimation_steps=5).in_estimation_phase(20) is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(estimation_steps=20), "estimation_steps must satisfy"),
+    (dict(estimation_steps=0), "estimation_steps must satisfy"),
+    (dict(schedule="step"), "schedule must be"),
+    (dict(initial_rate=1.5), "initial_rate"),
+])
+def test_schedule_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ReselectionSchedule(total_steps=100, **kwargs)
+
+
+def feed_dense_gradient(layer, dense):
+    """One micro-batch whose dL/dW is exactly ``dense`` [out, in]: one-hot inputs, chosen output grads."""
+    x = torch.eye(layer.in_features)
+    y = layer(x)
+    y.backward(dense.t().contiguous())
+
+
+def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
+    torch.manual_seed(0)
+    out_f, in_f, k, gamma = 6, 8, 10, 3
+    layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
+    layer.base_layer.requires_grad_(False)
+    with torch.no_grad():
+        layer.values.copy_(torch.linspace(0.1, 1.0, k))  # slot i's magnitude grows with i
+    opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
+    sel = Selector({"l": layer}, opt, method="ag", total_steps=100, reselection_steps=10,
+                   estimation_steps=gamma, schedule="cosine", initial_rate=0.5)
+    g = torch.Generator().manual_seed(1)
+    micro = [[torch.randn(out_f, in_f, generator=g) for _ in range(2)] for _ in range(gamma)]
+    first_indices = layer.indices.clone()
+    for step in micro:
+        for dense in step:  # gradient accumulation: two micro-batches per optimizer step
+            feed_dense_gradient(layer, dense)
+        opt.step()
+        opt.zero_grad()
+        sel.step()
+
+    # Reference, from the definitions: candidates = top-k |grad| of the very first micro-batch;
+    # step gradient = sum of its micro-batches; rank by |mean over steps|.
+    candidates = micro[0][0].abs().view(-1).topk(k).indices
+    step_grads = torch.stack([sum(step) for step in micro]).view(gamma, -1)[:, candidates]
+    mean, mean_sq = step_grads.mean(0), (step_grads**2).mean(0)
+    n = math.floor(0.5 / 2 * (1 + math.cos(math.pi * gamma / 100)) * k)
+    dropped = set(first_indices[:n].tolist())  # the n smallest values sit in the first n slots
+    staying = set(first_indices[n:].tolist())
+    eligible = [i for i in range(k) if int(candidates[i]) not in staying]
+    grown = sorted(eligible, key=lambda i: -abs(float(mean[i])))[:n]
+    expected = staying | {int(candidates[i]) for i in grown}
+    got = layer.indices.tolist()
+    assert got == sorted(expected) and len(got) == k
+
+    state = opt.state[layer.values]
+    for i in grown:
+        pos = int(candidates[i])
+        slot = got.index(pos)
+        if pos in dropped:  # dropped and regrown: keeps its value, not reseeded
+            assert layer.grown_at[slot] == 0 and layer.values[slot] != 0
+            continue
+        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and state["age"][slot] == gamma
+        torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
+        torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
+
+
+def test_ma_grows_the_top_outer_product_scores_of_inactive_entries():
+    g = torch.Generator().manual_seed(0)
+    out_f, in_f = 37, 53
+    row, col = torch.rand(out_f, generator=g), torch.rand(in_f, generator=g)
+    active = torch.randperm(out_f * in_f, generator=g)[:300].sort().values.int()
+    scores = torch.outer(row, col).view(-1).clone()
+    scores[active.long()] = -1
+    expected = scores.topk(120).indices
+    got = ma_grow_indices(row, col, active, 120, chunk_elements=200)  # chunks of 3 rows
+    assert got.tolist() == expected.tolist()
+    assert not torch.isin(got, active.long()).any()
+
+
+def test_ma_growth_memory_stays_bounded():
+    out_f, in_f = 2048, 2048
+    row, col = torch.rand(out_f), torch.rand(in_f)
+    active = torch.randperm(out_f * in_f)[:5000].sort().values.int()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        ma_grow_indices(row, col, active, 5000, chunk_elements=1 << 16)
+    largest = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+    assert largest < out_f * in_f * 4 // 16  # a dense fp32 score matrix would be 16 MiB
+
+
+def make_layers(seed=0, sizes=((24, 16), (16, 24))):
+    torch.manual_seed(seed)
+    return nn.Sequential(*[nn.Linear(i, o) for o, i in sizes])
+
+
+@pytest.mark.parametrize("method", ["ag", "ma"])
+def test_invariants_hold_after_every_reselection(method):
+    from spiel import SpielConfig, get_spiel_model
+
+    model = get_spiel_model(make_layers(), SpielConfig(method=method, num_tunable=100, reselection_steps=4,
+                                                       estimation_steps=2))
+    opt = model.make_optimizer(lr=1e-2)
+    sel = model.make_selector(opt, total_steps=30)
+    ks = {n: layer.k for n, layer in model.deltas.items()}
+    g = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        for _ in range(2):
+            x = torch.randn(8, 16, generator=g)
+            (model(x).pow(2).mean()).backward()
+        opt.step()
+        opt.zero_grad()
+        before, state_before = {}, {}
+        for name, layer in model.deltas.items():
+            pairs = zip(layer.indices.tolist(), layer.values.detach().tolist(), strict=True)
+            before[name] = {pos: (value, slot) for slot, (pos, value) in enumerate(pairs)}
+            state_before[name] = {k: v.clone() for k, v in opt.state[layer.values].items()}
+        sel.step()
+        for name, layer in model.deltas.items():
+            idx = layer.indices
+            assert idx.dtype == torch.int32 and idx.numel() == ks[name] and layer.values.numel() == ks[name]
+            assert bool((idx[1:] > idx[:-1]).all()), "indices must stay sorted and unique"
+            for slot, pos in enumerate(idx.tolist()):
+                if pos in before[name]:  # survived (or dropped and regrown): value and state moved with it
+                    old_value, old_slot = before[name][pos]
+                    assert float(layer.values[slot]) == old_value
+                    for key in ("exp_avg", "exp_avg_sq", "age", "momentum_buffer"):
+                        if key in state_before[name]:
+                            assert torch.equal(opt.state[layer.values][key][slot], state_before[name][key][old_slot])
+                else:
+                    assert float(layer.values[slot]) == 0.0 and int(layer.grown_at[slot]) == sel.t
+    assert sel.t == 30
+
+
+def test_selector_checks_method_and_optimizer_match():
+    layer = SparseDeltaLinear(nn.Linear(4, 4), 3)
+    with pytest.raises(TypeError, match="SparseSM3"):
+        Selector({"l": layer}, SparseAdamW([layer.values]), method="ma", total_steps=10)
+    with pytest.raises(ValueError, match="method"):
+        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}), method="rigl", total_steps=10)
