@@ -95,8 +95,8 @@ def test_mixture_caps_weights_and_determinism(tok, tmp_path):
 def test_second_run_reads_the_cache_instead_of_tokenizing(tok, tmp_path, monkeypatch):
     cfg = {"sources": [{"name": "tulu", "path": str(FIXTURES / "tulu_messages.jsonl")}]}
     calls = []
-    real = encode_module.encode_messages
-    monkeypatch.setattr(encode_module, "encode_messages", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = encode_module.encode_many
+    monkeypatch.setattr(encode_module, "encode_many", lambda convs, *a, **k: calls.extend(convs) or real(convs, *a, **k))
     first, _ = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
     assert len(calls) == 4
     second, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
@@ -105,7 +105,6 @@ def test_second_run_reads_the_cache_instead_of_tokenizing(tok, tmp_path, monkeyp
     assert len(calls) == 8
 
 
-@pytest.mark.slow
 def test_parallel_tokenization_matches_serial(tok, tmp_path):
     cfg = {"sources": [{"name": "s", "path": write_jsonl(tmp_path / "s.jsonl", [conv(i) for i in range(30)])}]}
     serial, _ = build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path / "c1"), num_proc=1)
@@ -120,9 +119,12 @@ def test_malformed_line_names_file_and_line(tok, tmp_path):
         build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
 
 
-def test_skip_mode_counts_each_kind(tok, tmp_path):
+def test_skip_mode_counts_each_kind_and_logs_them(tok, tmp_path, caplog):
     cfg = {"sources": [{"name": "bad", "path": str(FIXTURES / "bad_records.jsonl")}], "on_bad_record": "skip"}
-    ds, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
+    with caplog.at_level("INFO", logger="spiel.data.build"):
+        ds, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
+    assert "training data: 3 examples" in caplog.text
+    assert "8 records, bad skipped (bad_json: 1, empty_message: 1, empty_messages: 1, no_assistant: 1, unknown_role: 1)" in caplog.text
     assert len(ds) == 3
     assert stats["sources"]["bad"]["bad_records"] == {
         "bad_json": 1, "unknown_role": 1, "empty_messages": 1, "no_assistant": 1, "empty_message": 1}

@@ -52,6 +52,7 @@ def test_demo_source_builds(tmp_path, monkeypatch):
     tok = PreTrainedTokenizerFast(tokenizer_file=str(FIXTURES / "char_tokenizer.json"),
                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
     cfg = OmegaConf.load(CONFIGS / "demo.yaml")
+    cfg.sources[0].cap = 300  # keep the test quick; the whole file goes through the same code
     ds, stats = build_train_dataset(cfg, tok, cache_dir=str(tmp_path / "cache"))
     assert len(ds) == stats["examples"] > 0 and stats["max_seq_len"] == 512
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from spiel.data import encode_messages, encode_prompt_completion, render_messages
@@ -21,17 +21,27 @@ def char_tokenizer():
     )
 
 
-def bpe_tokenizer():
-    """A small trained byte-level BPE without BOS: merges cross role/content boundaries if they can."""
+def bpe_tokenizer(style):
+    """A small trained BPE. "bytelevel": GPT-2 style, no BOS. "metaspace": LLaMA/sentencepiece style
+    ("▁" for spaces, BOS added, "\n" a token of its own as LLaMA's byte token <0x0A> is).
+    "merging": like metaspace but free to merge across "\n" (unlike LLaMA)."""
     corpus = [render_messages(json.loads(line)["messages"]) for line in open(FIXTURES / "tulu_messages.jsonl")]
-    tk = Tokenizer(models.BPE(unk_token=None))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    from tokenizers import decoders
-
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(corpus * 20, trainer)
+    tk = Tokenizer(models.BPE(unk_token="<unk>" if style == "metaspace" else None))
+    if style == "bytelevel":
+        tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet, specials = pre_tokenizers.ByteLevel.alphabet(), ["</s>", "<pad>"]
+    else:
+        meta = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        newline = pre_tokenizers.Split("\n", behavior="isolated")
+        tk.pre_tokenizer = meta if style == "merging" else pre_tokenizers.Sequence([newline, meta])
+        tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet, specials = [], ["<unk>", "<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
+    tk.train_from_iterator(corpus * 20 + [CONV_TEXT] * 20, trainer)
+    if style != "bytelevel":
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                       pad_token="<pad>")
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>")
 
 
@@ -50,6 +60,9 @@ PIECES = [
     ("\n<|user|>\n" + U2 + "\n<|assistant|>\n", False),
     (A2, True), ("</s>", True),
 ]
+
+
+CONV_TEXT = "".join(text for text, _ in PIECES)
 
 
 def expected_char_tokens():
@@ -93,10 +106,13 @@ def test_truncation_before_any_assistant_token_leaves_nothing_trainable():
     assert all(lab == IGNORE_INDEX for lab in enc["labels"])
 
 
-def test_bpe_tokenizer_without_bos_trains_exactly_the_answers():
-    tok = bpe_tokenizer()
+@pytest.mark.parametrize("style", ["bytelevel", "metaspace"])
+def test_bpe_tokenizers_train_exactly_the_answers(style):
+    tok = bpe_tokenizer(style)
     enc = encode_messages(CONV, tok, max_seq_len=2048)
     assert enc["input_ids"] == tok(render_messages(CONV))["input_ids"]
+    assert (enc["input_ids"][0] == tok.bos_token_id) == (style != "bytelevel")
+    assert enc["labels"][0] == IGNORE_INDEX
     # gather contiguous trainable spans and decode each
     spans, cur = [], []
     for ids, lab in zip(enc["input_ids"], enc["labels"], strict=True):
@@ -109,6 +125,21 @@ def test_bpe_tokenizer_without_bos_trains_exactly_the_answers():
     if cur:
         spans.append(cur)
     assert [tok.decode(s) for s in spans] == [A1 + "</s>", A2 + "</s>"]
+
+
+def test_merges_across_the_header_are_warned_about(caplog):
+    import spiel.data.encode as encode
+
+    encode._warned_boundary = False
+    tok = bpe_tokenizer("merging")
+    with caplog.at_level("WARNING", logger="spiel.data.encode"):
+        encode_messages(CONV, tok)
+    assert "merges tokens across" in caplog.text
+    encode._warned_boundary = False
+    with caplog.at_level("WARNING", logger="spiel.data.encode"):
+        caplog.clear()
+        encode_messages(CONV, bpe_tokenizer("metaspace"))
+    assert "merges tokens across" not in caplog.text
 
 
 def test_prompt_completion_format():
