@@ -39,7 +39,7 @@ def weight_fingerprint(module) -> list[float]:
     out_features, in_features = weight_shape(base.weight)
     positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE).long()
     weight, _ = dense_weight(base.weight, torch.float32)
-    sample = weight.reshape(-1)[positions.to(weight.device)].clone().cpu()
+    sample = weight.reshape(-1)[positions.to(weight.device)].detach().clone().cpu()
     if getattr(module, "merged", False):
         indices = module.indices.long().cpu()
         hit = torch.isin(positions, indices)

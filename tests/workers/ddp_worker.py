@@ -1,0 +1,41 @@
+"""One rank of a two-process gloo DDP run of SpIEL; writes the indices after every reselection.
+
+    python ddp_worker.py METHOD RANK WORLD PORT OUT_DIR
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from spiel import SpielConfig, get_spiel_model
+
+
+def main(method, rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16))
+    model = get_spiel_model(net, SpielConfig(method=method, num_tunable=80, reselection_steps=5, estimation_steps=2))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = model.make_optimizer(lr=1e-2)
+    selector = model.make_selector(optimizer, total_steps=30)
+    history = []
+    for step in range(30):
+        data = torch.Generator().manual_seed(1000 * rank + step)  # each rank sees different data
+        x = torch.randn(8, 16, generator=data)
+        ddp(x).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        selector.step()
+        if selector.schedule.is_reselection(selector.t):
+            history.append({n: layer.indices.clone() for n, layer in model.deltas.items()})
+    torch.save({"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
