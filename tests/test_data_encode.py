@@ -160,3 +160,13 @@ def test_tokenizer_without_eos_is_refused():
     tok.eos_token = None
     with pytest.raises(ValueError, match="no eos_token"):
         encode_messages(CONV, tok)
+
+
+def test_chat_prompt_tokens_are_what_precedes_the_trained_answer():
+    tok = char_tokenizer()
+    enc = encode_messages(CONV, tok)
+    last_answer_start = len(enc["labels"]) - len(A2) - 1
+    from spiel.data import chat_prompt
+
+    assert tok(chat_prompt(CONV))["input_ids"] == enc["input_ids"][:last_answer_start]
+    assert enc["labels"][last_answer_start - 1] == IGNORE_INDEX and enc["labels"][last_answer_start] != IGNORE_INDEX
