@@ -158,3 +158,40 @@ def test_functional_rejects_bad_arguments():
 def test_probe_dataclass_defaults():
     probe = GradProbe()
     assert probe.on_dense_grad is None and probe.candidates is None and probe.on_candidate_grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_base_weight_is_restored_bit_for_bit(dtype):
+    # The delta is added to W in place for the matmuls and the k entries are restored afterwards.
+    torch.manual_seed(0)
+    layer = SparseDeltaLinear(nn.Linear(29, 37).to(dtype), 300)
+    layer.base_layer.requires_grad_(False)
+    original = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.values.normal_()
+    for _ in range(3):
+        layer(torch.randn(4, 29, dtype=dtype, requires_grad=True)).float().sum().backward()
+    assert torch.equal(layer.weight, original)
+
+
+def test_weight_is_restored_when_the_matmul_fails():
+    from spiel.delta.weights import delta_applied
+
+    weight = torch.randn(6, 5)
+    original = weight.clone()
+    with pytest.raises(RuntimeError, match="boom"), delta_applied(weight, torch.tensor([0, 7]), torch.ones(2), torch.float32):
+        assert not torch.equal(weight, original)
+        raise RuntimeError("boom")
+    assert torch.equal(weight, original)
+
+
+def test_whole_layer_step_allocates_nothing_dense_sized_on_the_sparse_path():
+    out_features, in_features = 512, 384
+    layer = small_layer(out_features, in_features, k=300)
+    layer.grad_path = "sddmm"
+    x = torch.randn(16, in_features, requires_grad=True)
+
+    def step():
+        layer(x).sum().backward()
+
+    assert largest_allocation(step) < out_features * in_features * 4 // 4

@@ -1,8 +1,9 @@
 """The sparse-delta linear map as one autograd Function.
 
-Forward: ``Y = X (W + scatter(indices, values))ᵀ + b``. ``W + Δ`` is built, used and freed inside
-forward and rebuilt inside backward, so no tensor of size out·in is kept between the two (only the
-frozen ``W`` itself, which already exists, is referenced).
+Forward: ``Y = X (W + scatter(indices, values))ᵀ + b``. ``W + Δ`` exists only inside forward and is
+rebuilt inside backward, so no tensor of size out·in is kept between the two (only the frozen ``W``
+itself, which already exists, is referenced). For a full-precision frozen ``W`` the delta is added in
+place and the k overwritten entries restored exactly afterwards, so not even a transient copy is made.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .grad_paths import gather_grad, validate_grad_path
-from .weights import is_quantized, weight_plus_delta, weight_shape
+from .weights import delta_applied, is_quantized, weight_shape
 
 
 @dataclass
@@ -36,9 +37,8 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, indices, values, bias, grad_path, probe, compute_dtype):
         out_features, in_features = weight_shape(weight)
         dtype = compute_dtype or (x.dtype if is_quantized(weight) else weight.dtype)
-        merged = weight_plus_delta(weight, indices, values, dtype)
-        y = F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
-        del merged
+        with delta_applied(weight, indices, values, dtype) as merged:
+            y = F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
         # The frozen weight is saved by reference (quantized weights keep their quant_state that way).
         ctx.weight = weight
         ctx.save_for_backward(x, indices, values, bias)
@@ -57,9 +57,8 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_values = grad_bias = None
 
         if need_x:
-            merged = weight_plus_delta(weight, indices, values, dtype)
-            grad_x = torch.mm(g2d, merged).view(*x.shape[:-1], in_features).to(x_dtype)
-            del merged
+            with delta_applied(weight, indices, values, dtype) as merged:
+                grad_x = torch.mm(g2d, merged).view(*x.shape[:-1], in_features).to(x_dtype)
 
         dense = None
         if need_w or (probe is not None and probe.on_dense_grad is not None) or (
