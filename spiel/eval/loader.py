@@ -1,0 +1,164 @@
+"""What `ckpt=` may be, and loading it for evaluation.
+
+- a SpIEL checkpoint (`spiel_config.json` + `spiel_delta.safetensors`): the base model it records (or
+  `model=`), checked against it by `SpielModel.from_pretrained`, the delta merged in (kept unmerged on an
+  NF4 base: merging would requantize);
+- a list of SpIEL checkpoints: `spiel.model.compose`, the base plus the SUM of the deltas (the paper's
+  "Tülu v2 ⊕ GPT4-Alpaca");
+- a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
+- a full transformers model directory (`config.json`): loaded as it is;
+- null: the base model `model=` itself.
+The tokenizer comes from the checkpoint directory when it holds one (training's special tokens), else
+from the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spiel.loading import load_base_model, load_tokenizer, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+class CheckpointError(ValueError):
+    """`ckpt=` names something that cannot be evaluated (with what to do about it)."""
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    info: dict = field(default_factory=dict)
+
+
+def normalize_ckpts(ckpt) -> list[str]:
+    """`ckpt` as a list of paths: None -> [], one path -> [path], a (Hydra) list -> its strings."""
+    if ckpt is None or ckpt == "" or str(ckpt).lower() in ("null", "none"):
+        return []
+    if isinstance(ckpt, (str, Path)):
+        return [str(ckpt)]
+    return [str(c) for c in ckpt]
+
+
+def checkpoint_kind(path) -> str:
+    """"spiel", "peft" or "full" from a directory's files; a clear error otherwise."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"ckpt={path}: no such directory")
+    if (p / "spiel_config.json").is_file():
+        return "spiel"
+    if (p / "adapter_config.json").is_file():
+        return "peft"
+    if (p / "config.json").is_file():
+        return "full"
+    hint = ""
+    if (p / "spiel_delta.safetensors").is_file():
+        hint = " It has spiel_delta.safetensors but no spiel_config.json: an interrupted save, not a checkpoint."
+    elif any(c.is_dir() and c.name.startswith("checkpoint-") for c in p.iterdir()):
+        hint = " It holds checkpoint-N/ directories: pass one of them, or the run's final checkpoint."
+    raise CheckpointError(
+        f"ckpt={path} is neither a SpIEL checkpoint (spiel_config.json), a peft adapter (adapter_config.json) "
+        f"nor a transformers model directory (config.json).{hint}")
+
+
+def recorded_base(path, kind: str) -> str | None:
+    """The base model a checkpoint names (None for a full model)."""
+    if kind == "spiel":
+        from spiel.model import read_spiel_config
+
+        base = read_spiel_config(path).get("base_model") or {}
+        return base.get("name_or_path") if isinstance(base, dict) else str(base)
+    if kind == "peft":
+        return json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return None
+
+
+def _has_tokenizer(path) -> bool:
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _fit_embeddings(model, tokenizer) -> None:
+    """Training may have added a pad token and grown the embeddings (open-instruct does); match that."""
+    emb = model.get_input_embeddings()
+    if emb is not None and len(tokenizer) > emb.num_embeddings:
+        log.info("resizing embeddings %d -> %d to the checkpoint's tokenizer", emb.num_embeddings, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
+                  device=None, revision: str | None = None) -> LoadedModel:
+    """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`."""
+    ckpts = normalize_ckpts(ckpt)
+    device = resolve_device(device)
+    quant = "none" if quant in (None, False) else str(quant)
+    kinds = [checkpoint_kind(c) for c in ckpts]
+    info = {"ckpt": ckpts, "quant": quant, "device": str(device), "dtype": str(resolve_dtype(dtype, device))}
+    if len(ckpts) > 1 and any(k != "spiel" for k in kinds):
+        bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
+        raise CheckpointError(f"only SpIEL checkpoints can be composed (summed deltas); not: {bad}")
+    kind = "base" if not ckpts else ("composed" if len(ckpts) > 1 else kinds[0])
+    info["kind"] = kind
+
+    if kind == "full":
+        if model_name:
+            log.warning("ckpt=%s is a full model; model=%s is ignored", ckpts[0], model_name)
+        model = load_base_model(ckpts[0], dtype=dtype, quant=quant, device=device)
+        info.update(base=ckpts[0], merged=True)
+        return LoadedModel(model.eval(), load_tokenizer(ckpts[0]), info)
+
+    recorded = recorded_base(ckpts[0], kinds[0]) if ckpts else None
+    base_name = model_name or recorded
+    if not base_name:
+        raise CheckpointError("no base model: ckpt=null evaluates the base model given by model= "
+                              "(e.g. model=llama2-7b or model=tiny)" if not ckpts else
+                              f"ckpt={ckpts[0]} does not name its base model; pass model=...")
+    if model_name and recorded and str(recorded) != str(model_name):
+        log.warning("ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
+                    ckpts[0], recorded, model_name)
+    try:
+        base = load_base_model(base_name, dtype=dtype, quant=quant, device=device, revision=revision)
+    except OSError as e:
+        where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
+        raise CheckpointError(f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
+                              "model.name_or_path=<dir> to point at it.") from e
+    tok_dir = ckpts[0] if ckpts and _has_tokenizer(ckpts[0]) else base_name
+    tokenizer = load_tokenizer(tok_dir)
+    info.update(base=str(base_name), tokenizer=str(tok_dir))
+    if quant == "none":
+        _fit_embeddings(base, tokenizer)
+
+    if kind == "base":
+        model = base
+    elif kind == "spiel":
+        from spiel.model import SpielModel
+
+        wrapped = SpielModel.from_pretrained(base, ckpts[0])
+        model = wrapped.merge_and_unload() if quant == "none" else wrapped
+    elif kind == "composed":
+        from spiel.model import compose
+
+        model = compose(ckpts, base)
+    else:  # peft
+        model = _load_peft(base, ckpts[0], merge=quant == "none")
+    info["merged"] = quant == "none"
+    return LoadedModel(model.eval(), tokenizer, info)
+
+
+def _load_peft(base, path: str, merge: bool):
+    from peft import PeftModel
+
+    from spiel.model import CheckpointMismatchError
+
+    try:
+        model = PeftModel.from_pretrained(base, path)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointMismatchError(
+            f"peft adapter {path} does not fit the base model {getattr(base.config, '_name_or_path', '?')!r} "
+            f"(it was made for {recorded_base(path, 'peft')!r}): {str(e).splitlines()[0]}") from e
+    return model.merge_and_unload() if merge else model

@@ -1,0 +1,163 @@
+"""MMLU, 5-shot, scored by the next-token probability of " A" ... " D" (open-instruct's protocol).
+
+Prompt (no chat template): "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
+where {subject} is every underscore-separated word with a leading space (so two spaces after "about"),
+then the first `ntrain` dev rows of the subject, each "{q}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer: {X}\\n\\n",
+then the test row ending in "Answer:". While the prompt (tokenized without special tokens) is longer than
+`max_prompt_tokens` (2048) the number of shots drops by one. The tokenizer adds BOS when the prompt is
+scored. The prediction is the argmax of the softmax over the full vocabulary at the last position,
+restricted to the ids of " A" ... " D" (the last token of each, "▁A" for LLaMA). `average_acc` is the
+micro-average over all questions; `subcat_acc` and `cat_acc` group subjects as Hendrycks et al.
+
+CSV cells are read with pandas (`header=None`) like the reference, so its type inference applies (a
+numeric column "0.50" becomes "0.5", and "None"/"NA" cells become "nan"); `reader="csv"` keeps the
+file's text verbatim instead.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spiel.eval.data import require
+from spiel.eval.mmlu_categories import CATEGORIES, SUBCATEGORIES
+
+CHOICES = ["A", "B", "C", "D"]
+
+
+def format_subject(subject: str) -> str:
+    return "".join(" " + word for word in subject.split("_"))
+
+
+def format_example(row, include_answer: bool) -> str:
+    text = f"{row[0]}"
+    for j, letter in enumerate(CHOICES):
+        text += f"\n{letter}. {row[j + 1]}"
+    text += "\nAnswer:"
+    if include_answer:
+        text += f" {row[len(CHOICES) + 1]}\n\n"
+    return text
+
+
+def gen_prompt(dev_rows, subject: str, k: int) -> str:
+    prompt = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+    return prompt + "".join(format_example(dev_rows[i], True) for i in range(min(k, len(dev_rows))))
+
+
+def build_prompt(tokenizer, dev_rows, subject: str, row, ntrain: int = 5, max_prompt_tokens: int = 2048) -> str:
+    end = format_example(row, include_answer=False)
+    k = ntrain
+    prompt = gen_prompt(dev_rows, subject, k) + end
+    while k > 0 and len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > max_prompt_tokens:
+        k -= 1
+        prompt = gen_prompt(dev_rows, subject, k) + end
+    return prompt
+
+
+def read_rows(path: Path, reader: str = "pandas") -> list[list]:
+    if reader == "pandas":
+        import pandas as pd
+
+        return pd.read_csv(path, header=None).values.tolist()
+    if reader == "csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row for row in csv.reader(f) if row]
+    raise ValueError(f"mmlu reader must be 'pandas' or 'csv', got {reader!r}")
+
+
+def subjects(data_dir: Path, split: str = "test") -> list[str]:
+    folder = require(Path(data_dir) / "mmlu" / split, "mmlu", data_dir)
+    found = sorted(p.name[: -len(f"_{split}.csv")] for p in folder.glob(f"*_{split}.csv"))
+    if not found:
+        raise FileNotFoundError(f"mmlu: no *_{split}.csv files in {folder}")
+    return found
+
+
+def candidate_ids(tokenizer) -> list[int]:
+    """The id of the last token of " A" ... " D" (the reference's answer_choice_ids)."""
+    return [tokenizer.encode(" " + c, add_special_tokens=False)[-1] for c in CHOICES]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int], batch_size: int = 4,
+                     progress: bool = False) -> np.ndarray:
+    """[len(prompts), len(token_ids)]: softmax over the whole vocabulary at the position after each prompt
+    (BOS added by the tokenizer), at `token_ids`. Left padding with position ids from the attention mask,
+    so a prompt's probabilities do not depend on what else is in its batch."""
+    if not prompts:
+        return np.zeros((0, len(token_ids)), dtype=np.float32)
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="mmlu", unit="batch")
+    out = np.zeros((len(prompts), len(token_ids)), dtype=np.float32)
+    index = torch.tensor(token_ids, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            ids, mask, pos = (t.to(device) for t in _left_pad([encoded[i] for i in batch], pad_id))
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1, :]
+            probs = logits.float().softmax(-1).index_select(-1, index)
+            out[batch] = probs.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_mmlu(model, tokenizer, data_dir, ntrain: int = 5, split: str = "test", max_prompt_tokens: int = 2048,
+                  reader: str = "pandas", batch_size: int = 4, limit: int | None = None,
+                  subject_list: list[str] | None = None, progress: bool = False) -> dict:
+    """Returns {"metrics": {...}, "predictions": [...]} (one prediction row per question)."""
+    data_dir = Path(data_dir)
+    names = subject_list or subjects(data_dir, split)
+    items, prompts = [], []
+    for subject in names:
+        dev = read_rows(require(data_dir / "mmlu" / "dev" / f"{subject}_dev.csv", "mmlu", data_dir), reader)[:ntrain]
+        rows = read_rows(require(data_dir / "mmlu" / split / f"{subject}_{split}.csv", "mmlu", data_dir), reader)
+        for i, row in enumerate(rows[:limit] if limit else rows):
+            prompts.append(build_prompt(tokenizer, dev, subject, row, ntrain, max_prompt_tokens))
+            items.append((subject, i, row))
+    probs = next_token_probs(model, tokenizer, prompts, candidate_ids(tokenizer), batch_size, progress)
+    predictions, per_subject = [], {}
+    for (subject, i, row), p in zip(items, probs, strict=True):
+        pred = CHOICES[int(np.argmax(p))]
+        correct = pred == str(row[len(CHOICES) + 1]).strip()
+        per_subject.setdefault(subject, []).append(correct)
+        predictions.append({"subject": subject, "index": i, "question": str(row[0]), "answer": str(row[5]),
+                            "prediction": pred, "correct": correct,
+                            **{f"choice{c}_probs": float(v) for c, v in zip(CHOICES, p, strict=True)}})
+    return {"metrics": mmlu_metrics(per_subject), "predictions": predictions}
+
+
+def mmlu_metrics(per_subject: dict[str, list[bool]]) -> dict:
+    subcat: dict[str, list[bool]] = {}
+    for subject, cors in per_subject.items():
+        subcat.setdefault(SUBCATEGORIES.get(subject, "other"), []).extend(cors)
+    cat = {name: [c for s in subs for c in subcat.get(s, [])] for name, subs in CATEGORIES.items()}
+    everything = [c for cors in per_subject.values() for c in cors]
+    return {
+        "average_acc": float(np.mean(everything)) if everything else 0.0,
+        "subcat_acc": {k: float(np.mean(v)) for k, v in sorted(subcat.items())},
+        "cat_acc": {k: float(np.mean(v)) for k, v in cat.items() if v},
+        "subject_acc": {k: float(np.mean(v)) for k, v in sorted(per_subject.items())},
+        "num_examples": len(everything),
+    }

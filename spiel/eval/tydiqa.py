@@ -1,0 +1,137 @@
+"""TyDiQA GoldP, 1-shot, 100 questions per language, passages cut at 1024 tokens (the paper's protocol).
+
+- Data: `tydiqa/tydiqa-goldp-v1.1-dev.json` (test) and `-train.json` (shots), SQuAD-style; the language is
+  the part of the question id before the first "-".
+- Sampling: one `random.Random(42)` stream: first 100 dev questions per language, then `n_shot` train
+  examples per language (the same shot for every question of a language). Languages are taken in the
+  fixed order of the paper's code (english, arabic, bengali, finnish, indonesian, korean, russian,
+  swahili, telugu), restricted to those in the dev file. (The reference's order came from an unordered
+  set in some versions and a sorted list in others; this pins the paper's.)
+- Passages longer than `max_context_length` tokens become decode(encode(passage)[:1024]) with the
+  tokenizer's defaults, for test and shot passages alike; as in the reference, `encode` adds BOS and
+  `decode` keeps it, so a cut passage starts with the literal BOS text (e.g. "<s>").
+- Prompt (no chat template), with the language's (instruction, passage, question, answer) template:
+  instruction + "\\n\\n" + shots ("{P} {passage}\\n{Q} {question}\\n{A} {first answer}", joined by "\\n\\n")
+  + "\\n\\n" + "{P} {passage}\\n{Q} {question}\\n{A}".
+- Greedy, at most 50 new tokens, stop at "\\n", stripped.
+- Metric: SQuAD v1.1 exact match and F1 (0-100) per language; `average` is their unweighted mean.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from spiel.eval.data import require
+from spiel.eval.generate import generate
+from spiel.eval.metrics import squad_scores
+
+LANGUAGES = ["english", "arabic", "bengali", "finnish", "indonesian", "korean", "russian", "swahili", "telugu"]
+
+# (instruction, passage label, question label, answer label) per language.
+TEMPLATES = {
+    "english": ("Answer the following question based on the information in the given passage.", "Passage:",
+                "Question:", "Answer:"),
+    "arabic": ("أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.", "المقطع:", "السؤال:", "الإجابة:"),
+    "bengali": ("প্রদত্ত অধ্যায়ের তথ্যের উপর ভিত্তি করে নিম্নলিখিত প্রশ্নের উত্তর দিন।", "অধ্যায়:", "প্রশ্ন:", "উত্তর:"),
+    "finnish": ("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.", "Kappale:", "Kysymys:",
+                "Vastaus:"),
+    "indonesian": ("Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.", "Bagian:",
+                   "Pertanyaan:", "Jawaban:"),
+    "korean": ("주어진 문단의 정보에 기반하여 다음 질문에 답하십시오.", "문단:", "질문:", "답변:"),
+    "russian": ("Ответьте на следующий вопрос на основе информации в данном отрывке.", "Отрывок:", "Вопрос:",
+                "Ответ:"),
+    "swahili": ("Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.", "Kifungu:", "Swali:",
+                "Jibu:"),
+    "telugu": ("ఇచ్చిన పేరాలోని సమాచారం ఆధారంగా కింది ప్రశ్నకు సమాధానం ఇవ్వండి.", "పేరా:", "ప్రశ్న:", "సమాధానం:"),
+}
+
+
+def read_goldp(path: Path) -> list[dict]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                out.append({"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
+                            "question": qa["question"], "answers": qa["answers"]})
+    return out
+
+
+def load_tydiqa(data_dir, n_shot: int = 1, max_num_examples_per_lang: int | None = 100, seed: int = 42):
+    """(test examples in language order, {language: shot examples}, languages)."""
+    base = Path(data_dir) / "tydiqa"
+    dev = read_goldp(require(base / "tydiqa-goldp-v1.1-dev.json", "tydiqa", data_dir))
+    present = {ex["lang"] for ex in dev}
+    unknown = present - set(LANGUAGES)
+    if unknown:
+        raise ValueError(f"tydiqa: no prompt template for language(s) {sorted(unknown)}")
+    languages = [lang for lang in LANGUAGES if lang in present]
+    rng = random.Random(seed)
+    test = []
+    for lang in languages:
+        examples = [ex for ex in dev if ex["lang"] == lang]
+        if max_num_examples_per_lang and len(examples) > max_num_examples_per_lang:
+            examples = rng.sample(examples, max_num_examples_per_lang)
+        test += examples
+    shots: dict[str, list[dict]] = {lang: [] for lang in languages}
+    if n_shot > 0:
+        train = read_goldp(require(base / "tydiqa-goldp-v1.1-train.json", "tydiqa", data_dir))
+        for ex in train:
+            if ex["lang"] in shots:
+                shots[ex["lang"]].append(ex)
+        for lang in languages:
+            if len(shots[lang]) < n_shot:
+                raise ValueError(f"tydiqa: {n_shot} shot(s) asked but the train file has {len(shots[lang])} "
+                                 f"{lang} example(s)")
+            shots[lang] = rng.sample(shots[lang], n_shot)
+    return test, shots, languages
+
+
+def truncate_context(tokenizer, context: str, max_context_length: int | None) -> str:
+    if not max_context_length:
+        return context
+    ids = tokenizer.encode(context)
+    if len(ids) > max_context_length:
+        return tokenizer.decode(ids[:max_context_length])
+    return context
+
+
+def build_prompt(lang: str, example: dict, shots: list[dict]) -> str:
+    instruction, p, q, a = TEMPLATES[lang]
+    prompt = instruction + "\n\n"
+    if shots:
+        prompt += "\n\n".join(f"{p} {s['context']}\n{q} {s['question']}\n{a} {s['answers'][0]['text']}"
+                              for s in shots) + "\n\n"
+    return prompt + f"{p} {example['context']}\n{q} {example['question']}\n{a}"
+
+
+def evaluate_tydiqa(model, tokenizer, data_dir, n_shot: int = 1, max_num_examples_per_lang: int | None = 100,
+                    max_context_length: int | None = 1024, max_new_tokens: int = 50, stop=("\n",),
+                    batch_size: int = 4, seed: int = 42, limit: int | None = None, progress: bool = False) -> dict:
+    test, shots, languages = load_tydiqa(data_dir, n_shot, max_num_examples_per_lang, seed)
+    if limit:
+        test = [ex for lang in languages for ex in [e for e in test if e["lang"] == lang][:limit]]
+    cut = {lang: [dict(s, context=truncate_context(tokenizer, s["context"], max_context_length)) for s in shots[lang]]
+           for lang in languages}
+    test = [dict(ex, context=truncate_context(tokenizer, ex["context"], max_context_length)) for ex in test]
+    prompts = [build_prompt(ex["lang"], ex, cut[ex["lang"]]) for ex in test]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       stop=list(stop) if stop else None, progress=progress)
+    preds = [o.strip() for o in outputs]
+    metrics = {}
+    for lang in languages:
+        idx = [i for i, ex in enumerate(test) if ex["lang"] == lang]
+        if idx:
+            metrics[lang] = squad_scores([preds[i] for i in idx], [[a["text"] for a in test[i]["answers"]] for i in idx])
+    langs = [k for k in metrics]
+    metrics["average"] = {key: float(np.mean([metrics[lang][key] for lang in langs])) if langs else 0.0
+                          for key in ("f1", "exact_match")}
+    metrics["num_examples"] = len(test)
+    predictions = [{"id": ex["id"], "lang": ex["lang"], "question": ex["question"],
+                    "answers": [a["text"] for a in ex["answers"]], "prediction_text": p}
+                   for ex, p in zip(test, preds, strict=True)]
+    return {"metrics": metrics, "predictions": predictions}

@@ -1,0 +1,95 @@
+"""Loading base models and tokenizers, shared by spiel-train and spiel-eval.
+
+    tok = load_tokenizer("meta-llama/Llama-2-7b-hf")
+    model = load_base_model("tiny", dtype="auto", quant="none", device=None)
+
+- Model aliases: `tiny` is the shipped pretrained tiny LLaMA in `assets/tiny-llama/` (a git checkout
+  ships it; a wheel does not). The alias is kept as the model's `name_or_path`, so checkpoints made from
+  it name their base `tiny` and load on any checkout.
+- `dtype`: "auto" is bfloat16 on a CUDA device that supports it, else float32 (the paper's evaluation
+  ran in bf16; bf16 matmuls on CPU are slow, see the ecosystem notes), or "float32" / "bfloat16" /
+  "float16". transformers 5 would otherwise follow the checkpoint's dtype, so it is always explicit.
+- `quant`: "none" or "nf4" (bitsandbytes NF4 with double quantization and bf16 compute, the QLoRA /
+  qSpIEL setting; non-linear layers keep `dtype`).
+- `device`: None picks CUDA when available, else CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_ALIASES = {"tiny": REPO_ROOT / "assets" / "tiny-llama"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANT = ("none", "nf4")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """An alias's directory, else `name_or_path` unchanged (a local directory or a hub id)."""
+    if name_or_path is None:
+        raise ValueError("no model given: set model=<tiny|llama2-7b|llama2-13b> or model.name_or_path=...")
+    name_or_path = str(name_or_path)
+    if name_or_path in MODEL_ALIASES:
+        path = MODEL_ALIASES[name_or_path]
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model alias {name_or_path!r} needs {path}, which is missing: the assets ship with the git "
+                "checkout (not with a wheel); regenerate it with scripts/make_tiny_model.py")
+        return str(path)
+    return name_or_path
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def nf4_config():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), revision=revision)
+
+
+def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", quant: str = "none",
+                    device: str | torch.device | None = None, revision: str | None = None):
+    """A causal LM in eval mode on `device`, frozen dtype as asked, optionally NF4-quantized."""
+    from transformers import AutoModelForCausalLM
+
+    quant = "none" if quant in (None, False) else str(quant)
+    if quant not in QUANT:
+        raise ValueError(f"quant must be one of {QUANT}, got {quant!r}")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = resolve_model_path(name_or_path)
+    kwargs = {"dtype": torch_dtype, "revision": revision}
+    if quant == "nf4":
+        kwargs.update(quantization_config=nf4_config(), device_map={"": str(device)})
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant == "none":
+        model = model.to(device)
+    if str(name_or_path) in MODEL_ALIASES:
+        model.config._name_or_path = str(name_or_path)
+        model.name_or_path = str(name_or_path)
+    return model.eval()

@@ -1,0 +1,179 @@
+"""HumanEval scoring and the code sandbox: canonical solutions pass, empty ones fail, and hostile programs
+(infinite loop, fork bomb, huge allocation, deleting or writing a file outside, a network connection,
+a daemonized child, undoing the read-only mounts) fail safely in every isolation mode this machine has.
+Every hostile program is bounded (short timeouts, small memory and process limits)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from spiel.eval.humaneval import STOP_SEQUENCES, check_program, load_problems, score_completions
+from spiel.eval.sandbox import SandboxLimits, run_program, run_programs
+
+LIMITS = dict(timeout=1.0, memory_mb=256, nproc=16, fsize_mb=1, startup_grace=10.0)
+
+
+def _mode_works(mode: str) -> bool:
+    res = run_program("import math\n", SandboxLimits(isolation=mode, timeout=10))
+    return res.passed and (mode == "guard" or res.isolation.get("isolation") == "namespaces")
+
+
+MODES = [m for m in ("auto", "userns", "rootns", "guard") if _mode_works(m)]
+
+
+def _sandbox_processes() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"_sandbox_child.py" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture
+def victim():
+    """A file anyone may write, in a directory anyone may enter and write (only the sandbox protects it)."""
+    folder = tempfile.mkdtemp(prefix="spiel-victim-")
+    os.chmod(folder, 0o777)
+    path = Path(folder) / "precious.txt"
+    path.write_text("keep me")
+    os.chmod(path, 0o666)
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on localhost that records every connection it accepts."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn.recv(100))
+                conn.close()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join(2)
+    server.close()
+
+
+def test_the_machine_offers_some_isolation_and_auto_picks_the_strongest():
+    assert "auto" in MODES and "guard" in MODES
+    res = run_program("import math\n", SandboxLimits(timeout=10))
+    if os.geteuid() == 0 or "userns" in MODES:
+        assert res.isolation["isolation"] == "namespaces" and res.isolation["readonly_fs"]
+
+
+def test_check_program_and_stop_sequences_follow_the_protocol():
+    problem = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
+    assert check_program(problem, "    return x + 1") == (
+        "def f(x):\n    return x + 1\ndef check(c):\n    assert c(1) == 2\n\ncheck(f)")
+    assert STOP_SEQUENCES == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+
+
+def test_pass_and_fail_and_order_are_kept_in_parallel_runs():
+    programs = ["assert 1 + 1 == 2\n", "assert 1 + 1 == 3\n", "raise ValueError('boom')\n", "x = 1\n"]
+    results = run_programs(programs, SandboxLimits(timeout=10), n_workers=2)
+    assert [r.passed for r in results] == [True, False, False, True]
+    assert results[1].status == "failed: AssertionError" and "ValueError: boom" in results[2].status
+
+
+@pytest.mark.slow
+def test_canonical_solutions_pass_all_164_and_empty_completions_pass_none():
+    problems = load_problems()
+    assert len(problems) == 164
+    completions = [[p["canonical_solution"], ""] for p in problems]
+    out = score_completions(problems, completions, SandboxLimits(timeout=10.0), n_workers=os.cpu_count(), ks=(1, 2))
+    rows = out["predictions"]
+    canonical, empty = rows[0::2], rows[1::2]
+    assert all(r["passed"] for r in canonical), [r["result"] for r in canonical if not r["passed"]][:3]
+    assert not any(r["passed"] for r in empty)
+    assert out["metrics"]["pass@1"] == pytest.approx(0.5)  # per problem: 1 of 2 samples passes
+    assert out["metrics"]["pass@2"] == pytest.approx(1.0)
+    one = score_completions(problems[:20], [[p["canonical_solution"]] for p in problems[:20]],
+                            SandboxLimits(timeout=10.0), n_workers=os.cpu_count())
+    assert one["metrics"]["pass@1"] == 1.0
+    none = score_completions(problems[:20], [[""] for _ in problems[:20]], SandboxLimits(timeout=10.0))
+    assert none["metrics"]["pass@1"] == 0.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hostile_programs_fail_safely(mode, victim, listener):
+    port, accepted = listener
+    limits = SandboxLimits(isolation=mode, **LIMITS)
+    programs = {
+        "infinite loop": "while True:\n    pass\n",
+        "sleep forever": "import time\ntime.sleep(1000)\n",
+        "fork bomb": "import os\nwhile True:\n    os.fork()\n",
+        "huge allocation": "x = bytearray(1 << 40)\n",
+        "growing allocation": "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n",
+        "remove outside file": f"import os\nos.remove({str(victim)!r})\n",
+        "rmtree outside dir": f"import shutil\nshutil.rmtree({str(victim.parent)!r})\n",
+        "overwrite outside file": f"open({str(victim)!r}, 'w').write('gone')\n",
+        "network": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'leak')\n",
+        "exit(0) early": "import sys\nsys.exit(0)\nassert False\n",
+        "os._exit(0) early": "import os\nos._exit(0)\n",
+        "huge file": "open('big', 'w').write('x' * (8 << 20))\n",
+    }
+    for name, program in programs.items():
+        start = time.monotonic()
+        res = run_program(program, limits)
+        elapsed = time.monotonic() - start
+        assert not res.passed, f"{mode}: {name} passed"
+        assert elapsed < LIMITS["timeout"] + 8, f"{mode}: {name} took {elapsed:.1f}s"
+        if name in ("infinite loop", "sleep forever"):
+            assert res.status == "timed out", (name, res.status)
+    assert victim.read_text() == "keep me"
+    assert accepted == []
+    time.sleep(0.2)
+    assert _sandbox_processes() == []
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "guard"])
+def test_namespaced_programs_cannot_undo_isolation_and_leave_no_process_behind(mode, victim):
+    limits = SandboxLimits(isolation=mode, **LIMITS)
+    undo_readonly = (  # clear MOUNT_ATTR_RDONLY on every mount, then write
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "class A(ctypes.Structure):\n    _fields_ = [(n, ctypes.c_uint64) for n in 'abcd']\n"
+        "a = A(0, 1, 0, 0)\nr = libc.syscall(442, -100, b'/', 0x8000, ctypes.byref(a), 32)\n"
+        f"assert r == 0, ctypes.get_errno()\nopen({str(victim)!r}, 'w').write('gone')\n")
+    assert not run_program(undo_readonly, limits).passed
+    daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+    res = run_program(daemon, limits)
+    assert res.passed  # the program itself ended normally ...
+    time.sleep(0.2)
+    assert _sandbox_processes() == []  # ... and its daemonized child died with the namespace
+    sees = run_program("import os\nassert len([p for p in os.listdir('/proc') if p.isdigit()]) <= 3\n", limits)
+    assert sees.passed  # a fresh /proc: only the sandbox's own processes are visible
+    assert victim.read_text() == "keep me"
+
+
+def test_working_directory_is_writable_and_thrown_away():
+    program = "open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'\n"
+    before = set(Path(tempfile.gettempdir()).glob("spiel-sandbox-*"))
+    assert run_program(program, SandboxLimits(timeout=10)).passed
+    assert set(Path(tempfile.gettempdir()).glob("spiel-sandbox-*")) <= before
+    assert os.stat(tempfile.gettempdir()).st_mode & stat.S_ISVTX  # sanity: /tmp is the shared sticky dir
