@@ -6,6 +6,7 @@ import torch.nn as nn
 from delta_reference import dense_reference
 
 from spiel.delta import SparseDeltaLinear, index_dtype, random_subset, sparse_delta_linear
+from spiel.delta.grad_paths import sddmm_gather_grad
 
 PATHS = ["dense", "sddmm", "triton", "auto"]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
@@ -61,9 +62,19 @@ def test_int32_and_int64_indices(grad_path, index_type):
 
 @pytest.mark.parametrize("grad_path", ["sddmm", "triton"])
 def test_many_tokens_cross_chunk_boundaries(grad_path):
-    # 300 tokens: several sddmm chunks (128) and triton token blocks (64), the last one partial.
+    # 300 tokens: several triton token blocks (64), the last one partial.
     case = make_case(24, 20, 90, (3, 100), torch.float32, bias=True, seed=7)
     assert_matches_reference(*case, grad_path=grad_path, tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@pytest.mark.parametrize("token_chunk", [1, 64, 128, 1024])
+def test_sddmm_accumulates_over_token_chunks(token_chunk):
+    g = torch.Generator().manual_seed(2)
+    x, dy = torch.randn(300, 20, generator=g), torch.randn(300, 24, generator=g)
+    indices = random_subset(24 * 20, 90, g).int()
+    expected = (dy.t() @ x).view(-1)[indices.long()]
+    got = sddmm_gather_grad(x, dy, indices, 24, 20, token_chunk=token_chunk)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_index_dtype_threshold():

@@ -20,10 +20,15 @@ from .indices import csr_pattern
 
 GRAD_PATHS = ("auto", "dense", "sddmm", "triton")
 
-# Tokens per sampled_addmm call. The kernel reads dYᵀ and Xᵀ rows of this length per active index;
-# 128 tokens keeps a 4096-wide chunk of Xᵀ (2 MiB fp32) inside a core's L2. Measured on the 2-core dev
-# box (scripts/bench_kernel.py): 64 → 0.38×, 128 → 0.30×, 256 → 0.37× of dense at 4096², 2048 tokens.
-SDDMM_TOKEN_CHUNK = 128
+# Tokens per sampled_addmm call. The kernel reads a row of Xᵀ (one token chunk) per active index, so
+# the chunk of Xᵀ should stay cache-resident: about 2 MiB of fp32 (the dev box has 2 MiB L2 per core).
+# Measured at 4096x4096, 2048 tokens: 64 → 0.38×, 128 → 0.30×, 256 → 0.37× of dense; at 1024x1024,
+# 512 tokens 512 was best. So: 2**19 / in_features tokens, within [32, 1024].
+SDDMM_CHUNK_FLOATS = 1 << 19
+
+
+def sddmm_token_chunk(in_features: int) -> int:
+    return max(32, min(1024, SDDMM_CHUNK_FLOATS // max(1, in_features)))
 
 # CPU choice between sddmm and dense, from a time model per token fitted with
 # `scripts/bench_kernel.py --crossover` on the 2-core dev box (fp32):
@@ -74,7 +79,7 @@ def sddmm_gather_grad(
     indices: torch.Tensor,
     out_features: int,
     in_features: int,
-    token_chunk: int = SDDMM_TOKEN_CHUNK,
+    token_chunk: int | None = None,
 ) -> torch.Tensor:
     """Only the k needed dot products, in fp32, via sampled_addmm over token chunks.
 
@@ -82,6 +87,7 @@ def sddmm_gather_grad(
     (O(token_chunk · (in + out))); nothing of size out·in.
     """
     k = indices.numel()
+    token_chunk = token_chunk or sddmm_token_chunk(in_features)
     crow, cols = csr_pattern(indices, out_features, in_features)
     with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
         warnings.simplefilter("ignore", UserWarning)
