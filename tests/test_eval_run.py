@@ -152,6 +152,7 @@ def test_cli_multirun_runs_the_suite_and_collects(tmp_path):
     runs = sorted(p.parent.name for p in (tmp_path / "sweep").rglob("metrics.json"))
     assert runs == ["0_gsm", "1_bbh"]
     assert out.stdout.count("| tiny |") == 2
+    assert out.stdout.count("loading the model") == 1  # the sweep's jobs share the loaded model
     table = subprocess.run([sys.executable, str(REPO / "scripts/collect_results.py"), str(tmp_path / "sweep")],
                            capture_output=True, text=True, check=True).stdout
     assert "| tiny | – | 0.0 | 0.0 |" in table or "| tiny | – |" in table

@@ -58,6 +58,8 @@ def load_model(cfg: DictConfig) -> LoadedModel:
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
+        log.info("loading the model: ckpt=%s model=%s dtype=%s quant=%s", ckpts, cfg.model.name_or_path,
+                 cfg.model.dtype, cfg.quant.name)
         _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
                                     quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"))
     return _CACHE[key]
@@ -99,7 +101,10 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
     return result["metrics"]
 
 
-USER_ERRORS = (MissingDataError, CheckpointError, FileNotFoundError, ValueError)
+def _user_errors() -> tuple:
+    from spiel.model import CheckpointMismatchError
+
+    return (MissingDataError, CheckpointError, CheckpointMismatchError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
@@ -109,7 +114,7 @@ def main(cfg: DictConfig):
 
     try:
         return run(cfg)
-    except USER_ERRORS as e:  # CheckpointMismatchError is a ValueError
+    except _user_errors() as e:
         out = Path(HydraConfig.get().runtime.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
