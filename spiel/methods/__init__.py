@@ -1,0 +1,31 @@
+"""The method registry: one name -> how the model is wrapped, which optimizer and callbacks run, and how
+the result is saved. ``ag``/``ma`` (SpIEL, our optimizers and selector), ``lora``/``ia3`` (peft) and
+``full``. Quantization (``quant=nf4``) is orthogonal: see ``spiel.methods.quant``.
+
+    method = get_method("ag")
+    model = method.wrap(base_model, method_cfg, seed=42, quantized=False)
+"""
+
+from __future__ import annotations
+
+from .base import Method
+from .full import FullMethod
+from .peft_methods import IA3Method, LoraMethod
+from .spiel_methods import SpielMethod
+
+METHODS: dict[str, Method] = {
+    "ag": SpielMethod("ag"),
+    "ma": SpielMethod("ma"),
+    "lora": LoraMethod(),
+    "ia3": IA3Method(),
+    "full": FullMethod(),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "get_method"]

@@ -1,0 +1,48 @@
+"""What every training method provides: how the base model is wrapped, which optimizer is built,
+which callbacks run, and how the result is saved (and reloaded on resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+
+class Method:
+    """One entry of the registry. Subclasses override what differs."""
+
+    name: str = ""
+    supports_quant: bool = True
+    final_format: str = ""  # what the final checkpoint is, for messages
+
+    def wrap(self, model: nn.Module, mcfg, *, seed: int, quantized: bool) -> nn.Module:
+        """The trainable model built on the frozen (possibly 4-bit) base."""
+        raise NotImplementedError
+
+    def make_optimizer(self, model: nn.Module, mcfg, lr: float, weight_decay: float):
+        """Our optimizer, or None to let the Trainer build ``trainer_optim(mcfg)`` over the trainable
+        parameters."""
+        return None
+
+    def trainer_optim(self, mcfg) -> str:
+        return "adamw_torch"
+
+    def callbacks(self, model: nn.Module, optimizer, resume_from: str | None) -> list:
+        return []
+
+    def save(self, model: nn.Module, directory: Path, tokenizer=None) -> None:
+        """The final checkpoint in this method's format (see DESIGN.md, checkpoint format)."""
+        model.save_pretrained(directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+
+    def load_weights(self, model: nn.Module, directory: Path) -> bool:
+        """Load trained weights saved by ``save`` into ``model`` (resume); False: let the Trainer do it."""
+        return False
+
+    def num_trainable(self, model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def after_training(self, model: nn.Module, run_dir: Path, total_steps: int, plot: bool) -> dict:
+        """Extra outputs at the end of training (rank 0); returns entries for the run summary."""
+        return {}

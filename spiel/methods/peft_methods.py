@@ -1,0 +1,41 @@
+"""LoRA and (IA)3 through peft, on the same seven projections; QLoRA is lora on an NF4 base."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method
+from .quant import prepare_quantized_for_peft
+
+
+class LoraMethod(Method):
+    name = "lora"
+    final_format = "peft LoRA adapter (adapter_config.json + adapter_model.safetensors)"
+
+    def wrap(self, model, mcfg, *, seed, quantized):
+        from peft import LoraConfig, get_peft_model
+
+        if quantized:
+            model = prepare_quantized_for_peft(model)
+        config = LoraConfig(r=mcfg.r, lora_alpha=mcfg.alpha, lora_dropout=mcfg.dropout,
+                            target_modules=list(mcfg.target_modules), task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+        adapter_dtype = mcfg.adapter_dtype or ("bfloat16" if quantized else "float32")
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad and "lora_" in name:
+                param.data = param.data.to(getattr(torch, adapter_dtype))
+        return peft_model
+
+
+class IA3Method(Method):
+    name = "ia3"
+    final_format = "peft (IA)3 adapter (adapter_config.json + adapter_model.safetensors)"
+
+    def wrap(self, model, mcfg, *, seed, quantized):
+        from peft import IA3Config, get_peft_model
+
+        if quantized:
+            model = prepare_quantized_for_peft(model)
+        config = IA3Config(target_modules=list(mcfg.target_modules),
+                           feedforward_modules=list(mcfg.feedforward_modules), task_type="CAUSAL_LM")
+        return get_peft_model(model, config)

@@ -1,0 +1,67 @@
+"""The local metrics log (``metrics.jsonl``: one JSON object per Trainer log event, always written) and
+the end-of-run summary line."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the records up to ``last_step`` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except ValueError:  # a line cut by a kill
+            continue
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Appends every log event (loss, learning rate, grad norm, ...) with step, epoch and wall time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.last_loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            self.last_loss = float(logs["loss"])
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+def peak_memory() -> tuple[float, str]:
+    """(GiB, what was measured): CUDA peak allocation, else the process's peak resident memory."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30, "GPU peak allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    return rss_bytes / 2**30, "peak RSS"
+
+
+def summary_line(summary: dict) -> str:
+    def fmt_loss(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    return (f"spiel-train: {summary['method']} · {summary['steps']} steps · loss {fmt_loss(summary['final_loss'])} "
+            f"(run mean {fmt_loss(summary['train_loss'])}) · tunable {summary['trainable']:,} of "
+            f"{summary['total_params']:,} ({100 * summary['trainable'] / max(1, summary['total_params']):.2f}%) · "
+            f"{summary['peak_memory_what']} {summary['peak_memory_gib']:.2f} GiB · "
+            f"{summary['seconds_per_step']:.3f} s/step · {summary['wall_seconds']:.0f} s in all")

@@ -1,0 +1,149 @@
+"""One training run, from a composed config to the final checkpoint and summary.
+
+    summary = run_training(cfg, run_dir, run_name)
+
+Order matters: the config is validated first (nothing is loaded before it passes), then the run dir is
+prepared on rank 0 (fresh / resume / overwrite), then tokenizer, data, base model, method wrapper,
+optimizer and callbacks are built and handed to SpielTrainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from spiel.config import validate
+from spiel.methods import get_method
+
+from . import checkpoints, wandb_logger
+from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
+from .metrics import METRICS_FILE, MetricsLogCallback, peak_memory, summary_line, truncate_metrics
+from .rundir import FINAL_DIR, prepare_run_dir
+
+log = logging.getLogger("spiel.train")
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant checkpointing on the underlying transformers model (gradients reach the deltas or
+    adapters inside checkpointed blocks although the inputs of each block need no gradient)."""
+    inner = getattr(model, "model", model) if type(model).__name__ == "SpielModel" else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def eval_command(final_dir: Path, settings) -> str:
+    bench = "demo" if settings.cfg.data.get("name") == "demo" else "mmlu"
+    quant = " quant=nf4" if settings.quant == "nf4" else ""
+    return f"spiel-eval ckpt={final_dir} bench={bench}{quant}"
+
+
+def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
+    staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
+    checkpoints.clean_staging(run_dir)
+    staged.mkdir(parents=True)
+    method.save(model, staged, tokenizer=tokenizer)
+    checkpoints.seal(staged, kind="final")
+    final = checkpoints.publish(staged, run_dir / FINAL_DIR)
+    checkpoints.clean_staging(run_dir)
+    return final
+
+
+def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
+    start = time.time()
+    run_dir = Path(run_dir)
+    settings = validate(cfg, world_size=env_world_size())  # raises ConfigError before anything loads
+    c = settings.cfg
+    method = get_method(settings.method.name)
+
+    import transformers
+
+    from spiel.data import DataCollatorForSpiel, build_train_dataset
+    from spiel.loading import load_base_model, load_tokenizer
+    from spiel.targets import model_numel
+
+    from .args import training_arguments
+    from .trainer import SpielTrainer
+
+    use_wandb = c.logger.name == "wandb"
+    args = training_arguments(settings, run_dir, method.trainer_optim(settings.method), use_wandb, run_name)
+    is_main = args.process_index == 0
+    resume_from = None
+    if is_main:
+        resume_from = prepare_run_dir(run_dir, c.resume, c.overwrite)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resume_from = broadcast_object(None if resume_from is None else str(resume_from))
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+        if is_main:
+            truncate_metrics(run_dir / METRICS_FILE, checkpoints.checkpoint_step(Path(resume_from)) or 0)
+    if is_main and use_wandb:
+        wandb_logger.start(c.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
+
+    transformers.set_seed(c.seed)
+    model_cfg = c.model
+    tokenizer = load_tokenizer(model_cfg["name_or_path"], revision=model_cfg.get("revision"))
+    with args.main_process_first(desc="tokenizing the training data"):
+        dataset, data_stats = build_train_dataset(c.data, tokenizer, max_seq_len=c.max_seq_len,
+                                                  cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
+    log.info("training data: %d examples", len(dataset))
+
+    base = load_base_model(model_cfg["name_or_path"], dtype=settings.dtype, quant=settings.quant,
+                           device=args.device, revision=model_cfg.get("revision"))
+    total_params = model_numel(base)
+    model = method.wrap(base, settings.method, seed=c.seed, quantized=settings.quant == "nf4")
+    if c.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = method.make_optimizer(model, settings.method, c.lr, c.weight_decay)
+    callbacks = method.callbacks(model, optimizer, resume_from)
+    metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
+    trainer = SpielTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSpiel(tokenizer),
+        processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[*callbacks, metrics_cb],
+        method=method, state_savers=[cb for cb in callbacks if hasattr(cb, "save_state")],
+        save_total_limit=c.save_total_limit,
+    )
+    if c.loss_reduction == "micro_batch":
+        trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
+    train_start = time.time()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - train_start
+    start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
+    steps_this_run = trainer.state.global_step - start_step
+
+    digests = gather_objects(trainable_digest(model))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")
+    summary = {}
+    if is_main:
+        final_dir = _save_final(method, model, tokenizer, run_dir)
+        extras = method.after_training(model, run_dir, trainer.state.max_steps, plot=c.plot_ages)
+        memory, memory_what = peak_memory()
+        summary = {
+            "method": method.name, "quant": settings.quant, "run_dir": str(run_dir),
+            "final_checkpoint": str(final_dir), "final_format": method.final_format,
+            "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+            "steps_this_run": steps_this_run, "resumed_from": resume_from,
+            "final_loss": metrics_cb.last_loss, "train_loss": output.training_loss,
+            "trainable": method.num_trainable(model), "total_params": total_params,
+            "peak_memory_gib": memory, "peak_memory_what": memory_what,
+            "seconds_per_step": train_seconds / max(1, steps_this_run), "wall_seconds": time.time() - start,
+            "world_size": settings.world_size, "grad_accum": settings.grad_accum,
+            "effective_batch": c.batch_size, "examples": len(dataset),
+            "dropped_examples": data_stats.get("dropped"), "rank_digests": digests,
+            "eval_command": eval_command(final_dir, settings), **extras,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        line = summary_line(summary)
+        log.info(line)
+        print(line, flush=True)
+        print(f"checkpoint: {final_dir} ({method.final_format})", flush=True)
+        print(f"evaluate:   {summary['eval_command']}", flush=True)
+    barrier()
+    return summary
