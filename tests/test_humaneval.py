@@ -27,7 +27,13 @@ def _mode_works(mode: str) -> bool:
     return res.passed and (mode == "guard" or res.isolation.get("isolation") == "namespaces")
 
 
-MODES = [m for m in ("auto", "userns", "rootns", "guard") if _mode_works(m)]
+def _modes() -> list[str]:
+    modes = [m for m in ("auto", "userns", "rootns", "guard") if _mode_works(m)]
+    auto = run_program("pass\n", SandboxLimits(timeout=10)).isolation.get("mode") or "guard"
+    return [m for m in modes if m == "auto" or m != auto]  # "auto" already covers the mode it picks
+
+
+MODES = _modes()
 
 
 def _sandbox_processes() -> list[int]:
@@ -81,7 +87,7 @@ def listener():
 
 
 def test_the_machine_offers_some_isolation_and_auto_picks_the_strongest():
-    assert "auto" in MODES and "guard" in MODES
+    assert "auto" in MODES
     res = run_program("import math\n", SandboxLimits(timeout=10))
     if os.geteuid() == 0 or "userns" in MODES:
         assert res.isolation["isolation"] == "namespaces" and res.isolation["readonly_fs"]
@@ -105,19 +111,23 @@ def test_pass_and_fail_and_order_are_kept_in_parallel_runs():
 def test_canonical_solutions_pass_all_164_and_empty_completions_pass_none():
     problems = load_problems()
     assert len(problems) == 164
-    completions = [[p["canonical_solution"], ""] for p in problems]
-    out = score_completions(problems, completions, SandboxLimits(timeout=10.0), n_workers=os.cpu_count(), ks=(1, 2))
-    rows = out["predictions"]
-    canonical, empty = rows[0::2], rows[1::2]
-    assert all(r["passed"] for r in canonical), [r["result"] for r in canonical if not r["passed"]][:3]
-    assert not any(r["passed"] for r in empty)
-    assert out["metrics"]["pass@1"] == pytest.approx(0.5)  # per problem: 1 of 2 samples passes
-    assert out["metrics"]["pass@2"] == pytest.approx(1.0)
-    one = score_completions(problems[:20], [[p["canonical_solution"]] for p in problems[:20]],
-                            SandboxLimits(timeout=10.0), n_workers=os.cpu_count())
-    assert one["metrics"]["pass@1"] == 1.0
-    none = score_completions(problems[:20], [[""] for _ in problems[:20]], SandboxLimits(timeout=10.0))
-    assert none["metrics"]["pass@1"] == 0.0
+    limits = SandboxLimits(timeout=10.0)
+    canonical = score_completions(problems, [[p["canonical_solution"]] for p in problems], limits,
+                                  n_workers=os.cpu_count())
+    failed = [r for r in canonical["predictions"] if not r["passed"]]
+    assert canonical["metrics"]["pass@1"] == 1.0, [(r["task_id"], r["result"]) for r in failed[:3]]
+    empty = score_completions(problems, [[""] for _ in problems], limits, n_workers=os.cpu_count())
+    assert empty["metrics"]["pass@1"] == 0.0 and empty["metrics"]["num_samples"] == 164
+
+
+def test_pass_at_k_is_computed_per_problem_over_its_samples():
+    problems = load_problems()[:2]
+    comps = [[problems[0]["canonical_solution"], "", ""], ["", "", problems[1]["canonical_solution"]]]
+    out = score_completions(problems, comps, SandboxLimits(timeout=10.0), ks=(1, 2, 5))
+    assert [r["passed"] for r in out["predictions"]] == [True, False, False, False, False, True]
+    assert out["metrics"]["pass@1"] == pytest.approx(1 / 3)
+    assert out["metrics"]["pass@2"] == pytest.approx(1 - 1 / 3)  # 1 - C(2,2)/C(3,2) per problem
+    assert "pass@5" not in out["metrics"]  # k > n is not reported
 
 
 @pytest.mark.parametrize("mode", MODES)
