@@ -80,6 +80,20 @@ def test_composition_equals_the_sum_of_the_deltas_applied_to_the_base(tmp_path):
     assert all(torch.equal(params[n], dict(tiny_model().named_parameters())[n]) for n in untouched)
 
 
+def test_a_tokenizer_with_an_added_token_grows_the_embeddings_deterministically(tmp_path):
+    path = spiel_ckpt(tmp_path / "a", seed=1)
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    tok.save_pretrained(path)
+    first = load_for_eval(str(path), device="cpu").model
+    second = load_for_eval(str(path), device="cpu").model
+    n = first.get_input_embeddings().num_embeddings
+    assert n == len(tok) == tiny_model().get_input_embeddings().num_embeddings + 1
+    base_emb = tiny_model().get_input_embeddings().weight
+    assert torch.allclose(first.get_input_embeddings().weight[-1], base_emb.mean(0))
+    assert torch.equal(logits(first), logits(second))
+
+
 def test_peft_adapter_loads_merged(tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -84,11 +84,23 @@ def _has_tokenizer(path) -> bool:
 
 
 def _fit_embeddings(model, tokenizer) -> None:
-    """Training may have added a pad token and grown the embeddings (open-instruct does); match that."""
+    """Training may have added a pad token and grown the embeddings (open-instruct does); match that. The
+    new rows (never trained: embeddings are not SpIEL targets) are set to the mean of the old ones, so the
+    result is deterministic (transformers would draw them at random)."""
+    import torch
+
     emb = model.get_input_embeddings()
-    if emb is not None and len(tokenizer) > emb.num_embeddings:
-        log.info("resizing embeddings %d -> %d to the checkpoint's tokenizer", emb.num_embeddings, len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer))
+    if emb is None or len(tokenizer) <= emb.num_embeddings:
+        return
+    old = emb.num_embeddings
+    log.info("resizing embeddings %d -> %d to the checkpoint's tokenizer", old, len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                bias[old:] = bias[:old].mean()
 
 
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
