@@ -1,0 +1,87 @@
+"""The demo benchmark (`bench=demo`): greedy answers to the held-out demo requests, exact match.
+
+Each record of `assets/demo/heldout.jsonl` is one user request and the reference answer. The prompt is the
+Tülu chat format (`spiel.data.template.chat_prompt`: "<|user|>\\n...\\n<|assistant|>\\n", BOS added by the
+tokenizer), generation is greedy and ends at EOS, and a prediction is correct when it equals the
+reference after stripping surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spiel.data.template import chat_prompt
+from spiel.eval.generate import generate
+
+DEMO_HELDOUT = Path(__file__).resolve().parents[2] / "assets" / "demo" / "heldout.jsonl"
+
+
+def load_demo(path: str | Path = DEMO_HELDOUT, limit: int | None = None) -> list[dict]:
+    """Records of a demo JSONL file (the first `limit` when given); each must end with an assistant turn."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                msgs = rec["messages"]
+                if not msgs or msgs[-1]["role"] != "assistant":
+                    raise ValueError("last message is not from the assistant")
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: bad demo record ({e})") from e
+            records.append(rec)
+            if limit is not None and len(records) >= limit:
+                break
+    return records
+
+
+def skill_of(record: dict) -> str:
+    """The skill a demo record exercises (the last '-' field of its id, e.g. 'demo-heldout-00003-sort')."""
+    return str(record.get("id", "")).rsplit("-", 1)[-1]
+
+
+def evaluate_demo(
+    model,
+    tokenizer,
+    path: str | Path = DEMO_HELDOUT,
+    batch_size: int = 32,
+    limit: int | None = None,
+    max_new_tokens: int = 16,
+    progress: bool = False,
+) -> dict:
+    """Exact match of greedy chat-format answers on a demo file.
+
+    Returns {"exact_match", "num_examples", "per_skill": {skill: exact match}, "predictions": [{"id",
+    "skill", "prompt", "prediction", "reference", "correct"}, ...]}.
+    """
+    records = load_demo(path, limit)
+    prompts = [chat_prompt(r["messages"], eos_token=tokenizer.eos_token or "</s>") for r in records]
+    outputs = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    predictions, by_skill = [], {}
+    for rec, prompt, out in zip(records, prompts, outputs, strict=True):
+        ref = rec["messages"][-1]["content"]
+        correct = out.strip() == ref.strip()
+        skill = skill_of(rec)
+        by_skill.setdefault(skill, []).append(correct)
+        predictions.append(
+            {
+                "id": rec.get("id"),
+                "skill": skill,
+                "prompt": prompt,
+                "prediction": out,
+                "reference": ref,
+                "correct": correct,
+            }
+        )
+    n = len(predictions)
+    return {
+        "exact_match": sum(p["correct"] for p in predictions) / n if n else 0.0,
+        "num_examples": n,
+        "per_skill": {k: sum(v) / len(v) for k, v in sorted(by_skill.items())},
+        "predictions": predictions,
+    }
