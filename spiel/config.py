@@ -215,6 +215,13 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     if not OmegaConf.has_resolver("spiel_dirname"):
         OmegaConf.register_new_resolver("spiel_dirname", dirname_from_overrides)
+    if not OmegaConf.has_resolver("spiel_mul"):
+        OmegaConf.register_new_resolver("spiel_mul", multiply)
+
+
+def multiply(a, b) -> float:
+    """``${spiel_mul:${method.lr},10}``: a scaled default (rounded to 12 significant digits)."""
+    return float(f"{float(a) * float(b):.12g}")
 
 
 def dirname_from_overrides(override_dirname: str, run_name: Any = None) -> str:

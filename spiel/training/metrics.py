@@ -30,18 +30,27 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
+def last_logged_loss(path: Path) -> float | None:
+    """The last training loss in the metrics log (this run's or, after a resume, the earlier one's)."""
+    loss = None
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                loss = json.loads(line).get("loss", loss)
+            except ValueError:
+                continue
+    return loss
+
+
 class MetricsLogCallback(TrainerCallback):
     """Appends every log event (loss, learning rate, grad norm, ...) with step, epoch and wall time."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.last_loss: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        if "loss" in logs:
-            self.last_loss = float(logs["loss"])
         record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")

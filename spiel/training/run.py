@@ -21,7 +21,14 @@ from spiel.methods import get_method
 
 from . import checkpoints, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
-from .metrics import METRICS_FILE, MetricsLogCallback, peak_memory, summary_line, truncate_metrics
+from .metrics import (
+    METRICS_FILE,
+    MetricsLogCallback,
+    last_logged_loss,
+    peak_memory,
+    summary_line,
+    truncate_metrics,
+)
 from .rundir import FINAL_DIR, prepare_run_dir
 
 log = logging.getLogger("spiel.train")
@@ -42,6 +49,16 @@ def eval_command(final_dir: Path, settings) -> str:
     bench = "demo" if settings.cfg.data.get("name") == "demo" else "mmlu"
     quant = " quant=nf4" if settings.quant == "nf4" else ""
     return f"spiel-eval ckpt={final_dir} bench={bench}{quant}"
+
+
+def _trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def _finished(checkpoint: Path) -> bool:
+    """A checkpoint saved at the last step (the Trainer would train one step too many from it)."""
+    state = _trainer_state(checkpoint)
+    return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 
 def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
@@ -112,7 +129,13 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     if c.loss_reduction == "micro_batch":
         trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
     train_start = time.time()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from is not None and _finished(Path(resume_from)):
+        log.info("%s is the last step of this run: nothing left to train", resume_from)
+        trainer._load_from_checkpoint(resume_from)
+        trainer.state.global_step = trainer.state.max_steps = _trainer_state(Path(resume_from))["global_step"]
+        train_loss = None
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
     train_seconds = time.time() - train_start
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
     steps_this_run = trainer.state.global_step - start_step
@@ -130,7 +153,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
             "final_checkpoint": str(final_dir), "final_format": method.final_format,
             "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
             "steps_this_run": steps_this_run, "resumed_from": resume_from,
-            "final_loss": metrics_cb.last_loss, "train_loss": output.training_loss,
+            "final_loss": last_logged_loss(run_dir / METRICS_FILE), "train_loss": train_loss,
             "trainable": method.num_trainable(model), "total_params": total_params,
             "peak_memory_gib": memory, "peak_memory_what": memory_what,
             "seconds_per_step": train_seconds / max(1, steps_this_run), "wall_seconds": time.time() - start,

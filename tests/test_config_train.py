@@ -1,0 +1,221 @@
+"""The training config tree: every combination composes, the paper's experiments carry the paper's
+values, and invalid values are rejected — naming the key — before any model or tokenizer is loaded."""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from train_helpers import REPO, run_cli, subprocess_env
+
+from spiel.config import CONFIG_DIR, ConfigError, dirname_from_overrides, validate
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def make(*overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_groups_hold_what_the_issue_lists():
+    assert {"llama2-7b", "llama2-13b", "tiny"} <= set(options("model"))
+    assert {"tulu2", "flan_v2", "gpt4_alpaca", "demo"} <= set(options("data"))
+    assert options("method") == ["ag", "full", "ia3", "lora", "ma"]
+    assert options("quant") == ["nf4", "none"]
+    assert options("logger") == ["none", "wandb"]
+    assert {"local", "slurm"} <= set(options("hydra/launcher"))
+    assert {f"paper_{s}_{m}" for s in ("7b", "13b") for m in ("ag", "ma", "lora", "ia3", "full")} <= set(
+        options("experiment"))
+
+
+def test_defaults_are_the_demo():
+    s = validate(make())
+    assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == ("tiny", "demo", "ag", "none")
+    # the tiny model's preset: 10x the method's (7B) learning rate and λ/10, the same decay per step
+    assert s.cfg.lr == 1e-3 and s.cfg.weight_decay == 3.0
+    assert validate(make("model=llama2-7b")).cfg.lr == 1e-4  # the method's own default
+
+
+@pytest.mark.slow
+def test_every_model_data_method_quant_combination_composes():
+    combos = itertools.product(options("model"), options("data"), options("method"), options("quant"))
+    checked = 0
+    for model, data, method, quant in combos:
+        cfg = make(f"model={model}", f"data={data}", f"method={method}", f"quant={quant}")
+        assert cfg.method.name == method and cfg.quant.name == quant
+        if model == "from_ckpt" or (quant == "nf4" and method == "full"):
+            with pytest.raises(ConfigError):
+                validate(cfg)
+        else:
+            s = validate(cfg)
+            assert s.grad_accum * s.cfg.micro_batch_size == s.cfg.batch_size
+            checked += 1
+    assert checked >= 3 * 4 * 5 * 2 - 3 * 4
+
+
+def test_cfg_job_from_the_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "spiel.train", "model=llama2-13b", "method=lora", "quant=nf4",
+                          "--cfg", "job"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "name_or_path: meta-llama/Llama-2-13b-hf" in out.stdout and "r: 64" in out.stdout
+    assert not list(tmp_path.iterdir())  # --cfg writes nothing
+
+
+@pytest.mark.parametrize("size,method,lr,extra", [
+    ("7b", "ag", 1e-4, {"rank_equiv": 64, "weight_decay": 30.0}),
+    ("13b", "ag", 1e-5, {"rank_equiv": 64, "weight_decay": 30.0}),
+    ("7b", "ma", 1e-3, {"rank_equiv": 64, "weight_decay": 0.3}),
+    ("13b", "ma", 4e-4, {"rank_equiv": 64, "weight_decay": 0.0}),
+    ("7b", "lora", 1e-4, {"r": 64, "alpha": 16.0, "dropout": 0.1}),
+    ("13b", "lora", 3e-5, {"r": 64}),
+    ("7b", "ia3", 3e-4, {}),
+    ("13b", "ia3", 1e-4, {}),
+    ("7b", "full", 2e-5, {}),
+])
+def test_paper_experiments(size, method, lr, extra):
+    s = validate(make(f"experiment=paper_{size}_{method}"))
+    c = s.cfg
+    assert c.model["name_or_path"] == f"meta-llama/Llama-2-{size}-hf" and s.dtype == "bfloat16"
+    assert s.method.name == method and c.lr == lr
+    for key, value in extra.items():
+        assert getattr(s.method, key) == value, key
+    assert (c.batch_size, c.epochs, c.max_seq_len, c.warmup_ratio, c.lr_scheduler) == (128, 2, 2048, 0.03, "linear")
+    if method in ("ag", "ma"):
+        m = s.method
+        assert (m.reselection_steps, m.estimation_steps, m.initial_rate) == (20, 5, 0.2)
+        assert m.spiel_config().delta_dtype == "float32"  # fp32 deltas on a bf16 base
+        assert m.spiel_config(quantized=True).delta_dtype == "bfloat16"
+    # a user's override still wins over the experiment
+    assert validate(make(f"experiment=paper_{size}_{method}", "lr=3e-6")).cfg.lr == 3e-6
+
+
+def test_model_specific_training_defaults_follow_the_final_model_choice():
+    assert make().batch_size == 16  # model_train/tiny.yaml
+    assert make("model=llama2-7b").batch_size == 128
+    assert make("experiment=paper_7b_ag").save_steps == 200  # tiny's preset does not leak in
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers(launcher, target):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
+
+
+def test_run_dir_names():
+    assert dirname_from_overrides("") == "default"
+    assert dirname_from_overrides("method=lora,lr=1e-05") == "method=lora,lr=1e-05"
+    assert "/" not in dirname_from_overrides("data.sources.0.path=/x/y.jsonl")
+    assert dirname_from_overrides("method=lora", "mine") == "mine"
+
+
+BAD = [
+    (["method.density=-0.1"], "method.density"),
+    (["method.rank_equiv=8", "method.density=0.1"], "rank_equiv"),
+    (["method.estimation_steps=20"], "method.estimation_steps"),  # γ = R
+    (["method.reselection_steps=5", "method.estimation_steps=7"], "method.estimation_steps"),
+    (["method.schedule=exponential"], "method.schedule"),
+    (["method=foo"], "method/foo"),
+    (["method.name=foo"], "method.name"),
+    (["method=lora", "method.dropout=1.5"], "method.dropout"),
+    (["method=lora", "method.rank_equiv=8"], "method.rank_equiv"),  # not a LoRA key
+    (["method=full", "quant=nf4"], "quant"),
+    (["seed=abc"], "seed"),
+    (["lr=-1"], "lr"),
+    (["batch_size=10", "micro_batch_size=4"], "batch_size"),
+    (["quant.name=int3"], "quant.name"),
+    (["logger.mode=sometimes"], "logger.mode"),
+    (["model.name_or_path=null"], "model.name_or_path"),
+    (["resume=/no/such/checkpoint-7"], "resume"),
+    (["data.on_bad_record=explode"], "data"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_invalid_config_is_rejected_before_anything_loads(tmp_path, monkeypatch, capsys, overrides, key):
+    import spiel.loading
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the config was validated")
+
+    monkeypatch.setattr(spiel.loading, "load_base_model", forbidden)
+    monkeypatch.setattr(spiel.loading, "load_tokenizer", forbidden)
+    code = run_cli([f"output_root={tmp_path}", *overrides])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "was loaded before" not in err
+    assert key in err, err
+
+
+@pytest.mark.slow
+def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
+    """Build a wheel from a copy of the tree, install it into a fresh venv and compose from there, in
+    another working directory. The installed tree must be file-for-file the repository's configs/ (so
+    the full product composed above composes the same from the wheel); every option of every group,
+    every experiment and both launchers are composed from the wheel, and `spiel-train --cfg job` runs."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "configs", src / "configs")
+    shutil.copytree(REPO / "spiel", src / "spiel", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = subprocess_env()
+    env.pop("PYTHONPATH")
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(src)], check=True, env=env, timeout=300, cwd=tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    wheel = next(wheels.glob("spiel-*.whl"))
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+                   check=True, env=env, timeout=300)
+    script = tmp_path / "compose_from_wheel.py"
+    script.write_text(COMPOSE_FROM_WHEEL)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([str(python), str(script)], cwd=elsewhere, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(result["config_dir"]).is_relative_to(venv)
+    repo_files = {str(p.relative_to(CONFIG_DIR)): p.read_bytes() for p in CONFIG_DIR.rglob("*.yaml")}
+    assert result["files"] == {name: data.decode() for name, data in repo_files.items()}
+    assert result["composed"] >= 16 + 10 + 2
+    cli = subprocess.run([str(venv / "bin" / "spiel-train"), "experiment=paper_13b_ma", "--cfg", "job"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "lr: 0.0004" in cli.stdout and "name_or_path: meta-llama/Llama-2-13b-hf" in cli.stdout
+
+
+COMPOSE_FROM_WHEEL = """
+import json, spiel.config as sc
+from hydra import compose, initialize_config_dir
+d = sc.CONFIG_DIR
+files = {str(p.relative_to(d)): p.read_text() for p in d.rglob("*.yaml")}
+n = 0
+with initialize_config_dir(version_base="1.3", config_dir=str(d)):
+    for group in ("model", "data", "method", "quant", "logger", "experiment"):
+        for option in sorted(p.stem for p in (d / group).glob("*.yaml")):
+            cfg = compose(config_name="train", overrides=[f"{group}={option}"])
+            if group in ("method", "quant", "logger"):
+                assert cfg[group].name == option
+            n += 1
+    for launcher in ("local", "slurm"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_
+        n += 1
+print(json.dumps({"config_dir": str(d), "files": files, "composed": n}))
+"""

@@ -1,0 +1,138 @@
+"""Checkpoints are complete or absent, and a run killed with SIGKILL resumes (resume=auto) to exactly the
+delta, optimizer state, selector state and losses of an uninterrupted run."""
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from train_helpers import load_tensors, only_run_dir, popen_cli, subprocess_env
+
+from spiel.training import checkpoints
+
+# SpIEL-AG, reselection every 4 steps after 2 of estimation; 16 steps over 1.3 epochs of 48 examples,
+# gradient accumulation 2, a checkpoint every 4 steps (all kept).
+RUN = ["method=ag", "method.reselection_steps=4", "method.estimation_steps=2", "method.rank_equiv=4",
+       "method.lr=3e-3", "max_steps=16", "batch_size=4", "micro_batch_size=2", "max_seq_len=64",
+       "data.sources.0.cap=48", "save_steps=4", "save_total_limit=10", "logging_steps=1", "progress_bar=false",
+       "device=cpu"]
+
+
+def _run(root, *extra):
+    proc = popen_cli([f"output_root={root}", *RUN, *extra], cwd=root)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return only_run_dir(root)
+
+
+def _losses(run_dir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_delta_and_optimizer_state(tmp_path):
+    straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
+    straight_root.mkdir()
+    killed_root.mkdir()
+    straight = _run(straight_root)
+
+    proc = popen_cli([f"output_root={killed_root}", *RUN], cwd=killed_root)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        runs = [p for p in killed_root.iterdir() if p.is_dir()]
+        if runs and checkpoints.is_complete(runs[0] / "checkpoint-4"):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed = only_run_dir(killed_root)
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+    newest = checkpoints.latest_checkpoint(killed)
+    assert newest is not None and checkpoints.checkpoint_step(newest) < 16
+
+    # What a kill during a save could leave behind must never be resumed from: a half-written staging
+    # copy, and a checkpoint-N/ whose files do not match its marker.
+    partial = killed / ".staging" / "checkpoint-100"
+    shutil.copytree(newest, partial)
+    (partial / "optimizer.pt").unlink()
+    corrupt = killed / "checkpoint-99"
+    shutil.copytree(newest, corrupt)
+    with open(corrupt / "spiel_delta.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert checkpoints.latest_checkpoint(killed) == newest
+
+    resumed = _run(killed_root, "resume=auto")
+    assert resumed == killed
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == str(newest)
+    a = load_tensors(straight / "final" / "spiel_delta.safetensors")
+    b = load_tensors(resumed / "final" / "spiel_delta.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert any(k.endswith(".grown_at") and int(v.max()) >= 14 for k, v in a.items())  # late reselections
+
+    opt_a = torch.load(straight / "checkpoint-16" / "optimizer.pt", weights_only=True)["state"]
+    opt_b = torch.load(resumed / "checkpoint-16" / "optimizer.pt", weights_only=True)["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for pid in opt_a:
+        for key, value in opt_a[pid].items():
+            assert torch.equal(value, opt_b[pid][key]), (pid, key)
+    sel_a = torch.load(straight / "checkpoint-16" / "selector.pt", weights_only=True)
+    sel_b = torch.load(resumed / "checkpoint-16" / "selector.pt", weights_only=True)
+    assert sel_a["t"] == sel_b["t"] == 16
+    assert _losses(straight) == _losses(resumed)  # same data order after the resume, too
+
+
+def test_rerunning_without_resume_refuses_to_mix_runs(tmp_path):
+    from train_helpers import SMALL, run_cli
+
+    args = [f"output_root={tmp_path}", *[a for a in SMALL if not a.startswith("max_steps")], "max_steps=1",
+            "method.rank_equiv=2"]
+    assert run_cli(args) == 0
+    run_dir = only_run_dir(tmp_path)
+    assert run_cli(args) != 0  # the dir holds a finished run: resume=auto or overwrite=true
+    assert run_cli([*args, "overwrite=true"]) == 0
+    assert only_run_dir(tmp_path) == run_dir
+    # resuming a finished run (its last checkpoint is at max_steps) trains nothing more
+    assert run_cli([*args, "resume=auto"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["steps_this_run"] == 0
+    shutil.rmtree(run_dir / "checkpoint-1")
+    assert run_cli([*args, "resume=auto"]) != 0  # finished, and no checkpoint to resume from
+
+
+def test_seal_publish_and_completeness(tmp_path):
+    run = tmp_path / "run"
+    staged = checkpoints.staging_dir(run) / "checkpoint-3"
+    staged.mkdir(parents=True)
+    (staged / "a.bin").write_bytes(b"x" * 10)
+    (staged / "sub").mkdir()
+    (staged / "sub" / "b.json").write_text("{}")
+    assert not checkpoints.is_complete(staged)
+    with pytest.raises(RuntimeError):
+        checkpoints.publish(staged, run / "checkpoint-3")
+    checkpoints.seal(staged, step=3)
+    target = checkpoints.publish(staged, run / "checkpoint-3")
+    assert checkpoints.is_complete(target) and not staged.exists()
+    for step in (6, 9):
+        d = checkpoints.staging_dir(run) / f"checkpoint-{step}"
+        shutil.copytree(target, d)
+        checkpoints.seal(d)
+        checkpoints.publish(d, run / f"checkpoint-{step}")
+    (run / "checkpoint-12").mkdir()  # no marker: not a checkpoint
+    assert checkpoints.latest_checkpoint(run).name == "checkpoint-9"
+    (run / "checkpoint-9" / "a.bin").write_bytes(b"short")  # size no longer matches the marker
+    assert checkpoints.latest_checkpoint(run).name == "checkpoint-6"
+    checkpoints.rotate(run, keep=1)
+    assert [p.name for p in checkpoints.complete_checkpoints(run)] == ["checkpoint-6"]
+    assert not (run / "checkpoint-3").exists()
+
+
+def test_cli_subprocess_env_is_offline():
+    env = subprocess_env()
+    assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] in ("disabled", "offline")
+    assert subprocess.run(["true"], env=env).returncode == 0
