@@ -225,10 +225,12 @@ def multiply(a, b) -> float:
 
 
 def dirname_from_overrides(override_dirname: str, run_name: Any = None) -> str:
-    """A directory name for a run: ``run_name`` if set, else its overrides ("default" for none), made
-    safe for a path (``/`` and other odd characters become ``_``)."""
+    """A directory name for a run: ``run_name`` if set, else its overrides as Hydra joins them
+    (``method-lora+lr-3e-05``; "default" for none). Characters that a shell or Hydra's override grammar
+    would trip on (``/ = , [ ] { } ( ) ' "`` spaces, ...) become ``_``, so the path can be passed back as
+    an override value (``resume=...``, ``spiel-eval ckpt=...``) without quoting."""
     name = str(run_name) if run_name not in (None, "", "null", "None") else override_dirname
-    name = re.sub(r"[^A-Za-z0-9=,._+\-\[\]]", "_", name or "default").strip(".") or "default"
+    name = re.sub(r"[^A-Za-z0-9._+\-@]", "_", name or "default").strip(".") or "default"
     return name[:200]
 
 
@@ -286,8 +288,12 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
     need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
     need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
-    need(obj.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", obj.device) is not None, "device",
-         f"must be auto, cpu, cuda or cuda:N, got {obj.device!r}")
+    need(obj.device in ("auto", "cpu", "cuda"), "device",
+         f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}")
+    if obj.device == "cuda":
+        import torch
+
+        need(torch.cuda.is_available(), "device", "cuda was asked for but no CUDA device is available")
     need(obj.resume in ("never", "auto") or bool(obj.resume), "resume", RESUME_HELP)
     if obj.resume not in ("never", "auto"):
         need(Path(obj.resume).is_dir(), "resume", f"{obj.resume} is not a directory ({RESUME_HELP})")

@@ -111,11 +111,21 @@ def test_launchers(launcher, target):
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
 
 
-def test_run_dir_names():
+def test_run_dir_names_are_usable_as_override_values():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     assert dirname_from_overrides("") == "default"
-    assert dirname_from_overrides("method=lora,lr=1e-05") == "method=lora,lr=1e-05"
-    assert "/" not in dirname_from_overrides("data.sources.0.path=/x/y.jsonl")
-    assert dirname_from_overrides("method=lora", "mine") == "mine"
+    assert dirname_from_overrides("lr-1e-05+method-lora") == "lr-1e-05+method-lora"
+    assert dirname_from_overrides("method-lora", "mine") == "mine"
+    odd = dirname_from_overrides("data.sources.0.path-/x/y=z.jsonl+method.target_modules-[q_proj,v_proj]")
+    assert "/" not in odd
+    parsed = OverridesParser.create().parse_override(f"resume=outputs/train/{odd}/checkpoint-4")
+    assert parsed.value() == f"outputs/train/{odd}/checkpoint-4"
+    hc = make("method=lora", "lr=3e-5", "resume=auto", "logger=wandb")  # noqa: F841 (composes)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=["method=lora", "lr=3e-5", "resume=auto", "logger=wandb"],
+                      return_hydra_config=True)
+    assert cfg.hydra.job.config.override_dirname.kv_sep == "-"
 
 
 BAD = [

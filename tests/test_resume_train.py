@@ -136,3 +136,19 @@ def test_cli_subprocess_env_is_offline():
     env = subprocess_env()
     assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] in ("disabled", "offline")
     assert subprocess.run(["true"], env=env).returncode == 0
+
+
+def test_lora_resumes_from_an_explicit_checkpoint_to_the_same_adapter(tmp_path):
+    """peft's path (adapter reload) and the RNG state (LoRA dropout) through resume=<checkpoint-N>."""
+    from train_helpers import SMALL, run_cli
+
+    args = [*[a for a in SMALL if not a.startswith("max_steps")], "max_steps=4", "method=lora", "method.r=4",
+            "method.lr=1e-3"]
+    assert run_cli([f"output_root={tmp_path / 'a'}", *args]) == 0
+    straight = only_run_dir(tmp_path / "a")
+    assert run_cli([f"output_root={tmp_path / 'b'}", *args, f"resume={straight / 'checkpoint-2'}"]) == 0
+    resumed = only_run_dir(tmp_path / "b")
+    a = load_tensors(straight / "final" / "adapter_model.safetensors")
+    b = load_tensors(resumed / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "summary.json").read_text())["steps_this_run"] == 2

@@ -21,9 +21,9 @@ def test_sweep_of_two_jobs_writes_two_run_dirs_with_a_wandb_run_each(tmp_path, m
     assert code == 0
     jobs = job_dirs(sweep)
     assert len(jobs) == 2
-    assert jobs[0].name.startswith("0_") and "method=ag" in jobs[0].name.split(",")
-    assert jobs[1].name.startswith("1_") and "method=lora" in jobs[1].name.split(",")
-    assert "logger=wandb" not in jobs[0].name  # logging choices do not name runs
+    assert jobs[0].name.startswith("0_") and "method-ag" in jobs[0].name.split("+")
+    assert jobs[1].name.startswith("1_") and "method-lora" in jobs[1].name.split("+")
+    assert "logger" not in jobs[0].name  # logging choices do not name runs
     assert (jobs[0] / "final" / "spiel_config.json").is_file()
     assert (jobs[1] / "final" / "adapter_config.json").is_file()
     assert [summary(j)["method"] for j in jobs] == ["ag", "lora"]
