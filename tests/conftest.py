@@ -10,3 +10,5 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads busy-wait by default, which slows everything on a shared 2-core box.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

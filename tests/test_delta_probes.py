@@ -195,3 +195,10 @@ def test_whole_layer_step_allocates_nothing_dense_sized_on_the_sparse_path():
         layer(x).sum().backward()
 
     assert largest_allocation(step) < out_features * in_features * 4 // 4
+
+
+def test_nf4_layer_returns_the_input_dtype_like_bitsandbytes():
+    q = quantized_linear(40, 48, torch.bfloat16)
+    layer = SparseDeltaLinear(q, 30)
+    x = torch.randn(3, 40)  # an fp32 model around a bf16-compute 4-bit base
+    assert q(x).dtype == torch.float32 and layer(x).dtype == torch.float32

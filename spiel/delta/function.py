@@ -43,7 +43,9 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         ctx.weight = weight
         ctx.save_for_backward(x, indices, values, bias)
         ctx.meta = (grad_path, probe, dtype, out_features, in_features, x.dtype)
-        return y
+        # The output takes the input's dtype, as bitsandbytes' Linear4bit does (an fp32 model with a
+        # bf16-compute 4-bit base keeps fp32 activations).
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_y):

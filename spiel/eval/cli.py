@@ -29,7 +29,8 @@ log = logging.getLogger("spiel.eval")
 _CACHE: dict[tuple, LoadedModel] = {}
 # An absolute path: a relative config_path would be resolved as a Python package when run as a console
 # script. The configs live at the repository's top level (an editable install sees them).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# spiel/configs: a link to the top-level configs/ in a checkout, a packaged copy in a wheel.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def default_label(ckpts: list[str], model_name: str | None) -> str:

@@ -50,6 +50,9 @@ class Selector:
         self.drop = drop
         self.group = process_group
         self.schedule = ReselectionSchedule(total_steps, reselection_steps, estimation_steps, schedule, initial_rate)
+        if method == "ag" and estimation_steps < 2 and world_size(process_group) > 1:
+            raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
+                             "phase is spent agreeing on rank 0's growth candidates")
         self.t = 0
         self.phases = {name: _Phase() for name in self.layers}
         self.references = {}  # values at the last reselection, for drop="change"
