@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", default=None, help="comma list; default 512,2048 (quick: 256,512)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--markdown", default=None, help="write the table as markdown here (for the README)")
     return p.parse_args(argv)
 
 
@@ -121,6 +122,19 @@ def print_table(rows, paths):
         for r in rows[:3]) + (" ..." if len(rows) > 3 else ""))
 
 
+def markdown_table(rows, paths, header: str) -> str:
+    lines = [header, "",
+             "| out × in | tokens | k (LoRA r) | density | " + " | ".join(f"{p} ms" for p in paths)
+             + " | sddmm / dense | auto picks |",
+             "|---|---|---|---|" + "---|" * len(paths) + "---|---|"]
+    for r in rows:
+        rank = r["k"] // (r["out"] + r["in"])
+        cells = " | ".join(f"{r[p]['median_s'] * 1e3:.1f}" for p in paths)
+        lines.append(f"| {r['out']}×{r['in']} | {r['tokens']} | {r['k']} ({rank}) | {r['density']:.4f} | {cells} | "
+                     f"{r['sddmm']['ratio_to_dense']:.3f} | {r['auto_choice']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -154,6 +168,12 @@ def main(argv=None):
     worst_choice = max(r["auto_choice_vs_best"] for r in rows)
     print(f"auto picked the fastest path in {right} of {len(rows)} cases; its choice is at most "
           f"{worst_choice:.3f}x the fastest (measured auto call: at most {max(r['auto_vs_best'] for r in rows):.3f}x)")
+    if args.markdown:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        header = (f"{device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                  f"median of {args.repeats} interleaved runs, 1-min load average at the end {load:.2f}")
+        Path(args.markdown).write_text(markdown_table(rows, paths, header))
+        print(f"wrote {args.markdown}")
     if args.json:
         meta = {"device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "quick": args.quick, "crossover": args.crossover}
