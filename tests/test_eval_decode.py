@@ -4,7 +4,6 @@ the first space of a completion: HumanEval's indentation survives."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import LlamaTokenizer
 
@@ -34,8 +33,6 @@ class FixedContinuation(torch.nn.Module):
         return torch.cat([input_ids, self.new_ids.expand(input_ids.shape[0], -1)], dim=1)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the decode_continuation change to spiel/eval/generate.py (handed to its "
-                   "owner); remove this marker when it lands")
 def test_leading_spaces_of_a_completion_survive_decoding():
     tok = llama_style_tokenizer()
     prompt = "def f(x):\n"

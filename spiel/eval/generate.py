@@ -29,6 +29,15 @@ class _StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def decode_continuation(tokenizer, prompt_ids, new_ids) -> str:
+    """The text generated after the prompt, cut from the decoded prompt + continuation at the character
+    level: decoding the new tokens alone would drop a leading space with LLaMA's tokenizer (and break
+    code indentation)."""
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full = tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
 def truncate_at_stop(text: str, stops: Sequence[str]) -> str:
     """`text` up to (not including) the earliest occurrence of any stop string."""
     cut = len(text)
@@ -132,8 +141,7 @@ def generate(
                 for row, i in zip(new, batch, strict=True):
                     if eos_id is not None and eos_id in row:
                         row = row[: row.index(eos_id)]
-                    text = tokenizer.decode(row, skip_special_tokens=True)
-                    outputs[i] = truncate_at_stop(text, stops)
+                    outputs[i] = truncate_at_stop(decode_continuation(tokenizer, encoded[i], row), stops)
     finally:
         model.train(was_training)
     return outputs  # type: ignore[return-value]
