@@ -33,31 +33,16 @@ class SparseAdamW(SlotStateOptimizer):
             "age": torch.zeros(param.shape, dtype=torch.int64, device=param.device),
         }
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SparseAdamW takes dense gradients of the values vector")
-                state = self._state_for(p)
-                grad = p.grad.to(torch.float32)
-                m, v, age = state["exp_avg"], state["exp_avg_sq"], state["age"]
-                age.add_(1)
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                age_f = age.to(torch.float32)
-                bias1 = 1 - torch.pow(beta1, age_f)
-                bias2 = 1 - torch.pow(beta2, age_f)
-                denom = (v / bias2).sqrt_().add_(eps)
-                update = (m / bias1).div_(denom)
-                # Decoupled decay first (as torch.optim.AdamW), computed in fp32 for bf16 values.
-                new = p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr)
-                p.copy_(new)
-        return loss
+    def _update(self, p, grad, state, group):
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        m, v, age = state["exp_avg"], state["exp_avg_sq"], state["age"]
+        age.add_(1)
+        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        age_f = age.to(torch.float32)
+        bias1 = 1 - torch.pow(beta1, age_f)
+        bias2 = 1 - torch.pow(beta2, age_f)
+        denom = (v / bias2).sqrt_().add_(eps)
+        update = (m / bias1).div_(denom)
+        # Decoupled decay first (as torch.optim.AdamW), computed in fp32 for bf16 values.
+        p.copy_(p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr))

@@ -15,6 +15,25 @@ class SlotStateOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor) -> dict:
         raise NotImplementedError
 
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+        """Update one parameter in place from its fp32 gradient."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} takes dense gradients of the values vector")
+                self._update(p, p.grad.to(torch.float32), self._state_for(p), group)
+        return loss
+
     def _state_for(self, param: torch.Tensor) -> dict:
         state = self.state[param]
         if not state:

@@ -62,31 +62,18 @@ class SparseSM3(SlotStateOptimizer):
         state = self._state_for(param)
         return state["row_acc"], state["col_acc"]
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, momentum, eps, wd = group["lr"], group["momentum"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self._state_for(p)
-                layout = self.layouts[p]
-                rows, cols = rows_cols(layout.indices, layout.dense_shape[1])
-                rows, cols = rows.long(), cols.long()
-                grad = p.grad.to(torch.float32)
-                row_acc, col_acc = state["row_acc"], state["col_acc"]
-                u = torch.minimum(row_acc[rows], col_acc[cols]).addcmul_(grad, grad)
-                row_acc.scatter_reduce_(0, rows, u, "amax", include_self=True)
-                col_acc.scatter_reduce_(0, cols, u, "amax", include_self=True)
-                update = grad / (u + eps).sqrt_()
-                if momentum > 0:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(update, alpha=1 - momentum)
-                    update = buf
-                new = p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr)
-                p.copy_(new)
-        return loss
+    def _update(self, p, grad, state, group):
+        lr, momentum, eps, wd = group["lr"], group["momentum"], group["eps"], group["weight_decay"]
+        layout = self.layouts[p]
+        rows, cols = rows_cols(layout.indices, layout.dense_shape[1])
+        rows, cols = rows.long(), cols.long()
+        row_acc, col_acc = state["row_acc"], state["col_acc"]
+        u = torch.minimum(row_acc[rows], col_acc[cols]).addcmul_(grad, grad)
+        row_acc.scatter_reduce_(0, rows, u, "amax", include_self=True)
+        col_acc.scatter_reduce_(0, cols, u, "amax", include_self=True)
+        update = grad / (u + eps).sqrt_()
+        if momentum > 0:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).add_(update, alpha=1 - momentum)
+            update = buf
+        p.copy_(p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr))
