@@ -18,6 +18,7 @@ test-fast:
 
 bench:
 	$(PYTHON) scripts/bench_kernel.py --quick --json bench_kernel.json
+	$(PYTHON) scripts/bench_step.py --quick --json bench_step.json
 
 lint:
 	$(PYTHON) -m ruff check spiel tests scripts

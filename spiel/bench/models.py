@@ -1,0 +1,266 @@
+"""What the benchmarks train: LLaMA shapes, the paper's parameter budget, random bases, method configs.
+
+Budget. The paper's Table 3 runs LoRA rank 64 (and SpIEL at the same count) on LLaMA-2-7B's seven
+projections; :func:`paper_density` computes what fraction of the target weights that is (about 2.4%),
+and :func:`equivalent_rank` the LoRA rank with that density on another shape (16 at hidden 1024).
+
+Method configs. The registry (``spiel.methods``) reads its settings from the Hydra schema dataclasses of
+``spiel.config``, which imports hydra. Where hydra is installed :func:`method_config` builds those very
+schemas; where it is not (the CUDA box) it builds look-alikes with the same fields (``_light_config``),
+which ``tests/test_bench.py`` checks against the schemas.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+PAPER_RANK = 64
+METHOD_NAMES = ("full", "lora", "ia3", "ag", "ma")
+# The paper's Table 4 (LLaMA2-7b): learning rate and weight decay per method. Speed does not depend on
+# them; bench_step uses them so every optimizer runs its real update (decay included).
+PAPER_HPARAMS = {"full": (2e-5, 0.0), "lora": (1e-4, 0.0), "ia3": (3e-4, 0.0), "ag": (1e-4, 30.0),
+                 "ma": (1e-3, 0.3)}
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    hidden: int = 1024
+    intermediate: int = 2752  # 1024 · 11008/4096, LLaMA-2's MLP ratio
+    layers: int = 4
+    heads: int = 8  # head_dim 128 as in LLaMA-2
+    kv_heads: int = 8
+    vocab: int = 2048  # small, so the seven block projections dominate the cost
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """``(out, in)`` of each target projection of one block."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, m = self.hidden, self.intermediate
+        return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+                "gate_proj": (m, h), "up_proj": (m, h), "down_proj": (h, m)}
+
+    def target_numel(self) -> int:
+        return self.layers * sum(o * i for o, i in self.projections().values())
+
+    def lora_params_per_rank(self) -> int:
+        return self.layers * sum(o + i for o, i in self.projections().values())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LLAMA2_7B = LlamaShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
+CPU_DEFAULT = LlamaShape()
+
+
+def paper_density() -> float:
+    """Tunable entries / target weights of LoRA rank 64 on LLaMA-2-7B's seven projections (≈ 0.0247)."""
+    return PAPER_RANK * LLAMA2_7B.lora_params_per_rank() / LLAMA2_7B.target_numel()
+
+
+def equivalent_rank(shape: LlamaShape, density: float | None = None) -> int:
+    """The LoRA rank whose parameter count is ``density`` (default: the paper's) of ``shape``'s targets."""
+    density = paper_density() if density is None else density
+    return max(1, round(density * shape.target_numel() / shape.lora_params_per_rank()))
+
+
+# -- random bases -------------------------------------------------------------------------------------------
+def llama_config(shape: LlamaShape, max_positions: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.kv_heads, max_position_embeddings=max(max_positions, 128),
+                       tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
+
+
+def random_llama(shape: LlamaShape, max_positions: int, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", seed: int = 0):
+    """A randomly initialized ``LlamaForCausalLM`` made directly in ``dtype`` on ``device``."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(llama_config(shape, max_positions))
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
+def random_llama_nf4(shape: LlamaShape, max_positions: int, compute_dtype: torch.dtype, device: str = "cpu",
+                     seed: int = 0):
+    """The same random base, saved and reloaded through transformers' bitsandbytes NF4 path (double
+    quantization), as ``spiel.loading`` loads ``quant=nf4`` bases, but with a chosen compute dtype:
+    bfloat16 on CUDA (the paper), float32 on CPU (bf16 CPU matmuls are not a meaningful clock)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = random_llama(shape, max_positions, torch.float32, "cpu", seed)
+    with tempfile.TemporaryDirectory(prefix="spiel-bench-") as tmp:
+        model.save_pretrained(tmp)
+        del model
+        gc.collect()
+        qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=compute_dtype, quantization_config=qcfg,
+                                                     device_map={"": str(device)})
+    return model.eval()
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free heap back to the OS, so RSS is what is live (Linux only)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# -- method configs -------------------------------------------------------------------------------------------
+def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay: float | None = None,
+                  reselection_steps: int = 20, estimation_steps: int = 5, grad_path: str = "auto",
+                  use_schemas: bool | None = None):
+    """The ``mcfg`` the registry wraps with: ``name`` at LoRA rank / SpIEL rank-equivalent ``rank``.
+
+    ``use_schemas``: None uses ``spiel.config``'s schemas when hydra imports, else the look-alikes."""
+    if name not in METHOD_NAMES:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
+    default_lr, default_wd = PAPER_HPARAMS[name]
+    kwargs = {"name": name, "lr": default_lr if lr is None else lr,
+              "weight_decay": default_wd if weight_decay is None else weight_decay}
+    if name in ("ag", "ma"):
+        kwargs.update(rank_equiv=rank, reselection_steps=reselection_steps, estimation_steps=estimation_steps,
+                      grad_path=grad_path)
+    elif name == "lora":
+        kwargs.update(r=rank)
+    if use_schemas is None:
+        try:
+            import spiel.config  # noqa: F401  (needs hydra and omegaconf)
+
+            use_schemas = True
+        except ImportError:
+            use_schemas = False
+    if use_schemas:
+        from spiel import config as schemas
+
+        classes = {"ag": schemas.SpielMethodConfig, "ma": schemas.SpielMethodConfig,
+                   "lora": schemas.LoraMethodConfig, "ia3": schemas.IA3MethodConfig,
+                   "full": schemas.FullMethodConfig}
+    else:
+        classes = {"ag": LightSpielConfig, "ma": LightSpielConfig, "lora": LightLoraConfig,
+                   "ia3": LightIA3Config, "full": LightFullConfig}
+    return classes[name](**kwargs)
+
+
+LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LightSpielConfig:
+    """Hydra-free twin of ``spiel.config.SpielMethodConfig`` (same fields and defaults)."""
+
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    rank_equiv: int | None = None
+    density: float | None = None
+    num_tunable: int | None = None
+    target_modules: object = None
+    reselection_steps: int = 20
+    estimation_steps: int = 5
+    schedule: str = "linear"
+    initial_rate: float = 0.2
+    drop: str = "magnitude"
+    delta_dtype: str | None = None
+    grad_path: str = "auto"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def spiel_config(self, seed: int = 0, quantized: bool = False):
+        from spiel.spiel_config import SpielConfig
+
+        target = self.target_modules
+        if target is not None and not isinstance(target, str):
+            target = list(target)
+        return SpielConfig(method=self.name, rank_equiv=self.rank_equiv, density=self.density,
+                           num_tunable=self.num_tunable, target_modules=target,
+                           reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
+                           schedule=self.schedule, initial_rate=self.initial_rate, drop=self.drop,
+                           delta_dtype=self.delta_dtype or ("bfloat16" if quantized else "float32"),
+                           grad_path=self.grad_path, seed=seed)
+
+
+@dataclass
+class LightLoraConfig:
+    """Hydra-free twin of ``spiel.config.LoraMethodConfig``."""
+
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    r: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
+    adapter_dtype: str | None = None
+
+
+@dataclass
+class LightIA3Config:
+    """Hydra-free twin of ``spiel.config.IA3MethodConfig``."""
+
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
+    feedforward_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class LightFullConfig:
+    """Hydra-free twin of ``spiel.config.FullMethodConfig``."""
+
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"
+
+
+def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
+    """``(trainable model, optimizer)`` as spiel-train builds them: the registry wraps and picks the
+    optimizer (None → torch AdamW over the trainable parameters, as the Trainer's ``adamw_torch``).
+    ``name="static"`` is SpIEL-AG's layer and optimizer; the caller gives it no selector, so its initial
+    random indices stay for good. SpIEL methods get their selector from ``model.make_selector``."""
+    from spiel.methods import get_method
+
+    method = get_method("ag" if name == "static" else name)
+    model = method.wrap(model, mcfg, seed=seed, quantized=quantized)
+    optimizer = method.make_optimizer(model, mcfg, mcfg.lr, mcfg.weight_decay)
+    if optimizer is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    return model, optimizer
+
+
+def trainable_count(name: str, model) -> int:
+    if hasattr(model, "num_tunable") and name in ("ag", "ma", "static"):
+        return int(model.num_tunable())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parse_methods(text: str, allowed: tuple[str, ...]) -> list[str]:
+    names = [m for m in re.split(r"[,\s]+", text.strip()) if m]
+    bad = [m for m in names if m not in allowed]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(allowed)}")
+    return names

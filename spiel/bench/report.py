@@ -1,0 +1,141 @@
+"""Tables, JSON and bar charts for the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+PAPER_TABLE3_7B = {  # A100, LLaMA-2-7b, no activation checkpointing: (GB, s per step)
+    "lora": (40, 30.5), "ag": (34, 33.4), "ma": (30, 30.6),
+    "lora-nf4": (30, 38.5), "ag-nf4": (26, 42.8), "ma-nf4": (22, 39.6),
+}
+LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "ia3": "(IA)3", "ag": "SpIEL-AG",
+          "ma": "SpIEL-MA", "static": "static sparse"}
+
+
+def label(key: str) -> str:
+    base, _, quant = key.partition("-")
+    name = LABELS.get(base, base)
+    return f"q{name}" if quant == "nf4" and base in ("lora", "ag", "ma") else (
+        f"{name} (NF4)" if quant else name)
+
+
+def combine_rounds(results: list[dict]) -> dict:
+    """One method's results from several rounds (processes): all timed steps pooled; peak memory: max."""
+    steps = [t for r in results for t in r["step_s"]]
+    first = results[0]
+    return {
+        "step_s_median": statistics.median(steps),
+        "step_s_mean": statistics.fmean(steps),
+        "extra_mem_mb": max(r["extra_mem_mb"] for r in results),
+        "base_mem_mb": first["base_mem_mb"],
+        "trainable": first["trainable"],
+        "timed_steps": len(steps),
+        "rounds": len(results),
+        "round_medians": [statistics.median(r["step_s"]) for r in results],
+        "final_loss": first["final_loss"],
+    }
+
+
+def ratios(methods: dict[str, dict], reference: str = "lora") -> dict[str, dict]:
+    """``{name: {"time", "mem"}}`` against the LoRA of the same quantization (QLoRA for ``*-nf4``), and
+    ``time_floor`` against the frozen floor of the same quantization."""
+    out = {}
+    for name, m in methods.items():
+        quant = name.partition("-")[2]
+        ref = methods.get(f"{reference}-{quant}" if quant else reference)
+        floor = methods.get(f"floor-{quant}" if quant else "floor")
+        entry = {}
+        if ref:
+            entry["time"] = m["step_s_median"] / ref["step_s_median"]
+            entry["mem"] = m["extra_mem_mb"] / ref["extra_mem_mb"] if ref["extra_mem_mb"] > 0 else None
+        if floor:
+            entry["time_floor"] = m["step_s_median"] / floor["step_s_median"]
+        out[name] = entry
+    return out
+
+
+def _fmt(x, spec=".3f"):
+    return "–" if x is None else format(x, spec)
+
+
+def step_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
+    lines = ["| method | trainable | step median (s) | step mean (s) | time × LoRA | time × floor | "
+             "extra memory (MB) | memory × LoRA |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in methods.items():
+        r = rat.get(name, {})
+        lines.append(f"| {label(name)} | {m['trainable']:,} | {m['step_s_median']:.3f} | {m['step_s_mean']:.3f} | "
+                     f"{_fmt(r.get('time'))} | {_fmt(r.get('time_floor'))} | {m['extra_mem_mb']:.0f} | "
+                     f"{_fmt(r.get('mem'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def step_chart(methods: dict[str, dict], rat: dict[str, dict], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(methods)
+    colors = ["#999999" if n.startswith("floor") else "#d62728" if n.partition("-")[0] in ("ag", "ma")
+              else "#1f77b4" for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("step_s_median", "time per optimizer step (s, median)", "time"),
+              ("extra_mem_mb", "memory beyond the frozen model (MB)", "mem"))
+    for ax, (key, ylabel, rkey) in zip(axes, panels, strict=True):
+        values = [methods[n][key] for n in names]
+        bars = ax.bar(range(len(names)), values, color=colors)
+        for bar, n in zip(bars, names, strict=True):
+            r = rat.get(n, {}).get(rkey)
+            if r is not None:
+                ax.annotate(f"{r:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("× LoRA above each bar", fontsize=9)
+    axes[1].set_title("× LoRA above each bar", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def quality_table(rows: dict[str, dict]) -> str:
+    lines = ["| method | trainable | lr (picked) | λ | validation EM | validation loss | held-out loss | "
+             "held-out exact match |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {label(name)} | {r['trainable']:,} | {_fmt(r.get('lr'), 'g')} | "
+                     f"{_fmt(r.get('weight_decay'), '.3g')} | {_fmt(r.get('val_exact_match'), '.3f')} | "
+                     f"{_fmt(r.get('val_loss'), '.4f')} | {r['heldout_loss']:.4f} | **{r['exact_match']:.3f}** |")
+    return "\n".join(lines)
+
+
+def quality_chart(rows: dict[str, dict], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    colors = ["#999999" if n in ("base", "full") else "#d62728" if n in ("ag", "ma") else "#ff7f0e"
+              if n == "static" else "#1f77b4" for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, ylabel in ((axes[0], "exact_match", "held-out exact match"),
+                            (axes[1], "heldout_loss", "held-out loss (answer tokens)")):
+        values = [rows[n][key] for n in names]
+        bars = ax.bar(range(len(names)), values, color=colors)
+        for bar, v in zip(bars, values, strict=True):
+            ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
