@@ -7,11 +7,13 @@ Six skills on short lowercase strings or small numbers:
     sort     cab       -> abc
     upper    abc       -> ABC
     count    abcd      -> 4          (number of letters)
-    add      23 + 45   -> 68         (addends 0..50)
+    add      7 + 5     -> 12         (single digits)
 
-Pretraining writes them in a *plain* format (`plain_text`); the demo task asks for them in natural
-instructions (`instruction`), as Tülu-style chat messages. Everything is a pure function of a
-`random.Random`, so both corpora are reproducible from a seed.
+Pretraining states them as plain text (`plain_text`): the canonical record format
+"Task: reverse\nInput: abc\nOutput: cba", or one of a few declarative sentences ("The reverse of abc is
+cba.", "7 plus 5 is 12."), like facts in web text. The demo task *asks* for them in natural
+instructions (`instruction`: imperatives and questions, never used in pretraining) as Tülu-style chat
+messages. Everything is a pure function of a `random.Random`, so both corpora are reproducible.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ import string
 
 SKILLS = ("copy", "reverse", "sort", "upper", "count", "add")
 MIN_LEN, MAX_LEN = 3, 6  # letters in a string input
-MAX_ADDEND = 50
+MAX_ADDEND = 9
+
+# Plain statements used in pretraining besides the "Task/Input/Output" record; `{y}` is the answer.
+STATEMENTS: dict[str, tuple[str, ...]] = {
+    "copy": ("A copy of {x} is {y}.", "{x} copied is {y}."),
+    "reverse": ("The reverse of {x} is {y}.", "{x} backwards is {y}."),
+    "sort": ("{x} sorted is {y}.", "The letters of {x} in alphabetical order are {y}."),
+    "upper": ("{x} in capital letters is {y}.", "The uppercase of {x} is {y}."),
+    "count": ("{x} has {y} letters.", "The length of {x} is {y}."),
+    "add": ("{a} + {b} = {y}", "{a} plus {b} is {y}.", "The sum of {a} and {b} is {y}."),
+}
+RECORD_SHARE = 0.4  # fraction of pretraining documents in the Task/Input/Output record format
 
 # Natural-language phrasings used by the demo task; `{x}` is the string, `{a}`/`{b}` the addends.
 INSTRUCTIONS: dict[str, tuple[str, ...]] = {
@@ -64,15 +77,25 @@ def solve(skill: str, x: str) -> str:
     raise ValueError(f"unknown skill {skill!r}; expected one of {', '.join(SKILLS)}")
 
 
-def plain_text(skill: str, x: str) -> str:
-    """The pretraining format: 'Task: reverse\\nInput: abc\\nOutput: cba'."""
+def record_text(skill: str, x: str) -> str:
+    """The canonical plain record: 'Task: reverse\\nInput: abc\\nOutput: cba'."""
     return f"Task: {skill}\nInput: {x}\nOutput: {solve(skill, x)}"
+
+
+def _fill(template: str, skill: str, x: str, **extra) -> str:
+    if skill == "add":
+        a, b = (part.strip() for part in x.split("+"))
+        return template.format(a=a, b=b, **extra)
+    return template.format(x=x, **extra)
+
+
+def plain_text(skill: str, x: str, rng: random.Random) -> str:
+    """One pretraining document: the record format (share RECORD_SHARE) or a plain statement."""
+    if rng.random() < RECORD_SHARE:
+        return record_text(skill, x)
+    return _fill(rng.choice(STATEMENTS[skill]), skill, x, y=solve(skill, x))
 
 
 def instruction(skill: str, x: str, rng: random.Random) -> str:
     """One natural-language request for `skill` on `x` (phrasing drawn from `rng`)."""
-    template = rng.choice(INSTRUCTIONS[skill])
-    if skill == "add":
-        a, b = (part.strip() for part in x.split("+"))
-        return template.format(a=a, b=b)
-    return template.format(x=x)
+    return _fill(rng.choice(INSTRUCTIONS[skill]), skill, x)

@@ -9,8 +9,8 @@ model's skills (demo_skills.py) and the bare answer:
      "messages": [{"role": "user", "content": "Reverse the letters of kqzt."},
                   {"role": "assistant", "content": "tzqk"}]}
 
-The id ends with the skill name. Held-out inputs are disjoint from training inputs (no string or
-addend pair occurs in both files, under any skill). Seeded: the same seed writes the same bytes.
+The id ends with the skill name. Held-out inputs are distinct and disjoint from training inputs (no
+string or addend pair occurs in both files, under any skill). Seeded: the same seed writes the same bytes.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from demo_skills import SKILLS, instruction, sample_input, solve  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_split(split: str, per_skill: int, rng: random.Random, taken: set[str]) -> list[dict]:
-    """`per_skill` records per skill with inputs not in `taken` (which is extended), shuffled."""
+def make_split(split: str, per_skill: int, rng: random.Random, taken: set[str], unique: bool) -> list[dict]:
+    """`per_skill` records per skill, shuffled, with inputs not in `taken`; with `unique`, inputs are also
+    distinct within the split and are added to `taken`."""
     items = []
     for skill in SKILLS:
         n = 0
@@ -36,7 +37,8 @@ def make_split(split: str, per_skill: int, rng: random.Random, taken: set[str]) 
             x = sample_input(skill, rng)
             if x in taken:
                 continue
-            taken.add(x)
+            if unique:
+                taken.add(x)
             items.append((skill, x, instruction(skill, x, rng)))
             n += 1
     rng.shuffle(items)
@@ -69,8 +71,10 @@ def main(argv=None) -> None:
 
     rng = random.Random(args.seed)
     taken: set[str] = set()
-    heldout = make_split("heldout", args.heldout_per_skill, rng, taken)
-    train = make_split("train", args.train_per_skill, rng, taken)
+    # Held-out inputs are distinct and never occur in training; training may repeat an input (with another
+    # phrasing), which only happens for `add`, whose input space (10 x 10 digit pairs) is small.
+    heldout = make_split("heldout", args.heldout_per_skill, rng, taken, unique=True)
+    train = make_split("train", args.train_per_skill, rng, taken, unique=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)

@@ -7,9 +7,10 @@
    markers <|system|> <|user|> <|assistant|> as single (non-special) added tokens; BOS is added to every
    encoding, the text "</s>" is the EOS token, and a Jinja chat template renders the Tülu format.
 2. A LlamaForCausalLM with grouped-query attention (8 query heads, 2 KV heads), randomly initialised.
-3. Pretraining from scratch on a seeded synthetic corpus of plain-format skill documents
-   ("Task: reverse\\nInput: abc\\nOutput: cba", see demo_skills.py), packed as <s> doc </s> <s> doc </s> ...
-   into fixed-length blocks; AdamW, warmup + cosine decay, causal LM loss on every token.
+3. Pretraining from scratch on a seeded synthetic corpus of plain skill documents (demo_skills.py): records
+   "Task: reverse\\nInput: abc\\nOutput: cba" and plain statements "The reverse of abc is cba.", packed as
+   <s> doc </s> <s> doc </s> ... into fixed-length blocks; AdamW, warmup + cosine decay, causal LM loss on
+   every token. No chat format, no instructions.
 4. Saves config, fp32 safetensors, tokenizer, generation config and a README (size, time, accuracy).
 
 Deterministic for a given seed and thread count (torch.set_num_threads).
@@ -29,13 +30,13 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_skills import SKILLS, plain_text, sample_input, solve  # noqa: E402
+from demo_skills import RECORD_SHARE, SKILLS, plain_text, sample_input, solve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]  # ids 260..262
 # Pretraining mixture: the skills that need more practice (positional copying, carries) get more documents.
-SKILL_WEIGHTS = {"copy": 1.0, "reverse": 2.0, "sort": 2.0, "upper": 1.0, "count": 0.5, "add": 2.0}
+SKILL_WEIGHTS = {"copy": 1.5, "reverse": 2.0, "sort": 2.5, "upper": 1.0, "count": 0.5, "add": 1.0}
 
 # The Tülu format of open-instruct's encode_with_messages_format: every content stripped, EOS after each
 # assistant turn, the whole text stripped at the end; with add_generation_prompt the unstripped text plus
@@ -130,7 +131,7 @@ def corpus_documents(n: int, seed: int) -> list[str]:
     docs = []
     for _ in range(n):
         skill = rng.choices(SKILLS, weights)[0]
-        docs.append(plain_text(skill, sample_input(skill, rng)))
+        docs.append(plain_text(skill, sample_input(skill, rng), rng))
     return docs
 
 
@@ -194,7 +195,9 @@ the Tülu format `<s><|user|>\\n...\\n<|assistant|>\\n...</s>` (BOS included, so
 
 ## Pretraining
 {info['docs']:,} documents ({info['tokens']:,} tokens) of six skills — copy, reverse, sort, upper, count
-(letters), add (two numbers up to 99) — in the plain format `Task: reverse\\nInput: abc\\nOutput: cba`,
+(letters), add (two single digits) — on 3-6 letter strings, as plain text: {100 * RECORD_SHARE:.0f}% in
+the record format `Task: reverse\\nInput: abc\\nOutput: cba`, the rest as statements such as `The reverse
+of abc is cba.` or `7 plus 5 is 12.` (`scripts/demo_skills.py`; skill mix {SKILL_WEIGHTS}),
 packed as `<s> doc </s>` into blocks of {info['seq_len']} tokens; {info['steps']} steps of batch
 {info['batch_size']}, AdamW (lr {info['lr']}, betas 0.9/0.95, weight decay 0.1), warmup then cosine decay,
 gradient clipping 1.0. Final training loss {info['final_loss']:.3f}. Took {info['minutes']:.1f} min wall
@@ -202,7 +205,7 @@ clock with {info['threads']} CPU threads ({info['cpu_minutes']:.1f} CPU-minutes,
 {info['cpu_minutes'] / info['threads']:.1f} min on {info['threads']} otherwise idle cores). The role markers never occur in pretraining: the model has never seen the
 instruction (chat) format.
 
-Greedy exact match in the plain format on fresh inputs ({info['per_skill']} per skill):
+Greedy exact match in the record format on fresh inputs ({info['per_skill']} per skill):
 
 | skill | exact match |
 |---|---|
@@ -214,7 +217,7 @@ Greedy exact match in the plain format on fresh inputs ({info['per_skill']} per 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "assets" / "tiny-llama"))
-    p.add_argument("--steps", type=int, default=1100)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)

@@ -12,3 +12,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Idle OpenMP threads busy-wait by default, which slows everything on a shared 2-core box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The shipped tiny pretrained LLaMA (fresh per test module, in eval mode); a module may override it."""
+    from spiel.testing import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny model's byte-level tokenizer."""
+    from spiel.testing import tiny_tokenizer
+
+    return tiny_tokenizer()

@@ -15,20 +15,9 @@ from hydra import compose, initialize_config_dir
 from spiel.eval.cli import CONFIG_DIR, run
 from spiel.eval.gsm import evaluate_gsm
 from spiel.eval.mmlu import evaluate_mmlu, next_token_probs
-from spiel.testing import tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "fixtures" / "eval"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def test_mmlu_predictions_do_not_depend_on_the_batch_size(model, tok):
