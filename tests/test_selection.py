@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from spiel.delta import SparseDeltaLinear
+from spiel.delta.indices import isin_sorted
 from spiel.optim import SparseAdamW, SparseSM3
 from spiel.selection import ReselectionSchedule, Selector, ma_grow_indices
 
@@ -168,3 +169,12 @@ def test_selector_checks_method_and_optimizer_match():
         Selector({"l": layer}, SparseAdamW([layer.values]), method="ma", total_steps=10)
     with pytest.raises(ValueError, match="method"):
         Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}), method="rigl", total_steps=10)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_isin_sorted_matches_torch_isin(dtype):
+    gen = torch.Generator().manual_seed(3)
+    for n_set, n_el in [(0, 5), (5, 0), (1, 7), (50, 200), (300, 40)]:
+        sorted_set = torch.randint(0, 120, (n_set,), generator=gen).unique().to(dtype)
+        elements = torch.randint(-5, 130, (n_el,), generator=gen).to(dtype)
+        assert torch.equal(isin_sorted(elements, sorted_set), torch.isin(elements, sorted_set))

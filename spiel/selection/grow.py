@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..delta.indices import csr_pattern
+from ..delta.indices import csr_pattern, isin_sorted
 
 MA_CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32)
 
@@ -23,8 +23,8 @@ def top_candidates(dense_grad: torch.Tensor, num: int) -> torch.Tensor:
 
 
 def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions (into ``candidates``) of the ``n`` best candidates not in ``staying``, best first."""
-    eligible = (~torch.isin(candidates, staying)).nonzero().view(-1)
+    """Positions (into ``candidates``) of the ``n`` best candidates not in ``staying`` (sorted), best first."""
+    eligible = (~isin_sorted(candidates, staying)).nonzero().view(-1)
     if eligible.numel() == 0 or n <= 0:
         return eligible[:0]
     order = torch.sort(mean_grad[eligible].abs(), descending=True, stable=True).indices

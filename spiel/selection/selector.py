@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..delta.indices import isin_sorted
 from ..delta.layer import SparseDeltaLinear
 from ..optim import SparseAdamW, SparseSM3
 from .distributed import all_reduce_mean_, broadcast_from_rank0, check_same_on_all_ranks, world_size
@@ -163,9 +164,9 @@ class Selector:
         chosen = ag_grow_order(phase.candidates, mean, staying, n)
         grown_all = phase.candidates[chosen]
         # A position both dropped and grown stays where it is, with its value and optimizer state.
-        regrown = torch.isin(grown_all, dropped)
+        regrown = isin_sorted(grown_all, dropped.sort().values)
         chosen, grown = chosen[~regrown], grown_all[~regrown]
-        free = slots[~torch.isin(dropped, grown_all)][: grown.numel()]
+        free = slots[~isin_sorted(dropped, grown_all.sort().values)][: grown.numel()]
         # Seed Adam with the phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias
         # correction at this age gives back the unbiased estimates.
         beta1, beta2 = self._betas(layer.values)
