@@ -37,9 +37,13 @@ def test_groups_hold_what_the_issue_lists():
 def test_defaults_are_the_demo():
     s = validate(make())
     assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == ("tiny", "demo", "ag", "none")
-    # the tiny model's preset: 10x the method's (7B) learning rate and λ/10, the same decay per step
-    assert s.cfg.lr == 1e-3 and s.cfg.weight_decay == 3.0
-    assert validate(make("model=llama2-7b")).cfg.lr == 1e-4  # the method's own default
+    # the tiny model's presets: λ/10; per method the paper's budget (rank 4 = 2.47% here) and a picked rate
+    assert s.cfg.lr == 3e-2 and s.cfg.weight_decay == 3.0 and s.method.rank_equiv == 4
+    lora = validate(make("method=lora"))
+    assert lora.method.r == 4 and lora.cfg.lr == 3e-3
+    assert validate(make("lr=1e-3")).cfg.lr == 1e-3  # the command line still wins
+    big = validate(make("model=llama2-7b"))
+    assert big.cfg.lr == 1e-4 and big.method.rank_equiv is None  # the method's own defaults (budget: rank 64)
 
 
 @pytest.mark.slow
