@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .models import PAPER_HPARAMS, method_config, trainable_count, wrap_for_training
+from .models import method_config, paper_hparams, trainable_count, wrap_for_training
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
 # Learning-rate grids: five rates 3× apart from the paper's Table 4 rate × 10 upward (a 3M-parameter model
@@ -39,13 +39,13 @@ def paper_method(name: str) -> str:
 
 
 def lr_grid(name: str, factors=LR_FACTORS) -> list[float]:
-    base = PAPER_HPARAMS[paper_method(name)][0] * TINY_LR_SCALE
+    base = paper_hparams(paper_method(name))[0] * TINY_LR_SCALE
     return [float(f"{base * f:.3g}") for f in factors]
 
 
 def weight_decay_for(name: str) -> float:
     """The method's λ for the tiny base: the paper's (Table 4) × TINY_WEIGHT_DECAY_SCALE, whatever the rate."""
-    return PAPER_HPARAMS[paper_method(name)][1] * TINY_WEIGHT_DECAY_SCALE
+    return paper_hparams(paper_method(name))[1] * TINY_WEIGHT_DECAY_SCALE
 
 
 @dataclass
