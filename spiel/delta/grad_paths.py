@@ -100,7 +100,7 @@ def sddmm_gather_grad(
             check_invariants=False,
         )
     tokens = x2d.shape[0]
-    chunk = min(token_chunk, tokens)
+    chunk = max(1, min(token_chunk, tokens))
     buf = _workspace(chunk * (out_features + in_features), x2d.device)
     for start in range(0, tokens, chunk):
         c = min(chunk, tokens - start)
