@@ -9,7 +9,7 @@ import torch.nn as nn
 from spiel.delta import SparseDeltaLinear
 from spiel.delta.indices import isin_sorted
 from spiel.optim import SparseAdamW, SparseSM3
-from spiel.selection import ReselectionSchedule, Selector, ma_grow_indices
+from spiel.selection import ReselectionSchedule, Selector, ma_grow_indices, top_candidates
 
 
 def test_linear_schedule_is_eq8_with_full_first_replacement():
@@ -178,3 +178,11 @@ def test_isin_sorted_matches_torch_isin(dtype):
         sorted_set = torch.randint(0, 120, (n_set,), generator=gen).unique().to(dtype)
         elements = torch.randint(-5, 130, (n_el,), generator=gen).to(dtype)
         assert torch.equal(isin_sorted(elements, sorted_set), torch.isin(elements, sorted_set))
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 37, 200, 1 << 20])
+def test_top_candidates_by_row_chunks_match_a_whole_matrix_topk(chunk_elements):
+    g = torch.randn(23, 17, generator=torch.Generator().manual_seed(4))
+    for num in (1, 40, 23 * 17, 10_000):
+        expected = torch.topk(g.abs().view(-1), min(num, g.numel())).indices.sort().values
+        assert torch.equal(top_candidates(g, num, chunk_elements=chunk_elements), expected)
