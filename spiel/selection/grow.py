@@ -13,7 +13,12 @@ import torch
 
 from ..delta.indices import csr_pattern, isin_sorted
 
-CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32)
+CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
+CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
+
+
+def _default_chunk(n: int) -> int:
+    return max(CHUNK_ELEMENTS, CHUNK_PER_N * n)
 
 
 def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores, chunk_elements: int,
@@ -38,7 +43,7 @@ def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores
     return best_index[order], best_scores[order]
 
 
-def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | None = None) -> torch.Tensor:
     """Sorted flat positions of the ``num`` largest ``|dense_grad|`` entries (int64).
 
     By row chunks: a whole-matrix ``topk`` of ``|g|`` needs an fp32 copy and topk's own out·in work
@@ -49,7 +54,7 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int = CHU
         return torch.zeros(0, dtype=torch.long, device=dense_grad.device)
     index, _ = _top_by_row_chunks(num, out_features, in_features,
                                   lambda r0, r1: dense_grad[r0:r1].reshape(-1).abs().float(),
-                                  chunk_elements, dense_grad.device)
+                                  chunk_elements or _default_chunk(num), dense_grad.device)
     return index.sort().values
 
 
@@ -63,9 +68,9 @@ def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: to
 
 
 def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.Tensor, n: int,
-                    chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                    chunk_elements: int | None = None) -> torch.Tensor:
     """Flat positions of the ``n`` largest ``row_acc[r]·col_acc[c]`` over positions not in ``active``
-    (sorted unique), best first. Extra memory O(n + chunk_elements)."""
+    (sorted unique), best first. Extra memory O(n + chunk_elements); default chunk: max(2**20, 8·n)."""
     out_features, in_features = row_acc.numel(), col_acc.numel()
     if n <= 0:
         return torch.zeros(0, dtype=torch.long, device=row_acc.device)
@@ -76,5 +81,6 @@ def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.
         scores[active[int(crow[r0]) : int(crow[r1])].long() - r0 * in_features] = -torch.inf
         return scores
 
-    index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores, chunk_elements, row_acc.device)
+    index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores,
+                                       chunk_elements or _default_chunk(n), row_acc.device)
     return index[scores > -torch.inf]
