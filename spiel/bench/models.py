@@ -245,6 +245,11 @@ class LightFullConfig:
     optim: str = "adamw_torch"
 
 
+def paper_method(name: str) -> str:
+    """The registry method behind a benchmark name: ``static`` is SpIEL-AG's layer and optimizer."""
+    return "ag" if name == "static" else name
+
+
 def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
     """``(trainable model, optimizer)`` as spiel-train builds them: the registry wraps and picks the
     optimizer (None → torch AdamW over the trainable parameters, as the Trainer's ``adamw_torch``).
@@ -252,7 +257,7 @@ def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
     random indices stay for good. SpIEL methods get their selector from ``model.make_selector``."""
     from spiel.methods import get_method
 
-    method = get_method("ag" if name == "static" else name)
+    method = get_method(paper_method(name))
     model = method.wrap(model, mcfg, seed=seed, quantized=quantized)
     optimizer = method.make_optimizer(model, mcfg, mcfg.lr, mcfg.weight_decay)
     if optimizer is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .models import method_config, paper_hparams, trainable_count, wrap_for_training
+from .models import method_config, paper_hparams, paper_method, trainable_count, wrap_for_training
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
 # Learning-rate grids: five rates 3× apart from the paper's Table 4 rate × 10 upward (a 3M-parameter model
@@ -32,10 +32,6 @@ QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
 LR_FACTORS = (1.0, 3.0, 10.0, 30.0, 100.0)
 TINY_LR_SCALE = 10.0
 TINY_WEIGHT_DECAY_SCALE = 0.1
-
-
-def paper_method(name: str) -> str:
-    return "ag" if name == "static" else name
 
 
 def lr_grid(name: str, factors=LR_FACTORS) -> list[float]:
