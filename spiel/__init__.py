@@ -15,6 +15,8 @@ _LAZY = {
     "SpielModel": "spiel.model",
     "get_spiel_model": "spiel.model",
     "compose": "spiel.model",
+    "SpielTrainerMixin": "spiel.training.hf_trainer",
+    "spiel_trainer": "spiel.training.hf_trainer",
 }
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -42,13 +43,28 @@ def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
+STATIC_TRAINING_MESSAGE = (
+    "this SpielModel is being trained without a selector, which would silently be static sparse training "
+    "(the initial random positions are never reselected). With a transformers or TRL Trainer, build it with "
+    "spiel's Trainer support: `spiel_trainer(Trainer)(model=model, ...)` or `spiel_trainer(SFTTrainer)(...)` "
+    "(from spiel import spiel_trainer). In a plain PyTorch loop, create `selector = "
+    "model.make_selector(optimizer, total_steps)` and call `selector.step()` after each optimizer step. For "
+    "static sparse training on purpose, call `model.allow_static_training()` first.")
+
+
 class SpielModel(nn.Module):
     """Wraps ``model`` (``.model``); forward, generate and unknown attributes go to it."""
+
+    # transformers' Trainer refuses a 4-bit model unless it carries trainable adapters, which it reads
+    # from this attribute; the sparse deltas are such adapters.
+    _hf_peft_config_loaded = True
 
     def __init__(self, model: nn.Module, config: SpielConfig):
         super().__init__()
         self.model = model
         self.spiel_config = config
+        self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
+        self._static_training = False
 
     def __getattr__(self, name):
         try:
@@ -57,7 +73,19 @@ class SpielModel(nn.Module):
             return getattr(super().__getattr__("model"), name)
 
     def forward(self, *args, **kwargs):
+        if self.training and torch.is_grad_enabled() and not self._static_training and not self.has_selector():
+            if any(layer.values.requires_grad for layer in self.deltas.values()):
+                raise RuntimeError(STATIC_TRAINING_MESSAGE)
         return self.model(*args, **kwargs)
+
+    def has_selector(self) -> bool:
+        """Whether a live selector (``make_selector``) reselects this model's positions."""
+        return self._selector_ref is not None and self._selector_ref() is not None
+
+    def allow_static_training(self) -> SpielModel:
+        """Train without reselection on purpose (static sparse fine-tuning, a baseline)."""
+        self._static_training = True
+        return self
 
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
@@ -86,10 +114,12 @@ class SpielModel(nn.Module):
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
-        return Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
-                        reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
-                        schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop,
-                        process_group=process_group)
+        selector = Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
+                            reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
+                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop,
+                            process_group=process_group)
+        self._selector_ref = weakref.ref(selector)
+        return selector
 
     # -- saving and loading ----------------------------------------------------------------------------
     def delta_state(self) -> dict[str, torch.Tensor]:
@@ -108,9 +138,30 @@ class SpielModel(nn.Module):
         }
         return write_checkpoint(directory, config, self.delta_state(), tokenizer)
 
+    def push_to_hub(self, repo_id: str, tokenizer=None, *, private: bool | None = None, token=None,
+                    revision: str | None = None, commit_message: str | None = None,
+                    data: str | None = None, metrics: dict | None = None):
+        """Upload this model's delta checkpoint (``save_pretrained``'s files) and a generated model card
+        to the Hub repo ``repo_id``; the base model is never uploaded (see ``spiel.hub``)."""
+        import tempfile
+
+        from .hub import push_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="spiel-delta-") as tmp:
+            self.save_pretrained(tmp, tokenizer=tokenizer)
+            return push_checkpoint(tmp, repo_id, private=private, token=token, revision=revision,
+                                   commit_message=commit_message, data=data, metrics=metrics)
+
     @classmethod
-    def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False) -> SpielModel:
-        """Wrap ``base_model`` with the deltas saved in ``directory`` (checked against the base)."""
+    def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False,
+                        revision: str | None = None) -> SpielModel:
+        """Wrap ``base_model`` with the deltas saved in ``directory`` (checked against the base).
+
+        ``directory``: a local checkpoint directory, or a Hub repo id (``revision``: branch, tag or
+        commit), fetched through huggingface_hub (its cache and ``HF_HUB_OFFLINE`` apply)."""
+        from .hub import resolve_checkpoint
+
+        directory = resolve_checkpoint(directory, revision)
         saved = read_spiel_config(directory)
         config = SpielConfig.from_dict(saved["spiel_config"])
         config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
@@ -187,7 +238,9 @@ def compose(ckpt_dirs, base_model: nn.Module) -> nn.Module:
     """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
     "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
     bases come back as a SpielModel holding the union of the positions, unmerged."""
-    ckpt_dirs = [str(d) for d in ckpt_dirs]
+    from .hub import resolve_checkpoint
+
+    ckpt_dirs = [str(resolve_checkpoint(d)) for d in ckpt_dirs]  # local directories or Hub repo ids
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

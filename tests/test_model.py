@@ -149,6 +149,7 @@ def test_plain_pytorch_module_works_too():
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     model = get_spiel_model(net, SpielConfig(num_tunable=40))
     assert sorted(model.deltas) == ["0", "2"]
+    model.allow_static_training()  # a gradient check, no reselection
     out = model(torch.randn(3, 8))
     out.sum().backward()
     assert all(layer.values.grad is not None for layer in model.deltas.values())

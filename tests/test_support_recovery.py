@@ -36,7 +36,9 @@ def train(method: str, static: bool):
     teacher, support = teacher_and_support()
     model = get_spiel_model(net(0), SpielConfig(method=method, num_tunable=2 * K, seed=0))
     optimizer = model.make_optimizer(lr=0.05)
-    selector = None if static else model.make_selector(optimizer, total_steps=STEPS)
+    selector = model.make_selector(optimizer, total_steps=STEPS) if not static else None
+    if static:
+        model.allow_static_training()
     data = torch.Generator().manual_seed(7)
     for _ in range(STEPS):
         for _ in range(2):  # two micro-batches per optimizer step

@@ -259,6 +259,8 @@ def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
 
     method = get_method(paper_method(name))
     model = method.wrap(model, mcfg, seed=seed, quantized=quantized)
+    if name == "static":
+        model.allow_static_training()
     optimizer = method.make_optimizer(model, mcfg, mcfg.lr, mcfg.weight_decay)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]

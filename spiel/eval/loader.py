@@ -8,6 +8,8 @@
 - a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
 - a full transformers model directory (`config.json`): loaded as it is;
 - null: the base model `model=` itself.
+Each checkpoint may also be a Hugging Face Hub repo id, `org/name` or `org/name@revision` (a local
+directory of that name wins), fetched through huggingface_hub (its cache and HF_HUB_OFFLINE apply).
 The tokenizer comes from the checkpoint directory when it holds one (training's special tokens), else
 from the base model.
 """
@@ -67,6 +69,28 @@ def checkpoint_kind(path) -> str:
         f"nor a transformers model directory (config.json).{hint}")
 
 
+def resolve_ckpts(ckpts: list[str]) -> list[str]:
+    """Each `ckpt` entry as a local directory: itself, or the snapshot of the Hub repo (`@revision`) it names."""
+    from spiel.hub import resolve_checkpoint, split_revision
+
+    resolved = []
+    for c in ckpts:
+        name, revision = split_revision(c)
+        try:
+            resolved.append(str(resolve_checkpoint(name, revision)))
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"ckpt={c}: {e}") from e
+    return resolved
+
+
+def recorded_base_revision(path) -> str | None:
+    """The commit of the base model a SpIEL checkpoint was trained on, when it was loaded from the Hub."""
+    from spiel.model import read_spiel_config
+
+    base = read_spiel_config(path).get("base_model") or {}
+    return base.get("revision") if isinstance(base, dict) else None
+
+
 def recorded_base(path, kind: str) -> str | None:
     """The base model a checkpoint names (None for a full model)."""
     if kind == "spiel":
@@ -106,11 +130,13 @@ def _fit_embeddings(model, tokenizer) -> None:
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
                   device=None, revision: str | None = None) -> LoadedModel:
     """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`."""
-    ckpts = normalize_ckpts(ckpt)
+    given = normalize_ckpts(ckpt)
+    ckpts = resolve_ckpts(given)
     device = resolve_device(device)
     quant = "none" if quant in (None, False) else str(quant)
     kinds = [checkpoint_kind(c) for c in ckpts]
-    info = {"ckpt": ckpts, "quant": quant, "device": str(device), "dtype": str(resolve_dtype(dtype, device))}
+    info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
+            "dtype": str(resolve_dtype(dtype, device))}
     if len(ckpts) > 1 and any(k != "spiel" for k in kinds):
         bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
         raise CheckpointError(f"only SpIEL checkpoints can be composed (summed deltas); not: {bad}")
@@ -126,6 +152,8 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
 
     recorded = recorded_base(ckpts[0], kinds[0]) if ckpts else None
     base_name = model_name or recorded
+    if not model_name and revision is None and kinds and kinds[0] == "spiel":
+        revision = recorded_base_revision(ckpts[0])  # the base commit it was trained on
     if not base_name:
         raise CheckpointError("no base model: ckpt=null evaluates the base model given by model= "
                               "(e.g. model=llama2-7b or model=tiny)" if not ckpts else

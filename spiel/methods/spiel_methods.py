@@ -18,22 +18,12 @@ class SpielMethod(Method):
     def wrap(self, model, mcfg, *, seed, quantized):
         from spiel.model import get_spiel_model
 
-        spiel_model = get_spiel_model(model, mcfg.spiel_config(seed=seed, quantized=quantized))
-        if quantized:
-            # transformers' Trainer refuses a 4-bit model "without trainable adapters" unless this flag
-            # is set; the sparse deltas are exactly such adapters.
-            spiel_model._hf_peft_config_loaded = True
-        return spiel_model
+        return get_spiel_model(model, mcfg.spiel_config(seed=seed, quantized=quantized))
 
     def make_optimizer(self, model, mcfg, lr, weight_decay):
         if self.name == "ag":
             return model.make_optimizer(lr, weight_decay=weight_decay, betas=tuple(mcfg.betas), eps=mcfg.eps)
         return model.make_optimizer(lr, weight_decay=weight_decay)
-
-    def callbacks(self, model, optimizer, resume_from):
-        from spiel.training.selector_callback import SelectorCallback
-
-        return [SelectorCallback(model, optimizer, resume_from)]
 
     def save(self, model, directory, tokenizer=None):
         model.save_pretrained(directory, tokenizer=tokenizer)

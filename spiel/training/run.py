@@ -123,7 +123,6 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     trainer = SpielTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSpiel(tokenizer),
         processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[*callbacks, metrics_cb],
-        method=method, state_savers=[cb for cb in callbacks if hasattr(cb, "save_state")],
         save_total_limit=c.save_total_limit,
     )
     if c.loss_reduction == "micro_batch":

@@ -1,7 +1,8 @@
-"""The SpIEL selector as a Trainer callback: created when training starts (it needs the total number of
-optimizer steps), stepped after every optimizer step, saved into every checkpoint and restored on resume.
+"""The SpIEL selector inside a Trainer run (added by ``SpielTrainerMixin``; not used on its own).
 
-The callback is a thin layer over ``SpielModel.make_selector``: the same calls a plain PyTorch loop makes.
+Created when training starts (it needs the total number of optimizer steps and the optimizer the
+Trainer steps), stepped after every optimizer step, saved into every checkpoint and restored on resume:
+the same calls a plain PyTorch loop makes around ``SpielModel.make_selector``.
 """
 
 from __future__ import annotations
@@ -14,20 +15,28 @@ from transformers import TrainerCallback
 STATE_FILE = "selector.pt"
 
 
+def inner_optimizer(optimizer):
+    """The optimizer under accelerate's wrapper (which keeps it as ``.optimizer``)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 class SelectorCallback(TrainerCallback):
-    def __init__(self, model, optimizer, resume_from: str | None = None):
-        self.model = model  # the SpielModel (not the DDP wrapper)
-        self.optimizer = optimizer  # our SparseAdamW / SparseSM3 (not accelerate's wrapper)
-        self.resume_from = resume_from
+    def __init__(self, trainer):
+        self.trainer = trainer  # a SpielTrainerMixin: its SpielModel, optimizer and resume checkpoint
         self.selector = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.selector = self.model.make_selector(self.optimizer, total_steps=state.max_steps)
-        if self.resume_from is not None:
-            path = Path(self.resume_from) / STATE_FILE
+        model = self.trainer.spiel_model()
+        self.selector = model.make_selector(inner_optimizer(self.trainer.optimizer), total_steps=state.max_steps)
+        resume_from = self.trainer.spiel_resume_from
+        if resume_from is not None:
+            path = Path(resume_from) / STATE_FILE
             if not path.is_file():
-                raise FileNotFoundError(f"{self.resume_from} has no {STATE_FILE}: not a SpIEL training checkpoint")
-            device = next(iter(self.model.deltas.values())).values.device
+                raise FileNotFoundError(f"{resume_from} has no {STATE_FILE}: not a checkpoint of SpIEL training "
+                                        "(its selector state is missing), so training cannot resume from it")
+            device = next(iter(model.deltas.values())).values.device
             self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         if self.selector.t != state.global_step:
             raise RuntimeError(f"selector is at step {self.selector.t} but the trainer at {state.global_step}")
@@ -38,7 +47,7 @@ class SelectorCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.selector is not None:
             self.selector.close()
+            self.selector = None  # the model counts as trained without a selector again
 
-    def save_state(self, directory: Path) -> None:
-        """Called by SpielTrainer while it writes a checkpoint (before sealing it)."""
+    def save_state(self, directory) -> None:
         torch.save(self.selector.state_dict(), Path(directory) / STATE_FILE)
