@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
 from pathlib import Path
 
@@ -65,6 +67,14 @@ class SpielModel(nn.Module):
         self.spiel_config = config
         self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
         self._static_training = False
+        # transformers' Trainer keeps only the dataset columns named in ``forward``'s signature (and
+        # reads it for loss arguments): show the wrapped model's, per instance.
+        forward = functools.partial(type(self).forward, self)
+        try:
+            forward.__signature__ = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            pass
+        self.forward = forward
 
     def __getattr__(self, name):
         try:
