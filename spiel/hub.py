@@ -112,7 +112,7 @@ def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     base_line = f'"{base_id}"' + (f', revision="{revision}"' if revision else "")
     front = ["---", "library_name: spiel", "tags:", "- spiel", "- sparse-fine-tuning"]
-    if base_id != "unknown":
+    if base_id != "unknown" and not Path(base_id).is_absolute():  # a Hub id, not a path on the trainer's disk
         front.append(f"base_model: {base_id}")
     front.append("---")
     return "\n".join(front) + f"""
@@ -120,7 +120,7 @@ def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict
 # {repo_id.split("/")[-1]}
 
 A sparse fine-tuning delta (SpIEL, "Scaling Sparse Fine-Tuning to Large Language Models", Ansell et al.
-2024) for `{base_id}`, made with [spiel](https://pypi.org/project/spiel/). It holds only the tuned
+2024) for `{base_id}`, made with spiel. It holds only the tuned
 entries (`{DELTA_NAME}`: indices and values per weight matrix) and `{CONFIG_NAME}`; the base model is
 loaded separately and checked against the recorded fingerprint.
 
@@ -131,10 +131,11 @@ loaded separately and checked against the recorded fingerprint.
 ## Use
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from spiel import SpielModel
+from spiel.loading import load_base_model
 
-base = AutoModelForCausalLM.from_pretrained({base_line})
+base = load_base_model({base_line})   # AutoModelForCausalLM in eval mode (or load it your way)
 model = SpielModel.from_pretrained(base, "{repo_id}")
 plain = model.merge_and_unload()          # or keep `model` (deltas applied on the fly)
 tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
