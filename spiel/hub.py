@@ -58,6 +58,20 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
                                 f"{repo_id!r}{at} ({where}: {type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
+def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a Hub model loaded as ``repo_id`` at ``revision`` came from (read from the local Hub
+    cache, where loading put it); None for a local directory or when unknown."""
+    if Path(str(repo_id)).exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(str(repo_id), "config.json", revision=revision)
+    except Exception:  # not a repo id, or an unusual cache: the revision is then just not recorded
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def split_revision(text: str) -> tuple[str, str | None]:
     """``"org/name@rev"`` -> ``("org/name", "rev")`` (spiel-eval's ``ckpt=`` syntax); an existing local
     path is never split."""

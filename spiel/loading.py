@@ -92,4 +92,9 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
     if str(name_or_path) in MODEL_ALIASES:
         model.config._name_or_path = str(name_or_path)
         model.name_or_path = str(name_or_path)
+    else:
+        from spiel.hub import cached_commit
+
+        # SpIEL checkpoints record the base's commit from here (transformers 5 no longer sets it).
+        model.config._commit_hash = cached_commit(path, revision) or getattr(model.config, "_commit_hash", None)
     return model.eval()

@@ -248,9 +248,10 @@ def compose(ckpt_dirs, base_model: nn.Module) -> nn.Module:
     """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
     "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
     bases come back as a SpielModel holding the union of the positions, unmerged."""
-    from .hub import resolve_checkpoint
+    from .hub import resolve_checkpoint, split_revision
 
-    ckpt_dirs = [str(resolve_checkpoint(d)) for d in ckpt_dirs]  # local directories or Hub repo ids
+    # local directories, or Hub repo ids ("org/name" or "org/name@revision")
+    ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

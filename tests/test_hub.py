@@ -78,7 +78,7 @@ def test_loads_by_repo_id_offline_like_its_directory(tmp_path, hub_cache):
     for revision in (None, "v1", commit):
         got = logits(SpielModel.from_pretrained(tiny_model(), REPO, revision=revision), ids)
         assert torch.equal(got, want), revision
-    composed = compose([REPO], tiny_model())
+    composed = compose([f"{REPO}@v1"], tiny_model())
     torch.testing.assert_close(logits(composed, ids), want, rtol=1e-5, atol=1e-5)
 
 
@@ -194,3 +194,37 @@ def test_push_of_a_run_directory_reads_its_data_and_metrics(tmp_path, monkeypatc
     assert "| steps | 40 |" in sent["card"]
     with pytest.raises(FileNotFoundError, match="not a complete SpIEL checkpoint"):
         push_checkpoint(run, REPO)
+
+
+def test_checkpoint_records_the_base_commit_and_eval_loads_that_commit(tmp_path, hub_cache):
+    """The base repo's main branch moved on to other weights: spiel-eval must load the commit the
+    delta was trained on (recorded in the checkpoint), or the weight check would refuse the base."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from spiel.testing import TINY_MODEL_DIR
+
+    base_repo = "someorg/tiny-base"
+    trained_on = put_in_hub_cache(hub_cache, base_repo, TINY_MODEL_DIR, refs=())
+    torch.manual_seed(0)
+    other = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL_DIR))
+    other.save_pretrained(tmp_path / "other")
+    tiny_tokenizer().save_pretrained(tmp_path / "other")
+    put_in_hub_cache(hub_cache, base_repo, tmp_path / "other", refs=("main",))
+
+    base = load_base_model(base_repo, dtype="float32", device="cpu", revision=trained_on)
+    model = get_spiel_model(base, SpielConfig(rank_equiv=4))
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tiny_tokenizer())
+    recorded = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())["base_model"]
+    assert recorded["name_or_path"] == base_repo and recorded["revision"] == trained_on
+    put_in_hub_cache(hub_cache, REPO, tmp_path / "ckpt")
+
+    loaded = load_for_eval(REPO, device="cpu", dtype="float32")  # no model=, no revision=
+    assert loaded.info["base"] == base_repo and loaded.info["ckpt"] == [REPO]
+    ids = torch.randint(4, 250, (1, 8), generator=torch.Generator().manual_seed(2))
+    want = logits(SpielModel.from_pretrained(load_base_model(str(TINY_MODEL_DIR), dtype="float32", device="cpu"),
+                                             tmp_path / "ckpt").merge_and_unload(), ids)
+    torch.testing.assert_close(logits(loaded.model, ids), want)
+    from spiel.model import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="the base weights differ"):
+        load_for_eval(REPO, device="cpu", dtype="float32", revision="main")
