@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
+import types
 import weakref
 from pathlib import Path
 
@@ -65,16 +65,25 @@ class SpielModel(nn.Module):
         super().__init__()
         self.model = model
         self.spiel_config = config
+        self.training = model.training  # the wrapper starts in the wrapped model's mode
         self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
         self._static_training = False
-        # transformers' Trainer keeps only the dataset columns named in ``forward``'s signature (and
-        # reads it for loss arguments): show the wrapped model's, per instance.
-        forward = functools.partial(type(self).forward, self)
+        self._show_wrapped_signature()
+
+    def _show_wrapped_signature(self) -> None:
+        """transformers' Trainer keeps only the dataset columns named in ``forward``'s signature (and reads
+        it for loss arguments): give this instance a ``forward`` bound method with the wrapped model's."""
         try:
-            forward.__signature__ = inspect.signature(model.forward)
+            inner = inspect.signature(self.model.forward)
         except (TypeError, ValueError):
-            pass
-        self.forward = forward
+            return
+
+        def forward(self, *args, **kwargs):
+            return type(self).forward(self, *args, **kwargs)
+
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        forward.__signature__ = inner.replace(parameters=[self_param, *inner.parameters.values()])
+        self.forward = types.MethodType(forward, self)
 
     def __getattr__(self, name):
         try:
