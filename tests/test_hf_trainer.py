@@ -213,3 +213,20 @@ def test_other_models_pass_through_and_static_on_purpose_trains(tmp_path):
     got = delta_tensors(model)
     assert all(torch.equal(got[k], start[k]) for k in got if k.endswith(".indices"))
     assert any(not torch.equal(got[k], start[k]) for k in got if k.endswith(".values"))
+
+
+def test_only_training_mode_with_gradients_is_refused():
+    model = spiel_tiny()  # wraps a model in eval mode: starts in eval mode too
+    ids = torch.tensor(token_rows(1))
+    assert not model.training
+    model(input_ids=ids, labels=ids).loss.backward()  # e.g. a gradient probe, not training
+    model.train()
+    with torch.no_grad():
+        model(input_ids=ids)
+    with pytest.raises(RuntimeError, match="without a selector"):
+        model(input_ids=ids)
+    selector = model.make_selector(model.make_optimizer(lr=1e-3), total_steps=2)
+    model(input_ids=ids)
+    del selector  # a dropped selector no longer reselects: refused again
+    with pytest.raises(RuntimeError, match="without a selector"):
+        model(input_ids=ids)
