@@ -1,3 +1,4 @@
 """spiel-train's engine around the transformers Trainer: the run (``run.py``), the Trainer subclass
-(``trainer.py``), atomic checkpoints (``checkpoints.py``), the run dir (``rundir.py``), the SpIEL selector
-callback, metrics log and summary, parameter ages (Figure 2), wandb, sweep reporting and DDP helpers."""
+(``trainer.py``, built on the public ``hf_trainer.SpielTrainerMixin``), atomic checkpoints
+(``checkpoints.py``), the run dir (``rundir.py``), the SpIEL selector callback, metrics log and summary,
+parameter ages (Figure 2), wandb, sweep reporting and DDP helpers."""
