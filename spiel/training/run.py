@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from spiel.config import validate
+from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.methods import get_method
 
 from . import checkpoints, wandb_logger
@@ -65,6 +66,7 @@ def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
     staged.mkdir(parents=True)
+    attach_chat_template_or_warn(tokenizer)  # final/'s tokenizer renders the Tülu format training used
     method.save(model, staged, tokenizer=tokenizer)
     checkpoints.seal(staged, kind="final")
     final = checkpoints.publish(staged, run_dir / FINAL_DIR)
