@@ -85,7 +85,7 @@ def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: in
         from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo
 
         out = evaluate_demo(model, tokenizer, bench.get("path") or DEMO_HELDOUT, batch_size=bs, limit=limit,
-                            max_new_tokens=bench["max_new_tokens"])
+                            max_new_tokens=bench["max_new_tokens"], progress=progress)
         predictions = out.pop("predictions")
         return {"metrics": out, "predictions": predictions}
     raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHES}")
