@@ -139,9 +139,15 @@ class FullMethodConfig(MethodConfig):
 
 
 # -- logger -----------------------------------------------------------------------------------------------
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb (a local metrics.jsonl is always written)
+    name: str = "none"  # none | wandb | tensorboard (a local metrics.jsonl is always written)
     project: str = "spiel"
     entity: Optional[str] = None
     mode: str = "auto"  # auto: online with an API key, else offline | online | offline | disabled
@@ -149,8 +155,10 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.name not in ("none", "wandb"):
-            raise ConfigError(f"logger.name: must be none or wandb, got {self.name!r}")
+        if self.name not in ("none", "wandb", "tensorboard"):
+            raise ConfigError(f"logger.name: must be none, wandb or tensorboard, got {self.name!r}")
+        if self.name == "tensorboard" and not _tensorboard_available():
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard")
         if self.mode not in ("auto", "online", "offline", "disabled"):
             raise ConfigError(f"logger.mode: must be auto, online, offline or disabled, got {self.mode!r}")
 
