@@ -18,7 +18,7 @@ from .metrics import METRICS_FILE
 
 FINAL_DIR = "final"
 OUTPUTS = (FINAL_DIR, METRICS_FILE, "summary.json", "param_ages.json", "param_ages.png", "FAILED", "wandb",
-           "runs")  # runs/: logger=tensorboard's event files
+           "runs", "loss.png")  # runs/: logger=tensorboard's event files
 
 
 class RunDirError(RuntimeError):
