@@ -178,3 +178,17 @@ def test_spiel_train_final_tokenizer_carries_the_template_and_exports(tmp_path):
     out = export(final, tmp_path / "exported", dtype="float32")
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)),
                                _logits(SpielModel.from_pretrained(tiny_model(), final)), rtol=1e-5, atol=1e-5)
+
+
+def test_peft_adapter_export_is_the_merged_adapter(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    lora = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    tiny_tokenizer().save_pretrained(tmp_path / "adapter")
+    out = export(tmp_path / "adapter", tmp_path / "out", dtype="float32")
+    expected = _logits(PeftModel.from_pretrained(tiny_model(), tmp_path / "adapter"))
+    assert not torch.allclose(expected, _logits(tiny_model()), atol=1e-3)
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
+    assert json.loads((out / "spiel_export.json").read_text())["kind"] == "peft"
+    assert AutoTokenizer.from_pretrained(out).chat_template == jinja_chat_template(bos=True)
