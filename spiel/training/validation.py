@@ -29,7 +29,8 @@ def eval_split(dataset, c, tokenizer, data_cfg, build):
         sources = [{"name": "eval", "path": str(c.eval_data)}]
         cfg = {"name": "eval", "sources": sources, "seed": data_cfg.get("seed", 42), "shuffle": False,
                "on_bad_record": data_cfg.get("on_bad_record", "error")}
-        held_out, _ = build(cfg, tokenizer, max_seq_len=c.max_seq_len)
+        held_out, _ = build(cfg, tokenizer, max_seq_len=c.max_seq_len, cache_dir=c.data_cache_dir,
+                            num_proc=c.data_num_proc)
         return dataset, held_out
     if c.eval_fraction > 0:
         n_eval = max(1, round(len(dataset) * c.eval_fraction))
