@@ -192,3 +192,21 @@ def test_peft_adapter_export_is_the_merged_adapter(tmp_path):
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
     assert json.loads((out / "spiel_export.json").read_text())["kind"] == "peft"
     assert AutoTokenizer.from_pretrained(out).chat_template == jinja_chat_template(bos=True)
+
+
+@pytest.mark.slow
+def test_delta_trained_on_an_nf4_base_exports_merged_into_the_full_precision_base(tmp_path):
+    """The way out the NF4 refusal points to: quant=none merges a qSpIEL delta into the full-precision base."""
+    from spiel.loading import load_base_model
+
+    nf4_base = load_base_model(str(TINY_MODEL_DIR), quant="nf4", device="cpu")
+    model = get_spiel_model(nf4_base, SpielConfig(method="ag", rank_equiv=4, delta_dtype="bfloat16"))
+    for layer in model.deltas.values():
+        layer.values.data = (0.05 * torch.randn(layer.values.shape, generator=torch.Generator().manual_seed(3))
+                             ).to(layer.values.dtype)
+    model.save_pretrained(tmp_path / "qspiel", tokenizer=tiny_tokenizer())
+    with pytest.raises(ExportError, match="quant=nf4"):
+        export(tmp_path / "qspiel", tmp_path / "refused", quant="nf4")
+    out = export(tmp_path / "qspiel", tmp_path / "out", dtype="float32")
+    expected = _logits(SpielModel.from_pretrained(tiny_model(), tmp_path / "qspiel"))
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
