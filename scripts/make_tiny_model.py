@@ -32,35 +32,18 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_skills import RECORD_SHARE, SKILLS, plain_text, sample_input, solve  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from spiel.data.template import jinja_chat_template  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]  # ids 260..262
 # Pretraining mixture: the skills that need more practice (positional copying, carries) get more documents.
 SKILL_WEIGHTS = {"copy": 1.5, "reverse": 2.0, "sort": 2.5, "upper": 1.0, "count": 0.5, "add": 1.0}
 
-# The Tülu format of open-instruct's encode_with_messages_format: every content stripped, EOS after each
-# assistant turn, the whole text stripped at the end; with add_generation_prompt the unstripped text plus
-# "<|assistant|>\n" (what spiel.data.template.chat_prompt returns). BOS comes first, so that
+# The Tülu chat template (spiel/data/template.py); BOS comes first, so that
 # apply_chat_template(..., tokenize=True) gives exactly the ids training sees.
-CHAT_TEMPLATE = (
-    "{%- set ns = namespace(text='') -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{%- set ns.text = ns.text + '<|system|>\\n' + (message['content'] | trim) + '\\n' -%}"
-    "{%- elif message['role'] == 'user' -%}"
-    "{%- set ns.text = ns.text + '<|user|>\\n' + (message['content'] | trim) + '\\n' -%}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- set ns.text = ns.text + '<|assistant|>\\n' + (message['content'] | trim) + eos_token + '\\n' -%}"
-    "{%- else -%}"
-    "{{- raise_exception('unknown role: ' + message['role']) -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- bos_token + ns.text + '<|assistant|>\\n' -}}"
-    "{%- else -%}"
-    "{{- bos_token + (ns.text | trim) -}}"
-    "{%- endif -%}"
-)
+CHAT_TEMPLATE = jinja_chat_template(bos=True)
 
 
 def byte_symbols() -> list[str]:

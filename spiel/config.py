@@ -139,9 +139,15 @@ class FullMethodConfig(MethodConfig):
 
 
 # -- logger -----------------------------------------------------------------------------------------------
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb (a local metrics.jsonl is always written)
+    name: str = "none"  # none | wandb | tensorboard (a local metrics.jsonl is always written)
     project: str = "spiel"
     entity: Optional[str] = None
     mode: str = "auto"  # auto: online with an API key, else offline | online | offline | disabled
@@ -149,8 +155,10 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.name not in ("none", "wandb"):
-            raise ConfigError(f"logger.name: must be none or wandb, got {self.name!r}")
+        if self.name not in ("none", "wandb", "tensorboard"):
+            raise ConfigError(f"logger.name: must be none, wandb or tensorboard, got {self.name!r}")
+        if self.name == "tensorboard" and not _tensorboard_available():
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard")
         if self.mode not in ("auto", "online", "offline", "disabled"):
             raise ConfigError(f"logger.mode: must be auto, online, offline or disabled, got {self.mode!r}")
 
@@ -190,6 +198,9 @@ class TrainConfig:
     num_workers: int = 0
     data_cache_dir: Optional[str] = None
     data_num_proc: int = 1
+    eval_fraction: float = 0.0  # hold out this fraction of the training examples for validation
+    eval_data: Optional[str] = None  # or validate on this file (any data source format)
+    eval_steps: int = 0  # evaluate every N steps (0: only at the end, when there is a held-out set)
     plot_ages: bool = True
 
 
@@ -288,6 +299,13 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
     need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
     need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
+    need(0 <= obj.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {obj.eval_fraction}")
+    need(not (obj.eval_fraction > 0 and obj.eval_data), "eval_data",
+         "set eval_fraction (a part of the training data) or eval_data (a file), not both")
+    need(not obj.eval_data or Path(obj.eval_data).is_file(), "eval_data", f"{obj.eval_data} is not a file")
+    need(obj.eval_steps >= 0, "eval_steps", f"must be >= 0, got {obj.eval_steps}")
+    need(obj.eval_steps == 0 or obj.eval_fraction > 0 or bool(obj.eval_data), "eval_steps",
+         "evaluating needs a held-out set: set eval_fraction=0.05 (say) or eval_data=<file>")
     need(obj.device in ("auto", "cpu", "cuda"), "device",
          f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}")
     if obj.device == "cuda":

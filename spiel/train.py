@@ -38,7 +38,8 @@ def _task(cfg: DictConfig) -> float:
     run_name = run_dir.name if not multirun else f"{Path(hc.sweep.dir).name}/{run_dir.name}"
     try:
         summary = run_training(cfg, run_dir, run_name)
-        loss = summary.get("final_loss")
+        # the sweep objective: the best held-out loss when the run validates, else the last training loss
+        loss = summary.get("best_eval_loss", summary.get("final_loss"))
         return float("nan") if loss is None else float(loss)
     except Exception as error:
         if not multirun:

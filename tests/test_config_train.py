@@ -28,7 +28,7 @@ def test_groups_hold_what_the_issue_lists():
     assert {"tulu2", "flan_v2", "gpt4_alpaca", "demo"} <= set(options("data"))
     assert options("method") == ["ag", "full", "ia3", "lora", "ma"]
     assert options("quant") == ["nf4", "none"]
-    assert options("logger") == ["none", "wandb"]
+    assert options("logger") == ["none", "tensorboard", "wandb"]
     assert {"local", "slurm"} <= set(options("hydra/launcher"))
     assert {f"paper_{s}_{m}" for s in ("7b", "13b") for m in ("ag", "ma", "lora", "ia3", "full")} <= set(
         options("experiment"))

@@ -56,3 +56,34 @@ def chat_prompt(messages: Sequence[Mapping], eos_token: str = DEFAULT_EOS) -> st
     if messages and messages[-1].get("role") == "assistant":
         messages = messages[:-1]
     return concat_messages(messages, eos_token) + ASSISTANT_HEADER
+
+
+# The same format as Jinja, for `tokenizer.chat_template` (serving stacks render it and tokenize the
+# result WITHOUT adding special tokens, so the template writes BOS itself when the tokenizer adds one in
+# training). Without add_generation_prompt: `render_messages`; with it: `chat_prompt`. Jinja's `trim` is
+# Python's `str.strip()`. `spiel.data.chat_template` checks a tokenizer renders it token for token.
+_JINJA_TURNS = (
+    "{%- set ns = namespace(text='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- set ns.text = ns.text + '<|system|>\\n' + (message['content'] | trim) + '\\n' -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- set ns.text = ns.text + '<|user|>\\n' + (message['content'] | trim) + '\\n' -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- set ns.text = ns.text + '<|assistant|>\\n' + (message['content'] | trim) + eos_token + '\\n' -%}"
+    "{%- else -%}"
+    "{{- raise_exception('unknown role: ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def jinja_chat_template(bos: bool = True) -> str:
+    """The Tülu template as Jinja; `bos`: start with the tokenizer's BOS (tokenizers that add one)."""
+    start = "bos_token + " if bos else ""
+    return (_JINJA_TURNS
+            + "{%- if add_generation_prompt -%}"
+            + "{{- " + start + "ns.text + '<|assistant|>\\n' -}}"
+            + "{%- else -%}"
+            + "{{- " + start + "(ns.text | trim) -}}"
+            + "{%- endif -%}")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spiel.eval.data import MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
-from spiel.eval.runner import run_bench, write_run
+from spiel.eval.runner import check_bench, run_bench, write_run
 
 log = logging.getLogger("spiel.eval")
 
@@ -76,6 +76,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
         output_dir = HydraConfig.get().runtime.output_dir
     bench = OmegaConf.to_container(cfg.bench, resolve=True)
     name = bench["name"]
+    check_bench(name, bench)  # before the model loads
     loaded = load_model(cfg)
     label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"))
     log.info("evaluating %s on %s (%s)", label, name, loaded.info)
@@ -103,9 +104,10 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 
 def _user_errors() -> tuple:
+    from spiel.eval.lm_eval_backend import LmEvalError
     from spiel.model import CheckpointMismatchError
 
-    return (MissingDataError, CheckpointError, CheckpointMismatchError, FileNotFoundError)
+    return (MissingDataError, CheckpointError, CheckpointMismatchError, FileNotFoundError, LmEvalError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

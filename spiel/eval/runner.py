@@ -14,7 +14,7 @@ from pathlib import Path
 
 from spiel.eval.data import write_jsonl
 
-BENCHES = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval", "demo")
+BENCHES = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval", "demo", "lm_eval")
 # bench -> (path into metrics.json, factor to percent)
 HEADLINE = {
     "mmlu": (("average_acc",), 100.0),
@@ -23,6 +23,7 @@ HEADLINE = {
     "tydiqa": (("average", "f1"), 1.0),
     "humaneval": (("pass@1",), 100.0),
     "demo": (("exact_match",), 100.0),
+    "lm_eval": (("headline", "value"), 1.0),  # the first task's first metric, as lm-eval reports it
 }
 
 
@@ -85,10 +86,26 @@ def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: in
         from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo
 
         out = evaluate_demo(model, tokenizer, bench.get("path") or DEMO_HELDOUT, batch_size=bs, limit=limit,
-                            max_new_tokens=bench["max_new_tokens"])
+                            max_new_tokens=bench["max_new_tokens"], progress=progress)
         predictions = out.pop("predictions")
         return {"metrics": out, "predictions": predictions}
+    if name == "lm_eval":
+        from spiel.eval.lm_eval_backend import evaluate_lm_eval
+
+        return evaluate_lm_eval(model, tokenizer, bench["tasks"], include_path=bench.get("include_path"),
+                                num_fewshot=bench.get("num_fewshot"), batch_size=bs, limit=limit,
+                                apply_chat_template=bool(bench.get("apply_chat_template")),
+                                max_length=bench.get("max_length"), gen_kwargs=bench.get("gen_kwargs"),
+                                bootstrap_iters=bench["bootstrap_iters"], progress=progress)
     raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHES}")
+
+
+def check_bench(name: str, bench: dict) -> None:
+    """Settings that can be checked before the model loads (lm-eval: the task names and include paths)."""
+    if name == "lm_eval":
+        from spiel.eval.lm_eval_backend import task_manager
+
+        task_manager(bench.get("tasks"), bench.get("include_path"))
 
 
 def summary_line(bench: str, label: str, metrics: dict) -> str:

@@ -28,10 +28,14 @@ def training_arguments(settings, run_dir: Path, optim: str, report_to_wandb: boo
         max_grad_norm=c.max_grad_norm,
         logging_steps=c.logging_steps,
         logging_first_step=True,
+        eval_strategy="steps" if c.eval_steps > 0 else "no",  # > 0 only with a held-out set (validate)
+        eval_steps=c.eval_steps if c.eval_steps > 0 else None,
+        per_device_eval_batch_size=c.micro_batch_size,
+        label_names=["labels"],  # the wrappers' forward(**kwargs) hides it; without it no eval loss
         save_strategy="steps" if save else "no",
         save_steps=c.save_steps if save else 500,
         save_total_limit=None,  # SpielTrainer rotates the complete checkpoints itself
-        report_to=["wandb"] if report_to_wandb else "none",
+        report_to=["wandb"] if report_to_wandb else ["tensorboard"] if c.logger.name == "tensorboard" else "none",
         disable_tqdm=not c.progress_bar,
         remove_unused_columns=False,  # the SpielModel wrapper's forward takes **kwargs
         dataloader_num_workers=c.num_workers,

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from spiel.config import validate
+from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.methods import get_method
 
 from . import checkpoints, wandb_logger
@@ -30,6 +31,7 @@ from .metrics import (
     truncate_metrics,
 )
 from .rundir import FINAL_DIR, prepare_run_dir
+from .validation import LOSS_PNG, LossPlotCallback, eval_split, eval_summary, plot_losses
 
 log = logging.getLogger("spiel.train")
 
@@ -65,6 +67,7 @@ def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
     staged.mkdir(parents=True)
+    attach_chat_template_or_warn(tokenizer)  # final/'s tokenizer renders the Tülu format training used
     method.save(model, staged, tokenizer=tokenizer)
     checkpoints.seal(staged, kind="final")
     final = checkpoints.publish(staged, run_dir / FINAL_DIR)
@@ -109,6 +112,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     with args.main_process_first(desc="tokenizing the training data"):
         dataset, data_stats = build_train_dataset(c.data, tokenizer, max_seq_len=c.max_seq_len,
                                                   cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
+        dataset, eval_dataset = eval_split(dataset, c, tokenizer, c.data, build_train_dataset)
     log.info("training data: %d examples", len(dataset))
 
     base = load_base_model(model_cfg["name_or_path"], dtype=settings.dtype, quant=settings.quant,
@@ -121,8 +125,9 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     callbacks = method.callbacks(model, optimizer, resume_from)
     metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
     trainer = SpielTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSpiel(tokenizer),
-        processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[*callbacks, metrics_cb],
+        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSpiel(tokenizer), processing_class=tokenizer, optimizers=(optimizer, None),
+        callbacks=[*callbacks, metrics_cb, LossPlotCallback(run_dir / METRICS_FILE, run_dir / LOSS_PNG)],
         save_total_limit=c.save_total_limit,
     )
     if c.loss_reduction == "micro_batch":
@@ -136,6 +141,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     else:
         train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
     train_seconds = time.time() - train_start
+    if eval_dataset is not None and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
+        trainer.evaluate()  # the end of the run, unless eval_steps just did
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
     steps_this_run = trainer.state.global_step - start_step
 
@@ -146,6 +153,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     if is_main:
         final_dir = _save_final(method, model, tokenizer, run_dir)
         extras = method.after_training(model, run_dir, trainer.state.max_steps, plot=c.plot_ages)
+        extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
+                                                                                     run_dir / LOSS_PNG)))
         memory, memory_what = peak_memory()
         summary = {
             "method": method.name, "quant": settings.quant, "run_dir": str(run_dir),

@@ -17,7 +17,8 @@ from . import checkpoints
 from .metrics import METRICS_FILE
 
 FINAL_DIR = "final"
-OUTPUTS = (FINAL_DIR, METRICS_FILE, "summary.json", "param_ages.json", "param_ages.png", "FAILED", "wandb")
+OUTPUTS = (FINAL_DIR, METRICS_FILE, "summary.json", "param_ages.json", "param_ages.png", "FAILED", "wandb",
+           "runs", "loss.png")  # runs/: logger=tensorboard's event files
 
 
 class RunDirError(RuntimeError):

@@ -1,0 +1,122 @@
+"""`bench=lm_eval`: lm-evaluation-harness tasks on the model spiel-eval loaded.
+
+The loaded model (merged, composed, or a SpielModel / peft model kept unmerged on an NF4 base) and its
+tokenizer are handed to lm-eval's `HFLM` as objects, so the harness scores exactly what the other
+benchmarks score. Tasks are lm-eval task or group names; `include_path` adds directories of task YAMLs
+(spiel's own, over the shipped demo data, are always included: `spiel_demo_gen`, `spiel_demo_loglik`).
+Prompts are tokenized by the harness with the tokenizer's defaults (BOS added as in training); with
+`apply_chat_template` the tokenizer's chat template (the Tülu one for spiel checkpoints) formats them.
+Seeds are lm-eval's own defaults, so results compare with the `lm_eval` command line.
+
+    metrics.json: {"tasks": {task: {metric: value, ...}}, "groups": {...}, "headline": {...},
+                   "num_examples": n, "lm_eval_version": ..., "n_shot": {...}}
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SPIEL_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+
+
+class LmEvalError(ValueError):
+    """A bench=lm_eval setting that cannot be run (with what to do)."""
+
+
+def _include_paths(include_path) -> list[str]:
+    extra = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
+    for path in extra:
+        if not Path(path).is_dir():
+            raise LmEvalError(f"bench.include_path: {path} is not a directory of lm-eval task YAMLs")
+    return [str(SPIEL_TASKS_DIR), *map(str, extra)]
+
+
+def task_manager(tasks, include_path=None):
+    """An lm-eval TaskManager that knows every name in `tasks`; LmEvalError naming the unknown ones.
+
+    The harness's built-in tasks (thousands of YAMLs, tens of seconds to index) are only indexed when a
+    requested task is not among the local ones."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise LmEvalError(f"bench.tasks: a list of lm-eval task or group names, got {tasks!r}")
+    paths = tuple(_include_paths(include_path))
+    manager = _manager(paths, include_defaults=False)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = _manager(paths, include_defaults=True)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise LmEvalError(f"bench.tasks: unknown lm-eval task(s) {unknown}; `lm_eval ls tasks` lists the "
+                          "built-in ones, and bench.include_path=<dir> adds a directory of task YAMLs")
+    return list(tasks), manager
+
+
+@functools.lru_cache(maxsize=4)
+def _manager(paths: tuple[str, ...], include_defaults: bool):
+    """Indexed once per process (spiel-eval checks the names before loading the model, then runs)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths), include_defaults=include_defaults)
+
+
+def _metric_name(key: str) -> str:
+    """lm-eval's "metric,filter" keys; the filter is dropped when it is "none"."""
+    metric, _, filt = key.partition(",")
+    return metric if filt in ("", "none") else key
+
+
+def _clean(values: dict) -> dict:
+    return {_metric_name(k): v for k, v in values.items() if k not in ("alias", "name", "sample_len")}
+
+
+def _predictions(samples: dict) -> list[dict]:
+    rows = []
+    for task, items in samples.items():
+        for s in items:
+            args = s.get("arguments") or [()]
+            response = s.get("filtered_resps")
+            if isinstance(response, list) and len(response) == 1:
+                response = response[0]  # one request per document: its text, or (loglikelihood, is_greedy)
+            rows.append({"task": task, "doc_id": s.get("doc_id"),
+                         "prompt": args[0][0] if args and args[0] else None, "target": s.get("target"),
+                         "response": response,
+                         **{m: s[m] for m in s.get("metrics", []) if m in s}})
+    return rows
+
+
+def evaluate_lm_eval(model, tokenizer, tasks, include_path=None, num_fewshot: int | None = None,
+                     batch_size: int = 4, limit: int | None = None, apply_chat_template: bool = False,
+                     max_length: int | None = None, gen_kwargs: dict | None = None, bootstrap_iters: int = 100000,
+                     progress: bool = False) -> dict:
+    """Run lm-eval `tasks` on `model`; {"metrics", "predictions"} as the other benchmarks return."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    tasks, manager = task_manager(tasks, include_path)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    result = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+        apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, bootstrap_iters=bootstrap_iters,
+        log_samples=True, verbosity="INFO" if progress else "WARNING")
+    if result is None:  # pragma: no cover - only non-zero ranks of a distributed run get None
+        raise RuntimeError("lm-eval returned no results")
+    groups = set(result.get("groups", {}))
+    per_task = {t: _clean(v) for t, v in result["results"].items() if t not in groups}
+    n_samples = result.get("n-samples", {})
+    for task, values in per_task.items():
+        values["num_examples"] = n_samples.get(task, {}).get("effective")
+    first = tasks[0] if tasks[0] in per_task else next(iter(per_task))
+    first_metric = next((k for k in per_task[first] if not k.endswith("_stderr") and k != "num_examples"), None)
+    metrics = {
+        "tasks": per_task,
+        "groups": {g: _clean(v) for g, v in result.get("groups", {}).items()},
+        "headline": {"task": first, "metric": first_metric, "value": per_task[first].get(first_metric)},
+        "num_examples": sum(v["num_examples"] or 0 for v in per_task.values()),
+        "n_shot": result.get("n-shot", {}),
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+    }
+    return {"metrics": metrics, "predictions": _predictions(result.get("samples", {}))}
