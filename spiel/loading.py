@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -66,6 +67,41 @@ def nf4_config():
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+# bitsandbytes' fast CPU kernel (taken on CPUs with AVX512-BF16, in eval mode without gradients) repacks a
+# 4-bit weight in blocks of this many output rows, and its per-row scales need in_features to be a
+# whole number of quantization blocks; other shapes crash inside bitsandbytes.
+BNB_CPU_PACK_ROWS = 32
+
+
+def _cpu_packable(layer) -> bool:
+    blocksize = layer.weight.quant_state.blocksize
+    return layer.out_features % BNB_CPU_PACK_ROWS == 0 and layer.in_features % blocksize == 0
+
+
+def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) -> list[str]:
+    """Send 4-bit layers whose shape bitsandbytes' AVX512-BF16 CPU kernel cannot pack to its
+    generic kernel (the same NF4 weights, dequantized per call, as on every other CPU) instead of
+    crashing in it. Returns the names of those layers; ``cpu_packs`` defaults to what this CPU does."""
+    import bitsandbytes as bnb
+
+    if cpu_packs is None:
+        from bitsandbytes.functional import has_avx512bf16
+
+        cpu_packs = has_avx512bf16()
+    if not cpu_packs:
+        return []
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, bnb.nn.Linear4bit) and not _cpu_packable(m)]
+    for name in names:
+        model.get_submodule(name).support_avx512bf16_for_cpu = False  # what bitsandbytes checks per call
+    if names:
+        logging.getLogger(__name__).info(
+            "NF4 on a CPU with AVX512-BF16: %d layers have a shape bitsandbytes' packed CPU kernel cannot "
+            "take (out_features a multiple of %d, in_features of the quantization block); they use its "
+            "generic NF4 kernel (e.g. %s)", len(names), BNB_CPU_PACK_ROWS, names[0])
+    return names
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -89,6 +125,8 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quant == "none":
         model = model.to(device)
+    else:
+        keep_unpackable_nf4_layers_unpacked(model)
     if str(name_or_path) in MODEL_ALIASES:
         model.config._name_or_path = str(name_or_path)
         model.name_or_path = str(name_or_path)

@@ -5,6 +5,7 @@ import itertools
 import json
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -191,8 +192,16 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(src)], check=True, env=env, timeout=300, cwd=tmp_path)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    # The dependencies come from the environment running this test (a `make setup` venv, not the base
+    # interpreter): its site-packages directories are appended to the new venv's path. A .pth line only
+    # adds a directory; the .pth files inside it (the editable install of this checkout) are not run,
+    # so `spiel` can only come from the wheel.
+    new_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(new_site) / "spiel_test_deps.pth").write_text("".join(f"{d}\n" for d in ours))
     wheel = next(wheels.glob("spiel-*.whl"))
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
                    check=True, env=env, timeout=300)
