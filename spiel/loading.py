@@ -17,12 +17,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_ALIASES = {"tiny": REPO_ROOT / "assets" / "tiny-llama"}
+from spiel.model_source import MODEL_ALIASES, REPO_ROOT  # noqa: F401 (re-exported)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT = ("none", "nf4")
 

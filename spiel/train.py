@@ -29,6 +29,8 @@ log = logging.getLogger("spiel.train")
 
 
 def _task(cfg: DictConfig) -> float:
+    from spiel.training.failures import user_errors
+    from spiel.training.preflight import refuse
     from spiel.training.run import run_training
     from spiel.training.sweep import record_failure, release_job_resources
 
@@ -42,6 +44,9 @@ def _task(cfg: DictConfig) -> float:
         return float("nan") if loss is None else float(loss)
     except Exception as error:
         if not multirun:
+            if isinstance(error, user_errors()):
+                log.error("%s", error)
+                refuse(error)
             raise
         log.exception("sweep job %s failed; continuing with the others", run_dir.name)
         record_failure(run_dir, error)

@@ -21,14 +21,17 @@ from spiel.methods import get_method
 
 from . import checkpoints, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
+from .divergence import DivergenceGuard
 from .metrics import (
     METRICS_FILE,
+    LossWindowState,
     MetricsLogCallback,
     last_logged_loss,
     peak_memory,
     summary_line,
     truncate_metrics,
 )
+from .resume_check import check_resume_config
 from .rundir import FINAL_DIR, prepare_run_dir
 
 log = logging.getLogger("spiel.train")
@@ -94,6 +97,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     resume_from = None
     if is_main:
         resume_from = prepare_run_dir(run_dir, c.resume, c.overwrite)
+        if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
+            check_resume_config(resume_from, cfg, c.resume_allow_config_changes)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     resume_from = broadcast_object(None if resume_from is None else str(resume_from))
     if resume_from is not None:
@@ -120,12 +125,15 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     optimizer = method.make_optimizer(model, settings.method, c.lr, c.weight_decay)
     callbacks = method.callbacks(model, optimizer, resume_from)
     metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
+    guard = DivergenceGuard(model, c.lr)
+    loss_window = LossWindowState(resume_from)
     trainer = SpielTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSpiel(tokenizer),
-        processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[*callbacks, metrics_cb],
-        method=method, state_savers=[cb for cb in callbacks if hasattr(cb, "save_state")],
+        processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[*callbacks, guard, loss_window, metrics_cb],
+        method=method, state_savers=[cb for cb in [*callbacks, loss_window] if hasattr(cb, "save_state")],
         save_total_limit=c.save_total_limit,
     )
+    loss_window.trainer = trainer
     if c.loss_reduction == "micro_batch":
         trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
     train_start = time.time()
@@ -136,6 +144,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         train_loss = None
     else:
         train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
+        train_loss = loss_window.train_loss if loss_window.train_loss is not None else train_loss
     train_seconds = time.time() - train_start
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
     steps_this_run = trainer.state.global_step - start_step
