@@ -134,7 +134,7 @@ def test_run_dir_names_are_usable_as_override_values():
 
 
 BAD = [
-    (["method.density=-0.1"], "method.density"),
+    (["method.rank_equiv=null", "method.density=-0.1"], "method.density"),
     (["method.rank_equiv=8", "method.density=0.1"], "rank_equiv"),
     (["method.estimation_steps=20"], "method.estimation_steps"),  # γ = R
     (["method.reselection_steps=5", "method.estimation_steps=7"], "method.estimation_steps"),
@@ -152,6 +152,15 @@ BAD = [
     (["model.name_or_path=null"], "model.name_or_path"),
     (["resume=/no/such/checkpoint-7"], "resume"),
     (["data.on_bad_record=explode"], "data"),
+    (["lr=inf"], "lr: must be a finite number, got inf"),
+    (["weight_decay=nan"], "weight_decay: must be a finite number"),
+    (["method.initial_rate=-inf"], "method.initial_rate: must be a finite number"),
+    (["warmup_ratio=nan"], "warmup_ratio: must be a finite number"),
+    (["+lerning_rate=0.1"], "lerning_rate: not a known key"),
+    (["+method.lerning_rate=0.1"], "method.lerning_rate: not a known key"),
+    (["+model.trust_remote_code=true"], "model.trust_remote_code: not a known key"),
+    (["model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
+    (["model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
 ]
 
 
@@ -166,9 +175,11 @@ def test_invalid_config_is_rejected_before_anything_loads(tmp_path, monkeypatch,
     monkeypatch.setattr(spiel.loading, "load_tokenizer", forbidden)
     code = run_cli([f"output_root={tmp_path}", *overrides])
     err = capsys.readouterr().err
-    assert code != 0
+    assert code != 0  # 2 from spiel's checks, 1 from Hydra's own (types, unknown groups and keys)
     assert "was loaded before" not in err
     assert key in err, err
+    assert "Traceback" not in err  # one message, not a stack
+    assert not any(tmp_path.iterdir())  # refused before Hydra made a run dir
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ its traceback."""
 from __future__ import annotations
 
 import errno
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def as_user_error(error: BaseException, run_dir: Path | str) -> BaseException | None:
+    """``error`` itself if it is one the user can act on; a failed write anywhere in the run (metrics,
+    summary, ...) as an OutputError naming the file; else None (a bug: keep the traceback)."""
+    if isinstance(error, user_errors()):
+        return error
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return OutputError(describe_os_error(error, error.filename or run_dir, "cannot write"))
+    return None
+
+
 def describe_os_error(error: OSError, path: Path | str, doing: str) -> str:
     """``saving checkpoint-4 to /x: no space left on device (...)``: the path and the reason in words."""
     reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -53,6 +67,18 @@ def _os_error_in(error: BaseException) -> OSError | None:
     return None
 
 
+def _torch_write_failure(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("inline_container" in text or "file write failed" in text)
+
+
+def _nearly_full(path: Path | str, spare: int = 64 * 2**20) -> bool:
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free < spare
+    return False
+
+
 @contextmanager
 def writing(path: Path | str, doing: str):
     """Turn a failed write under ``path`` into an OutputError naming the path and the reason."""
@@ -62,8 +88,8 @@ def writing(path: Path | str, doing: str):
         raise
     except Exception as e:
         os_error = _os_error_in(e)
-        if os_error is None and "file write failed" in str(e):  # torch's C++ writer: the errno is lost
-            os_error = OSError(errno.EIO, "write failed (is the disk full?)")
+        if os_error is None and _torch_write_failure(e):  # torch's C++ writer loses the errno
+            os_error = OSError(errno.ENOSPC if _nearly_full(path) else errno.EIO, "torch.save could not write")
         if os_error is None:
             raise
         raise OutputError(describe_os_error(os_error, path, doing)) from e

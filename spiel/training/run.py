@@ -22,6 +22,7 @@ from spiel.methods import get_method
 from . import checkpoints, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
 from .divergence import DivergenceGuard
+from .failures import OutputError, writing
 from .metrics import (
     METRICS_FILE,
     LossWindowState,
@@ -67,9 +68,14 @@ def _finished(checkpoint: Path) -> bool:
 def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
-    staged.mkdir(parents=True)
-    method.save(model, staged, tokenizer=tokenizer)
-    checkpoints.seal(staged, kind="final")
+    try:
+        with writing(run_dir / FINAL_DIR, f"saving {FINAL_DIR}/: cannot write"):
+            staged.mkdir(parents=True)
+            method.save(model, staged, tokenizer=tokenizer)
+            checkpoints.seal(staged, kind="final")
+    except OutputError:
+        checkpoints.clean_staging(run_dir)
+        raise
     final = checkpoints.publish(staged, run_dir / FINAL_DIR)
     checkpoints.clean_staging(run_dir)
     return final

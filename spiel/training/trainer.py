@@ -24,6 +24,7 @@ from spiel.model import SpielModel
 
 from . import checkpoints
 from .distributed import barrier
+from .failures import OutputError, writing
 
 
 class SpielTrainer(Trainer):
@@ -41,6 +42,16 @@ class SpielTrainer(Trainer):
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        try:
+            with writing(run_dir / name, f"saving {name}: cannot write"):
+                self._save_checkpoint_atomically(model, trial)
+        except OutputError:
+            checkpoints.clean_staging(run_dir)  # the half-written copy; the checkpoints before stay
+            raise
+
+    def _save_checkpoint_atomically(self, model, trial) -> None:
         run_dir = Path(self.args.output_dir)
         staging = checkpoints.staging_dir(run_dir)
         name = f"checkpoint-{self.state.global_step}"

@@ -1,0 +1,83 @@
+"""A run either ends right or stops with one message and a non-zero exit: divergence (NaN/Inf), a disk
+that fills up while saving, an output dir that cannot be written, a model that is not there."""
+
+import errno
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from train_helpers import SMALL, load_tensors, only_run_dir, run_cli
+
+from spiel.training import checkpoints
+from spiel.training.divergence import DivergenceGuard
+from spiel.training.failures import TrainingDiverged
+
+SHORT = [a for a in SMALL if not a.startswith(("max_steps", "save_steps"))]
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return SimpleNamespace(loss=(self.w * x).sum())
+
+
+def test_the_guard_stops_at_a_bad_loss_gradient_or_weight_and_names_the_step():
+    toy = Toy().train()
+    guard = DivergenceGuard(toy, lr=0.5)
+    state = SimpleNamespace(global_step=4)
+    guard.on_log(None, state, None, logs={"loss": 1.25})
+    toy(torch.ones(3)).loss.backward()
+    guard.on_pre_optimizer_step(None, state, None)  # finite: passes
+    guard.on_optimizer_step(None, state, None)
+    toy(torch.tensor([1.0, math.nan, 1.0]))
+    with pytest.raises(TrainingDiverged, match=r"at step 5: the loss is nan; the last finite logged loss was "
+                                               r"1.2500 at step 4.*Lower lr \(now 0.5\)"):
+        guard.on_pre_optimizer_step(None, state, None)
+    guard = DivergenceGuard(toy, lr=0.5)
+    toy.w.grad = torch.tensor([0.0, math.inf, 0.0])
+    with pytest.raises(TrainingDiverged, match="at step 5: a gradient of the trained weights is not finite"):
+        guard.on_pre_optimizer_step(None, state, None)
+    with torch.no_grad():
+        toy.w[1] = math.inf
+    with pytest.raises(TrainingDiverged, match="at step 5: the optimizer step made trained weights non-finite"):
+        guard.on_optimizer_step(None, state, None)
+    toy.eval()(torch.tensor([math.nan] * 3))  # evaluation forwards are not training losses
+    assert guard.losses == []
+
+
+def test_a_nan_loss_is_never_logged_as_a_number():
+    """transformers' logging_nan_inf_filter logs a NaN step as the mean of the steps since the last log,
+    0.0 right after one: that is how a diverged run showed `loss 0.0`."""
+    from hydra import compose, initialize_config_dir
+
+    from spiel.config import CONFIG_DIR, validate
+    from spiel.training.args import training_arguments
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        settings = validate(compose(config_name="train", overrides=["device=cpu"]))
+    assert training_arguments(settings, "/tmp/x", "adamw_torch", False, "x").logging_nan_inf_filter is False
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_writes_no_final(tmp_path, capsys):
+    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=20", "lr=1e4", "save_steps=1",
+                    "save_total_limit=30", "method.rank_equiv=2"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    message = next(line for line in err.splitlines() if line.startswith("spiel-train: error: training diverged"))
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert 1 < step < 20 and "last finite logged loss was" in message and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    assert not (run_dir / "final").exists() and not (run_dir / "summary.json").exists()
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, step))  # the diverged step is not logged
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and math.isfinite(r["grad_norm"]) for r in logged)
+    last = checkpoints.latest_checkpoint(run_dir)
+    assert checkpoints.checkpoint_step(last) == step - 1
+    values = load_tensors(last / "spiel_delta.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in values.items() if k.endswith(".values"))
