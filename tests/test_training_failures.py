@@ -81,3 +81,64 @@ def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_wr
     assert checkpoints.checkpoint_step(last) == step - 1
     values = load_tensors(last / "spiel_delta.safetensors")
     assert all(torch.isfinite(v).all() for k, v in values.items() if k.endswith(".values"))
+
+
+def _fail_writes_into(fragment, error):
+    """torch.save, failing for any path that contains ``fragment`` (as a full disk would)."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if fragment in str(f):
+            raise error
+        return real(obj, f, *args, **kwargs)
+
+    return save
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # what torch's C++ writer raises on a full disk (no errno): the free space tells
+    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed"),
+], ids=["oserror", "torch-writer"])
+def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                 error):
+    import shutil
+    from collections import namedtuple
+
+    if isinstance(error, RuntimeError):
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    monkeypatch.setattr(torch, "save", _fail_writes_into("checkpoint-4", error))
+    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=6", "save_steps=2", "method.rank_equiv=2"])
+    err = capsys.readouterr().err
+    run_dir = only_run_dir(tmp_path)
+    assert code == 2, err[-3000:]
+    assert (f"spiel-train: error: saving checkpoint-4: cannot write {run_dir / 'checkpoint-4'}: "
+            "no space left on device") in err
+    assert "Traceback" not in err
+    assert checkpoints.is_complete(run_dir / "checkpoint-2") and not (run_dir / "checkpoint-4").exists()
+    assert checkpoints.latest_checkpoint(run_dir) == run_dir / "checkpoint-2"
+    assert not (run_dir / checkpoints.STAGING).exists() and not (run_dir / "final").exists()
+
+
+def test_an_output_dir_that_cannot_be_written_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """A read-only file system (simulated: tests run as root, for whom permission bits do not stop a
+    write) fails with the path and the reason, not with Hydra's `Unable to configure handler 'file'`."""
+    import tempfile
+
+    readonly = tmp_path / "ro"
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(readonly)):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    code = run_cli([f"output_root={readonly}", *SHORT, "max_steps=1", "run_name=r"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"spiel-train: error: cannot write the run dir {readonly / 'r'}: read-only file system" in err
+            and "output_root=" in err), err
+    assert not (readonly / "r" / "train.log").exists()
