@@ -130,3 +130,12 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
         model.config._name_or_path = str(name_or_path)
         model.name_or_path = str(name_or_path)
     return model.eval()
+
+
+def build_meta_model(name_or_path: str, revision: str | None = None):
+    """The model's modules with no weights (device "meta"): names and shapes from its config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), revision=revision)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

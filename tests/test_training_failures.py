@@ -142,3 +142,24 @@ def test_an_output_dir_that_cannot_be_written_is_named_before_anything_runs(tmp_
     assert (f"spiel-train: error: cannot write the run dir {readonly / 'r'}: read-only file system" in err
             and "output_root=" in err), err
     assert not (readonly / "r" / "train.log").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method.target_modules=[nope_proj]"], "method.target_modules: ['nope_proj'] match no linear layer"),
+    (["method.target_modules=.*nothing.*"], "method.target_modules: '.*nothing.*' selects no"),
+    (["method=lora", "method.target_modules=[q_proj,nope]"], "method.target_modules: ['nope'] match no"),
+    (["method=ia3", "method.target_modules=[nope]", "method.feedforward_modules=[]"], "method.target_modules"),
+    (["method.rank_equiv=100000"], "method (rank_equiv / density / num_tunable): the budget of"),
+], ids=["spiel-list", "spiel-regex", "lora", "ia3", "budget"])
+def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monkeypatch, capsys, overrides,
+                                                                 message):
+    import spiel.loading
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the weights were loaded before target_modules were checked")
+
+    monkeypatch.setattr(spiel.loading, "load_base_model", forbidden)
+    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=1", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and f"spiel-train: error: {message}" in err, err[-3000:]
+    assert "Traceback" not in err

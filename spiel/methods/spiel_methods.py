@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .base import Method
+from .base import Method, target_modules_error
 
 
 class SpielMethod(Method):
@@ -24,6 +24,21 @@ class SpielMethod(Method):
             # is set; the sparse deltas are exactly such adapters.
             spiel_model._hf_peft_config_loaded = True
         return spiel_model
+
+    def check_on_meta(self, meta_model, mcfg):
+        from spiel.config import ConfigError
+        from spiel.delta.weights import weight_shape
+        from spiel.targets import allocate, find_targets, total_budget
+
+        try:
+            targets = find_targets(meta_model, mcfg.target_modules)
+        except ValueError as e:
+            raise target_modules_error(e) from None
+        shapes = {name: weight_shape(module.weight) for name, module in targets.items()}
+        try:
+            allocate(total_budget(mcfg.spiel_config(), meta_model, shapes), shapes)
+        except ValueError as e:
+            raise ConfigError(f"method (rank_equiv / density / num_tunable): {e}") from None
 
     def make_optimizer(self, model, mcfg, lr, weight_decay):
         if self.name == "ag":

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import validate
+from spiel.config import ConfigError, validate
 from spiel.methods import get_method
+from spiel.model_source import HOW
 
 from . import checkpoints, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
@@ -91,11 +92,19 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     import transformers
 
     from spiel.data import DataCollatorForSpiel, build_train_dataset
-    from spiel.loading import load_base_model, load_tokenizer
+    from spiel.loading import build_meta_model, load_base_model, load_tokenizer
     from spiel.targets import model_numel
 
     from .args import training_arguments
     from .trainer import SpielTrainer
+
+    # target_modules and budgets against the model's module names, before any weight loads
+    try:
+        meta_model = build_meta_model(c.model["name_or_path"], c.model.get("revision"))
+    except OSError as e:  # a hub id that cannot be fetched (no network, no such repo, gated)
+        raise ConfigError(f"model.name_or_path: could not load the config of {c.model['name_or_path']!r}: {e}. "
+                          f"{HOW}") from None
+    method.check_on_meta(meta_model, settings.method)
 
     use_wandb = c.logger.name == "wandb"
     args = training_arguments(settings, run_dir, method.trainer_optim(settings.method), use_wandb, run_name)
