@@ -293,6 +293,18 @@ def _reject_unknown_keys(cfg: DictConfig, method: MethodConfig) -> None:
                               f"keys{' of ' + section if section else ''}: {', '.join(sorted(allowed))})")
 
 
+def check_model_exists(settings: Settings) -> None:
+    """The base model can be found (a local directory, an alias, or a hub id that is cached or
+    downloadable): a check of this machine, not of the config, so it is not part of validate()."""
+    from spiel.model_source import check_model_source
+
+    model = settings.cfg.model
+    try:
+        check_model_source(model.get("name_or_path"), revision=model.get("revision"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     """Check the composed config; ConfigError names the first bad key. Nothing heavy is imported."""
     _reject_non_finite(cfg)
@@ -314,12 +326,8 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         if not ok:
             raise ConfigError(f"{key}: {message}")
 
-    from spiel.model_source import check_model_source
-
-    try:
-        check_model_source(model.get("name_or_path"), revision=model.get("revision"))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    need(bool(model.get("name_or_path")), "model.name_or_path",
+         "no base model: choose model=tiny|llama2-7b|llama2-13b or set model.name_or_path=<dir or hub id>")
     dtype = str(model.get("dtype") or "auto")
     need(dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
          f"must be auto, float32, bfloat16 or float16, got {dtype!r}")

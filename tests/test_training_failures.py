@@ -163,3 +163,30 @@ def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monke
     err = capsys.readouterr().err
     assert code == 2 and f"spiel-train: error: {message}" in err, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_a_missing_model_names_the_key_what_was_looked_for_and_how_to_get_it(tmp_path, monkeypatch):
+    from spiel.model_source import MODEL_ALIASES, check_model_source
+
+    check_model_source("tiny")
+    check_model_source(str(MODEL_ALIASES["tiny"]))
+    cases = {
+        str(tmp_path / "nope"): f"model.name_or_path: no model directory at {tmp_path / 'nope'}",
+        "./relative/dir": "model.name_or_path: no model directory at",
+        str(tmp_path): f"model.name_or_path: {tmp_path} is a directory without a config.json",
+        "org/not-cached-model": "model.name_or_path: 'org/not-cached-model' is neither a local directory nor in "
+                                "the Hugging Face cache, and HF_HUB_OFFLINE is set",
+    }
+    (tmp_path / "file.bin").write_bytes(b"x")
+    cases[str(tmp_path / "file.bin")] = "is a file; a model is a directory"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    for name, message in cases.items():
+        with pytest.raises(ValueError) as error:
+            check_model_source(name)
+        assert message in str(error.value), str(error.value)
+        if "HF_HUB_OFFLINE" in message or "no model directory" in message:
+            assert "model=tiny|llama2-7b|llama2-13b" in str(error.value)
+    monkeypatch.setitem(MODEL_ALIASES, "tiny", tmp_path / "gone")
+    with pytest.raises(ValueError, match="the alias 'tiny' is the model in .*gone, which is missing"):
+        check_model_source("tiny")

@@ -38,7 +38,7 @@ def check_writable(run_dir: Path) -> None:
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from spiel.config import validate
+        from spiel.config import check_model_exists, validate
 
         from .distributed import env_world_size
         from .resume_check import check_resume_config, resume_target
@@ -48,6 +48,7 @@ class Preflight(Callback):
             del task_cfg["hydra"]
         try:
             settings = validate(task_cfg, world_size=env_world_size())
+            check_model_exists(settings)
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             target = resume_target(run_dir, settings.cfg.resume)
             if target is not None and target.is_dir():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import ConfigError, validate
+from spiel.config import ConfigError, check_model_exists, validate
 from spiel.methods import get_method
 from spiel.model_source import HOW
 
@@ -86,6 +86,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     start = time.time()
     run_dir = Path(run_dir)
     settings = validate(cfg, world_size=env_world_size())  # raises ConfigError before anything loads
+    check_model_exists(settings)
     c = settings.cfg
     method = get_method(settings.method.name)
 
