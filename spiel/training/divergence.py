@@ -21,12 +21,12 @@ from transformers import TrainerCallback
 from .failures import TrainingDiverged
 
 
-def _all_finite(tensors) -> bool:
+def _all_finite(tensors, device: torch.device) -> bool:
     tensors = [t for t in tensors if t is not None]
-    if not tensors:
-        return True
-    flags = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-    if dist.is_available() and dist.is_initialized():  # every rank stops at the same step
+    flags = torch.ones((), dtype=torch.bool, device=device)
+    if tensors:
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors]).all().to(device)
+    if dist.is_available() and dist.is_initialized():  # every rank checks, and stops, at the same step
         flags = flags.to(torch.int32)
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
     return bool(flags)
@@ -50,6 +50,9 @@ class DivergenceGuard(TrainerCallback):
     def _trainable(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def _finite(self, tensors) -> bool:
+        return _all_finite(tensors, next(self.model.parameters()).device)
+
     def _stop(self, step: int, what: str) -> None:
         self._hook.remove()
         last = ("no finite loss was logged before it" if self.last_finite is None
@@ -62,14 +65,14 @@ class DivergenceGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # the step being taken
         losses, self.losses = self.losses, []
-        if not _all_finite(losses):
+        if not self._finite(losses):
             bad = next(float(x) for x in losses if not torch.isfinite(x).all())
             self._stop(step, f"the loss is {bad}")
-        if not _all_finite([p.grad for p in self._trainable()]):
+        if not self._finite([p.grad for p in self._trainable()]):
             self._stop(step, "a gradient of the trained weights is not finite (the loss was finite)")
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if not _all_finite(self._trainable()):
+        if not self._finite(self._trainable()):
             self._stop(state.global_step + 1, "the optimizer step made trained weights non-finite")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
