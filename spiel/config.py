@@ -245,7 +245,7 @@ MODEL_KEYS = ("name_or_path", "dtype", "revision")
 QUANT_KEYS = ("name",)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_keys(node: Any, prefix: str = "") -> dict[str, Any]:
     """``{"method.betas.0": 0.9, ...}``: every leaf of a plain container by its dotted key."""
     if isinstance(node, dict):
         items = node.items()
@@ -255,7 +255,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: node}
     flat = {}
     for key, value in items:
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        flat.update(flatten_keys(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
 
 
@@ -265,7 +265,7 @@ def _reject_non_finite(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # a missing or unresolvable value: OmegaConf.to_object reports it with its key
         return
-    for key, value in _flatten(plain).items():
+    for key, value in flatten_keys(plain).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}: must be a finite number, got {value}")
 

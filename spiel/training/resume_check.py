@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import _flatten
+from spiel.config import flatten_keys
 
 from . import checkpoints
 from .rundir import RunDirError
@@ -43,7 +43,7 @@ def _neutral(key: str) -> bool:
 def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for every training key whose value differs."""
     missing = object()
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_keys(saved), flatten_keys(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, missing), b.get(key, missing)
