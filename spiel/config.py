@@ -12,8 +12,10 @@ names the offending key, e.g. ``method.estimation_steps``.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -190,6 +192,7 @@ class TrainConfig:
     output_root: str = "outputs/train"
     run_name: Optional[str] = None  # default: from the command-line overrides
     resume: str = "never"  # never | auto | <path to checkpoint-N>
+    resume_allow_config_changes: bool = False  # resume although keys that change training differ
     overwrite: bool = False  # start over in a run dir that holds an earlier run
     save_steps: int = 200  # 0: no intermediate checkpoints
     save_total_limit: int = 2
@@ -249,8 +252,73 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+MODEL_KEYS = ("name_or_path", "dtype", "revision")
+QUANT_KEYS = ("name",)
+
+
+def flatten_keys(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"method.betas.0": 0.9, ...}``: every leaf of a plain container by its dotted key."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return {prefix: node}
+    flat = {}
+    for key, value in items:
+        flat.update(flatten_keys(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _reject_non_finite(cfg: DictConfig) -> None:
+    """lr=inf or weight_decay=nan would pass every range check below (and train to NaN)."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # a missing or unresolvable value: OmegaConf.to_object reports it with its key
+        return
+    for key, value in flatten_keys(plain).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+
+
+def _reject_unknown_keys(cfg: DictConfig, method: MethodConfig) -> None:
+    """Keys added with ``+`` (``+lerning_rate=0.1``) get past Hydra's schema check: refuse them too."""
+    known = {
+        "": {f.name for f in fields(TrainConfig)},
+        "method": {f.name for f in fields(type(method))},
+        "logger": {f.name for f in fields(LoggerConfig)},
+        "model": set(MODEL_KEYS),
+        "quant": set(QUANT_KEYS),
+    }
+    for section, allowed in known.items():
+        node = cfg if not section else cfg.get(section)
+        if not isinstance(node, DictConfig):
+            continue
+        for key in node.keys():
+            if key in allowed:
+                continue
+            name = f"{section}.{key}" if section else str(key)
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean {(section + '.') if section else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"{name}: not a known key{hint} (keys added with '+' are checked too; known "
+                              f"keys{' of ' + section if section else ''}: {', '.join(sorted(allowed))})")
+
+
+def check_model_exists(settings: Settings) -> None:
+    """The base model can be found (a local directory, an alias, or a hub id that is cached or
+    downloadable): a check of this machine, not of the config, so it is not part of validate()."""
+    from spiel.model_source import check_model_source
+
+    model = settings.cfg.model
+    try:
+        check_model_source(model.get("name_or_path"), revision=model.get("revision"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     """Check the composed config; ConfigError names the first bad key. Nothing heavy is imported."""
+    _reject_non_finite(cfg)
     try:
         obj: TrainConfig = OmegaConf.to_object(cfg)
     except ConfigError:
@@ -261,6 +329,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     if not isinstance(method, MethodConfig):
         name = method.get("name") if isinstance(method, dict) else None
         raise ConfigError(f"method: the method config must extend a schema (/schema/method/...), got {name!r}")
+    _reject_unknown_keys(cfg, method)
     model = obj.model if isinstance(obj.model, dict) else _plain(obj.model)
     quant_cfg = obj.quant if isinstance(obj.quant, dict) else _plain(obj.quant)
 

@@ -16,12 +16,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_ALIASES = {"tiny": REPO_ROOT / "assets" / "tiny-llama"}
+from spiel.model_source import MODEL_ALIASES, REPO_ROOT  # noqa: F401 (re-exported)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT = ("none", "nf4")
 
@@ -66,6 +66,41 @@ def nf4_config():
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+# bitsandbytes' fast CPU kernel (taken on CPUs with AVX512-BF16, in eval mode without gradients) repacks a
+# 4-bit weight in blocks of this many output rows, and its per-row scales need in_features to be a
+# whole number of quantization blocks; other shapes crash inside bitsandbytes.
+BNB_CPU_PACK_ROWS = 32
+
+
+def _cpu_packable(layer) -> bool:
+    blocksize = layer.weight.quant_state.blocksize
+    return layer.out_features % BNB_CPU_PACK_ROWS == 0 and layer.in_features % blocksize == 0
+
+
+def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) -> list[str]:
+    """Send 4-bit layers whose shape bitsandbytes' AVX512-BF16 CPU kernel cannot pack to its
+    generic kernel (the same NF4 weights, dequantized per call, as on every other CPU) instead of
+    crashing in it. Returns the names of those layers; ``cpu_packs`` defaults to what this CPU does."""
+    import bitsandbytes as bnb
+
+    if cpu_packs is None:
+        from bitsandbytes.functional import has_avx512bf16
+
+        cpu_packs = has_avx512bf16()
+    if not cpu_packs:
+        return []
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, bnb.nn.Linear4bit) and not _cpu_packable(m)]
+    for name in names:
+        model.get_submodule(name).support_avx512bf16_for_cpu = False  # what bitsandbytes checks per call
+    if names:
+        logging.getLogger(__name__).info(
+            "NF4 on a CPU with AVX512-BF16: %d layers have a shape bitsandbytes' packed CPU kernel cannot "
+            "take (out_features a multiple of %d, in_features of the quantization block); they use its "
+            "generic NF4 kernel (e.g. %s)", len(names), BNB_CPU_PACK_ROWS, names[0])
+    return names
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -89,6 +124,8 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quant == "none":
         model = model.to(device)
+    else:
+        keep_unpackable_nf4_layers_unpacked(model)
     if str(name_or_path) in MODEL_ALIASES:
         model.config._name_or_path = str(name_or_path)
         model.name_or_path = str(name_or_path)
@@ -98,3 +135,12 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
         # SpIEL checkpoints record the base's commit from here (transformers 5 no longer sets it).
         model.config._commit_hash = cached_commit(path, revision) or getattr(model.config, "_commit_hash", None)
     return model.eval()
+
+
+def build_meta_model(name_or_path: str, revision: str | None = None):
+    """The model's modules with no weights (device "meta"): names and shapes from its config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), revision=revision)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

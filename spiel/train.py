@@ -29,6 +29,8 @@ log = logging.getLogger("spiel.train")
 
 
 def _task(cfg: DictConfig) -> float:
+    from spiel.training.failures import as_user_error
+    from spiel.training.preflight import refuse
     from spiel.training.run import run_training
     from spiel.training.sweep import record_failure, release_job_resources
 
@@ -43,6 +45,10 @@ def _task(cfg: DictConfig) -> float:
         return float("nan") if loss is None else float(loss)
     except Exception as error:
         if not multirun:
+            plain = as_user_error(error, run_dir)
+            if plain is not None:
+                log.error("%s", plain)
+                refuse(plain)
             raise
         log.exception("sweep job %s failed; continuing with the others", run_dir.name)
         record_failure(run_dir, error)

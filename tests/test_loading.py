@@ -53,3 +53,41 @@ def test_nf4_quantizes_the_linear_layers():
     assert q.weight.quant_state.nested  # double quantization
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 40, 50]])).logits).all()
+
+
+def test_nf4_runs_every_4bit_layer_in_eval_mode_on_this_cpu():
+    """bitsandbytes' AVX512-BF16 CPU kernel (eval mode, no gradients) packs weights in blocks of 32 output
+    rows and needs in_features to be whole quantization blocks (64); the tiny model's MLP (688) cannot be
+    packed. Every 4-bit layer, packable or not, must give
+    x · dequantize(W)ᵀ on whatever CPU runs this (on an AMD EPYC with AVX512-BF16 it crashed)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    model = load_base_model("tiny", quant="nf4", device="cpu")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert any(m.out_features % 32 or m.in_features % 64 for m in layers.values())  # the crashing case
+    x = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    for name, layer in layers.items():
+        inp = x if layer.in_features == x.shape[1] else torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+        reference = inp.float() @ F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float().T
+        with torch.no_grad():
+            out = layer(inp).float()
+        assert torch.allclose(out, reference, rtol=0.05, atol=0.05), name
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 40, 50]])).logits).all()
+
+
+def test_nf4_layers_the_packed_cpu_kernel_cannot_take_use_the_generic_one(caplog):
+    """The guard itself, on any CPU: with packing assumed, exactly the layers whose out_features is not
+    a multiple of 32 or whose in_features is not one of 64 are sent to the generic kernel, and the log
+    says so."""
+    from spiel.loading import keep_unpackable_nf4_layers_unpacked
+
+    model = load_base_model("tiny", quant="nf4", device="cpu")
+    with caplog.at_level("INFO", logger="spiel.loading"):
+        names = keep_unpackable_nf4_layers_unpacked(model, cpu_packs=True)
+    mlp = [n for n, _ in model.named_modules() if n.endswith(("gate_proj", "up_proj", "down_proj"))]
+    assert sorted(names) == sorted(mlp)  # 688 rows (gate, up) or 688 columns (down); attention is 256 wide
+    assert all(model.get_submodule(n).support_avx512bf16_for_cpu is False for n in names)
+    assert "generic NF4 kernel" in caplog.text
+    assert keep_unpackable_nf4_layers_unpacked(model, cpu_packs=False) == []

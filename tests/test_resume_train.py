@@ -16,8 +16,10 @@ from spiel.training import checkpoints
 # gradient accumulation 2, a checkpoint every 4 steps (all kept).
 RUN = ["method=ag", "method.reselection_steps=4", "method.estimation_steps=2", "method.rank_equiv=4",
        "method.lr=3e-3", "max_steps=16", "batch_size=4", "micro_batch_size=2", "max_seq_len=64",
-       "data.sources.0.cap=48", "save_steps=4", "save_total_limit=10", "logging_steps=1", "progress_bar=false",
+       "data.sources.0.cap=48", "save_steps=4", "save_total_limit=10", "logging_steps=3", "progress_bar=false",
        "device=cpu"]
+# wall-clock fields of metrics.jsonl: the only ones a resumed run may log differently
+TIMING = {"time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
 def _run(root, *extra):
@@ -30,6 +32,12 @@ def _run(root, *extra):
 def _losses(run_dir):
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
             if "loss" in r}
+
+
+def _metrics(run_dir):
+    """metrics.jsonl without its wall-clock fields."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -87,6 +95,32 @@ def test_sigkilled_run_resumes_to_the_same_delta_and_optimizer_state(tmp_path):
     sel_b = torch.load(resumed / "checkpoint-16" / "selector.pt", weights_only=True)
     assert sel_a["t"] == sel_b["t"] == 16
     assert _losses(straight) == _losses(resumed)  # same data order after the resume, too
+    # logging every 3 steps, checkpoints every 4: the first log after the resume averages steps from
+    # before it too, exactly as the uninterrupted run did; the final train_loss is the whole run's
+    assert _metrics(straight) == _metrics(resumed)
+
+
+def test_resumed_run_logs_exactly_the_uninterrupted_metrics(tmp_path):
+    """A run stopped after checkpoint-4 (what a kill leaves: later log lines, no final/) and resumed with
+    resume=auto writes the same metrics.jsonl as the run that was never stopped (timings aside), with a
+    log window (every 3 steps) that spans the resume."""
+    from train_helpers import SMALL, run_cli
+
+    args = [*[a for a in SMALL if not a.startswith(("max_steps", "save_steps", "logging_steps"))],
+            "max_steps=8", "save_steps=2", "logging_steps=3", "save_total_limit=10", "method.rank_equiv=2"]
+    assert run_cli([f"output_root={tmp_path / 'a'}", *args]) == 0
+    straight = only_run_dir(tmp_path / "a")
+    stopped = tmp_path / "b" / straight.name
+    shutil.copytree(straight, stopped)
+    for name in ("final", "checkpoint-6", "checkpoint-8", "summary.json"):
+        path = stopped / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert run_cli([f"output_root={tmp_path / 'b'}", *args, "resume=auto"]) == 0
+    assert json.loads((stopped / "summary.json").read_text())["resumed_from"] == str(stopped / "checkpoint-4")
+    assert [r["step"] for r in _metrics(stopped) if "loss" in r] == [1, 3, 6]  # 6: steps 4-6, across the resume
+    assert _metrics(straight) == _metrics(stopped)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, stopped))
+    assert a["train_loss"] == b["train_loss"] and a["final_loss"] == b["final_loss"]
 
 
 def test_rerunning_without_resume_refuses_to_mix_runs(tmp_path):

@@ -15,6 +15,7 @@
     shuffle: true
     max_seq_len: 2048        # used when the caller passes none
     template_seed: 42        # seeds the choice of GPT4-Alpaca instruction template per record
+    max_record_bytes: 1048576  # a longer record is a bad record (too_large): refused, or skipped
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiel.data.errors import DataError
+from spiel.data.reader import DEFAULT_MAX_RECORD_BYTES
 from spiel.data.records import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ KNOWN_SOURCES = {
     "demo": {"hub_id": None, "path": str(REPO_ROOT / "assets" / "demo" / "train.jsonl")},
 }
 _SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record"}
-_TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description"}
+_TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description",
+             "max_record_bytes"}
 BAD_RECORD_MODES = ("error", "skip")
 
 
@@ -54,6 +57,7 @@ class SourceSpec:
     weight: float = 1.0
     on_bad_record: str = "error"
     template_seed: int = 42
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ def parse_data_config(data_cfg) -> DataConfig:
         logger.warning("data config: ignoring keys %s (data keys are %s)", sorted(unknown), sorted(_TOP_KEYS))
     top_mode = _check_mode(cfg.get("on_bad_record") or "error", "data config")
     template_seed = int(cfg.get("template_seed", 42))
+    max_record_bytes = cfg.get("max_record_bytes")
+    max_record_bytes = DEFAULT_MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
+    if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 1:
+        raise DataError(f"data config: max_record_bytes must be a whole number of bytes >= 1, got {max_record_bytes!r}")
     raw_sources = cfg.get("sources")
     if not raw_sources:
         raise DataError("data config: 'sources' must list at least one source")
@@ -138,6 +146,7 @@ def parse_data_config(data_cfg) -> DataConfig:
                 weight=1.0 if src.get("weight") is None else float(src["weight"]),
                 on_bad_record=_check_mode(src.get("on_bad_record") or top_mode, f"source {name!r}"),
                 template_seed=template_seed,
+                max_record_bytes=max_record_bytes,
             )
         )
     return DataConfig(

@@ -9,15 +9,16 @@ under a fingerprint of (file path, size, mtime) or (hub dataset fingerprint), fo
 from __future__ import annotations
 
 import hashlib
+import json
 
 from datasets import Dataset, Features, List, Value
 
 from spiel.data.config import SourceSpec, resolve_path
 from spiel.data.errors import DataError
-from spiel.data.reader import check_file, file_signature, iter_records
+from spiel.data.reader import check_file, file_signature, iter_records, too_large
 from spiel.data.records import RecordError, to_canonical
 
-RAW_FORMAT_VERSION = "1"  # bump when the canonical rows a given file produces change
+RAW_FORMAT_VERSION = "2"  # bump when the canonical rows a given file produces change
 
 FEATURES = Features(
     {
@@ -61,12 +62,17 @@ def _canonical_rows(records, fmt: str, dataset: str, seed: int):
         yield _row(where, error=error)
 
 
-def _file_rows(path: str, fmt: str, dataset: str, seed: int):
-    yield from _canonical_rows(iter_records(path), fmt, dataset, seed)
+def _file_rows(path: str, fmt: str, dataset: str, seed: int, max_record_bytes: int):
+    yield from _canonical_rows(iter_records(path, max_record_bytes), fmt, dataset, seed)
 
 
-def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int):
-    records = ((f"{hub_id}[{i}]", dict(row), None) for i, row in enumerate(hub))
+def _hub_record(where: str, row: dict, cap: int):
+    size = len(json.dumps(row, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    return (where, None, too_large(where, size, cap)) if size > cap else (where, row, None)
+
+
+def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int, max_record_bytes: int):
+    records = (_hub_record(f"{hub_id}[{i}]", dict(row), max_record_bytes) for i, row in enumerate(hub))
     yield from _canonical_rows(records, fmt, dataset, seed)
 
 
@@ -82,7 +88,8 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
     """All records of a source as canonical rows (with error columns); see the module docstring."""
     if spec.hub_id:
         hub = _load_hub(spec)
-        fp = _fingerprint("hub", spec.hub_id, hub._fingerprint, spec.format, spec.name, spec.template_seed)
+        fp = _fingerprint("hub", spec.hub_id, hub._fingerprint, spec.format, spec.name, spec.template_seed,
+                          spec.max_record_bytes)
         gen, kwargs = _hub_rows, {"hub": hub, "hub_id": spec.hub_id}
     else:
         path = resolve_path(spec.path)
@@ -91,9 +98,10 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
         except DataError as e:
             hint = " (run scripts/prepare_train_data.py, or set the source's path)" if spec.name != "demo" else ""
             raise DataError(f"source {spec.name!r}: {e}{hint}") from None
-        fp = _fingerprint("file", file_signature(path), spec.format, spec.name, spec.template_seed)
+        fp = _fingerprint("file", file_signature(path), spec.format, spec.name, spec.template_seed,
+                          spec.max_record_bytes)
         gen, kwargs = _file_rows, {"path": str(path)}
-    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed)
+    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed, max_record_bytes=spec.max_record_bytes)
     try:
         return Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp)
     except Exception as e:  # datasets wraps errors raised in the generator; surface ours plainly

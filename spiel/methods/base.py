@@ -8,6 +8,16 @@ from pathlib import Path
 import torch.nn as nn
 
 
+def target_modules_error(error: ValueError):
+    """find_targets' message ("target_modules [...] match no ...") keyed as the config key."""
+    from spiel.config import ConfigError
+
+    message = str(error)
+    if message.startswith("target_modules"):
+        message = message.removeprefix("target_modules").lstrip("= ")
+    return ConfigError(f"method.target_modules: {message}")
+
+
 class Method:
     """One entry of the registry. Subclasses override what differs."""
 
@@ -18,6 +28,10 @@ class Method:
     def wrap(self, model: nn.Module, mcfg, *, seed: int, quantized: bool) -> nn.Module:
         """The trainable model built on the frozen (possibly 4-bit) base."""
         raise NotImplementedError
+
+    def check_on_meta(self, meta_model: nn.Module, mcfg) -> None:
+        """Check what depends on the model's module names and shapes (target_modules, budgets) on a
+        weightless copy (device "meta"), before the weights load; raise ConfigError naming the key."""
 
     def make_optimizer(self, model: nn.Module, mcfg, lr: float, weight_decay: float):
         """Our optimizer, or None to let the Trainer build ``trainer_optim(mcfg)`` over the trainable

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method
+from .base import Method, target_modules_error
 from .quant import prepare_quantized_for_peft
 
 
-class LoraMethod(Method):
+class PeftMethod(Method):
+    def check_on_meta(self, meta_model, mcfg):
+        from spiel.targets import find_targets
+
+        try:  # peft's rule for a list: a module whose name is, or ends with ".", an entry
+            find_targets(meta_model, list(mcfg.target_modules))
+        except ValueError as e:
+            raise target_modules_error(e) from None
+
+
+class LoraMethod(PeftMethod):
     name = "lora"
     final_format = "peft LoRA adapter (adapter_config.json + adapter_model.safetensors)"
 
@@ -27,7 +37,7 @@ class LoraMethod(Method):
         return peft_model
 
 
-class IA3Method(Method):
+class IA3Method(PeftMethod):
     name = "ia3"
     final_format = "peft (IA)3 adapter (adapter_config.json + adapter_model.safetensors)"
 

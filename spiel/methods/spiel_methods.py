@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .base import Method
+from .base import Method, target_modules_error
 
 
 class SpielMethod(Method):
@@ -19,6 +19,21 @@ class SpielMethod(Method):
         from spiel.model import get_spiel_model
 
         return get_spiel_model(model, mcfg.spiel_config(seed=seed, quantized=quantized))
+
+    def check_on_meta(self, meta_model, mcfg):
+        from spiel.config import ConfigError
+        from spiel.delta.weights import weight_shape
+        from spiel.targets import allocate, find_targets, total_budget
+
+        try:
+            targets = find_targets(meta_model, mcfg.target_modules)
+        except ValueError as e:
+            raise target_modules_error(e) from None
+        shapes = {name: weight_shape(module.weight) for name, module in targets.items()}
+        try:
+            allocate(total_budget(mcfg.spiel_config(), meta_model, shapes), shapes)
+        except ValueError as e:
+            raise ConfigError(f"method (rank_equiv / density / num_tunable): {e}") from None
 
     def make_optimizer(self, model, mcfg, lr, weight_decay):
         if self.name == "ag":

@@ -32,6 +32,9 @@ def training_arguments(settings, run_dir: Path, optim: str, report_to_wandb: boo
         eval_steps=c.eval_steps if c.eval_steps > 0 else None,
         per_device_eval_batch_size=c.micro_batch_size,
         label_names=["labels"],  # the wrappers' forward(**kwargs) hides it; without it no eval loss
+        # True would log a NaN step's loss as the mean of the earlier ones (0.0 right after a log):
+        # spiel stops a diverged run instead (DivergenceGuard), so nothing non-finite is hidden
+        logging_nan_inf_filter=False,
         save_strategy="steps" if save else "no",
         save_steps=c.save_steps if save else 500,
         save_total_limit=None,  # SpielTrainer rotates the complete checkpoints itself

@@ -74,3 +74,41 @@ def summary_line(summary: dict) -> str:
             f"{summary['total_params']:,} ({100 * summary['trainable'] / max(1, summary['total_params']):.2f}%) · "
             f"{summary['peak_memory_what']} {summary['peak_memory_gib']:.2f} GiB · "
             f"{summary['seconds_per_step']:.3f} s/step · {summary['wall_seconds']:.0f} s in all")
+
+
+LOSS_WINDOW_FILE = "loss_window.json"
+
+
+class LossWindowState(TrainerCallback):
+    """The Trainer's logging window (the loss summed since the last log, the step of that log, the loss
+    summed over the run) saved into every checkpoint and restored on resume. Without it a resumed run
+    logs its first loss as the mean of the steps since the resume only, so its metrics.jsonl would differ
+    from an uninterrupted run's at every step up to the next log (and in its final train_loss)."""
+
+    def __init__(self, resume_from: str | None = None):
+        self.resume_from = resume_from
+        self.trainer = None  # set once the Trainer exists (it owns the window)
+        self.train_loss: float | None = None  # the run's mean loss, once training ends
+
+    def save_state(self, directory: Path) -> None:
+        t = self.trainer
+        window = {"tr_loss": float(t._tr_loss.item()), "last_logged": int(t._globalstep_last_logged),
+                  "total_loss": float(t._total_loss_scalar)}
+        (Path(directory) / LOSS_WINDOW_FILE).write_text(json.dumps(window))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = Path(self.resume_from or "") / LOSS_WINDOW_FILE
+        if self.resume_from is None or not path.is_file():
+            return
+        window = json.loads(path.read_text())
+        t = self.trainer
+        t._tr_loss += window["tr_loss"]
+        t._globalstep_last_logged = window["last_logged"]
+        t._total_loss_scalar = window["total_loss"]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # transformers reports train_loss over the steps of this train() call; the run's is over all of
+        # them (computed as an uninterrupted run computes it). Runs before the metrics log writes `logs`.
+        if logs and "train_loss" in logs and self.trainer is not None:
+            logs["train_loss"] = self.trainer._total_loss_scalar / max(state.global_step, 1)
+            self.train_loss = logs["train_loss"]

@@ -16,20 +16,25 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import validate
+from spiel.config import ConfigError, check_model_exists, validate
 from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.methods import get_method
+from spiel.model_source import HOW
 
 from . import checkpoints, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
+from .divergence import DivergenceGuard
+from .failures import OutputError, writing
 from .metrics import (
     METRICS_FILE,
+    LossWindowState,
     MetricsLogCallback,
     last_logged_loss,
     peak_memory,
     summary_line,
     truncate_metrics,
 )
+from .resume_check import check_resume_config
 from .rundir import FINAL_DIR, prepare_run_dir
 from .validation import LOSS_PNG, LossPlotCallback, eval_split, eval_summary, plot_losses
 
@@ -66,10 +71,15 @@ def _finished(checkpoint: Path) -> bool:
 def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
-    staged.mkdir(parents=True)
     attach_chat_template_or_warn(tokenizer)  # final/'s tokenizer renders the Tülu format training used
-    method.save(model, staged, tokenizer=tokenizer)
-    checkpoints.seal(staged, kind="final")
+    try:
+        with writing(run_dir / FINAL_DIR, f"saving {FINAL_DIR}/: cannot write"):
+            staged.mkdir(parents=True)
+            method.save(model, staged, tokenizer=tokenizer)
+            checkpoints.seal(staged, kind="final")
+    except OutputError:
+        checkpoints.clean_staging(run_dir)
+        raise
     final = checkpoints.publish(staged, run_dir / FINAL_DIR)
     checkpoints.clean_staging(run_dir)
     return final
@@ -79,17 +89,26 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     start = time.time()
     run_dir = Path(run_dir)
     settings = validate(cfg, world_size=env_world_size())  # raises ConfigError before anything loads
+    check_model_exists(settings)
     c = settings.cfg
     method = get_method(settings.method.name)
 
     import transformers
 
     from spiel.data import DataCollatorForSpiel, build_train_dataset
-    from spiel.loading import load_base_model, load_tokenizer
+    from spiel.loading import build_meta_model, load_base_model, load_tokenizer
     from spiel.targets import model_numel
 
     from .args import training_arguments
     from .trainer import SpielTrainer
+
+    # target_modules and budgets against the model's module names, before any weight loads
+    try:
+        meta_model = build_meta_model(c.model["name_or_path"], c.model.get("revision"))
+    except OSError as e:  # a hub id that cannot be fetched (no network, no such repo, gated)
+        raise ConfigError(f"model.name_or_path: could not load the config of {c.model['name_or_path']!r}: {e}. "
+                          f"{HOW}") from None
+    method.check_on_meta(meta_model, settings.method)
 
     use_wandb = c.logger.name == "wandb"
     args = training_arguments(settings, run_dir, method.trainer_optim(settings.method), use_wandb, run_name)
@@ -97,6 +116,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     resume_from = None
     if is_main:
         resume_from = prepare_run_dir(run_dir, c.resume, c.overwrite)
+        if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
+            check_resume_config(resume_from, cfg, c.resume_allow_config_changes)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     resume_from = broadcast_object(None if resume_from is None else str(resume_from))
     if resume_from is not None:
@@ -124,12 +145,17 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     optimizer = method.make_optimizer(model, settings.method, c.lr, c.weight_decay)
     callbacks = method.callbacks(model, optimizer, resume_from)
     metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
+    guard = DivergenceGuard(model, c.lr)
+    loss_window = LossWindowState(resume_from)
     trainer = SpielTrainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
         data_collator=DataCollatorForSpiel(tokenizer), processing_class=tokenizer, optimizers=(optimizer, None),
-        callbacks=[*callbacks, metrics_cb, LossPlotCallback(run_dir / METRICS_FILE, run_dir / LOSS_PNG)],
+        callbacks=[*callbacks, guard, loss_window, metrics_cb,
+                   LossPlotCallback(run_dir / METRICS_FILE, run_dir / LOSS_PNG)],
+        state_savers=[loss_window],
         save_total_limit=c.save_total_limit,
     )
+    loss_window.trainer = trainer
     if c.loss_reduction == "micro_batch":
         trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
     train_start = time.time()
@@ -140,6 +166,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         train_loss = None
     else:
         train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
+        train_loss = loss_window.train_loss if loss_window.train_loss is not None else train_loss
     train_seconds = time.time() - train_start
     if eval_dataset is not None and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
         trainer.evaluate()  # the end of the run, unless eval_steps just did

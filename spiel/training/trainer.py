@@ -18,11 +18,13 @@ from transformers import Trainer
 
 from . import checkpoints
 from .distributed import barrier
+from .failures import OutputError, writing
 from .hf_trainer import SpielTrainerMixin
 
 
 class SpielTrainer(SpielTrainerMixin, Trainer):
-    def __init__(self, *args, save_total_limit: int = 2, **kwargs):
+    def __init__(self, *args, state_savers=(), save_total_limit: int = 2, **kwargs):
+        self.state_savers = list(state_savers)  # run state beyond the Trainer's (the logging window)
         self.keep_checkpoints = save_total_limit
         self._staging_root: Path | None = None
         super().__init__(*args, **kwargs)
@@ -34,6 +36,16 @@ class SpielTrainer(SpielTrainerMixin, Trainer):
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        try:
+            with writing(run_dir / name, f"saving {name}: cannot write"):
+                self._save_checkpoint_atomically(model, trial)
+        except OutputError:
+            checkpoints.clean_staging(run_dir)  # the half-written copy; the checkpoints before stay
+            raise
+
+    def _save_checkpoint_atomically(self, model, trial) -> None:
         run_dir = Path(self.args.output_dir)
         staging = checkpoints.staging_dir(run_dir)
         name = f"checkpoint-{self.state.global_step}"
@@ -47,6 +59,9 @@ class SpielTrainer(SpielTrainerMixin, Trainer):
         finally:
             self._staging_root = None
         staged = staging / name
+        if self.args.should_save:
+            for saver in self.state_savers:
+                saver.save_state(staged)
         barrier()  # every rank has written its RNG state
         if self.args.should_save:
             checkpoints.seal(staged, step=self.state.global_step, kind="checkpoint")
