@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import subprocess_env
+import torch
+from train_helpers import load_tensors, only_run_dir, subprocess_env
 
 from spiel.training import launch_env
 
@@ -70,3 +71,38 @@ def test_submitit_local_launcher_runs_one_ddp_job_of_two_tasks(tmp_path):
     jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 1, jobs
     assert_one_ddp_job(jobs[0])
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_delta(root):
+    return load_tensors(only_run_dir(root) / "final" / "spiel_delta.safetensors")
+
+
+@pytest.mark.slow
+def test_accelerate_launch_gives_the_same_delta_as_torchrun(tmp_path):
+    # On CPU, accelerate's --cpu flag starts ONE process whatever --num_processes says; --multi_gpu starts
+    # N processes through torch's elastic launcher, and device=cpu makes them a gloo group.
+    launchers = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    }
+    for name, launcher in launchers.items():
+        port = ["--master_port" if name == "torchrun" else "--main_process_port", str(free_port())]
+        args = [*launcher, *port, "-m", "spiel.train", f"output_root={tmp_path / name}", *DDP_RUN]
+        out = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, name + out.stdout[-3000:] + out.stderr[-3000:]
+        assert_one_ddp_job(only_run_dir(tmp_path / name))
+    a, b = final_delta(tmp_path / "torchrun"), final_delta(tmp_path / "accelerate")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    grown = [k for k in a if k.endswith(".grown_at")]
+    assert any(a[k].any() for k in grown), "no index was regrown: the comparison would miss the selector"
