@@ -25,7 +25,7 @@ def plan_from_config(cfg, gpus: int, parallel: str | None = None) -> tuple[str, 
     settings = validate(cfg, world_size=gpus)
     c, m = settings.cfg, settings.method
     dtype = settings.dtype if settings.dtype != "auto" else "bfloat16"  # auto: bf16 on a current GPU
-    parallel = parallel or getattr(c, "parallel", None) or ("ddp" if gpus > 1 else "none")
+    parallel = "none" if gpus == 1 else (parallel or c.parallel)  # the config's default is ddp
     common = dict(method=m.name, dtype=dtype, quant=settings.quant, micro_batch_size=c.micro_batch_size,
                   seq_len=c.max_seq_len or c.data.get("max_seq_len") or 2048,
                   activation_checkpointing=c.activation_checkpointing, gpus=gpus, parallel=parallel)

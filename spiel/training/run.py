@@ -78,6 +78,10 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     settings = validate(cfg, world_size=env_world_size())  # raises ConfigError before anything loads
     c = settings.cfg
     method = get_method(settings.method.name)
+    if c.parallel == "fsdp":
+        from .parallel import check_fsdp_support
+
+        check_fsdp_support()
 
     import transformers
 
@@ -126,6 +130,11 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         method=method, state_savers=[cb for cb in callbacks if hasattr(cb, "save_state")],
         save_total_limit=c.save_total_limit,
     )
+    if c.parallel == "fsdp":
+        from .parallel import attach, shard_frozen_base
+
+        shard_frozen_base(model)
+        attach(trainer, model)
     if c.loss_reduction == "micro_batch":
         trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
     train_start = time.time()
