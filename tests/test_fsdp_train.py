@@ -130,3 +130,14 @@ def test_parallel_is_checked_before_anything_loads(overrides, world, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(composed(*overrides, "batch_size=4", "micro_batch_size=1"), world_size=world)
     assert validate(composed("parallel=fsdp", "batch_size=4", "micro_batch_size=1"), world_size=2).cfg.parallel == "fsdp"
+
+
+def test_fsdp_refused_without_fsdp2(monkeypatch):
+    import torch.distributed.fsdp as fsdp
+
+    from spiel.training.parallel import ParallelError, check_fsdp_support
+
+    check_fsdp_support()
+    monkeypatch.delattr(fsdp, "fully_shard")
+    with pytest.raises(ParallelError, match="parallel=fsdp needs torch.distributed.fsdp.fully_shard"):
+        check_fsdp_support()

@@ -76,13 +76,20 @@ def test_cheapest_fit_for_70b_on_80gb():
     assert cheapest_fit(shape, RunPlan(method="full", seq_len=2048), 80 * GIB) is None
 
 
-def test_plan_refuses_what_it_cannot_plan(tiny):
-    with pytest.raises(ValueError, match="parallel: fsdp shards a bf16/fp32 base"):
-        estimate(tiny, RunPlan(quant="nf4", gpus=2, parallel="fsdp"))
-    with pytest.raises(ValueError, match="method: planned: ag, ma, lora, full"):
-        estimate(tiny, RunPlan(method="ia3"))
-    with pytest.raises(ValueError, match="parallel: none means one GPU"):
-        estimate(tiny, RunPlan(gpus=2))
+@pytest.mark.parametrize("fields,message", [
+    (dict(quant="nf4", gpus=2, parallel="fsdp"), "parallel: fsdp shards a bf16/fp32 base"),
+    (dict(method="ia3"), "method: planned: ag, ma, lora, full"),
+    (dict(gpus=2), "parallel: none means one GPU"),
+    (dict(gpus=0), "gpus: must be >= 1"),
+    (dict(dtype="int8"), "dtype: must be one of"),
+    (dict(quant="int4"), "quant: must be none or nf4"),
+    (dict(parallel="zero3"), "parallel: must be one of"),
+    (dict(method="full", quant="nf4"), "quant: full fine-tuning cannot train NF4 weights"),
+    (dict(micro_batch_size=0), "micro_batch_size: micro-batch and sequence must be >= 1"),
+])
+def test_plan_refuses_what_it_cannot_plan(tiny, fields, message):
+    with pytest.raises(ValueError, match=message):
+        estimate(tiny, RunPlan(**fields))
 
 
 def test_cli_prints_the_plan_and_refuses_bad_input(capsys):
