@@ -188,6 +188,7 @@ class TrainConfig:
     loss_reduction: str = "tokens"  # tokens: mean over all label tokens of the batch | micro_batch (open-instruct)
     activation_checkpointing: bool = False
     device: str = "auto"
+    parallel: str = "ddp"  # ddp (one process or torchrun/accelerate ranks) | fsdp (shard the frozen base) | none
 
     output_root: str = "outputs/train"
     run_name: Optional[str] = None  # default: from the command-line overrides
@@ -365,6 +366,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     need(obj.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {obj.max_grad_norm}")
     need(obj.loss_reduction in ("tokens", "micro_batch"), "loss_reduction",
          f"must be tokens or micro_batch, got {obj.loss_reduction!r}")
+    _check_parallel(obj, method, quant, world_size)
     need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
     need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
     need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
@@ -392,6 +394,23 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         raise ConfigError(f"data: {e}") from None
     return Settings(cfg=obj, method=method, quant=quant, dtype=dtype, world_size=world_size,
                     grad_accum=obj.batch_size // per_step)
+
+
+def _check_parallel(obj: TrainConfig, method, quant: str, world_size: int) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"parallel: {message}")
+
+    need(obj.parallel in ("none", "ddp", "fsdp"), f"must be none, ddp or fsdp, got {obj.parallel!r}")
+    need(obj.parallel != "none" or world_size == 1,
+         f"none runs one process, but the launcher started {world_size} (use ddp or fsdp)")
+    if obj.parallel == "fsdp":
+        need(world_size > 1, "fsdp shards over several processes: launch with torchrun --nproc_per_node N "
+                             "(or accelerate launch); one process is parallel=ddp")
+        need(method.name in SPIEL_METHODS, f"fsdp is wired for the SpIEL methods (ag, ma), not {method.name!r}; "
+                                           "use parallel=ddp")
+        need(quant == "none", "fsdp shards a bf16/fp32 base; with quant=nf4 use parallel=ddp")
+        need(obj.max_grad_norm == 0, "fsdp does not clip gradients (set max_grad_norm=0, the paper's setting)")
 
 
 register_configs()

@@ -145,15 +145,20 @@ class SpielModel(nn.Module):
         return {f"{n}.{key}": getattr(layer, key) for n, layer in self.deltas.items()
                 for key in ("indices", "values", "grown_at")}
 
+    def freeze_fingerprints(self) -> None:
+        """Take the base-weight fingerprints now and save those (before the base is sharded, e.g. FSDP)."""
+        self._fingerprints = {n: weight_fingerprint(layer) for n, layer in self.deltas.items()}
+
     def save_pretrained(self, directory, tokenizer=None) -> Path:
         deltas = self.deltas
+        fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
         config = {
             "format_version": FORMAT_VERSION,
             "spiel_version": __version__,
             "spiel_config": self.spiel_config.to_dict(),
             "base_model": base_identity(self.model),
             "modules": {n: {"k": layer.k, "shape": [layer.out_features, layer.in_features],
-                            "fingerprint": weight_fingerprint(layer)} for n, layer in deltas.items()},
+                            "fingerprint": fingerprints[n]} for n, layer in deltas.items()},
         }
         return write_checkpoint(directory, config, self.delta_state(), tokenizer)
 

@@ -31,8 +31,11 @@ log = logging.getLogger("spiel.train")
 def _task(cfg: DictConfig) -> float:
     from spiel.training.failures import as_user_error
     from spiel.training.preflight import refuse
+    from spiel.training.launch_env import set_from_submitit
     from spiel.training.run import run_training
     from spiel.training.sweep import record_failure, release_job_resources
+
+    set_from_submitit()  # a SLURM/submitit task of a multi-task job: RANK, WORLD_SIZE, MASTER_ADDR, ...
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

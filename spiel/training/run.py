@@ -92,6 +92,10 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     check_model_exists(settings)
     c = settings.cfg
     method = get_method(settings.method.name)
+    if c.parallel == "fsdp":
+        from .parallel import check_fsdp_support
+
+        check_fsdp_support()
 
     import transformers
 
@@ -156,6 +160,11 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         save_total_limit=c.save_total_limit,
     )
     loss_window.trainer = trainer
+    if c.parallel == "fsdp":
+        from .parallel import attach, shard_frozen_base
+
+        shard_frozen_base(model)
+        attach(trainer, model)
     if c.loss_reduction == "micro_batch":
         trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
     train_start = time.time()

@@ -27,7 +27,15 @@ class SpielTrainer(SpielTrainerMixin, Trainer):
         self.state_savers = list(state_savers)  # run state beyond the Trainer's (the logging window)
         self.keep_checkpoints = save_total_limit
         self._staging_root: Path | None = None
+        self.parallel_wrapper = None  # parallel=fsdp: set by spiel.training.parallel.attach
         super().__init__(*args, **kwargs)
+
+    def _wrap_model(self, model, training: bool = True, dataloader=None):
+        # parallel=fsdp: the base is sharded already and the deltas' gradients are averaged by a callback;
+        # a DDP wrap around its DTensor weights would fail.
+        if training and self.parallel_wrapper is not None:
+            return self.parallel_wrapper
+        return super()._wrap_model(model, training, dataloader)
 
     # -- where checkpoints go ------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
