@@ -30,8 +30,8 @@ log = logging.getLogger("spiel.train")
 
 def _task(cfg: DictConfig) -> float:
     from spiel.training.failures import as_user_error
-    from spiel.training.preflight import refuse
     from spiel.training.launch_env import set_from_submitit
+    from spiel.training.preflight import refuse
     from spiel.training.run import run_training
     from spiel.training.sweep import record_failure, release_job_resources
 
