@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from spiel.eval import _sandbox_child as child
+from spiel.eval import sandbox as sandbox_module
 from spiel.eval.humaneval import load_problems, score_completions
 from spiel.eval.sandbox import FAILURES, SandboxLimits, run_check, run_checks, run_program
 
@@ -125,7 +126,40 @@ MONKEYPATCH_BUILTINS = """\
     builtins.abs = lambda x: 0
     return False
 """
+# Writes into every pipe of the grader's processes: its ancestors up to the first that is not a sandbox
+# process (the scorer itself) and their children (the checker). Confined to those so that a test run
+# where the sandbox is broken sprays nothing into unrelated processes of the machine.
+PROC_FD_FORGERY = """\
+    import os
+    def parent(pid):
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    def children(pid):
+        try:
+            return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+        except OSError:
+            return []
+    targets, pid = [], os.getpid()
+    while pid > 1:
+        pid = parent(pid)
+        targets += [pid] + children(pid)
+        if b"_sandbox_child" not in open(f"/proc/{pid}/cmdline", "rb").read():
+            break
+    for pid in set(targets) - {os.getpid()}:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"):
+                    w = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+                    os.write(w, b"passed\\npassed\\n")
+            except OSError:
+                pass
+    os._exit(0)
+"""
 VERDICT_ATTACKS = {
+    "write 'passed' into others' pipes via /proc": ("HumanEval/0", PROC_FD_FORGERY),
     "stack-walk forgery": ("HumanEval/0", STACK_WALK),
     "gc walk forgery": ("HumanEval/0", GC_WALK),
     "sys.exit(0) in the call": ("HumanEval/0", "    import sys\n    sys.exit(0)\n"),
@@ -347,6 +381,13 @@ def test_the_sandbox_root_holds_only_the_runtime(mode):
                "for f in files)\n")
     res = run_check(program, checker, "f", _limits(mode))
     assert res.passed, res.status
+    # and the mount table: the host's root is gone (unmounted), not merely covered
+    mounts = "def f():\n    return [line.split()[4] for line in open('/proc/self/mountinfo')]\n"
+    checker = ("def check(c):\n    points = c()\n    assert points.count('/') == 1, points\n"
+               "    fixed = {'/', '/proc', '/work', '/dev/null', '/dev/zero', '/dev/urandom'}\n"
+               "    assert all(p in fixed or '/lib' in p for p in points), points\n")
+    res = run_check(mounts, checker, "f", _limits(mode))
+    assert res.passed, res.status
 
 
 def test_the_literal_codec_accepts_only_plain_literals():
@@ -361,6 +402,29 @@ def test_the_literal_codec_accepts_only_plain_literals():
             child._decode(payload)
     with pytest.raises(ValueError, match="too large"):
         child._send(-1, "x" * (child.MAX_MESSAGE + 1))
+
+
+def test_a_forged_oversized_frame_is_refused_unread():
+    """The program writes its own frame header announcing 64 MiB: the checker refuses it at once rather
+    than reading (and waiting for) it."""
+    program = ("import os, stat, fcntl\ndef f():\n    for fd in range(3, 64):\n        try:\n"
+               "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_WRONLY:\n"
+               "                os.write(fd, (64 << 20).to_bytes(4, 'big') + b'[1')\n"
+               "        except OSError:\n            pass\n    return 1\n")
+    res = run_check(program, "def check(c):\n    assert c() == 1\n", "f", SandboxLimits(timeout=5))
+    assert res.status == "failed: unsupported value"
+
+
+def test_the_host_accepts_only_fixed_categories(tmp_path, monkeypatch):
+    """Even a verdict line that is not one of the fixed categories (here from a stand-in bootstrap) never
+    reaches the results as text."""
+    fake = tmp_path / "fake_child.py"
+    fake.write_text("import json, os\nn = int.from_bytes(os.read(0, 8), 'big')\nreq = json.loads(os.read(0, n))\n"
+                    "os.write(req['result_fd'], b'{\"isolation\": \"namespaces\"}\\nfailed: root:x:0:0\\n')\n")
+    monkeypatch.setattr(sandbox_module, "CHILD", fake)
+    assert run_program("pass\n", SandboxLimits(timeout=10)).status == "failed: sandbox error"
+    fake.write_text(fake.read_text().replace("failed: root:x:0:0", "failed: AssertionError"))
+    assert run_program("pass\n", SandboxLimits(timeout=10)).status == "failed: AssertionError"
 
 
 def test_an_oversized_reply_fails_and_a_failure_carries_no_text():
