@@ -88,23 +88,20 @@ GC_WALK = """\
                         pass
     os._exit(0)
 """
+# A trace hook on the caller's frame (`check`) that swaps `candidate` for one whose results equal anything
+# (trace functions write frame locals back); the first call's answer, True, happens to be right.
 SETTRACE = """\
     import sys
-    def tracer(frame, event, arg):  # jump over every assert of `check`
-        if frame.f_code.co_name == "check":
-            frame.f_trace_lines = True
-            def local(frame, event, arg):
-                if event == "line":
-                    try:
-                        frame.f_lineno = frame.f_code.co_firstlineno + len(frame.f_code.co_lines.__doc__ or "")
-                    except Exception:
-                        pass
-                return local
-            return local
-        return None
-    sys.settrace(tracer)
-    sys._getframe(1).f_trace = tracer
-    return False
+    class Anything:
+        def __eq__(self, other):
+            return True
+    def local(frame, event, arg):
+        if event == "line" and "candidate" in frame.f_locals:
+            frame.f_locals["candidate"] = lambda *args: Anything()
+        return local
+    sys.settrace(lambda frame, event, arg: None)  # tracing on, so the caller's f_trace gets line events
+    sys._getframe(1).f_trace = local
+    return True
 """
 RIGGED_EQ = """\
     class Anything:
@@ -171,7 +168,7 @@ VERDICT_ATTACKS = {
     "builtins monkeypatch": ("HumanEval/0", MONKEYPATCH_BUILTINS),
     "rigged __eq__": ("HumanEval/0", RIGGED_EQ),
     "rigged int subclass": ("HumanEval/0", RIGGED_BOOL_SUBCLASS),
-    "settrace over asserts": ("HumanEval/0", SETTRACE),
+    "settrace rewrites check's frame": ("HumanEval/0", SETTRACE),
     "kill the checker": ("HumanEval/0", "    import os, signal\n    for pid in range(1, 64):\n        try:\n"
                                         "            os.kill(pid, signal.SIGKILL)\n        except Exception:\n"
                                         "            pass\n    return False\n"),
