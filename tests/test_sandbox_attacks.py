@@ -221,7 +221,7 @@ def test_the_program_never_holds_the_checker_code():
         "            return found.group().decode()\n"
         "    return 'not found'\n")
     checker = f"def check(candidate):\n    assert candidate() == {secret!r}\n"
-    for mode in VERDICT_MODES:
+    for mode in NAMESPACE_MODES:  # in guard mode the program is not dumpable: it cannot even read its own
         res = run_check(program, checker, "f", _limits(mode, memory_mb=512))
         assert res.status == "failed: AssertionError", (mode, res.status)
     # the search itself works: it finds a secret that is in the program's memory
