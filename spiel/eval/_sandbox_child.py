@@ -29,7 +29,11 @@ no capabilities (as `nobody` outside when the caller is root), under rlimits, an
 at the deadline; when S exits the kernel kills whatever is left in the namespace.
 
 Guard mode (no namespaces; only with the caller's explicit consent): the same process split and rlimits,
-`nobody` when the caller is root, and a Python-level guard. It does NOT protect the host.
+`nobody` when the caller is root, a Python-level guard and, where the kernel has them, Landlock (read
+only the interpreter's directories, write only the working directory; with ABI >= 4 no TCP, >= 6 no
+signals or abstract sockets outside) and a seccomp filter that refuses socket() and io_uring_setup().
+The program still sees the host's process list and directory names, and without Landlock/seccomp
+nothing of the host is protected.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ SYS_MOUNT_SETATTR = 442  # the same number on every architecture (syscalls added
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446  # unified numbers
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+# (audit arch, socket, io_uring_setup) syscall numbers
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}
 
 EXIT_TIMEOUT = 124
 MAX_MESSAGE = 1 << 20  # bytes of one literal crossing between checker and program
@@ -225,6 +236,76 @@ def _drop_identity(mode: str | None, uid: int | None, gid: int | None) -> None:
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)
         data = (ctypes.c_uint32 * 6)()
         _check(_libc.syscall(_syscall_nr(SYS_CAPSET, "capset"), ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+class _LandlockRuleset(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _LandlockPathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    return max(0, _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
+
+
+def _landlock(read_dirs: list[str], write_dir: str) -> None:
+    """Guard mode: confine this process (Landlock) to reading `read_dirs`, reading and writing `write_dir`
+    and /dev/null; with ABI >= 4 no TCP, with ABI >= 6 no abstract Unix sockets and no signals outside."""
+    abi = landlock_abi()
+    fs = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+    attr = _LandlockRuleset(fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    file_rights = fs & (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | (1 << 14) | (1 << 15))
+    rules = [(p, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR) for p in read_dirs]
+    rules += [(write_dir, fs), ("/dev/null", file_rights & (LL_READ_FILE | LL_WRITE_FILE))]
+    for path, access in rules:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        rule = _LandlockPathBeneath(access, fd)
+        ret = _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+        os.close(fd)
+        _check(ret, f"landlock_add_rule {path}")
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    os.close(ruleset)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _no_sockets() -> None:
+    """Guard mode: a seccomp filter that fails socket() and io_uring_setup() with EPERM (Landlock does not
+    cover connecting to a Unix socket by path); any other syscall ABI of the machine fails entirely."""
+    arch, nr_socket, nr_io_uring = SECCOMP_ARCH[os.uname().machine]
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    deny = SECCOMP_RET_ERRNO | 1  # EPERM
+    program = [
+        (ld_w_abs, 0, 0, 4),  # seccomp_data.arch
+        (jeq_k, 1, 0, arch),
+        (ret_k, 0, 0, deny),
+        (ld_w_abs, 0, 0, 0),  # seccomp_data.nr
+        (jge_k, 3, 0, 0x40000000),  # x32 numbers
+        (jeq_k, 2, 0, nr_socket),
+        (jeq_k, 1, 0, nr_io_uring),
+        (ret_k, 0, 0, SECCOMP_RET_ALLOW),
+        (ret_k, 0, 0, deny),
+    ]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
+    fprog = _SockFprog(len(program), filters)
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def _keep_stdlib_reachable() -> None:
@@ -491,6 +572,11 @@ def _start(req: dict, result_fd: int) -> None:
     """S: build the filesystem, start C and P, supervise. Never returns."""
     mode = req["mode"]
     info = {"isolation": "namespaces" if mode else "guard", "mode": mode}
+    if not mode:
+        info["landlock"] = landlock_abi()
+        info["seccomp"] = os.uname().machine in SECCOMP_ARCH
+        if req["uid"] is not None:  # the working directory is the program's, as `nobody`
+            os.chown(".", req["uid"], req["gid"])
     if mode:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -541,6 +627,10 @@ def _start(req: dict, result_fd: int) -> None:
         try:
             if not mode and req["uid"] is not None:
                 _keep_stdlib_reachable()
+            if not mode and info["landlock"]:  # before the identity change: `nobody` may not open the paths
+                _landlock(req["binds"], os.getcwd())
+            if not mode and info["seccomp"]:
+                _no_sockets()
             _drop_identity(mode, req["uid"], req["gid"])
             if mode:  # alone in its PID namespace: dumpable, so the tests can read its memory and find no
                 _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # checker code in it (guard mode: other sandboxes see it)

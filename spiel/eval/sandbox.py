@@ -117,7 +117,7 @@ def run_check(program: str, checker: str, entry_point: str | None,
     workdir = tempfile.mkdtemp(prefix="spiel-sandbox-")
     read_fd, write_fd = os.pipe()
     root = os.geteuid() == 0
-    binds, masks = python_runtime() if limits.isolation != "guard" else ([], [])
+    binds, masks = python_runtime()
     header = {
         "program": program,
         "entry_point": entry_point,
