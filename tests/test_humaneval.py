@@ -154,6 +154,9 @@ def test_guard_mode_runs_only_with_consent(monkeypatch):
         humaneval.require_isolation(SandboxLimits(isolation="userns"))
     with pytest.raises(ValueError, match="sandbox.isolation"):
         SandboxLimits(isolation="none")
+    for bad in (dict(timeout=0), dict(timeout=3, call_timeout=-1)):
+        with pytest.raises(ValueError, match="call_timeout must be > 0"):
+            SandboxLimits(**bad)
 
 
 def test_evaluate_humaneval_refuses_before_generating(monkeypatch):

@@ -15,9 +15,10 @@ checker's assertion, or the program's error re-raised by name), "Exception" (any
 1 MiB), "sandbox error" or "sandbox unavailable (<mode>)". No free text of the program ever comes back.
 
 Isolation: "auto" picks user namespaces ("userns"), else, as root, namespaces without a user namespace
-("rootns"). Where neither works only "guard" remains, a Python-level guard that does not protect this
-machine: it runs only with `allow_unsafe_guard=True`, otherwise every check fails with
-"sandbox unavailable". `isolation_report()` says what this machine provides; it is recorded with results.
+("rootns"). Where neither works only "guard" remains: a Python-level guard plus Landlock and seccomp where
+the kernel has them, and no protection of this machine where it has not. It runs only with
+`allow_unsafe_guard=True`, otherwise every check fails with "sandbox unavailable". `isolation_report()`
+says what this machine provides; it is recorded with results.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class SandboxLimits:
     nofile: int = 64  # RLIMIT_NOFILE
     tmpfs_mb: int = 64  # size of the tmpfs working directory
     isolation: str = "auto"  # auto | userns | rootns | guard
-    allow_unsafe_guard: bool = False  # consent to guard mode (no OS isolation; does not protect this machine)
+    allow_unsafe_guard: bool = False  # consent to guard mode (no namespaces; see the module docstring)
     uid: int | None = NOBODY  # outside identity of the program and the checker when the caller is root
     gid: int | None = NOBODY
     startup_grace: float = 10.0  # extra seconds the parent allows for interpreter start-up and teardown
