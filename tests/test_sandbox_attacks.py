@@ -445,4 +445,6 @@ def test_an_oversized_reply_fails_and_a_failure_carries_no_text():
     named = run_check("def f():\n    raise ValueError('root:x:0:0')\n", "def check(c):\n    c()\n", "f",
                       SandboxLimits(timeout=10))
     assert named.status == "failed: ValueError"
+    exits = run_check("import sys\ndef f():\n    sys.exit(0)\n", "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10))
+    assert exits.status == "failed: SystemExit"
     assert not re.search("root|Leak", big.status + leak.status + named.status)
