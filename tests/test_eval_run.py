@@ -94,7 +94,7 @@ def test_every_bench_writes_metrics_in_the_reference_shape(tmp_path, bench):
     elif bench == "humaneval":
         assert 0 <= metrics["pass@1"] <= 1 and len(rows) == 4  # 2 problems x 2 samples
         assert {"task_id", "completion", "result", "passed"} <= set(rows[0])
-        assert metrics["sandbox"]["probe"] == "passed"
+        assert metrics["sandbox"]["probe"] == "passed" and metrics["sandbox"]["isolation"] == "namespaces"
     else:
         assert 0 <= metrics["exact_match"] <= 1 and len(rows) == 4
 

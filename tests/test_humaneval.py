@@ -1,7 +1,8 @@
-"""HumanEval scoring and the code sandbox: canonical solutions pass, empty ones fail, and hostile programs
-(infinite loop, fork bomb, huge allocation, deleting or writing a file outside, a network connection,
-a daemonized child, undoing the read-only mounts) fail safely in every isolation mode this machine has.
-Every hostile program is bounded (short timeouts, small memory and process limits)."""
+"""HumanEval scoring and the code sandbox: canonical solutions pass, empty ones fail, guard mode runs only
+by consent, and resource-hungry or runaway programs (infinite loop, fork bomb, huge allocation, a daemonized
+child, undoing the read-only mounts) fail safely in every isolation mode this machine has. Every hostile
+program is bounded (short timeouts, small memory and process limits). The attacks on the verdict and on
+the host are in tests/test_sandbox_attacks.py."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from spiel.eval.humaneval import STOP_SEQUENCES, check_program, load_problems, score_completions
-from spiel.eval.sandbox import SandboxLimits, run_program, run_programs
+from spiel.eval import humaneval, sandbox
+from spiel.eval.humaneval import STOP_SEQUENCES, check_case, load_problems, score_completions
+from spiel.eval.sandbox import SandboxLimits, run_checks, run_program
 
 LIMITS = dict(timeout=1.0, memory_mb=256, nproc=16, fsize_mb=1, startup_grace=10.0)
 
 
 def _mode_works(mode: str) -> bool:
-    res = run_program("import math\n", SandboxLimits(isolation=mode, timeout=10))
+    res = run_program("import math\n", SandboxLimits(isolation=mode, timeout=10, allow_unsafe_guard=True))
     return res.passed and (mode == "guard" or res.isolation.get("isolation") == "namespaces")
 
 
@@ -34,6 +36,10 @@ def _modes() -> list[str]:
 
 
 MODES = _modes()
+
+
+def _limits(mode: str, **kw) -> SandboxLimits:
+    return SandboxLimits(isolation=mode, allow_unsafe_guard=mode == "guard", **kw)
 
 
 def _sandbox_processes() -> list[int]:
@@ -90,21 +96,80 @@ def test_the_machine_offers_some_isolation_and_auto_picks_the_strongest():
     assert "auto" in MODES
     res = run_program("import math\n", SandboxLimits(timeout=10))
     if os.geteuid() == 0 or "userns" in MODES:
-        assert res.isolation["isolation"] == "namespaces" and res.isolation["readonly_fs"]
+        assert res.isolation["isolation"] == "namespaces" and res.isolation["root"] == "private"
 
 
-def test_check_program_and_stop_sequences_follow_the_protocol():
+def test_check_case_and_stop_sequences_follow_the_protocol():
     problem = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
-    assert check_program(problem, "    return x + 1") == (
-        "def f(x):\n    return x + 1\ndef check(c):\n    assert c(1) == 2\n\ncheck(f)")
+    assert check_case(problem, "    return x + 1") == (
+        "def f(x):\n    return x + 1", "def f(x):\n\ndef check(c):\n    assert c(1) == 2\n", "f")
     assert STOP_SEQUENCES == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
 def test_pass_and_fail_and_order_are_kept_in_parallel_runs():
-    programs = ["assert 1 + 1 == 2\n", "assert 1 + 1 == 3\n", "raise ValueError('boom')\n", "x = 1\n"]
-    results = run_programs(programs, SandboxLimits(timeout=10), n_workers=2)
-    assert [r.passed for r in results] == [True, False, False, True]
-    assert results[1].status == "failed: AssertionError" and "ValueError: boom" in results[2].status
+    check = "def check(candidate):\n    assert candidate(2) == 4\n"
+    cases = [("def f(x):\n    return x * 2\n", check, "f"), ("def f(x):\n    return x + 1\n", check, "f"),
+             ("def f(x):\n    raise ValueError('boom')\n", check, "f"), ("def f(x):\n    return x ** 2\n", check, "f"),
+             ("def f(x):\n    return x +\n", check, "f"), ("def g(x):\n    return 4\n", check, "f")]
+    results = run_checks(cases, SandboxLimits(timeout=10), n_workers=2)
+    assert [r.status for r in results] == ["passed", "failed: AssertionError", "failed: ValueError", "passed",
+                                           "failed: SyntaxError", "failed: NameError"]
+
+
+def test_a_call_that_raises_reaches_the_checker_as_that_exception():
+    program = "def f(x):\n    if x < 0:\n        raise ValueError\n    return x\n"
+    checker = ("def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError:\n        pass\n"
+               "    else:\n        assert False\n    assert candidate(3) == 3\n")
+    assert sandbox.run_check(program, checker, "f", SandboxLimits(timeout=10)).passed
+
+
+def test_each_call_and_the_whole_check_have_a_time_limit():
+    checker = "def check(candidate):\n    for _ in range(4):\n        candidate(0.4)\n"
+    program = "import time\ndef f(s):\n    time.sleep(s)\n"
+    whole = sandbox.run_check(program, checker, "f", SandboxLimits(timeout=1.0, call_timeout=0.6))
+    assert whole.status == "timed out"  # each call is in time, all four are not
+    one = sandbox.run_check(program, "def check(candidate):\n    candidate(5)\n", "f",
+                            SandboxLimits(timeout=20, call_timeout=0.3))
+    assert one.status == "timed out"
+    assert sandbox.run_check(program, checker, "f", SandboxLimits(timeout=5, call_timeout=0.6)).passed
+
+
+def test_guard_mode_runs_only_with_consent(monkeypatch):
+    refused = run_program("import math\n", SandboxLimits(isolation="guard", timeout=10))
+    assert refused.status == "failed: sandbox unavailable (guard)"
+    if "guard" in MODES:
+        assert run_program("import math\n", _limits("guard", timeout=10)).passed
+
+    # A machine without namespaces: evaluate_humaneval refuses before any work and names the key.
+    guard_only = {"isolation": "guard", "mode": None, "runs": "passed", "probe": "failed: AssertionError"}
+    nothing = {"isolation": "unavailable", "mode": "auto", "runs": "failed: sandbox unavailable (auto)",
+               "probe": "failed: sandbox unavailable (auto)"}
+    monkeypatch.setattr(humaneval, "isolation_report", lambda isolation, allow: guard_only if allow else nothing)
+    with pytest.raises(RuntimeError, match=r"bench\.sandbox\.allow_unsafe_guard=true"):
+        humaneval.require_isolation(SandboxLimits())
+    with pytest.raises(RuntimeError, match=r"bench\.sandbox\.allow_unsafe_guard=true"):
+        humaneval.require_isolation(SandboxLimits(isolation="guard"))
+    assert humaneval.require_isolation(SandboxLimits(allow_unsafe_guard=True))["isolation"] == "guard"
+    with pytest.raises(RuntimeError, match="does not work"):  # a named mode this machine lacks
+        humaneval.require_isolation(SandboxLimits(isolation="userns"))
+    with pytest.raises(ValueError, match="sandbox.isolation"):
+        SandboxLimits(isolation="none")
+    for bad in (dict(timeout=0), dict(timeout=3, call_timeout=-1)):
+        with pytest.raises(ValueError, match="call_timeout must be > 0"):
+            SandboxLimits(**bad)
+
+
+def test_evaluate_humaneval_refuses_before_generating(monkeypatch):
+    monkeypatch.setattr(humaneval, "isolation_report", lambda isolation, allow: {"isolation": "unavailable"})
+    monkeypatch.setattr(humaneval, "generate", lambda *a, **k: pytest.fail("generated despite no sandbox"))
+    with pytest.raises(RuntimeError, match="allow_unsafe_guard"):
+        humaneval.evaluate_humaneval(None, None, limit=1)
+
+
+def test_the_probe_sees_no_host_in_namespace_modes():
+    for mode in [m for m in MODES if m != "guard"]:
+        report = sandbox.isolation_report(mode)
+        assert report["isolation"] == "namespaces" and report["probe"] == "passed", report
 
 
 @pytest.mark.slow
@@ -133,7 +198,7 @@ def test_pass_at_k_is_computed_per_problem_over_its_samples():
 @pytest.mark.parametrize("mode", MODES)
 def test_hostile_programs_fail_safely(mode, victim, listener):
     port, accepted = listener
-    limits = SandboxLimits(isolation=mode, **LIMITS)
+    limits = _limits(mode, **LIMITS)
     programs = {
         "infinite loop": "while True:\n    pass\n",
         "sleep forever": "import time\ntime.sleep(1000)\n",
@@ -148,6 +213,8 @@ def test_hostile_programs_fail_safely(mode, victim, listener):
         "os._exit(0) early": "import os\nos._exit(0)\n",
         "huge file": "open('big', 'w').write('x' * (8 << 20))\n",
     }
+    if mode == "guard":  # guard mode does not protect the host: only the resource limits are checked there
+        programs = {k: v for k, v in programs.items() if "outside" not in k and k != "network"}
     for name, program in programs.items():
         start = time.monotonic()
         res = run_program(program, limits)
@@ -164,7 +231,7 @@ def test_hostile_programs_fail_safely(mode, victim, listener):
 
 @pytest.mark.parametrize("mode", [m for m in MODES if m != "guard"])
 def test_namespaced_programs_cannot_undo_isolation_and_leave_no_process_behind(mode, victim):
-    limits = SandboxLimits(isolation=mode, **LIMITS)
+    limits = _limits(mode, **LIMITS)
     undo_readonly = (  # clear MOUNT_ATTR_RDONLY on every mount, then write
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "class A(ctypes.Structure):\n    _fields_ = [(n, ctypes.c_uint64) for n in 'abcd']\n"
@@ -176,8 +243,9 @@ def test_namespaced_programs_cannot_undo_isolation_and_leave_no_process_behind(m
     assert res.passed  # the program itself ended normally ...
     time.sleep(0.2)
     assert _sandbox_processes() == []  # ... and its daemonized child died with the namespace
-    sees = run_program("import os\nassert len([p for p in os.listdir('/proc') if p.isdigit()]) <= 3\n", limits)
-    assert sees.passed  # a fresh /proc: only the sandbox's own processes are visible
+    sees = run_program("import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == [os.readlink('/proc/self')]\n",
+                       limits)
+    assert sees.passed  # a fresh /proc: only the program's own processes are visible
     assert victim.read_text() == "keep me"
 
 

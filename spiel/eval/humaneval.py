@@ -6,9 +6,11 @@
   tokens, from one seeded generator (seed 42); reproducible for a given seed, batch size and device, but
   not the reference's exact draws (it sampled 20 sequential passes at batch size 1).
 - Stops: "\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint"; the completion is cut at the first one.
-- Execution: prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})" in the sandbox
-  (`spiel.eval.sandbox`: its own interpreter, namespaces, read-only filesystem, rlimits), 3.0 s wall clock
-  per program; a program passes only if it runs to the end.
+- Execution: the reference runs prompt + completion + test + f"check({entry_point})" as one program. Here
+  prompt + completion run in one sandboxed process and prompt + test in another (`spiel.eval.sandbox`),
+  where `check` gets a proxy for the entry point that passes arguments and plain-literal results over a
+  pipe; the verdict is the checker's, which the generated code cannot reach. 3.0 s wall clock per problem
+  sample (loading and every call). `predictions.jsonl` gets only the verdict and a fixed failure category.
 - Metric: the unbiased pass@k estimator averaged over problems, for every k in `pass_at_k` <= n_samples.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from spiel.eval.generate import generate
 from spiel.eval.metrics import mean_pass_at_k
-from spiel.eval.sandbox import SandboxLimits, isolation_report, run_programs
+from spiel.eval.sandbox import SandboxLimits, isolation_report, run_checks
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
@@ -40,8 +42,25 @@ def load_problems(data_file=None) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def check_program(problem: dict, completion: str) -> str:
-    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+def check_case(problem: dict, completion: str) -> tuple[str, str, str]:
+    """(untrusted program, trusted checker, entry point) for one completion."""
+    return problem["prompt"] + completion, problem["prompt"] + "\n" + problem["test"], problem["entry_point"]
+
+
+def require_isolation(limits: SandboxLimits) -> dict:
+    """The sandbox's isolation report, or a clear refusal before any expensive work."""
+    report = isolation_report(limits.isolation, limits.allow_unsafe_guard)
+    if report.get("isolation") == "namespaces" and report.get("probe") == "passed":
+        return report
+    if report.get("isolation") == "guard" and limits.allow_unsafe_guard and report.get("runs") == "passed":
+        return report
+    if limits.isolation in ("auto", "guard") and not limits.allow_unsafe_guard:
+        raise RuntimeError(
+            f"humaneval: this machine gives generated code no OS isolation (sandbox.isolation="
+            f"{limits.isolation}: Linux user/mount/PID/network namespaces unavailable; {report}). Only a Python-level "
+            "guard is left, which does NOT protect this machine from the code it runs. To run anyway, set "
+            "bench.sandbox.allow_unsafe_guard=true (metrics.json then records isolation: guard).")
+    raise RuntimeError(f"humaneval: the code sandbox does not work on this machine ({report}); not running HumanEval")
 
 
 def score_completions(problems: list[dict], completions: list[list[str]], limits: SandboxLimits | None = None,
@@ -49,11 +68,8 @@ def score_completions(problems: list[dict], completions: list[list[str]], limits
     """Execute every completion; returns {"metrics", "predictions"} (one row per completion)."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(completions)} completion lists for {len(problems)} problems")
-    programs = []
-    for p, comps in zip(problems, completions, strict=True):
-        for c in comps:
-            programs.append(check_program(p, c))
-    results = run_programs(programs, limits or SandboxLimits(), n_workers=n_workers, progress=progress)
+    cases = [check_case(p, c) for p, comps in zip(problems, completions, strict=True) for c in comps]
+    results = run_checks(cases, limits or SandboxLimits(), n_workers=n_workers, progress=progress)
     rows, counts = [], []
     at = 0
     for p, comps in zip(problems, completions, strict=True):
@@ -67,7 +83,7 @@ def score_completions(problems: list[dict], completions: list[list[str]], limits
         counts.append((len(comps), passed))
     metrics = mean_pass_at_k(counts, ks)
     metrics["num_problems"] = len(problems)
-    metrics["num_samples"] = len(programs)
+    metrics["num_samples"] = len(cases)
     return {"metrics": metrics, "predictions": rows}
 
 
@@ -77,9 +93,8 @@ def evaluate_humaneval(model, tokenizer, data_file=None, n_samples: int = 20, te
                        n_workers: int | None = None, limit: int | None = None, progress: bool = False) -> dict:
     problems = load_problems(data_file)
     problems = problems[:limit] if limit else problems
-    report = isolation_report()
-    if report.get("probe") != "passed":
-        raise RuntimeError(f"the code sandbox does not work on this machine ({report}); not running HumanEval")
+    limits = limits or SandboxLimits()
+    report = require_isolation(limits)
     prompts = [p["prompt"] for p in problems for _ in range(n_samples)]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        stop=list(stop), do_sample=True, temperature=temperature, top_p=top_p, seed=seed,
