@@ -62,7 +62,8 @@ def load_model(cfg: DictConfig) -> LoadedModel:
         log.info("loading the model: ckpt=%s model=%s dtype=%s quant=%s", ckpts, cfg.model.name_or_path,
                  cfg.model.dtype, cfg.quant.name)
         _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
-                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"))
+                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"),
+                                    allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)))
     return _CACHE[key]
 
 
@@ -103,9 +104,9 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 
 def _user_errors() -> tuple:
-    from spiel.model import CheckpointMismatchError
+    from spiel.model import CheckpointMismatchError, InvalidCheckpointError
 
-    return (MissingDataError, CheckpointError, CheckpointMismatchError, FileNotFoundError)
+    return (MissingDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
