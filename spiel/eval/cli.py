@@ -20,9 +20,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.eval.data import MissingDataError
+from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
-from spiel.eval.runner import run_bench, write_run
+from spiel.eval.runner import check_bench_data, run_bench, write_run
 
 log = logging.getLogger("spiel.eval")
 
@@ -77,6 +77,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
         output_dir = HydraConfig.get().runtime.output_dir
     bench = OmegaConf.to_container(cfg.bench, resolve=True)
     name = bench["name"]
+    check_bench_data(name, bench, cfg.eval.data_dir, seed=cfg.seed, limit=cfg.eval.limit)  # before the model loads
     loaded = load_model(cfg)
     label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"))
     log.info("evaluating %s on %s (%s)", label, name, loaded.info)
@@ -106,7 +107,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 def _user_errors() -> tuple:
     from spiel.model import CheckpointMismatchError, InvalidCheckpointError
 
-    return (MissingDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, FileNotFoundError)
+    return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
