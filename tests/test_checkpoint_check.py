@@ -108,6 +108,18 @@ def float_indices(t):
     t[f"{MODULE}.indices"] = t[f"{MODULE}.indices"].float()
 
 
+def extra_tensor(t):
+    t[f"{MODULE}.scales"] = torch.ones(3)
+
+
+def integer_values(t):
+    t[f"{MODULE}.values"] = t[f"{MODULE}.values"].round().int()
+
+
+def float_grown_at(t):
+    t[f"{MODULE}.grown_at"] = t[f"{MODULE}.grown_at"].float()
+
+
 def drop_fingerprints(path):
     config = config_of(path)
     for entry in config["modules"].values():
@@ -176,6 +188,9 @@ CASES = [
     ("negative", tensors(negative_index), r"indices' out of range: \[-1"),
     ("float-indices", tensors(float_indices), r"indices' must hold integers"),
     ("missing-key", tensors(drop_values), rf"missing tensor '{MODULE}.values'"),
+    ("extra-tensor", tensors(extra_tensor), rf"unexpected tensor '{MODULE}.scales'"),
+    ("integer-values", tensors(integer_values), r"values' must be floating point"),
+    ("float-grown-at", tensors(float_grown_at), r"grown_at' must hold integers"),
     ("no-fingerprints", drop_fingerprints, r"no base-weight fingerprint for \d+ of \d+ module.*pass allow_unverified_base=True"),
     ("truncated", truncate, r"damaged \(truncated or altered\)"),
     ("truncated-no-hash", without_hash(truncate), r"not a readable safetensors file"),
@@ -187,6 +202,9 @@ CASES = [
     ("bad-spiel-config", edit_config(lambda c: c["spiel_config"].update(method="rigl")), r"spiel_config: .*method"),
     ("bad-k", edit_config(lambda c: c["modules"][MODULE].update(k="12")), r"\.k must be an integer"),
     ("bad-shape", edit_config(lambda c: c["modules"][MODULE].update(shape=[64])), r"\.shape must be"),
+    ("newer-format", edit_config(lambda c: c.update(format_version=99)), r"checkpoint format 99; .*upgrade spiel"),
+    ("no-modules", edit_config(lambda c: c.update(modules={})), r"'modules' must be a non-empty object"),
+    ("bad-hash", edit_config(lambda c: c.update(delta_sha256=12)), r"delta_sha256 must be a 64-character"),
     ("nan-fingerprint", edit_config(lambda c: c["modules"][MODULE]["fingerprint"].__setitem__(0, float("nan"))),
      r"fingerprint must be 32 finite numbers"),
 ]

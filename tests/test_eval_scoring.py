@@ -111,7 +111,7 @@ def test_bbh_scores_known_answers(monkeypatch):
 
 TYDIQA_OUTPUTS = {
     "What is the capital of Finland?": "Helsinki",  # EM 100, F1 100
-    "Where does Helsinki lie?": "the coast of Finland",  # best gold: F1 2/3 against either, EM 0
+    "Where does Helsinki lie?": "Gulf of Finland",  # the 2nd gold exactly (the 1st: F1 2/3): 100, 100
     "What is the fox named?": "Max",  # 0, 0
     "Mikä on Suomen pääkaupunki?": "Helsinki.",  # punctuation dropped: 100, 100
     "Mikä on Suomen vanhin kaupunki?": "Turku on",  # P 1/2, R 1: F1 2/3, EM 0
@@ -126,11 +126,11 @@ def test_tydiqa_scores_known_answers(monkeypatch):
 
     monkeypatch.setattr(tydiqa, "generate", scripted(output))
     m = tydiqa.evaluate_tydiqa(None, None, FIX, max_context_length=None)["metrics"]
-    assert m["english"] == pytest.approx({"exact_match": 100 / 3, "f1": (100 + 200 / 3) / 3})
+    assert m["english"] == pytest.approx({"exact_match": 200 / 3, "f1": 200 / 3})
     assert m["finnish"] == pytest.approx({"exact_match": 50.0, "f1": (100 + 200 / 3) / 2})
     assert m["swahili"] == pytest.approx({"exact_match": 100.0, "f1": 100.0})
-    assert m["average"] == pytest.approx({"exact_match": (100 / 3 + 50 + 100) / 3,
-                                          "f1": ((100 + 200 / 3) / 3 + (100 + 200 / 3) / 2 + 100) / 3})
+    assert m["average"] == pytest.approx({"exact_match": (200 / 3 + 50 + 100) / 3,
+                                          "f1": (200 / 3 + (100 + 200 / 3) / 2 + 100) / 3})
     assert m["num_examples"] == 6
 
 
