@@ -323,3 +323,12 @@ def test_spiel_eval_exits_2_with_one_message_and_no_traceback(good, tmp_path, ca
                               f"hydra.run.dir={tmp_path / 'run2'}"],
                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_load_delta_tensors_refuses_values_that_would_broadcast():
+    """The public `load_delta_tensors` (given tensors by an API user, not read from disk) checks too."""
+    model = get_spiel_model(tiny_model(), SpielConfig(rank_equiv=1))
+    tensors = {n: {"indices": layer.indices.clone(), "values": torch.zeros(1), "grown_at": layer.grown_at.clone()}
+               for n, layer in model.deltas.items()}
+    with pytest.raises(CheckpointMismatchError, match=r"values \[1\], expected \[\d+\]"):
+        model.load_delta_tensors(tensors, "given tensors")
