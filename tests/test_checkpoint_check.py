@@ -332,3 +332,19 @@ def test_load_delta_tensors_refuses_values_that_would_broadcast():
                for n, layer in model.deltas.items()}
     with pytest.raises(CheckpointMismatchError, match=r"values \[1\], expected \[\d+\]"):
         model.load_delta_tensors(tensors, "given tensors")
+
+
+def test_spiel_eval_checks_every_checkpoint_before_loading_the_base(good, tmp_path, monkeypatch):
+    import spiel.eval.loader as loader
+
+    def no_base(*args, **kwargs):
+        pytest.fail("the base model was loaded before the checkpoints were checked")
+
+    monkeypatch.setattr(loader, "load_base_model", no_base)
+    bad = corrupted(good, tmp_path, tensors(set_value(f"{MODULE}.values", 5, float("nan"))))
+    for ckpt in ([str(bad)], [str(good), str(bad)]):
+        with pytest.raises(InvalidCheckpointError, match="non-finite"):
+            loader.load_for_eval(ckpt, device="cpu")
+    unverified = corrupted(good, tmp_path / "u", drop_fingerprints)
+    with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_base=true$"):
+        loader.load_for_eval([str(unverified)], device="cpu")
