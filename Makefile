@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: setup test test-fast bench lint demo
+.PHONY: setup test test-fast bench lint demo mutants
 
 # One command on a fresh machine: the CPU torch wheel first (a plain `torch` requirement would pull a
 # multi-GB CUDA build), then spiel in editable mode with its test tools.
@@ -22,6 +22,10 @@ bench:
 
 lint:
 	$(PYTHON) -m ruff check spiel tests scripts
+
+# Do the tests catch plausible one-line bugs? (scripts/mutants.py: curated mutants, >= 95% must be caught)
+mutants:
+	$(PYTHON) scripts/mutants.py
 
 demo:
 	spiel-train

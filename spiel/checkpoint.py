@@ -8,12 +8,14 @@ and renamed; the config goes last, so a directory without it is never taken for 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from .delta.layer import SparseDeltaLinear
 from .delta.weights import dense_weight, weight_shape
 
 FORMAT_VERSION = 1
@@ -75,43 +77,30 @@ def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], 
         tokenizer.save_pretrained(directory)
     blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"format": "spiel"})
     _atomic_write_bytes(directory / DELTA_NAME, blob)
+    config = dict(config, delta_sha256=hashlib.sha256(blob).hexdigest())  # readers refuse a damaged delta
     _atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
     return directory
 
 
 def read_spiel_config(directory) -> dict:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        hint = ""
-        if (Path(directory) / "adapter_config.json").is_file():
-            hint = " (it looks like a peft adapter)"
-        elif (Path(directory) / "config.json").is_file():
-            hint = " (it looks like a full transformers model)"
-        raise FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {CONFIG_NAME}{hint}")
-    config = json.loads(path.read_text())
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{directory} has checkpoint format {config['format_version']}; this spiel reads "
-                         f"up to {FORMAT_VERSION}: upgrade spiel")
-    return config
+    """``spiel_config.json``, checked for shape (see ``checkpoint_check``)."""
+    from .checkpoint_check import parse_config
+
+    return parse_config(directory)
 
 
 def read_delta_tensors(directory) -> dict[str, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
+    """The delta tensors by module, after every check of ``checkpoint_check.read_checkpoint``."""
+    from .checkpoint_check import read_checkpoint
 
-    path = Path(directory) / DELTA_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {DELTA_NAME}")
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(path)).items():
-        name, _, field = key.rpartition(".")
-        modules.setdefault(name, {})[field] = tensor
-    return modules
+    return read_checkpoint(directory)[1]
 
 
 def check_against_base(directory, saved: dict, base_model) -> None:
     """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
     (module names, shapes, and the base weights themselves by a sampled fingerprint)."""
-    linears = {n: m for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = {n: m for n, m in base_model.named_modules()
+               if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))}  # a wrapped model too (resume)
     base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
     problems = []
     modules = saved["modules"]

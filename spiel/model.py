@@ -24,11 +24,11 @@ from .checkpoint import (
     CheckpointMismatchError,
     base_identity,
     check_against_base,
-    read_delta_tensors,
     read_spiel_config,
     weight_fingerprint,
     write_checkpoint,
 )
+from .checkpoint_check import InvalidCheckpointError, read_checkpoint
 from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
@@ -37,7 +37,7 @@ from .selection import Selector
 from .spiel_config import SpielConfig
 from .targets import allocate, find_targets, total_budget
 
-__all__ = ["CheckpointMismatchError", "SpielConfig", "SpielModel", "compose", "get_spiel_model", "read_spiel_config"]
+__all__ = ["CheckpointMismatchError", "InvalidCheckpointError", "SpielConfig", "SpielModel", "compose", "get_spiel_model", "read_spiel_config"]
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -178,19 +178,19 @@ class SpielModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False,
-                        revision: str | None = None) -> SpielModel:
-        """Wrap ``base_model`` with the deltas saved in ``directory`` (checked against the base).
+                        revision: str | None = None, allow_unverified_base: bool = False) -> SpielModel:
+        """Wrap ``base_model`` with the deltas saved in ``directory`` (checked, and checked against the
+        base). ``allow_unverified_base``: accept a checkpoint without base-weight fingerprints.
 
         ``directory``: a local checkpoint directory, or a Hub repo id (``revision``: branch, tag or
         commit), fetched through huggingface_hub (its cache and ``HF_HUB_OFFLINE`` apply)."""
         from .hub import resolve_checkpoint
 
         directory = resolve_checkpoint(directory, revision)
-        saved = read_spiel_config(directory)
+        saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
         config = SpielConfig.from_dict(saved["spiel_config"])
         config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
         check_against_base(directory, saved, base_model)  # before base_model is touched
-        tensors = read_delta_tensors(directory)
         model = get_spiel_model(base_model, config)
         model.load_delta_tensors(tensors, str(directory))
         model.requires_grad_(False)
@@ -209,8 +209,9 @@ class SpielModel(nn.Module):
         for name, layer in deltas.items():
             entry = tensors[name]
             check_indices(entry["indices"], layer.out_features * layer.in_features, f"{name}.indices")
-            if entry["indices"].numel() != layer.k:
-                raise CheckpointMismatchError(f"{source}: {name} has {entry['indices'].numel()} entries, expected {layer.k}")
+            if entry["indices"].numel() != layer.k or entry["values"].shape != layer.values.shape:
+                raise CheckpointMismatchError(f"{source}: {name} has indices {list(entry['indices'].shape)} and "
+                                              f"values {list(entry['values'].shape)}, expected [{layer.k}]")
             layer.indices.copy_(entry["indices"])
             layer.values.copy_(entry["values"])
             layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
@@ -258,10 +259,11 @@ def _get(model: nn.Module, name: str):
         return None
 
 
-def compose(ckpt_dirs, base_model: nn.Module) -> nn.Module:
+def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False) -> nn.Module:
     """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
     "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
-    bases come back as a SpielModel holding the union of the positions, unmerged."""
+    bases come back as a SpielModel holding the union of the positions, unmerged. Every checkpoint is
+    checked as by ``from_pretrained`` before any is summed."""
     from .hub import resolve_checkpoint, split_revision
 
     # local directories, or Hub repo ids ("org/name" or "org/name@revision")
@@ -269,13 +271,14 @@ def compose(ckpt_dirs, base_model: nn.Module) -> nn.Module:
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    first = read_spiel_config(ckpt_dirs[0])
-    for directory in ckpt_dirs:
-        saved = read_spiel_config(directory)
+    members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
+    first = members[0][0]
+    for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
             raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
         check_against_base(directory, saved, base_model)
-        for name, entry in read_delta_tensors(directory).items():
+    for _, tensors in members:
+        for name, entry in tensors.items():
             idx, val = entry["indices"].long(), entry["values"].float()
             if name in merged:
                 idx, val = torch.cat([merged[name][0], idx]), torch.cat([merged[name][1], val])

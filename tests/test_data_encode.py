@@ -170,3 +170,11 @@ def test_chat_prompt_tokens_are_what_precedes_the_trained_answer():
 
     assert tok(chat_prompt(CONV))["input_ids"] == enc["input_ids"][:last_answer_start]
     assert enc["labels"][last_answer_start - 1] == IGNORE_INDEX and enc["labels"][last_answer_start] != IGNORE_INDEX
+
+
+def test_an_example_is_trainable_when_any_label_is_not_masked():
+    from spiel.data.encode import has_trainable
+
+    assert has_trainable([IGNORE_INDEX, IGNORE_INDEX, 17, IGNORE_INDEX])
+    assert not has_trainable([IGNORE_INDEX] * 4)
+    assert not has_trainable([])

@@ -1,8 +1,9 @@
 """Support recovery: a student learns a teacher that differs from it by a sparse delta of known support.
 
 With the same budget k and the same steps, SpIEL-AG must end with at most half the loss of a fixed
-random index set and find far more of the true support than chance (the density). SpIEL-MA's figures
-are printed for the record (the paper expects it between the two).
+random index set and find far more of the true support than chance (the density); SpIEL-MA must land
+between the two (the paper's ordering), beating the static set's loss by 5% and finding at least twice
+the chance share of the support.
 """
 
 import pytest
@@ -68,4 +69,7 @@ def test_ag_recovers_the_support_and_beats_a_static_random_set():
           f"MA loss {ma_loss:.4f} recall {ma_recall:.3f}")
     assert ag_loss <= 0.5 * static_loss
     assert ag_recall >= 5 * chance
-    assert ma_loss < static_loss  # MA lands between static and AG
+    # MA lands between static and AG (measured: loss 0.526 vs static 0.584, recall 0.075 = 2.9x chance)
+    assert ma_loss <= 0.95 * static_loss
+    assert ma_recall >= 2 * chance
+    assert ag_loss < ma_loss

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 
-from spiel.eval.data import require
+from spiel.eval.data import BenchDataError, no_items, read_json, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import exact_match
 
@@ -38,6 +37,19 @@ def task_names(data_dir) -> list[str]:
     return names
 
 
+def read_examples(path: Path) -> list[dict]:
+    """A task file's examples, each with an "input" and a "target" string."""
+    data = read_json(path, "bbh")
+    examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(examples, list) or not examples:
+        raise BenchDataError(f"{path}: expected an object with a non-empty 'examples' list")
+    for i, ex in enumerate(examples):
+        for key in ("input", "target"):
+            if not isinstance(ex, dict) or not isinstance(ex.get(key), str):
+                raise BenchDataError(f"{path}: examples[{i}] has no {key!r} string")
+    return examples
+
+
 def load_tasks(data_dir, max_num_examples_per_task: int | None = 40, seed: int = 42,
                tasks: list[str] | None = None) -> dict[str, list[dict]]:
     """{task: examples} in sorted task order; the per-task draws share one RNG stream over ALL tasks, so a
@@ -46,20 +58,25 @@ def load_tasks(data_dir, max_num_examples_per_task: int | None = 40, seed: int =
     out = {}
     for name in task_names(data_dir):
         path = Path(data_dir) / "bbh" / "bbh" / f"{name}.json"
-        examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
+        examples = read_examples(path)
         if max_num_examples_per_task and len(examples) > max_num_examples_per_task:
             examples = rng.sample(examples, max_num_examples_per_task)
         if tasks is None or name in tasks:
             out[name] = examples
     if tasks is not None and set(tasks) - set(out):
         raise ValueError(f"bbh: unknown task(s) {sorted(set(tasks) - set(out))}")
+    if not out:
+        raise no_items("bbh", f"the task selection {tasks}")
     return out
 
 
 def load_cot_prompt(data_dir, task: str) -> str:
     path = require(Path(data_dir) / "bbh" / "cot-prompts" / f"{task}.txt", "bbh", data_dir)
     with open(path, encoding="utf-8") as f:
-        return "".join(f.readlines()[2:])
+        prompt = "".join(f.readlines()[2:])
+    if not prompt.strip():
+        raise BenchDataError(f"{path}: no prompt after the first two lines (canary, '-----')")
+    return prompt
 
 
 def build_prompt(task_prompt: str, question: str) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.eval.data import MissingDataError
+from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
-from spiel.eval.runner import check_bench, run_bench, write_run
+from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_run
 
 log = logging.getLogger("spiel.eval")
 
@@ -62,7 +62,8 @@ def load_model(cfg: DictConfig) -> LoadedModel:
         log.info("loading the model: ckpt=%s model=%s dtype=%s quant=%s", ckpts, cfg.model.name_or_path,
                  cfg.model.dtype, cfg.quant.name)
         _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
-                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"))
+                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"),
+                                    allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)))
     return _CACHE[key]
 
 
@@ -77,6 +78,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
     bench = OmegaConf.to_container(cfg.bench, resolve=True)
     name = bench["name"]
     check_bench(name, bench)  # before the model loads
+    check_bench_data(name, bench, cfg.eval.data_dir, seed=cfg.seed, limit=cfg.eval.limit)
     loaded = load_model(cfg)
     label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"))
     log.info("evaluating %s on %s (%s)", label, name, loaded.info)
@@ -105,9 +107,10 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 def _user_errors() -> tuple:
     from spiel.eval.lm_eval_backend import LmEvalError
-    from spiel.model import CheckpointMismatchError
+    from spiel.model import CheckpointMismatchError, InvalidCheckpointError
 
-    return (MissingDataError, CheckpointError, CheckpointMismatchError, FileNotFoundError, LmEvalError)
+    return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,
+            FileNotFoundError, LmEvalError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

@@ -26,6 +26,14 @@ class MissingDataError(FileNotFoundError):
     """A benchmark's data is not on disk; the message says where it was looked for and how to get it."""
 
 
+class BenchDataError(ValueError):
+    """A benchmark file is malformed or yields nothing to score; the message names the file (and line)."""
+
+
+def no_items(bench: str, where) -> BenchDataError:
+    return BenchDataError(f"{bench}: {where} holds no items to score")
+
+
 def require(path: Path, bench: str, data_dir: Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -37,16 +45,34 @@ def require(path: Path, bench: str, data_dir: Path) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def numbered_jsonl(path: Path) -> list[tuple[int, object]]:
+    """(line number, record) for every non-blank line; bad JSON or text names its line."""
     rows = []
     with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+        lineno = 0
+        try:
+            for lineno, line in enumerate(f, 1):  # noqa: B007 (read in the except clause)
+                if line.strip():
+                    rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise BenchDataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise BenchDataError(f"{path}:{lineno + 1}: not UTF-8 text ({e})") from None
     return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [row for _, row in numbered_jsonl(path)]
+
+
+def read_json(path: Path, bench: str):
+    """A whole-file JSON document; a syntax error names its line and column."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BenchDataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise BenchDataError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def write_jsonl(path: Path, rows) -> None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from spiel.data.template import chat_prompt
+from spiel.eval.data import BenchDataError
 from spiel.eval.generate import generate
 
 DEMO_HELDOUT = Path(__file__).resolve().parents[2] / "assets" / "demo" / "heldout.jsonl"
@@ -28,13 +29,19 @@ def load_demo(path: str | Path = DEMO_HELDOUT, limit: int | None = None) -> list
             try:
                 rec = json.loads(line)
                 msgs = rec["messages"]
+                if not isinstance(msgs, list) or not all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in msgs):
+                    raise ValueError("'messages' must be a list of {'role', 'content'} strings")
                 if not msgs or msgs[-1]["role"] != "assistant":
                     raise ValueError("last message is not from the assistant")
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: bad demo record ({e})") from e
+                raise BenchDataError(f"{path}:{lineno}: bad demo record ({e})") from None
             records.append(rec)
             if limit is not None and len(records) >= limit:
                 break
+    if not records:
+        raise BenchDataError(f"{path}: file is empty (no demo records)")
     return records
 
 

@@ -18,7 +18,7 @@ import random
 import re
 from pathlib import Path
 
-from spiel.eval.data import read_jsonl, require
+from spiel.eval.data import BenchDataError, numbered_jsonl, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import exact_match
 
@@ -82,6 +82,7 @@ EXEMPLARS = [
 
 _THOUSANDS = re.compile(r"(\d),(\d)")
 _NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+_GOLD = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")  # a gold answer must be a number
 
 
 def gold_answer(answer_field: str) -> str:
@@ -90,7 +91,19 @@ def gold_answer(answer_field: str) -> str:
 
 def load_gsm(data_dir, max_num_examples: int | None = 200, seed: int = 42) -> list[dict]:
     path = require(Path(data_dir) / "gsm" / "test.jsonl", "gsm", data_dir)
-    rows = [{"question": r["question"], "answer": gold_answer(r["answer"])} for r in read_jsonl(path)]
+    rows = []
+    for lineno, r in numbered_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not r["question"].strip():
+            raise BenchDataError(f"{where}: no 'question' text")
+        if not isinstance(r.get("answer"), str) or "####" not in r["answer"]:
+            raise BenchDataError(f"{where}: 'answer' must be text ending in '#### <number>'")
+        gold = gold_answer(r["answer"])
+        if not _GOLD.fullmatch(gold):
+            raise BenchDataError(f"{where}: the answer after '####' is {gold!r}, not a number")
+        rows.append({"question": r["question"], "answer": gold})
+    if not rows:
+        raise BenchDataError(f"{path}: file is empty (no problems to score)")
     if max_num_examples and len(rows) > max_num_examples:
         rows = random.Random(seed).sample(rows, max_num_examples)
     return rows

@@ -21,11 +21,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spiel.checkpoint_check import read_checkpoint
 from spiel.loading import load_base_model, load_tokenizer, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+UNVERIFIED_BASE_OVERRIDE = "eval.allow_unverified_base=true"
 
 
 class CheckpointError(ValueError):
@@ -128,13 +130,17 @@ def _fit_embeddings(model, tokenizer) -> None:
 
 
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
-                  device=None, revision: str | None = None) -> LoadedModel:
-    """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`."""
+                  device=None, revision: str | None = None, allow_unverified_base: bool = False) -> LoadedModel:
+    """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`.
+    `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints."""
     given = normalize_ckpts(ckpt)
     ckpts = resolve_ckpts(given)
     device = resolve_device(device)
     quant = "none" if quant in (None, False) else str(quant)
     kinds = [checkpoint_kind(c) for c in ckpts]
+    for c, k in zip(ckpts, kinds, strict=True):
+        if k == "spiel":  # every check of the checkpoint files, before the base model loads
+            read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE)
     info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
             "dtype": str(resolve_dtype(dtype, device))}
     if len(ckpts) > 1 and any(k != "spiel" for k in kinds):
@@ -178,12 +184,12 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     elif kind == "spiel":
         from spiel.model import SpielModel
 
-        wrapped = SpielModel.from_pretrained(base, ckpts[0])
+        wrapped = SpielModel.from_pretrained(base, ckpts[0], allow_unverified_base=allow_unverified_base)
         model = wrapped.merge_and_unload() if quant == "none" else wrapped
     elif kind == "composed":
         from spiel.model import compose
 
-        model = compose(ckpts, base)
+        model = compose(ckpts, base, allow_unverified_base=allow_unverified_base)
     else:  # peft
         model = _load_peft(base, ckpts[0], merge=quant == "none")
     info["merged"] = quant == "none"

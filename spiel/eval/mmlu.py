@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spiel.eval.data import require
+from spiel.eval.data import BenchDataError, require
 from spiel.eval.mmlu_categories import CATEGORIES, SUBCATEGORIES
 
 CHOICES = ["A", "B", "C", "D"]
@@ -57,15 +57,39 @@ def build_prompt(tokenizer, dev_rows, subject: str, row, ntrain: int = 5, max_pr
     return prompt
 
 
+def check_rows(path: Path) -> None:
+    """Every row of an MMLU CSV is [question, A, B, C, D, answer] with the answer one of A-D (checked on
+    the file's text, so an error names its line whichever reader then parses it)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        count = 0
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                count += 1
+                where = f"{path}:{reader.line_num}"
+                if len(row) != len(CHOICES) + 2:
+                    raise BenchDataError(f"{where}: expected {len(CHOICES) + 2} columns (question, A, B, C, D, "
+                                         f"answer), got {len(row)}")
+                if row[-1].strip() not in CHOICES:
+                    raise BenchDataError(f"{where}: the answer {row[-1]!r} is not one of {', '.join(CHOICES)}")
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise BenchDataError(f"{path}:{reader.line_num}: not readable CSV ({e})") from None
+    if not count:
+        raise BenchDataError(f"{path}: file is empty")
+
+
 def read_rows(path: Path, reader: str = "pandas") -> list[list]:
+    if reader not in ("pandas", "csv"):
+        raise ValueError(f"mmlu reader must be 'pandas' or 'csv', got {reader!r}")
+    check_rows(path)
     if reader == "pandas":
         import pandas as pd
 
         return pd.read_csv(path, header=None).values.tolist()
-    if reader == "csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return [row for row in csv.reader(f) if row]
-    raise ValueError(f"mmlu reader must be 'pandas' or 'csv', got {reader!r}")
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for row in csv.reader(f) if row]
 
 
 def subjects(data_dir: Path, split: str = "test") -> list[str]:
@@ -123,19 +147,27 @@ def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int],
     return out
 
 
+def load_mmlu(data_dir, ntrain: int = 5, split: str = "test", reader: str = "pandas", limit: int | None = None,
+              subject_list: list[str] | None = None) -> tuple[dict[str, list], list[tuple]]:
+    """({subject: its first `ntrain` dev rows}, [(subject, index, test row)]), every file checked."""
+    data_dir = Path(data_dir)
+    names = subject_list or subjects(data_dir, split)
+    dev, items = {}, []
+    for subject in names:
+        dev[subject] = read_rows(require(data_dir / "mmlu" / "dev" / f"{subject}_dev.csv", "mmlu", data_dir),
+                                 reader)[:ntrain]
+        rows = read_rows(require(data_dir / "mmlu" / split / f"{subject}_{split}.csv", "mmlu", data_dir), reader)
+        items += [(subject, i, row) for i, row in enumerate(rows[:limit] if limit else rows)]
+    return dev, items  # not empty: every file was checked to hold a row
+
+
 def evaluate_mmlu(model, tokenizer, data_dir, ntrain: int = 5, split: str = "test", max_prompt_tokens: int = 2048,
                   reader: str = "pandas", batch_size: int = 4, limit: int | None = None,
                   subject_list: list[str] | None = None, progress: bool = False) -> dict:
     """Returns {"metrics": {...}, "predictions": [...]} (one prediction row per question)."""
-    data_dir = Path(data_dir)
-    names = subject_list or subjects(data_dir, split)
-    items, prompts = [], []
-    for subject in names:
-        dev = read_rows(require(data_dir / "mmlu" / "dev" / f"{subject}_dev.csv", "mmlu", data_dir), reader)[:ntrain]
-        rows = read_rows(require(data_dir / "mmlu" / split / f"{subject}_{split}.csv", "mmlu", data_dir), reader)
-        for i, row in enumerate(rows[:limit] if limit else rows):
-            prompts.append(build_prompt(tokenizer, dev, subject, row, ntrain, max_prompt_tokens))
-            items.append((subject, i, row))
+    dev, items = load_mmlu(data_dir, ntrain, split, reader, limit, subject_list)
+    prompts = [build_prompt(tokenizer, dev[subject], subject, row, ntrain, max_prompt_tokens)
+               for subject, _, row in items]
     probs = next_token_probs(model, tokenizer, prompts, candidate_ids(tokenizer), batch_size, progress)
     predictions, per_subject = [], {}
     for (subject, i, row), p in zip(items, probs, strict=True):

@@ -40,6 +40,33 @@ def headline(bench: str, metrics: dict) -> float | None:
     return float(value) * factor
 
 
+def check_bench_data(name: str, bench: dict, data_dir, seed: int = 42, limit: int | None = None) -> None:
+    """Read and check the data `run_bench` will score, so a bad or empty file fails (BenchDataError naming
+    the file and line, or MissingDataError) before any model loads. HumanEval's problems come from its
+    package and are checked by its own loader."""
+    if name == "mmlu":
+        from spiel.eval.mmlu import load_mmlu
+
+        load_mmlu(data_dir, bench["ntrain"], bench["split"], bench["reader"], limit, bench.get("subjects"))
+    elif name == "gsm":
+        from spiel.eval.gsm import load_gsm
+
+        load_gsm(data_dir, bench["max_num_examples"], seed)
+    elif name == "bbh":
+        from spiel.eval.bbh import load_cot_prompt, load_tasks
+
+        for task in load_tasks(data_dir, bench["max_num_examples_per_task"], seed, bench.get("tasks")):
+            load_cot_prompt(data_dir, task)
+    elif name == "tydiqa":
+        from spiel.eval.tydiqa import load_tydiqa
+
+        load_tydiqa(data_dir, bench["n_shot"], bench["max_num_examples_per_lang"], seed)
+    elif name == "demo":
+        from spiel.eval.demo import DEMO_HELDOUT, load_demo
+
+        load_demo(bench.get("path") or DEMO_HELDOUT, limit)
+
+
 def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: int, seed: int = 42,
               limit: int | None = None, progress: bool = False) -> dict:
     """Run benchmark `name` with the settings of its config group entry; {"metrics", "predictions"}."""

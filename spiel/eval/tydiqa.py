@@ -19,13 +19,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 
-from spiel.eval.data import require
+from spiel.eval.data import BenchDataError, no_items, read_json, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import squad_scores
 
@@ -51,20 +50,45 @@ TEMPLATES = {
 
 
 def read_goldp(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    """The questions of a SQuAD-style GoldP file, each checked: an id "<language>-...", a context, a
+    question and at least one answer text; an error names the item's place in the file."""
+    data = read_json(path, "tydiqa")
+
+    def items(parent, key: str, where: str) -> list:
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(value, list):
+            raise BenchDataError(f"{path}: {where} has no {key!r} list")
+        return value
+
     out = []
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
+    for a, article in enumerate(items(data, "data", "the file")):
+        for p, paragraph in enumerate(items(article, "paragraphs", f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph.get("context"), str):
+                raise BenchDataError(f"{path}: {where} has no 'context' string")
+            for q, qa in enumerate(items(paragraph, "qas", where)):
+                at = f"{where}.qas[{q}]"
+                if not isinstance(qa, dict) or not isinstance(qa.get("id"), str) or "-" not in qa["id"]:
+                    raise BenchDataError(f"{path}: {at} has no id of the form '<language>-...'")
+                if not isinstance(qa.get("question"), str):
+                    raise BenchDataError(f"{path}: {at} ({qa['id']}) has no 'question' string")
+                answers = qa.get("answers")
+                if not (isinstance(answers, list) and answers
+                        and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers)):
+                    raise BenchDataError(f"{path}: {at} ({qa['id']}) needs a non-empty 'answers' list of "
+                                         "{\"text\": ...}")
                 out.append({"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
-                            "question": qa["question"], "answers": qa["answers"]})
+                            "question": qa["question"], "answers": answers})
     return out
 
 
 def load_tydiqa(data_dir, n_shot: int = 1, max_num_examples_per_lang: int | None = 100, seed: int = 42):
     """(test examples in language order, {language: shot examples}, languages)."""
     base = Path(data_dir) / "tydiqa"
-    dev = read_goldp(require(base / "tydiqa-goldp-v1.1-dev.json", "tydiqa", data_dir))
+    dev_path = require(base / "tydiqa-goldp-v1.1-dev.json", "tydiqa", data_dir)
+    dev = read_goldp(dev_path)
+    if not dev:
+        raise no_items("tydiqa", dev_path)
     present = {ex["lang"] for ex in dev}
     unknown = present - set(LANGUAGES)
     if unknown:

@@ -1,0 +1,141 @@
+"""Selection rules checked step by step against definitions: drop="change" (the paper's Algorithm 1),
+a second SpIEL-AG estimation phase using only its own statistics, and SpIEL-MA's optimizer state for
+grown slots."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from spiel import SpielConfig, get_spiel_model
+from spiel.delta import SparseDeltaLinear
+from spiel.optim import SparseAdamW, SparseSM3
+from spiel.selection import Selector
+from spiel.selection.drop import drop_order
+
+
+def feed_dense_gradient(layer, dense):
+    """One micro-batch whose dL/dW is exactly ``dense`` [out, in]: one-hot inputs, chosen output grads."""
+    x = torch.eye(layer.in_features)
+    layer(x).backward(dense.t().contiguous())
+
+
+def test_drop_change_takes_the_smallest_change_since_the_reference():
+    values = torch.tensor([1.0, 0.5, -0.2, 2.0, -1.0])
+    reference = torch.tensor([0.9, 0.0, -0.2, 0.0, -1.5])
+    # |change| = 0.1, 0.5, 0.0, 2.0, 0.5 -> weakest first: slot 2, slot 0, then slots 1 and 4 (tie: lower first)
+    assert drop_order(values, 4, "change", reference).tolist() == [2, 0, 1, 4]
+    assert drop_order(values, 2, "magnitude").tolist() == [2, 1]
+
+
+def test_drop_change_compares_with_the_values_at_the_last_reselection():
+    """SpIEL-MA with drop="change": at the second reselection the dropped slots are those whose value moved
+    least since the first reselection (not since the start)."""
+    torch.manual_seed(0)
+    layer = SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30)
+    layer.base_layer.requires_grad_(False)
+    opt = SparseSM3([layer.values], {layer.values: layer}, lr=0.05)
+    sel = Selector({"l": layer}, opt, method="ma", total_steps=40, reselection_steps=6, estimation_steps=2,
+                   schedule="cosine", initial_rate=0.5, drop="change")
+    g = torch.Generator().manual_seed(1)
+    after_first = None
+    for t in range(1, 9):
+        if t == 8:  # the second reselection (t = 2 + 6) follows this step
+            before_positions = layer.indices.tolist()
+        feed_dense_gradient(layer, torch.randn(10, 12, generator=g))
+        opt.step()
+        opt.zero_grad()
+        if t == 8:
+            moved = (layer.values.detach() - after_first).abs()
+            n = math.floor(0.5 / 2 * (1 + math.cos(math.pi * 8 / 40)) * 30)
+            weakest = torch.sort(moved, stable=True).indices[:n]
+            expected_dropped = {before_positions[i] for i in weakest.tolist()}
+        sel.step()
+        if t == 2:
+            after_first = layer.values.detach().clone()
+            assert torch.equal(sel.references["l"], after_first)
+    assert expected_dropped and not expected_dropped & set(layer.indices.tolist())  # MA never regrows in the same round
+    kept = set(before_positions) - expected_dropped
+    assert kept <= set(layer.indices.tolist())
+    assert torch.equal(sel.references["l"], layer.values.detach())
+
+
+def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
+    torch.manual_seed(0)
+    out_f, in_f, k, gamma, period = 6, 8, 10, 3, 10
+    layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
+    layer.base_layer.requires_grad_(False)
+    with torch.no_grad():
+        layer.values.copy_(torch.linspace(0.1, 1.0, k))
+    opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
+    sel = Selector({"l": layer}, opt, method="ag", total_steps=100, reselection_steps=period,
+                   estimation_steps=gamma, schedule="cosine", initial_rate=0.5)
+    g = torch.Generator().manual_seed(1)
+    second_phase = []
+    for t in range(1, 14):  # reselections after steps 3 and 13; the second phase is steps 11..13
+        micro = [torch.randn(out_f, in_f, generator=g) for _ in range(2)]  # every step has gradients
+        if t == 11:
+            indices, values = layer.indices.clone(), layer.values.detach().clone()
+        if t >= 11:
+            second_phase.append(micro)
+        for dense in micro:
+            feed_dense_gradient(layer, dense)
+        opt.step()
+        opt.zero_grad()
+        sel.step()
+
+    # From the definitions, with nothing of the first phase or of steps 4..10:
+    candidates = second_phase[0][0].abs().view(-1).topk(k).indices
+    step_grads = torch.stack([sum(step) for step in second_phase]).view(gamma, -1)[:, candidates]
+    mean, mean_sq = step_grads.mean(0), (step_grads**2).mean(0)
+    n = math.floor(0.5 / 2 * (1 + math.cos(math.pi * 13 / 100)) * k)
+    dropped_slots = torch.sort(values.abs(), stable=True).indices[:n]
+    keep = torch.ones(k, dtype=torch.bool)
+    keep[dropped_slots] = False
+    staying = set(indices[keep].tolist())
+    eligible = [i for i in range(k) if int(candidates[i]) not in staying]
+    grown = sorted(eligible, key=lambda i: -abs(float(mean[i])))[:n]
+    got = layer.indices.tolist()
+    assert got == sorted(staying | {int(candidates[i]) for i in grown})
+    state = opt.state[layer.values]
+    dropped = set(indices[dropped_slots].tolist())
+    for i in grown:
+        slot = got.index(int(candidates[i]))
+        if int(candidates[i]) in dropped:
+            continue  # dropped and regrown: keeps its slot state
+        assert layer.grown_at[slot] == 13 and state["age"][slot] == gamma
+        torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
+        torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
+
+
+def test_ma_grown_slots_start_with_zero_momentum_and_keep_the_accumulators():
+    torch.manual_seed(0)
+    model = get_spiel_model(nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 16)),
+                            SpielConfig(method="ma", num_tunable=120, reselection_steps=4, estimation_steps=2))
+    opt = model.make_optimizer(lr=1e-2, momentum=0.9)
+    sel = model.make_selector(opt, total_steps=20)
+    g = torch.Generator().manual_seed(3)
+    grown_checked = 0
+    for _ in range(20):
+        (model(torch.randn(8, 16, generator=g)).pow(2).mean()).backward()
+        opt.step()
+        opt.zero_grad()
+        before = {}
+        for name, layer in model.deltas.items():
+            state = opt.state[layer.values]
+            before[name] = ({p: s for s, p in enumerate(layer.indices.tolist())}, state["momentum_buffer"].clone(),
+                            state["row_acc"].clone(), state["col_acc"].clone())
+        sel.step()
+        for name, layer in model.deltas.items():
+            slot_of, momentum, row_acc, col_acc = before[name]
+            state = opt.state[layer.values]
+            assert torch.equal(state["row_acc"], row_acc) and torch.equal(state["col_acc"], col_acc)
+            for slot, pos in enumerate(layer.indices.tolist()):
+                if pos in slot_of:
+                    assert state["momentum_buffer"][slot] == momentum[slot_of[pos]]
+                else:
+                    assert state["momentum_buffer"][slot] == 0 and layer.grown_at[slot] == sel.t
+                    grown_checked += 1
+    assert grown_checked > 0 and bool(torch.cat([s["momentum_buffer"] for s in opt.state.values()]).ne(0).any())
