@@ -20,7 +20,10 @@ DDP_RUN = ["method=ag", "method.reselection_steps=3", "method.estimation_steps=2
 
 def slurm_env(monkeypatch, **extra):
     for key in launch_env.DIST_KEYS:
-        monkeypatch.delenv(key, raising=False)
+        # set, then delete: monkeypatch then restores the key's absence too, so what set_from_submitit
+        # writes into os.environ cannot leak into later tests (a WORLD_SIZE of 16 for every spiel-train)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     values = {**dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4711", SLURM_NTASKS="16", SLURM_JOB_NUM_NODES="2",
                      SLURM_NODEID="1", SLURM_PROCID="9", SLURM_LOCALID="1", SLURM_JOB_NODELIST="gpu[03-04]"),
               **extra}
