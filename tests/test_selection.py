@@ -92,9 +92,32 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
         if pos in dropped:  # dropped and regrown: keeps its value, not reseeded
             assert layer.grown_at[slot] == 0 and layer.values[slot] != 0
             continue
-        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and state["age"][slot] == gamma
+        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and opt.ages(layer.values)[slot] == gamma
         torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
         torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
+
+
+def test_ag_ages_stay_exact_when_an_optimizer_update_was_skipped():
+    """Derived ages assume update count == selector step; a skipped update (e.g. an overflowing fp16 step)
+    makes the selector keep that layer's ages per slot, so grown slots still start at age γ."""
+    torch.manual_seed(0)
+    gamma = 2
+    layer = SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10)
+    layer.base_layer.requires_grad_(False)
+    opt = SparseAdamW([layer.values], lr=1e-3)
+    sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=gamma)
+    x = torch.randn(4, 8)
+    for step in range(gamma):
+        layer(x).pow(2).sum().backward()
+        if step > 0:  # the first update is skipped
+            opt.step()
+        opt.zero_grad()
+        sel.step()
+    grown = layer.grown_at == gamma
+    assert grown.any()
+    assert opt.linked_head_start(layer.values) is None  # now per slot
+    assert bool((opt.ages(layer.values)[grown] == gamma).all())
+    assert bool((opt.ages(layer.values)[~grown] == 1).all())
 
 
 def test_ma_grows_the_top_outer_product_scores_of_inactive_entries():
@@ -155,12 +178,14 @@ def test_invariants_hold_after_every_reselection(method):
                 if pos in before[name]:  # survived (or dropped and regrown): value and state moved with it
                     old_value, old_slot = before[name][pos]
                     assert float(layer.values[slot]) == old_value
-                    for key in ("exp_avg", "exp_avg_sq", "age", "momentum_buffer"):
+                    for key in ("exp_avg", "exp_avg_sq", "born", "momentum_buffer"):
                         if key in state_before[name]:
                             assert torch.equal(opt.state[layer.values][key][slot], state_before[name][key][old_slot])
                 else:
                     assert float(layer.values[slot]) == 0.0 and int(layer.grown_at[slot]) == sel.t
     assert sel.t == 30
+    if method == "ag":  # Adam ages derived from grown_at: nothing per slot beyond the two moments
+        assert all("born" not in opt.state[layer.values] for layer in model.deltas.values())
 
 
 def test_selector_checks_method_and_optimizer_match():
