@@ -19,6 +19,7 @@ Needs only torch (+ triton on CUDA) and ``spiel.delta``; run from the repo root 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--paths", default=None, help="comma list of paths to time (default: all on the device)")
     p.add_argument("--no-static", action="store_true", help="skip compiling the Triton kernels for sm_80/sm_90")
+    p.add_argument("--sweep", action="store_true",
+                   help="CUDA: time each Triton kernel at several block configurations (4096x4096, 2048 tokens)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="write the table as markdown here (for the README)")
     return p.parse_args(argv)
@@ -145,6 +148,49 @@ def markdown_table(rows, paths, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+SWEEP_CONFIGS = {
+    "gather": [dict(BLOCK_K=32, BLOCK_T=128, num_warps=4), dict(BLOCK_K=64, BLOCK_T=64, num_warps=4),
+               dict(BLOCK_K=16, BLOCK_T=256, num_warps=4), dict(BLOCK_K=64, BLOCK_T=128, num_warps=8)],
+    "tiles": [dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=32, num_warps=8, num_stages=4),
+              dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=64, num_warps=8, num_stages=3),
+              dict(BLOCK_R=128, BLOCK_C=64, BLOCK_T=64, num_warps=4, num_stages=3),
+              dict(BLOCK_R=64, BLOCK_C=64, BLOCK_T=32, num_warps=4, num_stages=3)],
+}
+
+
+def sweep(device, dtype, repeats: int) -> list[dict]:
+    """Median time of each Triton kernel configuration against dense (for choosing ``KERNEL_CONFIGS``)."""
+    from spiel.delta import triton_sddmm
+
+    rows = []
+    saved = dict(triton_sddmm.KERNEL_CONFIGS)
+    try:
+        for rank in (8, 64):
+            out_f = in_f = 4096
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(2048, in_f, generator=gen).to(device=device, dtype=dtype)
+            g = torch.randn(2048, out_f, generator=gen).to(device=device, dtype=dtype)
+            indices = random_subset(out_f * in_f, rank * (out_f + in_f), gen).to(device=device, dtype=torch.int32)
+            call = functools.partial(gather_grad, x, g, indices, out_f, in_f)
+            calls = {"dense": functools.partial(call, "dense")}
+            dense_ms = interleaved_medians(calls, device, repeats)["dense"] * 1e3
+            for kernel, path in (("gather", "triton"), ("tiles", "triton_tiles")):
+                for cfg in SWEEP_CONFIGS[kernel]:
+                    triton_sddmm.KERNEL_CONFIGS[kernel] = cfg
+                    try:
+                        ms = interleaved_medians({path: functools.partial(call, path)}, device, repeats)[path] * 1e3
+                    except Exception as e:  # a configuration the GPU cannot run: say so, keep sweeping
+                        print(f"  rank {rank} {kernel} {cfg}: failed ({type(e).__name__}: {e})", flush=True)
+                        continue
+                    rows.append({"rank": rank, "kernel": kernel, "config": cfg, "ms": ms, "dense_ms": dense_ms})
+                    print(f"  rank {rank:>2} {kernel:<6} {cfg}: {ms:.3f} ms = {ms / dense_ms:.3f}x dense "
+                          f"({dense_ms:.3f} ms)", flush=True)
+                triton_sddmm.KERNEL_CONFIGS[kernel] = saved[kernel]
+    finally:
+        triton_sddmm.KERNEL_CONFIGS.update(saved)
+    return rows
+
+
 def static_figures() -> list[dict]:
     """Registers, spills and shared memory of every Triton kernel, compiled for sm_80 and sm_90 (in a child
     process: the compiler must not run in interpreter mode, and a failure must not end the benchmark)."""
@@ -188,6 +234,12 @@ def main(argv=None):
             for tokens in tokens_list:
                 for r in (int(r) for r in args.ranks.split(",")):
                     cases.append((out_f, in_f, tokens, r * (out_f + in_f)))
+    if args.sweep:
+        print(f"kernel configurations, {dtype}, 4096x4096, 2048 tokens:", flush=True)
+        swept = sweep(device, dtype, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"sweep": swept}, indent=1))
+        return
     rows = []
     for out_f, in_f, tokens, k in cases:
         rows.append(bench_case(out_f, in_f, tokens, k, dtype, device, paths, args.repeats))

@@ -19,14 +19,16 @@ stage() { echo; echo "== $1  (t=$((SECONDS - start))s)"; }
 stage "nvidia-smi"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
 stage "triton kernels vs dense"
-timeout 75 python scripts/check_triton_cuda.py || status=1
+timeout 60 python scripts/check_triton_cuda.py || status=1
 stage "gather-gradient paths, bf16 (calibrated auto; static figures)"
-timeout 110 python scripts/bench_kernel.py --tokens 2048,512 --ranks 8,16,64 --json "$out/bench_kernel_bf16.json" || status=1
+timeout 100 python scripts/bench_kernel.py --tokens 2048,512 --ranks 8,16,64 --json "$out/bench_kernel_bf16.json" || status=1
+stage "Triton kernel configurations, bf16, 4096x4096, 2048 tokens, ranks 8 and 64"
+timeout 45 python scripts/bench_kernel.py --sweep --json "$out/bench_kernel_sweep.json" || status=1
 stage "gather-gradient paths, fp32"
-timeout 40 python scripts/bench_kernel.py --dtype float32 --ranks 8,64 --tokens 2048 --no-static \
+timeout 35 python scripts/bench_kernel.py --dtype float32 --ranks 8,64 --tokens 2048 --no-static \
   --paths blocked,triton,triton_tiles,auto --json "$out/bench_kernel_fp32.json" || status=1
 stage "whole optimizer steps, 7B layer shapes x 4 layers, bf16, seq 1024"
-timeout 130 python scripts/bench_step.py --gpu --layers 4 --methods floor,lora0,lora,ag,ma --periods 1 \
+timeout 120 python scripts/bench_step.py --gpu --layers 4 --methods floor,lora0,lora,ag,ma --periods 1 \
   --json "$out/bench_step.json" || status=1
 stage "exit status $status"
 exit $status
