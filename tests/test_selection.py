@@ -133,6 +133,29 @@ def test_ma_grows_the_top_outer_product_scores_of_inactive_entries():
     assert not torch.isin(got, active.long()).any()
 
 
+@pytest.mark.parametrize("far_off", [False, True], ids=["sampled-threshold", "fallback"])
+def test_top_n_by_sampled_threshold_is_exact_with_ties_to_the_lower_position(monkeypatch, far_off):
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)  # sampling on at test sizes
+    if far_off:  # a sample that lets fewer than n scores through: the running top-n must take over
+        monkeypatch.setattr(grow, "_sample_threshold", lambda *args: torch.tensor(float("inf")))
+    g = torch.Generator().manual_seed(4)
+    out_f, in_f, n = 60, 70, 300
+    dense = torch.randn(out_f, in_f, generator=g).round(decimals=1)  # many equal |g| values
+    got = grow.top_candidates(dense, n, chunk_elements=700)  # 6 chunks of 10 rows
+    flat = dense.view(-1).abs()
+    # Reference: by |g| descending, equal values by position ascending.
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:n]
+    assert got.tolist() == sorted(order)
+    row, col = torch.rand(out_f, generator=g).round(decimals=1), torch.rand(in_f, generator=g)
+    active = torch.randperm(out_f * in_f, generator=g)[:500].sort().values.int()
+    scores = torch.outer(row, col).view(-1).clone()
+    scores[active.long()] = -1
+    expected = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))[:n]
+    assert grow.ma_grow_indices(row, col, active, n, chunk_elements=700).tolist() == expected
+
+
 def test_ma_growth_memory_stays_bounded():
     out_f, in_f = 2048, 2048
     row, col = torch.rand(out_f), torch.rand(in_f)
