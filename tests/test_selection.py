@@ -234,3 +234,17 @@ def test_top_candidates_by_row_chunks_match_a_whole_matrix_topk(chunk_elements):
     for num in (1, 40, 23 * 17, 10_000):
         expected = torch.topk(g.abs().view(-1), min(num, g.numel())).indices.sort().values
         assert torch.equal(top_candidates(g, num, chunk_elements=chunk_elements), expected)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_order_by_equals_a_stable_float_sort(descending):
+    from spiel.selection.order import order_by
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randn(500, generator=g).round(decimals=1)  # many ties
+        x[torch.randint(500, (20,), generator=g)] = float("inf")
+        x[torch.randint(500, (20,), generator=g)] = float("-inf")
+        x[torch.randint(500, (5,), generator=g)] = -0.0  # equal to +0.0: ties go by position
+        x[torch.randint(500, (5,), generator=g)] = float("nan")
+        assert torch.equal(order_by(x, descending), torch.sort(x, descending=descending, stable=True).indices)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..delta.indices import csr_pattern, isin_sorted
+from .order import order_by
 
 CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
 CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
@@ -42,7 +43,7 @@ def _sample_threshold(score_at, total: int, n: int, device: torch.device) -> tor
 
 def _best_first(index: torch.Tensor, scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``n`` best of position-ascending ``(index, scores)``, by score descending, ties position ascending."""
-    keep = torch.sort(scores, descending=True, stable=True).indices[:n]
+    keep = order_by(scores, descending=True)[:n]
     return index[keep], scores[keep]
 
 
@@ -108,7 +109,7 @@ def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: to
     eligible = (~isin_sorted(candidates, staying)).nonzero().view(-1)
     if eligible.numel() == 0 or n <= 0:
         return eligible[:0]
-    order = torch.sort(mean_grad[eligible].abs(), descending=True, stable=True).indices
+    order = order_by(mean_grad[eligible].abs(), descending=True)
     return eligible[order[:n]]
 
 
