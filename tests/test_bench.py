@@ -216,3 +216,24 @@ def test_bench_quality_smoke(tmp_path, monkeypatch):
     assert data["methods"]["ag"]["trainable"] == data["methods"]["static"]["trainable"]
     assert len(data["runs"]) == 3 and data["config"]["heldout"] == 8
     assert png.stat().st_size > 1000
+
+
+def test_reselection_cost_splits_extra_time_by_kind_of_step():
+    from types import SimpleNamespace
+
+    from spiel.bench.step import reselection_cost, step_kind
+    from spiel.selection.schedule import ReselectionSchedule
+
+    ag = SimpleNamespace(method="ag", schedule=ReselectionSchedule(100, reselection_steps=10, estimation_steps=3))
+    ma = SimpleNamespace(method="ma", schedule=ag.schedule)
+    # AG: step 1 (t 0 -> 1) starts a phase, steps 2-3 estimate, step 3 also reselects, then plain steps.
+    assert [step_kind(ag, t) for t in range(1, 12)] == (
+        ["probe", "estimate", "reselect"] + ["plain"] * 7 + ["probe"])
+    assert [step_kind(ma, t) for t in (1, 2, 3, 4, 13)] == ["plain", "plain", "reselect", "plain", "reselect"]
+    assert step_kind(None, 3) == "plain"
+    times = [3.0, 1.5, 4.0] + [1.0] * 7  # one period of 10 steps
+    kinds = [step_kind(ag, t) for t in range(1, 11)]
+    cost = reselection_cost(times, kinds, periods=1)
+    assert cost["plain_median_s"] == 1.0
+    assert (cost["probe_s_per_period"], cost["estimate_s_per_period"], cost["reselect_s_per_period"]) == (2.0, 0.5, 3.0)
+    assert cost["extra_steps_per_period"] == 5.5
