@@ -63,6 +63,29 @@ def test_auto_measures_once_per_bucket_and_keeps_the_fastest(monkeypatch, fresh_
     assert len(calibrated_choices()) == 2
 
 
+@pytest.mark.parametrize("speedup, expected", [(1.02, "default"), (1.5, "other")])
+def test_auto_keeps_the_uncalibrated_choice_unless_another_path_is_clearly_faster(
+        monkeypatch, fresh_calibration, speedup, expected):
+    """A fake clock: each path advances it by a fixed cost, so the choice is deterministic."""
+    monkeypatch.setattr(grad_paths, "CPU_CALIBRATION_MIN_WORK", 0)
+    x, dy, indices, _ = problem(40, 30, 100, 9)
+    default = grad_paths.choose_grad_path(x.device, 9, 100, 40, 30)
+    other = next(p for p in grad_paths.candidate_paths(x.device) if p != default)
+    cost = {p: 1.0 for p in grad_paths.candidate_paths(x.device)}
+    cost[other] = 1.0 / speedup
+    clock = [0.0]
+    real_run = grad_paths._run_path
+
+    def run(path, *args):
+        clock[0] += cost[path]
+        return real_run(path, *args)
+
+    monkeypatch.setattr(grad_paths, "_run_path", run)
+    monkeypatch.setattr(grad_paths.time, "perf_counter", lambda: clock[0])
+    path, _ = calibrated_path(x, dy, indices, 40, 30)
+    assert path == (default if expected == "default" else other)
+
+
 def test_small_cpu_problems_use_the_time_model_without_measuring(monkeypatch, fresh_calibration):
     def fail(*args):
         raise AssertionError("measured a small problem")
