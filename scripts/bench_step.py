@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from spiel.bench.models import CPU_DEFAULT, LLAMA2_7B, LlamaShape, equivalent_rank, paper_density  # noqa: E402
 from spiel.bench.report import (  # noqa: E402
     combine_rounds,
+    cpu_table,
     label,
     ratios,
     reselection_table,
@@ -287,6 +288,9 @@ def main(argv=None) -> int:
     out = save()
     print()
     print(step_table(out["methods"], out["ratios_to_lora"]))
+    if spec0.device == "cpu":
+        print()
+        print(cpu_table(out["methods"], out["ratios_to_lora"]))
     if any(m.get("reselection") for m in out["methods"].values()):
         print()
         print(reselection_table(out["methods"]))

@@ -24,8 +24,10 @@ def label(key: str) -> str:
 def combine_rounds(results: list[dict]) -> dict:
     """One method's results from several rounds (processes): all timed steps pooled; peak memory: max."""
     steps = [t for r in results for t in r["step_s"]]
+    cpu = [t for r in results for t in r.get("cpu_s", [])]
     first = results[0]
     return {
+        **({"cpu_s_median": statistics.median(cpu), "cpu_s_mean": statistics.fmean(cpu)} if cpu else {}),
         "step_s_median": statistics.median(steps),
         "step_s_mean": statistics.fmean(steps),
         "extra_mem_mb": max(r["extra_mem_mb"] for r in results),
@@ -67,9 +69,14 @@ def ratios(methods: dict[str, dict], reference: str = "lora") -> dict[str, dict]
         if ref0:
             entry["time_lora0"] = m["step_s_median"] / ref0["step_s_median"]
             entry["mean_lora0"] = m["step_s_mean"] / ref0["step_s_mean"]
+            if "cpu_s_median" in m and "cpu_s_median" in ref0:
+                entry["cpu_lora0"] = m["cpu_s_median"] / ref0["cpu_s_median"]
+                entry["cpu_mean_lora0"] = m["cpu_s_mean"] / ref0["cpu_s_mean"]
             entry["mem_lora0"] = m["extra_mem_mb"] / ref0["extra_mem_mb"] if ref0["extra_mem_mb"] > 0 else None
         if floor:
             entry["time_floor"] = m["step_s_median"] / floor["step_s_median"]
+            if "cpu_s_median" in m and "cpu_s_median" in floor:
+                entry["cpu_floor"] = m["cpu_s_median"] / floor["cpu_s_median"]
         out[name] = entry
     return out
 
@@ -100,6 +107,18 @@ def step_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
             f"{_pair(r, 'time_lora0', 'mean_lora0')} | {_pair(r, 'time', 'mean')} | {_fmt(r.get('time_floor'))} | "
             f"{m['extra_mem_mb']:.0f} | {_fmt(r.get('mem_lora0'), '.2f')} / {_fmt(r.get('mem'), '.2f')} | {bpe} | "
             f"{_fmt(res['extra_steps_per_period'], '.2f') if res else '–'} |")
+    return "\n".join(lines)
+
+
+def cpu_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
+    """The same steps by CPU seconds of the process (a shared box inflates wall time more than CPU time)."""
+    lines = ["| method | CPU s per step median / mean | × LoRA dropout 0 (median / mean) | × floor (median) |",
+             "|---|---:|---:|---:|"]
+    for name, m in methods.items():
+        if "cpu_s_median" in m:
+            r = rat.get(name, {})
+            lines.append(f"| {label(name)} | {m['cpu_s_median']:.3f} / {m['cpu_s_mean']:.3f} | "
+                         f"{_pair(r, 'cpu_lora0', 'cpu_mean_lora0')} | {_fmt(r.get('cpu_floor'))} |")
     return "\n".join(lines)
 
 

@@ -255,14 +255,14 @@ def run(spec: StepSpec) -> dict:
     model.train()
 
     profiler = _Profiler(spec.profile, device)
-    times, kinds, losses = [], [], []
+    times, cpu_times, kinds, losses = [], [], [], []
     footprint = None
     micro = 0
     for step in range(total):
         if step == spec.warmup:
             profiler.start()
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(spec.accum):
             ids = batches[micro % len(batches)]
             micro += 1
@@ -284,9 +284,10 @@ def run(spec: StepSpec) -> dict:
             if selector is not None:
                 selector.step()
         _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if step >= spec.warmup:
             times.append(elapsed)
+            cpu_times.append(cpu)
             kinds.append(step_kind(selector, selector.t if selector is not None else step + 1))
         losses.append(float(loss.detach()))
     profiler.stop()
@@ -303,6 +304,11 @@ def run(spec: StepSpec) -> dict:
         "step_s": times,
         "step_s_median": statistics.median(times),
         "step_s_mean": statistics.fmean(times),
+        # CPU seconds of this process (all threads) per step: on a shared box less sensitive to the
+        # neighbours than wall time, which is what the steps cost when they have the cores to themselves.
+        "cpu_s": cpu_times,
+        "cpu_s_median": statistics.median(cpu_times),
+        "cpu_s_mean": statistics.fmean(cpu_times),
         "extra_mem_mb": meter.extra_mb(),
         "base_mem_mb": meter.base_mb(),
         "trainable": trainable,
