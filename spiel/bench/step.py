@@ -250,7 +250,9 @@ def run(spec: StepSpec) -> dict:
             mcfg.dropout = 0.0
         model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
         if spec.method in ("ag", "ma"):
-            selector = model.make_selector(optimizer, total_steps=total)
+            # A horizon one period past the run: every period in the timed window is a whole one (its phase
+            # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
+            selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)
         trainable = trainable_count(spec.method, model)
     model.train()
 
