@@ -3,8 +3,10 @@
 
 For LLaMA-2-7B layer shapes (4096x4096 attention projections, 11008x4096 MLP projections), token
 counts 512 and 2048 and budgets matching LoRA ranks 8/16/64 (k = r·(in+out)), it times
-``(dYᵀ X).view(-1)[indices]`` by ``dense``, ``sddmm``, ``auto`` (and ``triton`` on CUDA), prints the
-median time of each and its ratio to ``dense``, and the largest single allocation each made.
+``(dYᵀ X).view(-1)[indices]`` by ``dense``, ``blocked``, ``sddmm``, ``auto`` (and ``triton``,
+``triton_tiles`` on CUDA), prints the median time of each and its ratio to ``dense``, the largest single
+allocation each made, which path the calibrated ``auto`` settled on, and the Triton kernels' static
+figures (registers, spills, shared memory for sm_80/sm_90; ``--no-static`` skips them).
 
     python scripts/bench_kernel.py                 # full sizes
     python scripts/bench_kernel.py --quick         # 1024-wide shapes, for `make bench`
@@ -17,6 +19,7 @@ Needs only torch (+ triton on CUDA) and ``spiel.delta``; run from the repo root 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,7 +32,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet the profiler used for me
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.delta import choose_grad_path, gather_grad, random_subset  # noqa: E402
+from spiel.delta import gather_grad, random_subset  # noqa: E402
+from spiel.delta.grad_paths import calibrated_choices, calibration_key  # noqa: E402
 
 FULL_SHAPES = [(4096, 4096), (11008, 4096)]
 QUICK_SHAPES = [(1024, 1024), (2752, 1024)]
@@ -45,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--ranks", default="8,16,64")
     p.add_argument("--tokens", default=None, help="comma list; default 512,2048 (quick: 256,512)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--paths", default=None, help="comma list of paths to time (default: all on the device)")
+    p.add_argument("--no-static", action="store_true", help="skip compiling the Triton kernels for sm_80/sm_90")
+    p.add_argument("--sweep", action="store_true",
+                   help="CUDA: time each Triton kernel at several block configurations (4096x4096, 2048 tokens)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="write the table as markdown here (for the README)")
     return p.parse_args(argv)
@@ -91,10 +99,13 @@ def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     g = torch.randn(tokens, out_f, generator=gen).to(device=device, dtype=dtype)
     indices = random_subset(out_f * in_f, k, gen).to(device=device, dtype=torch.int32)
     ref = gather_grad(x, g, indices, out_f, in_f, "dense").float()
-    row = {"out": out_f, "in": in_f, "tokens": tokens, "k": k, "density": k / (out_f * in_f),
-           "auto_choice": choose_grad_path(device, tokens, k, out_f, in_f)}
+    row = {"out": out_f, "in": in_f, "tokens": tokens, "k": k, "density": k / (out_f * in_f)}
     calls = {path: (lambda path=path: gather_grad(x, g, indices, out_f, in_f, path)) for path in paths}
-    medians = interleaved_medians(calls, device, repeats)
+    medians = interleaved_medians(calls, device, repeats)  # auto calibrates in the warm-up call
+    key = calibration_key(x, k, out_f, in_f)
+    from spiel.delta import choose_grad_path
+
+    row["auto_choice"] = calibrated_choices().get(key) or choose_grad_path(device, tokens, k, out_f, in_f)
     for path, call in calls.items():
         err = (call().float() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
         row[path] = {"median_s": medians[path], "peak_mb": peak_bytes(call, device) / 2**20, "max_rel_err": err}
@@ -105,7 +116,8 @@ def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     row["best_path"] = best
     row["auto_vs_best"] = row["auto"]["median_s"] / row[best]["median_s"]
     # What auto's choice costs, judged on the chosen path's own timing (free of auto-vs-path noise).
-    row["auto_choice_vs_best"] = row[row["auto_choice"]]["median_s"] / row[best]["median_s"]
+    chosen = row["auto_choice"]
+    row["auto_choice_vs_best"] = row[chosen]["median_s"] / row[best]["median_s"] if chosen in row else None
     return row
 
 
@@ -130,9 +142,75 @@ def markdown_table(rows, paths, header: str) -> str:
     for r in rows:
         rank = r["k"] // (r["out"] + r["in"])
         cells = " | ".join(f"{r[p]['median_s'] * 1e3:.1f}" for p in paths)
+        sddmm = f"{r['sddmm']['ratio_to_dense']:.3f}" if "sddmm" in r else "–"
         lines.append(f"| {r['out']}×{r['in']} | {r['tokens']} | {r['k']} ({rank}) | {r['density']:.4f} | {cells} | "
-                     f"{r['sddmm']['ratio_to_dense']:.3f} | {r['auto_choice']} |")
+                     f"{sddmm} | {r['auto_choice']} |")
     return "\n".join(lines) + "\n"
+
+
+SWEEP_CONFIGS = {
+    "gather": [dict(BLOCK_K=32, BLOCK_T=128, num_warps=4), dict(BLOCK_K=64, BLOCK_T=64, num_warps=4),
+               dict(BLOCK_K=16, BLOCK_T=256, num_warps=4), dict(BLOCK_K=64, BLOCK_T=128, num_warps=8)],
+    "tiles": [dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=32, num_warps=8, num_stages=4),
+              dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=64, num_warps=8, num_stages=3),
+              dict(BLOCK_R=128, BLOCK_C=64, BLOCK_T=64, num_warps=4, num_stages=3),
+              dict(BLOCK_R=64, BLOCK_C=64, BLOCK_T=32, num_warps=4, num_stages=3)],
+}
+
+
+def sweep(device, dtype, repeats: int) -> list[dict]:
+    """Median time of each Triton kernel configuration against dense (for choosing ``KERNEL_CONFIGS``)."""
+    from spiel.delta import triton_sddmm
+
+    rows = []
+    saved = dict(triton_sddmm.KERNEL_CONFIGS)
+    try:
+        for rank in (8, 64):
+            out_f = in_f = 4096
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(2048, in_f, generator=gen).to(device=device, dtype=dtype)
+            g = torch.randn(2048, out_f, generator=gen).to(device=device, dtype=dtype)
+            indices = random_subset(out_f * in_f, rank * (out_f + in_f), gen).to(device=device, dtype=torch.int32)
+            call = functools.partial(gather_grad, x, g, indices, out_f, in_f)
+            calls = {"dense": functools.partial(call, "dense")}
+            dense_ms = interleaved_medians(calls, device, repeats)["dense"] * 1e3
+            for kernel, path in (("gather", "triton"), ("tiles", "triton_tiles")):
+                for cfg in SWEEP_CONFIGS[kernel]:
+                    triton_sddmm.KERNEL_CONFIGS[kernel] = cfg
+                    try:
+                        ms = interleaved_medians({path: functools.partial(call, path)}, device, repeats)[path] * 1e3
+                    except Exception as e:  # a configuration the GPU cannot run: say so, keep sweeping
+                        print(f"  rank {rank} {kernel} {cfg}: failed ({type(e).__name__}: {e})", flush=True)
+                        continue
+                    rows.append({"rank": rank, "kernel": kernel, "config": cfg, "ms": ms, "dense_ms": dense_ms})
+                    print(f"  rank {rank:>2} {kernel:<6} {cfg}: {ms:.3f} ms = {ms / dense_ms:.3f}x dense "
+                          f"({dense_ms:.3f} ms)", flush=True)
+                triton_sddmm.KERNEL_CONFIGS[kernel] = saved[kernel]
+    finally:
+        triton_sddmm.KERNEL_CONFIGS.update(saved)
+    return rows
+
+
+def static_figures() -> list[dict]:
+    """Registers, spills and shared memory of every Triton kernel, compiled for sm_80 and sm_90 (in a child
+    process: the compiler must not run in interpreter mode, and a failure must not end the benchmark)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json; from dataclasses import asdict; from spiel.delta.triton_static import compile_all; "
+            "print(json.dumps([asdict(f) for f in compile_all()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    if proc.returncode != 0:
+        print(f"Triton static figures unavailable: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        return []
+    from spiel.delta.triton_static import StaticFigures
+
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("Triton kernels, static figures (cuobjdump -res-usage):")
+    for f in figures:
+        print("  " + StaticFigures(**f).line())
+    return figures
 
 
 def main(argv=None):
@@ -140,7 +218,9 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.set_num_threads(torch.get_num_threads())
-    paths = ["dense", "sddmm", "auto"] + (["triton"] if device.type == "cuda" else [])
+    paths = ["dense", "blocked", "sddmm", "auto"] + (["triton", "triton_tiles"] if device.type == "cuda" else [])
+    if args.paths:
+        paths = ["dense"] + [p for p in args.paths.split(",") if p != "dense"]
     tokens_list = [int(t) for t in (args.tokens or ("256,512" if args.quick else "512,2048")).split(",")]
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     cases = []
@@ -154,6 +234,12 @@ def main(argv=None):
             for tokens in tokens_list:
                 for r in (int(r) for r in args.ranks.split(",")):
                     cases.append((out_f, in_f, tokens, r * (out_f + in_f)))
+    if args.sweep:
+        print(f"kernel configurations, {dtype}, 4096x4096, 2048 tokens:", flush=True)
+        swept = sweep(device, dtype, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"sweep": swept}, indent=1))
+        return
     rows = []
     for out_f, in_f, tokens, k in cases:
         rows.append(bench_case(out_f, in_f, tokens, k, dtype, device, paths, args.repeats))
@@ -164,10 +250,14 @@ def main(argv=None):
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
           f" dtype={dtype}, threads={torch.get_num_threads()}, torch {torch.__version__}")
     print_table(rows, paths)
-    right = sum(r["auto_choice"] == r["best_path"] for r in rows)
-    worst_choice = max(r["auto_choice_vs_best"] for r in rows)
-    print(f"auto picked the fastest path in {right} of {len(rows)} cases; its choice is at most "
-          f"{worst_choice:.3f}x the fastest (measured auto call: at most {max(r['auto_vs_best'] for r in rows):.3f}x)")
+    if "auto" in paths:
+        right = sum(r["auto_choice"] == r["best_path"] for r in rows)
+        worst_choice = max((r["auto_choice_vs_best"] or float("nan")) for r in rows)
+        worst_dense = max(r["auto"]["ratio_to_dense"] for r in rows)
+        print(f"auto picked the fastest path in {right} of {len(rows)} cases; its choice is at most "
+              f"{worst_choice:.3f}x the fastest (measured auto call: at most "
+              f"{max(r['auto_vs_best'] for r in rows):.3f}x the fastest, {worst_dense:.3f}x dense)")
+    static = [] if args.no_static else static_figures()
     if args.markdown:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         header = (f"{device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -177,7 +267,7 @@ def main(argv=None):
     if args.json:
         meta = {"device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "quick": args.quick, "crossover": args.crossover}
-        Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"config": meta, "rows": rows, "static": static}, indent=1, default=str))
         print(f"wrote {args.json}")
 
 

@@ -37,7 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spiel.bench.models import CPU_DEFAULT, LLAMA2_7B, LlamaShape, equivalent_rank, paper_density  # noqa: E402
-from spiel.bench.report import combine_rounds, label, ratios, step_chart, step_table  # noqa: E402
+from spiel.bench.report import (  # noqa: E402
+    combine_rounds,
+    cpu_table,
+    label,
+    ratios,
+    reselection_table,
+    step_chart,
+    step_table,
+)
 from spiel.bench.step import STEP_METHODS, StepSpec  # noqa: E402
 
 OOM_EXIT = 3
@@ -168,12 +176,24 @@ def memory_search(spec: StepSpec, tmp: str, hint_gib: int, total_gib: int) -> di
     return {"min_gib": hi, "tried": {str(k): v for k, v in sorted(tried.items())}}
 
 
+def cpu_bf16_support() -> str:
+    """Which bf16 matmul hardware this CPU has (bf16 CPU timings only mean something with one of them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return ", ".join(found) if found else "none (bf16 is emulated: bf16 CPU timings say little)"
+
+
 def machine_info(results: dict[str, list[dict]]) -> dict:
     """Where the numbers come from (the GPU's name from a worker: the parent never initializes CUDA)."""
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_support(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -223,6 +243,8 @@ def main(argv=None) -> int:
           f"seq {spec0.seq} x batch {spec0.batch} x accum {spec0.accum}, {spec0.dtype} on {spec0.device}, "
           f"R={spec0.reselection_steps} γ={spec0.estimation_steps}, {spec0.timed_steps()} timed steps after "
           f"{spec0.warmup} warm-up, {args.rounds} round(s)", flush=True)
+    if spec0.device == "cpu":
+        print(f"CPU bf16 hardware: {cpu_bf16_support()}", flush=True)
 
     results: dict[str, list[dict]] = {}
     failed: dict[str, str] = {}
@@ -251,8 +273,10 @@ def main(argv=None) -> int:
                     print(f"{label(key)}: FAILED ({failed[key]})\n{err}", flush=True)
                     continue
                 results.setdefault(key, []).append(result)
+                bpe = result.get("bytes_per_entry")
                 print(f"{label(key):>16}: median {result['step_s_median']:.4f}s  mean {result['step_s_mean']:.4f}s  "
-                      f"extra {result['extra_mem_mb']:.0f} MB  (round {rnd + 1})", flush=True)
+                      f"extra {result['extra_mem_mb']:.0f} MB"
+                      + (f"  {bpe['per_entry']:.1f} B/entry" if bpe else "") + f"  (round {rnd + 1})", flush=True)
                 save()
         if args.memory_search and spec0.device.startswith("cuda"):
             for key, runs in results.items():
@@ -264,6 +288,12 @@ def main(argv=None) -> int:
     out = save()
     print()
     print(step_table(out["methods"], out["ratios_to_lora"]))
+    if spec0.device == "cpu":
+        print()
+        print(cpu_table(out["methods"], out["ratios_to_lora"]))
+    if any(m.get("reselection") for m in out["methods"].values()):
+        print()
+        print(reselection_table(out["methods"]))
     if searched:
         print("\nminimum memory (GiB, 30 steps): " + ", ".join(f"{label(k)} {v['min_gib']}" for k, v in searched.items()))
     print(f"load average before {load_before[0]:.2f}, after {out['config']['load_after'][0]:.2f}")

@@ -166,19 +166,29 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     out, png = tmp_path / "step.json", tmp_path / "step.png"
     cmd = [sys.executable, str(REPO / "scripts" / "bench_step.py"), "--gpu", "--device", "cpu", "--dtype", "float32",
            "--hidden", "64", "--intermediate", "160", "--layers", "1", "--heads", "2", "--kv-heads", "2",
-           "--vocab", "64", "--seq", "16", "--methods", "floor,lora,ag", "--reselection-steps", "2",
+           "--vocab", "64", "--seq", "16", "--methods", "floor,lora,lora0,ag", "--reselection-steps", "2",
            "--estimation-steps", "1", "--periods", "1", "--warmup", "0", "--threads", "1",
            "--json", str(out), "--png", str(png)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert list(data["methods"]) == ["floor", "lora", "ag"]
+    assert list(data["methods"]) == ["floor", "lora", "lora0", "ag"]
     for name, m in data["methods"].items():
         assert m["step_s_median"] > 0 and m["step_s_mean"] > 0 and m["extra_mem_mb"] >= 0, name
         assert m["timed_steps"] == 2
-    assert data["ratios_to_lora"]["lora"] == {"time": 1.0, "mem": 1.0, "time_floor": pytest.approx(
-        data["methods"]["lora"]["step_s_median"] / data["methods"]["floor"]["step_s_median"])}
-    assert set(data["ratios_to_lora"]["ag"]) == {"time", "mem", "time_floor"}
+    lora, lora0, ag = (data["methods"][k] for k in ("lora", "lora0", "ag"))
+    assert data["ratios_to_lora"]["lora"]["time"] == 1.0 and data["ratios_to_lora"]["lora"]["mean"] == 1.0
+    assert data["ratios_to_lora"]["lora"]["time_floor"] == pytest.approx(
+        lora["step_s_median"] / data["methods"]["floor"]["step_s_median"])
+    assert data["ratios_to_lora"]["ag"]["mean_lora0"] == pytest.approx(ag["step_s_mean"] / lora0["step_s_mean"])
+    assert data["ratios_to_lora"]["ag"]["time_lora0"] == pytest.approx(ag["step_s_median"] / lora0["step_s_median"])
+    # Bytes per trainable entry: LoRA's fp32 parameter, gradient and two moments; SpIEL-AG adds an int32
+    # index and an int32 growth step and keeps no per-slot Adam age.
+    assert lora["bytes_per_entry"]["per_entry"] == 16.0 and lora0["bytes_per_entry"]["per_entry"] == 16.0
+    assert ag["bytes_per_entry"]["per_entry"] == 24.0
+    assert ag["reselection"]["extra_s_per_period"] == pytest.approx(
+        ag["reselection"]["probe_s_per_period"] + ag["reselection"]["estimate_s_per_period"]
+        + ag["reselection"]["reselect_s_per_period"])
     cfg = data["config"]
     assert cfg["shape"]["hidden"] == 64 and cfg["dtype"] == "float32" and cfg["device"] == "cpu"
     assert cfg["rank"] == equivalent_rank(LlamaShape(**cfg["shape"]))
@@ -206,3 +216,24 @@ def test_bench_quality_smoke(tmp_path, monkeypatch):
     assert data["methods"]["ag"]["trainable"] == data["methods"]["static"]["trainable"]
     assert len(data["runs"]) == 3 and data["config"]["heldout"] == 8
     assert png.stat().st_size > 1000
+
+
+def test_reselection_cost_splits_extra_time_by_kind_of_step():
+    from types import SimpleNamespace
+
+    from spiel.bench.step import reselection_cost, step_kind
+    from spiel.selection.schedule import ReselectionSchedule
+
+    ag = SimpleNamespace(method="ag", schedule=ReselectionSchedule(100, reselection_steps=10, estimation_steps=3))
+    ma = SimpleNamespace(method="ma", schedule=ag.schedule)
+    # AG: step 1 (t 0 -> 1) starts a phase, steps 2-3 estimate, step 3 also reselects, then plain steps.
+    assert [step_kind(ag, t) for t in range(1, 12)] == (
+        ["probe", "estimate", "reselect"] + ["plain"] * 7 + ["probe"])
+    assert [step_kind(ma, t) for t in (1, 2, 3, 4, 13)] == ["plain", "plain", "reselect", "plain", "reselect"]
+    assert step_kind(None, 3) == "plain"
+    times = [3.0, 1.5, 4.0] + [1.0] * 7  # one period of 10 steps
+    kinds = [step_kind(ag, t) for t in range(1, 11)]
+    cost = reselection_cost(times, kinds, periods=1)
+    assert cost["plain_median_s"] == 1.0
+    assert (cost["probe_s_per_period"], cost["estimate_s_per_period"], cost["reselect_s_per_period"]) == (2.0, 0.5, 3.0)
+    assert cost["extra_steps_per_period"] == 5.5

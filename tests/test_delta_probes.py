@@ -8,7 +8,7 @@ from delta_reference import dense_reference
 from spiel.delta import SparseDeltaLinear, random_subset, sparse_delta_linear
 from spiel.delta.function import GradProbe
 
-PATHS = ["dense", "sddmm", "triton", "auto"]
+PATHS = ["dense", "blocked", "sddmm", "triton", "triton_tiles", "auto"]
 
 
 def small_layer(out_features=37, in_features=29, k=120, seed=0, bias=True):
@@ -128,7 +128,7 @@ def largest_allocation(fn):
     return max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
 
 
-@pytest.mark.parametrize("grad_path", ["sddmm", "triton"])
+@pytest.mark.parametrize("grad_path", ["sddmm", "triton", "triton_tiles"])
 def test_values_gradient_needs_no_dense_sized_buffer(grad_path):
     # Inputs need no grad, so backward only computes the values' gradient: the sparse paths must
     # not allocate anything near out*in floats, while the dense path does (a check of the check).
@@ -145,6 +145,31 @@ def test_values_gradient_needs_no_dense_sized_buffer(grad_path):
 
     assert largest_allocation(run("dense")) >= dense_bytes
     assert largest_allocation(run(grad_path)) < dense_bytes // 4
+
+
+def test_blocked_path_holds_one_row_block_and_matches_dense():
+    from spiel.delta.grad_paths import blocked_gather_grad
+
+    out_features, in_features, tokens = 512, 384, 16
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(tokens, in_features, generator=g), torch.randn(tokens, out_features, generator=g)
+    indices = random_subset(out_features * in_features, 300, g).int()
+    indices = indices[indices // in_features >= 100]  # the first row blocks have no entries at all
+    expected = (dy.t() @ x).view(-1)[indices.long()]
+    got = blocked_gather_grad(x, dy, indices, out_features, in_features, block_rows=48)  # 11 blocks, last partial
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    largest = largest_allocation(lambda: blocked_gather_grad(x, dy, indices, out_features, in_features, block_rows=48))
+    assert largest < out_features * in_features * 4 // 8
+
+
+def test_cuda_kernels_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3)
+    for path in ("triton", "triton_tiles"):
+        y = sparse_delta_linear(x, w, torch.tensor([1, 5], dtype=torch.int32), torch.zeros(2, requires_grad=True),
+                                grad_path=path)
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            y.sum().backward()
 
 
 def test_functional_rejects_bad_arguments():

@@ -92,6 +92,22 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
         torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
 
 
+def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
+    """Checkpoints written before grown_at became int32 hold it as int64."""
+    from safetensors.torch import load_file, save_file
+
+    model = with_random_deltas(get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, seed=5)))
+    model.save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "spiel_delta.safetensors"
+    tensors = load_file(path)
+    assert all(v.dtype == torch.int32 for k, v in tensors.items() if k.endswith(".grown_at"))
+    save_file({k: torch.full_like(v, 7, dtype=torch.int64) if k.endswith(".grown_at") else v
+               for k, v in tensors.items()}, path)
+    loaded = SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt")
+    for layer in loaded.deltas.values():
+        assert layer.grown_at.dtype == torch.int32 and bool((layer.grown_at == 7).all())
+
+
 def test_loading_into_another_base_fails_and_leaves_it_untouched(tmp_path):
     model = with_random_deltas(get_spiel_model(tiny_llama(seed=0), SpielConfig(rank_equiv=2)))
     model.save_pretrained(tmp_path / "ckpt")

@@ -23,7 +23,7 @@ def test_adamw_equals_torch_adamw_when_all_ages_match(weight_decay):
             opt.step()
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(opt_ours.state[ours]["exp_avg"], opt_theirs.state[theirs]["exp_avg"])
-    assert bool((opt_ours.state[ours]["age"] == 20).all())
+    assert bool((opt_ours.ages(ours) == 20).all())
 
 
 def test_adamw_per_index_age_gives_the_hand_computed_bias_correction():
@@ -41,7 +41,7 @@ def test_adamw_per_index_age_gives_the_hand_computed_bias_correction():
         v = b2 * v0[i] + (1 - b2) * grad[i] ** 2
         expected.append(-lr * (m / (1 - b1**age)) / ((v / (1 - b2**age)).sqrt() + eps))
     torch.testing.assert_close(p.detach(), torch.stack(expected))
-    assert opt.state[p]["age"].tolist() == [5, 2, 1]
+    assert opt.ages(p).tolist() == [5, 2, 1]
 
 
 def test_adamw_keeps_fp32_moments_for_bf16_values_through_save_and_load():
@@ -52,7 +52,7 @@ def test_adamw_keeps_fp32_moments_for_bf16_values_through_save_and_load():
         opt.step()
     state = opt.state[p]
     assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
-    assert state["age"].dtype == torch.int64
+    assert state["born"].dtype == torch.int32 and "age" not in state  # 4 bytes per slot, no int64 counter
     saved = {k: v.clone() for k, v in state.items()}
     fresh = SparseAdamW([p], lr=1e-3)
     fresh.load_state_dict(opt.state_dict())
@@ -70,7 +70,7 @@ def test_reset_and_permute_slots_move_state_with_slots():
     opt.permute_slots(p, torch.tensor([3, 0, 2, 1]))
     assert opt.state[p]["exp_avg"].tolist() == before[[3, 0, 2, 1]].tolist()
     opt.reset_slots(p, torch.tensor([1]))
-    assert opt.state[p]["exp_avg"][1] == 0 and opt.state[p]["age"][1] == 0
+    assert opt.state[p]["exp_avg"][1] == 0 and opt.ages(p)[1] == 0
     with pytest.raises(KeyError, match="no per-slot state"):
         opt.reset_slots(p, torch.tensor([0]), momentum=1.0)
 
@@ -131,3 +131,96 @@ def test_sm3_requires_a_layout_and_validates_arguments():
         SparseSM3([p], {p: Layout(torch.arange(3), (1, 3))}, momentum=1.5)
     with pytest.raises(ValueError, match="betas"):
         SparseAdamW([p], betas=(1.0, 0.9))
+
+
+def adamw_reference_with_ages(start, grads, seeds, lr, betas, eps, wd):
+    """Adam entry by entry, each slot with its own (seeded) age: the definition the derived ages must meet."""
+    b1, b2 = betas
+    values = start.tolist()
+    m, v, age = [0.0] * len(values), [0.0] * len(values), [0] * len(values)
+    for step, grad in enumerate(grads):
+        for slot, (m0, v0, a0) in seeds.get(step, {}).items():
+            m[slot], v[slot], age[slot] = m0, v0, a0
+        for j, g in enumerate(grad.tolist()):
+            age[j] += 1
+            m[j] = b1 * m[j] + (1 - b1) * g
+            v[j] = b2 * v[j] + (1 - b2) * g * g
+            upd = (m[j] / (1 - b1 ** age[j])) / ((v[j] / (1 - b2 ** age[j])) ** 0.5 + eps)
+            values[j] = values[j] * (1 - lr * wd) - lr * upd
+    return torch.tensor(values)
+
+
+def test_linked_ages_follow_grown_at_and_match_per_slot_ages():
+    """Ages derived from the layer's grown_at (the selector's link) give the same updates as stored
+    per-slot ages, across reseeds, a save/load and a permutation."""
+    k, head_start = 6, 3
+    start = torch.randn(k, generator=torch.Generator().manual_seed(4))
+    grads = quadratic_grads(9, k, seed=5)
+    p = start.clone().requires_grad_()
+    grown_at = torch.zeros(k, dtype=torch.int32)
+    opt = SparseAdamW([p], lr=1e-2, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.5)
+    opt.link_ages(p, grown_at, head_start)
+    seeds = {}
+    for step, grad in enumerate(grads):
+        if step in (3, 6):  # reseed two slots at update count `step`, as a reselection does
+            slots = torch.tensor([1, 4]) if step == 3 else torch.tensor([4, 5])
+            m0, v0 = torch.tensor([0.1, -0.2]), torch.tensor([0.04, 0.09])
+            grown_at[slots] = step
+            opt.reset_slots(p, slots, exp_avg=m0, exp_avg_sq=v0, age=head_start)
+            seeds[step] = {int(s): (float(a), float(b), head_start) for s, a, b in zip(slots, m0, v0, strict=True)}
+        if step == 5:  # resume from a state dict into a fresh optimizer linked to the same grown_at
+            fresh = SparseAdamW([p], lr=1e-2, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.5)
+            fresh.link_ages(p, grown_at, head_start)
+            fresh.load_state_dict(opt.state_dict())
+            assert "born" not in fresh.state[p]  # nothing per slot but the moments
+            opt = fresh
+        p.grad = grad.clone()
+        opt.step()
+    expected = adamw_reference_with_ages(start, grads, seeds, 1e-2, (0.8, 0.9), 1e-8, 0.5)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+    assert opt.ages(p).tolist() == [9, 6 + head_start, 9, 9, 3 + head_start, 3 + head_start]
+
+
+def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():
+    p = torch.zeros(3, requires_grad=True)
+    grown_at = torch.zeros(3, dtype=torch.int32)
+    opt = SparseAdamW([p], lr=1e-3)
+    opt.link_ages(p, grown_at, head_start=5)
+    p.grad = torch.ones(3)
+    opt.step()
+    with pytest.raises(ValueError, match="seed every grown slot at age 5"):
+        opt.reset_slots(p, torch.tensor([0]), age=2)
+    grown_at[1] = 1
+    opt.reset_slots(p, torch.tensor([1]), age=5)
+    assert opt.ages(p).tolist() == [1, 5, 1]
+    opt.unlink_ages(p)
+    assert opt.linked_head_start(p) is None and opt.ages(p).tolist() == [1, 5, 1]
+    opt.reset_slots(p, torch.tensor([0]), age=2)  # per-slot ages now take any seed
+    assert opt.ages(p).tolist() == [2, 5, 1]
+
+
+def test_unlinked_state_without_ages_is_refused():
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-3)
+    opt.link_ages(p, torch.zeros(3, dtype=torch.int32), 1)
+    p.grad = torch.ones(3)
+    opt.step()
+    plain = SparseAdamW([p], lr=1e-3)  # not linked: a linked run's state has no ages for it
+    plain.load_state_dict(opt.state_dict())
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match="no per-slot ages and no link"):
+        plain.step()
+
+
+def test_state_saved_with_int64_ages_loads_to_the_same_ages():
+    """Optimizer states written before ages were derived (per-slot int64 ``age``, no ``step``)."""
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-3)
+    old = {"state": {0: {"exp_avg": torch.tensor([0.1, 0.2, 0.3]), "exp_avg_sq": torch.tensor([1.0, 2.0, 3.0]),
+                         "age": torch.tensor([7, 0, 2], dtype=torch.int64)}},
+           "param_groups": [{**opt.param_groups[0], "params": [0]}]}
+    opt.load_state_dict(old)
+    assert opt.ages(p).tolist() == [7, 0, 2]
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt.ages(p).tolist() == [8, 1, 3]

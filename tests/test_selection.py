@@ -92,9 +92,32 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
         if pos in dropped:  # dropped and regrown: keeps its value, not reseeded
             assert layer.grown_at[slot] == 0 and layer.values[slot] != 0
             continue
-        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and state["age"][slot] == gamma
+        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and opt.ages(layer.values)[slot] == gamma
         torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
         torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
+
+
+def test_ag_ages_stay_exact_when_an_optimizer_update_was_skipped():
+    """Derived ages assume update count == selector step; a skipped update (e.g. an overflowing fp16 step)
+    makes the selector keep that layer's ages per slot, so grown slots still start at age γ."""
+    torch.manual_seed(0)
+    gamma = 2
+    layer = SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10)
+    layer.base_layer.requires_grad_(False)
+    opt = SparseAdamW([layer.values], lr=1e-3)
+    sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=gamma)
+    x = torch.randn(4, 8)
+    for step in range(gamma):
+        layer(x).pow(2).sum().backward()
+        if step > 0:  # the first update is skipped
+            opt.step()
+        opt.zero_grad()
+        sel.step()
+    grown = layer.grown_at == gamma
+    assert grown.any()
+    assert opt.linked_head_start(layer.values) is None  # now per slot
+    assert bool((opt.ages(layer.values)[grown] == gamma).all())
+    assert bool((opt.ages(layer.values)[~grown] == 1).all())
 
 
 def test_ma_grows_the_top_outer_product_scores_of_inactive_entries():
@@ -108,6 +131,29 @@ def test_ma_grows_the_top_outer_product_scores_of_inactive_entries():
     got = ma_grow_indices(row, col, active, 120, chunk_elements=200)  # chunks of 3 rows
     assert got.tolist() == expected.tolist()
     assert not torch.isin(got, active.long()).any()
+
+
+@pytest.mark.parametrize("far_off", [False, True], ids=["sampled-threshold", "fallback"])
+def test_top_n_by_sampled_threshold_is_exact_with_ties_to_the_lower_position(monkeypatch, far_off):
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)  # sampling on at test sizes
+    if far_off:  # a sample that lets fewer than n scores through: the running top-n must take over
+        monkeypatch.setattr(grow, "_sample_threshold", lambda *args: torch.tensor(float("inf")))
+    g = torch.Generator().manual_seed(4)
+    out_f, in_f, n = 60, 70, 300
+    dense = torch.randn(out_f, in_f, generator=g).round(decimals=1)  # many equal |g| values
+    got = grow.top_candidates(dense, n, chunk_elements=700)  # 6 chunks of 10 rows
+    flat = dense.view(-1).abs()
+    # Reference: by |g| descending, equal values by position ascending.
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:n]
+    assert got.tolist() == sorted(order)
+    row, col = torch.rand(out_f, generator=g).round(decimals=1), torch.rand(in_f, generator=g)
+    active = torch.randperm(out_f * in_f, generator=g)[:500].sort().values.int()
+    scores = torch.outer(row, col).view(-1).clone()
+    scores[active.long()] = -1
+    expected = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))[:n]
+    assert grow.ma_grow_indices(row, col, active, n, chunk_elements=700).tolist() == expected
 
 
 def test_ma_growth_memory_stays_bounded():
@@ -155,12 +201,14 @@ def test_invariants_hold_after_every_reselection(method):
                 if pos in before[name]:  # survived (or dropped and regrown): value and state moved with it
                     old_value, old_slot = before[name][pos]
                     assert float(layer.values[slot]) == old_value
-                    for key in ("exp_avg", "exp_avg_sq", "age", "momentum_buffer"):
+                    for key in ("exp_avg", "exp_avg_sq", "born", "momentum_buffer"):
                         if key in state_before[name]:
                             assert torch.equal(opt.state[layer.values][key][slot], state_before[name][key][old_slot])
                 else:
                     assert float(layer.values[slot]) == 0.0 and int(layer.grown_at[slot]) == sel.t
     assert sel.t == 30
+    if method == "ag":  # Adam ages derived from grown_at: nothing per slot beyond the two moments
+        assert all("born" not in opt.state[layer.values] for layer in model.deltas.values())
 
 
 def test_selector_checks_method_and_optimizer_match():
@@ -186,3 +234,17 @@ def test_top_candidates_by_row_chunks_match_a_whole_matrix_topk(chunk_elements):
     for num in (1, 40, 23 * 17, 10_000):
         expected = torch.topk(g.abs().view(-1), min(num, g.numel())).indices.sort().values
         assert torch.equal(top_candidates(g, num, chunk_elements=chunk_elements), expected)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_order_by_equals_a_stable_float_sort(descending):
+    from spiel.selection.order import order_by
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randn(500, generator=g).round(decimals=1)  # many ties
+        x[torch.randint(500, (20,), generator=g)] = float("inf")
+        x[torch.randint(500, (20,), generator=g)] = float("-inf")
+        x[torch.randint(500, (5,), generator=g)] = -0.0  # equal to +0.0: ties go by position
+        x[torch.randint(500, (5,), generator=g)] = float("nan")
+        assert torch.equal(order_by(x, descending), torch.sort(x, descending=descending, stable=True).indices)

@@ -9,7 +9,8 @@ PAPER_TABLE3_7B = {  # A100, LLaMA-2-7b, no activation checkpointing: (GB, s per
     "lora": (40, 30.5), "ag": (34, 33.4), "ma": (30, 30.6),
     "lora-nf4": (30, 38.5), "ag-nf4": (26, 42.8), "ma-nf4": (22, 39.6),
 }
-LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "ia3": "(IA)3", "ag": "SpIEL-AG",
+LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
+          "ia3": "(IA)3", "ag": "SpIEL-AG",
           "ma": "SpIEL-MA", "static": "static sparse"}
 
 
@@ -23,8 +24,10 @@ def label(key: str) -> str:
 def combine_rounds(results: list[dict]) -> dict:
     """One method's results from several rounds (processes): all timed steps pooled; peak memory: max."""
     steps = [t for r in results for t in r["step_s"]]
+    cpu = [t for r in results for t in r.get("cpu_s", [])]
     first = results[0]
     return {
+        **({"cpu_s_median": statistics.median(cpu), "cpu_s_mean": statistics.fmean(cpu)} if cpu else {}),
         "step_s_median": statistics.median(steps),
         "step_s_mean": statistics.fmean(steps),
         "extra_mem_mb": max(r["extra_mem_mb"] for r in results),
@@ -34,23 +37,46 @@ def combine_rounds(results: list[dict]) -> dict:
         "rounds": len(results),
         "round_medians": [statistics.median(r["step_s"]) for r in results],
         "final_loss": first["final_loss"],
+        "bytes_per_entry": first.get("bytes_per_entry"),
+        "reselection": _mean_reselection([r.get("reselection") for r in results]),
     }
+
+
+def _mean_reselection(entries: list[dict | None]) -> dict | None:
+    entries = [e for e in entries if e]
+    if not entries:
+        return None
+    return {k: statistics.fmean(e[k] for e in entries) for k in entries[0]}
 
 
 def ratios(methods: dict[str, dict], reference: str = "lora") -> dict[str, dict]:
     """``{name: {"time", "mem"}}`` against the LoRA of the same quantization (QLoRA for ``*-nf4``), and
-    ``time_floor`` against the frozen floor of the same quantization."""
+    ``time_floor`` against the frozen floor of the same quantization. Where the run has LoRA with dropout 0
+    (``lora0``), also ``time_lora0`` (medians) and ``mean_lora0`` (means) against it; ``mean`` is the
+    ratio of means to ``reference``."""
     out = {}
     for name, m in methods.items():
         quant = name.partition("-")[2]
         ref = methods.get(f"{reference}-{quant}" if quant else reference)
+        ref0 = methods.get(f"lora0-{quant}" if quant else "lora0")
         floor = methods.get(f"floor-{quant}" if quant else "floor")
         entry = {}
         if ref:
             entry["time"] = m["step_s_median"] / ref["step_s_median"]
+            if "step_s_mean" in m and "step_s_mean" in ref:
+                entry["mean"] = m["step_s_mean"] / ref["step_s_mean"]
             entry["mem"] = m["extra_mem_mb"] / ref["extra_mem_mb"] if ref["extra_mem_mb"] > 0 else None
+        if ref0:
+            entry["time_lora0"] = m["step_s_median"] / ref0["step_s_median"]
+            entry["mean_lora0"] = m["step_s_mean"] / ref0["step_s_mean"]
+            if "cpu_s_median" in m and "cpu_s_median" in ref0:
+                entry["cpu_lora0"] = m["cpu_s_median"] / ref0["cpu_s_median"]
+                entry["cpu_mean_lora0"] = m["cpu_s_mean"] / ref0["cpu_s_mean"]
+            entry["mem_lora0"] = m["extra_mem_mb"] / ref0["extra_mem_mb"] if ref0["extra_mem_mb"] > 0 else None
         if floor:
             entry["time_floor"] = m["step_s_median"] / floor["step_s_median"]
+            if "cpu_s_median" in m and "cpu_s_median" in floor:
+                entry["cpu_floor"] = m["cpu_s_median"] / floor["cpu_s_median"]
         out[name] = entry
     return out
 
@@ -59,15 +85,53 @@ def _fmt(x, spec=".3f"):
     return "–" if x is None else format(x, spec)
 
 
+def _pair(r: dict, median_key: str, mean_key: str) -> str:
+    return f"{_fmt(r.get(median_key))} / {_fmt(r.get(mean_key))}" if r.get(median_key) is not None else "–"
+
+
 def step_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
-    lines = ["| method | trainable | step median (s) | step mean (s) | time × LoRA | time × floor | "
-             "extra memory (MB) | memory × LoRA |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """Time (median / mean) against LoRA with dropout 0 and with the paper's 0.1, and the floor; memory;
+    bytes per trainable entry; reselection's extra time per period in median steps."""
+    lines = ["| method | trainable | step median / mean (s) | × LoRA dropout 0 (median / mean) | "
+             "× LoRA dropout 0.1 (median / mean) | × floor (median) | extra memory (MB) | memory × LoRA 0 / 0.1 | "
+             "bytes per entry | reselection per period (median steps) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in methods.items():
         r = rat.get(name, {})
-        lines.append(f"| {label(name)} | {m['trainable']:,} | {m['step_s_median']:.3f} | {m['step_s_mean']:.3f} | "
-                     f"{_fmt(r.get('time'))} | {_fmt(r.get('time_floor'))} | {m['extra_mem_mb']:.0f} | "
-                     f"{_fmt(r.get('mem'), '.2f')} |")
+        b = m.get("bytes_per_entry") or {}
+        bpe = "–" if not b else f"{b['per_entry']:.1f}" + (f" + {b['shared_per_entry']:.2f}" if b.get("shared_per_entry")
+                                                            else "")
+        res = m.get("reselection")
+        lines.append(
+            f"| {label(name)} | {m['trainable']:,} | {m['step_s_median']:.3f} / {m['step_s_mean']:.3f} | "
+            f"{_pair(r, 'time_lora0', 'mean_lora0')} | {_pair(r, 'time', 'mean')} | {_fmt(r.get('time_floor'))} | "
+            f"{m['extra_mem_mb']:.0f} | {_fmt(r.get('mem_lora0'), '.2f')} / {_fmt(r.get('mem'), '.2f')} | {bpe} | "
+            f"{_fmt(res['extra_steps_per_period'], '.2f') if res else '–'} |")
+    return "\n".join(lines)
+
+
+def cpu_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
+    """The same steps by CPU seconds of the process (a shared box inflates wall time more than CPU time)."""
+    lines = ["| method | CPU s per step median / mean | × LoRA dropout 0 (median / mean) | × floor (median) |",
+             "|---|---:|---:|---:|"]
+    for name, m in methods.items():
+        if "cpu_s_median" in m:
+            r = rat.get(name, {})
+            lines.append(f"| {label(name)} | {m['cpu_s_median']:.3f} / {m['cpu_s_mean']:.3f} | "
+                         f"{_pair(r, 'cpu_lora0', 'cpu_mean_lora0')} | {_fmt(r.get('cpu_floor'))} |")
+    return "\n".join(lines)
+
+
+def reselection_table(methods: dict[str, dict]) -> str:
+    """Where SpIEL's extra time per reselection period goes, by kind of step."""
+    lines = ["| method | plain step median (s) | AG probe (dense grad + top-k) s/period | estimation s/period | "
+             "reselection step s/period | total s/period | total in median steps |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in methods.items():
+        res = m.get("reselection")
+        if res:
+            lines.append(f"| {label(name)} | {res['plain_median_s']:.3f} | {res['probe_s_per_period']:.3f} | "
+                         f"{res['estimate_s_per_period']:.3f} | {res['reselect_s_per_period']:.3f} | "
+                         f"{res['extra_s_per_period']:.3f} | {res['extra_steps_per_period']:.2f} |")
     return "\n".join(lines)
 
 

@@ -35,7 +35,9 @@ from .models import (
     wrap_for_training,
 )
 
-STEP_METHODS = ("floor", "full", "lora", "ia3", "ag", "ma")
+STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
+# ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of
+# every projection's input); ``lora`` keeps the paper's configuration.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -105,6 +107,62 @@ class MemoryMeter:
         if self.device.type == "cuda":
             return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
         return (_status_kib("VmHWM") * 1024 - self.base) / 2**20
+
+
+# -- what a tunable entry costs, and where reselection time goes -----------------------------------------------
+def bytes_per_entry(model, optimizer) -> dict:
+    """Bytes held per trainable entry while training: values, their gradient, every optimizer state tensor
+    with one entry per value (moments, per-slot ages), and for SpIEL the index and ``grown_at``. Per-tensor
+    state of another size (SM3's row/column accumulators) is reported apart, spread over the entries."""
+    per_entry = shared = 0
+    entries = 0
+    deltas = getattr(model, "deltas", None)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:
+        n = p.numel()
+        entries += n
+        per_entry += 2 * p.element_size() * n  # value and gradient
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                if value.shape == p.shape:
+                    per_entry += value.element_size() * n
+                else:
+                    shared += value.element_size() * value.numel()
+    if deltas:
+        for layer in deltas.values():
+            per_entry += (layer.indices.element_size() + layer.grown_at.element_size()) * layer.k
+    return {"per_entry": per_entry / max(1, entries), "shared_per_entry": shared / max(1, entries),
+            "entries": entries}
+
+
+def step_kind(selector, t_after: int) -> str:
+    """What the optimizer step that just made ``selector.t == t_after`` did beyond a plain step."""
+    if selector is None:
+        return "plain"
+    schedule = selector.schedule
+    if schedule.is_reselection(t_after):
+        return "reselect"
+    if selector.method == "ag" and schedule.starts_phase(t_after - 1):
+        return "probe"  # the phase's first step: dense gradient and top-k candidates
+    if selector.method == "ag" and schedule.in_estimation_phase(t_after - 1):
+        return "estimate"
+    return "plain"
+
+
+def reselection_cost(times: list[float], kinds: list[str], periods: float) -> dict:
+    """Extra time per reselection period of each non-plain kind of step, over the plain median step, in
+    seconds and in plain median steps."""
+    plain = [t for t, k in zip(times, kinds, strict=True) if k == "plain"]
+    base = statistics.median(plain) if plain else statistics.median(times)
+    out = {"plain_median_s": base}
+    total = 0.0
+    for kind in ("probe", "estimate", "reselect"):
+        extra = sum(t - base for t, k in zip(times, kinds, strict=True) if k == kind) / max(periods, 1e-9)
+        out[f"{kind}_s_per_period"] = extra
+        total += extra
+    out["extra_s_per_period"] = total
+    out["extra_steps_per_period"] = total / base
+    return out
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
@@ -185,22 +243,28 @@ def run(spec: StepSpec) -> dict:
         embed = model.get_input_embeddings()
         trainable = 0
     else:
-        mcfg = method_config(spec.method, rank, reselection_steps=spec.reselection_steps,
+        name = "lora" if spec.method == "lora0" else spec.method
+        mcfg = method_config(name, rank, reselection_steps=spec.reselection_steps,
                              estimation_steps=spec.estimation_steps, grad_path=spec.grad_path)
-        model, optimizer = wrap_for_training(spec.method, model, mcfg, seed=spec.seed, quantized=quantized)
+        if spec.method == "lora0":
+            mcfg.dropout = 0.0
+        model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
         if spec.method in ("ag", "ma"):
-            selector = model.make_selector(optimizer, total_steps=total)
+            # A horizon one period past the run: every period in the timed window is a whole one (its phase
+            # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
+            selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)
         trainable = trainable_count(spec.method, model)
     model.train()
 
     profiler = _Profiler(spec.profile, device)
-    times, losses = [], []
+    times, cpu_times, kinds, losses = [], [], [], []
+    footprint = None
     micro = 0
     for step in range(total):
         if step == spec.warmup:
             profiler.start()
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(spec.accum):
             ids = batches[micro % len(batches)]
             micro += 1
@@ -215,14 +279,18 @@ def run(spec: StepSpec) -> dict:
         with profiler.region("optimizer"):
             if optimizer is not None:
                 optimizer.step()
+                if footprint is None:  # gradients and optimizer state all exist now
+                    footprint = bytes_per_entry(model, optimizer)
                 optimizer.zero_grad(set_to_none=True)
         with profiler.region("selector"):
             if selector is not None:
                 selector.step()
         _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if step >= spec.warmup:
             times.append(elapsed)
+            cpu_times.append(cpu)
+            kinds.append(step_kind(selector, selector.t if selector is not None else step + 1))
         losses.append(float(loss.detach()))
     profiler.stop()
     if selector is not None:
@@ -238,11 +306,20 @@ def run(spec: StepSpec) -> dict:
         "step_s": times,
         "step_s_median": statistics.median(times),
         "step_s_mean": statistics.fmean(times),
+        # CPU seconds of this process (all threads) per step: on a shared box less sensitive to the
+        # neighbours than wall time, which is what the steps cost when they have the cores to themselves.
+        "cpu_s": cpu_times,
+        "cpu_s_median": statistics.median(cpu_times),
+        "cpu_s_mean": statistics.fmean(cpu_times),
         "extra_mem_mb": meter.extra_mb(),
         "base_mem_mb": meter.base_mb(),
         "trainable": trainable,
         "rank": rank,
         "final_loss": losses[-1],
+        "bytes_per_entry": footprint,
+        "step_kinds": kinds,
+        "reselection": reselection_cost(times, kinds, len(times) / spec.reselection_steps)
+        if selector is not None else None,
         "spec": asdict(spec),
     }
 

@@ -1,25 +1,34 @@
 """The gather-gradient: ``grad_values[j] = sum_b X[b, col_j] * dY[b, row_j]`` for flat indices j.
 
-This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positions. Three ways:
+This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positions. The ways:
 
-* ``dense``:  the full ``dYᵀ X`` then a gather (what the paper timed; O(out·in) transient memory);
-* ``sddmm``:  ``torch.sparse.sampled_addmm`` on the CSR pattern of the (sorted) indices, accumulated
-              over chunks of tokens so the transposed copies stay cache-sized; O(k + chunk) memory;
-* ``triton``: a Triton gather-dot kernel for CUDA (``triton_sddmm.py``).
+* ``dense``:   the full ``dYᵀ X`` then a gather (what the paper timed; O(out·in) transient memory);
+* ``blocked``: the same GEMM by blocks of rows, each gathered before the next (O(block·in) memory);
+* ``sddmm``:   ``torch.sparse.sampled_addmm`` on the CSR pattern of the (sorted) indices, accumulated
+               over chunks of tokens so the transposed copies stay cache-sized; O(k + chunk) memory;
+* ``triton``:  a Triton gather-dot kernel (CUDA; ``triton_sddmm.py``);
+* ``triton_tiles``: a Triton tensor-core tile kernel that writes only the active entries (CUDA).
 
-``auto`` picks one; see :func:`choose_grad_path` for the rule and where its numbers come from.
+``auto`` measures: the first time it meets a (device, dtype, shape, k, tokens) bucket it times every
+candidate on the call's own inputs and keeps the fastest (:func:`calibrated_path`), so on a GPU it is
+never slower than ``dense`` by more than timing noise. Small CPU problems, where timing is noise and a
+reproducible choice matters more, use the fitted time model of :func:`choose_grad_path` instead. Paths
+differ only in fp32 rounding; pin ``grad_path`` for bit-for-bit reproducible runs.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
+import time
 import warnings
 
 import torch
 
 from .indices import csr_pattern
 
-GRAD_PATHS = ("auto", "dense", "sddmm", "triton")
+GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_tiles")
+CUDA_ONLY_PATHS = ("triton", "triton_tiles")
 
 # Tokens per sampled_addmm call. The kernel reads a row of Xᵀ (one token chunk) per active index, so
 # the chunk of Xᵀ should stay cache-resident: about 2 MiB of fp32 (the dev box has 2 MiB L2 per core).
@@ -57,21 +66,128 @@ def validate_grad_path(grad_path: str) -> str:
 
 
 def choose_grad_path(device: torch.device, tokens: int, k: int, out_features: int, in_features: int) -> str:
-    """The ``auto`` rule: Triton on CUDA (dense if triton is missing); on CPU the cheaper of sddmm and
-    dense by the time model above."""
+    """The uncalibrated rule: ``dense`` on CUDA (the safe default until measured); on CPU the cheaper of
+    sddmm and dense by the time model above."""
     if device.type == "cuda":
-        from .triton_sddmm import triton_available
-
-        return "triton" if triton_available() else "dense"
+        return "dense"
     density = k / max(1, out_features * in_features)
     if tokens >= CPU_SDDMM_MIN_TOKENS and density < cpu_sddmm_max_density(out_features, in_features):
         return "sddmm"
     return "dense"
 
 
+def candidate_paths(device: torch.device) -> tuple[str, ...]:
+    """The paths ``auto`` measures on ``device``."""
+    if device.type == "cuda":
+        from .triton_sddmm import triton_available
+
+        return ("dense", "blocked") + (CUDA_ONLY_PATHS if triton_available() else ())
+    return ("dense", "blocked", "sddmm")
+
+
+# Calibrate on CPU only from this many multiply-adds per call (tokens·out·in, 1024x1024 at 256 tokens):
+# below it a path takes a millisecond or less, timing is noise and the time model is good enough.
+CPU_CALIBRATION_MIN_WORK = 1 << 28
+CALIBRATION_REPEATS = 3
+CALIBRATION_MARGIN = 1.05  # another path must be 5% faster than the uncalibrated choice to replace it
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def calibration_key(x2d: torch.Tensor, k: int, out_features: int, in_features: int) -> tuple:
+    """What a measured choice is kept for: the device, dtype, shape, and k and tokens by powers of two."""
+    return (str(x2d.device), x2d.dtype, out_features, in_features, _bucket(k), _bucket(x2d.shape[0]))
+
+
+_calibrated: dict[tuple, str] = {}
+_calibration_lock = threading.Lock()
+
+
+def calibrated_choices() -> dict[tuple, str]:
+    """A copy of every choice ``auto`` has measured in this process (key: :func:`calibration_key`)."""
+    with _calibration_lock:
+        return dict(_calibrated)
+
+
+def clear_calibration() -> None:
+    with _calibration_lock:
+        _calibrated.clear()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def calibrated_path(
+    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int, in_features: int,
+    paths: tuple[str, ...] | None = None,
+) -> tuple[str, torch.Tensor | None]:
+    """``auto``'s choice for this call, and (when it was measured just now) the gradient it computed.
+
+    The first call in a bucket runs each candidate once to warm it up (Triton compiles here), then
+    ``CALIBRATION_REPEATS`` more times round-robin, and keeps the path with the smallest median time
+    unless the uncalibrated choice (:func:`choose_grad_path`) is within ``CALIBRATION_MARGIN`` of it."""
+    key = calibration_key(x2d, indices.numel(), out_features, in_features)
+    with _calibration_lock:
+        known = _calibrated.get(key)
+    if known is not None:
+        return known, None
+    device = x2d.device
+    if device.type != "cuda" and x2d.shape[0] * out_features * in_features < CPU_CALIBRATION_MIN_WORK:
+        return choose_grad_path(device, x2d.shape[0], indices.numel(), out_features, in_features), None
+    candidates = paths or candidate_paths(device)
+    results = {path: _run_path(path, x2d, g2d, indices, out_features, in_features) for path in candidates}  # warm-up
+    times: dict[str, list[float]] = {path: [] for path in candidates}
+    for _ in range(CALIBRATION_REPEATS):  # round-robin, so that a burst of load hits every path alike
+        for path in candidates:
+            _sync(device)
+            start = time.perf_counter()
+            _run_path(path, x2d, g2d, indices, out_features, in_features)
+            _sync(device)
+            times[path].append(time.perf_counter() - start)
+    timings = {path: statistics.median(ts) for path, ts in times.items()}
+    best = min(timings, key=timings.get)
+    # The uncalibrated choice (dense on CUDA) stays unless another path is clearly faster: a noise-level
+    # difference should not flip it.
+    default = choose_grad_path(device, x2d.shape[0], indices.numel(), out_features, in_features)
+    if default in timings and timings[default] <= CALIBRATION_MARGIN * timings[best]:
+        best = default
+    with _calibration_lock:
+        _calibrated[key] = best
+    return best, results[best]
+
+
 def dense_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Full ``dYᵀ X`` then gather: the paper's baseline, and the fastest at high density."""
     return torch.mm(g2d.t(), x2d).view(-1).index_select(0, indices)
+
+
+# Elements of one row block of ``dYᵀ X`` in the ``blocked`` path (16 MiB in fp32).
+BLOCKED_ELEMENTS = 1 << 22
+
+
+def blocked_gather_grad(
+    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int, in_features: int,
+    block_rows: int | None = None,
+) -> torch.Tensor:
+    """``dense`` by blocks of rows: each ``[rows, in]`` block of ``dYᵀ X`` is one GEMM, gathered at the
+    block's (contiguous, since sorted) run of indices before the next. Extra memory O(block · in + out)."""
+    rows_per_block = block_rows or max(1, BLOCKED_ELEMENTS // in_features)
+    crow, _ = csr_pattern(indices, out_features, in_features)
+    starts = list(range(0, out_features, rows_per_block))
+    bounds = crow[starts + [out_features]].tolist()  # one device-to-host copy
+    out = torch.empty(indices.numel(), dtype=torch.float32, device=x2d.device)
+    for b, r0 in enumerate(starts):
+        lo, hi = bounds[b], bounds[b + 1]
+        if lo == hi:
+            continue
+        r1 = min(out_features, r0 + rows_per_block)
+        block = torch.mm(g2d[:, r0:r1].t(), x2d)
+        out[lo:hi] = block.view(-1).index_select(0, indices[lo:hi] - r0 * in_features)
+    return out
 
 
 def sddmm_gather_grad(
@@ -160,13 +276,34 @@ def gather_grad(
     if dense_grad is not None:
         return dense_grad.view(-1).index_select(0, indices)
     if grad_path == "auto":
-        grad_path = choose_grad_path(x2d.device, x2d.shape[0], indices.numel(), out_features, in_features)
+        grad_path, result = calibrated_path(x2d, g2d, indices, out_features, in_features)
+        if result is not None:
+            return result
+    return _run_path(grad_path, x2d, g2d, indices, out_features, in_features)
+
+
+def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.Tensor:
+    if grad_path in CUDA_ONLY_PATHS and x2d.device.type != "cuda" and not _interpreted():
+        raise ValueError(f"grad_path={grad_path!r} needs a CUDA device (or TRITON_INTERPRET=1 for tests); "
+                         f"the inputs are on {x2d.device}: use auto, dense, blocked or sddmm")
     if grad_path == "dense":
         return dense_gather_grad(x2d, g2d, indices)
+    if grad_path == "blocked":
+        return blocked_gather_grad(x2d, g2d, indices, out_features, in_features)
     if grad_path == "sddmm":
         return sddmm_gather_grad(x2d, g2d, indices, out_features, in_features)
     if grad_path == "triton":
         from .triton_sddmm import triton_gather_grad
 
         return triton_gather_grad(x2d, g2d, indices, in_features)
+    if grad_path == "triton_tiles":
+        from .triton_sddmm import triton_tiles_grad
+
+        return triton_tiles_grad(x2d, g2d, indices, out_features, in_features)
     raise ValueError(f"grad_path must be one of {GRAD_PATHS}, got {grad_path!r}")
+
+
+def _interpreted() -> bool:
+    from .triton_sddmm import interpreted
+
+    return interpreted()

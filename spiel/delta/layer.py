@@ -1,7 +1,7 @@
 """``SparseDeltaLinear``: a frozen ``nn.Linear`` (or bitsandbytes ``Linear4bit``) plus a sparse delta.
 
 State: ``indices`` (buffer, sorted unique flat positions into ``W``), ``values`` (the trainable
-``nn.Parameter``), ``grown_at`` (buffer: optimizer step at which each slot's index was grown, for the
+``nn.Parameter``), ``grown_at`` (int32 buffer: optimizer step at which each slot's index was grown, for the
 parameter-age plot). The base layer is kept as ``base_layer`` and is never modified, except by
 :meth:`merge` / :meth:`unmerge`.
 """
@@ -52,7 +52,7 @@ class SparseDeltaLinear(nn.Module):
                 raise ValueError(f"got {indices.numel()} indices for k={k}")
         self.register_buffer("indices", indices.to(device=device, dtype=index_dtype(numel)))
         self.values = nn.Parameter(torch.zeros(k, dtype=delta_dtype, device=device))
-        self.register_buffer("grown_at", torch.zeros(k, dtype=torch.int64, device=device))
+        self.register_buffer("grown_at", torch.zeros(k, dtype=torch.int32, device=device))
         self.grad_path = validate_grad_path(grad_path)
         self.merged = False
         self._dense_grad_request: Callable[[torch.Tensor], None] | None = None

@@ -1,8 +1,23 @@
 """SparseAdamW: AdamW for sparse-delta values with a per-index age for bias correction.
 
-Each slot of a values vector may have been grown at a different step, so each keeps its own step
-count (``age``) and Adam's bias correction uses it: ``m̂ = m / (1 − β1^age)``, ``v̂ = v / (1 − β2^age)``.
-Moments and ages are fp32/int64 whatever the values' dtype (bf16 counters would stop at 256).
+Each slot of a values vector may have been grown at a different step, so each has its own age (Adam
+steps since its state was (re)seeded) and Adam's bias correction uses it: ``m̂ = m / (1 − β1^age)``,
+``v̂ = v / (1 − β2^age)``. Moments are fp32 whatever the values' dtype (bf16 would round them).
+
+Ages are not stored as a counter per slot. The optimizer counts its updates per parameter (``step``) and
+a slot's age is ``step − born``:
+
+* on its own, a parameter keeps an int32 ``born`` per slot (the update count at which the slot's age
+  was 0);
+* linked (:meth:`link_ages`, what SpIEL-AG's selector does), it keeps nothing per slot: the layer's
+  ``grown_at`` (the optimizer step each slot was grown at, kept anyway for the age report) gives
+  ``age = step − grown_at + head_start`` for grown slots (``grown_at > 0``), ``step`` for the initial ones.
+  This holds while the optimizer's update count equals the selector's step count and every growth
+  seeds the same age; :meth:`unlink_ages` turns the ages back into a per-slot tensor when it would not.
+
+So SpIEL-AG holds 24 bytes per tunable entry (value, gradient, two moments, int32 index, int32
+``grown_at``) instead of 36 with int64 ages and growth steps.
+
 Weight decay is decoupled, ``p ← p − lr·λ·p``, pulling each delta toward 0, i.e. toward the
 pretrained weight (the paper uses λ up to 30).
 """
@@ -15,7 +30,8 @@ from .slot_state import SlotStateOptimizer
 
 
 class SparseAdamW(SlotStateOptimizer):
-    SLOT_KEYS = ("exp_avg", "exp_avg_sq", "age")
+    SLOT_KEYS = ("exp_avg", "exp_avg_sq", "born")
+    RESET_KEYS = ("exp_avg", "exp_avg_sq", "age")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         if lr < 0:
@@ -25,24 +41,107 @@ class SparseAdamW(SlotStateOptimizer):
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
 
+    # -- ages -----------------------------------------------------------------------------------------------
+    def link_ages(self, param: torch.Tensor, grown_at: torch.Tensor, head_start: int) -> None:
+        """Derive ``param``'s ages from ``grown_at`` (shared, not copied) instead of a per-slot tensor.
+
+        Only for a parameter with no per-slot ages yet (a fresh one, or one resumed from a linked run);
+        otherwise its own ages stay in use and this is a no-op."""
+        if grown_at.shape != param.shape:
+            raise ValueError(f"grown_at {tuple(grown_at.shape)} does not match the values {tuple(param.shape)}")
+        if "born" in self.state.get(param, {}):
+            return
+        self._links[param] = (grown_at, int(head_start))
+
+    def is_linked(self, param: torch.Tensor) -> bool:
+        return param in self._links and "born" not in self.state.get(param, {})
+
+    def linked_head_start(self, param: torch.Tensor) -> int | None:
+        """The seed age of grown slots if ``param``'s ages are derived from ``grown_at``, else None."""
+        return self._links[param][1] if self.is_linked(param) else None
+
+    def update_count(self, param: torch.Tensor) -> int:
+        return int(self._state_for(param)["step"])
+
+    @torch.no_grad()
+    def ages(self, param: torch.Tensor) -> torch.Tensor:
+        """Every slot's current age (int64): the number of Adam steps its bias correction has counted."""
+        state = self._state_for(param)
+        step = state["step"]
+        if "born" in state:
+            return step - state["born"].long()
+        if param not in self._links:
+            raise RuntimeError(
+                "SparseAdamW: this parameter's state has no per-slot ages and no link to its growth steps; "
+                "call link_ages(values, layer.grown_at, head_start) (the SpIEL selector does) before stepping")
+        grown_at, head_start = self._links[param]
+        grown = grown_at.long()
+        return torch.where(grown > 0, step - grown + head_start, step)
+
+    @torch.no_grad()
+    def unlink_ages(self, param: torch.Tensor) -> None:
+        """Keep ``param``'s current ages in its own int32 tensor from now on."""
+        if self.is_linked(param):
+            state = self._state_for(param)
+            state["born"] = (state["step"] - self.ages(param)).to(torch.int32)
+        self._links.pop(param, None)
+
+    # -- the update -----------------------------------------------------------------------------------------
     def _init_state(self, param):
-        return {
+        state = {
+            "step": torch.zeros((), dtype=torch.int64),
             "exp_avg": torch.zeros(param.shape, dtype=torch.float32, device=param.device),
             "exp_avg_sq": torch.zeros(param.shape, dtype=torch.float32, device=param.device),
-            "age": torch.zeros(param.shape, dtype=torch.int64, device=param.device),
         }
+        if param not in self._links:
+            state["born"] = torch.zeros(param.shape, dtype=torch.int32, device=param.device)
+        return state
 
     def _update(self, p, grad, state, group):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        m, v, age = state["exp_avg"], state["exp_avg_sq"], state["age"]
-        age.add_(1)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        age_f = self.ages(p).to(device=p.device, dtype=torch.float32)
         m.mul_(beta1).add_(grad, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        age_f = age.to(torch.float32)
         bias1 = 1 - torch.pow(beta1, age_f)
         bias2 = 1 - torch.pow(beta2, age_f)
         denom = (v / bias2).sqrt_().add_(eps)
         update = (m / bias1).div_(denom)
         # Decoupled decay first (as torch.optim.AdamW), computed in fp32 for bf16 values.
         p.copy_(p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr))
+
+    # -- slots ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_slots(self, param: torch.Tensor, slots: torch.Tensor, **values) -> None:
+        """Seed the state at ``slots``: ``exp_avg`` / ``exp_avg_sq`` (default 0) and ``age`` (default 0:
+        the next step is the slot's first). A linked parameter takes its ages from ``grown_at``, which the
+        caller sets to the current update count; a seed age other than the link's head start is refused."""
+        unknown = set(values) - set(self.RESET_KEYS)
+        if unknown:
+            raise KeyError(f"SparseAdamW has no per-slot state {sorted(unknown)}; has {self.RESET_KEYS}")
+        age = values.pop("age", 0)
+        state = self._state_for(param)
+        super().reset_slots(param, slots, **values)
+        head_start = self.linked_head_start(param)
+        if head_start is not None:
+            if torch.is_tensor(age) and age.numel() != 1 or int(age) != head_start:
+                raise ValueError(f"linked ages seed every grown slot at age {head_start}, got {age}; "
+                                 "call unlink_ages first")
+            return
+        slots = slots.to(device=param.device, dtype=torch.long)
+        if torch.is_tensor(age):
+            age = age.to(device=param.device, dtype=torch.int64)
+        state["born"][slots] = (state["step"].to(param.device) - age).to(torch.int32)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As the base class's; a state saved before ages were derived (a per-slot int64 ``age``, no
+        ``step``) is converted to the same ages exactly."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if "age" in state and "step" not in state:
+                age = state.pop("age")
+                state["step"] = torch.zeros((), dtype=torch.int64)
+                state["born"] = (-age).to(torch.int32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .order import order_by
+
 DROP_CRITERIA = ("magnitude", "change")
 
 
@@ -22,5 +24,5 @@ def drop_order(values: torch.Tensor, n: int, criterion: str = "magnitude",
         if reference is None:
             raise ValueError("drop='change' needs the values at the last reselection")
         score = score - reference.float()
-    order = torch.sort(score.abs(), stable=True).indices
+    order = order_by(score.abs())
     return order[:n]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..delta.indices import csr_pattern, isin_sorted
+from .order import order_by
 
 CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
 CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
@@ -21,26 +22,69 @@ def _default_chunk(n: int) -> int:
     return max(CHUNK_ELEMENTS, CHUNK_PER_N * n)
 
 
+# Top-n by threshold: the n largest of N scores are found by estimating the n-th largest from a fixed
+# random sample of positions, keeping the scores at or above it (one comparison pass per chunk) and sorting
+# only those, once. torch.topk over all N, or a running top-n merged chunk by chunk, cost more than the
+# GEMM that made the scores (1024x1024, n = 32768, 1 thread: topk 12.7 ms, the GEMM 12.1 ms).
+SAMPLE_SIZE = 1 << 16
+SAMPLE_SEED = 0x5EED  # a fixed sample, so that the choice is reproducible
+
+
+def _sample_threshold(score_at, total: int, n: int, device: torch.device) -> torch.Tensor | None:
+    """A score that about ``1.25·n + 4σ`` of the ``total`` scores reach (None when sampling cannot help)."""
+    if 4 * n >= total or total <= SAMPLE_SIZE:
+        return None
+    gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
+    sample = score_at(torch.randint(total, (SAMPLE_SIZE,), generator=gen, device=device))
+    expected = SAMPLE_SIZE * n / total  # sample entries above the true n-th largest, on average
+    rank = min(SAMPLE_SIZE, int(1.25 * expected + 4 * expected**0.5 + 16))
+    return torch.topk(sample, rank, sorted=False).values.min()
+
+
+def _best_first(index: torch.Tensor, scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` best of position-ascending ``(index, scores)``, by score descending, ties position ascending."""
+    keep = order_by(scores, descending=True)[:n]
+    return index[keep], scores[keep]
+
+
 def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores, chunk_elements: int,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(flat positions, scores)`` of the ``n`` largest scores of an ``[out, in]`` matrix, best first, with
-    only one chunk of rows scored at a time: ``chunk_scores(r0, r1)`` returns rows ``r0:r1`` as a flat fp32
-    tensor (which may be modified). A running top-n keeps the extra memory O(n + chunk_elements)."""
+                       device: torch.device, score_at=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(flat positions, scores)`` of the ``n`` largest scores of an ``[out, in]`` matrix, best first (ties:
+    lower position first), with only one chunk of rows scored at a time: ``chunk_scores(r0, r1)`` returns
+    rows ``r0:r1`` as a flat fp32 tensor (which may be modified); ``score_at(flat positions)`` the scores at
+    given positions (for the sampled threshold). Extra memory O(n + chunk_elements).
+
+    With ``score_at``, chunks keep only the scores at or above a sampled threshold and one sort finishes;
+    should fewer than ``n`` pass (a sample far off), or without it, a running top-n is merged chunk by chunk.
+    Both give exactly the ``n`` best."""
     rows_per_chunk = max(1, chunk_elements // in_features)
+    chunks = [(r0, min(out_features, r0 + rows_per_chunk)) for r0 in range(0, out_features, rows_per_chunk)]
+    threshold = None if score_at is None else _sample_threshold(score_at, out_features * in_features, n, device)
+    if threshold is not None:
+        kept_index, kept_scores = [], []
+        for r0, r1 in chunks:
+            scores = chunk_scores(r0, r1)
+            positions = (scores >= threshold).nonzero().view(-1)
+            kept_index.append(positions + r0 * in_features)
+            kept_scores.append(scores[positions])
+        index, scores = torch.cat(kept_index), torch.cat(kept_scores)
+        if index.numel() >= n:
+            return _best_first(index, scores, n)
     best_scores = torch.empty(0, dtype=torch.float32, device=device)
     best_index = torch.empty(0, dtype=torch.long, device=device)
-    for r0 in range(0, out_features, rows_per_chunk):
-        r1 = min(out_features, r0 + rows_per_chunk)
+    for r0, r1 in chunks:
         scores = chunk_scores(r0, r1)
-        top = torch.topk(scores, min(n, scores.numel()))
-        best_scores = torch.cat([best_scores, top.values])
-        best_index = torch.cat([best_index, top.indices + r0 * in_features])
-        if best_scores.numel() > n:
-            # Stable sort keeps the lower position first among equal scores (deterministic).
-            keep = torch.sort(best_scores, descending=True, stable=True).indices[:n]
-            best_scores, best_index = best_scores[keep], best_index[keep]
-    order = torch.sort(best_scores, descending=True, stable=True).indices
-    return best_index[order], best_scores[order]
+        if best_scores.numel() == n:
+            # Later chunks hold higher positions, so a score equal to the smallest kept one loses the tie.
+            positions = (scores > best_scores[-1]).nonzero().view(-1)
+        else:
+            positions = torch.arange(scores.numel(), device=device)
+        if positions.numel() == 0:
+            continue
+        # Stable: among equal scores the earlier (lower position) entry stays first.
+        best_index, best_scores = _best_first(torch.cat([best_index, positions + r0 * in_features]),
+                                              torch.cat([best_scores, scores[positions]]), n)
+    return best_index, best_scores
 
 
 def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | None = None) -> torch.Tensor:
@@ -52,9 +96,11 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
     num = min(num, dense_grad.numel())
     if num <= 0:
         return torch.zeros(0, dtype=torch.long, device=dense_grad.device)
+    flat = dense_grad.reshape(-1)
     index, _ = _top_by_row_chunks(num, out_features, in_features,
                                   lambda r0, r1: dense_grad[r0:r1].reshape(-1).abs().float(),
-                                  chunk_elements or _default_chunk(num), dense_grad.device)
+                                  chunk_elements or _default_chunk(num), dense_grad.device,
+                                  score_at=lambda positions: flat[positions].abs().float())
     return index.sort().values
 
 
@@ -63,7 +109,7 @@ def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: to
     eligible = (~isin_sorted(candidates, staying)).nonzero().view(-1)
     if eligible.numel() == 0 or n <= 0:
         return eligible[:0]
-    order = torch.sort(mean_grad[eligible].abs(), descending=True, stable=True).indices
+    order = order_by(mean_grad[eligible].abs(), descending=True)
     return eligible[order[:n]]
 
 
@@ -81,6 +127,11 @@ def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.
         scores[active[int(crow[r0]) : int(crow[r1])].long() - r0 * in_features] = -torch.inf
         return scores
 
+    def score_at(positions: torch.Tensor) -> torch.Tensor:
+        rows = torch.div(positions, in_features, rounding_mode="floor")
+        scores = row_acc[rows].float() * col_acc[positions - rows * in_features].float()
+        return scores.masked_fill_(isin_sorted(positions, active.long()), -torch.inf)
+
     index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores,
-                                       chunk_elements or _default_chunk(n), row_acc.device)
+                                       chunk_elements or _default_chunk(n), row_acc.device, score_at=score_at)
     return index[scores > -torch.inf]

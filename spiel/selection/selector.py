@@ -59,6 +59,12 @@ class Selector:
         self.references = {}  # values at the last reselection, for drop="change"
         if drop == "change":
             self.references = {n: layer.values.detach().clone() for n, layer in self.layers.items()}
+        if method == "ag":
+            # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
+            # phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on candidates).
+            head_start = estimation_steps - (1 if world_size(process_group) > 1 else 0)
+            for layer in self.layers.values():
+                optimizer.link_ages(layer.values, layer.grown_at, head_start)
         self._install_probes()
 
     # -- the per-step hook -----------------------------------------------------------------------------
@@ -141,6 +147,8 @@ class Selector:
         else:
             slots, new_indices, seeds = self._ma_grow(name, slots, n)
         if new_indices.numel():
+            if self.method == "ag":
+                self._keep_ages_exact(layer, seeds["age"])
             layer.indices[slots] = new_indices.to(layer.indices.dtype)
             layer.values[slots] = 0
             layer.grown_at[slots] = self.t
@@ -177,6 +185,14 @@ class Selector:
             "age": age,
         }
         return free, grown, seeds
+
+    def _keep_ages_exact(self, layer, seed_age: int) -> None:
+        """Linked Adam ages read ``grown_at`` as update counts with one seed age; where a skipped update or
+        a different seed would break that, the optimizer keeps this layer's ages per slot from now on."""
+        opt = self.optimizer
+        head_start = opt.linked_head_start(layer.values)
+        if head_start is not None and (opt.update_count(layer.values) != self.t or seed_age != head_start):
+            opt.unlink_ages(layer.values)
 
     def _ma_grow(self, name, slots, n):
         layer = self.layers[name]
