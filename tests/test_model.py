@@ -93,7 +93,10 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
 
 
 def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
-    """Checkpoints written before grown_at became int32 hold it as int64."""
+    """Checkpoints written before grown_at became int32 hold it as int64 (and, older than the delta's
+    recorded SHA-256, have none)."""
+    import json
+
     from safetensors.torch import load_file, save_file
 
     model = with_random_deltas(get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, seed=5)))
@@ -103,6 +106,10 @@ def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
     assert all(v.dtype == torch.int32 for k, v in tensors.items() if k.endswith(".grown_at"))
     save_file({k: torch.full_like(v, 7, dtype=torch.int64) if k.endswith(".grown_at") else v
                for k, v in tensors.items()}, path)
+    config_path = tmp_path / "ckpt" / "spiel_config.json"
+    config = json.loads(config_path.read_text())
+    del config["delta_sha256"]
+    config_path.write_text(json.dumps(config))
     loaded = SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt")
     for layer in loaded.deltas.values():
         assert layer.grown_at.dtype == torch.int32 and bool((layer.grown_at == 7).all())
