@@ -154,10 +154,11 @@ def test_checkpoints_hold_the_delta_not_the_model(tmp_path):
     delta, ckpt = dir_size(tmp_path / "delta"), dir_size(checkpoint)
     optimizer = (checkpoint / "optimizer.pt").stat().st_size
     assert not list(checkpoint.glob("model*.safetensors")) and not (checkpoint / "pytorch_model.bin").exists()
-    # The checkpoint is the delta, Adam's state for it (two fp32 moments and an int64 age per entry:
-    # as large as the delta itself) and a few small files; never the frozen base.
+    # The checkpoint is the delta, Adam's state for it (two fp32 moments per entry; the ages are derived
+    # from grown_at) and a few small files; never the frozen base.
     assert optimizer <= 1.05 * delta
     assert ckpt <= delta + optimizer + 64 * 1024
+    assert ckpt <= 2 * delta
     assert ckpt < full_model / 4
     print(f"full model {full_model:,} B; delta {delta:,} B; checkpoint {ckpt:,} B "
           f"({ckpt / delta:.2f}x the delta; optimizer.pt {optimizer:,} B)")
