@@ -45,7 +45,7 @@ class Method:
         return []
 
     def save(self, model: nn.Module, directory: Path, tokenizer=None) -> None:
-        """The final checkpoint in this method's format (see DESIGN.md, checkpoint format)."""
+        """The final checkpoint in this method's format (the checkpoint formats are described in the README)."""
         model.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
