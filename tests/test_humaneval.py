@@ -7,7 +7,6 @@ the host are in tests/test_sandbox_attacks.py."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import tempfile
@@ -52,18 +51,6 @@ def _sandbox_processes() -> list[int]:
             except OSError:
                 pass
     return pids
-
-
-@pytest.fixture
-def victim():
-    """A file anyone may write, in a directory anyone may enter and write (only the sandbox protects it)."""
-    folder = tempfile.mkdtemp(prefix="spiel-victim-")
-    os.chmod(folder, 0o777)
-    path = Path(folder) / "precious.txt"
-    path.write_text("keep me")
-    os.chmod(path, 0o666)
-    yield path
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -248,18 +248,6 @@ def test_a_checker_that_swallows_errors_still_fails_a_bad_reply():
 # ------------------------------------------------------------------------------------------------ host
 
 @pytest.fixture
-def victim():
-    """A file anyone may write, in a directory anyone may enter and write (only the sandbox protects it)."""
-    folder = tempfile.mkdtemp(prefix="spiel-victim-")
-    os.chmod(folder, 0o777)
-    path = Path(folder) / "precious.txt"
-    path.write_text("keep me")
-    os.chmod(path, 0o666)
-    yield path
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
 def unix_listener():
     """A Unix-domain socket anyone may connect to, in the host's /tmp, that records what it receives."""
     folder = tempfile.mkdtemp(prefix="spiel-sock-", dir="/tmp")

@@ -105,7 +105,7 @@ def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
         slot = got.index(int(candidates[i]))
         if int(candidates[i]) in dropped:
             continue  # dropped and regrown: keeps its slot state
-        assert layer.grown_at[slot] == 13 and state["age"][slot] == gamma
+        assert layer.grown_at[slot] == 13 and opt.ages(layer.values)[slot] == gamma
         torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
         torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
 

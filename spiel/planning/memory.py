@@ -138,9 +138,9 @@ def estimate(shape: ModelShape, plan: RunPlan) -> Estimate:
         k = sum(sizes.values())
         index_bytes = sum(sizes[n] * (4 if o * i < INT32_LIMIT else 8) for n, (o, i) in targets.items())
         est.trainable = k
-        est.parts["deltas"] = index_bytes + k * (value_bytes + 8)  # indices, values, grown_at (int64)
+        est.parts["deltas"] = index_bytes + k * (value_bytes + 4)  # indices, values, grown_at (int32)
         if plan.method == "ag":
-            est.parts["optimizer state"] = k * (4 + 4 + 8)  # Adam m, v (fp32) and age (int64)
+            est.parts["optimizer state"] = k * (4 + 4)  # Adam m, v (fp32); the ages derive from grown_at
             # the first micro-batch of an estimation phase forms each target's dense dL/dW in turn; the
             # phase then keeps k candidates (int64) and three fp32 statistics
             biggest = max(o * i for o, i in targets.values())
