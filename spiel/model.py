@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import weakref
 from pathlib import Path
@@ -68,6 +69,8 @@ class SpielModel(nn.Module):
         self.training = model.training  # the wrapper starts in the wrapped model's mode
         self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
         self._static_training = False
+        self._delta_sets = {}  # name -> spiel.delta_sets.DeltaSet, once load_delta is used
+        self._active_delta = "default"  # the delta the model was built or loaded with
         self._show_wrapped_signature()
 
     def _show_wrapped_signature(self) -> None:
@@ -216,6 +219,53 @@ class SpielModel(nn.Module):
             layer.values.copy_(entry["values"])
             layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
 
+    # -- several named deltas over one base (spiel.delta_sets) ---------------------------------------
+    @property
+    def active_delta(self) -> str:
+        return self._active_delta
+
+    @property
+    def delta_names(self) -> list[str]:
+        return list(self._delta_sets) or [self._active_delta]
+
+    def load_delta(self, path_or_repo, name: str, revision: str | None = None,
+                   allow_unverified_base: bool = False) -> SpielModel:
+        """Keep the checkpoint ``path_or_repo`` (a directory or Hub repo id) as the delta ``name``, checked
+        as ``from_pretrained`` checks it, without activating it. The delta this model was built or loaded
+        with is ``"default"``. It must target the same modules; its k may differ."""
+        from .delta_sets import capture, read_delta_set
+
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a delta name must be a non-empty string, got {name!r}")
+        if name in self.delta_names:
+            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
+        delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base)
+        if not self._delta_sets:
+            self._delta_sets[self._active_delta] = capture(self.deltas, "as built", self.spiel_config)
+        self._delta_sets[name] = delta
+        return self
+
+    def set_delta(self, name: str) -> SpielModel:
+        """Make ``name`` the delta every forward applies: O(k) pointer swaps, the base is not touched."""
+        from .delta_sets import activate
+
+        if name not in self._delta_sets:
+            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
+        activate(self.deltas, self._delta_sets[name])
+        self._active_delta, self.spiel_config = name, self._delta_sets[name].config
+        return self
+
+    def unload(self) -> nn.Module:
+        """The wrapped model with every delta layer replaced by its untouched base layer (the pristine base)."""
+        from .delta_sets import check_unmerged
+
+        deltas = self.deltas
+        check_unmerged(deltas, "unload")
+        for name, layer in deltas.items():
+            _replace_module(self.model, name, layer.base_layer)
+        self._delta_sets = {}
+        return self.model
+
     def merge_and_unload(self) -> nn.Module:
         """Add every delta into its base weight and return the plain model (not for 4-bit bases)."""
         for name, layer in self.deltas.items():
@@ -259,13 +309,17 @@ def _get(model: nn.Module, name: str):
         return None
 
 
-def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False) -> nn.Module:
-    """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
-    "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
-    bases come back as a SpielModel holding the union of the positions, unmerged. Every checkpoint is
-    checked as by ``from_pretrained`` before any is summed."""
+def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False,
+            weights=None) -> nn.Module:
+    """``θ0 + Σ wᵢ φᵢ``: the base model with the deltas of several checkpoints summed (Table 1's
+    "Tülu v2 ⊕ GPT4-Alpaca"), each scaled by its entry of ``weights`` (default: all 1). Full-precision
+    bases get the sum merged in and come back plain; 4-bit bases come back as a SpielModel holding the
+    union of the positions, unmerged. Every checkpoint is checked as by ``from_pretrained`` before any is
+    summed."""
     from .hub import resolve_checkpoint, split_revision
 
+    ckpt_dirs = list(ckpt_dirs)
+    weights = check_weights(weights, len(ckpt_dirs))
     # local directories, or Hub repo ids ("org/name" or "org/name@revision")
     ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
@@ -277,9 +331,9 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
             raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
         check_against_base(directory, saved, base_model)
-    for _, tensors in members:
+    for (_, tensors), weight in zip(members, weights, strict=True):
         for name, entry in tensors.items():
-            idx, val = entry["indices"].long(), entry["values"].float()
+            idx, val = entry["indices"].long(), entry["values"].float() * weight
             if name in merged:
                 idx, val = torch.cat([merged[name][0], idx]), torch.cat([merged[name][1], val])
             union, inverse = torch.unique(idx, return_inverse=True)
@@ -292,3 +346,16 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     if any(is_quantized(layer.weight) for layer in model.deltas.values()):
         return model
     return model.merge_and_unload()
+
+
+def check_weights(weights, count: int) -> list[float]:
+    """``weights`` for ``count`` deltas as floats (None: all 1), refused unless one finite number each."""
+    if weights is None:
+        return [1.0] * count
+    weights = list(weights)
+    if len(weights) != count:
+        raise ValueError(f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint")
+    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weights must be finite numbers, got {bad[0]!r} in {weights}")
+    return [float(w) for w in weights]

@@ -1,0 +1,82 @@
+"""Several named deltas over one frozen base: load, switch, unload (``SpielModel.load_delta`` and friends).
+
+Each ``SparseDeltaLinear`` applies its delta on the fly and never writes into the base weight, so a
+delta is just its (indices, values, grown_at) per layer: switching points every layer at another set's
+tensors (O(k) memory per set, no copy of the base), and the base stays bit-for-bit what it was loaded as.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointMismatchError, check_against_base
+from .checkpoint_check import read_checkpoint
+from .delta.indices import index_dtype
+from .delta.layer import SparseDeltaLinear
+from .spiel_config import SpielConfig
+
+
+@dataclass
+class DeltaSet:
+    """One named delta: per module its tensors, already on the layer's device and in its index dtype."""
+
+    source: str
+    config: SpielConfig
+    tensors: dict[str, dict[str, torch.Tensor]]
+
+
+def capture(layers: dict[str, SparseDeltaLinear], source: str, config: SpielConfig) -> DeltaSet:
+    """The layers' current tensors (the same storage, not a copy) as a set."""
+    return DeltaSet(source, config, {n: {"indices": layer.indices, "values": layer.values, "grown_at": layer.grown_at}
+                             for n, layer in layers.items()})
+
+
+def check_unmerged(layers: dict[str, SparseDeltaLinear], action: str) -> None:
+    merged = [n for n, layer in layers.items() if layer.merged]
+    if merged:
+        raise RuntimeError(f"cannot {action}: {len(merged)} layer(s) have their delta merged into the base "
+                           f"weight (e.g. {merged[0]}), so the base is no longer pristine; call unmerge() on them "
+                           "first, or reload the base")
+
+
+@torch.no_grad()
+def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_or_repo,
+                   revision: str | None = None, allow_unverified_base: bool = False) -> DeltaSet:
+    """A checkpoint (directory or Hub repo id) as a set for ``layers``, checked as ``from_pretrained`` checks
+    it (files, then against the base weights) before anything is kept."""
+    from .hub import resolve_checkpoint
+
+    directory = resolve_checkpoint(path_or_repo, revision)
+    saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+    check_against_base(directory, saved, model)
+    if set(tensors) != set(layers):
+        raise CheckpointMismatchError(
+            f"{directory} holds deltas for other modules than this SpielModel wraps: it adds "
+            f"{sorted(set(tensors) - set(layers))[:3]} and lacks {sorted(set(layers) - set(tensors))[:3]}; "
+            "named deltas must target the same modules")
+    config = SpielConfig.from_dict(saved["spiel_config"])
+    config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
+    dtype = getattr(torch, config.delta_dtype)
+    kept = {}
+    for name, layer in layers.items():
+        entry, device = tensors[name], layer.indices.device
+        numel = layer.out_features * layer.in_features
+        indices = entry["indices"].to(device=device, dtype=index_dtype(numel))
+        grown_at = entry.get("grown_at", torch.zeros(indices.numel(), dtype=torch.int32))
+        kept[name] = {"indices": indices,
+                      "values": nn.Parameter(entry["values"].to(device=device, dtype=dtype), requires_grad=False),
+                      "grown_at": grown_at.to(device=device, dtype=torch.int32)}
+    return DeltaSet(str(directory), config, kept)
+
+
+def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
+    """Point every layer at ``delta``'s tensors (no copy: the set and the layer share storage)."""
+    check_unmerged(layers, "switch deltas")
+    for name, layer in layers.items():
+        entry = delta.tensors[name]
+        layer.indices = entry["indices"]  # registered buffers and parameter: plain reassignment
+        layer.values = entry["values"]
+        layer.grown_at = entry["grown_at"]

@@ -1,0 +1,164 @@
+"""Several named deltas over one base (load_delta, set_delta, unload) and weighted compose, against
+dense references computed in plain torch."""
+
+import copy
+
+import pytest
+import torch
+
+from spiel import SpielConfig, compose, get_spiel_model
+from spiel.checkpoint_check import InvalidCheckpointError
+from spiel.delta import SparseDeltaLinear
+from spiel.model import CheckpointMismatchError, SpielModel
+from tests.test_model import IDS, tiny_llama, with_random_deltas
+
+
+def save_delta(path, rank_equiv, seed, hidden=32):
+    model = with_random_deltas(get_spiel_model(tiny_llama(hidden=hidden), SpielConfig(rank_equiv=rank_equiv, seed=seed)),
+                               seed=seed)
+    model.save_pretrained(path)
+    return {n: (layer.indices.clone(), layer.values.detach().clone()) for n, layer in model.deltas.items()}
+
+
+@pytest.fixture
+def ckpts(tmp_path):
+    """Two checkpoints over tiny_llama() with different positions and different k."""
+    return {"a": (tmp_path / "a", save_delta(tmp_path / "a", 2, seed=1)),
+            "b": (tmp_path / "b", save_delta(tmp_path / "b", 4, seed=2))}
+
+
+def dense_reference(deltas_and_weights):
+    """tiny_llama() with Σ w · scatter(indices, values) added to each target weight, in plain torch."""
+    model = tiny_llama()
+    with torch.no_grad():
+        for deltas, weight in deltas_and_weights:
+            for name, (indices, values) in deltas.items():
+                w = model.get_submodule(name).weight
+                dense = torch.zeros(w.numel())
+                dense[indices.long()] = values.float()
+                w += weight * dense.view_as(w)
+    return model
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def test_switching_a_b_a_is_bit_identical_to_each_loaded_alone(ckpts):
+    (a_dir, a), (b_dir, b) = ckpts["a"], ckpts["b"]
+    model = SpielModel.from_pretrained(tiny_llama(), a_dir)
+    base_weights = {n: layer.weight for n, layer in model.deltas.items()}
+    base_copy = {n: w.clone() for n, w in base_weights.items()}
+    model.load_delta(b_dir, "b")
+    assert model.delta_names == ["default", "b"] and model.active_delta == "default"
+    a_alone = logits(SpielModel.from_pretrained(tiny_llama(), a_dir))
+    b_alone = logits(SpielModel.from_pretrained(tiny_llama(), b_dir))
+    assert not torch.equal(a_alone, b_alone)
+
+    assert torch.equal(logits(model.set_delta("b")), b_alone)
+    assert model.active_delta == "b" and model.num_tunable() == sum(i.numel() for i, _ in b.values())
+    assert torch.equal(logits(model.set_delta("default")), a_alone)
+    torch.testing.assert_close(a_alone, logits(dense_reference([(a, 1.0)])), rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits(model.set_delta("b")), b_alone)
+    # the base was never written to nor copied
+    for name, layer in model.deltas.items():
+        assert layer.weight is base_weights[name] and torch.equal(layer.weight, base_copy[name])
+    torch.testing.assert_close(logits(model), logits(dense_reference([(b, 1.0)])), rtol=1e-5, atol=1e-5)
+
+
+def test_switching_does_not_copy_the_delta_and_keeps_the_active_one_current(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
+    model.set_delta("b")
+    values = {n: layer.values for n, layer in model.deltas.items()}
+    model.set_delta("default").set_delta("b")
+    assert all(layer.values is values[n] for n, layer in model.deltas.items())  # the set's own tensors
+    with torch.no_grad():  # a change made while "b" is active is what "b" is afterwards
+        for layer in model.deltas.values():
+            layer.values.mul_(2)
+    changed = logits(model)
+    assert torch.equal(logits(model.set_delta("default").set_delta("b")), changed)
+
+
+def test_a_model_built_fresh_keeps_its_delta_as_default(ckpts):
+    model = with_random_deltas(get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, seed=7)), seed=7)
+    own = logits(model)
+    model.load_delta(ckpts["a"][0], "a")
+    assert torch.equal(logits(model), own)  # loading does not activate
+    torch.testing.assert_close(logits(model.set_delta("a")), logits(dense_reference([(ckpts["a"][1], 1.0)])),
+                               rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits(model.set_delta("default")), own)
+
+
+def test_unload_gives_back_the_pristine_base(ckpts):
+    base = tiny_llama()
+    pristine = copy.deepcopy(base)
+    model = SpielModel.from_pretrained(base, ckpts["a"][0]).load_delta(ckpts["b"][0], "b").set_delta("b")
+    plain = model.unload()
+    assert plain is base and not any(isinstance(m, SparseDeltaLinear) for m in plain.modules())
+    assert torch.equal(logits(plain), logits(pristine))
+
+
+def test_unload_and_switching_refuse_a_merged_layer(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
+    next(iter(model.deltas.values())).merge()
+    with pytest.raises(RuntimeError, match="cannot switch deltas: 1 layer.* merged .*unmerge"):
+        model.set_delta("b")
+    with pytest.raises(RuntimeError, match="cannot unload: 1 layer.* merged"):
+        model.unload()
+
+
+def test_load_delta_refuses_bad_names_and_unknown_deltas(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
+    with pytest.raises(ValueError, match="'default' is already loaded"):
+        model.load_delta(ckpts["b"][0], "default")
+    with pytest.raises(ValueError, match="non-empty string"):
+        model.load_delta(ckpts["b"][0], "")
+    with pytest.raises(KeyError, match="no delta named 'c'"):
+        model.set_delta("c")
+    model.load_delta(ckpts["b"][0], "b")
+    with pytest.raises(ValueError, match="'b' is already loaded"):
+        model.load_delta(ckpts["a"][0], "b")
+
+
+def test_load_delta_checks_the_files_and_the_base(ckpts, tmp_path):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
+    before = logits(model)
+    other = tmp_path / "other_base"
+    with_random_deltas(get_spiel_model(tiny_llama(seed=3), SpielConfig(rank_equiv=2))).save_pretrained(other)
+    with pytest.raises(CheckpointMismatchError, match="base weights differ"):
+        model.load_delta(other, "other")
+    damaged = ckpts["b"][0] / "spiel_delta.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    with pytest.raises(InvalidCheckpointError, match="damaged"):
+        model.load_delta(ckpts["b"][0], "b")
+    with pytest.raises(FileNotFoundError, match="no such"):
+        model.load_delta(tmp_path / "missing", "m")
+    assert model.delta_names == ["default"] and torch.equal(logits(model), before)
+
+
+def test_load_delta_refuses_other_target_modules(ckpts, tmp_path):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
+    attention_only = get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, target_modules=["q_proj", "v_proj"]))
+    attention_only.save_pretrained(tmp_path / "qv")
+    with pytest.raises(CheckpointMismatchError, match="other modules than this SpielModel wraps"):
+        model.load_delta(tmp_path / "qv", "qv")
+
+
+def test_weighted_compose_equals_the_weighted_dense_sum(ckpts):
+    (a_dir, a), (b_dir, b) = ckpts["a"], ckpts["b"]
+    composed = compose([a_dir, b_dir], tiny_llama(), weights=[0.7, -0.4])
+    reference = dense_reference([(a, 0.7), (b, -0.4)])
+    torch.testing.assert_close(logits(composed), logits(reference), rtol=1e-5, atol=1e-5)
+    unweighted = logits(dense_reference([(a, 1.0), (b, 1.0)]))
+    assert not torch.allclose(logits(composed), unweighted, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0], "weights has 1 entries for 2 checkpoint"),
+    ([1.0, float("nan")], "finite numbers, got nan"),
+    ([1.0, "x"], "finite numbers, got 'x'"),
+])
+def test_compose_refuses_bad_weights(ckpts, weights, message):
+    with pytest.raises(ValueError, match=message):
+        compose([ckpts["a"][0], ckpts["b"][0]], tiny_llama(), weights=weights)
