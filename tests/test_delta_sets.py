@@ -2,14 +2,22 @@
 dense references computed in plain torch."""
 
 import copy
+import json
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
 from spiel import SpielConfig, compose, get_spiel_model
 from spiel.checkpoint_check import InvalidCheckpointError
 from spiel.delta import SparseDeltaLinear
+from spiel.eval.cli import CONFIG_DIR, run
+from spiel.eval.loader import CheckpointError, load_for_eval
 from spiel.model import CheckpointMismatchError, SpielModel
+from spiel.testing import tiny_model
+from tests.test_eval_loading import dense_deltas, spiel_ckpt
+from tests.test_eval_run import FIX
 from tests.test_model import IDS, tiny_llama, with_random_deltas
 
 
@@ -162,3 +170,47 @@ def test_weighted_compose_equals_the_weighted_dense_sum(ckpts):
 def test_compose_refuses_bad_weights(ckpts, weights, message):
     with pytest.raises(ValueError, match=message):
         compose([ckpts["a"][0], ckpts["b"][0]], tiny_llama(), weights=weights)
+
+
+# -- spiel-eval ckpt=[a,b] ckpt_weights=[...] ----------------------------------------------------------------
+def test_eval_ckpt_weights_gives_the_weighted_dense_sum(tmp_path):
+
+    a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
+    loaded = load_for_eval([str(a), str(b)], device="cpu", ckpt_weights=[0.5, 2])
+    assert loaded.info["kind"] == "composed" and loaded.info["ckpt_weights"] == [0.5, 2.0]
+    da, db = dense_deltas(a), dense_deltas(b)
+    base, got = dict(tiny_model().named_modules()), dict(loaded.model.named_modules())
+    for name in da:
+        torch.testing.assert_close(got[name].weight, base[name].weight + 0.5 * da[name] + 2 * db[name],
+                                   rtol=0, atol=1e-6)
+    one = load_for_eval([str(a)], device="cpu", ckpt_weights=[0.5])  # one checkpoint, scaled
+    for name in da:
+        torch.testing.assert_close(dict(one.model.named_modules())[name].weight, base[name].weight + 0.5 * da[name],
+                                   rtol=0, atol=1e-6)
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("eval", overrides=["model=tiny", f"eval.data_dir={FIX}", "eval.progress=false",
+                                               f"eval.output_dir={tmp_path / 'run'}", "bench=demo", "eval.limit=2",
+                                               f"ckpt=[{a},{b}]", "ckpt_weights=[0.5,2]"])
+    run(cfg)
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["ckpt_weights"] == [0.5, 2.0] and info["label"] == "0.5·a ⊕ 2·b"
+
+
+@pytest.mark.parametrize("ckpts, weights, message", [
+    (["a", "b"], [1.0], r"ckpt_weights=\[1.0\]: weights has 1 entries for 2 checkpoint"),
+    (None, [1.0], "ckpt_weights is given but ckpt=null"),
+    (["a", "b"], [1.0, float("inf")], "finite numbers, got inf"),
+])
+def test_eval_refuses_bad_ckpt_weights_before_loading(tmp_path, ckpts, weights, message):
+    with pytest.raises(CheckpointError, match=message):  # the directories do not even exist: checked first
+        load_for_eval(None if ckpts is None else [str(tmp_path / c) for c in ckpts], model_name="tiny",
+                      device="cpu", ckpt_weights=weights)
+
+
+def test_eval_refuses_weights_on_a_peft_adapter(tmp_path):
+    peft_dir = tmp_path / "adapter"
+    peft_dir.mkdir()
+    (peft_dir / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny"}))
+    with pytest.raises(CheckpointError, match="only SpIEL checkpoints can be composed"):
+        load_for_eval([str(peft_dir)], device="cpu", ckpt_weights=[0.5])
