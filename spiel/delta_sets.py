@@ -73,10 +73,15 @@ def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_
 
 
 def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
-    """Point every layer at ``delta``'s tensors (no copy: the set and the layer share storage)."""
+    """Point every layer at ``delta``'s tensors (no copy: the set and the layer share storage). A set left
+    behind when the model moved (``model.to(device)`` moves only the active one) follows it first."""
     check_unmerged(layers, "switch deltas")
     for name, layer in layers.items():
-        entry = delta.tensors[name]
+        entry, device = delta.tensors[name], layer.values.device
+        if any(t.device != device for t in entry.values()):
+            entry = delta.tensors[name] = {
+                "indices": entry["indices"].to(device), "grown_at": entry["grown_at"].to(device),
+                "values": nn.Parameter(entry["values"].detach().to(device), requires_grad=False)}
         layer.indices = entry["indices"]  # registered buffers and parameter: plain reassignment
         layer.values = entry["values"]
         layer.grown_at = entry["grown_at"]

@@ -98,6 +98,14 @@ def test_a_model_built_fresh_keeps_its_delta_as_default(ckpts):
     assert torch.equal(logits(model.set_delta("default")), own)
 
 
+def test_deltas_follow_the_model_to_another_device(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
+    model.to("meta")  # moves the active delta only; "b" still sits on the CPU
+    model.set_delta("b")
+    for layer in model.deltas.values():
+        assert {layer.indices.device.type, layer.values.device.type, layer.grown_at.device.type} == {"meta"}
+
+
 def test_unload_gives_back_the_pristine_base(ckpts):
     base = tiny_llama()
     pristine = copy.deepcopy(base)
