@@ -222,3 +222,18 @@ def test_eval_refuses_weights_on_a_peft_adapter(tmp_path):
     (peft_dir / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny"}))
     with pytest.raises(CheckpointError, match="only SpIEL checkpoints can be composed"):
         load_for_eval([str(peft_dir)], device="cpu", ckpt_weights=[0.5])
+
+
+def test_export_ckpt_weights_merges_the_weighted_sum(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from spiel.export import export
+
+    a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
+    out = export([str(a), str(b)], tmp_path / "out", dtype="float32", ckpt_weights=[0.25, -1])
+    assert json.loads((out / "spiel_export.json").read_text())["ckpt_weights"] == [0.25, -1.0]
+    got = dict(AutoModelForCausalLM.from_pretrained(out).named_modules())
+    base = dict(tiny_model().named_modules())
+    da, db = dense_deltas(a), dense_deltas(b)
+    for name in da:
+        torch.testing.assert_close(got[name].weight, base[name].weight + 0.25 * da[name] - db[name], rtol=0, atol=1e-6)
