@@ -237,3 +237,11 @@ def test_export_ckpt_weights_merges_the_weighted_sum(tmp_path):
     da, db = dense_deltas(a), dense_deltas(b)
     for name in da:
         torch.testing.assert_close(got[name].weight, base[name].weight + 0.25 * da[name] - db[name], rtol=0, atol=1e-6)
+
+
+def test_eval_cli_exits_2_on_bad_ckpt_weights(tmp_path):
+    from tests.test_eval_run import _cli
+
+    out = _cli("model=tiny", "bench=demo", f"ckpt=[{tmp_path / 'a'},{tmp_path / 'b'}]", "ckpt_weights=[1]", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "ckpt_weights=[1]: weights has 1 entries for 2 checkpoint(s)" in out.stderr
