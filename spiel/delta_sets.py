@@ -85,3 +85,30 @@ def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
         layer.indices = entry["indices"]  # registered buffers and parameter: plain reassignment
         layer.values = entry["values"]
         layer.grown_at = entry["grown_at"]
+
+
+def weighted_sum(members: list[dict[str, dict[str, torch.Tensor]]], weights: list[float]
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per module, the union of the members' positions (sorted, int64) and ``Σ wᵢ valuesᵢ`` there (fp32)."""
+    summed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for tensors, weight in zip(members, weights, strict=True):
+        for name, entry in tensors.items():
+            idx, val = entry["indices"].long(), entry["values"].detach().float() * weight
+            if name in summed:
+                idx, val = torch.cat([summed[name][0], idx]), torch.cat([summed[name][1], val])
+            union, inverse = torch.unique(idx, return_inverse=True)
+            summed[name] = (union, torch.zeros(union.numel(), device=val.device).index_add_(0, inverse, val))
+    return summed
+
+
+def as_set(layers: dict[str, SparseDeltaLinear], summed: dict[str, tuple[torch.Tensor, torch.Tensor]]
+           ) -> dict[str, dict[str, torch.Tensor]]:
+    """``weighted_sum``'s result as a set's tensors for ``layers`` (their device and index dtype)."""
+    out = {}
+    for name, (idx, val) in summed.items():
+        layer = layers[name]
+        device = layer.values.device
+        out[name] = {"indices": idx.to(device=device, dtype=index_dtype(layer.out_features * layer.in_features)),
+                     "values": nn.Parameter(val.to(device), requires_grad=False),
+                     "grown_at": torch.zeros(idx.numel(), dtype=torch.int32, device=device)}
+    return out

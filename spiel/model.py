@@ -33,6 +33,7 @@ from .checkpoint_check import InvalidCheckpointError, read_checkpoint
 from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
+from .delta_sets import weighted_sum
 from .optim import SparseAdamW, SparseSM3
 from .selection import Selector
 from .spiel_config import SpielConfig
@@ -233,17 +234,23 @@ class SpielModel(nn.Module):
         """Keep the checkpoint ``path_or_repo`` (a directory or Hub repo id) as the delta ``name``, checked
         as ``from_pretrained`` checks it, without activating it. The delta this model was built or loaded
         with is ``"default"``. It must target the same modules; its k may differ."""
-        from .delta_sets import capture, read_delta_set
+        from .delta_sets import read_delta_set
 
         if not isinstance(name, str) or not name:
             raise ValueError(f"a delta name must be a non-empty string, got {name!r}")
         if name in self.delta_names:
             raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
         delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base)
+        self._named_sets()[name] = delta
+        return self
+
+    def _named_sets(self) -> dict:
+        """The named deltas, the one the model was built with taken in as ``"default"`` on first use."""
+        from .delta_sets import capture
+
         if not self._delta_sets:
             self._delta_sets[self._active_delta] = capture(self.deltas, "as built", self.spiel_config)
-        self._delta_sets[name] = delta
-        return self
+        return self._delta_sets
 
     def set_delta(self, name: str) -> SpielModel:
         """Make ``name`` the delta every forward applies: O(k) pointer swaps, the base is not touched."""
@@ -253,6 +260,25 @@ class SpielModel(nn.Module):
             raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
         activate(self.deltas, self._delta_sets[name])
         self._active_delta, self.spiel_config = name, self._delta_sets[name].config
+        return self
+
+    def add_weighted_delta(self, names: list[str], weights, name: str) -> SpielModel:
+        """Keep ``Σ wᵢ · delta(namesᵢ)`` (fp32 values on the union of their positions) as the delta ``name``,
+        without activating it (peft's ``add_weighted_adapter``)."""
+        from .delta_sets import DeltaSet, as_set
+
+        weights = check_weights(weights, len(names))
+        unknown = [n for n in names if n not in self._named_sets()]
+        if not names or unknown:
+            raise KeyError(f"no delta named {unknown or names!r} to combine; loaded: {self.delta_names}")
+        if name in self.delta_names:
+            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
+        members = [self._delta_sets[n] for n in names]
+        summed = weighted_sum([m.tensors for m in members], weights)
+        config = SpielConfig.from_dict(members[0].config.to_dict())
+        config.num_deltas, config.delta_dtype = {n: int(idx.numel()) for n, (idx, _) in summed.items()}, "float32"
+        self._delta_sets[name] = DeltaSet(" + ".join(f"{w:g}*{n}" for w, n in zip(weights, names, strict=True)),
+                                          config, as_set(self.deltas, summed))
         return self
 
     def unload(self) -> nn.Module:
@@ -324,20 +350,13 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
-    merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
     first = members[0][0]
     for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
             raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
         check_against_base(directory, saved, base_model)
-    for (_, tensors), weight in zip(members, weights, strict=True):
-        for name, entry in tensors.items():
-            idx, val = entry["indices"].long(), entry["values"].float() * weight
-            if name in merged:
-                idx, val = torch.cat([merged[name][0], idx]), torch.cat([merged[name][1], val])
-            union, inverse = torch.unique(idx, return_inverse=True)
-            merged[name] = (union, torch.zeros(union.numel()).index_add_(0, inverse, val))
+    merged = weighted_sum([tensors for _, tensors in members], weights)
     config = SpielConfig.from_dict(first["spiel_config"])
     config.num_deltas = {n: int(idx.numel()) for n, (idx, _) in merged.items()}
     model = get_spiel_model(base_model, config)  # every checkpoint was checked against the base above

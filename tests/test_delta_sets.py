@@ -170,6 +170,38 @@ def test_weighted_compose_equals_the_weighted_dense_sum(ckpts):
     assert not torch.allclose(logits(composed), unweighted, atol=1e-4)
 
 
+def test_add_weighted_delta_equals_the_weighted_dense_sum(ckpts):
+    (a_dir, a), (b_dir, b) = ckpts["a"], ckpts["b"]
+    model = SpielModel.from_pretrained(tiny_llama(), a_dir).load_delta(b_dir, "b")
+    a_alone = logits(model)
+    model.add_weighted_delta(["default", "b"], [0.7, -0.4], "mix")
+    assert torch.equal(logits(model), a_alone)  # not activated
+    model.set_delta("mix")
+    torch.testing.assert_close(logits(model), logits(dense_reference([(a, 0.7), (b, -0.4)])), rtol=1e-5, atol=1e-5)
+    union = {n: torch.unique(torch.cat([a[n][0].long(), b[n][0].long()])) for n in a}
+    assert all(torch.equal(layer.indices.long(), union[n]) for n, layer in model.deltas.items())
+    assert torch.equal(logits(model.set_delta("default")), a_alone)
+
+
+def test_a_fresh_model_can_scale_its_own_delta(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
+    model.add_weighted_delta(["default"], [0.5], "half").set_delta("half")
+    torch.testing.assert_close(logits(model), logits(dense_reference([(ckpts["a"][1], 0.5)])), rtol=1e-5, atol=1e-5)
+
+
+def test_add_weighted_delta_refuses_unknown_or_taken_names_and_bad_weights(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
+    with pytest.raises(KeyError, match="no delta named \\['c'\\] to combine"):
+        model.add_weighted_delta(["b", "c"], [1, 1], "mix")
+    with pytest.raises(KeyError, match="no delta named \\[\\] to combine"):
+        model.add_weighted_delta([], [], "mix")
+    with pytest.raises(ValueError, match="'b' is already loaded"):
+        model.add_weighted_delta(["default", "b"], [1, 1], "b")
+    with pytest.raises(ValueError, match="weights has 1 entries for 2"):
+        model.add_weighted_delta(["default", "b"], [1], "mix")
+    assert model.delta_names == ["default", "b"]
+
+
 @pytest.mark.parametrize("weights, message", [
     ([1.0], "weights has 1 entries for 2 checkpoint"),
     ([1.0, float("nan")], "finite numbers, got nan"),
