@@ -258,6 +258,10 @@ class SpielModel(nn.Module):
 
         if name not in self._delta_sets:
             raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
+        if self.has_selector():
+            raise RuntimeError("set_delta is for inference, but this model is being trained (it has a live selector, "
+                               "whose optimizer state belongs to the active delta); switch before make_selector "
+                               "or after training")
         activate(self.deltas, self._delta_sets[name])
         self._active_delta, self.spiel_config = name, self._delta_sets[name].config
         return self
@@ -279,6 +283,15 @@ class SpielModel(nn.Module):
         config.num_deltas, config.delta_dtype = {n: int(idx.numel()) for n, (idx, _) in summed.items()}, "float32"
         self._delta_sets[name] = DeltaSet(" + ".join(f"{w:g}*{n}" for w, n in zip(weights, names, strict=True)),
                                           config, as_set(self.deltas, summed))
+        return self
+
+    def delete_delta(self, name: str) -> SpielModel:
+        """Forget the named delta ``name`` (not the active one)."""
+        if name not in self._delta_sets:
+            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names}")
+        if name == self._active_delta:
+            raise ValueError(f"{name!r} is the active delta; set_delta another one before deleting it")
+        del self._delta_sets[name]
         return self
 
     def unload(self) -> nn.Module:

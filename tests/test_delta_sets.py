@@ -137,6 +137,26 @@ def test_load_delta_refuses_bad_names_and_unknown_deltas(ckpts):
         model.load_delta(ckpts["a"][0], "b")
 
 
+def test_delete_delta_forgets_an_inactive_one_only(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
+    with pytest.raises(ValueError, match="'default' is the active delta"):
+        model.delete_delta("default")
+    model.delete_delta("b")
+    assert model.delta_names == ["default"]
+    with pytest.raises(KeyError, match="no delta named 'b'"):
+        model.set_delta("b")
+    with pytest.raises(KeyError, match="no delta named 'b'"):
+        model.delete_delta("b")
+
+
+def test_switching_is_refused_while_training_with_a_selector(ckpts):
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0], is_trainable=True).load_delta(ckpts["b"][0], "b")
+    selector = model.make_selector(model.make_optimizer(lr=1e-3), total_steps=10)
+    with pytest.raises(RuntimeError, match="set_delta is for inference.*live selector"):
+        model.set_delta("b")
+    assert selector is not None and model.active_delta == "default"
+
+
 def test_load_delta_checks_the_files_and_the_base(ckpts, tmp_path):
     model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
     before = logits(model)
