@@ -34,6 +34,7 @@ CHECKS = ["tests/test_checkpoint_check.py", "-m", "not slow"]
 SCORING = ["tests/test_eval_scoring.py"]
 BENCH_DATA = ["tests/test_eval_data_checks.py", "-k", "not spiel_eval"]
 ENCODE = ["tests/test_data_encode.py"]
+DELTA_SETS = ["tests/test_delta_sets.py", "tests/test_model.py"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,16 @@ MUTANTS = [
            CHECKS, "a values tensor of shape [1] accepted (broadcast)"),
     Mutant("spiel/checkpoint_check.py", "    if unverified and not allow_unverified_base:", "    if False:", CHECKS,
            "checkpoint without fingerprints accepted"),
+    # -- named deltas over one base, weighted composition ---------------------------------------------
+    Mutant("spiel/delta_sets.py", '        layer.values = entry["values"]', "        pass", DELTA_SETS,
+           "set_delta swaps the positions but keeps the old values"),
+    Mutant("spiel/delta_sets.py", "    check_against_base(directory, saved, model)", "    pass", DELTA_SETS,
+           "load_delta accepts a delta of another base"),
+    Mutant("spiel/delta_sets.py", 'entry["values"].detach().float() * weight', 'entry["values"].detach().float()',
+           DELTA_SETS, "composition weights ignored"),
+    Mutant("spiel/delta_sets.py", "            union, inverse = torch.unique(idx, return_inverse=True)",
+           "            union, inverse = idx, torch.arange(idx.numel())", DELTA_SETS,
+           "shared positions of composed deltas not summed"),
     # -- scoring --------------------------------------------------------------------------------------
     Mutant("spiel/eval/mmlu.py", "correct = pred == str(row[len(CHOICES) + 1]).strip()",
            "correct = pred == str(row[len(CHOICES)]).strip()", SCORING, "MMLU gold read from choice D"),

@@ -3,8 +3,8 @@
     spiel-export ckpt=outputs/train/default/final out=exported/demo
     spiel-export ckpt=[runs/tulu2_ag/final,runs/alpaca_ag/final] out=exported/tulu_alpaca dtype=bfloat16
 
-`ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, a peft adapter, a full
-model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
+`ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
+`ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
 cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
 Tülu chat template training used (checked token for token, `spiel.data.chat_template`). The directory
 is written under a temporary name and renamed at the end, so an interrupted export leaves no directory
@@ -89,7 +89,7 @@ def _check_loaded(model) -> None:
 
 
 def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", quant: str = "none",
-           device: str = "cpu", revision: str | None = None, overwrite: bool = False) -> Path:
+           device: str = "cpu", revision: str | None = None, overwrite: bool = False, ckpt_weights=None) -> Path:
     """Write the merged model of `ckpt` and its chat-template tokenizer to `out`; returns `out`."""
     import torch
 
@@ -101,7 +101,7 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
     out = _check_settings(ckpts, out, str(dtype), str(quant), overwrite)
     _check_base_not_4bit(model_name, ckpts)
     loaded = load_for_eval(ckpts, model_name=model_name, dtype="float32", quant="none", device=device,
-                           revision=revision)
+                           revision=revision, ckpt_weights=ckpt_weights)
     model, tokenizer = loaded.model, loaded.tokenizer
     _check_loaded(model)
     attach_chat_template(tokenizer)
@@ -114,7 +114,8 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
-            "spiel_version": spiel.__version__, "chat_template": "tulu"}
+            "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
+            "chat_template": "tulu"}
     (staging / "spiel_export.json").write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)  # checked above: empty, or overwrite=true
@@ -130,9 +131,12 @@ def main(cfg: DictConfig):
     from spiel.model import CheckpointMismatchError
 
     ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt
+    weights = cfg.get("ckpt_weights")
+    weights = OmegaConf.to_container(weights) if OmegaConf.is_list(weights) else weights
     try:
         out = export(ckpt, cfg.out, model_name=cfg.model.name_or_path, dtype=cfg.dtype, quant=cfg.quant.name,
-                     device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite)
+                     device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
+                     ckpt_weights=weights)
     except (ExportError, CheckpointError, CheckpointMismatchError, ChatTemplateError, FileNotFoundError) as e:
         print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import weakref
 from pathlib import Path
@@ -32,6 +33,7 @@ from .checkpoint_check import InvalidCheckpointError, read_checkpoint
 from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
+from .delta_sets import weighted_sum
 from .optim import SparseAdamW, SparseSM3
 from .selection import Selector
 from .spiel_config import SpielConfig
@@ -68,6 +70,8 @@ class SpielModel(nn.Module):
         self.training = model.training  # the wrapper starts in the wrapped model's mode
         self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
         self._static_training = False
+        self._delta_sets = {}  # name -> spiel.delta_sets.DeltaSet, once load_delta is used
+        self._active_delta = "default"  # the delta the model was built or loaded with
         self._show_wrapped_signature()
 
     def _show_wrapped_signature(self) -> None:
@@ -216,6 +220,91 @@ class SpielModel(nn.Module):
             layer.values.copy_(entry["values"])
             layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
 
+    # -- several named deltas over one base (spiel.delta_sets) ---------------------------------------
+    @property
+    def active_delta(self) -> str:
+        return self._active_delta
+
+    @property
+    def delta_names(self) -> list[str]:
+        return list(self._delta_sets) or [self._active_delta]
+
+    def load_delta(self, path_or_repo, name: str, revision: str | None = None,
+                   allow_unverified_base: bool = False) -> SpielModel:
+        """Keep the checkpoint ``path_or_repo`` (a directory or Hub repo id) as the delta ``name``, checked
+        as ``from_pretrained`` checks it, without activating it. The delta this model was built or loaded
+        with is ``"default"``. It must target the same modules; its k may differ."""
+        from .delta_sets import read_delta_set
+
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a delta name must be a non-empty string, got {name!r}")
+        if name in self.delta_names:
+            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
+        delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base)
+        self._named_sets()[name] = delta
+        return self
+
+    def _named_sets(self) -> dict:
+        """The named deltas, the one the model was built with taken in as ``"default"`` on first use."""
+        from .delta_sets import capture
+
+        if not self._delta_sets:
+            self._delta_sets[self._active_delta] = capture(self.deltas, "as built", self.spiel_config)
+        return self._delta_sets
+
+    def set_delta(self, name: str) -> SpielModel:
+        """Make ``name`` the delta every forward applies: O(k) pointer swaps, the base is not touched."""
+        from .delta_sets import activate
+
+        if name not in self._delta_sets:
+            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
+        if self.has_selector():
+            raise RuntimeError("set_delta is for inference, but this model is being trained (it has a live selector, "
+                               "whose optimizer state belongs to the active delta); switch before make_selector "
+                               "or after training")
+        activate(self.deltas, self._delta_sets[name])
+        self._active_delta, self.spiel_config = name, self._delta_sets[name].config
+        return self
+
+    def add_weighted_delta(self, names: list[str], weights, name: str) -> SpielModel:
+        """Keep ``Σ wᵢ · delta(namesᵢ)`` (fp32 values on the union of their positions) as the delta ``name``,
+        without activating it (peft's ``add_weighted_adapter``)."""
+        from .delta_sets import DeltaSet, as_set
+
+        weights = check_weights(weights, len(names))
+        unknown = [n for n in names if n not in self._named_sets()]
+        if not names or unknown:
+            raise KeyError(f"no delta named {unknown or names!r} to combine; loaded: {self.delta_names}")
+        if name in self.delta_names:
+            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
+        members = [self._delta_sets[n] for n in names]
+        summed = weighted_sum([m.tensors for m in members], weights)
+        config = SpielConfig.from_dict(members[0].config.to_dict())
+        config.num_deltas, config.delta_dtype = {n: int(idx.numel()) for n, (idx, _) in summed.items()}, "float32"
+        self._delta_sets[name] = DeltaSet(" + ".join(f"{w:g}*{n}" for w, n in zip(weights, names, strict=True)),
+                                          config, as_set(self.deltas, summed))
+        return self
+
+    def delete_delta(self, name: str) -> SpielModel:
+        """Forget the named delta ``name`` (not the active one)."""
+        if name not in self._delta_sets:
+            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names}")
+        if name == self._active_delta:
+            raise ValueError(f"{name!r} is the active delta; set_delta another one before deleting it")
+        del self._delta_sets[name]
+        return self
+
+    def unload(self) -> nn.Module:
+        """The wrapped model with every delta layer replaced by its untouched base layer (the pristine base)."""
+        from .delta_sets import check_unmerged
+
+        deltas = self.deltas
+        check_unmerged(deltas, "unload")
+        for name, layer in deltas.items():
+            _replace_module(self.model, name, layer.base_layer)
+        self._delta_sets = {}
+        return self.model
+
     def merge_and_unload(self) -> nn.Module:
         """Add every delta into its base weight and return the plain model (not for 4-bit bases)."""
         for name, layer in self.deltas.items():
@@ -259,31 +348,28 @@ def _get(model: nn.Module, name: str):
         return None
 
 
-def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False) -> nn.Module:
-    """``θ0 + Σ φ``: the base model with the deltas of several checkpoints summed (Table 1's
-    "Tülu v2 ⊕ GPT4-Alpaca"). Full-precision bases get the sum merged in and come back plain; 4-bit
-    bases come back as a SpielModel holding the union of the positions, unmerged. Every checkpoint is
-    checked as by ``from_pretrained`` before any is summed."""
+def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False,
+            weights=None) -> nn.Module:
+    """``θ0 + Σ wᵢ φᵢ``: the base model with the deltas of several checkpoints summed (Table 1's
+    "Tülu v2 ⊕ GPT4-Alpaca"), each scaled by its entry of ``weights`` (default: all 1). Full-precision
+    bases get the sum merged in and come back plain; 4-bit bases come back as a SpielModel holding the
+    union of the positions, unmerged. Every checkpoint is checked as by ``from_pretrained`` before any is
+    summed."""
     from .hub import resolve_checkpoint, split_revision
 
+    ckpt_dirs = list(ckpt_dirs)
+    weights = check_weights(weights, len(ckpt_dirs))
     # local directories, or Hub repo ids ("org/name" or "org/name@revision")
     ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
-    merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
     first = members[0][0]
     for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
             raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
         check_against_base(directory, saved, base_model)
-    for _, tensors in members:
-        for name, entry in tensors.items():
-            idx, val = entry["indices"].long(), entry["values"].float()
-            if name in merged:
-                idx, val = torch.cat([merged[name][0], idx]), torch.cat([merged[name][1], val])
-            union, inverse = torch.unique(idx, return_inverse=True)
-            merged[name] = (union, torch.zeros(union.numel()).index_add_(0, inverse, val))
+    merged = weighted_sum([tensors for _, tensors in members], weights)
     config = SpielConfig.from_dict(first["spiel_config"])
     config.num_deltas = {n: int(idx.numel()) for n, (idx, _) in merged.items()}
     model = get_spiel_model(base_model, config)  # every checkpoint was checked against the base above
@@ -292,3 +378,16 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     if any(is_quantized(layer.weight) for layer in model.deltas.values()):
         return model
     return model.merge_and_unload()
+
+
+def check_weights(weights, count: int) -> list[float]:
+    """``weights`` for ``count`` deltas as floats (None: all 1), refused unless one finite number each."""
+    if weights is None:
+        return [1.0] * count
+    weights = list(weights)
+    if len(weights) != count:
+        raise ValueError(f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint")
+    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weights must be finite numbers, got {bad[0]!r} in {weights}")
+    return [float(w) for w in weights]

@@ -2,6 +2,7 @@
 
     spiel-eval ckpt=outputs/.../final bench=mmlu
     spiel-eval ckpt=[runs/tulu2_ag,runs/alpaca_ag] bench=humaneval      # summed SpIEL deltas
+    spiel-eval ckpt=[runs/tulu2_ag,runs/alpaca_ag] ckpt_weights=[0.7,0.3] bench=humaneval  # weighted sum
     spiel-eval ckpt=null model=llama2-7b -m bench=mmlu,gsm,bbh,tydiqa,humaneval
     spiel-eval ckpt=runs/qspiel/final quant=nf4 bench=gsm                # NF4 base, delta unmerged
 
@@ -33,13 +34,15 @@ _CACHE: dict[tuple, LoadedModel] = {}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def default_label(ckpts: list[str], model_name: str | None) -> str:
+def default_label(ckpts: list[str], model_name: str | None, weights: list[float] | None = None) -> str:
     def short(c: str) -> str:
         p = Path(c.rstrip("/"))
         if p.name == "final" or p.name.startswith("checkpoint-"):
             return f"{p.parent.name}/{p.name}"
         return p.name
 
+    if ckpts and weights is not None:
+        return " ⊕ ".join(f"{w:g}·{short(c)}" for w, c in zip(weights, ckpts, strict=True))
     if ckpts:
         return " ⊕ ".join(short(c) for c in ckpts)
     return str(model_name or "base")
@@ -47,7 +50,9 @@ def default_label(ckpts: list[str], model_name: str | None) -> str:
 
 def load_model(cfg: DictConfig) -> LoadedModel:
     ckpts = normalize_ckpts(OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt)
-    key = (tuple(ckpts), cfg.model.name_or_path, cfg.model.dtype, cfg.model.get("revision"), cfg.quant.name,
+    weights = cfg.get("ckpt_weights")
+    weights = OmegaConf.to_container(weights) if OmegaConf.is_list(weights) else weights
+    key = (tuple(ckpts), None if weights is None else str(weights), cfg.model.name_or_path, cfg.model.dtype, cfg.model.get("revision"), cfg.quant.name,
            str(cfg.eval.device))
     if key not in _CACHE:
         _CACHE.clear()
@@ -63,7 +68,8 @@ def load_model(cfg: DictConfig) -> LoadedModel:
                  cfg.model.dtype, cfg.quant.name)
         _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
                                     quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"),
-                                    allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)))
+                                    allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)),
+                                    ckpt_weights=weights)
     return _CACHE[key]
 
 
@@ -80,7 +86,8 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
     check_bench(name, bench)  # before the model loads
     check_bench_data(name, bench, cfg.eval.data_dir, seed=cfg.seed, limit=cfg.eval.limit)
     loaded = load_model(cfg)
-    label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"))
+    label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"),
+                                              loaded.info.get("ckpt_weights"))
     log.info("evaluating %s on %s (%s)", label, name, loaded.info)
     result = run_bench(name, loaded.model, loaded.tokenizer, bench, data_dir=cfg.eval.data_dir,
                        batch_size=cfg.eval.batch_size, seed=cfg.seed, limit=cfg.eval.limit,

@@ -4,7 +4,7 @@
   `model=`), checked against it by `SpielModel.from_pretrained`, the delta merged in (kept unmerged on an
   NF4 base: merging would requantize);
 - a list of SpIEL checkpoints: `spiel.model.compose`, the base plus the SUM of the deltas (the paper's
-  "Tülu v2 ⊕ GPT4-Alpaca");
+  "Tülu v2 ⊕ GPT4-Alpaca"), or with `ckpt_weights` (one number per checkpoint) the weighted sum;
 - a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
 - a full transformers model directory (`config.json`): loaded as it is;
 - null: the base model `model=` itself.
@@ -130,10 +130,21 @@ def _fit_embeddings(model, tokenizer) -> None:
 
 
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
-                  device=None, revision: str | None = None, allow_unverified_base: bool = False) -> LoadedModel:
+                  device=None, revision: str | None = None, allow_unverified_base: bool = False,
+                  ckpt_weights=None) -> LoadedModel:
     """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`.
-    `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints."""
+    `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints. `ckpt_weights`:
+    compose the SpIEL checkpoints as the sum of each delta times its weight."""
+    from spiel.model import check_weights
+
     given = normalize_ckpts(ckpt)
+    if ckpt_weights is not None:  # before anything is read or loaded
+        if not given:
+            raise CheckpointError("ckpt_weights is given but ckpt=null: weights scale the deltas of ckpt=[...]")
+        try:
+            ckpt_weights = check_weights(ckpt_weights, len(given))
+        except ValueError as e:
+            raise CheckpointError(f"ckpt_weights={ckpt_weights}: {e}") from None
     ckpts = resolve_ckpts(given)
     device = resolve_device(device)
     quant = "none" if quant in (None, False) else str(quant)
@@ -143,10 +154,13 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
             read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE)
     info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
             "dtype": str(resolve_dtype(dtype, device))}
-    if len(ckpts) > 1 and any(k != "spiel" for k in kinds):
+    composed = len(ckpts) > 1 or ckpt_weights is not None
+    if composed and any(k != "spiel" for k in kinds):
         bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
-        raise CheckpointError(f"only SpIEL checkpoints can be composed (summed deltas); not: {bad}")
-    kind = "base" if not ckpts else ("composed" if len(ckpts) > 1 else kinds[0])
+        raise CheckpointError(f"only SpIEL checkpoints can be composed (summed or weighted deltas); not: {bad}")
+    kind = "base" if not ckpts else ("composed" if composed else kinds[0])
+    if ckpt_weights is not None:
+        info["ckpt_weights"] = ckpt_weights
     info["kind"] = kind
 
     if kind == "full":
@@ -189,7 +203,7 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     elif kind == "composed":
         from spiel.model import compose
 
-        model = compose(ckpts, base, allow_unverified_base=allow_unverified_base)
+        model = compose(ckpts, base, allow_unverified_base=allow_unverified_base, weights=ckpt_weights)
     else:  # peft
         model = _load_peft(base, ckpts[0], merge=quant == "none")
     info["merged"] = quant == "none"
