@@ -96,9 +96,10 @@ def read_delta_tensors(directory) -> dict[str, dict[str, torch.Tensor]]:
     return read_checkpoint(directory)[1]
 
 
-def check_against_base(directory, saved: dict, base_model) -> None:
+def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
     """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
-    (module names, shapes, and the base weights themselves by a sampled fingerprint)."""
+    (module names, shapes, and the base weights themselves by a sampled fingerprint). ``fingerprints``:
+    the base's, taken earlier (a base sharded since, e.g. by FSDP, cannot be sampled locally)."""
     linears = {n: m for n, m in base_model.named_modules()
                if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))}  # a wrapped model too (resume)
     base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
@@ -116,7 +117,8 @@ def check_against_base(directory, saved: dict, base_model) -> None:
         names = [n for n in modules if "fingerprint" in modules[n]]
         if names:
             a = torch.tensor([v for n in names for v in modules[n]["fingerprint"]])
-            b = torch.tensor([v for n in names for v in weight_fingerprint(linears[n])])
+            b = torch.tensor([v for n in names
+                              for v in (fingerprints[n] if fingerprints else weight_fingerprint(linears[n]))])
             corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
             if not corr >= FINGERPRINT_MIN_CORRELATION:
                 problems.append(f"the base weights differ: the checkpoint was trained on "

@@ -153,6 +153,14 @@ class SpielModel(nn.Module):
         """Take the base-weight fingerprints now and save those (before the base is sharded, e.g. FSDP)."""
         self._fingerprints = {n: weight_fingerprint(layer) for n, layer in self.deltas.items()}
 
+    def restore_delta(self, directory) -> None:
+        """Load the delta of a training checkpoint into this model in place (resume), after every check of
+        ``read_checkpoint`` (no override: spiel writes fingerprints into every checkpoint) and against this
+        model's base weights."""
+        saved, tensors = read_checkpoint(directory, override=None)
+        check_against_base(directory, saved, self.model, getattr(self, "_fingerprints", None))
+        self.load_delta_tensors(tensors, str(directory))
+
     def save_pretrained(self, directory, tokenizer=None) -> Path:
         deltas = self.deltas
         fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}

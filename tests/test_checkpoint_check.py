@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from spiel import SpielConfig, compose, get_spiel_model
 from spiel.checkpoint import CONFIG_NAME, DELTA_NAME
 from spiel.checkpoint_check import InvalidCheckpointError, sha256_hex
-from spiel.methods.spiel_methods import SpielMethod
 from spiel.model import CheckpointMismatchError, SpielModel
 from spiel.testing import tiny_model, tiny_tokenizer
 
@@ -247,12 +246,12 @@ def test_resume_refuses_a_damaged_checkpoint(good, tmp_path, case, corrupt, mess
     if case == "no-fingerprints":  # resume offers no override: spiel always writes them
         message = r"no base-weight fingerprint.*so this one was altered"
     with pytest.raises(InvalidCheckpointError, match=message):
-        SpielMethod("ag").load_weights(model, bad)
+        model.restore_delta(bad)
 
 
 def test_resume_loads_a_good_checkpoint_and_refuses_one_of_another_base(good, tmp_path):
     model = get_spiel_model(tiny_model(), SpielConfig(rank_equiv=1, seed=7))  # other initial indices
-    assert SpielMethod("ag").load_weights(model, good)
+    model.restore_delta(good)
     reference = SpielModel.from_pretrained(tiny_model(), good)
     for name, layer in model.deltas.items():
         assert torch.equal(layer.indices, reference.deltas[name].indices)
@@ -262,7 +261,7 @@ def test_resume_loads_a_good_checkpoint_and_refuses_one_of_another_base(good, tm
         for p in other.parameters():
             p.copy_(torch.randn_like(p))
     with pytest.raises(CheckpointMismatchError, match="base weights differ"):
-        SpielMethod("ag").load_weights(get_spiel_model(other, SpielConfig(rank_equiv=1, seed=1)), good)
+        get_spiel_model(other, SpielConfig(rank_equiv=1, seed=1)).restore_delta(good)
 
 
 def test_the_fingerprint_override_loads_the_same_model(good, tmp_path):

@@ -50,10 +50,6 @@ class Method:
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
-    def load_weights(self, model: nn.Module, directory: Path) -> bool:
-        """Load trained weights saved by ``save`` into ``model`` (resume); False: let the Trainer do it."""
-        return False
-
     def num_trainable(self, model: nn.Module) -> int:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -43,17 +43,6 @@ class SpielMethod(Method):
     def save(self, model, directory, tokenizer=None):
         model.save_pretrained(directory, tokenizer=tokenizer)
 
-    def load_weights(self, model, directory):
-        from spiel.checkpoint import check_against_base
-        from spiel.checkpoint_check import read_checkpoint
-
-        # Resume: the checkpoint is checked like any other (spiel always writes fingerprints, so there is
-        # no override), and against the base weights this run loaded.
-        saved, tensors = read_checkpoint(directory, override=None)
-        check_against_base(directory, saved, model.model)
-        model.load_delta_tensors(tensors, str(directory))
-        return True
-
     def num_trainable(self, model: nn.Module) -> int:
         return model.num_tunable()
 

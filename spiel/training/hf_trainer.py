@@ -84,20 +84,14 @@ class SpielTrainerMixin:
         spiel_model = self.spiel_model()
         if spiel_model is None:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from spiel.checkpoint import read_delta_tensors, read_spiel_config
-
-        read_spiel_config(resume_from_checkpoint)  # a clear error for a directory that is not a checkpoint
-        spiel_model.load_delta_tensors(read_delta_tensors(resume_from_checkpoint), str(resume_from_checkpoint))
+        spiel_model.restore_delta(resume_from_checkpoint)
         self.spiel_resume_from = str(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         spiel_model = self.spiel_model()
         if spiel_model is None:
             return super()._load_best_model()
-        from spiel.checkpoint import read_delta_tensors
-
-        best = self.state.best_model_checkpoint
-        spiel_model.load_delta_tensors(read_delta_tensors(best), str(best))
+        spiel_model.restore_delta(self.state.best_model_checkpoint)
 
     # -- saving ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
