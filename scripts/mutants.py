@@ -35,6 +35,7 @@ SCORING = ["tests/test_eval_scoring.py"]
 BENCH_DATA = ["tests/test_eval_data_checks.py", "-k", "not spiel_eval"]
 ENCODE = ["tests/test_data_encode.py"]
 DELTA_SETS = ["tests/test_delta_sets.py", "tests/test_model.py"]
+COMPACT = ["tests/test_compact_checkpoint.py"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,16 @@ MUTANTS = [
            "MMLU answer outside A-D accepted"),
     Mutant("spiel/eval/gsm.py", "        if not _GOLD.fullmatch(gold):", "        if False:", BENCH_DATA,
            "non-numeric GSM gold accepted"),
+    # -- the compact (CSR) delta form ------------------------------------------------------------------
+    Mutant("spiel/checkpoint_check.py", "indices = (rows * in_features + cols)", "indices = (rows * out_features + cols)",
+           COMPACT, "compact decode strides rows by out_features"),
+    Mutant("spiel/checkpoint_check.py", "not_increasing = same_row & (cols[1:] <= cols[:-1])",
+           "not_increasing = same_row & (cols[1:] < cols[:-1])", COMPACT, "a repeated column in a row accepted"),
+    Mutant("spiel/checkpoint_check.py", "        if field not in fields:\n            raise bad(f\"missing tensor '{name}.{field}' (compact",
+           "        if False:\n            raise bad(f\"missing tensor '{name}.{field}' (compact", COMPACT,
+           "a compact delta without row_ptr or col_idx reaches the decode"),
+    Mutant("spiel/checkpoint.py", "torch.cumsum(counts, 0, out=row_ptr[1:])", "torch.cumsum(counts, 0, out=row_ptr[:-1])",
+           COMPACT, "compact encode shifts the row pointers by one row"),
     # -- data encoding --------------------------------------------------------------------------------
     Mutant("spiel/data/encode.py", "        labels[start:end] = input_ids[start:end]",
            "        labels[start - 1:end] = input_ids[start - 1:end]", ENCODE, "the header's last token is trained"),

@@ -1,8 +1,11 @@
 """The SpIEL checkpoint format (what spiel-eval consumes) and the checks made when loading one.
 
 A directory with ``spiel_config.json`` (SpielConfig, per-module k and shape, base model identity,
-format and package version), ``spiel_delta.safetensors`` (``M.indices``, ``M.values``, ``M.grown_at``
-per target module M) and, when given, the tokenizer files. Each file is written to a temporary name
+format and package version), ``spiel_delta.safetensors`` and, when given, the tokenizer files.
+The delta holds, per target module M, either the training form ``M.indices`` (flat row-major, sorted),
+``M.values``, ``M.grown_at`` (what resume needs) or the compact form that inference needs:
+``M.values`` and the positions as CSR, ``M.row_ptr`` (``[out+1]``, int32, int64 when k needs it) and
+``M.col_idx`` (``[k]``, int16 when ``in_features`` allows it, else int32). Each file is written to a temporary name
 and renamed; the config goes last, so a directory without it is never taken for a checkpoint.
 """
 
@@ -18,7 +21,7 @@ import torch
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import dense_weight, weight_shape
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the compact (CSR) delta form; 1 (flat form only) still reads
 CONFIG_NAME = "spiel_config.json"
 DELTA_NAME = "spiel_delta.safetensors"
 TENSOR_KEYS = ("indices", "values", "grown_at")
@@ -30,6 +33,21 @@ FINGERPRINT_MIN_CORRELATION = 0.9
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the base model it is being loaded into."""
+
+
+def compact_delta(indices: torch.Tensor, values: torch.Tensor, shape) -> dict[str, torch.Tensor]:
+    """``{"values", "row_ptr", "col_idx"}`` of a delta with sorted flat ``indices`` over a ``shape`` weight,
+    in the narrowest integer types the shape and k allow (``checkpoint_check`` decodes it back)."""
+    out_features, in_features = shape
+    indices = indices.detach().long().cpu()
+    rows = torch.div(indices, in_features, rounding_mode="floor")
+    counts = torch.bincount(rows, minlength=out_features)
+    row_ptr = torch.zeros(out_features + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=row_ptr[1:])
+    row_dtype = torch.int32 if indices.numel() < 2**31 else torch.int64
+    col_dtype = torch.int16 if in_features <= torch.iinfo(torch.int16).max else torch.int32
+    return {"values": values.detach().cpu(), "row_ptr": row_ptr.to(row_dtype),
+            "col_idx": (indices - rows * in_features).to(col_dtype)}
 
 
 def weight_fingerprint(module) -> list[float]:

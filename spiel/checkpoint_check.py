@@ -11,7 +11,11 @@ the problem, before any model is touched:
 - ``spiel_delta.safetensors``: matches the SHA-256 recorded in the config (so a truncated file or one
   flipped bit is caught even where it would still parse), parses, and holds exactly ``M.indices`` and
   ``M.values`` (and optionally ``M.grown_at``, any integer dtype) per module, each of shape ``[k]``;
-  indices integer, sorted, unique and inside the weight; values floating point and finite.
+  indices integer, sorted, unique and inside the weight; values floating point and finite. Or, in
+  the compact form (what ``save_pretrained`` writes by default), ``M.values``, ``M.row_ptr`` and
+  ``M.col_idx``: row pointers of shape ``[out+1]``, int32 or int64, starting at 0, never decreasing,
+  ending at k; columns ``[k]`` of an integer type, inside the row and strictly increasing within each
+  row. The compact form is decoded here into the flat sorted indices, so readers see one form.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from .checkpoint import CONFIG_NAME, DELTA_NAME, FINGERPRINT_SIZE, FORMAT_VERSIO
 UNVERIFIED_BASE_OVERRIDE = "allow_unverified_base=True"
 REQUIRED_FIELDS = ("indices", "values")
 OPTIONAL_FIELDS = ("grown_at",)
+COMPACT_FIELDS = ("values", "row_ptr", "col_idx")
+ROW_PTR_DTYPES = (torch.int32, torch.int64)
 
 
 class InvalidCheckpointError(ValueError):
@@ -148,13 +154,15 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         name, _, field = key.rpartition(".")
-        if name not in modules or field not in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+        if name not in modules or field not in REQUIRED_FIELDS + OPTIONAL_FIELDS + COMPACT_FIELDS:
             raise bad(f"unexpected tensor {key!r} (spiel_config.json lists no such module or field)")
         tensors.setdefault(name, {})[field] = tensor
     for name, entry in modules.items():
         k = entry["k"]
         numel = entry["shape"][0] * entry["shape"][1]
         fields = tensors.get(name, {})
+        if "row_ptr" in fields or "col_idx" in fields:
+            fields = tensors[name] = _decode_compact(name, entry, fields, bad)
         for field in REQUIRED_FIELDS:
             if field not in fields:
                 raise bad(f"missing tensor '{name}.{field}'")
@@ -184,3 +192,46 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
             raise bad(f"'{name}.values' has {bad_count} non-finite value(s) of {k} (NaN/Inf; first at position "
                       f"{first}: {float(values[first])})")
     return config, tensors
+
+
+def _decode_compact(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
+    """The flat form ``{"indices", "values"}`` of a module's compact (CSR) tensors, after checking them."""
+    from .delta.indices import index_dtype
+
+    extra = sorted(set(fields) - set(COMPACT_FIELDS))
+    if extra:
+        raise bad(f"'{name}' mixes the compact form (row_ptr, col_idx) with '{name}.{extra[0]}'")
+    for field in COMPACT_FIELDS:
+        if field not in fields:
+            raise bad(f"missing tensor '{name}.{field}' (compact form)")
+    k = entry["k"]
+    out_features, in_features = entry["shape"]
+    row_ptr, col_idx = fields["row_ptr"], fields["col_idx"]
+    if tuple(row_ptr.shape) != (out_features + 1,):
+        raise bad(f"'{name}.row_ptr' has shape {list(row_ptr.shape)}, expected [{out_features + 1}] (out_features + 1)")
+    if tuple(col_idx.shape) != (k,):
+        raise bad(f"'{name}.col_idx' has shape {list(col_idx.shape)}, expected [{k}] (k of {name})")
+    if row_ptr.dtype not in ROW_PTR_DTYPES:
+        raise bad(f"'{name}.row_ptr' must be int32 or int64, got {row_ptr.dtype}")
+    if col_idx.is_floating_point() or col_idx.is_complex() or col_idx.dtype == torch.bool:
+        raise bad(f"'{name}.col_idx' must hold integers, got {col_idx.dtype}")
+    ptr = row_ptr.long()
+    if int(ptr[0]) != 0 or int(ptr[-1]) != k:
+        raise bad(f"'{name}.row_ptr' must start at 0 and end at k={k}, got {int(ptr[0])} ... {int(ptr[-1])}")
+    counts = ptr[1:] - ptr[:-1]
+    if bool((counts < 0).any()):
+        row = int((counts < 0).nonzero()[0])
+        raise bad(f"'{name}.row_ptr' decreases at row {row} ({int(ptr[row])} then {int(ptr[row + 1])})")
+    cols = col_idx.long()
+    if int(cols.min()) < 0 or int(cols.max()) >= in_features:
+        raise bad(f"'{name}.col_idx' out of range: [{int(cols.min())}, {int(cols.max())}] for "
+                  f"{in_features} columns")
+    rows = torch.repeat_interleave(torch.arange(out_features), counts)
+    same_row = rows[1:] == rows[:-1]
+    not_increasing = same_row & (cols[1:] <= cols[:-1])
+    if bool(not_increasing.any()):
+        at = int(not_increasing.nonzero()[0])
+        raise bad(f"'{name}.col_idx' not strictly increasing in row {int(rows[at])} at position {at + 1} "
+                  f"({int(cols[at])} then {int(cols[at + 1])})")
+    indices = (rows * in_features + cols).to(index_dtype(out_features * in_features))
+    return {"indices": indices, "values": fields["values"]}

@@ -25,6 +25,7 @@ from .checkpoint import (
     CheckpointMismatchError,
     base_identity,
     check_against_base,
+    compact_delta,
     read_spiel_config,
     weight_fingerprint,
     write_checkpoint,
@@ -161,7 +162,9 @@ class SpielModel(nn.Module):
         check_against_base(directory, saved, self.model, getattr(self, "_fingerprints", None))
         self.load_delta_tensors(tensors, str(directory))
 
-    def save_pretrained(self, directory, tokenizer=None) -> Path:
+    def save_pretrained(self, directory, tokenizer=None, compact: bool = True) -> Path:
+        """Write the delta checkpoint. ``compact`` (default): only what inference needs, positions as CSR
+        in the narrowest integer types; ``compact=False``: the training form resume needs (with ``grown_at``)."""
         deltas = self.deltas
         fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
         config = {
@@ -172,7 +175,12 @@ class SpielModel(nn.Module):
             "modules": {n: {"k": layer.k, "shape": [layer.out_features, layer.in_features],
                             "fingerprint": fingerprints[n]} for n, layer in deltas.items()},
         }
-        return write_checkpoint(directory, config, self.delta_state(), tokenizer)
+        if not compact:
+            return write_checkpoint(directory, config, self.delta_state(), tokenizer)
+        tensors = {f"{n}.{key}": t for n, layer in deltas.items()
+                   for key, t in compact_delta(layer.indices, layer.values,
+                                               (layer.out_features, layer.in_features)).items()}
+        return write_checkpoint(directory, config, tensors, tokenizer)
 
     def push_to_hub(self, repo_id: str, tokenizer=None, *, private: bool | None = None, token=None,
                     revision: str | None = None, commit_message: str | None = None,

@@ -149,7 +149,7 @@ def test_checkpoints_hold_the_delta_not_the_model(tmp_path):
     trainer = make_trainer("trainer", model, tmp_path / "run", lm_dataset(), max_steps=3)
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-3"
-    model.save_pretrained(tmp_path / "delta")
+    model.save_pretrained(tmp_path / "delta", compact=False)  # the form checkpoint-N/ holds
     full_model = sum(p.numel() * p.element_size() for p in tiny_model().parameters())
     delta, ckpt = dir_size(tmp_path / "delta"), dir_size(checkpoint)
     optimizer = (checkpoint / "optimizer.pt").stat().st_size

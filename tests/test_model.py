@@ -8,6 +8,7 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiel import SpielConfig, compose, get_spiel_model
+from spiel.checkpoint import FORMAT_VERSION
 from spiel.delta import SparseDeltaLinear
 from spiel.model import CheckpointMismatchError, SpielModel, read_spiel_config
 
@@ -84,7 +85,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
         expected = model(IDS).logits
     model.save_pretrained(tmp_path / "ckpt")
     saved = read_spiel_config(tmp_path / "ckpt")
-    assert saved["format_version"] == 1 and set(saved["modules"]) == set(model.deltas)
+    assert saved["format_version"] == FORMAT_VERSION and set(saved["modules"]) == set(model.deltas)
     loaded = SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt")
     for name, layer in loaded.deltas.items():
         assert torch.equal(layer.indices, model.deltas[name].indices)
@@ -100,7 +101,7 @@ def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = with_random_deltas(get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, seed=5)))
-    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt", compact=False)
     path = tmp_path / "ckpt" / "spiel_delta.safetensors"
     tensors = load_file(path)
     assert all(v.dtype == torch.int32 for k, v in tensors.items() if k.endswith(".grown_at"))

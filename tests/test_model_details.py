@@ -71,7 +71,7 @@ def test_growth_ages_survive_save_and_load(tmp_path):
     with torch.no_grad():
         for layer in model.deltas.values():
             layer.grown_at.copy_(torch.randint(0, 500, (layer.k,), generator=g).to(layer.grown_at.dtype))
-    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt", compact=False)  # the training form (checkpoint-N/)
     loaded = SpielModel.from_pretrained(tiny_model(), tmp_path / "ckpt")
     for name, layer in loaded.deltas.items():
         assert torch.equal(layer.grown_at.long(), model.deltas[name].grown_at.long())

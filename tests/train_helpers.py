@@ -63,3 +63,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def grown_at_steps(run_dir: Path) -> dict[str, int]:
+    """How many final positions were grown at each step (``param_ages.json``; ``final/`` keeps no grown_at)."""
+    return json.loads((Path(run_dir) / "param_ages.json").read_text())["grown_at_step"]

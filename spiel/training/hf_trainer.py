@@ -111,7 +111,7 @@ class SpielTrainerMixin:
             return
         output_dir = output_dir or self.args.output_dir
         tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
-        spiel_model.save_pretrained(output_dir, tokenizer=tokenizer)
+        spiel_model.save_pretrained(output_dir, tokenizer=tokenizer, compact=False)  # resume needs grown_at
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
 
