@@ -58,3 +58,35 @@ def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, 
     # The first reselection replaced every random slot: the indices did move.
     first = r0["history"][0]
     assert any(not torch.equal(first[n], r0["history"][-1][n]) for n in first)
+
+
+def test_a_selector_state_refuses_a_delta_without_its_growth_steps(tmp_path):
+    """A compact (final) checkpoint holds no grown_at, from which AG's Adam ages derive: resuming a selector
+    state onto it would silently restart every age, so it is refused; the training form resumes."""
+    sys.path.insert(0, str(WORKERS))
+    from resume_worker import base
+
+    from spiel import SpielConfig, get_spiel_model
+    from spiel.model import SpielModel
+
+    model = get_spiel_model(base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6,
+                                                estimation_steps=2, seed=3))
+    optimizer = model.make_optimizer(lr=1e-2)
+    selector = model.make_selector(optimizer, total_steps=40)
+    for step in range(8):  # past the first reselection (step 6): some entries have grown_at > 0
+        model(torch.randn(8, 16, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        selector.step()
+    assert any(bool((layer.grown_at > 0).any()) for layer in model.deltas.values())
+    state = selector.state_dict()
+    model.save_pretrained(tmp_path / "final")  # compact: no grown_at
+    model.save_pretrained(tmp_path / "train", compact=False)
+    for kind, ok in (("final", False), ("train", True)):
+        again = SpielModel.from_pretrained(base(), tmp_path / kind, is_trainable=True)
+        fresh = again.make_selector(again.make_optimizer(lr=1e-2), total_steps=40)
+        if ok:
+            fresh.load_state_dict(state)
+        else:
+            with pytest.raises(ValueError, match="not a compact final one"):
+                fresh.load_state_dict(state)

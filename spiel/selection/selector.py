@@ -226,7 +226,11 @@ class Selector:
             entry.update(steps=phase.steps, synced=phase.synced)
             phases[name] = entry
         return {"t": self.t, "method": self.method, "schedule": vars(self.schedule).copy(),
-                "phases": phases, "references": dict(self.references)}
+                "phases": phases, "references": dict(self.references), "grown_at": self._grown_at_digest()}
+
+    def _grown_at_digest(self) -> dict:
+        # the model's growth steps this state belongs to: AG's Adam ages derive from them
+        return {n: (int(layer.grown_at.sum()), int(layer.grown_at.max())) for n, layer in self.layers.items()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["method"] != self.method or state["schedule"] != vars(self.schedule):
@@ -236,6 +240,13 @@ class Selector:
             )
         if set(state["phases"]) != set(self.layers):
             raise ValueError("selector state names different modules than this model")
+        digest = self._grown_at_digest()
+        differ = [n for n, d in state.get("grown_at", {}).items() if tuple(d) != digest[n]]
+        if differ:  # e.g. the delta came from a compact (inference) checkpoint, which holds no grown_at
+            raise ValueError(
+                f"the model's grown_at (the step each entry was grown at) is not the one this selector state was "
+                f"saved with ({len(differ)} module(s), e.g. {differ[0]}); resume from a training checkpoint "
+                "(save_pretrained(..., compact=False), as spiel-train's checkpoint-N/), not a compact final one")
         self.t = int(state["t"])
         self.phases = {}
         for name, entry in state["phases"].items():

@@ -42,7 +42,7 @@ def main(method, start, end, out_dir, resume_dir=None):
         optimizer.step()
         optimizer.zero_grad()
         selector.step()
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, compact=False)  # a training checkpoint: grown_at is kept
     torch.save(optimizer.state_dict(), f"{out_dir}/optimizer.pt")
     torch.save(selector.state_dict(), f"{out_dir}/selector.pt")
 
