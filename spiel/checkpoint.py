@@ -107,13 +107,6 @@ def read_spiel_config(directory) -> dict:
     return parse_config(directory)
 
 
-def read_delta_tensors(directory) -> dict[str, dict[str, torch.Tensor]]:
-    """The delta tensors by module, after every check of ``checkpoint_check.read_checkpoint``."""
-    from .checkpoint_check import read_checkpoint
-
-    return read_checkpoint(directory)[1]
-
-
 def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
     """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
     (module names, shapes, and the base weights themselves by a sampled fingerprint). ``fingerprints``:

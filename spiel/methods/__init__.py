@@ -1,4 +1,4 @@
-"""The method registry: one name -> how the model is wrapped, which optimizer and callbacks run, and how
+"""The method registry: one name -> how the model is wrapped, which optimizer runs, and how
 the result is saved. ``ag``/``ma`` (SpIEL, our optimizers and selector), ``lora``/``ia3`` (peft) and
 ``full``. Quantization (``quant=nf4``) is orthogonal: see ``spiel.methods.quant``.
 

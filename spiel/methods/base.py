@@ -1,5 +1,5 @@
 """What every training method provides: how the base model is wrapped, which optimizer is built,
-which callbacks run, and how the result is saved (and reloaded on resume)."""
+and how the result is saved."""
 
 from __future__ import annotations
 
@@ -40,9 +40,6 @@ class Method:
 
     def trainer_optim(self, mcfg) -> str:
         return "adamw_torch"
-
-    def callbacks(self, model: nn.Module, optimizer, resume_from: str | None) -> list:
-        return []
 
     def save(self, model: nn.Module, directory: Path, tokenizer=None) -> None:
         """The final checkpoint in this method's format (the checkpoint formats are described in the README)."""

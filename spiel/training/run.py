@@ -147,14 +147,13 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     if c.activation_checkpointing:
         enable_activation_checkpointing(model)
     optimizer = method.make_optimizer(model, settings.method, c.lr, c.weight_decay)
-    callbacks = method.callbacks(model, optimizer, resume_from)
     metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
     guard = DivergenceGuard(model, c.lr)
     loss_window = LossWindowState(resume_from)
     trainer = SpielTrainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
         data_collator=DataCollatorForSpiel(tokenizer), processing_class=tokenizer, optimizers=(optimizer, None),
-        callbacks=[*callbacks, guard, loss_window, metrics_cb,
+        callbacks=[guard, loss_window, metrics_cb,
                    LossPlotCallback(run_dir / METRICS_FILE, run_dir / LOSS_PNG)],
         state_savers=[loss_window],
         save_total_limit=c.save_total_limit,
