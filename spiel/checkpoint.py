@@ -4,9 +4,10 @@ A directory with ``spiel_config.json`` (SpielConfig, per-module k and shape, bas
 format and package version), ``spiel_delta.safetensors`` and, when given, the tokenizer files.
 The delta holds, per target module M, either the training form ``M.indices`` (flat row-major, sorted),
 ``M.values``, ``M.grown_at`` (what resume needs) or the compact form that inference needs:
-``M.values`` and the positions as CSR, ``M.row_ptr`` (``[out+1]``, int32, int64 when k needs it) and
-``M.col_idx`` (``[k]``, int16 when ``in_features`` allows it, else int32). Each file is written to a temporary name
-and renamed; the config goes last, so a directory without it is never taken for a checkpoint.
+``M.values`` and the positions Elias–Fano coded, ``M.low_bits`` and ``M.high_bits`` (uint8, see
+``spiel.delta.elias_fano``; format 2 stored them as CSR, ``M.row_ptr`` and ``M.col_idx``, which still
+reads). Each file is written to a temporary name and renamed; the config goes last, so a directory
+without it is never taken for a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from .delta import elias_fano
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import dense_weight, weight_shape
 
-FORMAT_VERSION = 2  # 2: the compact (CSR) delta form; 1 (flat form only) still reads
+FORMAT_VERSION = 3  # 3: compact positions Elias–Fano coded; 2 (compact as CSR) and 1 (flat only) still read
 CONFIG_NAME = "spiel_config.json"
 DELTA_NAME = "spiel_delta.safetensors"
 TENSOR_KEYS = ("indices", "values", "grown_at")
@@ -36,18 +38,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def compact_delta(indices: torch.Tensor, values: torch.Tensor, shape) -> dict[str, torch.Tensor]:
-    """``{"values", "row_ptr", "col_idx"}`` of a delta with sorted flat ``indices`` over a ``shape`` weight,
-    in the narrowest integer types the shape and k allow (``checkpoint_check`` decodes it back)."""
-    out_features, in_features = shape
-    indices = indices.detach().long().cpu()
-    rows = torch.div(indices, in_features, rounding_mode="floor")
-    counts = torch.bincount(rows, minlength=out_features)
-    row_ptr = torch.zeros(out_features + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=row_ptr[1:])
-    row_dtype = torch.int32 if indices.numel() < 2**31 else torch.int64
-    col_dtype = torch.int16 if in_features <= torch.iinfo(torch.int16).max else torch.int32
-    return {"values": values.detach().cpu(), "row_ptr": row_ptr.to(row_dtype),
-            "col_idx": (indices - rows * in_features).to(col_dtype)}
+    """``{"values", "low_bits", "high_bits"}`` of a delta with sorted flat ``indices`` over a ``shape``
+    weight: the positions Elias–Fano coded (``checkpoint_check`` decodes them back)."""
+    return {"values": values.detach().cpu(), **elias_fano.encode(indices, shape[0] * shape[1])}
 
 
 def weight_fingerprint(module) -> list[float]:

@@ -12,10 +12,14 @@ the problem, before any model is touched:
   flipped bit is caught even where it would still parse), parses, and holds exactly ``M.indices`` and
   ``M.values`` (and optionally ``M.grown_at``, any integer dtype) per module, each of shape ``[k]``;
   indices integer, sorted, unique and inside the weight; values floating point and finite. Or, in
-  the compact form (what ``save_pretrained`` writes by default), ``M.values``, ``M.row_ptr`` and
-  ``M.col_idx``: row pointers of shape ``[out+1]``, int32 or int64, starting at 0, never decreasing,
-  ending at k; columns ``[k]`` of an integer type, inside the row and strictly increasing within each
-  row. The compact form is decoded here into the flat sorted indices, so readers see one form.
+  the compact form (what ``save_pretrained`` writes by default, format 3), ``M.values``, ``M.low_bits``
+  and ``M.high_bits``: the positions Elias–Fano coded (``spiel.delta.elias_fano``), each uint8 of the
+  size k and the shape imply, zero padding bits, exactly k set bits in the high bitmap, and positions
+  that decode strictly increasing inside the weight. Or the compact form of format 2, ``M.values``,
+  ``M.row_ptr`` and ``M.col_idx``: row pointers of shape ``[out+1]``, int32 or int64, starting at 0,
+  never decreasing, ending at k; columns ``[k]`` of an integer type, inside the row and strictly
+  increasing within each row. A compact form is decoded here into the flat sorted indices, so readers
+  see one form.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from .checkpoint import CONFIG_NAME, DELTA_NAME, FINGERPRINT_SIZE, FORMAT_VERSIO
 UNVERIFIED_BASE_OVERRIDE = "allow_unverified_base=True"
 REQUIRED_FIELDS = ("indices", "values")
 OPTIONAL_FIELDS = ("grown_at",)
-COMPACT_FIELDS = ("values", "row_ptr", "col_idx")
+COMPACT_FIELDS = ("values", "row_ptr", "col_idx")  # format 2 (CSR)
+ELIAS_FANO_FIELDS = ("values", "low_bits", "high_bits")  # format 3
 ROW_PTR_DTYPES = (torch.int32, torch.int64)
 
 
@@ -154,14 +159,16 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         name, _, field = key.rpartition(".")
-        if name not in modules or field not in REQUIRED_FIELDS + OPTIONAL_FIELDS + COMPACT_FIELDS:
+        if name not in modules or field not in REQUIRED_FIELDS + OPTIONAL_FIELDS + COMPACT_FIELDS + ELIAS_FANO_FIELDS:
             raise bad(f"unexpected tensor {key!r} (spiel_config.json lists no such module or field)")
         tensors.setdefault(name, {})[field] = tensor
     for name, entry in modules.items():
         k = entry["k"]
         numel = entry["shape"][0] * entry["shape"][1]
         fields = tensors.get(name, {})
-        if "row_ptr" in fields or "col_idx" in fields:
+        if "low_bits" in fields or "high_bits" in fields:
+            fields = tensors[name] = _decode_elias_fano(name, entry, fields, bad)
+        elif "row_ptr" in fields or "col_idx" in fields:
             fields = tensors[name] = _decode_compact(name, entry, fields, bad)
         for field in REQUIRED_FIELDS:
             if field not in fields:
@@ -194,8 +201,29 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     return config, tensors
 
 
+def _decode_elias_fano(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
+    """The flat form ``{"indices", "values"}`` of a module's Elias–Fano coded positions (format 3), after
+    checking them."""
+    from .delta import elias_fano
+    from .delta.indices import index_dtype
+
+    extra = sorted(set(fields) - set(ELIAS_FANO_FIELDS))
+    if extra:
+        raise bad(f"'{name}' mixes the compact form (low_bits, high_bits) with '{name}.{extra[0]}'")
+    for field in ELIAS_FANO_FIELDS:
+        if field not in fields:
+            raise bad(f"missing tensor '{name}.{field}' (compact form)")
+    numel = entry["shape"][0] * entry["shape"][1]
+    try:
+        positions = elias_fano.decode(fields["low_bits"], fields["high_bits"], numel, entry["k"], prefix=f"{name}.")
+    except ValueError as e:
+        raise bad(str(e)) from None
+    return {"indices": positions.to(index_dtype(numel)), "values": fields["values"]}
+
+
 def _decode_compact(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
-    """The flat form ``{"indices", "values"}`` of a module's compact (CSR) tensors, after checking them."""
+    """The flat form ``{"indices", "values"}`` of a module's compact (CSR, format 2) tensors, after
+    checking them."""
     from .delta.indices import index_dtype
 
     extra = sorted(set(fields) - set(COMPACT_FIELDS))

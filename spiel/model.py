@@ -163,8 +163,9 @@ class SpielModel(nn.Module):
         self.load_delta_tensors(tensors, str(directory))
 
     def save_pretrained(self, directory, tokenizer=None, compact: bool = True) -> Path:
-        """Write the delta checkpoint. ``compact`` (default): only what inference needs, positions as CSR
-        in the narrowest integer types; ``compact=False``: the training form resume needs (with ``grown_at``)."""
+        """Write the delta checkpoint. ``compact`` (default): only what inference needs, the positions
+        Elias–Fano coded (about L + 2 bits each, L = log2(1 / density)); ``compact=False``: the training
+        form resume needs (with ``grown_at``)."""
         deltas = self.deltas
         fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
         config = {

@@ -1,11 +1,12 @@
-"""The compact delta form (what ``save_pretrained`` and ``final/`` hold): CSR positions in the narrowest
-integer types, no grown_at. It decodes to exactly the flat form, every malformed part is refused with a
-message naming the tensor, checkpoints of the flat form (format 1) still load, and it is measured against
-a peft LoRA adapter of the same budget."""
+"""The compact delta form (what ``save_pretrained`` and ``final/`` hold): positions Elias–Fano coded
+(format 3), no grown_at. It decodes to exactly the flat form, every malformed part is refused with a
+message naming the file and the tensor, checkpoints of the flat form (format 1) and of the CSR form
+(format 2) still load, and it is measured against a peft LoRA adapter of the same budget."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint import CONFIG_NAME, DELTA_NAME
+from spiel.checkpoint import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, write_checkpoint
 from spiel.checkpoint_check import InvalidCheckpointError, read_checkpoint, sha256_hex
+from spiel.delta import elias_fano
+from spiel.delta.indices import csr_pattern
 from spiel.model import SpielModel
 from spiel.testing import tiny_model
 
@@ -43,6 +46,25 @@ def both(model, tmp_path_factory):
     return model.save_pretrained(root / "compact"), model.save_pretrained(root / "flat", compact=False)
 
 
+def write_format_2(flat_dir: Path, out: Path) -> Path:
+    """A compact checkpoint as spiel wrote it in format 2: positions as CSR (int32 row pointers, int16
+    columns), values, no grown_at."""
+    config = json.loads((flat_dir / CONFIG_NAME).read_text())
+    stored = load_file(str(flat_dir / DELTA_NAME))
+    tensors = {}
+    for name, entry in config["modules"].items():
+        row_ptr, col_idx = csr_pattern(stored[f"{name}.indices"].long(), *entry["shape"])
+        tensors.update({f"{name}.values": stored[f"{name}.values"], f"{name}.row_ptr": row_ptr.to(torch.int32),
+                        f"{name}.col_idx": col_idx.to(torch.int16)})
+    config["format_version"] = 2
+    return write_checkpoint(out, config, tensors)
+
+
+@pytest.fixture(scope="module")
+def csr(both, tmp_path_factory):
+    return write_format_2(both[1], tmp_path_factory.mktemp("format2") / "csr")
+
+
 @pytest.mark.parametrize("delta_dtype", ["float32", "bfloat16"])
 def test_compact_form_decodes_bit_exact_to_the_flat_form(tmp_path, delta_dtype):
     model = trained(delta_dtype=delta_dtype)
@@ -63,13 +85,16 @@ def test_compact_form_decodes_bit_exact_to_the_flat_form(tmp_path, delta_dtype):
         assert torch.equal(compact[name]["indices"].long(), rows * layer.in_features + cols)
 
 
-def test_compact_file_holds_narrow_types_and_no_grown_at(both, model):
+def test_compact_file_holds_the_coded_positions_and_no_grown_at(both, model):
+    config = json.loads((both[0] / CONFIG_NAME).read_text())
+    assert config["format_version"] == FORMAT_VERSION == 3
     stored = load_file(str(both[0] / DELTA_NAME))
-    assert not any(k.endswith((".grown_at", ".indices")) for k in stored)
+    assert {k.rpartition(".")[2] for k in stored} == {"values", "low_bits", "high_bits"}
     for name, layer in model.deltas.items():
-        assert stored[f"{name}.col_idx"].dtype == torch.int16  # in_features <= 32767
-        assert stored[f"{name}.row_ptr"].dtype == torch.int32
-        assert stored[f"{name}.row_ptr"].shape == (layer.out_features + 1,)
+        n = layer.out_features * layer.in_features
+        low, high = elias_fano.encoded_sizes(n, layer.k)
+        assert stored[f"{name}.low_bits"].dtype == stored[f"{name}.high_bits"].dtype == torch.uint8
+        assert stored[f"{name}.low_bits"].shape == (low,) and stored[f"{name}.high_bits"].shape == (high,)
         assert stored[f"{name}.values"].dtype == layer.values.dtype
 
 
@@ -99,7 +124,17 @@ def test_a_flat_format_1_checkpoint_still_loads(both, model, tmp_path):
         assert torch.equal(layer.grown_at, model.deltas[name].grown_at)
 
 
-# -- every guard of the compact decode ------------------------------------------------------------------
+def test_a_csr_format_2_checkpoint_still_loads(csr, model):
+    assert {k.rpartition(".")[2] for k in load_file(str(csr / DELTA_NAME))} == {"values", "row_ptr", "col_idx"}
+    loaded = SpielModel.from_pretrained(tiny_model(), csr)
+    for name, layer in loaded.deltas.items():
+        assert torch.equal(layer.indices, model.deltas[name].indices)
+        assert torch.equal(layer.values, model.deltas[name].values)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+# -- every guard of the compact decodes ------------------------------------------------------------------
 def key(field):
     return f"{MODULE}.{field}"
 
@@ -169,18 +204,67 @@ GUARDS = [
 ]
 
 
-@pytest.mark.parametrize("case, corrupt, message", GUARDS, ids=[g[0] for g in GUARDS])
-def test_a_malformed_compact_delta_is_refused_naming_file_and_tensor(both, tmp_path, case, corrupt, message):
-    bad = tmp_path / case
+def corrupted_copy(source: Path, bad: Path, corrupt) -> Path:
+    """``source`` with its delta tensors changed by ``corrupt`` and the new hash recorded, as a buggy
+    writer would leave it."""
     bad.mkdir()
-    for f in both[0].iterdir():
+    for f in source.iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     tensors = load_file(str(bad / DELTA_NAME))
     corrupt(tensors)
-    save_file(tensors, str(bad / DELTA_NAME))  # and the new hash recorded, as a buggy writer would
+    save_file(tensors, str(bad / DELTA_NAME))
     config = json.loads((bad / CONFIG_NAME).read_text())
     config["delta_sha256"] = sha256_hex((bad / DELTA_NAME).read_bytes())
     (bad / CONFIG_NAME).write_text(json.dumps(config))
+    return bad
+
+
+@pytest.mark.parametrize("case, corrupt, message", GUARDS, ids=[g[0] for g in GUARDS])
+def test_a_malformed_csr_delta_is_refused_naming_file_and_tensor(csr, tmp_path, case, corrupt, message):
+    bad = corrupted_copy(csr, tmp_path / case, corrupt)
+    with pytest.raises(InvalidCheckpointError, match=message) as err:
+        SpielModel.from_pretrained(tiny_model(), bad)
+    assert str(bad / DELTA_NAME) in str(err.value)
+
+
+def flip_high_bit(t):
+    """Clear the first set bit of the bitmap: one position fewer than k."""
+    high = t[key("high_bits")]
+    at = int((high != 0).nonzero()[0])
+    high[at] &= high[at] - 1
+
+
+def repeat_a_position(t):
+    """Give the second position the first one's low bits: where both share a high part, a repeat."""
+    low, high = t[key("low_bits")], t[key("high_bits")]
+    n = 256 * 256
+    k = t[key("values")].numel()
+    width = elias_fano.low_width(n, k)
+    bits, ones = elias_fano.unpack_bits(low), elias_fano.unpack_bits(high).nonzero().view(-1)
+    i = int(((ones[1:] - 1) == ones[:-1]).nonzero()[0])  # positions i and i+1 share a high part
+    bits[(i + 1) * width:(i + 2) * width] = bits[i * width:(i + 1) * width]
+    t[key("low_bits")] = elias_fano.pack_bits(bits[: k * width])
+
+
+EF_GUARDS = [
+    ("mixed-forms", add_indices, r"mixes the compact form \(low_bits, high_bits\) with '.*q_proj.indices'"),
+    ("mixed-with-csr", lambda t: t.update({key("row_ptr"): torch.zeros(257, dtype=torch.int32)}),
+     r"mixes the compact form \(low_bits, high_bits\) with '.*q_proj.row_ptr'"),
+    ("no-low-bits", drop("low_bits"), r"missing tensor '.*q_proj.low_bits' \(compact form\)"),
+    ("no-high-bits", drop("high_bits"), r"missing tensor '.*q_proj.high_bits' \(compact form\)"),
+    ("no-values", drop("values"), r"missing tensor '.*q_proj.values' \(compact form\)"),
+    ("low-int8", retype("low_bits", torch.int8), r"'.*q_proj.low_bits' must be uint8, got torch.int8"),
+    ("high-truncated", reshape("high_bits", lambda h: h[:-1].clone()),
+     r"'.*q_proj.high_bits' has shape \[\d+\], expected \[\d+\] \(\d+ bits: k=\d+ positions in \[0, 65536\)"),
+    ("values-short", reshape("values", lambda v: v[:-1].clone()), r"'.*q_proj.values' has shape \[\d+\], expected"),
+    ("high-bit-lost", flip_high_bit, r"'.*q_proj.high_bits' holds \d+ set bits, expected one per position"),
+    ("repeated-position", repeat_a_position, r"'.*q_proj.low_bits' and 'high_bits' decode to positions not strictly"),
+]
+
+
+@pytest.mark.parametrize("case, corrupt, message", EF_GUARDS, ids=[g[0] for g in EF_GUARDS])
+def test_a_malformed_compact_delta_is_refused_naming_file_and_tensor(both, tmp_path, case, corrupt, message):
+    bad = corrupted_copy(both[0], tmp_path / case, corrupt)
     with pytest.raises(InvalidCheckpointError, match=message) as err:
         SpielModel.from_pretrained(tiny_model(), bad)
     assert str(bad / DELTA_NAME) in str(err.value)
@@ -211,9 +295,13 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
     value_bytes = torch.finfo(getattr(torch, delta_dtype)).bits // 8
     k = model.num_tunable()
     assert adapter >= lora_params * value_bytes
-    # values + int16 columns + int32 row pointers + the safetensors header (< 160 bytes a tensor)
-    rows = sum(layer.out_features + 1 for layer in model.deltas.values())
-    assert 0 < compact - (k * (value_bytes + 2) + rows * 4) < 160 * 3 * len(model.deltas)
-    assert compact < flat / 1.9
-    # the int16 columns cost 2 bytes an entry more than LoRA's: 1.5x in fp32, 2x in bf16 (+ row pointers)
-    assert compact <= (value_bytes + 2) / value_bytes * adapter + rows * 4 + 160 * 3 * len(model.deltas)
+    # values + the coded positions + the safetensors header (< 160 bytes a tensor)
+    positions = sum(sum(elias_fano.encoded_sizes(layer.out_features * layer.in_features, layer.k))
+                    for layer in model.deltas.values())
+    assert 0 < compact - (k * value_bytes + positions) < 160 * 3 * len(model.deltas)
+    for layer in model.deltas.values():  # Elias–Fano: at most 2 + log2(n / k) bits a position (+ padding)
+        n = layer.out_features * layer.in_features
+        bits = 8 * sum(elias_fano.encoded_sizes(n, layer.k))
+        assert bits <= layer.k * (2 + math.log2(n / layer.k)) + 16
+    assert compact < flat / 2
+    assert compact <= 1.5 * adapter
