@@ -36,6 +36,7 @@ BENCH_DATA = ["tests/test_eval_data_checks.py", "-k", "not spiel_eval"]
 ENCODE = ["tests/test_data_encode.py"]
 DELTA_SETS = ["tests/test_delta_sets.py", "tests/test_model.py"]
 COMPACT = ["tests/test_compact_checkpoint.py"]
+ELIAS_FANO = ["tests/test_elias_fano.py"]
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,20 @@ MUTANTS = [
            COMPACT, "compact decode strides rows by out_features"),
     Mutant("spiel/checkpoint_check.py", "not_increasing = same_row & (cols[1:] <= cols[:-1])",
            "not_increasing = same_row & (cols[1:] < cols[:-1])", COMPACT, "a repeated column in a row accepted"),
-    Mutant("spiel/checkpoint_check.py", "        if field not in fields:\n            raise bad(f\"missing tensor '{name}.{field}' (compact",
-           "        if False:\n            raise bad(f\"missing tensor '{name}.{field}' (compact", COMPACT,
+    Mutant("spiel/checkpoint_check.py", "    for field in COMPACT_FIELDS:\n        if field not in fields:",
+           "    for field in COMPACT_FIELDS:\n        if False:", COMPACT,
            "a compact delta without row_ptr or col_idx reaches the decode"),
-    Mutant("spiel/checkpoint.py", "torch.cumsum(counts, 0, out=row_ptr[1:])", "torch.cumsum(counts, 0, out=row_ptr[:-1])",
-           COMPACT, "compact encode shifts the row pointers by one row"),
+    # -- the compact (Elias–Fano) delta form ----------------------------------------------------------
+    Mutant("spiel/delta/elias_fano.py", "    return max(0, (n // k).bit_length() - 1) if k > 0 else 0",
+           "    return max(0, (n // k).bit_length() - 2) if k > 0 else 0", ELIAS_FANO, "one low bit too few"),
+    Mutant("spiel/delta/elias_fano.py", "    high[(x >> width) + i] = 1", "    high[(x >> width)] = 1", ELIAS_FANO,
+           "high parts stored without the unary offset"),
+    Mutant("spiel/delta/elias_fano.py", "        if size and int(data[-1]) >> (bits - 8 * (size - 1)):",
+           "        if False:", ELIAS_FANO, "non-zero padding bits accepted"),
+    Mutant("spiel/delta/elias_fano.py", "    if ones.numel() != k:", "    if False:", ELIAS_FANO,
+           "a bitmap with a set bit lost or added accepted"),
+    Mutant("spiel/delta/elias_fano.py", "    if bool((steps <= 0).any()):", "    if bool((steps < 0).any()):", ELIAS_FANO,
+           "a repeated position accepted"),
     # -- data encoding --------------------------------------------------------------------------------
     Mutant("spiel/data/encode.py", "        labels[start:end] = input_ids[start:end]",
            "        labels[start - 1:end] = input_ids[start - 1:end]", ENCODE, "the header's last token is trained"),

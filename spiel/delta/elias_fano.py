@@ -17,8 +17,6 @@ import torch
 
 from .indices import check_indices
 
-BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int64)  # bit j of a byte is worth 2**j
-
 
 def low_width(n: int, k: int) -> int:
     """L: the number of low bits per position, ``floor(log2(n / k))``, or 0 when that is below 1."""
@@ -35,34 +33,49 @@ def encoded_sizes(n: int, k: int) -> tuple[int, int]:
     return -(-k * low_width(n, k) // 8), -(-high_length(n, k) // 8)
 
 
+def work_dtype(n: int, k: int) -> torch.dtype:
+    """int32 where every intermediate fits (far faster on CPU than int64), else int64: bitmap offsets
+    reach n + k, and a corrupt low part can take a position to n + n/k (caught after decoding)."""
+    return torch.int32 if 2 * n + k < 2**31 else torch.int64
+
+
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """uint8 bytes of a 1-D tensor of 0/1, least significant bit first, the last byte padded with zeros."""
-    padded = torch.zeros(-(-bits.numel() // 8) * 8, dtype=torch.int64)
+    """uint8 bytes of a 1-D uint8 tensor of 0/1, least significant bit first, the last byte zero padded."""
+    padded = torch.zeros(-(-bits.numel() // 8) * 8, dtype=torch.uint8)
     padded[: bits.numel()] = bits
-    return (padded.view(-1, 8) * BIT_WEIGHTS).sum(1).to(torch.uint8)
+    eights = padded.view(-1, 8)
+    packed = eights[:, 0].clone()
+    for bit in range(1, 8):  # eight whole-tensor steps, one per bit of a byte
+        packed |= eights[:, bit] << bit
+    return packed
 
 
 def unpack_bits(data: torch.Tensor) -> torch.Tensor:
     """The bits (uint8 0/1) of uint8 bytes, least significant first: ``8 * len(data)`` of them."""
-    return ((data.long().view(-1, 1) >> torch.arange(8)) & 1).to(torch.uint8).view(-1)
+    bits = torch.empty(data.numel(), 8, dtype=torch.uint8)
+    for bit in range(8):
+        bits[:, bit] = (data >> bit) & 1
+    return bits.view(-1)
 
 
 def encode(positions: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """``{"low_bits", "high_bits"}`` (uint8) of sorted unique ``positions`` in ``[0, n)``."""
     check_indices(positions, n, "positions")
-    x = positions.detach().long().cpu()
-    k = x.numel()
+    k = positions.numel()
     width = low_width(n, k)
-    i = torch.arange(k)
-    low = (x.view(-1, 1) >> torch.arange(width)) & 1  # [k, L], least significant bit first
-    high = torch.zeros(high_length(n, k), dtype=torch.int64)
-    high[(x >> width) + i] = 1
-    return {"low_bits": pack_bits(low.view(-1)), "high_bits": pack_bits(high)}
+    x = positions.detach().cpu().to(work_dtype(n, k))
+    low = torch.empty(0, dtype=torch.uint8)
+    if width:  # [k, L] bits, least significant first, built one bit plane at a time
+        low = torch.stack([(x >> bit).to(torch.uint8) & 1 for bit in range(width)], dim=1).view(-1)
+    high = torch.zeros(high_length(n, k), dtype=torch.uint8)
+    high[(x >> width) + torch.arange(k, dtype=x.dtype)] = 1
+    return {"low_bits": pack_bits(low), "high_bits": pack_bits(high)}
 
 
 def decode(low_bits: torch.Tensor, high_bits: torch.Tensor, n: int, k: int, prefix: str = "") -> torch.Tensor:
-    """The int64 positions of ``encode``'s output, or ValueError naming the tensor that is malformed
-    (``prefix``: what to put before ``low_bits`` / ``high_bits`` in the message, e.g. the module name).
+    """The positions of ``encode``'s output (int32 or int64, see ``work_dtype``), or ValueError naming the
+    tensor that is malformed (``prefix``: put before ``low_bits`` / ``high_bits`` in the message, e.g. the
+    module name).
 
     Checked: both are 1-D uint8 of the sizes k and n imply, the padding bits are zero, the bitmap holds
     exactly k set bits, and the positions are strictly increasing and inside ``[0, n)`` (the bitmap alone
@@ -81,9 +94,12 @@ def decode(low_bits: torch.Tensor, high_bits: torch.Tensor, n: int, k: int, pref
     ones = unpack_bits(high_bits).nonzero().view(-1)
     if ones.numel() != k:
         raise ValueError(f"'{prefix}high_bits' holds {ones.numel()} set bits, expected one per position (k={k})")
-    i = torch.arange(k)
-    low = (unpack_bits(low_bits)[: k * width].view(k, width).long() << torch.arange(width)).sum(1)
-    x = ((ones - i) << width) | low
+    work = work_dtype(n, k)
+    low = torch.zeros(k, dtype=work)
+    low_planes = unpack_bits(low_bits)[: k * width].view(k, width)
+    for bit in range(width):
+        low |= low_planes[:, bit].to(work) << bit
+    x = ((ones.to(work) - torch.arange(k, dtype=work)) << width) | low
     if k and int(x.max()) >= n:  # (never below 0: bit i+h of the bitmap has i set bits before it)
         raise ValueError(f"'{prefix}low_bits' and 'high_bits' decode to a position past the weight: "
                          f"{int(x.max())} >= {n}")
