@@ -21,7 +21,7 @@ from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.methods import get_method
 from spiel.model_source import HOW
 
-from . import checkpoints, wandb_logger
+from . import checkpoints, tensorboard_logger, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
 from .divergence import DivergenceGuard
 from .failures import OutputError, writing
@@ -206,6 +206,10 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
             "eval_command": eval_command(final_dir, settings), **extras,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        if use_wandb:
+            wandb_logger.record_summary(summary)
+        elif c.logger.name == "tensorboard":
+            tensorboard_logger.record_summary(trainer, summary, OmegaConf.to_container(cfg, resolve=True))
         line = summary_line(summary)
         log.info(line)
         print(line, flush=True)

@@ -1,5 +1,6 @@
 """Weights & Biases for ``logger=wandb``: one wandb run per training run (and per sweep job), started on
-rank 0 before the Trainer (whose WandbCallback then logs into it), finished at the end of the job."""
+rank 0 before the Trainer (whose WandbCallback then logs into it), given the run's best validation loss
+and its step in its summary (as ``summary.json`` has them), finished at the end of the job."""
 
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ def start(logger_cfg, run_dir: Path, run_name: str, config: dict) -> None:
     wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
                tags=list(logger_cfg.tags) or None, name=run_name, dir=str(run_dir), config=config,
                mode=mode)
+
+
+SUMMARY_KEYS = ("best_eval_loss", "best_eval_step")  # what a sweep compares runs by, beside the history
+
+
+def record_summary(summary: dict) -> None:
+    """Put ``summary.json``'s ``SUMMARY_KEYS`` into the open wandb run's summary (where the runs table and
+    sweeps read them); nothing without a wandb run or a validation set."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None)
+    if run is None:
+        return
+    for key in SUMMARY_KEYS:
+        if summary.get(key) is not None:
+            run.summary[key] = summary[key]
 
 
 def finish() -> None:
