@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, write_checkpoint
+from spiel.checkpoint import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, compact_delta, write_checkpoint
 from spiel.checkpoint_check import InvalidCheckpointError, read_checkpoint, sha256_hex
 from spiel.delta import elias_fano
 from spiel.delta.indices import csr_pattern
@@ -96,6 +96,24 @@ def test_compact_file_holds_the_coded_positions_and_no_grown_at(both, model):
         assert stored[f"{name}.low_bits"].dtype == stored[f"{name}.high_bits"].dtype == torch.uint8
         assert stored[f"{name}.low_bits"].shape == (low,) and stored[f"{name}.high_bits"].shape == (high,)
         assert stored[f"{name}.values"].dtype == layer.values.dtype
+
+
+@pytest.mark.parametrize("positions", [
+    pytest.param(torch.tensor([0]), id="k=1 first"),
+    pytest.param(torch.tensor([256 * 256 - 1]), id="k=1 last"),
+    pytest.param(torch.arange(5 * 256, 6 * 256), id="one full row, the others empty"),
+    pytest.param(torch.arange(256 * 256), id="k=n"),
+])
+def test_extreme_position_sets_round_trip_through_a_checkpoint(both, tmp_path, positions):
+    config = json.loads((both[0] / CONFIG_NAME).read_text())
+    tensors = load_file(str(both[0] / DELTA_NAME))
+    k = positions.numel()
+    values = torch.randn(k)
+    config["modules"][MODULE]["k"] = k
+    tensors.update({key(f): t for f, t in compact_delta(positions.int(), values, (256, 256)).items()})
+    _, read = read_checkpoint(write_checkpoint(tmp_path / "ckpt", config, tensors))
+    assert torch.equal(read[MODULE]["indices"], positions.int())
+    assert torch.equal(read[MODULE]["values"], values)
 
 
 def test_compact_checkpoint_loads_to_the_same_logits(both, model):

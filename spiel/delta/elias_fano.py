@@ -1,6 +1,6 @@
 """Elias–Fano coding of a delta's sorted flat positions: what the compact (final) checkpoint stores.
 
-k sorted, unique positions in ``[0, n)`` are split at ``L = floor(log2(n / k))`` bits (0 when k >= n/2):
+k sorted, unique positions in ``[0, n)`` are split at ``L = floor(log2(n / k))`` bits (0 when k > n/2):
 
 - ``low_bits``: the L low bits of each position, packed in order, least significant bit first
   (``ceil(k·L / 8)`` bytes);
