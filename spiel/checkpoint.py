@@ -100,13 +100,6 @@ def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], 
     return directory
 
 
-def read_spiel_config(directory) -> dict:
-    """``spiel_config.json``, checked for shape (see ``checkpoint_check``)."""
-    from .checkpoint_check import parse_config
-
-    return parse_config(directory)
-
-
 def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
     """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
     (module names, shapes, and the base weights themselves by a sampled fingerprint). ``fingerprints``:

@@ -57,7 +57,7 @@ def _not_a_checkpoint(directory: Path, missing: str) -> FileNotFoundError:
     return FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {missing}{hint}")
 
 
-def parse_config(directory) -> dict:
+def read_spiel_config(directory) -> dict:
     """``spiel_config.json`` of ``directory``, checked for shape (not against any model)."""
     from .spiel_config import SpielConfig
 
@@ -124,7 +124,7 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     from safetensors.torch import load
 
     directory = Path(directory)
-    config = parse_config(directory)
+    config = read_spiel_config(directory)
     modules = config["modules"]
     unverified = [n for n, m in modules.items() if "fingerprint" not in m]
     if unverified and not allow_unverified_base:

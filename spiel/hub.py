@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, DELTA_NAME, read_spiel_config
+from .checkpoint import CONFIG_NAME, DELTA_NAME
+from .checkpoint_check import read_spiel_config
 
 CARD_NAME = "README.md"
 # What a checkpoint directory may hold besides the delta: the tokenizer's files. Anything else there

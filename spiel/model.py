@@ -26,11 +26,10 @@ from .checkpoint import (
     base_identity,
     check_against_base,
     compact_delta,
-    read_spiel_config,
     weight_fingerprint,
     write_checkpoint,
 )
-from .checkpoint_check import InvalidCheckpointError, read_checkpoint
+from .checkpoint_check import InvalidCheckpointError, read_checkpoint, read_spiel_config
 from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape

@@ -26,7 +26,7 @@ _LAZY = {
     "DataCollatorForSpiel": "spiel.data.collator",
     "LengthGroupedSampler": "spiel.data.sampler",
     "example_lengths": "spiel.data.sampler",
-    "convert_file": "spiel.data.convert",
+    "convert_file": "spiel.data.prepare",
 }
 
 
