@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CONFIG_NAME, DELTA_NAME, FINGERPRINT_SIZE, FORMAT_VERSION
+from .checkpoint_kind import DESCRIPTIONS, detect_kind
 
 UNVERIFIED_BASE_OVERRIDE = "allow_unverified_base=True"
 REQUIRED_FIELDS = ("indices", "values")
@@ -49,11 +50,8 @@ def _is_int(value) -> bool:
 
 
 def _not_a_checkpoint(directory: Path, missing: str) -> FileNotFoundError:
-    hint = ""
-    if (directory / "adapter_config.json").is_file():
-        hint = " (it looks like a peft adapter)"
-    elif (directory / "config.json").is_file():
-        hint = " (it looks like a full transformers model)"
+    kind = detect_kind(directory)
+    hint = f" (it looks like {DESCRIPTIONS[kind]})" if kind in ("peft", "full") else ""
     return FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {missing}{hint}")
 
 

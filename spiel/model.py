@@ -206,7 +206,15 @@ class SpielModel(nn.Module):
         from .hub import resolve_checkpoint
 
         directory = resolve_checkpoint(directory, revision)
-        saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+        checked = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+        return cls.from_checked(base_model, directory, checked, is_trainable)
+
+    @classmethod
+    def from_checked(cls, base_model: nn.Module, directory, checked: tuple[dict, dict],
+                     is_trainable: bool = False) -> SpielModel:
+        """``from_pretrained`` for a checkpoint already read by ``read_checkpoint`` (``checked``: what it
+        returned), so a caller that checked it before loading the base does not read it twice."""
+        saved, tensors = checked
         config = SpielConfig.from_dict(saved["spiel_config"])
         config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
         check_against_base(directory, saved, base_model)  # before base_model is touched
@@ -379,6 +387,13 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
     members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
+    return compose_checked(ckpt_dirs, members, base_model, weights)
+
+
+def compose_checked(ckpt_dirs: list[str], members: list[tuple[dict, dict]], base_model: nn.Module,
+                    weights: list[float]) -> nn.Module:
+    """``compose`` for checkpoints already read by ``read_checkpoint`` (``members``: what it returned for
+    each of ``ckpt_dirs``; ``weights``: one float each, as ``check_weights`` gives them)."""
     first = members[0][0]
     for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:

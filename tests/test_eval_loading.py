@@ -3,6 +3,9 @@ directory, or null; composition equals the summed deltas; a checkpoint of anothe
 
 from __future__ import annotations
 
+import collections
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -78,6 +81,22 @@ def test_composition_equals_the_sum_of_the_deltas_applied_to_the_base(tmp_path):
     untouched = [n for n, p in tiny_model().named_parameters() if "proj" not in n]
     params = dict(loaded.model.named_parameters())
     assert all(torch.equal(params[n], dict(tiny_model().named_parameters())[n]) for n in untouched)
+
+
+def test_each_spiel_checkpoint_is_read_and_checked_once(tmp_path, monkeypatch):
+    """spiel-eval checks every file before the base loads and then builds the model from what it read:
+    each spiel_config.json and each delta file (its SHA-256 and every tensor check) is read once."""
+    a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
+    reads = collections.Counter()
+    read_bytes, read_text = Path.read_bytes, Path.read_text
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.update([self.relative_to(tmp_path).as_posix()])
+                        or read_bytes(self))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.update([str(self)]) or read_text(self, *a, **k))
+    load_for_eval(str(a), device="cpu")
+    assert reads == {"a/spiel_config.json": 1, "a/spiel_delta.safetensors": 1}
+    reads.clear()
+    load_for_eval([str(a), str(b)], device="cpu")
+    assert reads == {f"{c}/spiel_{f}": 1 for c in "ab" for f in ("config.json", "delta.safetensors")}
 
 
 def test_a_tokenizer_with_an_added_token_grows_the_embeddings_deterministically(tmp_path):
