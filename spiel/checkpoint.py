@@ -24,7 +24,6 @@ from .delta.weights import dense_weight, weight_shape
 FORMAT_VERSION = 2  # 2: the compact (CSR) delta form; 1 (flat form only) still reads
 CONFIG_NAME = "spiel_config.json"
 DELTA_NAME = "spiel_delta.safetensors"
-TENSOR_KEYS = ("indices", "values", "grown_at")
 FINGERPRINT_SIZE = 32
 # Same base: the sampled weights correlate ~1 (≥ 0.99 even through NF4 quantization); another model
 # of the same architecture: ~0.

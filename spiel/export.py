@@ -22,11 +22,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import CONFIG_DIR
+from spiel.dtypes import DTYPES
+from spiel.paths import CONFIG_DIR
 
 log = logging.getLogger("spiel.export")
 
-DTYPES = ("float32", "bfloat16", "float16")
 NF4_ADVICE = (
     "merging into a 4-bit base would requantize the merged weights (lossy), so spiel-export only writes "
     "full-precision models. Export with quant=none: the delta is merged into the full-precision base "

@@ -20,9 +20,9 @@ import logging
 
 import torch
 
+from spiel.dtypes import DTYPES
 from spiel.model_source import MODEL_ALIASES, REPO_ROOT  # noqa: F401 (re-exported)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT = ("none", "nf4")
 
 
