@@ -84,9 +84,9 @@ def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) ->
     import bitsandbytes as bnb
 
     if cpu_packs is None:
-        from bitsandbytes.functional import has_avx512bf16
-
-        cpu_packs = has_avx512bf16()
+        # the packed kernel came with this probe: a bitsandbytes without it has nothing to send around
+        probe = getattr(bnb.functional, "has_avx512bf16", None)
+        cpu_packs = bool(probe is not None and probe())
     if not cpu_packs:
         return []
     names = [name for name, m in model.named_modules()
