@@ -194,6 +194,67 @@ def test_tydiqa_context_cut_keeps_the_bos_quirk_and_leaves_short_passages_alone(
     assert cut == "<s>abcd"  # encode adds BOS, 5 tokens kept, decode keeps BOS text
 
 
+def _sentencepiece_style_tokenizer():
+    """A LLaMA-2-like tokenizer as transformers 5 builds it: "▁" for spaces and prepended only at the very
+    start of the input (Metaspace, prepend_scheme="first"), BOS added, whole words as tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["Passage:", "Question:", "Answer:", "Hello", "world", "again", "Where?", "x"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+        vocab.setdefault("▁" + w, len(vocab))
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    t.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_tydiqa_cut_passage_gets_the_reference_tokens_with_the_shipped_tokenizer():
+    """The tiny model's byte-level tokenizer: one id per character (its byte + 4), BOS 1. By the
+    reference's rule the prompt is [BOS] + "Passage: " + [BOS] + the first 7 passage characters."""
+    from spiel.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cut = tydiqa.truncate_context(tok, "Hello world again", 8)
+    assert cut == "<s>Hello w"
+    by_hand = [1] + [ord(c) + 4 for c in "Passage: "] + [1] + [ord(c) + 4 for c in "Hello w"]
+    assert tok.convert_ids_to_tokens(by_hand)[:3] == ["<s>", "P", "a"]  # the rule "byte + 4" holds
+    assert tydiqa.encode_prompt(tok, f"Passage: {cut}") == by_hand
+
+
+def test_tydiqa_text_after_a_literal_bos_is_tokenized_as_a_new_input_as_in_the_reference():
+    """With a sentencepiece-style tokenizer under transformers 5, the text after the literal "<s>" of a cut
+    passage would get no "▁" (one token fewer for most Telugu and Bengali prompts); the reference
+    tokenized it as a new input, "▁" first."""
+    tok = _sentencepiece_style_tokenizer()
+    ids = lambda *tokens: tok.convert_tokens_to_ids(list(tokens))  # noqa: E731
+    cut = tydiqa.truncate_context(tok, "Hello world again x", 3)  # BOS and two words kept
+    assert cut == "<s>Hello world"  # the reference's decode: no space after the BOS text
+    assert tok.decode(ids("<s>", "▁Hello", "▁world")) == "<s> Hello world"  # what plain decoding gives here
+    prompt = f"Passage: {cut}\nQuestion: Where?\nAnswer:"
+    assert tydiqa.encode_prompt(tok, prompt)[:5] == ids("<s>", "▁Passage:", "▁", "<s>", "▁Hello")  # by hand
+    assert tok(prompt)["input_ids"][:5] == ids("<s>", "▁Passage:", "▁", "<s>", "Hello")  # transformers 5 alone
+    assert tydiqa.encode_prompt(tok, "Passage: Hello") == tok("Passage: Hello")["input_ids"]  # uncut: as usual
+
+
+def test_tydiqa_generates_from_the_reference_tokens(monkeypatch):
+    tok = _sentencepiece_style_tokenizer()
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, encode=None, **kwargs):
+        seen.extend((p, encode(p)) for p in prompts)
+        return [""] * len(prompts)
+
+    monkeypatch.setattr(tydiqa, "generate", fake_generate)
+    tydiqa.evaluate_tydiqa(None, tok, FIX, max_num_examples_per_lang=1, max_context_length=4)
+    assert any("<s>" in p for p, _ in seen)  # some passages were cut
+    assert all(got == tydiqa.encode_prompt(tok, p) for p, got in seen)
+
+
 @pytest.mark.parametrize("pred, gold, f1", [
     ("the Gulf of Finland", "Gulf of Finland", 1.0),  # article dropped
     ("Helsinki.", "helsinki", 1.0),  # punctuation and case
