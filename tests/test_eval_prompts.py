@@ -194,20 +194,25 @@ def test_tydiqa_context_cut_keeps_the_bos_quirk_and_leaves_short_passages_alone(
     assert cut == "<s>abcd"  # encode adds BOS, 5 tokens kept, decode keeps BOS text
 
 
-def _sentencepiece_style_tokenizer():
-    """A LLaMA-2-like tokenizer as transformers 5 builds it: "▁" for spaces and prepended only at the very
-    start of the input (Metaspace, prepend_scheme="first"), BOS added, whole words as tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def _sentencepiece_style_tokenizer(reference: bool = False):
+    """A LLaMA-2-like tokenizer, whole words as tokens, BOS added. As transformers 5 builds LLaMA-2's:
+    spaces become "▁" and one "▁" is prepended at the very start of the input unless the text already
+    starts with one (Metaspace, prepend_scheme="first"). ``reference``: as the reference's transformers
+    built it from LLaMA-2's tokenizer.json: "▁" prepended to every piece of text between special tokens,
+    whatever it starts with."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    words = ["Passage:", "Question:", "Answer:", "Hello", "world", "again", "Where?", "x"]
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
+    for w in ["Passage:", "Hello", "world", "again", "x"]:
         vocab.setdefault("▁" + w, len(vocab))
     t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    if reference:
+        t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        t.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    else:
+        t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     t.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
@@ -226,18 +231,19 @@ def test_tydiqa_cut_passage_gets_the_reference_tokens_with_the_shipped_tokenizer
     assert tydiqa.encode_prompt(tok, f"Passage: {cut}") == by_hand
 
 
-def test_tydiqa_text_after_a_literal_bos_is_tokenized_as_a_new_input_as_in_the_reference():
-    """With a sentencepiece-style tokenizer under transformers 5, the text after the literal "<s>" of a cut
-    passage would get no "▁" (one token fewer for most Telugu and Bengali prompts); the reference
-    tokenized it as a new input, "▁" first."""
-    tok = _sentencepiece_style_tokenizer()
-    ids = lambda *tokens: tok.convert_tokens_to_ids(list(tokens))  # noqa: E731
+def test_tydiqa_text_after_a_literal_bos_gets_the_reference_tokens_under_transformers_5():
+    """A cut passage decodes as "<s> Hello world"; the reference tokenized " Hello world" as an input of its
+    own, "▁▁Hello▁world": "▁", "▁Hello", "▁world". transformers 5's LLaMA-style tokenizer alone gives one
+    token fewer; encode_prompt gives the reference's ids, and changes nothing for the reference's own."""
+    tok, reference = _sentencepiece_style_tokenizer(), _sentencepiece_style_tokenizer(reference=True)
     cut = tydiqa.truncate_context(tok, "Hello world again x", 3)  # BOS and two words kept
-    assert cut == "<s>Hello world"  # the reference's decode: no space after the BOS text
-    assert tok.decode(ids("<s>", "▁Hello", "▁world")) == "<s> Hello world"  # what plain decoding gives here
-    prompt = f"Passage: {cut}\nQuestion: Where?\nAnswer:"
-    assert tydiqa.encode_prompt(tok, prompt)[:5] == ids("<s>", "▁Passage:", "▁", "<s>", "▁Hello")  # by hand
-    assert tok(prompt)["input_ids"][:5] == ids("<s>", "▁Passage:", "▁", "<s>", "Hello")  # transformers 5 alone
+    assert cut == "<s> Hello world"
+    prompt = f"Passage: {cut}"
+    by_hand = tok.convert_tokens_to_ids(["<s>", "▁Passage:", "▁", "<s>", "▁", "▁Hello", "▁world"])
+    assert reference(prompt)["input_ids"] == by_hand  # the reference's pipeline
+    assert len(tok(prompt)["input_ids"]) == len(by_hand) - 1  # transformers 5 alone: one token fewer
+    assert tydiqa.encode_prompt(tok, prompt) == by_hand
+    assert tydiqa.encode_prompt(reference, prompt) == by_hand
     assert tydiqa.encode_prompt(tok, "Passage: Hello") == tok("Passage: Hello")["input_ids"]  # uncut: as usual
 
 

@@ -7,14 +7,14 @@
   fixed order of the paper's code (english, arabic, bengali, finnish, indonesian, korean, russian,
   swahili, telugu), restricted to those in the dev file. (The reference's order came from an unordered
   set in some versions and a sorted list in others; this pins the paper's.)
-- Passages longer than `max_context_length` tokens become decode(encode(passage)[:1024]), for test and
-  shot passages alike; as in the reference, `encode` adds BOS and `decode` keeps it, so a cut passage
-  starts with the literal BOS text: "<s>" followed by the decoded rest, with no space between (the
-  reference's sentencepiece decoding; transformers 5 would put one there).
+- Passages longer than `max_context_length` tokens become decode(encode(passage)[:1024]) with the
+  tokenizer's defaults, for test and shot passages alike; as in the reference, `encode` adds BOS and
+  `decode` keeps it, so a cut passage starts with the literal BOS text (e.g. "<s> ...").
 - The prompt's token ids follow the reference's tokenizer (`encode_prompt`): it split the text at the
-  literal BOS, gave the BOS token there, and tokenized the text after it as a new input, so a
-  sentencepiece tokenizer prefixes it with "▁". transformers 5 continues the text instead, one token
-  shorter for most cut passages (nearly every Telugu and Bengali one).
+  literal BOS, gave the BOS token there, and tokenized the text after it as an input of its own, to
+  which LLaMA-2's tokenizer prepended "▁" (" Hello" became "▁▁Hello"). Under transformers 5 that
+  tokenizer prepends "▁" only at the very start of the input, and not to text already starting with a
+  space, which makes a cut passage one token shorter (nearly every Telugu and Bengali prompt has one).
 - Prompt (no chat template), with the language's (instruction, passage, question, answer) template:
   instruction + "\\n\\n" + shots ("{P} {passage}\\n{Q} {question}\\n{A} {first answer}", joined by "\\n\\n")
   + "\\n\\n" + "{P} {passage}\\n{Q} {question}\\n{A}".
@@ -126,10 +126,7 @@ def truncate_context(tokenizer, context: str, max_context_length: int | None) ->
     ids = tokenizer.encode(context)
     if len(ids) <= max_context_length:
         return context
-    kept = ids[:max_context_length]
-    if tokenizer.bos_token_id is not None and kept[0] == tokenizer.bos_token_id:
-        return tokenizer.bos_token + tokenizer.decode(kept[1:])
-    return tokenizer.decode(kept)
+    return tokenizer.decode(ids[:max_context_length])
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -139,9 +136,19 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     bos = tokenizer.bos_token
     first, *rest = prompt.split(bos) if bos else [prompt]
     ids = list(tokenizer(first)["input_ids"])
+    lead = " " if rest and _folds_leading_space(tokenizer) else ""
     for piece in rest:
-        ids += [tokenizer.bos_token_id, *tokenizer(piece, add_special_tokens=False)["input_ids"]]
+        ids += [tokenizer.bos_token_id, *tokenizer(lead + piece, add_special_tokens=False)["input_ids"]]
     return ids
+
+
+def _folds_leading_space(tokenizer) -> bool:
+    """Whether the "▁" this tokenizer puts at the start of an input absorbs a leading space (" a" encodes
+    as "a" does: LLaMA-2's tokenizer under transformers 5), where the reference's added one regardless."""
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return encode("a") == encode(" a")
 
 
 def build_prompt(lang: str, example: dict, shots: list[dict]) -> str:
