@@ -197,3 +197,26 @@ def test_nf4_base_keeps_the_delta_unmerged_and_runs(tmp_path):
     plain = load_for_eval(str(path), device="cpu")  # the NF4 result approximates the full-precision one
     a, b = logits(loaded.model), logits(plain.model)
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
+
+
+def test_a_4bit_base_is_evaluated_with_embeddings_norms_and_head_in_float32(tmp_path, monkeypatch):
+    """As the reference's 4-bit evaluation: what is not quantized runs in float32 (its bf16 values cast
+    without loss), the 4-bit weights stay 4-bit and the delta stays unmerged."""
+    import spiel.eval.loader as loader
+    from spiel.delta.weights import is_quantized
+
+    path = spiel_ckpt(tmp_path / "a", seed=1)
+    loaded = load_for_eval(str(path), quant="nf4", dtype="bfloat16", device="cpu").model
+    params = dict(loaded.named_parameters())
+    plain = [n for n in params if n.endswith(("embed_tokens.weight", "norm.weight", "lm_head.weight"))]
+    assert len(plain) == 2 + 2 * 4 + 1  # embeddings, head, the final norm and two per decoder layer
+    assert all(params[n].dtype == torch.float32 for n in plain)
+    assert sum(is_quantized(p) for p in params.values()) == 7 * 4 and isinstance(loaded, SpielModel)
+
+    monkeypatch.setattr(loader, "upcast_unquantized", lambda model: [])
+    bf16 = load_for_eval(str(path), quant="nf4", dtype="bfloat16", device="cpu").model
+    bf16_params = dict(bf16.named_parameters())
+    assert all(bf16_params[n].dtype == torch.bfloat16 and torch.equal(bf16_params[n].float(), params[n])
+               for n in plain)  # the same values, only wider
+    assert logits(loaded).dtype == torch.float32
+    assert not torch.equal(logits(loaded), logits(bf16).float())  # the upcast changes the computation

@@ -99,6 +99,22 @@ def _fit_embeddings(model, tokenizer) -> None:
                 bias[old:] = bias[:old].mean()
 
 
+def upcast_unquantized(model) -> list[str]:
+    """A 4-bit base's parameters that are not quantized (embeddings, norms, ``lm_head``) in float32, as the
+    reference's 4-bit evaluation had them; the 4-bit layers keep computing in their compute dtype. Returns
+    the names of the parameters cast."""
+    import torch
+
+    from spiel.delta.weights import is_quantized
+
+    cast = []
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and param.dtype != torch.float32 and not is_quantized(param):
+            param.data = param.data.float()
+            cast.append(name)
+    return cast
+
+
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
                   device=None, revision: str | None = None, allow_unverified_base: bool = False,
                   ckpt_weights=None) -> LoadedModel:
@@ -163,6 +179,8 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     info.update(base=str(base_name), tokenizer=str(tok_dir))
     if quant == "none":
         _fit_embeddings(base, tokenizer)
+    else:
+        upcast_unquantized(base)
 
     if kind == "base":
         model = base
