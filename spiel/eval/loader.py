@@ -1,8 +1,8 @@
 """What `ckpt=` may be, and loading it for evaluation.
 
 - a SpIEL checkpoint (`spiel_config.json` + `spiel_delta.safetensors`): the base model it records (or
-  `model=`), checked against it by `SpielModel.from_pretrained`, the delta merged in (kept unmerged on an
-  NF4 base: merging would requantize);
+  `model=`), checked against it as `SpielModel.from_pretrained` checks, the delta merged in (kept unmerged
+  on an NF4 base: merging would requantize; an NF4 base's embeddings, norms and head run in float32);
 - a list of SpIEL checkpoints: `spiel.model.compose`, the base plus the SUM of the deltas (the paper's
   "Tülu v2 ⊕ GPT4-Alpaca"), or with `ckpt_weights` (one number per checkpoint) the weighted sum;
 - a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
