@@ -23,7 +23,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from spiel.data.convert import convert_file
+from spiel.data.prepare import convert_file
 from spiel.data.records import RecordError, check_messages
 
 TULU2_HUB = "allenai/tulu-v2-sft-mixture"

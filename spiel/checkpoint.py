@@ -26,7 +26,6 @@ from .delta.weights import dense_weight, weight_shape
 FORMAT_VERSION = 3  # 3: compact positions Elias–Fano coded; 2 (compact as CSR) and 1 (flat only) still read
 CONFIG_NAME = "spiel_config.json"
 DELTA_NAME = "spiel_delta.safetensors"
-TENSOR_KEYS = ("indices", "values", "grown_at")
 FINGERPRINT_SIZE = 32
 # Same base: the sampled weights correlate ~1 (≥ 0.99 even through NF4 quantization); another model
 # of the same architecture: ~0.
@@ -91,13 +90,6 @@ def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], 
     config = dict(config, delta_sha256=hashlib.sha256(blob).hexdigest())  # readers refuse a damaged delta
     _atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
     return directory
-
-
-def read_spiel_config(directory) -> dict:
-    """``spiel_config.json``, checked for shape (see ``checkpoint_check``)."""
-    from .checkpoint_check import parse_config
-
-    return parse_config(directory)
 
 
 def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:

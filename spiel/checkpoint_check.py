@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CONFIG_NAME, DELTA_NAME, FINGERPRINT_SIZE, FORMAT_VERSION
+from .checkpoint_kind import DESCRIPTIONS, detect_kind
 
 UNVERIFIED_BASE_OVERRIDE = "allow_unverified_base=True"
 REQUIRED_FIELDS = ("indices", "values")
@@ -54,15 +55,12 @@ def _is_int(value) -> bool:
 
 
 def _not_a_checkpoint(directory: Path, missing: str) -> FileNotFoundError:
-    hint = ""
-    if (directory / "adapter_config.json").is_file():
-        hint = " (it looks like a peft adapter)"
-    elif (directory / "config.json").is_file():
-        hint = " (it looks like a full transformers model)"
+    kind = detect_kind(directory)
+    hint = f" (it looks like {DESCRIPTIONS[kind]})" if kind in ("peft", "full") else ""
     return FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {missing}{hint}")
 
 
-def parse_config(directory) -> dict:
+def read_spiel_config(directory) -> dict:
     """``spiel_config.json`` of ``directory``, checked for shape (not against any model)."""
     from .spiel_config import SpielConfig
 
@@ -129,7 +127,7 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     from safetensors.torch import load
 
     directory = Path(directory)
-    config = parse_config(directory)
+    config = read_spiel_config(directory)
     modules = config["modules"]
     unverified = [n for n, m in modules.items() if "fingerprint" not in m]
     if unverified and not allow_unverified_base:

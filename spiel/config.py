@@ -22,11 +22,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # a link to the repository's configs/ (see there)
+from spiel.llama import LLAMA_MLP_PROJECTIONS, LLAMA_PROJECTIONS
+from spiel.paths import CONFIG_DIR  # noqa: F401 (re-exported)
+
 SPIEL_METHODS = ("ag", "ma")
 PEFT_METHODS = ("lora", "ia3")
 METHOD_NAMES = SPIEL_METHODS + PEFT_METHODS + ("full",)
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RESUME_HELP = "resume must be never, auto, or the path of a checkpoint-N directory"
 
 
@@ -120,7 +121,7 @@ class IA3MethodConfig(MethodConfig):
     """peft (IA)3 on the seven projections; the MLP ones scale their input (feedforward_modules)."""
 
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
-    feedforward_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    feedforward_modules: list[str] = field(default_factory=lambda: list(LLAMA_MLP_PROJECTIONS))
 
     def __post_init__(self):
         self._check(self.name == "ia3", "name", f"must be 'ia3' for an (IA)3 config, got {self.name!r}")

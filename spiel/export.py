@@ -22,11 +22,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import CONFIG_DIR
+from spiel.dtypes import DTYPES
+from spiel.paths import CONFIG_DIR
 
 log = logging.getLogger("spiel.export")
 
-DTYPES = ("float32", "bfloat16", "float16")
 NF4_ADVICE = (
     "merging into a 4-bit base would requantize the merged weights (lossy), so spiel-export only writes "
     "full-precision models. Export with quant=none: the delta is merged into the full-precision base "
@@ -56,7 +56,8 @@ def _check_settings(ckpts: list[str], out, dtype: str, quant: str, overwrite: bo
 
 def _check_base_not_4bit(model_name: str | None, ckpts: list[str]) -> None:
     """Refuse a base stored quantized, reading only its config (before any weights load)."""
-    from spiel.eval.loader import checkpoint_kind, recorded_base
+    from spiel.checkpoint_kind import checkpoint_kind
+    from spiel.eval.loader import recorded_base
     from spiel.loading import resolve_model_path
 
     base = model_name
@@ -126,8 +127,8 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig):
+    from spiel.checkpoint_kind import CheckpointError
     from spiel.data.chat_template import ChatTemplateError
-    from spiel.eval.loader import CheckpointError
     from spiel.model import CheckpointMismatchError
 
     ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt

@@ -16,13 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, DELTA_NAME, read_spiel_config
+from .checkpoint import CONFIG_NAME, DELTA_NAME
+from .checkpoint_check import read_spiel_config
+from .checkpoint_kind import TOKENIZER_FILES
 
 CARD_NAME = "README.md"
-# What a checkpoint directory may hold besides the delta: the tokenizer's files. Anything else there
-# (a training run's completion marker, optimizer state of a Trainer checkpoint) is not uploaded.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
 # A run directory written by spiel-train holds these next to its final/ checkpoint.
 RUN_SUMMARY = "summary.json"
 RUN_CONFIG = "config.yaml"
@@ -177,6 +175,8 @@ def push_checkpoint(directory, repo_id: str, *, private: bool | None = None, tok
                       metrics=metrics if metrics is not None else run.get("metrics"))
     with tempfile.TemporaryDirectory(prefix="spiel-push-") as tmp:
         folder = Path(tmp)
+        # the delta and the tokenizer's files; anything else there (a run's completion marker, a Trainer
+        # checkpoint's optimizer state) is not uploaded
         for name in (CONFIG_NAME, DELTA_NAME, *TOKENIZER_FILES):
             if (directory / name).is_file():
                 shutil.copy2(directory / name, folder / name)

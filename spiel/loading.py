@@ -20,9 +20,9 @@ import logging
 
 import torch
 
+from spiel.dtypes import DTYPES
 from spiel.model_source import MODEL_ALIASES, REPO_ROOT  # noqa: F401 (re-exported)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT = ("none", "nf4")
 
 
@@ -84,9 +84,9 @@ def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) ->
     import bitsandbytes as bnb
 
     if cpu_packs is None:
-        from bitsandbytes.functional import has_avx512bf16
-
-        cpu_packs = has_avx512bf16()
+        # the packed kernel came with this probe: a bitsandbytes without it has nothing to send around
+        probe = getattr(bnb.functional, "has_avx512bf16", None)
+        cpu_packs = bool(probe is not None and probe())
     if not cpu_packs:
         return []
     names = [name for name, m in model.named_modules()

@@ -26,11 +26,10 @@ from .checkpoint import (
     base_identity,
     check_against_base,
     compact_delta,
-    read_spiel_config,
     weight_fingerprint,
     write_checkpoint,
 )
-from .checkpoint_check import InvalidCheckpointError, read_checkpoint
+from .checkpoint_check import InvalidCheckpointError, read_checkpoint, read_spiel_config
 from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
@@ -208,7 +207,15 @@ class SpielModel(nn.Module):
         from .hub import resolve_checkpoint
 
         directory = resolve_checkpoint(directory, revision)
-        saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+        checked = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+        return cls.from_checked(base_model, directory, checked, is_trainable)
+
+    @classmethod
+    def from_checked(cls, base_model: nn.Module, directory, checked: tuple[dict, dict],
+                     is_trainable: bool = False) -> SpielModel:
+        """``from_pretrained`` for a checkpoint already read by ``read_checkpoint`` (``checked``: what it
+        returned), so a caller that checked it before loading the base does not read it twice."""
+        saved, tensors = checked
         config = SpielConfig.from_dict(saved["spiel_config"])
         config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
         check_against_base(directory, saved, base_model)  # before base_model is touched
@@ -381,6 +388,13 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
     members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
+    return compose_checked(ckpt_dirs, members, base_model, weights)
+
+
+def compose_checked(ckpt_dirs: list[str], members: list[tuple[dict, dict]], base_model: nn.Module,
+                    weights: list[float]) -> nn.Module:
+    """``compose`` for checkpoints already read by ``read_checkpoint`` (``members``: what it returned for
+    each of ``ckpt_dirs``; ``weights``: one float each, as ``check_weights`` gives them)."""
     first = members[0][0]
     for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
         if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:

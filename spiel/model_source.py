@@ -13,8 +13,9 @@ import os
 import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_ALIASES = {"tiny": REPO_ROOT / "assets" / "tiny-llama"}
+from spiel.paths import ASSETS_DIR, REPO_ROOT  # noqa: F401 (re-exported)
+
+MODEL_ALIASES = {"tiny": ASSETS_DIR / "tiny-llama"}
 KEY = "model.name_or_path"
 # huggingface_hub's rule for repo ids: [namespace/]name, letters, digits, "-", "_", ".", at most 96 chars
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.\-]*/)?[A-Za-z0-9][\w.\-]*$")

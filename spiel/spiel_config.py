@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .dtypes import DTYPES
 from .selection.drop import DROP_CRITERIA
 from .selection.schedule import SCHEDULES
 from .selection.selector import METHODS
 
-DELTA_DTYPES = ("float32", "bfloat16", "float16")
+DELTA_DTYPES = tuple(DTYPES)
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS_DIR = REPO_ROOT / "assets"
+from spiel.paths import ASSETS_DIR, REPO_ROOT  # noqa: F401 (re-exported)
+
 TINY_MODEL_DIR = ASSETS_DIR / "tiny-llama"
 DEMO_DIR = ASSETS_DIR / "demo"
 

@@ -9,7 +9,8 @@ import pytest
 
 from spiel.data import DataError
 from spiel.data.alpaca_templates import WITH_INPUT, WITHOUT_INPUT
-from spiel.data.convert import alpaca_to_messages, convert_file, flan_to_messages, pick_alpaca_template
+from spiel.data.convert import alpaca_to_messages, flan_to_messages, pick_alpaca_template
+from spiel.data.prepare import convert_file
 from spiel.data.reader import iter_records
 from spiel.data.records import RecordError, detect_format, to_canonical
 

@@ -3,6 +3,9 @@ directory, or null; composition equals the summed deltas; a checkpoint of anothe
 
 from __future__ import annotations
 
+import collections
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -78,6 +81,22 @@ def test_composition_equals_the_sum_of_the_deltas_applied_to_the_base(tmp_path):
     untouched = [n for n, p in tiny_model().named_parameters() if "proj" not in n]
     params = dict(loaded.model.named_parameters())
     assert all(torch.equal(params[n], dict(tiny_model().named_parameters())[n]) for n in untouched)
+
+
+def test_each_spiel_checkpoint_is_read_and_checked_once(tmp_path, monkeypatch):
+    """spiel-eval checks every file before the base loads and then builds the model from what it read:
+    each spiel_config.json and each delta file (its SHA-256 and every tensor check) is read once."""
+    a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
+    reads = collections.Counter()
+    read_bytes, read_text = Path.read_bytes, Path.read_text
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.update([self.relative_to(tmp_path).as_posix()])
+                        or read_bytes(self))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.update([str(self)]) or read_text(self, *a, **k))
+    load_for_eval(str(a), device="cpu")
+    assert reads == {"a/spiel_config.json": 1, "a/spiel_delta.safetensors": 1}
+    reads.clear()
+    load_for_eval([str(a), str(b)], device="cpu")
+    assert reads == {f"{c}/spiel_{f}": 1 for c in "ab" for f in ("config.json", "delta.safetensors")}
 
 
 def test_a_tokenizer_with_an_added_token_grows_the_embeddings_deterministically(tmp_path):
@@ -178,3 +197,26 @@ def test_nf4_base_keeps_the_delta_unmerged_and_runs(tmp_path):
     plain = load_for_eval(str(path), device="cpu")  # the NF4 result approximates the full-precision one
     a, b = logits(loaded.model), logits(plain.model)
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
+
+
+def test_a_4bit_base_is_evaluated_with_embeddings_norms_and_head_in_float32(tmp_path, monkeypatch):
+    """As the reference's 4-bit evaluation: what is not quantized runs in float32 (its bf16 values cast
+    without loss), the 4-bit weights stay 4-bit and the delta stays unmerged."""
+    import spiel.eval.loader as loader
+    from spiel.delta.weights import is_quantized
+
+    path = spiel_ckpt(tmp_path / "a", seed=1)
+    loaded = load_for_eval(str(path), quant="nf4", dtype="bfloat16", device="cpu").model
+    params = dict(loaded.named_parameters())
+    plain = [n for n in params if n.endswith(("embed_tokens.weight", "norm.weight", "lm_head.weight"))]
+    assert len(plain) == 2 + 2 * 4 + 1  # embeddings, head, the final norm and two per decoder layer
+    assert all(params[n].dtype == torch.float32 for n in plain)
+    assert sum(is_quantized(p) for p in params.values()) == 7 * 4 and isinstance(loaded, SpielModel)
+
+    monkeypatch.setattr(loader, "upcast_unquantized", lambda model: [])
+    bf16 = load_for_eval(str(path), quant="nf4", dtype="bfloat16", device="cpu").model
+    bf16_params = dict(bf16.named_parameters())
+    assert all(bf16_params[n].dtype == torch.bfloat16 and torch.equal(bf16_params[n].float(), params[n])
+               for n in plain)  # the same values, only wider
+    assert logits(loaded).dtype == torch.float32
+    assert not torch.equal(logits(loaded), logits(bf16).float())  # the upcast changes the computation

@@ -194,6 +194,73 @@ def test_tydiqa_context_cut_keeps_the_bos_quirk_and_leaves_short_passages_alone(
     assert cut == "<s>abcd"  # encode adds BOS, 5 tokens kept, decode keeps BOS text
 
 
+def _sentencepiece_style_tokenizer(reference: bool = False):
+    """A LLaMA-2-like tokenizer, whole words as tokens, BOS added. As transformers 5 builds LLaMA-2's:
+    spaces become "▁" and one "▁" is prepended at the very start of the input unless the text already
+    starts with one (Metaspace, prepend_scheme="first"). ``reference``: as the reference's transformers
+    built it from LLaMA-2's tokenizer.json: "▁" prepended to every piece of text between special tokens,
+    whatever it starts with."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for w in ["Passage:", "Hello", "world", "again", "x"]:
+        vocab.setdefault("▁" + w, len(vocab))
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    if reference:
+        t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        t.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    else:
+        t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    t.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_tydiqa_cut_passage_gets_the_reference_tokens_with_the_shipped_tokenizer():
+    """The tiny model's byte-level tokenizer: one id per character (its byte + 4), BOS 1. By the
+    reference's rule the prompt is [BOS] + "Passage: " + [BOS] + the first 7 passage characters."""
+    from spiel.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cut = tydiqa.truncate_context(tok, "Hello world again", 8)
+    assert cut == "<s>Hello w"
+    by_hand = [1] + [ord(c) + 4 for c in "Passage: "] + [1] + [ord(c) + 4 for c in "Hello w"]
+    assert tok.convert_ids_to_tokens(by_hand)[:3] == ["<s>", "P", "a"]  # the rule "byte + 4" holds
+    assert tydiqa.encode_prompt(tok, f"Passage: {cut}") == by_hand
+
+
+def test_tydiqa_text_after_a_literal_bos_gets_the_reference_tokens_under_transformers_5():
+    """A cut passage decodes as "<s> Hello world"; the reference tokenized " Hello world" as an input of its
+    own, "▁▁Hello▁world": "▁", "▁Hello", "▁world". transformers 5's LLaMA-style tokenizer alone gives one
+    token fewer; encode_prompt gives the reference's ids, and changes nothing for the reference's own."""
+    tok, reference = _sentencepiece_style_tokenizer(), _sentencepiece_style_tokenizer(reference=True)
+    cut = tydiqa.truncate_context(tok, "Hello world again x", 3)  # BOS and two words kept
+    assert cut == "<s> Hello world"
+    prompt = f"Passage: {cut}"
+    by_hand = tok.convert_tokens_to_ids(["<s>", "▁Passage:", "▁", "<s>", "▁", "▁Hello", "▁world"])
+    assert reference(prompt)["input_ids"] == by_hand  # the reference's pipeline
+    assert len(tok(prompt)["input_ids"]) == len(by_hand) - 1  # transformers 5 alone: one token fewer
+    assert tydiqa.encode_prompt(tok, prompt) == by_hand
+    assert tydiqa.encode_prompt(reference, prompt) == by_hand
+    assert tydiqa.encode_prompt(tok, "Passage: Hello") == tok("Passage: Hello")["input_ids"]  # uncut: as usual
+
+
+def test_tydiqa_generates_from_the_reference_tokens(monkeypatch):
+    tok = _sentencepiece_style_tokenizer()
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, encode=None, **kwargs):
+        seen.extend((p, encode(p)) for p in prompts)
+        return [""] * len(prompts)
+
+    monkeypatch.setattr(tydiqa, "generate", fake_generate)
+    tydiqa.evaluate_tydiqa(None, tok, FIX, max_num_examples_per_lang=1, max_context_length=4)
+    assert any("<s>" in p for p, _ in seen)  # some passages were cut
+    assert all(got == tydiqa.encode_prompt(tok, p) for p, got in seen)
+
+
 @pytest.mark.parametrize("pred, gold, f1", [
     ("the Gulf of Finland", "Gulf of Finland", 1.0),  # article dropped
     ("Helsinki.", "helsinki", 1.0),  # punctuation and case

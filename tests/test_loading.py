@@ -91,3 +91,16 @@ def test_nf4_layers_the_packed_cpu_kernel_cannot_take_use_the_generic_one(caplog
     assert all(model.get_submodule(n).support_avx512bf16_for_cpu is False for n in names)
     assert "generic NF4 kernel" in caplog.text
     assert keep_unpackable_nf4_layers_unpacked(model, cpu_packs=False) == []
+
+
+def test_a_bitsandbytes_without_the_packed_cpu_kernel_needs_no_rerouting(monkeypatch):
+    """Older bitsandbytes (the floor in pyproject.toml) has neither the packed CPU kernel nor its probe."""
+    import bitsandbytes.functional
+
+    from spiel.loading import keep_unpackable_nf4_layers_unpacked
+
+    model = load_base_model("tiny", quant="nf4", device="cpu")
+    monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
+    assert keep_unpackable_nf4_layers_unpacked(model)  # the probe is asked: the MLP layers are rerouted
+    monkeypatch.delattr(bitsandbytes.functional, "has_avx512bf16")
+    assert keep_unpackable_nf4_layers_unpacked(load_base_model("tiny", quant="nf4", device="cpu")) == []

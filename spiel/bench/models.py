@@ -18,14 +18,16 @@ import gc
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import yaml
 
+from ..llama import LLAMA_MLP_PROJECTIONS, LLAMA_PROJECTIONS
+from ..paths import CONFIG_DIR
+
 PAPER_RANK = 64
 METHOD_NAMES = ("full", "lora", "ia3", "ag", "ma")
-METHOD_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
+METHOD_CONFIG_DIR = CONFIG_DIR / "method"
 
 
 @functools.cache
@@ -172,9 +174,6 @@ def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay
     return classes[name](**kwargs)
 
 
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 @dataclass
 class LightSpielConfig:
     """Hydra-free twin of ``spiel.config.SpielMethodConfig`` (same fields and defaults)."""
@@ -232,7 +231,7 @@ class LightIA3Config:
     lr: float
     weight_decay: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
-    feedforward_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    feedforward_modules: list[str] = field(default_factory=lambda: list(LLAMA_MLP_PROJECTIONS))
 
 
 @dataclass

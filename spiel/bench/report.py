@@ -5,10 +5,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-PAPER_TABLE3_7B = {  # A100, LLaMA-2-7b, no activation checkpointing: (GB, s per step)
-    "lora": (40, 30.5), "ag": (34, 33.4), "ma": (30, 30.6),
-    "lora-nf4": (30, 38.5), "ag-nf4": (26, 42.8), "ma-nf4": (22, 39.6),
-}
 LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
           "ia3": "(IA)3", "ag": "SpIEL-AG",
           "ma": "SpIEL-MA", "static": "static sparse"}

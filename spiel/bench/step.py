@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..dtypes import DTYPES
 from .models import (
     LlamaShape,
     equivalent_rank,
@@ -38,7 +39,6 @@ from .models import (
 STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
 # ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of
 # every projection's input); ``lora`` keeps the paper's configuration.
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -4,7 +4,7 @@ Public entry points:
     encode_messages(messages, tokenizer, max_seq_len=2048) -> {"input_ids", "labels"}
     chat_prompt(messages) / render_messages(messages)          (the Tülu template, text only)
     build_train_dataset(data_cfg, tokenizer, max_seq_len, cache_dir=None, num_proc=1) -> (Dataset, stats)
-    DataCollatorForSpiel, LengthGroupedSampler, DataError
+    DataCollatorForSpiel, DataError
 
 Heavy modules (datasets, torch) load on first use, so importing the template stays cheap.
 """
@@ -24,9 +24,7 @@ _LAZY = {
     "format_stats": "spiel.data.build",
     "parse_data_config": "spiel.data.config",
     "DataCollatorForSpiel": "spiel.data.collator",
-    "LengthGroupedSampler": "spiel.data.sampler",
-    "example_lengths": "spiel.data.sampler",
-    "convert_file": "spiel.data.convert",
+    "convert_file": "spiel.data.prepare",
 }
 
 

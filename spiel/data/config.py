@@ -28,16 +28,16 @@ from pathlib import Path
 from spiel.data.errors import DataError
 from spiel.data.reader import DEFAULT_MAX_RECORD_BYTES
 from spiel.data.records import FORMATS
+from spiel.paths import ASSETS_DIR, REPO_ROOT
 
 logger = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Defaults of the known sources. A hub id is used when no local path is given.
 KNOWN_SOURCES = {
     "tulu2": {"hub_id": "allenai/tulu-v2-sft-mixture", "path": None},
     "flan_v2": {"hub_id": "ostapeno/tulu_v2_flan_v2_subset", "path": None},
     "gpt4_alpaca": {"hub_id": None, "path": "data/processed/gpt4_alpaca/gpt4_alpaca_data.jsonl"},
-    "demo": {"hub_id": None, "path": str(REPO_ROOT / "assets" / "demo" / "train.jsonl")},
+    "demo": {"hub_id": None, "path": str(ASSETS_DIR / "demo" / "train.jsonl")},
 }
 _SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record"}
 _TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description",

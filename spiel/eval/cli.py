@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
 from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_run
+from spiel.paths import CONFIG_DIR
 
 log = logging.getLogger("spiel.eval")
 
@@ -31,7 +32,6 @@ _CACHE: dict[tuple, LoadedModel] = {}
 # An absolute path: a relative config_path would be resolved as a Python package when run as a console
 # script. The configs live at the repository's top level (an editable install sees them).
 # spiel/configs: a link to the top-level configs/ in a checkout, a packaged copy in a wheel.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def default_label(ckpts: list[str], model_name: str | None, weights: list[float] | None = None) -> str:

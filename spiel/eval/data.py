@@ -61,10 +61,6 @@ def numbered_jsonl(path: Path) -> list[tuple[int, object]]:
     return rows
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [row for _, row in numbered_jsonl(path)]
-
-
 def read_json(path: Path, bench: str):
     """A whole-file JSON document; a syntax error names its line and column."""
     try:

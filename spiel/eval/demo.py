@@ -14,8 +14,9 @@ from pathlib import Path
 from spiel.data.template import chat_prompt
 from spiel.eval.data import BenchDataError
 from spiel.eval.generate import generate
+from spiel.paths import ASSETS_DIR
 
-DEMO_HELDOUT = Path(__file__).resolve().parents[2] / "assets" / "demo" / "heldout.jsonl"
+DEMO_HELDOUT = ASSETS_DIR / "demo" / "heldout.jsonl"
 
 
 def load_demo(path: str | Path = DEMO_HELDOUT, limit: int | None = None) -> list[dict]:

@@ -9,7 +9,7 @@ first stop string.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -74,13 +74,15 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     progress: bool = False,
+    encode: Callable[[str], list[int]] | None = None,
 ) -> list[str]:
     """Generate a completion for every prompt; returns the new text only, in the order of `prompts`.
 
     Greedy by default. With `do_sample`, sampling uses `temperature` and nucleus `top_p` (no top-k), from a
     torch RNG seeded with `seed` that leaves the global RNG state untouched. `stop` is one string or a
     list; a sequence stops generating once its text contains one, and its output is cut there. The
-    model's own generation_config (e.g. LLaMA-2's sampling defaults) is ignored.
+    model's own generation_config (e.g. LLaMA-2's sampling defaults) is ignored. `encode`: how a prompt
+    becomes token ids (default: the tokenizer, adding its special tokens).
     """
     if isinstance(stop, str):
         stop = [stop]
@@ -93,7 +95,7 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
     device = next(model.parameters()).device
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    encoded = [encode(p) if encode else tokenizer(p)["input_ids"] for p in prompts]
     # Longest first, so each batch holds prompts of similar length (less padding); order restored below.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
 

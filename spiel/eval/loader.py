@@ -1,8 +1,8 @@
 """What `ckpt=` may be, and loading it for evaluation.
 
 - a SpIEL checkpoint (`spiel_config.json` + `spiel_delta.safetensors`): the base model it records (or
-  `model=`), checked against it by `SpielModel.from_pretrained`, the delta merged in (kept unmerged on an
-  NF4 base: merging would requantize);
+  `model=`), checked against it as `SpielModel.from_pretrained` checks, the delta merged in (kept unmerged
+  on an NF4 base: merging would requantize; an NF4 base's embeddings, norms and head run in float32);
 - a list of SpIEL checkpoints: `spiel.model.compose`, the base plus the SUM of the deltas (the paper's
   "Tülu v2 ⊕ GPT4-Alpaca"), or with `ckpt_weights` (one number per checkpoint) the weighted sum;
 - a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
@@ -21,17 +21,15 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiel.checkpoint_check import read_checkpoint
+from spiel.checkpoint_check import read_checkpoint, read_spiel_config
+from spiel.checkpoint_kind import PEFT_CONFIG_NAME, CheckpointError, checkpoint_kind, has_tokenizer
 from spiel.loading import load_base_model, load_tokenizer, resolve_device, resolve_dtype
+
+__all__ = ["CheckpointError", "LoadedModel", "checkpoint_kind", "load_for_eval", "normalize_ckpts", "recorded_base"]
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 UNVERIFIED_BASE_OVERRIDE = "eval.allow_unverified_base=true"
-
-
-class CheckpointError(ValueError):
-    """`ckpt=` names something that cannot be evaluated (with what to do about it)."""
 
 
 @dataclass
@@ -50,27 +48,6 @@ def normalize_ckpts(ckpt) -> list[str]:
     return [str(c) for c in ckpt]
 
 
-def checkpoint_kind(path) -> str:
-    """"spiel", "peft" or "full" from a directory's files; a clear error otherwise."""
-    p = Path(path)
-    if not p.is_dir():
-        raise CheckpointError(f"ckpt={path}: no such directory")
-    if (p / "spiel_config.json").is_file():
-        return "spiel"
-    if (p / "adapter_config.json").is_file():
-        return "peft"
-    if (p / "config.json").is_file():
-        return "full"
-    hint = ""
-    if (p / "spiel_delta.safetensors").is_file():
-        hint = " It has spiel_delta.safetensors but no spiel_config.json: an interrupted save, not a checkpoint."
-    elif any(c.is_dir() and c.name.startswith("checkpoint-") for c in p.iterdir()):
-        hint = " It holds checkpoint-N/ directories: pass one of them, or the run's final checkpoint."
-    raise CheckpointError(
-        f"ckpt={path} is neither a SpIEL checkpoint (spiel_config.json), a peft adapter (adapter_config.json) "
-        f"nor a transformers model directory (config.json).{hint}")
-
-
 def resolve_ckpts(ckpts: list[str]) -> list[str]:
     """Each `ckpt` entry as a local directory: itself, or the snapshot of the Hub repo (`@revision`) it names."""
     from spiel.hub import resolve_checkpoint, split_revision
@@ -85,28 +62,21 @@ def resolve_ckpts(ckpts: list[str]) -> list[str]:
     return resolved
 
 
-def recorded_base_revision(path) -> str | None:
-    """The commit of the base model a SpIEL checkpoint was trained on, when it was loaded from the Hub."""
-    from spiel.model import read_spiel_config
-
-    base = read_spiel_config(path).get("base_model") or {}
-    return base.get("revision") if isinstance(base, dict) else None
-
-
-def recorded_base(path, kind: str) -> str | None:
-    """The base model a checkpoint names (None for a full model)."""
+def recorded_base(path, kind: str, saved: dict | None = None) -> str | None:
+    """The base model a checkpoint names (None for a full model). ``saved``: a SpIEL checkpoint's
+    ``spiel_config.json`` when it was already read."""
     if kind == "spiel":
-        from spiel.model import read_spiel_config
-
-        base = read_spiel_config(path).get("base_model") or {}
+        base = (saved or read_spiel_config(path)).get("base_model") or {}
         return base.get("name_or_path") if isinstance(base, dict) else str(base)
     if kind == "peft":
-        return json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return json.loads((Path(path) / PEFT_CONFIG_NAME).read_text()).get("base_model_name_or_path")
     return None
 
 
-def _has_tokenizer(path) -> bool:
-    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+def _recorded_revision(saved: dict) -> str | None:
+    """The commit of the base model a SpIEL checkpoint was trained on, when it was loaded from the Hub."""
+    base = saved.get("base_model") or {}
+    return base.get("revision") if isinstance(base, dict) else None
 
 
 def _fit_embeddings(model, tokenizer) -> None:
@@ -129,6 +99,22 @@ def _fit_embeddings(model, tokenizer) -> None:
                 bias[old:] = bias[:old].mean()
 
 
+def upcast_unquantized(model) -> list[str]:
+    """A 4-bit base's parameters that are not quantized (embeddings, norms, ``lm_head``) in float32, as the
+    reference's 4-bit evaluation had them; the 4-bit layers keep computing in their compute dtype. Returns
+    the names of the parameters cast."""
+    import torch
+
+    from spiel.delta.weights import is_quantized
+
+    cast = []
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and param.dtype != torch.float32 and not is_quantized(param):
+            param.data = param.data.float()
+            cast.append(name)
+    return cast
+
+
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
                   device=None, revision: str | None = None, allow_unverified_base: bool = False,
                   ckpt_weights=None) -> LoadedModel:
@@ -149,9 +135,9 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     device = resolve_device(device)
     quant = "none" if quant in (None, False) else str(quant)
     kinds = [checkpoint_kind(c) for c in ckpts]
-    for c, k in zip(ckpts, kinds, strict=True):
-        if k == "spiel":  # every check of the checkpoint files, before the base model loads
-            read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE)
+    # every check of the SpIEL checkpoint files, once each, before the base model loads
+    checked = {c: read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE)
+               for c, k in zip(ckpts, kinds, strict=True) if k == "spiel"}
     info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
             "dtype": str(resolve_dtype(dtype, device))}
     composed = len(ckpts) > 1 or ckpt_weights is not None
@@ -170,10 +156,11 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
         info.update(base=ckpts[0], merged=True)
         return LoadedModel(model.eval(), load_tokenizer(ckpts[0]), info)
 
-    recorded = recorded_base(ckpts[0], kinds[0]) if ckpts else None
+    saved = checked[ckpts[0]][0] if ckpts and kinds[0] == "spiel" else None
+    recorded = recorded_base(ckpts[0], kinds[0], saved) if ckpts else None
     base_name = model_name or recorded
-    if not model_name and revision is None and kinds and kinds[0] == "spiel":
-        revision = recorded_base_revision(ckpts[0])  # the base commit it was trained on
+    if not model_name and revision is None and saved is not None:
+        revision = _recorded_revision(saved)  # the base commit it was trained on
     if not base_name:
         raise CheckpointError("no base model: ckpt=null evaluates the base model given by model= "
                               "(e.g. model=llama2-7b or model=tiny)" if not ckpts else
@@ -187,23 +174,25 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
         where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
         raise CheckpointError(f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
                               "model.name_or_path=<dir> to point at it.") from e
-    tok_dir = ckpts[0] if ckpts and _has_tokenizer(ckpts[0]) else base_name
+    tok_dir = ckpts[0] if ckpts and has_tokenizer(ckpts[0]) else base_name
     tokenizer = load_tokenizer(tok_dir)
     info.update(base=str(base_name), tokenizer=str(tok_dir))
     if quant == "none":
         _fit_embeddings(base, tokenizer)
+    else:
+        upcast_unquantized(base)
 
     if kind == "base":
         model = base
     elif kind == "spiel":
         from spiel.model import SpielModel
 
-        wrapped = SpielModel.from_pretrained(base, ckpts[0], allow_unverified_base=allow_unverified_base)
+        wrapped = SpielModel.from_checked(base, ckpts[0], checked[ckpts[0]])
         model = wrapped.merge_and_unload() if quant == "none" else wrapped
     elif kind == "composed":
-        from spiel.model import compose
+        from spiel.model import check_weights, compose_checked
 
-        model = compose(ckpts, base, allow_unverified_base=allow_unverified_base, weights=ckpt_weights)
+        model = compose_checked(ckpts, [checked[c] for c in ckpts], base, check_weights(ckpt_weights, len(ckpts)))
     else:  # peft
         model = _load_peft(base, ckpts[0], merge=quant == "none")
     info["merged"] = quant == "none"

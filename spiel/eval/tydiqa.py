@@ -9,7 +9,12 @@
   set in some versions and a sorted list in others; this pins the paper's.)
 - Passages longer than `max_context_length` tokens become decode(encode(passage)[:1024]) with the
   tokenizer's defaults, for test and shot passages alike; as in the reference, `encode` adds BOS and
-  `decode` keeps it, so a cut passage starts with the literal BOS text (e.g. "<s>").
+  `decode` keeps it, so a cut passage starts with the literal BOS text (e.g. "<s> ...").
+- The prompt's token ids follow the reference's tokenizer (`encode_prompt`): it split the text at the
+  literal BOS, gave the BOS token there, and tokenized the text after it as an input of its own, to
+  which LLaMA-2's tokenizer prepended "▁" (" Hello" became "▁▁Hello"). Under transformers 5 that
+  tokenizer prepends "▁" only at the very start of the input, and not to text already starting with a
+  space, which makes a cut passage one token shorter (nearly every Telugu and Bengali prompt has one).
 - Prompt (no chat template), with the language's (instruction, passage, question, answer) template:
   instruction + "\\n\\n" + shots ("{P} {passage}\\n{Q} {question}\\n{A} {first answer}", joined by "\\n\\n")
   + "\\n\\n" + "{P} {passage}\\n{Q} {question}\\n{A}".
@@ -119,9 +124,31 @@ def truncate_context(tokenizer, context: str, max_context_length: int | None) ->
     if not max_context_length:
         return context
     ids = tokenizer.encode(context)
-    if len(ids) > max_context_length:
-        return tokenizer.decode(ids[:max_context_length])
-    return context
+    if len(ids) <= max_context_length:
+        return context
+    return tokenizer.decode(ids[:max_context_length])
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids as the reference's tokenizer made them: the text before the first literal BOS
+    as usual (with the BOS the tokenizer adds), then at each literal BOS the BOS token and the text after
+    it tokenized as an input of its own."""
+    bos = tokenizer.bos_token
+    first, *rest = prompt.split(bos) if bos else [prompt]
+    ids = list(tokenizer(first)["input_ids"])
+    lead = " " if rest and _folds_leading_space(tokenizer) else ""
+    for piece in rest:
+        ids += [tokenizer.bos_token_id, *tokenizer(lead + piece, add_special_tokens=False)["input_ids"]]
+    return ids
+
+
+def _folds_leading_space(tokenizer) -> bool:
+    """Whether the "▁" this tokenizer puts at the start of an input absorbs a leading space (" a" encodes
+    as "a" does: LLaMA-2's tokenizer under transformers 5), where the reference's added one regardless."""
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return encode("a") == encode(" a")
 
 
 def build_prompt(lang: str, example: dict, shots: list[dict]) -> str:
@@ -144,7 +171,8 @@ def evaluate_tydiqa(model, tokenizer, data_dir, n_shot: int = 1, max_num_example
     test = [dict(ex, context=truncate_context(tokenizer, ex["context"], max_context_length)) for ex in test]
     prompts = [build_prompt(ex["lang"], ex, cut[ex["lang"]]) for ex in test]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       stop=list(stop) if stop else None, progress=progress)
+                       stop=list(stop) if stop else None, progress=progress,
+                       encode=lambda prompt: encode_prompt(tokenizer, prompt))
     preds = [o.strip() for o in outputs]
     metrics = {}
     for lang in languages:

@@ -47,6 +47,6 @@ class SpielMethod(Method):
         return model.num_tunable()
 
     def after_training(self, model, run_dir: Path, total_steps, plot):
-        from spiel.training.ages import write_age_report
+        from .ages import write_age_report
 
         return write_age_report(model, run_dir, total_steps, plot=plot)

@@ -61,6 +61,8 @@ class ModelShape:
     def from_config(cls, config, name: str = "") -> ModelShape:
         from transformers import AutoModelForCausalLM
 
+        from spiel.training.parallel import decoder_layers
+
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         layers = decoder_layers(model)
@@ -90,11 +92,3 @@ class ModelShape:
     def linears(self) -> dict[str, tuple[int, int]]:
         return {n: tuple(m.weight.shape) for n, m in self.meta_model.named_modules()
                 if isinstance(m, torch.nn.Linear)}
-
-
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks (``model.model.layers`` in LLaMA-style models): FSDP's sharding unit."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
-            return list(module)
-    raise ValueError(f"{type(model).__name__} has no list of decoder layers")

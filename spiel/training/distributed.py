@@ -14,10 +14,6 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

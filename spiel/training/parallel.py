@@ -15,7 +15,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spiel.planning.shapes import decoder_layers
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks (``model.model.layers`` in LLaMA-style models): FSDP's sharding unit."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            return list(module)
+    raise ValueError(f"{type(model).__name__} has no list of decoder layers")
 
 
 class ParallelError(RuntimeError):
