@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import CONFIG_DIR
+from spiel.training.schema import CONFIG_DIR
 
 log = logging.getLogger("spiel.export")
 
