@@ -3,7 +3,7 @@
     spiel-train                                            # demo: SpIEL-AG on the tiny model, CPU
     spiel-train model=llama2-7b data=tulu2 method=ag
     spiel-train experiment=paper_7b_ag data=flan_v2 quant=nf4
-    spiel-train -m method=ag,ma,lora lr=1e-5,3e-5          # sweep; hydra/launcher=local|slurm
+    spiel-train -m method=ag,ma,lora method.lr=1e-5,3e-5   # sweep; hydra/launcher=local|slurm
     torchrun --nproc_per_node 4 -m spiel.train model=llama2-7b data=tulu2
     spiel-train ... resume=auto
 
