@@ -60,7 +60,7 @@ class MethodConfig:
 
 
 @dataclass
-class SpielMethodConfig(MethodConfig, SpielKnobs):
+class SpielMethodConfig(SpielKnobs, MethodConfig):  # fields: name, lr, weight_decay, the knobs, betas, eps
     """SpIEL-AG / SpIEL-MA: the SpIEL knobs (declared once, in SpielKnobs) plus the optimizer's settings."""
 
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # SpIEL-AG's Adam
