@@ -42,6 +42,9 @@ class SpielConfigError(ValueError):
         self.field, self.problem = field, problem
         super().__init__(f"SpielConfig: {field} {problem}" if field else f"SpielConfig: {problem}")
 
+    def __reduce__(self):  # pickled across processes (DDP, submitit) with its field
+        return type(self), (self.field, self.problem)
+
 
 @dataclass
 class _MethodField:

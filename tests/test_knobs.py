@@ -5,6 +5,7 @@ field travels as data (SpielConfigError.field, ConfigError.key), not inside the 
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import fields
 
 import pytest
@@ -69,6 +70,15 @@ def test_a_bad_knob_names_its_field_as_data(knob, bad):
         SpielMethodConfig(name="ag", lr=1e-4, **{"rank_equiv": None, knob: bad})
     assert training.value.key == f"method.{knob}"
     assert str(training.value) == f"method.{knob}: {library.value.problem}"
+
+
+def test_the_field_survives_pickling():
+    """Errors cross process boundaries (DDP ranks, submitit jobs) pickled; the field must come along."""
+    for error in (SpielConfigError("density", "must be in (0, 1], got 2"), ConfigError("method.r: bad", key="method.r")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (getattr(copy, "field", None), getattr(copy, "key", None)) == (
+            getattr(error, "field", None), getattr(error, "key", None))
 
 
 def test_errors_without_one_field_are_keyed_to_the_method():
