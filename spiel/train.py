@@ -3,11 +3,11 @@
     spiel-train                                            # demo: SpIEL-AG on the tiny model, CPU
     spiel-train model=llama2-7b data=tulu2 method=ag
     spiel-train experiment=paper_7b_ag data=flan_v2 quant=nf4
-    spiel-train -m method=ag,ma,lora lr=1e-5,3e-5          # sweep; hydra/launcher=local|slurm
+    spiel-train -m method=ag,ma,lora method.lr=1e-5,3e-5   # sweep; hydra/launcher=local|slurm
     torchrun --nproc_per_node 4 -m spiel.train model=llama2-7b data=tulu2
     spiel-train ... resume=auto
 
-Configs: configs/ (train.yaml and its groups), typed by spiel/config.py. The work is done by
+Configs: configs/ (train.yaml and its groups), typed by spiel/training/schema.py. The work is done by
 spiel.training.run.run_training(cfg, run_dir, run_name); this module only adapts Hydra to it.
 """
 
@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from spiel.config import CONFIG_DIR
+from spiel.training.hydra_config import CONFIG_DIR  # importing it registers the schemas
 
 log = logging.getLogger("spiel.train")
 

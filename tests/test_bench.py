@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ import torch
 from spiel.bench.models import (
     CPU_DEFAULT,
     LLAMA2_7B,
-    METHOD_NAMES,
     LlamaShape,
     equivalent_rank,
     method_config,
     paper_density,
+    paper_hparams,
 )
 from spiel.bench.report import ratios
 from spiel.bench.step import StepSpec, run
@@ -40,15 +39,28 @@ def test_budget_is_the_papers_density():
     assert abs(r * shape.lora_params_per_rank() / shape.target_numel() - paper_density()) < 0.004
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
-def test_hydra_free_configs_match_the_schemas(name):
-    pytest.importorskip("hydra")
-    schema = method_config(name, 8, use_schemas=True)
-    light = method_config(name, 8, use_schemas=False)
-    assert type(schema).__name__ != type(light).__name__
-    assert {k: v for k, v in asdict(schema).items()} == asdict(light)
-    if name in ("ag", "ma"):
-        assert schema.spiel_config(seed=3, quantized=True) == light.spiel_config(seed=3, quantized=True)
+def test_method_configs_are_the_training_schemas_and_need_no_hydra():
+    """The benchmarks train with spiel-train's own method schemas (no look-alike twins): they import with
+    hydra and omegaconf unavailable, as on the CUDA box, and carry the method file's paper rates."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules.update(hydra=None, omegaconf=None)  # any import of them fails
+        from spiel.bench.models import METHOD_NAMES, method_config, paper_hparams
+        from spiel.training import schema
+        kinds = {"ag": schema.SpielMethodConfig, "ma": schema.SpielMethodConfig, "lora": schema.LoraMethodConfig,
+                 "ia3": schema.IA3MethodConfig, "full": schema.FullMethodConfig}
+        for name in METHOD_NAMES:
+            m = method_config(name, 8)
+            assert type(m) is kinds[name] and (m.lr, m.weight_decay) == paper_hparams(name), name
+        spiel = method_config("ma", 8, estimation_steps=2).spiel_config(seed=3, quantized=True)
+        assert (spiel.method, spiel.rank_equiv, spiel.estimation_steps, spiel.seed, spiel.delta_dtype) == (
+            "ma", 8, 2, 3, "bfloat16")
+        print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf") and sys.modules[m]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0 and out.stdout.strip() == "ok []", out.stdout + out.stderr
+    assert paper_hparams("ag") == (1e-4, 30.0) and paper_hparams("ma") == (1e-3, 0.3)  # the paper's Table 4
 
 
 @pytest.mark.parametrize("method", ["floor", "full", "ia3", "ag", "ma"])
@@ -82,7 +94,6 @@ def test_static_baseline_keeps_its_random_indices_and_ag_moves_them():
         model, stats = train(job, tiny_model(), tok)
         indices[method] = {n: layer.indices.clone() for n, layer in model.deltas.items()}
         assert stats["trainable"] == model.num_tunable()
-    from spiel.bench.models import method_config
     from spiel.model import get_spiel_model
 
     fresh = get_spiel_model(tiny_model(), method_config("ag", 2).spiel_config(seed=0))

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from train_helpers import REPO, run_cli, subprocess_env
 
-from spiel.config import CONFIG_DIR, ConfigError, dirname_from_overrides, validate
+from spiel.training.hydra_config import CONFIG_DIR, ConfigError, dirname_from_overrides, validate
 
 
 def options(group):
@@ -39,12 +39,13 @@ def test_defaults_are_the_demo():
     s = validate(make())
     assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == ("tiny", "demo", "ag", "none")
     # the tiny model's presets: λ/10; per method the paper's budget (rank 4 = 2.47% here) and a picked rate
-    assert s.cfg.lr == 3e-2 and s.cfg.weight_decay == 3.0 and s.method.rank_equiv == 4
+    assert s.method.lr == 3e-2 and s.method.weight_decay == 3.0 and s.method.rank_equiv == 4
     lora = validate(make("method=lora"))
-    assert lora.method.r == 4 and lora.cfg.lr == 3e-3
-    assert validate(make("lr=1e-3")).cfg.lr == 1e-3  # the command line still wins
+    assert lora.method.r == 4 and lora.method.lr == 3e-3
+    assert validate(make("method.lr=1e-3")).method.lr == 1e-3  # the command line still wins
     big = validate(make("model=llama2-7b"))
-    assert big.cfg.lr == 1e-4 and big.method.rank_equiv is None  # the method's own defaults (budget: rank 64)
+    assert big.method.lr == 1e-4 and big.method.rank_equiv is None  # the method's own defaults (budget: rank 64)
+    assert big.method.weight_decay == 30.0 and validate(make("method=ma", "model=llama2-7b")).method.lr == 1e-3
 
 
 @pytest.mark.slow
@@ -88,7 +89,7 @@ def test_paper_experiments(size, method, lr, extra):
     s = validate(make(f"experiment=paper_{size}_{method}"))
     c = s.cfg
     assert c.model["name_or_path"] == f"meta-llama/Llama-2-{size}-hf" and s.dtype == "bfloat16"
-    assert s.method.name == method and c.lr == lr
+    assert s.method.name == method and s.method.lr == lr
     for key, value in extra.items():
         assert getattr(s.method, key) == value, key
     assert (c.batch_size, c.epochs, c.max_seq_len, c.warmup_ratio, c.lr_scheduler) == (128, 2, 2048, 0.03, "linear")
@@ -98,7 +99,7 @@ def test_paper_experiments(size, method, lr, extra):
         assert m.spiel_config().delta_dtype == "float32"  # fp32 deltas on a bf16 base
         assert m.spiel_config(quantized=True).delta_dtype == "bfloat16"
     # a user's override still wins over the experiment
-    assert validate(make(f"experiment=paper_{size}_{method}", "lr=3e-6")).cfg.lr == 3e-6
+    assert validate(make(f"experiment=paper_{size}_{method}", "method.lr=3e-6")).method.lr == 3e-6
 
 
 def test_model_specific_training_defaults_follow_the_final_model_choice():
@@ -126,9 +127,9 @@ def test_run_dir_names_are_usable_as_override_values():
     assert "/" not in odd
     parsed = OverridesParser.create().parse_override(f"resume=outputs/train/{odd}/checkpoint-4")
     assert parsed.value() == f"outputs/train/{odd}/checkpoint-4"
-    hc = make("method=lora", "lr=3e-5", "resume=auto", "logger=wandb")  # noqa: F841 (composes)
+    hc = make("method=lora", "method.lr=3e-5", "resume=auto", "logger=wandb")  # noqa: F841 (composes)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="train", overrides=["method=lora", "lr=3e-5", "resume=auto", "logger=wandb"],
+        cfg = compose(config_name="train", overrides=["method=lora", "method.lr=3e-5", "resume=auto", "logger=wandb"],
                       return_hydra_config=True)
     assert cfg.hydra.job.config.override_dirname.kv_sep == "-"
 
@@ -145,15 +146,19 @@ BAD = [
     (["method=lora", "method.rank_equiv=8"], "method.rank_equiv"),  # not a LoRA key
     (["method=full", "quant=nf4"], "quant"),
     (["seed=abc"], "seed"),
-    (["lr=-1"], "lr"),
+    (["method.lr=-1"], "method.lr: must be >= 0, got -1"),
+    (["method=lora", "method.weight_decay=-1"], "method.weight_decay: must be >= 0"),
+    (["lr=0.001"], "lr: moved to method.lr (one key; each method file sets the paper's value as its default): "
+                   "write method.lr=0.001 instead of lr=0.001"),
+    (["weight_decay=0.1"], "weight_decay: moved to method.weight_decay"),
     (["batch_size=10", "micro_batch_size=4"], "batch_size"),
     (["quant.name=int3"], "quant.name"),
     (["logger.mode=sometimes"], "logger.mode"),
     (["model.name_or_path=null"], "model.name_or_path"),
     (["resume=/no/such/checkpoint-7"], "resume"),
     (["data.on_bad_record=explode"], "data"),
-    (["lr=inf"], "lr: must be a finite number, got inf"),
-    (["weight_decay=nan"], "weight_decay: must be a finite number"),
+    (["method.lr=inf"], "method.lr: must be a finite number, got inf"),
+    (["method.weight_decay=nan"], "method.weight_decay: must be a finite number"),
     (["method.initial_rate=-inf"], "method.initial_rate: must be a finite number"),
     (["warmup_ratio=nan"], "warmup_ratio: must be a finite number"),
     (["+lerning_rate=0.1"], "lerning_rate: not a known key"),
@@ -235,7 +240,7 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
 
 
 COMPOSE_FROM_WHEEL = """
-import json, spiel.config as sc
+import json, spiel.training.hydra_config as sc
 from hydra import compose, initialize_config_dir
 d = sc.CONFIG_DIR
 files = {str(p.relative_to(d)): p.read_text() for p in d.rglob("*.yaml")}

@@ -22,8 +22,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from train_helpers import grown_at_steps, load_tensors, only_run_dir, subprocess_env
 
-from spiel.config import CONFIG_DIR, ConfigError, validate
 from spiel.training import checkpoints
+from spiel.training.hydra_config import CONFIG_DIR, ConfigError, validate
 
 RUN = ["method.reselection_steps=3", "method.estimation_steps=2", "method.rank_equiv=4", "max_steps=6",
        "micro_batch_size=1", "max_seq_len=64", "data.sources.0.cap=48", "save_steps=3", "logging_steps=1",

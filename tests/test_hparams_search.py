@@ -22,11 +22,11 @@ def test_optuna_search_runs_two_trials_and_reports_the_best(tmp_path):
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())
         config = yaml.safe_load((job / "config.yaml").read_text())
-        assert 0.003 <= config["lr"] <= 0.3 and config["method"]["reselection_steps"] in (10, 20, 40)
+        assert 0.003 <= config["method"]["lr"] <= 0.3 and config["method"]["reselection_steps"] in (10, 20, 40)
         assert config["eval_fraction"] == 0.1 and summary["best_eval_loss"] > 0
-        trials.append((summary["best_eval_loss"], config["lr"], config["method"]["reselection_steps"]))
+        trials.append((summary["best_eval_loss"], config["method"]["lr"], config["method"]["reselection_steps"]))
     assert trials[0][1:] != trials[1][1:]  # two different points were tried
     best = min(trials)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_value"] == pytest.approx(best[0])
-    assert result["best_params"] == {"lr": pytest.approx(best[1]), "method.reselection_steps": best[2]}
+    assert result["best_params"] == {"method.lr": pytest.approx(best[1]), "method.reselection_steps": best[2]}

@@ -9,12 +9,12 @@ import yaml
 from omegaconf import OmegaConf
 from train_helpers import REPO, SMALL, only_run_dir, run_cli
 
-from spiel.config import CONFIG_DIR
+from spiel.training.hydra_config import CONFIG_DIR
 from spiel.training.resume_check import NEUTRAL_KEYS, check_resume_config, config_differences
 from spiel.training.rundir import RunDirError
 
 BASE = [*[a for a in SMALL if not a.startswith("max_steps")], "max_steps=2", "method.rank_equiv=2",
-        "run_name=same", "lr=0.03"]
+        "run_name=same", "method.lr=0.03"]
 
 
 def snapshot(run_dir):
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("change,shown", [
-    ("lr=0.001", "lr 0.03 -> 0.001"),
+    ("method.lr=0.001", "method.lr 0.03 -> 0.001"),
     ("seed=7", "seed 42 -> 7"),
     ("data.sources.0.path={data}", "data.sources.0.path"),
 ])
@@ -51,9 +51,9 @@ def test_resume_with_a_different_training_config_is_refused_and_touches_nothing(
 def test_keys_that_do_not_change_training_may_differ_and_the_override_accepts_the_rest(trained, capsys):
     root, run_dir, _ = trained
     assert run_cli([f"output_root={root}", *BASE, "logging_steps=5", "save_total_limit=3", "resume=auto"]) == 0
-    assert run_cli([f"output_root={root}", *BASE, "lr=0.001", "resume=auto",
+    assert run_cli([f"output_root={root}", *BASE, "method.lr=0.001", "resume=auto",
                     "resume_allow_config_changes=true"]) == 0
-    assert OmegaConf.load(run_dir / "config.yaml").lr == 0.001
+    assert OmegaConf.load(run_dir / "config.yaml").method.lr == 0.001
 
 
 def test_a_run_dir_without_its_config_is_not_resumed_unchecked(tmp_path):
@@ -74,3 +74,12 @@ def test_the_neutral_keys_are_the_ones_left_out_of_run_dir_names():
     assert config_differences({"lr": 1.0, "save_steps": 2, "logger": {"name": "none"}},
                               {"lr": 1.0, "save_steps": 9, "logger": {"name": "wandb"}}) == []
     assert config_differences({"lr": 1.0}, {"lr": 1.0, "max_steps": 9}) == [("max_steps", "(absent)", 9)]
+
+
+def test_a_config_saved_with_the_old_top_level_rates_is_read_in_todays_keys():
+    """Run dirs written before the rates moved under method: their top-level lr / weight_decay trained."""
+    old = {"lr": 0.03, "weight_decay": 3.0, "method": {"name": "ag", "lr": 1e-4, "weight_decay": 30.0}}
+    new = {"lr": None, "weight_decay": None, "method": {"name": "ag", "lr": 0.03, "weight_decay": 3.0}}
+    assert config_differences(old, new) == []
+    changed = {**new, "method": {**new["method"], "lr": 0.001}}
+    assert config_differences(old, changed) == [("method.lr", 0.03, 0.001)]

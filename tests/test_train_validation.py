@@ -111,7 +111,7 @@ BAD = [
 def test_bad_validation_settings_are_config_errors(overrides, message):
     from hydra import compose, initialize_config_dir
 
-    from spiel.config import CONFIG_DIR, ConfigError, validate
+    from spiel.training.hydra_config import CONFIG_DIR, ConfigError, validate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose(config_name="train", overrides=overrides)

@@ -36,7 +36,7 @@ def test_the_guard_stops_at_a_bad_loss_gradient_or_weight_and_names_the_step():
     guard.on_optimizer_step(None, state, None)
     toy(torch.tensor([1.0, math.nan, 1.0]))
     with pytest.raises(TrainingDiverged, match=r"at step 5: the loss is nan; the last finite logged loss was "
-                                               r"1.2500 at step 4.*Lower lr \(now 0.5\)"):
+                                               r"1.2500 at step 4.*Lower method.lr \(now 0.5\)"):
         guard.on_pre_optimizer_step(None, state, None)
     guard = DivergenceGuard(toy, lr=0.5)
     toy.w.grad = torch.tensor([0.0, math.inf, 0.0])
@@ -55,8 +55,8 @@ def test_a_nan_loss_is_never_logged_as_a_number():
     0.0 right after one: that is how a diverged run showed `loss 0.0`."""
     from hydra import compose, initialize_config_dir
 
-    from spiel.config import CONFIG_DIR, validate
     from spiel.training.args import training_arguments
+    from spiel.training.hydra_config import CONFIG_DIR, validate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         settings = validate(compose(config_name="train", overrides=["device=cpu"]))
@@ -65,7 +65,7 @@ def test_a_nan_loss_is_never_logged_as_a_number():
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_writes_no_final(tmp_path, capsys):
-    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=20", "lr=1e4", "save_steps=1",
+    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=20", "method.lr=1e4", "save_steps=1",
                     "save_total_limit=30", "method.rank_equiv=2"])
     err = capsys.readouterr().err
     assert code == 2, err[-3000:]

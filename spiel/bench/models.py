@@ -4,10 +4,9 @@ Budget. The paper's Table 3 runs LoRA rank 64 (and SpIEL at the same count) on L
 projections; :func:`paper_density` computes what fraction of the target weights that is (about 2.4%),
 and :func:`equivalent_rank` the LoRA rank with that density on another shape (16 at hidden 1024).
 
-Method configs. The registry (``spiel.methods``) reads its settings from the Hydra schema dataclasses of
-``spiel.config``, which imports hydra. Where hydra is installed :func:`method_config` builds those very
-schemas; where it is not (the CUDA box) it builds look-alikes with the same fields (``_light_config``),
-which ``tests/test_bench.py`` checks against the schemas.
+Method configs. The registry (``spiel.training.methods``) reads its settings from spiel-train's method schemas
+(``spiel.training.schema``); :func:`method_config` builds those very dataclasses, which import without
+hydra, so the CUDA box needs none.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ import functools
 import gc
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import yaml
 
-from ..llama import LLAMA_MLP_PROJECTIONS, LLAMA_PROJECTIONS
 from ..paths import CONFIG_DIR
 
 PAPER_RANK = 64
@@ -140,11 +138,11 @@ def release_free_memory() -> None:
 
 # -- method configs -------------------------------------------------------------------------------------------
 def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay: float | None = None,
-                  reselection_steps: int = 20, estimation_steps: int = 5, grad_path: str = "auto",
-                  use_schemas: bool | None = None):
-    """The ``mcfg`` the registry wraps with: ``name`` at LoRA rank / SpIEL rank-equivalent ``rank``.
+                  reselection_steps: int = 20, estimation_steps: int = 5, grad_path: str = "auto"):
+    """The ``mcfg`` the registry wraps with: spiel-train's method schema (``spiel.training.schema``, which
+    needs no hydra) for ``name`` at LoRA rank / SpIEL rank-equivalent ``rank``."""
+    from spiel.training import schema
 
-    ``use_schemas``: None uses ``spiel.config``'s schemas when hydra imports, else the look-alikes."""
     if name not in METHOD_NAMES:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
     default_lr, default_wd = paper_hparams(name)
@@ -155,93 +153,9 @@ def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay
                       grad_path=grad_path)
     elif name == "lora":
         kwargs.update(r=rank)
-    if use_schemas is None:
-        try:
-            import spiel.config  # noqa: F401  (needs hydra and omegaconf)
-
-            use_schemas = True
-        except ImportError:
-            use_schemas = False
-    if use_schemas:
-        from spiel import config as schemas
-
-        classes = {"ag": schemas.SpielMethodConfig, "ma": schemas.SpielMethodConfig,
-                   "lora": schemas.LoraMethodConfig, "ia3": schemas.IA3MethodConfig,
-                   "full": schemas.FullMethodConfig}
-    else:
-        classes = {"ag": LightSpielConfig, "ma": LightSpielConfig, "lora": LightLoraConfig,
-                   "ia3": LightIA3Config, "full": LightFullConfig}
+    classes = {"ag": schema.SpielMethodConfig, "ma": schema.SpielMethodConfig, "lora": schema.LoraMethodConfig,
+               "ia3": schema.IA3MethodConfig, "full": schema.FullMethodConfig}
     return classes[name](**kwargs)
-
-
-@dataclass
-class LightSpielConfig:
-    """Hydra-free twin of ``spiel.config.SpielMethodConfig`` (same fields and defaults)."""
-
-    name: str
-    lr: float
-    weight_decay: float = 0.0
-    rank_equiv: int | None = None
-    density: float | None = None
-    num_tunable: int | None = None
-    target_modules: object = None
-    reselection_steps: int = 20
-    estimation_steps: int = 5
-    schedule: str = "linear"
-    initial_rate: float = 0.2
-    drop: str = "magnitude"
-    delta_dtype: str | None = None
-    grad_path: str = "auto"
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-
-    def spiel_config(self, seed: int = 0, quantized: bool = False):
-        from spiel.spiel_config import SpielConfig
-
-        target = self.target_modules
-        if target is not None and not isinstance(target, str):
-            target = list(target)
-        return SpielConfig(method=self.name, rank_equiv=self.rank_equiv, density=self.density,
-                           num_tunable=self.num_tunable, target_modules=target,
-                           reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
-                           schedule=self.schedule, initial_rate=self.initial_rate, drop=self.drop,
-                           delta_dtype=self.delta_dtype or ("bfloat16" if quantized else "float32"),
-                           grad_path=self.grad_path, seed=seed)
-
-
-@dataclass
-class LightLoraConfig:
-    """Hydra-free twin of ``spiel.config.LoraMethodConfig``."""
-
-    name: str
-    lr: float
-    weight_decay: float = 0.0
-    r: int = 64
-    alpha: float = 16.0
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
-    adapter_dtype: str | None = None
-
-
-@dataclass
-class LightIA3Config:
-    """Hydra-free twin of ``spiel.config.IA3MethodConfig``."""
-
-    name: str
-    lr: float
-    weight_decay: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
-    feedforward_modules: list[str] = field(default_factory=lambda: list(LLAMA_MLP_PROJECTIONS))
-
-
-@dataclass
-class LightFullConfig:
-    """Hydra-free twin of ``spiel.config.FullMethodConfig``."""
-
-    name: str
-    lr: float
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"
 
 
 def paper_method(name: str) -> str:
@@ -254,7 +168,7 @@ def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
     optimizer (None → torch AdamW over the trainable parameters, as the Trainer's ``adamw_torch``).
     ``name="static"`` is SpIEL-AG's layer and optimizer; the caller gives it no selector, so its initial
     random indices stay for good. SpIEL methods get their selector from ``model.make_selector``."""
-    from spiel.methods import get_method
+    from spiel.training.methods import get_method
 
     method = get_method(paper_method(name))
     model = method.wrap(model, mcfg, seed=seed, quantized=quantized)

@@ -5,7 +5,7 @@ file (greedy exact match, and the loss on the answer tokens).
 
 The loop is the plain PyTorch loop of the README (forward, backward, optimizer step, zero_grad,
 ``selector.step()``), with the Trainer's schedule: linear warm-up over 3% of the steps, then linear decay.
-The models are wrapped by the method registry (``spiel.methods``), like spiel-train does.
+The models are wrapped by the method registry (``spiel.training.methods``), like spiel-train does.
 """
 
 from __future__ import annotations

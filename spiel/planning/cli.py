@@ -20,7 +20,7 @@ from .shapes import ModelShape
 
 def plan_from_config(cfg, gpus: int, parallel: str | None = None) -> tuple[str, RunPlan]:
     """(model name, RunPlan) from a composed spiel-train config; ConfigError names a bad key."""
-    from spiel.config import validate
+    from spiel.training.hydra_config import validate
 
     settings = validate(cfg, world_size=gpus)
     c, m = settings.cfg, settings.method
@@ -44,7 +44,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from spiel.config import CONFIG_DIR
+    from spiel.training.hydra_config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="the README's LLaMA-2 7B/13B/70B table")
     parser.add_argument("overrides", nargs="*", help="spiel-train overrides (model=llama2-7b method=ag ...)")
     args = parser.parse_args(argv)
-    from spiel.config import ConfigError
+    from spiel.training.schema import ConfigError
 
     if args.table:
         print(table(args.gpu_memory))

@@ -59,7 +59,7 @@ class DivergenceGuard(TrainerCallback):
                 else f"the last finite logged loss was {self.last_finite[1]:.4f} at step {self.last_finite[0]}")
         raise TrainingDiverged(
             f"training diverged at step {step}: {what}; {last}. The run stops without a final checkpoint "
-            f"(the newest checkpoint-N/ in the run dir, if any, is from before). Lower lr (now {self.lr:g}) "
+            f"(the newest checkpoint-N/ in the run dir, if any, is from before). Lower method.lr (now {self.lr:g}) "
             "or set max_grad_norm, then start again (or resume=auto with resume_allow_config_changes=true).")
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -22,10 +22,10 @@ class OutputError(RuntimeError):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from spiel.config import ConfigError
     from spiel.data.errors import DataError
 
     from .rundir import RunDirError
+    from .schema import ConfigError
 
     found = [ConfigError, DataError, RunDirError, TrainingDiverged, OutputError]
     checkpoint = sys.modules.get("spiel.checkpoint")  # not imported: none of its errors can have been raised

@@ -38,9 +38,8 @@ def check_writable(run_dir: Path) -> None:
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from spiel.config import check_model_exists, validate
-
         from .distributed import env_world_size
+        from .hydra_config import check_model_exists, validate
         from .resume_check import check_resume_config, resume_target
 
         task_cfg = copy.deepcopy(config)

@@ -12,9 +12,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import flatten_keys
-
 from . import checkpoints
+from .hydra_config import flatten_keys, with_moved_keys
 from .rundir import RunDirError
 
 log = logging.getLogger("spiel.train")
@@ -41,9 +40,10 @@ def _neutral(key: str) -> bool:
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """(key, saved value, current value) for every training key whose value differs."""
+    """(key, saved value, current value) for every training key whose value differs. A config saved
+    before the rates moved under ``method`` is read in today's keys."""
     missing = object()
-    a, b = flatten_keys(saved), flatten_keys(current)
+    a, b = flatten_keys(with_moved_keys(saved)), flatten_keys(with_moved_keys(current))
     diffs = []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, missing), b.get(key, missing)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spiel.config import ConfigError, check_model_exists, validate
 from spiel.data.chat_template import attach_chat_template_or_warn
-from spiel.methods import get_method
 from spiel.model_source import HOW
 
 from . import checkpoints, tensorboard_logger, wandb_logger
 from .distributed import barrier, broadcast_object, env_world_size, gather_objects, trainable_digest
 from .divergence import DivergenceGuard
 from .failures import OutputError, writing
+from .hydra_config import ConfigError, check_model_exists, validate
+from .methods import get_method
 from .metrics import (
     METRICS_FILE,
     LossWindowState,
@@ -146,9 +146,9 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     model = method.wrap(base, settings.method, seed=c.seed, quantized=settings.quant == "nf4")
     if c.activation_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = method.make_optimizer(model, settings.method, c.lr, c.weight_decay)
+    optimizer = method.make_optimizer(model, settings.method, settings.method.lr, settings.method.weight_decay)
     metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
-    guard = DivergenceGuard(model, c.lr)
+    guard = DivergenceGuard(model, settings.method.lr)
     loss_window = LossWindowState(resume_from)
     trainer = SpielTrainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,

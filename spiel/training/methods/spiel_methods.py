@@ -21,9 +21,9 @@ class SpielMethod(Method):
         return get_spiel_model(model, mcfg.spiel_config(seed=seed, quantized=quantized))
 
     def check_on_meta(self, meta_model, mcfg):
-        from spiel.config import ConfigError
         from spiel.delta.weights import weight_shape
         from spiel.targets import allocate, find_targets, total_budget
+        from spiel.training.schema import ConfigError
 
         try:
             targets = find_targets(meta_model, mcfg.target_modules)

@@ -1,6 +1,6 @@
 """The method registry: one name -> how the model is wrapped, which optimizer runs, and how
 the result is saved. ``ag``/``ma`` (SpIEL, our optimizers and selector), ``lora``/``ia3`` (peft) and
-``full``. Quantization (``quant=nf4``) is orthogonal: see ``spiel.methods.quant``.
+``full``. Quantization (``quant=nf4``) is orthogonal: see ``spiel.training.methods.quant``.
 
     method = get_method("ag")
     model = method.wrap(base_model, method_cfg, seed=42, quantized=False)
