@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,13 @@ SMALL = ["max_steps=3", "batch_size=4", "micro_batch_size=2", "max_seq_len=64", 
          "save_steps=2", "logging_steps=1", "progress_bar=false", "device=cpu"]
 # SpIEL with reselections inside a few steps: estimation 1 step, reselect every 2.
 SPIEL_FAST = ["method.reselection_steps=2", "method.estimation_steps=1", "method.rank_equiv=4"]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a process group's rendezvous (--master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(args: list[str], monkeypatch=None) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spiel.training import launch_env
-from tests.helpers.runs import grown_at_steps, load_tensors, only_run_dir, subprocess_env
+from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run_dir, subprocess_env
 
 # 6 optimizer steps of SpIEL-AG on the tiny model with reselections at steps 3 and 6.
 DDP_RUN = ["method=ag", "method.reselection_steps=3", "method.estimation_steps=2", "method.rank_equiv=4",
@@ -74,14 +74,6 @@ def test_submitit_local_launcher_runs_one_ddp_job_of_two_tasks(tmp_path):
     jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 1, jobs
     assert_one_ddp_job(jobs[0])
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def final_delta(root):

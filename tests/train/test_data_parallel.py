@@ -1,7 +1,11 @@
-"""parallel=fsdp through spiel-train on 2 CPU ranks (gloo): the frozen base sharded per decoder layer, the
-deltas replicated. Compared with DDP (same SpIEL decisions: bit for bit), with one process (SpIEL-MA: same
-indices, values within float rounding; with activation checkpointing) and with itself after a SIGKILL and
-resume=auto (bit for bit).
+"""Data parallelism on CPU ranks (gloo): every rank makes the same SpIEL decisions and ends with the same delta.
+
+- The library under DistributedDataParallel (tests/workers/ddp_worker.py): identical indices after every
+  reselection and identical values on both ranks.
+- spiel-train under torchrun with parallel=ddp (the default): one run dir, identical deltas on both ranks.
+- parallel=fsdp: the frozen base sharded per decoder layer, the deltas replicated. Compared with DDP (same
+  SpIEL decisions: bit for bit), with one process (SpIEL-MA: same indices, values within float rounding;
+  with activation checkpointing) and with itself after a SIGKILL and resume=auto (bit for bit).
 
 Why SpIEL-AG is compared with DDP and not with one process: with several ranks, rank 0's growth
 candidates are broadcast at the start of each estimation phase and the statistics start one step later on
@@ -9,10 +13,10 @@ every rank (spiel.selection.distributed), so a 2-rank AG run chooses from one st
 run, by design; the delta differs after the first reselection.
 """
 
+import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +27,36 @@ from hydra import compose, initialize_config_dir
 
 from spiel.config import CONFIG_DIR, ConfigError, validate
 from spiel.training import checkpoints
-from tests.helpers.runs import grown_at_steps, load_tensors, only_run_dir, subprocess_env
+from tests.helpers.paths import WORKERS
+from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run_dir, subprocess_env
+
+# --- the library under DistributedDataParallel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ag", "ma"])
+def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, method):
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(WORKERS / "ddp_worker.py"), method, str(rank), "2", str(port),
+                               str(tmp_path)]) for rank in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert len(r0["history"]) == 6  # reselections at steps 2, 7, ..., 27
+    for a, b in zip(r0["history"], r1["history"], strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name])
+    for name in r0["values"]:
+        assert torch.equal(r0["values"][name], r1["values"][name])
+    # The first reselection replaced every random slot: the indices did move.
+    first = r0["history"][0]
+    assert any(not torch.equal(first[n], r0["history"][-1][n]) for n in first)
+
+
+# --- spiel-train: parallel=ddp and parallel=fsdp
 
 RUN = ["method.reselection_steps=3", "method.estimation_steps=2", "method.rank_equiv=4", "max_steps=6",
        "micro_batch_size=1", "max_seq_len=64", "data.sources.0.cap=48", "save_steps=3", "logging_steps=1",
        "progress_bar=false", "device=cpu", "plot_ages=false"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(root, ranks, *overrides):
@@ -59,6 +82,13 @@ def assert_identical(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+# SpIEL-AG on 2 ranks with each parallel mode (the DDP run is also what the torchrun test checks).
+@pytest.fixture(scope="module")
+def ag_ddp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ag") / "ddp"
+    return train(root, 2, "method=ag", "batch_size=4", "parallel=ddp")
+
+
 @pytest.fixture(scope="module")
 def ag_fsdp(tmp_path_factory):
     root = tmp_path_factory.mktemp("ag") / "fsdp"
@@ -66,11 +96,22 @@ def ag_fsdp(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fsdp_equals_ddp_bit_for_bit_spiel_ag(ag_fsdp, tmp_path):
-    ddp = train(tmp_path / "ddp", 2, "method=ag", "batch_size=4", "parallel=ddp")
-    a, b = delta(ag_fsdp), delta(ddp)
-    assert_identical(a, b)
-    assert grown_at_steps(ag_fsdp) == grown_at_steps(ddp)
+def test_two_rank_torchrun_ends_with_identical_deltas(ag_ddp):
+    run_dir = ag_ddp
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["grad_accum"] == 2  # 4 = 1 per pass × 2 ranks × 2
+    digests = summary["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # indices and values, hashed on each rank
+    ages = json.loads((run_dir / "param_ages.json").read_text())
+    assert set(ages["grown_at_step"]) - {"0"}, "no index was grown: the check above would be vacuous"
+    assert (run_dir / "final" / "spiel_config.json").is_file()
+    assert (run_dir / "checkpoint-6" / "rng_state_1.pth").is_file()  # every rank's RNG state is saved
+
+
+@pytest.mark.slow
+def test_fsdp_equals_ddp_bit_for_bit_spiel_ag(ag_fsdp, ag_ddp):
+    assert_identical(delta(ag_fsdp), delta(ag_ddp))
+    assert grown_at_steps(ag_fsdp) == grown_at_steps(ag_ddp)
     assert set(grown_at_steps(ag_fsdp)) - {"0"}, "no reselection grew anything"
 
 
