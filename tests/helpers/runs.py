@@ -14,9 +14,9 @@ import torch
 
 from tests.helpers.paths import REPO
 
-# A few optimizer steps on the tiny model and a slice of the demo data.
-SMALL = ["max_steps=3", "batch_size=4", "micro_batch_size=2", "max_seq_len=64", "data.sources.0.cap=48",
-         "save_steps=2", "logging_steps=1", "progress_bar=false", "device=cpu"]
+# A few optimizer steps on the tiny model and a slice of the demo data: the smoke preset users have too
+# (configs/debug/smoke.yaml); overrides after it win.
+SMALL = ["debug=smoke"]
 # SpIEL with reselections inside a few steps: estimation 1 step, reselect every 2.
 SPIEL_FAST = ["method.reselection_steps=2", "method.estimation_steps=1", "method.rank_equiv=4"]
 

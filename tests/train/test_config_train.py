@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from spiel.config import CONFIG_DIR, ConfigError, dirname_from_overrides, validate
 from tests.helpers.paths import REPO
@@ -106,6 +107,30 @@ def test_model_specific_training_defaults_follow_the_final_model_choice():
     assert make().batch_size == 16  # model_train/tiny.yaml
     assert make("model=llama2-7b").batch_size == 128
     assert make("experiment=paper_7b_ag").save_steps == 200  # tiny's preset does not leak in
+
+
+# configs/debug/smoke.yaml written out as command-line overrides (what the tests passed before the preset).
+SMOKE = ["max_steps=3", "batch_size=4", "micro_batch_size=2", "max_seq_len=64", "data.sources.0.cap=48",
+         "save_steps=2", "logging_steps=1", "progress_bar=false", "device=cpu"]
+
+
+@pytest.mark.parametrize("others", [[], ["method=lora"], ["model=llama2-7b", "method=ma"], ["experiment=paper_7b_ag"]])
+def test_debug_smoke_sets_exactly_the_smoke_overrides(others):
+    def plain(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    smoke = plain(make(*others, "debug=smoke"))
+    assert smoke == plain(make(*others, *SMOKE))  # after an experiment too: the preset wins over it
+    assert smoke != plain(make(*others))
+    assert validate(make(*others, "debug=smoke")).cfg.max_steps == 3
+
+
+def test_debug_smoke_yields_to_later_overrides_data_and_a_search():
+    cfg = make("debug=smoke", "max_steps=9", "device=auto")
+    assert (cfg.max_steps, cfg.device, cfg.batch_size) == (9, "auto", 4)
+    assert make("debug=smoke", "data=tulu2").data == make("data=tulu2").data  # not the demo slice
+    search = make("debug=smoke", "hparams_search=demo")
+    assert (search.save_steps, search.eval_fraction, search.max_steps) == (0, 0.1, 3)  # the search's own settings
 
 
 @pytest.mark.parametrize("launcher,target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
@@ -238,11 +263,12 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
 COMPOSE_FROM_WHEEL = """
 import json, spiel.config as sc
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 d = sc.CONFIG_DIR
 files = {str(p.relative_to(d)): p.read_text() for p in d.rglob("*.yaml")}
 n = 0
 with initialize_config_dir(version_base="1.3", config_dir=str(d)):
-    for group in ("model", "data", "method", "quant", "logger", "experiment"):
+    for group in ("model", "data", "method", "quant", "logger", "experiment", "debug"):
         for option in sorted(p.stem for p in (d / group).glob("*.yaml")):
             cfg = compose(config_name="train", overrides=[f"{group}={option}"])
             if group in ("method", "quant", "logger"):

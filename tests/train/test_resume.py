@@ -179,8 +179,7 @@ def test_resumed_run_logs_exactly_the_uninterrupted_metrics(tmp_path):
     """A run stopped after checkpoint-4 (what a kill leaves: later log lines, no final/) and resumed with
     resume=auto writes the same metrics.jsonl as the run that was never stopped (timings aside), with a
     log window (every 3 steps) that spans the resume."""
-    args = [*[a for a in SMALL if not a.startswith(("max_steps", "save_steps", "logging_steps"))],
-            "max_steps=8", "save_steps=2", "logging_steps=3", "save_total_limit=10", "method.rank_equiv=2"]
+    args = [*SMALL, "max_steps=8", "save_steps=2", "logging_steps=3", "save_total_limit=10", "method.rank_equiv=2"]
     assert run_cli([f"output_root={tmp_path / 'a'}", *args]) == 0
     straight = only_run_dir(tmp_path / "a")
     stopped = tmp_path / "b" / straight.name
@@ -197,8 +196,7 @@ def test_resumed_run_logs_exactly_the_uninterrupted_metrics(tmp_path):
 
 
 def test_rerunning_without_resume_refuses_to_mix_runs(tmp_path):
-    args = [f"output_root={tmp_path}", *[a for a in SMALL if not a.startswith("max_steps")], "max_steps=1",
-            "method.rank_equiv=2"]
+    args = [f"output_root={tmp_path}", *SMALL, "max_steps=1", "method.rank_equiv=2"]
     assert run_cli(args) == 0
     run_dir = only_run_dir(tmp_path)
     assert run_cli(args) != 0  # the dir holds a finished run: resume=auto or overwrite=true
@@ -240,8 +238,7 @@ def test_seal_publish_and_completeness(tmp_path):
 
 def test_lora_resumes_from_an_explicit_checkpoint_to_the_same_adapter(tmp_path):
     """peft's path (adapter reload) and the RNG state (LoRA dropout) through resume=<checkpoint-N>."""
-    args = [*[a for a in SMALL if not a.startswith("max_steps")], "max_steps=4", "method=lora", "method.r=4",
-            "method.lr=1e-3"]
+    args = [*SMALL, "max_steps=4", "method=lora", "method.r=4", "method.lr=1e-3"]
     assert run_cli([f"output_root={tmp_path / 'a'}", *args]) == 0
     straight = only_run_dir(tmp_path / "a")
     assert run_cli([f"output_root={tmp_path / 'b'}", *args, f"resume={straight / 'checkpoint-2'}"]) == 0
@@ -254,8 +251,7 @@ def test_lora_resumes_from_an_explicit_checkpoint_to_the_same_adapter(tmp_path):
 
 # --- the config a checkpoint is resumed with
 
-BASE = [*[a for a in SMALL if not a.startswith("max_steps")], "max_steps=2", "method.rank_equiv=2",
-        "run_name=same", "lr=0.03"]
+BASE = [*SMALL, "max_steps=2", "method.rank_equiv=2", "run_name=same", "lr=0.03"]
 
 
 def snapshot(run_dir):

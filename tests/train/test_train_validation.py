@@ -11,7 +11,7 @@ from tests.helpers.runs import SMALL, SPIEL_FAST, only_run_dir, run_cli, summary
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 # SMALL with a checkpoint every 2 steps and 4 steps in all
-FOUR_STEPS = [a for a in SMALL if not a.startswith("max_steps")] + ["max_steps=4"]
+FOUR_STEPS = [*SMALL, "max_steps=4"]
 
 
 def _records(run_dir):

@@ -14,8 +14,6 @@ from spiel.training.divergence import DivergenceGuard
 from spiel.training.failures import TrainingDiverged
 from tests.helpers.runs import SMALL, load_tensors, only_run_dir, run_cli
 
-SHORT = [a for a in SMALL if not a.startswith(("max_steps", "save_steps"))]
-
 
 class Toy(torch.nn.Module):
     def __init__(self):
@@ -65,7 +63,7 @@ def test_a_nan_loss_is_never_logged_as_a_number():
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_writes_no_final(tmp_path, capsys):
-    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=20", "lr=1e4", "save_steps=1",
+    code = run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=20", "lr=1e4", "save_steps=1",
                     "save_total_limit=30", "method.rank_equiv=2"])
     err = capsys.readouterr().err
     assert code == 2, err[-3000:]
@@ -110,7 +108,7 @@ def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint
         usage = namedtuple("usage", "total used free")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
     monkeypatch.setattr(torch, "save", _fail_writes_into("checkpoint-4", error))
-    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=6", "save_steps=2", "method.rank_equiv=2"])
+    code = run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=6", "save_steps=2", "method.rank_equiv=2"])
     err = capsys.readouterr().err
     run_dir = only_run_dir(tmp_path)
     assert code == 2, err[-3000:]
@@ -136,7 +134,7 @@ def test_an_output_dir_that_cannot_be_written_is_named_before_anything_runs(tmp_
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    code = run_cli([f"output_root={readonly}", *SHORT, "max_steps=1", "run_name=r"])
+    code = run_cli([f"output_root={readonly}", *SMALL, "max_steps=1", "run_name=r"])
     err = capsys.readouterr().err
     assert code == 2
     assert (f"spiel-train: error: cannot write the run dir {readonly / 'r'}: read-only file system" in err
@@ -159,7 +157,7 @@ def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monke
         raise AssertionError("the weights were loaded before target_modules were checked")
 
     monkeypatch.setattr(spiel.loading, "load_base_model", forbidden)
-    code = run_cli([f"output_root={tmp_path}", *SHORT, "max_steps=1", *overrides])
+    code = run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=1", *overrides])
     err = capsys.readouterr().err
     assert code == 2 and f"spiel-train: error: {message}" in err, err[-3000:]
     assert "Traceback" not in err
