@@ -7,7 +7,7 @@ and :func:`equivalent_rank` the LoRA rank with that density on another shape (16
 Method configs. The registry (``spiel.methods``) reads its settings from the Hydra schema dataclasses of
 ``spiel.config``, which imports hydra. Where hydra is installed :func:`method_config` builds those very
 schemas; where it is not (the CUDA box) it builds look-alikes with the same fields (``_light_config``),
-which ``tests/test_bench.py`` checks against the schemas.
+which ``tests/bench/test_bench.py`` checks against the schemas.
 """
 
 from __future__ import annotations

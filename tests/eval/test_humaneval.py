@@ -2,7 +2,7 @@
 by consent, and resource-hungry or runaway programs (infinite loop, fork bomb, huge allocation, a daemonized
 child, undoing the read-only mounts) fail safely in every isolation mode this machine has. Every hostile
 program is bounded (short timeouts, small memory and process limits). The attacks on the verdict and on
-the host are in tests/test_sandbox_attacks.py."""
+the host are in tests/eval/test_sandbox_attacks.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Verdict attacks (forging a pass, passing with wrong code) must fail in every iso
 has, guard mode included: the verdict is the checker's, in a process the completion never runs in.
 Host attacks (reading host files, reaching a host socket, writing outside the working directory, other
 processes) must fail and leave the host untouched in every namespace mode, and in guard mode where the
-kernel has Landlock and seccomp; guard mode runs only when the user opts in (tests/test_humaneval.py)."""
+kernel has Landlock and seccomp; guard mode runs only when the user opts in (tests/eval/test_humaneval.py)."""
 
 from __future__ import annotations
 
