@@ -26,17 +26,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.95
 
-SELECTION = ["tests/test_selection.py", "tests/test_selection_rules.py"]
-OPTIM = ["tests/test_optim.py"]
-DELTA = ["tests/test_delta_layer.py"]
-MODEL = ["tests/test_model.py", "tests/test_model_details.py"]
-CHECKS = ["tests/test_checkpoint_check.py", "-m", "not slow"]
-SCORING = ["tests/test_eval_scoring.py"]
-BENCH_DATA = ["tests/test_eval_data_checks.py", "-k", "not spiel_eval"]
-ENCODE = ["tests/test_data_encode.py"]
-DELTA_SETS = ["tests/test_delta_sets.py", "tests/test_model.py"]
-COMPACT = ["tests/test_compact_checkpoint.py"]
-ELIAS_FANO = ["tests/test_elias_fano.py"]
+SELECTION = ["tests/core/test_selection.py", "tests/core/test_selection_rules.py"]
+OPTIM = ["tests/core/test_optim.py"]
+DELTA = ["tests/core/test_delta_layer.py"]
+MODEL = ["tests/core/test_model.py", "tests/core/test_model_details.py"]
+CHECKS = ["tests/core/test_checkpoint_check.py", "-m", "not slow"]
+SCORING = ["tests/eval/test_eval_scoring.py"]
+BENCH_DATA = ["tests/eval/test_eval_data_checks.py", "-k", "not spiel_eval"]
+ENCODE = ["tests/data/test_data_encode.py"]
+DELTA_SETS = ["tests/core/test_delta_sets.py", "tests/core/test_model.py"]
+COMPACT = ["tests/core/test_compact_checkpoint.py"]
+ELIAS_FANO = ["tests/core/test_elias_fano.py"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-DELTA_DTYPES = ("float32", "bfloat16", "float16")  # the names in spiel.dtypes.DTYPES (which imports torch; tests/test_knobs.py checks they agree)
+DELTA_DTYPES = ("float32", "bfloat16", "float16")  # the names in spiel.dtypes.DTYPES (which imports torch; tests/core/test_knobs.py checks they agree)
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
 
 

@@ -13,10 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Idle OpenMP threads busy-wait by default, which slows everything on a shared 2-core box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
 
@@ -34,15 +30,3 @@ def tok():
     from spiel.testing import tiny_tokenizer
 
     return tiny_tokenizer()
-
-
-@pytest.fixture
-def victim():
-    """A file anyone may write, in a directory anyone may enter and write (only the sandbox protects it)."""
-    folder = tempfile.mkdtemp(prefix="spiel-victim-")
-    os.chmod(folder, 0o777)
-    path = Path(folder) / "precious.txt"
-    path.write_text("keep me")
-    os.chmod(path, 0o666)
-    yield path
-    shutil.rmtree(folder, ignore_errors=True)

@@ -3,7 +3,7 @@
 Every figure is arithmetic on shapes and dtypes; where it comes from is said next to it. Activations are
 the tensors autograd keeps for backward in a LLaMA decoder layer as transformers computes it (RMSNorm in
 fp32, SDPA attention, SiLU-gated MLP); the inputs of trainable linear layers are kept for their
-gradients. The planner is checked against measured peaks (spiel.planning.measure, tests/test_plan.py).
+gradients. The planner is checked against measured peaks (spiel.planning.measure, tests/planning/test_plan.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,126 @@
+"""The gather-gradient paths beyond the layer tests: calibrated ``auto``, the Triton tile kernel on shapes
+with several (and empty) tiles under the interpreter, and every Triton kernel compiled for sm_80/sm_90."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spiel.delta import grad_paths, random_subset
+from spiel.delta.grad_paths import calibrated_choices, calibrated_path, calibration_key, gather_grad
+from spiel.delta.triton_sddmm import KERNEL_CONFIGS, tile_pointers, triton_gather_grad, triton_tiles_grad
+from tests.helpers.paths import REPO
+
+
+def problem(out_f, in_f, k, tokens, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, in_f, generator=g).to(dtype)
+    dy = torch.randn(tokens, out_f, generator=g).to(dtype)
+    indices = random_subset(out_f * in_f, k, g).int()
+    expected = (dy.float().t() @ x.float()).view(-1)[indices.long()]
+    return x, dy, indices, expected
+
+
+@pytest.fixture
+def fresh_calibration():
+    grad_paths.clear_calibration()
+    yield
+    grad_paths.clear_calibration()
+
+
+def test_auto_measures_once_per_bucket_and_keeps_the_fastest(monkeypatch, fresh_calibration):
+    monkeypatch.setattr(grad_paths, "CPU_CALIBRATION_MIN_WORK", 0)
+    calls = []
+    real_run = grad_paths._run_path
+
+    def run(path, *args):
+        calls.append(path)
+        if path != "blocked":  # make every other path visibly slower
+            import time
+
+            time.sleep(0.01)
+        return real_run(path, *args)
+
+    monkeypatch.setattr(grad_paths, "_run_path", run)
+    x, dy, indices, expected = problem(40, 30, 100, 9)
+    got = gather_grad(x, dy, indices, 40, 30, "auto")
+    torch.testing.assert_close(got.float(), expected, rtol=1e-5, atol=1e-5)
+    key = calibration_key(x, 100, 40, 30)
+    assert calibrated_choices() == {key: "blocked"}
+    measured = len(calls)
+    assert measured == len(grad_paths.candidate_paths(x.device)) * (1 + grad_paths.CALIBRATION_REPEATS)
+    # Same bucket (k and tokens round to the same powers of two): no new measurement.
+    x2, dy2, idx2, expected2 = problem(40, 30, 110, 12, seed=1)
+    torch.testing.assert_close(gather_grad(x2, dy2, idx2, 40, 30, "auto").float(), expected2, rtol=1e-5, atol=1e-5)
+    assert calls[measured:] == ["blocked"]
+    # Another token bucket is measured afresh.
+    x3, dy3, idx3, _ = problem(40, 30, 100, 40, seed=2)
+    gather_grad(x3, dy3, idx3, 40, 30, "auto")
+    assert len(calibrated_choices()) == 2
+
+
+@pytest.mark.parametrize("speedup, expected", [(1.02, "default"), (1.5, "other")])
+def test_auto_keeps_the_uncalibrated_choice_unless_another_path_is_clearly_faster(
+        monkeypatch, fresh_calibration, speedup, expected):
+    """A fake clock: each path advances it by a fixed cost, so the choice is deterministic."""
+    monkeypatch.setattr(grad_paths, "CPU_CALIBRATION_MIN_WORK", 0)
+    x, dy, indices, _ = problem(40, 30, 100, 9)
+    default = grad_paths.choose_grad_path(x.device, 9, 100, 40, 30)
+    other = next(p for p in grad_paths.candidate_paths(x.device) if p != default)
+    cost = {p: 1.0 for p in grad_paths.candidate_paths(x.device)}
+    cost[other] = 1.0 / speedup
+    clock = [0.0]
+    real_run = grad_paths._run_path
+
+    def run(path, *args):
+        clock[0] += cost[path]
+        return real_run(path, *args)
+
+    monkeypatch.setattr(grad_paths, "_run_path", run)
+    monkeypatch.setattr(grad_paths.time, "perf_counter", lambda: clock[0])
+    path, _ = calibrated_path(x, dy, indices, 40, 30)
+    assert path == (default if expected == "default" else other)
+
+
+def test_small_cpu_problems_use_the_time_model_without_measuring(monkeypatch, fresh_calibration):
+    def fail(*args):
+        raise AssertionError("measured a small problem")
+
+    monkeypatch.setattr(grad_paths, "_run_path", fail)
+    x, dy, indices, _ = problem(40, 30, 100, 9)
+    assert calibrated_path(x, dy, indices, 40, 30) == (grad_paths.choose_grad_path(x.device, 9, 100, 40, 30), None)
+    assert calibrated_choices() == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_tile_kernel_matches_dense_across_tiles_and_empty_tiles(dtype):
+    block_r, block_c = KERNEL_CONFIGS["tiles"]["BLOCK_R"], KERNEL_CONFIGS["tiles"]["BLOCK_C"]
+    out_f, in_f = 2 * block_r + 17, block_c + 30  # partial tiles in both directions
+    x, dy, indices, expected = problem(out_f, in_f, 700, 70, dtype)
+    # Leave the top-left tile empty, and a whole row and column of a tile crowded.
+    r, c = indices.long() // in_f, indices.long() % in_f
+    indices = indices[~((r < block_r) & (c < block_c))]
+    expected = expected[~((r < block_r) & (c < block_c))]
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(triton_tiles_grad(x, dy, indices, out_f, in_f), expected, **tol)
+    torch.testing.assert_close(triton_gather_grad(x, dy, indices, in_f), expected, **tol)
+
+
+def test_tile_pointers_bracket_each_rows_entries_per_column_tile():
+    indices = torch.tensor([0, 3, 4, 9, 10, 17, 23], dtype=torch.int32)  # a 3x8 matrix, column tiles of 4
+    ptr = tile_pointers(indices, 3, 8, 4)
+    assert ptr.tolist() == [[0, 2, 3], [3, 5, 5], [5, 6, 7]]
+
+
+@pytest.mark.slow
+def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_triton_cuda.py"), "--compile-only"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " sm_" in line]
+    assert len(lines) == len(KERNEL_CONFIGS) * 2 * 2, proc.stdout  # kernels x dtypes x (sm_80, sm_90)
+    assert all("0 B local" in line for line in lines), proc.stdout
