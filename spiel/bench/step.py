@@ -142,9 +142,9 @@ def step_kind(selector, t_after: int) -> str:
     schedule = selector.schedule
     if schedule.is_reselection(t_after):
         return "reselect"
-    if selector.method == "ag" and schedule.starts_phase(t_after - 1):
+    if selector.estimates_gradients and schedule.starts_phase(t_after - 1):
         return "probe"  # the phase's first step: dense gradient and top-k candidates
-    if selector.method == "ag" and schedule.in_estimation_phase(t_after - 1):
+    if selector.estimates_gradients and schedule.in_estimation_phase(t_after - 1):
         return "estimate"
     return "plain"
 
