@@ -137,7 +137,7 @@ def bytes_per_entry(model, optimizer) -> dict:
 
 def step_kind(selector, t_after: int) -> str:
     """What the optimizer step that just made ``selector.t == t_after`` did beyond a plain step."""
-    if selector is None:
+    if selector is None or not selector.reselects:
         return "plain"
     schedule = selector.schedule
     if schedule.is_reselection(t_after):

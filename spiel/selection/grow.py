@@ -152,7 +152,7 @@ def normalization_factors(dense_grad: torch.Tensor) -> tuple[torch.Tensor, torch
     col_sq = torch.zeros(in_features, dtype=torch.float32, device=dense_grad.device)
     rows_per_chunk = max(1, CHUNK_ELEMENTS // in_features)
     for r0 in range(0, out_features, rows_per_chunk):
-        chunk = dense_grad[r0 : r0 + rows_per_chunk].float().square_()
+        chunk = dense_grad[r0 : r0 + rows_per_chunk].float().square()  # a copy: .float() of fp32 is no copy
         row_sq[r0 : r0 + rows_per_chunk] = chunk.sum(1)
         col_sq += chunk.sum(0)
     total_rms = (row_sq.sum() / dense_grad.numel()).sqrt()

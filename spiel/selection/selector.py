@@ -54,11 +54,16 @@ class Selector:
         """Whether the growth rule gathers gradients in estimation phases (SpIEL-AG's probes)."""
         return self.rule.estimates_gradients
 
+    @property
+    def reselects(self) -> bool:
+        """False for static sparsity (``growth="static"``): the initial positions stay."""
+        return self.rule.reselects
+
     # -- the per-step hook -----------------------------------------------------------------------------
     def step(self) -> None:
         self.t += 1
         self.rule.after_step(self.t)
-        if self.rule.reselects and self.schedule.is_reselection(self.t):
+        if self.reselects and self.schedule.is_reselection(self.t):
             for name in self.layers:
                 self._reselect(name)
             self.rule.end_period()
