@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .selection.drop import DROP_CRITERIA
+from .selection.global_budget import BUDGETS
 from .selection.methods import METHODS, method_spec
 from .selection.schedule import SCHEDULES
 
@@ -23,7 +24,9 @@ class SpielConfig:
 
     ``growth``: how reselection grows (``paper``, the method's rule, is the default; SpIEL-AG also has
     ``normalized``, ``capped`` (with ``growth_cap``), ``explore`` (with ``explore_share``), and the baselines
-    ``random`` and ``static``; see ``spiel.selection.rules``)."""
+    ``random`` and ``static``; see ``spiel.selection.rules``). ``budget``: ``per_matrix`` (the paper: each matrix
+    keeps its k) or ``global`` (drop and growth compete across all matrices, the total stays; see
+    ``spiel.selection.global_budget``)."""
 
     method: str = "ag"
     rank_equiv: int | None = None
@@ -38,6 +41,7 @@ class SpielConfig:
     growth: str = "paper"
     growth_cap: float = 4.0
     explore_share: float = 0.25
+    budget: str = "per_matrix"
     delta_dtype: str = "float32"
     grad_path: str = "auto"
     seed: int = 0
@@ -70,6 +74,11 @@ class SpielConfig:
         need(self.growth_cap >= 1, f"growth_cap must be >= 1 (a multiple of the mean entries per row/column), "
              f"got {self.growth_cap}")
         need(0 <= self.explore_share <= 1, f"explore_share must be in [0, 1], got {self.explore_share}")
+        need(self.budget in BUDGETS, f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        comparable = tuple(g for g, rule in method_spec(self.method).growth.items() if rule.comparable_scores)
+        need(self.budget != "global" or self.growth in comparable,
+             f"budget='global' ranks growth across matrices and needs comparable scores: growth one of "
+             f"{comparable} (method {self.method!r}), got {self.growth!r}")
         need(self.delta_dtype in DELTA_DTYPES, f"delta_dtype must be one of {DELTA_DTYPES}, got {self.delta_dtype!r}")
         need(self.grad_path in GRAD_PATHS, f"grad_path must be one of {GRAD_PATHS}, got {self.grad_path!r}")
         if self.target_modules is not None and not isinstance(self.target_modules, str):

@@ -194,6 +194,7 @@ class LightSpielConfig:
     growth: str = "paper"  # paper | normalized | capped | explore | random | static (the last five: ag only)
     growth_cap: float = 4.0  # capped: most entries per row/column, as a multiple of the mean
     explore_share: float = 0.25  # explore: share of each growth drawn at random
+    budget: str = "per_matrix"  # per_matrix (the paper) | global (matrices' shares move, the total stays)
     delta_dtype: str | None = None
     grad_path: str = "auto"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -210,6 +211,7 @@ class LightSpielConfig:
                            reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
                            schedule=self.schedule, initial_rate=self.initial_rate, drop=self.drop,
                            growth=self.growth, growth_cap=self.growth_cap, explore_share=self.explore_share,
+                           budget=self.budget,
                            delta_dtype=self.delta_dtype or ("bfloat16" if quantized else "float32"),
                            grad_path=self.grad_path, seed=seed)
 

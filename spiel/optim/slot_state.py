@@ -65,6 +65,19 @@ class SlotStateOptimizer(torch.optim.Optimizer):
             state[key][slots] = new
 
     @torch.no_grad()
+    def resize_slots(self, param: torch.Tensor, keep: torch.Tensor, n_new: int) -> None:
+        """After ``param`` changed size: its per-slot state becomes the state at the old ``keep`` slots
+        followed by ``n_new`` zeroed slots (set them with :meth:`reset_slots`)."""
+        state = self.state.get(param)
+        if not state:
+            return
+        keep = keep.to(device=param.device, dtype=torch.long)
+        for key in self.SLOT_KEYS:
+            if key in state:
+                old = state[key]
+                state[key] = torch.cat([old[keep], old.new_zeros((n_new, *old.shape[1:]))])
+
+    @torch.no_grad()
     def permute_slots(self, param: torch.Tensor, perm: torch.Tensor) -> None:
         """Reorder per-slot state so that new slot i holds what old slot ``perm[i]`` held."""
         state = self.state.get(param)

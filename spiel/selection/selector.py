@@ -14,9 +14,11 @@ import torch
 
 from ..delta.indices import isin_sorted
 from ..delta.layer import SparseDeltaLinear
-from .distributed import check_same_on_all_ranks
+from .distributed import check_same_on_all_ranks, world_size
 from .drop import DROP_CRITERIA, drop_order
+from .global_budget import BUDGETS, global_drop, global_growth_mask, resize_layer
 from .methods import METHODS, growth_rule, method_spec
+from .order import order_by
 from .rules import GrowthSettings
 from .schedule import ReselectionSchedule
 
@@ -27,15 +29,26 @@ class Selector:
     def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, *, method: str, total_steps: int,
                  reselection_steps: int = 20, estimation_steps: int = 5, schedule: str = "linear",
                  initial_rate: float = 0.2, drop: str = "magnitude", growth: str = "paper",
-                 growth_cap: float = 4.0, explore_share: float = 0.25, seed: int = 0, process_group=None):
+                 growth_cap: float = 4.0, explore_share: float = 0.25, budget: str = "per_matrix", seed: int = 0,
+                 process_group=None):
         spec = method_spec(method)
         rule_class = growth_rule(method, growth)
         if drop not in DROP_CRITERIA:
             raise ValueError(f"drop must be one of {DROP_CRITERIA}, got {drop!r}")
         if not isinstance(optimizer, spec.optimizer):
             raise TypeError(f"method {method!r} needs a {spec.optimizer.__name__}, got {type(optimizer).__name__}")
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+        if budget == "global" and not rule_class.comparable_scores:
+            raise ValueError(f"budget='global' ranks growth across matrices and needs comparable scores: "
+                             f"method 'ag' with growth 'paper', 'normalized' or 'capped', got method {method!r} "
+                             f"growth {growth!r}")
+        if budget == "global" and world_size(process_group) > 1:
+            raise ValueError("budget='global' resizes each matrix's entries, which data parallelism (fixed "
+                             "gradient buckets) cannot follow; use budget='per_matrix'")
         self.layers = dict(layers)
         self.optimizer = optimizer
+        self.budget = budget
         self.method = method
         self.growth = growth
         self.drop = drop
@@ -64,8 +77,11 @@ class Selector:
         self.t += 1
         self.rule.after_step(self.t)
         if self.reselects and self.schedule.is_reselection(self.t):
-            for name in self.layers:
-                self._reselect(name)
+            if self.budget == "global":
+                self._reselect_global()
+            else:
+                for name in self.layers:
+                    self._reselect(name)
             self.rule.end_period()
         self.rule.prepare(self.t)
 
@@ -109,6 +125,67 @@ class Selector:
         self.optimizer.reset_slots(layer.values, free, **seeds)
         self._sort(name)
 
+    @torch.no_grad()
+    def _reselect_global(self) -> None:
+        """Drop the weakest entries of all matrices together and grow the best offers of all matrices together
+        (see ``global_budget``): the total stays, each matrix's count moves."""
+        n = self.schedule.num_to_replace(sum(layer.k for layer in self.layers.values()), self.t)
+        if n == 0:
+            return
+        drop_scores = {}
+        for name, layer in self.layers.items():
+            reference = self.references.get(name)
+            drop_scores[name] = (layer.values.detach().float() - (0 if reference is None else reference.float())).abs()
+        dropped_slots = global_drop(drop_scores, n)
+        offers = {}
+        for name, layer in self.layers.items():
+            keep = torch.ones(layer.k, dtype=torch.bool, device=layer.indices.device)
+            keep[dropped_slots[name]] = False
+            offers[name] = self.rule.scored_growth(name, n, layer.indices[keep].long(), layer.indices, self.t)
+        n = sum(slots.numel() for slots in dropped_slots.values())  # each matrix keeps its strongest entry
+        taken = global_growth_mask({name: scores for name, (_, scores, _) in offers.items()}, n)
+        plans = {}  # name -> (slots leaving, fresh positions, their seeds)
+        for name, layer in self.layers.items():
+            positions, _, seeds = offers[name]
+            grown_all = positions[taken[name]]
+            dropped = layer.indices[dropped_slots[name]].long()
+            # A position both dropped and grown stays where it is, with its value and optimizer state.
+            leaving = dropped_slots[name][~isin_sorted(dropped, grown_all.sort().values)]
+            fresh = ~isin_sorted(grown_all, dropped.sort().values)
+            seeds = {key: value[taken[name]][fresh] if torch.is_tensor(value) else value
+                     for key, value in seeds.items()}
+            plans[name] = (leaving, grown_all[fresh], seeds)
+        self._balance(plans, drop_scores)
+        for name, (leaving, grown, seeds) in plans.items():
+            layer = self.layers[name]
+            if leaving.numel() == 0 and grown.numel() == 0:
+                continue
+            if grown.numel():
+                self.rule.before_write(layer, seeds, self.t)
+            keep = torch.ones(layer.k, dtype=torch.bool, device=leaving.device)
+            keep[leaving] = False
+            resize_layer(layer, self.optimizer, keep.nonzero().view(-1), grown, seeds, self.t)
+            if name in self.references:
+                self.references[name] = layer.values.detach().clone()
+
+    @staticmethod
+    def _balance(plans: dict, drop_scores: dict) -> None:
+        """Where fewer positions grow than leave (rules offered too few), the strongest leaving entries stay,
+        so that the total is unchanged."""
+        surplus = sum(p[0].numel() for p in plans.values()) - sum(p[1].numel() for p in plans.values())
+        if surplus <= 0:
+            return
+        names = list(plans)
+        scores = torch.cat([drop_scores[name][plans[name][0]].float().cpu() for name in names])
+        owner = torch.cat([torch.full((plans[name][0].numel(),), i) for i, name in enumerate(names)])
+        position = torch.cat([torch.arange(plans[name][0].numel()) for name in names])
+        back = order_by(scores, descending=True)[:surplus]
+        for i, name in enumerate(names):
+            leaving, grown, seeds = plans[name]
+            stays = torch.zeros(leaving.numel(), dtype=torch.bool)
+            stays[position[back[owner[back] == i]]] = True
+            plans[name] = (leaving[~stays.to(leaving.device)], grown, seeds)
+
     def _sort(self, name: str) -> None:
         layer = self.layers[name]
         perm = torch.sort(layer.indices, stable=True).indices
@@ -121,7 +198,8 @@ class Selector:
 
     # -- resume --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"t": self.t, "method": self.method, "growth": self.growth, "schedule": vars(self.schedule).copy(),
+        return {"t": self.t, "method": self.method, "growth": self.growth, "budget": self.budget,
+                "schedule": vars(self.schedule).copy(),
                 "phases": self.rule.state_dict(), "references": dict(self.references),
                 "grown_at": self._grown_at_digest()}
 
@@ -130,11 +208,14 @@ class Selector:
         return {n: (int(layer.grown_at.sum()), int(layer.grown_at.max())) for n, layer in self.layers.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        growth = state.get("growth", "paper")  # states saved before growth variants existed: the paper's rule
-        if state["method"] != self.method or growth != self.growth or state["schedule"] != vars(self.schedule):
+        # states saved before growth rules and budgets existed: the paper's rule, per matrix
+        growth, budget = state.get("growth", "paper"), state.get("budget", "per_matrix")
+        if (state["method"], growth, budget) != (self.method, self.growth, self.budget) or \
+                state["schedule"] != vars(self.schedule):
             raise ValueError(
-                f"selector state is for method={state['method']} growth={growth} {state['schedule']}, "
-                f"this selector is method={self.method} growth={self.growth} {vars(self.schedule)}"
+                f"selector state is for method={state['method']} growth={growth} budget={budget} "
+                f"{state['schedule']}, this selector is method={self.method} growth={self.growth} "
+                f"budget={self.budget} {vars(self.schedule)}"
             )
         if set(state["phases"]) != set(self.layers):
             raise ValueError("selector state names different modules than this model")

@@ -73,9 +73,13 @@ class AccumulatedGradient(GrowthRule):
         """(sorted candidate positions, per-candidate score factor or None) from the first dense gradient."""
         return top_candidates(dense_grad, layer.k), None
 
-    def order(self, layer, phase: _Phase, mean: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+    def scores(self, phase: _Phase, mean: torch.Tensor) -> torch.Tensor:
+        """Each candidate's growth score from its mean step gradient (higher grows first)."""
+        return mean.abs()
+
+    def order(self, layer, phase: _Phase, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
         """Positions (into the candidates) of the ``n`` best candidates not in ``staying``, best first."""
-        return ag_grow_order(phase.candidates, mean, staying, n)
+        return ag_grow_order(phase.candidates, scores, staying, n)
 
     # -- the estimation phase ----------------------------------------------------------------------------
     def prepare(self, t: int) -> None:
@@ -137,14 +141,23 @@ class AccumulatedGradient(GrowthRule):
             layer.clear_probes()
 
     # -- growth --------------------------------------------------------------------------------------------
+    comparable_scores = True  # budget="global": |mean gradient| is comparable across matrices (see global_budget)
+
     def grow(self, name, n, staying, active, t):
+        positions, _, seeds = self.scored_growth(name, n, staying, active, t)
+        return positions, seeds
+
+    def scored_growth(self, name, n, staying, active, t):
+        """As :meth:`grow`, with each position's score as a third element."""
         layer, phase = self.layers[name], self.phases[name]
         if phase.candidates is None or phase.steps == 0:
-            return active[:0].long(), {}
+            return active[:0].long(), active[:0].float(), {}
         mean = phase.grad_sum / phase.steps
         mean_sq = phase.grad_sq_sum / phase.steps
-        chosen = self.order(layer, phase, mean, staying, n)
-        return phase.candidates[chosen], self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps)
+        scores = self.scores(phase, mean)
+        chosen = self.order(layer, phase, scores, staying, n)
+        return (phase.candidates[chosen], scores[chosen],
+                self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps))
 
     def _adam_seeds(self, layer, mean, mean_sq, age: int) -> dict:
         # Seed Adam with the phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias
@@ -184,8 +197,8 @@ class NormalizedGradient(AccumulatedGradient):
         rows, cols = rows_cols(candidates, layer.in_features)
         return candidates, row_factor[rows.long()] * col_factor[cols.long()]
 
-    def order(self, layer, phase, mean, staying, n):
-        return ag_grow_order(phase.candidates, mean * phase.scale, staying, n)
+    def scores(self, phase, mean):
+        return (mean * phase.scale).abs()
 
 
 class CappedGradient(AccumulatedGradient):
@@ -195,8 +208,8 @@ class CappedGradient(AccumulatedGradient):
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
         return capped_top_candidates(dense_grad, layer.k, row_cap, col_cap), None
 
-    def order(self, layer, phase, mean, staying, n):
-        eligible = ag_grow_order(phase.candidates, mean, staying, phase.candidates.numel())
+    def order(self, layer, phase, scores, staying, n):
+        eligible = ag_grow_order(phase.candidates, scores, staying, phase.candidates.numel())
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
         rows, cols = rows_cols(staying, layer.in_features)
         row_counts = torch.bincount(rows.long(), minlength=layer.out_features)
@@ -208,6 +221,8 @@ class CappedGradient(AccumulatedGradient):
 
 class ExploringGradient(AccumulatedGradient):
     """``explore``: the paper's growth for most entries, a share drawn at random from the inactive positions."""
+
+    comparable_scores = False  # random draws have no score
 
     def grow(self, name, n, staying, active, t):
         n_random = int(self.settings.explore_share * n)

@@ -43,6 +43,8 @@ class GrowthRule:
     reselects = True
     #: whether the rule gathers gradients in estimation phases (SpIEL-AG's probes)
     estimates_gradients = False
+    #: whether ``scored_growth`` gives scores comparable across matrices (what budget="global" ranks)
+    comparable_scores = False
 
     def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, schedule: ReselectionSchedule,
                  settings: GrowthSettings, process_group=None):
@@ -63,6 +65,10 @@ class GrowthRule:
         sorted positions kept this round; ``active`` also holds the dropped ones, which a rule may regrow),
         and the optimizer state they start with: ``{key: tensor aligned with the positions, or a scalar}``."""
         return torch.zeros(0, dtype=torch.long, device=active.device), {}
+
+    def scored_growth(self, name: str, n: int, staying: torch.Tensor, active: torch.Tensor, t: int):
+        """As :meth:`grow`, with each position's score (comparable across matrices) as a third element."""
+        raise NotImplementedError(f"{type(self).__name__} has no growth scores comparable across matrices")
 
     def before_write(self, layer: SparseDeltaLinear, seeds: dict, t: int) -> None:
         """Called just before grown positions and their ``seeds`` are written into ``layer`` at step ``t``."""
