@@ -15,7 +15,7 @@ nothing there. Prints, per variant, the training loss before and after the first
 entries in the top 10% of rows, the share of rows with no entry, and the largest ratio of a row's norm of
 ``W + Δ`` to its norm of ``W`` (how far the deltas push single neurons). One thread; the box may be shared.
 
-    python scripts/study_growth_collapse.py --steps 40 --weight-decay 0.3
+    python scripts/study_growth_collapse.py --steps 40 --weight-decay 0.3 [--budget global]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from spiel.bench.models import method_config, wrap_for_training
 from spiel.bench.quality import batches, collate, encode, lr_lambda, split_records
 from spiel.eval.demo import load_demo
-from spiel.selection import model_concentration
+from spiel.selection import budget_shares, model_concentration
 from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
 
 VARIANTS = {"paper": ("paper", False), "paper-fresh": ("paper", True), "normalized": ("normalized", False),
@@ -52,7 +52,7 @@ def run(variant: str, args, base, train_examples, pad_id) -> dict:
     growth, fresh = VARIANTS[variant]
     torch.manual_seed(args.seed)
     mcfg = method_config("ag", 4, lr=args.lr, weight_decay=args.weight_decay)
-    mcfg.growth = growth
+    mcfg.growth, mcfg.budget = growth, args.budget
     model, optimizer = wrap_for_training("ag", copy.deepcopy(base), mcfg, seed=args.seed, quantized=False)
     selector = model.make_selector(optimizer, total_steps=args.schedule_steps)
     if fresh:  # the same candidates and order, no seeding: zero moments at age 0
@@ -79,7 +79,9 @@ def run(variant: str, args, base, train_examples, pad_id) -> dict:
             "loss_after_first": statistics.mean(losses[first : first + 10]),
             "loss_last10": statistics.mean(losses[-10:]), "max_loss": max(losses[first:]), **report,
             "top10_rows_end": concentration["top10_rows_share"], "empty_rows_end": concentration["empty_rows_share"],
-            "max_row_norm_ratio": row_norm_ratio(model)}
+            "max_row_norm_ratio": row_norm_ratio(model),
+            "shares_by_projection": budget_shares(model.deltas)["by_projection"],
+            "shares_by_layer": budget_shares(model.deltas)["by_layer"]}
 
 
 def main() -> None:
@@ -90,6 +92,7 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--budget", default="per_matrix", choices=("per_matrix", "global"))
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -5,7 +5,8 @@ lets the method's growth rule gather what it needs (SpIEL-AG's estimation phases
 growth probes), and at every reselection step drops the weakest slots and grows the rule's positions into
 them, moving optimizer state with the slots and re-sorting the indices (kept sorted and unique at all
 times). The loop is the same for every method; what differs lives in the rule (``rules/``), paired with its
-optimizer in ``methods.py``.
+optimizer in ``methods.py``. With ``budget="global"`` one reselection covers all matrices together
+(``global_budget.py``).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ class Selector:
         if budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         if budget == "global" and not rule_class.comparable_scores:
-            raise ValueError(f"budget='global' ranks growth across matrices and needs comparable scores: "
-                             f"method 'ag' with growth 'paper', 'normalized' or 'capped', got method {method!r} "
-                             f"growth {growth!r}")
+            comparable = tuple(g for g, rule in spec.growth.items() if rule.comparable_scores)
+            raise ValueError(f"budget='global' ranks growth across matrices and needs comparable scores: growth "
+                             f"one of {comparable} (method {method!r}), got {growth!r}")
         if budget == "global" and world_size(process_group) > 1:
             raise ValueError("budget='global' resizes each matrix's entries, which data parallelism (fixed "
                              "gradient buckets) cannot follow; use budget='per_matrix'")
