@@ -34,8 +34,8 @@ from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
 from .delta_sets import weighted_sum
-from .optim import SparseAdamW, SparseSM3
-from .selection import Selector
+from .selection import Selector, method_spec
+from .selection.global_budget import resize_entries
 from .spiel_config import SpielConfig
 from .targets import allocate, find_targets, total_budget
 
@@ -128,18 +128,16 @@ class SpielModel(nn.Module):
 
     # -- training ------------------------------------------------------------------------------------
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, **kwargs):
-        """SparseAdamW for ``ag``, SparseSM3 for ``ma``, over every delta's values."""
-        layers = list(self.deltas.values())
-        params = [layer.values for layer in layers]
-        if self.spiel_config.method == "ag":
-            return SparseAdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
-        return SparseSM3(params, {layer.values: layer for layer in layers}, lr=lr, weight_decay=weight_decay, **kwargs)
+        """The method's optimizer (SparseAdamW for ``ag``, SparseSM3 for ``ma``) over every delta's values."""
+        build = method_spec(self.spiel_config.method).build_optimizer
+        return build(list(self.deltas.values()), lr=lr, weight_decay=weight_decay, **kwargs)
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
         selector = Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
                             reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
-                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop,
+                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop, growth=c.growth,
+                            growth_cap=c.growth_cap, explore_share=c.explore_share, budget=c.budget, seed=c.seed,
                             process_group=process_group)
         self._selector_ref = weakref.ref(selector)
         return selector
@@ -166,6 +164,7 @@ class SpielModel(nn.Module):
         Elias–Fano coded (about L + 2 bits each, L = log2(1 / density)); ``compact=False``: the training
         form resume needs (with ``grown_at``)."""
         deltas = self.deltas
+        self.spiel_config.num_deltas = {n: layer.k for n, layer in deltas.items()}  # a global budget moves them
         fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
         config = {
             "format_version": FORMAT_VERSION,
@@ -237,6 +236,9 @@ class SpielModel(nn.Module):
         for name, layer in deltas.items():
             entry = tensors[name]
             check_indices(entry["indices"], layer.out_features * layer.in_features, f"{name}.indices")
+            if self.spiel_config.budget == "global" and entry["values"].dim() == 1:
+                # matrices' shares move under a global budget: take the saved k (resume)
+                resize_entries(layer, entry["indices"].numel())
             if entry["indices"].numel() != layer.k or entry["values"].shape != layer.values.shape:
                 raise CheckpointMismatchError(f"{source}: {name} has indices {list(entry['indices'].shape)} and "
                                               f"values {list(entry['values'].shape)}, expected [{layer.k}]")

@@ -73,6 +73,13 @@ class SpielKnobs:
     schedule: str = knob("linear", "drop-rate schedule: linear (eq. 8) | cosine (eq. 11)")
     initial_rate: float = knob(0.2, "ξ: the fraction of deltas dropped and regrown at the first reselection")
     drop: str = knob("magnitude", "drop criterion: magnitude (released code) | change (Algorithm 1)")
+    growth: str = knob("paper", "growth rule: paper (the method's own: AG's accumulated gradient, MA's SM3 product) "
+                                "| normalized | capped | explore (SpIEL-AG variants that keep the support spread) "
+                                "| random | static (SpIEL-AG baselines); see spiel.selection.rules")
+    growth_cap: float = knob(4.0, "capped: the most entries a row or column may hold, as a multiple of the mean")
+    explore_share: float = knob(0.25, "explore: the share of each growth drawn uniformly at random")
+    budget: str = knob("per_matrix", "per_matrix (the paper: each matrix keeps its k) | global (drop and growth "
+                                     "compete across all matrices, the total stays; paper|normalized|capped)")
     delta_dtype: Optional[str] = knob(None, "dtype of the deltas: float32 | bfloat16 | float16; null: float32 "
                                             "(spiel-train: bfloat16 on an NF4 base, as the paper)")
     grad_path: str = knob("auto", "how the deltas' gradients are computed: auto | dense | blocked | sddmm | "
@@ -82,6 +89,8 @@ class SpielKnobs:
         """Raise SpielConfigError (naming the field) for the first bad value."""
         from .delta.grad_paths import GRAD_PATHS
         from .selection.drop import DROP_CRITERIA
+        from .selection.global_budget import BUDGETS
+        from .selection.methods import GROWTH_RULES
         from .selection.schedule import SCHEDULES
 
         def need(ok: bool, key: str | None, problem: str):
@@ -100,9 +109,28 @@ class SpielKnobs:
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         need(0 <= self.initial_rate <= 1, "initial_rate", f"must be in [0, 1], got {self.initial_rate}")
         need(self.drop in DROP_CRITERIA, "drop", f"must be one of {DROP_CRITERIA}, got {self.drop!r}")
+        need(self.growth in GROWTH_RULES, "growth", f"must be one of {GROWTH_RULES}, got {self.growth!r}")
+        need(self.growth_cap >= 1, "growth_cap",
+             f"must be >= 1 (a multiple of the mean entries per row/column), got {self.growth_cap}")
+        need(0 <= self.explore_share <= 1, "explore_share", f"must be in [0, 1], got {self.explore_share}")
+        need(self.budget in BUDGETS, "budget", f"must be one of {BUDGETS}, got {self.budget!r}")
         need(self.delta_dtype is None or self.delta_dtype in DELTA_DTYPES, "delta_dtype",
              f"must be one of {DELTA_DTYPES}, got {self.delta_dtype!r}")
         need(self.grad_path in GRAD_PATHS, "grad_path", f"must be one of {GRAD_PATHS}, got {self.grad_path!r}")
+
+    def check_method_knobs(self, method: str) -> None:
+        """The knobs whose valid values depend on the method (the growth rules each method has)."""
+        from .selection.methods import method_spec
+
+        rules = method_spec(method).growth
+        if self.growth not in rules:
+            raise SpielConfigError("growth", f"must be one of {tuple(rules)} for method {method!r}, "
+                                             f"got {self.growth!r}")
+        comparable = tuple(g for g, rule in rules.items() if rule.comparable_scores)
+        if self.budget == "global" and self.growth not in comparable:
+            raise SpielConfigError("budget", f"'global' ranks growth across matrices and needs comparable scores: "
+                                             f"growth one of {comparable} (method {method!r}), "
+                                             f"got {self.growth!r}")
 
     def knob_values(self) -> dict[str, Any]:
         """The SpIEL knobs of this object (whatever else its class holds)."""
@@ -117,13 +145,17 @@ class SpielConfig(SpielKnobs, _MethodField):
     ``rank_equiv=64``. ``target_modules``: None (every linear layer except the output head), a list of
     name suffixes, or a regex matched against the full module name. ``delta_dtype`` None is float32.
     ``num_deltas`` (per-module k) is filled in by ``get_spiel_model`` and saved with checkpoints.
-    Every knob's help: ``spiel.spiel_config.knob_help()``."""
+    ``growth``: how reselection grows (``paper``, the method's rule, is the default; SpIEL-AG also has
+    ``normalized``, ``capped`` (with ``growth_cap``), ``explore`` (with ``explore_share``), and the baselines
+    ``random`` and ``static``; see ``spiel.selection.rules``). ``budget``: ``per_matrix`` (the paper: each matrix
+    keeps its k) or ``global`` (drop and growth compete across all matrices, the total stays; see
+    ``spiel.selection.global_budget``). Every knob's help: ``spiel.spiel_config.knob_help()``."""
 
     seed: int = 0
     num_deltas: Optional[dict[str, int]] = None
 
     def __post_init__(self):
-        from .selection.selector import METHODS
+        from .selection.methods import METHODS
 
         if self.method not in METHODS:
             raise SpielConfigError("method", f"must be one of {METHODS}, got {self.method!r}")
@@ -132,6 +164,7 @@ class SpielConfig(SpielKnobs, _MethodField):
             self.rank_equiv = DEFAULT_RANK_EQUIV
         if self.delta_dtype is None:
             self.delta_dtype = "float32"
+        self.check_method_knobs(self.method)
         if self.target_modules is not None and not isinstance(self.target_modules, str):
             self.target_modules = list(self.target_modules)
 

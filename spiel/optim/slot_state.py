@@ -34,6 +34,13 @@ class SlotStateOptimizer(torch.optim.Optimizer):
                 self._update(p, p.grad.to(torch.float32), self._state_for(p), group)
         return loss
 
+    def group_of(self, param: torch.Tensor) -> dict:
+        """The param group holding ``param`` (its lr, weight decay, betas, ...)."""
+        for group in self.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        raise KeyError(f"the parameter is not in this {type(self).__name__}")
+
     def _state_for(self, param: torch.Tensor) -> dict:
         state = self.state[param]
         if not state:
@@ -56,6 +63,19 @@ class SlotStateOptimizer(torch.optim.Optimizer):
             if torch.is_tensor(new):
                 new = new.to(device=state[key].device, dtype=state[key].dtype)
             state[key][slots] = new
+
+    @torch.no_grad()
+    def resize_slots(self, param: torch.Tensor, keep: torch.Tensor, n_new: int) -> None:
+        """After ``param`` changed size: its per-slot state becomes the state at the old ``keep`` slots
+        followed by ``n_new`` zeroed slots (set them with :meth:`reset_slots`)."""
+        state = self.state.get(param)
+        if not state:
+            return
+        keep = keep.to(device=param.device, dtype=torch.long)
+        for key in self.SLOT_KEYS:
+            if key in state:
+                old = state[key]
+                state[key] = torch.cat([old[keep], old.new_zeros((n_new, *old.shape[1:]))])
 
     @torch.no_grad()
     def permute_slots(self, param: torch.Tensor, perm: torch.Tensor) -> None:

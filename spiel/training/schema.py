@@ -73,6 +73,7 @@ class SpielMethodConfig(SpielKnobs, MethodConfig):  # fields: name, lr, weight_d
                     f"must be two numbers in [0, 1), got {list(self.betas)}")
         try:
             self.check_knobs()
+            self.check_method_knobs(self.name)
         except SpielConfigError as e:  # the knob's name is data: re-key it as the config key
             raise key_error(f"method.{e.field}" if e.field else "method", e.problem) from None
 

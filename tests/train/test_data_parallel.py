@@ -34,7 +34,7 @@ from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ag", "ma"])
+@pytest.mark.parametrize("method", ["ag", "ma", "ag:normalized", "ag:capped", "ag:explore", "ag:random"])
 def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, method):
     port = free_port()
     procs = [subprocess.Popen([sys.executable, str(WORKERS / "ddp_worker.py"), method, str(rank), "2", str(port),

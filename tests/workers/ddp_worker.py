@@ -1,6 +1,6 @@
 """One rank of a two-process gloo DDP run of SpIEL; writes the indices after every reselection.
 
-    python ddp_worker.py METHOD RANK WORLD PORT OUT_DIR
+    python ddp_worker.py METHOD[:GROWTH] RANK WORLD PORT OUT_DIR
 """
 
 import os
@@ -13,12 +13,14 @@ import torch.nn as nn
 from spiel import SpielConfig, get_spiel_model
 
 
-def main(method, rank, world, port, out_dir):
+def main(method_growth, rank, world, port, out_dir):
+    method, _, growth = method_growth.partition(":")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16))
-    model = get_spiel_model(net, SpielConfig(method=method, num_tunable=80, reselection_steps=5, estimation_steps=2))
+    model = get_spiel_model(net, SpielConfig(method=method, num_tunable=80, reselection_steps=5, estimation_steps=2,
+                                                 growth=growth or "paper"))
     ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = model.make_optimizer(lr=1e-2)
     selector = model.make_selector(optimizer, total_steps=30)
