@@ -54,12 +54,21 @@ def global_growth_mask(scores: dict[str, torch.Tensor], n: int) -> dict[str, tor
     return {name: part.to(scores[name].device) for name, part in zip(names, taken.split(lengths), strict=True)}
 
 
+def _set_parameter_data(param: torch.nn.Parameter, data: torch.Tensor) -> None:
+    """``param.data = data`` for a ``data`` of another size. A parameter's gradient accumulator (kept while any
+    graph through it lives, e.g. the last step's ``loss``) remembers its shape, and torch drops it only on a
+    change of dtype or device: passing through another dtype makes the next graph build one of the new size."""
+    param.data = torch.empty(0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32,
+                             device=data.device)
+    param.data = data
+
+
 @torch.no_grad()
 def resize_entries(layer, k: int) -> None:
     """Give ``layer`` ``k`` zeroed entries (same tensor objects), to load a saved delta of that size into."""
     if k != layer.k:
         layer.indices.data = layer.indices.new_zeros(k)
-        layer.values.data = layer.values.new_zeros(k)
+        _set_parameter_data(layer.values, layer.values.new_zeros(k))
         layer.grown_at.data = layer.grown_at.new_zeros(k)
 
 
@@ -73,7 +82,7 @@ def resize_layer(layer, optimizer, keep: torch.Tensor, grown: torch.Tensor, seed
     grown_at = torch.cat([layer.grown_at[keep], layer.grown_at.new_full((grown.numel(),), t)])
     perm = torch.sort(indices, stable=True).indices
     layer.indices.data = indices[perm]
-    layer.values.data = values[perm]
+    _set_parameter_data(layer.values, values[perm])
     layer.grown_at.data = grown_at[perm]
     if layer.values.grad is not None:
         layer.values.grad = None  # the step's gradient is spent; the next backward makes one of the new size

@@ -44,8 +44,10 @@ def train_steps(model, opt, sel, steps, check=None):
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x = torch.randn(8, 16, generator=gen)
-        # the last matrix's output carries most of the loss: its gradients are larger
-        (model(x).pow(2).sum(0) * torch.tensor([30.0] + [1.0] * 15)).mean().backward()
+        # kept alive into the next step's forward, as a training loop's `loss` variable is: its graph holds
+        # each values parameter's gradient accumulator, which must not keep the size before a reselection
+        loss = (model(x).pow(2).sum(0) * torch.tensor([30.0] + [1.0] * 15)).mean()
+        loss.backward()
         opt.step()
         opt.zero_grad()
         before = {}
