@@ -11,7 +11,8 @@ PAPER_TABLE3_7B = {  # A100, LLaMA-2-7b, no activation checkpointing: (GB, s per
 }
 LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
           "ia3": "(IA)3", "ag": "SpIEL-AG",
-          "ma": "SpIEL-MA", "static": "static sparse"}
+          "ma": "SpIEL-MA", "static": "static sparse",
+          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)"}
 
 
 def label(key: str) -> str:

@@ -73,6 +73,8 @@ class Selector:
         if self.method == "ag":
             self._fold_step_gradients()
         if self.schedule.is_reselection(self.t):
+            for layer in self.layers.values():
+                layer.restore_base()  # indices are edited in place below (merged storage re-merges lazily)
             for name in self.layers:
                 self._reselect(name)
             self.phases = {name: _Phase() for name in self.layers}
