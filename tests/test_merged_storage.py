@@ -284,3 +284,12 @@ def test_a_head_tied_to_the_embeddings_keeps_the_applied_path():
     first = model(input_ids=ids).logits
     assert torch.equal(embed, pristine)  # the embeddings read the untouched shared weight
     assert torch.equal(model(input_ids=ids).logits, first)
+
+
+def test_the_device_check_script_passes_on_cpu(capsys):
+    # scripts/check_merged_storage.py is what gpu_check.sh runs on CUDA
+    from script_loader import load_script
+
+    assert load_script("check_merged_storage").main(["--device", "cpu", "--shape", "64x48", "--tokens", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("OK") for line in lines)
