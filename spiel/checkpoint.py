@@ -47,6 +47,8 @@ def weight_fingerprint(module) -> list[float]:
 
     ``module``: a plain (or 4-bit) linear layer, or a ``SparseDeltaLinear`` (its merged delta is
     subtracted back out)."""
+    if isinstance(module, SparseDeltaLinear):
+        module.restore_base()  # merged storage: the weight may hold W + Δ between forwards
     base = getattr(module, "base_layer", module)
     out_features, in_features = weight_shape(base.weight)
     positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE).long()

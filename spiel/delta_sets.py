@@ -1,8 +1,9 @@
 """Several named deltas over one frozen base: load, switch, unload (``SpielModel.load_delta`` and friends).
 
-Each ``SparseDeltaLinear`` applies its delta on the fly and never writes into the base weight, so a
-delta is just its (indices, values, grown_at) per layer: switching points every layer at another set's
-tensors (O(k) memory per set, no copy of the base), and the base stays bit-for-bit what it was loaded as.
+Each ``SparseDeltaLinear`` applies its delta on the fly (with merged storage it keeps ``W + Δ`` in the base
+weight between forwards, and the saved base values at its k positions), so a delta is just its (indices,
+values, grown_at) per layer: switching points every layer at another set's tensors (O(k) memory per set,
+no copy of the base), and the base stays bit-for-bit what it was loaded as (switching restores it first).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
     behind when the model moved (``model.to(device)`` moves only the active one) follows it first."""
     check_unmerged(layers, "switch deltas")
     for name, layer in layers.items():
+        layer.restore_base()
         entry, device = delta.tensors[name], layer.values.device
         if any(t.device != device for t in entry.values()):
             entry = delta.tensors[name] = {

@@ -14,6 +14,7 @@ import inspect
 import math
 import types
 import weakref
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -242,6 +243,7 @@ class SpielModel(nn.Module):
             if entry["indices"].numel() != layer.k or entry["values"].shape != layer.values.shape:
                 raise CheckpointMismatchError(f"{source}: {name} has indices {list(entry['indices'].shape)} and "
                                               f"values {list(entry['values'].shape)}, expected [{layer.k}]")
+            layer.restore_base()  # the indices change in place
             layer.indices.copy_(entry["indices"])
             layer.values.copy_(entry["values"])
             layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
@@ -327,6 +329,7 @@ class SpielModel(nn.Module):
         deltas = self.deltas
         check_unmerged(deltas, "unload")
         for name, layer in deltas.items():
+            layer.restore_base()
             _replace_module(self.model, name, layer.base_layer)
         self._delta_sets = {}
         return self.model
@@ -360,9 +363,11 @@ def get_spiel_model(model: nn.Module, config: SpielConfig | None = None) -> Spie
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
     dtype = getattr(torch, config.delta_dtype)
+    # A weight tied to another module (e.g. a head tied to the embeddings) must stay pristine between forwards.
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, module in targets.items():
         layer = SparseDeltaLinear(module, sizes[name], delta_dtype=dtype, grad_path=config.grad_path,
-                                  generator=generator)
+                                  generator=generator, merged_storage=uses[id(module.weight)] == 1)
         _replace_module(model, name, layer)
     return SpielModel(model, config)
 

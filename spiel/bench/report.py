@@ -7,7 +7,8 @@ from pathlib import Path
 
 LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
           "ia3": "(IA)3", "ag": "SpIEL-AG",
-          "ma": "SpIEL-MA", "static": "static sparse"}
+          "ma": "SpIEL-MA", "static": "static sparse",
+          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)"}
 
 
 def label(key: str) -> str:

@@ -39,6 +39,9 @@ from .models import (
 STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
 # ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of
 # every projection's input); ``lora`` keeps the paper's configuration.
+# On request only: SpIEL with merged storage off (the delta applied and restored in every forward and
+# backward), to measure what merged storage saves in the same run.
+APPLIED_VARIANTS = {"ag_applied": "ag", "ma_applied": "ma"}
 
 
 @dataclass
@@ -112,7 +115,8 @@ class MemoryMeter:
 # -- what a tunable entry costs, and where reselection time goes -----------------------------------------------
 def bytes_per_entry(model, optimizer) -> dict:
     """Bytes held per trainable entry while training: values, their gradient, every optimizer state tensor
-    with one entry per value (moments, per-slot ages), and for SpIEL the index and ``grown_at``. Per-tensor
+    with one entry per value (moments, per-slot ages), and for SpIEL the index, ``grown_at`` and the base
+    values merged storage keeps at the active positions. Per-tensor
     state of another size (SM3's row/column accumulators) is reported apart, spread over the entries."""
     per_entry = shared = 0
     entries = 0
@@ -131,6 +135,7 @@ def bytes_per_entry(model, optimizer) -> dict:
     if deltas:
         for layer in deltas.values():
             per_entry += (layer.indices.element_size() + layer.grown_at.element_size()) * layer.k
+            per_entry += layer.merged_storage_nbytes
     return {"per_entry": per_entry / max(1, entries), "shared_per_entry": shared / max(1, entries),
             "entries": entries}
 
@@ -220,8 +225,9 @@ def build(spec: StepSpec):
 
 def run(spec: StepSpec) -> dict:
     """Time ``spec.method``'s optimizer steps and measure its extra memory; returns a JSON-able dict."""
-    if spec.method not in STEP_METHODS:
-        raise ValueError(f"method must be one of {STEP_METHODS}, got {spec.method!r}")
+    if spec.method not in STEP_METHODS + tuple(APPLIED_VARIANTS):
+        raise ValueError(f"method must be one of {STEP_METHODS + tuple(APPLIED_VARIANTS)}, got {spec.method!r}")
+    method = APPLIED_VARIANTS.get(spec.method, spec.method)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -243,17 +249,20 @@ def run(spec: StepSpec) -> dict:
         embed = model.get_input_embeddings()
         trainable = 0
     else:
-        name = "lora" if spec.method == "lora0" else spec.method
+        name = "lora" if method == "lora0" else method
         mcfg = method_config(name, rank, reselection_steps=spec.reselection_steps,
                              estimation_steps=spec.estimation_steps, grad_path=spec.grad_path)
         if spec.method == "lora0":
             mcfg.dropout = 0.0
         model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
-        if spec.method in ("ag", "ma"):
+        if spec.method in APPLIED_VARIANTS:
+            for layer in model.deltas.values():
+                layer.merged_storage = False
+        if method in ("ag", "ma"):
             # A horizon one period past the run: every period in the timed window is a whole one (its phase
             # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
             selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)
-        trainable = trainable_count(spec.method, model)
+        trainable = trainable_count(method, model)
     model.train()
 
     profiler = _Profiler(spec.profile, device)

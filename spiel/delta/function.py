@@ -3,18 +3,22 @@
 Forward: ``Y = X (W + scatter(indices, values))ᵀ + b``. ``W + Δ`` exists only inside forward and is
 rebuilt inside backward, so no tensor of size out·in is kept between the two (only the frozen ``W``
 itself, which already exists, is referenced). For a full-precision frozen ``W`` the delta is added in
-place and the k overwritten entries restored exactly afterwards, so not even a transient copy is made.
+place and the k overwritten entries restored exactly afterwards, so not even a transient copy is made;
+with a ``MergedStorage`` (``merged.py``) the weight keeps ``W + Δ`` between calls instead, and forward and
+input gradient are plain GEMMs on it (the same numbers, bit for bit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .grad_paths import gather_grad, validate_grad_path
+from .merged import MergedStorage
 from .weights import delta_applied, is_quantized, weight_shape
 
 
@@ -34,13 +38,13 @@ class GradProbe:
 
 class SparseDeltaLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, indices, values, bias, grad_path, probe, compute_dtype):
+    def forward(ctx, x, weight, indices, values, bias, grad_path, probe, compute_dtype, storage):
         out_features, in_features = weight_shape(weight)
         dtype = compute_dtype or (x.dtype if is_quantized(weight) else weight.dtype)
-        with delta_applied(weight, indices, values, dtype) as merged:
+        with _weight_plus_delta(weight, indices, values, dtype, storage) as merged:
             y = F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
         # The frozen weight is saved by reference (quantized weights keep their quant_state that way).
-        ctx.weight = weight
+        ctx.weight, ctx.storage = weight, storage
         ctx.save_for_backward(x, indices, values, bias)
         ctx.meta = (grad_path, probe, dtype, out_features, in_features, x.dtype)
         # The output takes the input's dtype, as bitsandbytes' Linear4bit does (an fp32 model with a
@@ -59,7 +63,7 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_values = grad_bias = None
 
         if need_x:
-            with delta_applied(weight, indices, values, dtype) as merged:
+            with _weight_plus_delta(weight, indices, values, dtype, ctx.storage) as merged:
                 grad_x = torch.mm(g2d, merged).view(*x.shape[:-1], in_features).to(x_dtype)
 
         dense = None
@@ -83,7 +87,18 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         del dense
         if need_bias:
             grad_bias = g2d.sum(0).to(bias.dtype)
-        return grad_x, grad_w, None, grad_values, grad_bias, None, None, None
+        return grad_x, grad_w, None, grad_values, grad_bias, None, None, None, None
+
+
+@contextmanager
+def _weight_plus_delta(weight, indices, values, dtype, storage: MergedStorage | None):
+    """``W + Δ`` for one GEMM: kept merged in ``storage`` when given (``weight`` must then be a frozen,
+    contiguous tensor in ``dtype``), else applied for the block and restored."""
+    if storage is not None:
+        yield storage.apply(weight, indices, values)
+        return
+    with delta_applied(weight, indices, values, dtype) as merged:
+        yield merged
 
 
 def sparse_delta_linear(
@@ -95,6 +110,7 @@ def sparse_delta_linear(
     grad_path: str = "auto",
     probe: GradProbe | None = None,
     compute_dtype: torch.dtype | None = None,
+    storage: MergedStorage | None = None,
 ) -> torch.Tensor:
     """``x (W + scatter(indices, values))ᵀ + bias`` for ``x`` of shape ``[..., in]``.
 
@@ -102,11 +118,23 @@ def sparse_delta_linear(
     ``indices``: sorted unique flat row-major positions (int32/int64); ``values``: ``[k]``.
     ``grad_path``: how ``dL/dvalues`` is computed: ``auto | dense | sddmm | triton``.
     ``compute_dtype``: matmul dtype; default the weight's (the input's for 4-bit weights).
+    ``storage``: keep ``W + Δ`` in ``weight`` between calls (``MergedStorage``; a frozen, contiguous weight
+    in the compute dtype only), instead of applying and restoring the delta in every call.
     """
     validate_grad_path(grad_path)
     if values.shape != indices.shape:
         raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} differ in shape")
-    return SparseDeltaLinearFunction.apply(x, weight, indices, values, bias, grad_path, probe, compute_dtype)
+    if storage is not None and not merged_storage_fits(weight, compute_dtype):
+        raise ValueError("merged storage needs a frozen, contiguous, full-precision weight in the compute dtype")
+    return SparseDeltaLinearFunction.apply(
+        x, weight, indices, values, bias, grad_path, probe, compute_dtype, storage)
 
 
-__all__ = ["GradProbe", "SparseDeltaLinearFunction", "sparse_delta_linear"]
+def merged_storage_fits(weight: torch.Tensor, compute_dtype: torch.dtype | None) -> bool:
+    """Whether ``weight`` can hold ``W + Δ`` itself: not quantized (requantizing would be lossy), already in
+    the compute dtype (else every GEMM converts a copy anyway), frozen and contiguous."""
+    return (not is_quantized(weight) and compute_dtype in (None, weight.dtype) and not weight.requires_grad
+            and weight.is_contiguous())
+
+
+__all__ = ["GradProbe", "SparseDeltaLinearFunction", "merged_storage_fits", "sparse_delta_linear"]

@@ -2,8 +2,11 @@
 
 State: ``indices`` (buffer, sorted unique flat positions into ``W``), ``values`` (the trainable
 ``nn.Parameter``), ``grown_at`` (int32 buffer: optimizer step at which each slot's index was grown, for the
-parameter-age plot). The base layer is kept as ``base_layer`` and is never modified, except by
-:meth:`merge` / :meth:`unmerge`.
+parameter-age plot). The base layer is kept as ``base_layer``. With merged storage (the default for a
+frozen full-precision base already in the compute dtype) its weight holds ``W + Δ`` from one forward to the
+next (see ``merged.py``); everything in spiel that reads the base calls :meth:`restore_base` first, and so
+do ``state_dict``, ``load_state_dict`` and ``.to()``/``.cuda()``/``.half()``. Otherwise the base is modified
+only by :meth:`merge` / :meth:`unmerge`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .function import GradProbe, sparse_delta_linear
+from .function import GradProbe, merged_storage_fits, sparse_delta_linear
 from .grad_paths import validate_grad_path
 from .indices import check_indices, index_dtype, random_subset
-from .weights import is_quantized, weight_plus_delta, weight_shape
+from .merged import MergedStorage
+from .weights import is_quantized, weight_shape
 
 
 class SparseDeltaLinear(nn.Module):
@@ -36,6 +40,7 @@ class SparseDeltaLinear(nn.Module):
         grad_path: str = "auto",
         indices: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        merged_storage: bool = True,
     ):
         super().__init__()
         self.base_layer = base_layer
@@ -55,6 +60,11 @@ class SparseDeltaLinear(nn.Module):
         self.register_buffer("grown_at", torch.zeros(k, dtype=torch.int32, device=device))
         self.grad_path = validate_grad_path(grad_path)
         self.merged = False
+        self.merged_storage = merged_storage
+        self._storage = MergedStorage()
+        # Whoever reads or replaces the base through the module system gets it pristine.
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.restore_base())
+        self._register_load_state_dict_pre_hook(lambda module, *args: module.restore_base(), with_module=True)
         self._dense_grad_request: Callable[[torch.Tensor], None] | None = None
         self._candidates: torch.Tensor | None = None
         self._candidate_callback: Callable[[torch.Tensor], None] | None = None
@@ -94,7 +104,8 @@ class SparseDeltaLinear(nn.Module):
         density = self.k / (self.out_features * self.in_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
-            f"density={density:.4g}, grad_path={self.grad_path}, merged={self.merged}"
+            f"density={density:.4g}, grad_path={self.grad_path}, merged={self.merged}, "
+            f"merged_storage={self.merged_storage}"
         )
 
     # -- growth probes -------------------------------------------------------------------------------
@@ -128,15 +139,37 @@ class SparseDeltaLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
+        storage = None
+        if self.merged_storage and merged_storage_fits(self.weight, self.compute_dtype):
+            storage = self._storage
+        else:
+            self.restore_base()  # merged storage switched off (or the weight changed kind) since
         return sparse_delta_linear(
             x, self.weight, self.indices, self.values, self.bias, self.grad_path, self._take_probe(),
-            self.compute_dtype,
+            self.compute_dtype, storage,
         )
+
+    @property
+    def merged_storage_nbytes(self) -> int:
+        """Bytes held by merged storage now: the base values saved at the k positions (0 when not merged)."""
+        saved = self._storage.saved
+        return 0 if saved is None else saved.numel() * saved.element_size()
+
+    def restore_base(self) -> None:
+        """Make the base weight pristine again (bit for bit) if merged storage holds ``W + Δ`` in it; the next
+        forward merges again. Call before reading the base, or before editing ``indices`` in place."""
+        self._storage.restore()
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .half() copy or convert the base: give them the pristine one
+        self.restore_base()
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Add the delta into ``W`` in place (forward then runs the plain base layer)."""
         self._check_mergeable()
+        self.restore_base()
         if not self.merged:
             self.weight.view(-1).index_add_(0, self.indices, self.values.to(self.weight.dtype))
             self.merged = True
@@ -154,8 +187,3 @@ class SparseDeltaLinear(nn.Module):
             raise RuntimeError(
                 "merging a delta into a 4-bit weight would requantize it (lossy); keep the delta unmerged"
             )
-
-    def merged_weight(self) -> torch.Tensor:
-        """A fresh dense ``W + Δ`` in the compute dtype (dequantized for 4-bit weights)."""
-        dtype = self.compute_dtype or self.values.dtype
-        return weight_plus_delta(self.weight, self.indices, self.values.detach(), dtype)

@@ -35,17 +35,6 @@ def dense_weight(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor
     return weight, False
 
 
-def weight_plus_delta(
-    weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """A fresh ``W + scatter(indices, values)`` in ``dtype`` (the delta is rounded to ``dtype``)."""
-    dense, fresh = dense_weight(weight, dtype)
-    if not fresh:
-        dense = dense.clone(memory_format=torch.contiguous_format)
-    dense.view(-1).index_add_(0, indices, values.to(dtype))
-    return dense
-
-
 @contextmanager
 def delta_applied(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dtype: torch.dtype):
     """``W + scatter(indices, values)`` in ``dtype`` for the duration of a ``with`` block.

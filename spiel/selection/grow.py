@@ -18,10 +18,13 @@ from .order import order_by
 
 CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
 CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
+# On a GPU every chunk costs a few host syncs and kernel launches, which cost more than its arithmetic: 2**20
+# made ~40 chunks of a 7B MLP weight (11008x4096) per reselection. 2**24 (64 MiB of fp32) makes 3.
+CHUNK_ELEMENTS_CUDA = 1 << 24
 
 
-def _default_chunk(n: int) -> int:
-    return max(CHUNK_ELEMENTS, CHUNK_PER_N * n)
+def _default_chunk(n: int, device: torch.device) -> int:
+    return max(CHUNK_ELEMENTS_CUDA if device.type == "cuda" else CHUNK_ELEMENTS, CHUNK_PER_N * n)
 
 
 # Top-n by threshold: the n largest of N scores are found by estimating the n-th largest from a fixed
@@ -101,7 +104,7 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
     flat = dense_grad.reshape(-1)
     index, _ = _top_by_row_chunks(num, out_features, in_features,
                                   lambda r0, r1: dense_grad[r0:r1].reshape(-1).abs().float(),
-                                  chunk_elements or _default_chunk(num), dense_grad.device,
+                                  chunk_elements or _default_chunk(num, dense_grad.device), dense_grad.device,
                                   score_at=lambda positions: flat[positions].abs().float())
     return index.sort().values
 
@@ -118,15 +121,16 @@ def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: to
 def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.Tensor, n: int,
                     chunk_elements: int | None = None) -> torch.Tensor:
     """Flat positions of the ``n`` largest ``row_acc[r]·col_acc[c]`` over positions not in ``active``
-    (sorted unique), best first. Extra memory O(n + chunk_elements); default chunk: max(2**20, 8·n)."""
+    (sorted unique), best first. Extra memory O(n + chunk_elements); default chunk: max(2**20, 8·n), on CUDA
+    max(2**24, 8·n)."""
     out_features, in_features = row_acc.numel(), col_acc.numel()
     if n <= 0:
         return torch.zeros(0, dtype=torch.long, device=row_acc.device)
-    crow, _ = csr_pattern(active, out_features, in_features)
+    crow = csr_pattern(active, out_features, in_features)[0].tolist()  # one host sync, not two per chunk
 
     def chunk_scores(r0: int, r1: int) -> torch.Tensor:
         scores = (row_acc[r0:r1, None].float() * col_acc[None, :].float()).view(-1)
-        scores[active[int(crow[r0]) : int(crow[r1])].long() - r0 * in_features] = -torch.inf
+        scores[active[crow[r0] : crow[r1]].long() - r0 * in_features] = -torch.inf
         return scores
 
     def score_at(positions: torch.Tensor) -> torch.Tensor:
@@ -135,7 +139,8 @@ def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.
         return scores.masked_fill_(isin_sorted(positions, active.long()), -torch.inf)
 
     index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores,
-                                       chunk_elements or _default_chunk(n), row_acc.device, score_at=score_at)
+                                       chunk_elements or _default_chunk(n, row_acc.device), row_acc.device,
+                                       score_at=score_at)
     return index[scores > -torch.inf]
 
 
@@ -179,7 +184,7 @@ def normalized_top_candidates(dense_grad: torch.Tensor, num: int, row_factor: to
         return flat[positions].abs().float() * row_factor[rows] * col_factor[positions - rows * in_features]
 
     index, _ = _top_by_row_chunks(num, out_features, in_features, chunk_scores,
-                                  chunk_elements or _default_chunk(num), dense_grad.device, score_at=score_at)
+                                  chunk_elements or _default_chunk(num, dense_grad.device), dense_grad.device, score_at=score_at)
     return index.sort().values
 
 

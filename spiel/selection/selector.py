@@ -78,6 +78,8 @@ class Selector:
         self.t += 1
         self.rule.after_step(self.t)
         if self.reselects and self.schedule.is_reselection(self.t):
+            for layer in self.layers.values():
+                layer.restore_base()  # indices are edited in place below (merged storage re-merges lazily)
             if self.budget == "global":
                 self._reselect_global()
             else:

@@ -42,6 +42,11 @@ def shard_frozen_base(spiel_model) -> None:
 
     # The checkpoint's base-weight fingerprint is read from whole weights: take it before they are sharded.
     spiel_model.freeze_fingerprints()
+    for layer in spiel_model.deltas.values():
+        # FSDP gathers the weights afresh from the shards for every forward and frees them after: the delta
+        # must be applied within each call, not kept in the weight.
+        layer.restore_base()
+        layer.merged_storage = False
     values = {layer.values for layer in spiel_model.deltas.values()}
     inner = spiel_model.model
     for block in decoder_layers(inner):

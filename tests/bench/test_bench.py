@@ -177,13 +177,13 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     out, png = tmp_path / "step.json", tmp_path / "step.png"
     cmd = [sys.executable, str(REPO / "scripts" / "bench_step.py"), "--gpu", "--device", "cpu", "--dtype", "float32",
            "--hidden", "64", "--intermediate", "160", "--layers", "1", "--heads", "2", "--kv-heads", "2",
-           "--vocab", "64", "--seq", "16", "--methods", "floor,lora,lora0,ag", "--reselection-steps", "2",
+           "--vocab", "64", "--seq", "16", "--methods", "floor,lora,lora0,ag,ag_applied", "--reselection-steps", "2",
            "--estimation-steps", "1", "--periods", "1", "--warmup", "0", "--threads", "1",
            "--json", str(out), "--png", str(png)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert list(data["methods"]) == ["floor", "lora", "lora0", "ag"]
+    assert list(data["methods"]) == ["floor", "lora", "lora0", "ag", "ag_applied"]
     for name, m in data["methods"].items():
         assert m["step_s_median"] > 0 and m["step_s_mean"] > 0 and m["extra_mem_mb"] >= 0, name
         assert m["timed_steps"] == 2
@@ -194,9 +194,11 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     assert data["ratios_to_lora"]["ag"]["mean_lora0"] == pytest.approx(ag["step_s_mean"] / lora0["step_s_mean"])
     assert data["ratios_to_lora"]["ag"]["time_lora0"] == pytest.approx(ag["step_s_median"] / lora0["step_s_median"])
     # Bytes per trainable entry: LoRA's fp32 parameter, gradient and two moments; SpIEL-AG adds an int32
-    # index and an int32 growth step and keeps no per-slot Adam age.
+    # index and an int32 growth step and keeps no per-slot Adam age; merged storage adds the fp32 base value
+    # saved at each active position (off: ag_applied).
     assert lora["bytes_per_entry"]["per_entry"] == 16.0 and lora0["bytes_per_entry"]["per_entry"] == 16.0
-    assert ag["bytes_per_entry"]["per_entry"] == 24.0
+    assert ag["bytes_per_entry"]["per_entry"] == 28.0
+    assert data["methods"]["ag_applied"]["bytes_per_entry"]["per_entry"] == 24.0
     assert ag["reselection"]["extra_s_per_period"] == pytest.approx(
         ag["reselection"]["probe_s_per_period"] + ag["reselection"]["estimate_s_per_period"]
         + ag["reselection"]["reselect_s_per_period"])

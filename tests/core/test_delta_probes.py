@@ -187,9 +187,10 @@ def test_probe_dataclass_defaults():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_base_weight_is_restored_bit_for_bit(dtype):
-    # The delta is added to W in place for the matmuls and the k entries are restored afterwards.
+    # Merged storage off: the delta is added to W in place for the matmuls and the k entries are restored
+    # afterwards. (With it on, see test_merged_storage.py.)
     torch.manual_seed(0)
-    layer = SparseDeltaLinear(nn.Linear(29, 37).to(dtype), 300)
+    layer = SparseDeltaLinear(nn.Linear(29, 37).to(dtype), 300, merged_storage=False)
     layer.base_layer.requires_grad_(False)
     original = layer.weight.detach().clone()
     with torch.no_grad():

@@ -69,8 +69,15 @@ def test_switching_a_b_a_is_bit_identical_to_each_loaded_alone(ckpts):
     assert torch.equal(logits(model.set_delta("default")), a_alone)
     torch.testing.assert_close(a_alone, logits(dense_reference([(a, 1.0)])), rtol=1e-5, atol=1e-5)
     assert torch.equal(logits(model.set_delta("b")), b_alone)
-    # the base was never written to nor copied
+    # the base was never copied, and comes back bit for bit: switching restores it (merged storage keeps
+    # W + Δ in it between forwards), and so does restore_base
+    model.set_delta("default")
     for name, layer in model.deltas.items():
+        assert layer.weight is base_weights[name] and torch.equal(layer.weight, base_copy[name])
+    assert torch.equal(logits(model.set_delta("b")), b_alone)
+    for name, layer in model.deltas.items():
+        assert not torch.equal(layer.weight, base_copy[name])  # W + Δ, kept between forwards
+        layer.restore_base()
         assert layer.weight is base_weights[name] and torch.equal(layer.weight, base_copy[name])
     torch.testing.assert_close(logits(model), logits(dense_reference([(b, 1.0)])), rtol=1e-5, atol=1e-5)
 

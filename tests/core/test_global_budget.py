@@ -170,3 +170,33 @@ def test_global_budget_is_refused_where_it_cannot_work(monkeypatch):
     monkeypatch.setattr(selector_module, "world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match="data parallelism"):
         Selector(model.deltas, opt, method="ag", total_steps=10, budget="global")
+
+
+def test_global_budget_with_merged_storage_trains_bit_for_bit_as_without():
+    """Resizing values and indices under budget="global" while the base holds W + Δ: the layer must restore
+    the base before the resize and re-merge after it, so losses and deltas equal the per-call path's."""
+    runs = []
+    for merged in (True, False):
+        model, opt, sel = model_and_parts()
+        for layer in model.deltas.values():
+            layer.merged_storage = merged
+        gen = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(13):  # three reselections
+            loss = model(torch.randn(8, 16, generator=gen)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sel.step()
+            losses.append(loss.item())
+        for layer in model.deltas.values():
+            layer.restore_base()  # what every base reader (unload, merge, fingerprints, state_dict) does first
+        base = {name: layer.weight.detach().clone() for name, layer in model.deltas.items()}
+        runs.append((losses, {n: (lay.indices.clone(), lay.values.detach().clone()) for n, lay in model.deltas.items()},
+                     base))
+    (losses_a, deltas_a, base_a), (losses_b, deltas_b, base_b) = runs
+    assert losses_a == losses_b
+    assert {n: d[0].numel() for n, d in deltas_a.items()} != {n: 40 for n in deltas_a}  # the shares did move
+    for name in deltas_a:
+        assert torch.equal(deltas_a[name][0], deltas_b[name][0]) and torch.equal(deltas_a[name][1], deltas_b[name][1])
+        assert torch.equal(base_a[name], base_b[name])
