@@ -314,3 +314,14 @@ def test_loading_delta_tensors_into_a_merged_model_restores_the_base_first():
         layer.merged_storage = False
     fresh.load_delta_tensors(tensors)
     assert torch.equal(model(input_ids=ids).logits, fresh(input_ids=ids).logits)
+
+
+def test_a_pickled_merged_layer_loads_consistent(tmp_path):
+    on, off, base = twin_layers(torch.float32)
+    x = torch.randn(3, on.in_features)
+    on(x)
+    torch.save(on, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    assert torch.equal(loaded(x), off(x))
+    loaded.restore_base()
+    assert torch.equal(loaded.weight, base)
