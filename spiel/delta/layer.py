@@ -23,6 +23,11 @@ from .merged import MergedStorage
 from .weights import is_quantized, weight_shape
 
 
+def _restore_base_hook(module: SparseDeltaLinear, *args) -> None:
+    # a module-level function, so that a pickled module (torch.save of the whole model) keeps its hooks
+    module.restore_base()
+
+
 class SparseDeltaLinear(nn.Module):
     """``y = x (W + scatter(indices, values))ᵀ + b`` with ``k`` trainable entries.
 
@@ -63,8 +68,8 @@ class SparseDeltaLinear(nn.Module):
         self.merged_storage = merged_storage
         self._storage = MergedStorage()
         # Whoever reads or replaces the base through the module system gets it pristine.
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.restore_base())
-        self._register_load_state_dict_pre_hook(lambda module, *args: module.restore_base(), with_module=True)
+        self.register_state_dict_pre_hook(_restore_base_hook)
+        self._register_load_state_dict_pre_hook(_restore_base_hook, with_module=True)
         self._dense_grad_request: Callable[[torch.Tensor], None] | None = None
         self._candidates: torch.Tensor | None = None
         self._candidate_callback: Callable[[torch.Tensor], None] | None = None

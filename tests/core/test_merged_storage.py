@@ -293,3 +293,35 @@ def test_the_device_check_script_passes_on_cpu(capsys):
     assert load_script("check_merged_storage").main(["--device", "cpu", "--shape", "64x48", "--tokens", "8"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("OK") for line in lines)
+
+
+def test_loading_delta_tensors_into_a_merged_model_restores_the_base_first():
+    model = get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2))
+    pristine = {n: layer.weight.detach().clone() for n, layer in model.deltas.items()}
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model(input_ids=ids)  # merged now
+    g = torch.Generator().manual_seed(5)
+    tensors = {}
+    for name, layer in model.deltas.items():
+        numel = layer.out_features * layer.in_features
+        idx = torch.randperm(numel, generator=g)[: layer.k].sort().values
+        tensors[name] = {"indices": idx, "values": torch.randn(layer.k, generator=g) * 0.1}
+    model.load_delta_tensors(tensors)
+    for name, layer in model.deltas.items():
+        assert torch.equal(layer.weight, pristine[name])
+    fresh = get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2))
+    for layer in fresh.deltas.values():
+        layer.merged_storage = False
+    fresh.load_delta_tensors(tensors)
+    assert torch.equal(model(input_ids=ids).logits, fresh(input_ids=ids).logits)
+
+
+def test_a_pickled_merged_layer_loads_consistent(tmp_path):
+    on, off, base = twin_layers(torch.float32)
+    x = torch.randn(3, on.in_features)
+    on(x)
+    torch.save(on, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    assert torch.equal(loaded(x), off(x))
+    loaded.restore_base()
+    assert torch.equal(loaded.weight, base)
