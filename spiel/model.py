@@ -367,7 +367,8 @@ def get_spiel_model(model: nn.Module, config: SpielConfig | None = None) -> Spie
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, module in targets.items():
         layer = SparseDeltaLinear(module, sizes[name], delta_dtype=dtype, grad_path=config.grad_path,
-                                  generator=generator, merged_storage=uses[id(module.weight)] == 1)
+                                  generator=generator,
+                                  merged_storage=config.merged_storage and uses[id(module.weight)] == 1)
         _replace_module(model, name, layer)
     return SpielModel(model, config)
 

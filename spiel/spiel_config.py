@@ -84,6 +84,8 @@ class SpielKnobs:
                                             "(spiel-train: bfloat16 on an NF4 base, as the paper)")
     grad_path: str = knob("auto", "how the deltas' gradients are computed: auto | dense | blocked | sddmm | "
                                   "triton | triton_tiles")
+    merged_storage: bool = knob(True, "keep W + Δ in a full-precision frozen base between optimizer steps "
+                                      "(same results bit for bit; +1 base value per entry; faster on GPUs)")
 
     def check_knobs(self) -> None:
         """Raise SpielConfigError (naming the field) for the first bad value."""
@@ -117,6 +119,7 @@ class SpielKnobs:
         need(self.delta_dtype is None or self.delta_dtype in DELTA_DTYPES, "delta_dtype",
              f"must be one of {DELTA_DTYPES}, got {self.delta_dtype!r}")
         need(self.grad_path in GRAD_PATHS, "grad_path", f"must be one of {GRAD_PATHS}, got {self.grad_path!r}")
+        need(isinstance(self.merged_storage, bool), "merged_storage", f"must be true or false, got {self.merged_storage!r}")
 
     def check_method_knobs(self, method: str) -> None:
         """The knobs whose valid values depend on the method (the growth rules each method has)."""

@@ -325,3 +325,16 @@ def test_a_pickled_merged_layer_loads_consistent(tmp_path):
     assert torch.equal(loaded(x), off(x))
     loaded.restore_base()
     assert torch.equal(loaded.weight, base)
+
+
+def test_the_merged_storage_knob_reaches_every_layer_and_is_checked():
+    from spiel.training.schema import ConfigError, SpielMethodConfig
+
+    for on in (True, False):
+        base = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        model = get_spiel_model(base, SpielConfig(num_tunable=10, merged_storage=on))
+        assert [layer.merged_storage for layer in model.deltas.values()] == [on, on]
+    with pytest.raises(ValueError, match="merged_storage must be true or false"):
+        SpielConfig(merged_storage="yes")
+    with pytest.raises(ConfigError, match="method.merged_storage: must be true or false"):
+        SpielMethodConfig(name="ag", lr=1e-3, merged_storage=1)
