@@ -199,18 +199,23 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     return config, tensors
 
 
+def _check_form_fields(name: str, fields: dict, expected, positions: str, bad) -> None:
+    """A compact module holds exactly its form's tensors: none of another form, none missing."""
+    extra = sorted(set(fields) - set(expected))
+    if extra:
+        raise bad(f"'{name}' mixes the compact form ({positions}) with '{name}.{extra[0]}'")
+    for field in expected:
+        if field not in fields:
+            raise bad(f"missing tensor '{name}.{field}' (compact form)")
+
+
 def _decode_elias_fano(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
     """The flat form ``{"indices", "values"}`` of a module's Elias–Fano coded positions (format 3), after
     checking them."""
     from .delta import elias_fano
     from .delta.indices import index_dtype
 
-    extra = sorted(set(fields) - set(ELIAS_FANO_FIELDS))
-    if extra:
-        raise bad(f"'{name}' mixes the compact form (low_bits, high_bits) with '{name}.{extra[0]}'")
-    for field in ELIAS_FANO_FIELDS:
-        if field not in fields:
-            raise bad(f"missing tensor '{name}.{field}' (compact form)")
+    _check_form_fields(name, fields, ELIAS_FANO_FIELDS, "low_bits, high_bits", bad)
     numel = entry["shape"][0] * entry["shape"][1]
     try:
         positions = elias_fano.decode(fields["low_bits"], fields["high_bits"], numel, entry["k"], prefix=f"{name}.")
@@ -224,12 +229,7 @@ def _decode_compact(name: str, entry: dict, fields: dict[str, torch.Tensor], bad
     checking them."""
     from .delta.indices import index_dtype
 
-    extra = sorted(set(fields) - set(COMPACT_FIELDS))
-    if extra:
-        raise bad(f"'{name}' mixes the compact form (row_ptr, col_idx) with '{name}.{extra[0]}'")
-    for field in COMPACT_FIELDS:
-        if field not in fields:
-            raise bad(f"missing tensor '{name}.{field}' (compact form)")
+    _check_form_fields(name, fields, COMPACT_FIELDS, "row_ptr, col_idx", bad)
     k = entry["k"]
     out_features, in_features = entry["shape"]
     row_ptr, col_idx = fields["row_ptr"], fields["col_idx"]

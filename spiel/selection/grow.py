@@ -109,12 +109,13 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
     return index.sort().values
 
 
-def ag_grow_order(candidates: torch.Tensor, mean_grad: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions (into ``candidates``) of the ``n`` best candidates not in ``staying`` (sorted), best first."""
+def ag_grow_order(candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions (into ``candidates``) of the ``n`` highest-``scores`` candidates not in ``staying`` (sorted), best
+    first. The growth rule scores (the paper's: ``|mean gradient|``, see ``rules.accumulated_gradient``)."""
     eligible = (~isin_sorted(candidates, staying)).nonzero().view(-1)
     if eligible.numel() == 0 or n <= 0:
         return eligible[:0]
-    order = order_by(mean_grad[eligible].abs(), descending=True)
+    order = order_by(scores[eligible], descending=True)
     return eligible[order[:n]]
 
 
