@@ -250,6 +250,30 @@ def test_bench_quality_refuses_a_bad_method_before_training(tmp_path):
     assert not (tmp_path / "q.json").exists()
 
 
+def test_bench_quality_refuses_to_resume_runs_made_with_other_settings(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_quality
+
+    old = tmp_path / "q.json"
+    old.write_text(json.dumps({"config": {"rank": 4, "steps": 999, "batch_size": 16, "val": 8, "split_seed": 0,
+                                          "heldout": 8}, "runs": []}))
+    with pytest.raises(SystemExit, match="holds runs with other settings"):
+        bench_quality.main(["--methods", "lora", "--steps", "3", "--val", "8", "--heldout-limit", "8",
+                            "--json", str(old)])
+    assert json.loads(old.read_text())["config"]["steps"] == 999  # left as it was
+
+
+def test_search_grid_shapes():
+    from spiel.bench.quality import search_grid
+
+    full, cross = search_grid("ag", shape="full"), search_grid("ag")
+    assert len(full) == 9 and set(cross) <= set(full) and len(cross) == 5
+    paper_decay = 1e-4 * 30  # configs/method/ag.yaml: the paper's lr · λ
+    assert sorted({round(lr * wd / paper_decay) for lr, wd in full}) == [1, 10, 30]
+    with pytest.raises(ValueError, match="grid shape must be one of cross, full"):
+        search_grid("ag", shape="diagonal")
+
+
 def test_support_concentration_counts_rows_columns_and_empty_neurons():
     from types import SimpleNamespace
 
