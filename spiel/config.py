@@ -59,6 +59,9 @@ class SpielMethodConfig(MethodConfig):
     schedule: str = "linear"
     initial_rate: float = 0.2  # ξ
     drop: str = "magnitude"
+    growth: str = "paper"  # paper | normalized | capped | explore | random | static (the last five: ag only)
+    growth_cap: float = 4.0  # capped: most entries per row/column, as a multiple of the mean
+    explore_share: float = 0.25  # explore: share of each growth drawn at random
     delta_dtype: Optional[str] = None  # null: float32, bfloat16 on an NF4 base (the paper)
     grad_path: str = "auto"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # SpIEL-AG's Adam
@@ -85,6 +88,7 @@ class SpielMethodConfig(MethodConfig):
                                num_tunable=self.num_tunable, target_modules=target,
                                reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
                                schedule=self.schedule, initial_rate=self.initial_rate, drop=self.drop,
+                               growth=self.growth, growth_cap=self.growth_cap, explore_share=self.explore_share,
                                delta_dtype=delta_dtype, grad_path=self.grad_path, seed=seed)
         except ValueError as e:  # "SpielConfig: density must be ..." -> "method.density: must be ..."
             message = str(e).removeprefix("SpielConfig: ")

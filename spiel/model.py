@@ -35,8 +35,7 @@ from .delta.indices import check_indices
 from .delta.layer import SparseDeltaLinear
 from .delta.weights import is_quantized, weight_shape
 from .delta_sets import weighted_sum
-from .optim import SparseAdamW, SparseSM3
-from .selection import Selector
+from .selection import Selector, method_spec
 from .spiel_config import SpielConfig
 from .targets import allocate, find_targets, total_budget
 
@@ -129,18 +128,16 @@ class SpielModel(nn.Module):
 
     # -- training ------------------------------------------------------------------------------------
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, **kwargs):
-        """SparseAdamW for ``ag``, SparseSM3 for ``ma``, over every delta's values."""
-        layers = list(self.deltas.values())
-        params = [layer.values for layer in layers]
-        if self.spiel_config.method == "ag":
-            return SparseAdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
-        return SparseSM3(params, {layer.values: layer for layer in layers}, lr=lr, weight_decay=weight_decay, **kwargs)
+        """The method's optimizer (SparseAdamW for ``ag``, SparseSM3 for ``ma``) over every delta's values."""
+        build = method_spec(self.spiel_config.method).build_optimizer
+        return build(list(self.deltas.values()), lr=lr, weight_decay=weight_decay, **kwargs)
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
         selector = Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
                             reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
-                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop,
+                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop, growth=c.growth,
+                            growth_cap=c.growth_cap, explore_share=c.explore_share, seed=c.seed,
                             process_group=process_group)
         self._selector_ref = weakref.ref(selector)
         return selector

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .selection.drop import DROP_CRITERIA
+from .selection.methods import METHODS, method_spec
 from .selection.schedule import SCHEDULES
-from .selection.selector import METHODS
 
 DELTA_DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
@@ -19,7 +19,11 @@ class SpielConfig:
     ``density`` (fraction of all model parameters) or ``num_tunable``; none given means
     ``rank_equiv=64``. ``target_modules``: None (every linear layer except the output head), a list of
     name suffixes, or a regex matched against the full module name. ``num_deltas`` (per-module k) is
-    filled in by ``get_spiel_model`` and saved with checkpoints."""
+    filled in by ``get_spiel_model`` and saved with checkpoints.
+
+    ``growth``: how reselection grows (``paper``, the method's rule, is the default; SpIEL-AG also has
+    ``normalized``, ``capped`` (with ``growth_cap``), ``explore`` (with ``explore_share``), and the baselines
+    ``random`` and ``static``; see ``spiel.selection.rules``)."""
 
     method: str = "ag"
     rank_equiv: int | None = None
@@ -31,6 +35,9 @@ class SpielConfig:
     schedule: str = "linear"
     initial_rate: float = 0.2
     drop: str = "magnitude"
+    growth: str = "paper"
+    growth_cap: float = 4.0
+    explore_share: float = 0.25
     delta_dtype: str = "float32"
     grad_path: str = "auto"
     seed: int = 0
@@ -58,6 +65,11 @@ class SpielConfig:
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         need(0 <= self.initial_rate <= 1, f"initial_rate must be in [0, 1], got {self.initial_rate}")
         need(self.drop in DROP_CRITERIA, f"drop must be one of {DROP_CRITERIA}, got {self.drop!r}")
+        growths = tuple(method_spec(self.method).growth)
+        need(self.growth in growths, f"growth must be one of {growths} for method {self.method!r}, got {self.growth!r}")
+        need(self.growth_cap >= 1, f"growth_cap must be >= 1 (a multiple of the mean entries per row/column), "
+             f"got {self.growth_cap}")
+        need(0 <= self.explore_share <= 1, f"explore_share must be in [0, 1], got {self.explore_share}")
         need(self.delta_dtype in DELTA_DTYPES, f"delta_dtype must be one of {DELTA_DTYPES}, got {self.delta_dtype!r}")
         need(self.grad_path in GRAD_PATHS, f"grad_path must be one of {GRAD_PATHS}, got {self.grad_path!r}")
         if self.target_modules is not None and not isinstance(self.target_modules, str):

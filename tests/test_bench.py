@@ -301,13 +301,15 @@ def test_reselection_cost_splits_extra_time_by_kind_of_step():
     from spiel.bench.step import reselection_cost, step_kind
     from spiel.selection.schedule import ReselectionSchedule
 
-    ag = SimpleNamespace(method="ag", schedule=ReselectionSchedule(100, reselection_steps=10, estimation_steps=3))
-    ma = SimpleNamespace(method="ma", schedule=ag.schedule)
+    ag = SimpleNamespace(estimates_gradients=True, reselects=True,
+                         schedule=ReselectionSchedule(100, reselection_steps=10, estimation_steps=3))
+    ma = SimpleNamespace(estimates_gradients=False, reselects=True, schedule=ag.schedule)
+    static = SimpleNamespace(estimates_gradients=False, reselects=False, schedule=ag.schedule)
     # AG: step 1 (t 0 -> 1) starts a phase, steps 2-3 estimate, step 3 also reselects, then plain steps.
     assert [step_kind(ag, t) for t in range(1, 12)] == (
         ["probe", "estimate", "reselect"] + ["plain"] * 7 + ["probe"])
     assert [step_kind(ma, t) for t in (1, 2, 3, 4, 13)] == ["plain", "plain", "reselect", "plain", "reselect"]
-    assert step_kind(None, 3) == "plain"
+    assert step_kind(None, 3) == "plain" and step_kind(static, 3) == "plain"
     times = [3.0, 1.5, 4.0] + [1.0] * 7  # one period of 10 steps
     kinds = [step_kind(ag, t) for t in range(1, 11)]
     cost = reselection_cost(times, kinds, periods=1)

@@ -191,6 +191,9 @@ class LightSpielConfig:
     schedule: str = "linear"
     initial_rate: float = 0.2
     drop: str = "magnitude"
+    growth: str = "paper"  # paper | normalized | capped | explore | random | static (the last five: ag only)
+    growth_cap: float = 4.0  # capped: most entries per row/column, as a multiple of the mean
+    explore_share: float = 0.25  # explore: share of each growth drawn at random
     delta_dtype: str | None = None
     grad_path: str = "auto"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -206,6 +209,7 @@ class LightSpielConfig:
                            num_tunable=self.num_tunable, target_modules=target,
                            reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
                            schedule=self.schedule, initial_rate=self.initial_rate, drop=self.drop,
+                           growth=self.growth, growth_cap=self.growth_cap, explore_share=self.explore_share,
                            delta_dtype=self.delta_dtype or ("bfloat16" if quantized else "float32"),
                            grad_path=self.grad_path, seed=seed)
 

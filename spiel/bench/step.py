@@ -137,14 +137,14 @@ def bytes_per_entry(model, optimizer) -> dict:
 
 def step_kind(selector, t_after: int) -> str:
     """What the optimizer step that just made ``selector.t == t_after`` did beyond a plain step."""
-    if selector is None:
+    if selector is None or not selector.reselects:
         return "plain"
     schedule = selector.schedule
     if schedule.is_reselection(t_after):
         return "reselect"
-    if selector.method == "ag" and schedule.starts_phase(t_after - 1):
+    if selector.estimates_gradients and schedule.starts_phase(t_after - 1):
         return "probe"  # the phase's first step: dense gradient and top-k candidates
-    if selector.method == "ag" and schedule.in_estimation_phase(t_after - 1):
+    if selector.estimates_gradients and schedule.in_estimation_phase(t_after - 1):
         return "estimate"
     return "plain"
 

@@ -36,7 +36,9 @@ class SpielMethod(Method):
             raise ConfigError(f"method (rank_equiv / density / num_tunable): {e}") from None
 
     def make_optimizer(self, model, mcfg, lr, weight_decay):
-        if self.name == "ag":
+        from spiel.selection import method_spec
+
+        if method_spec(self.name).adam_options:
             return model.make_optimizer(lr, weight_decay=weight_decay, betas=tuple(mcfg.betas), eps=mcfg.eps)
         return model.make_optimizer(lr, weight_decay=weight_decay)
 

@@ -34,6 +34,13 @@ class SlotStateOptimizer(torch.optim.Optimizer):
                 self._update(p, p.grad.to(torch.float32), self._state_for(p), group)
         return loss
 
+    def group_of(self, param: torch.Tensor) -> dict:
+        """The param group holding ``param`` (its lr, weight decay, betas, ...)."""
+        for group in self.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        raise KeyError(f"the parameter is not in this {type(self).__name__}")
+
     def _state_for(self, param: torch.Tensor) -> dict:
         state = self.state[param]
         if not state:

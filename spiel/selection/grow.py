@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..delta.indices import csr_pattern, isin_sorted
@@ -135,3 +137,136 @@ def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.
     index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores,
                                        chunk_elements or _default_chunk(n), row_acc.device, score_at=score_at)
     return index[scores > -torch.inf]
+
+
+# -- the growth variants that keep the support spread (options of SpIEL-AG) -------------------------------------
+def normalization_factors(dense_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row_factor [out], col_factor [in])`` with ``|g[r, c]| · row_factor[r] · col_factor[c]`` the normalized
+    score ``|g[r, c]| · rms(g) / (rms(g[r, :]) · rms(g[:, c]))``.
+
+    For a gradient whose rows and columns are scaled, ``g[r, c] = a_r · b_c · x[r, c]``, the score is about
+    ``|x[r, c]|``: a row whose gradient is 10x larger no longer takes every top spot. A row or column with an
+    all-zero gradient scores 0. Computed in fp32 row chunks (no ``[out, in]`` fp32 copy)."""
+    out_features, in_features = dense_grad.shape
+    row_sq = torch.zeros(out_features, dtype=torch.float32, device=dense_grad.device)
+    col_sq = torch.zeros(in_features, dtype=torch.float32, device=dense_grad.device)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // in_features)
+    for r0 in range(0, out_features, rows_per_chunk):
+        chunk = dense_grad[r0 : r0 + rows_per_chunk].float().square()  # a copy: .float() of fp32 is no copy
+        row_sq[r0 : r0 + rows_per_chunk] = chunk.sum(1)
+        col_sq += chunk.sum(0)
+    total_rms = (row_sq.sum() / dense_grad.numel()).sqrt()
+    row_rms, col_rms = (row_sq / in_features).sqrt_(), (col_sq / out_features).sqrt_()
+    row_factor = torch.where(row_rms > 0, total_rms / row_rms, torch.zeros_like(row_rms))
+    col_factor = torch.where(col_rms > 0, 1 / col_rms, torch.zeros_like(col_rms))
+    return row_factor, col_factor
+
+
+def normalized_top_candidates(dense_grad: torch.Tensor, num: int, row_factor: torch.Tensor,
+                              col_factor: torch.Tensor, chunk_elements: int | None = None) -> torch.Tensor:
+    """Sorted flat positions of the ``num`` largest normalized scores (see :func:`normalization_factors`)."""
+    out_features, in_features = dense_grad.shape
+    num = min(num, dense_grad.numel())
+    if num <= 0:
+        return torch.zeros(0, dtype=torch.long, device=dense_grad.device)
+    flat = dense_grad.reshape(-1)
+
+    def chunk_scores(r0, r1):
+        return (dense_grad[r0:r1].abs().float() * row_factor[r0:r1, None] * col_factor[None, :]).reshape(-1)
+
+    def score_at(positions):
+        rows = torch.div(positions, in_features, rounding_mode="floor")
+        return flat[positions].abs().float() * row_factor[rows] * col_factor[positions - rows * in_features]
+
+    index, _ = _top_by_row_chunks(num, out_features, in_features, chunk_scores,
+                                  chunk_elements or _default_chunk(num), dense_grad.device, score_at=score_at)
+    return index.sort().values
+
+
+def line_caps(k: int, out_features: int, in_features: int, cap: float) -> tuple[int, int]:
+    """The most entries a row / a column may hold: ``cap`` times its mean share of ``k``, rounded up."""
+    return math.ceil(cap * k / out_features), math.ceil(cap * k / in_features)
+
+
+def admit_under_caps(positions: torch.Tensor, in_features: int, row_counts: torch.Tensor,
+                     col_counts: torch.Tensor, row_cap: int, col_cap: int) -> torch.Tensor:
+    """Which of ``positions`` (best first) to take so that no row holds more than ``row_cap`` entries and no
+    column more than ``col_cap``, counting ``row_counts`` / ``col_counts`` already there: first each row takes
+    its best positions up to its room, then each column takes its best of those up to its room."""
+    rows = torch.div(positions, in_features, rounding_mode="floor")
+    admitted = _rank_within(rows) < (row_cap - row_counts[rows])
+    cols = positions - rows * in_features
+    keep = admitted.nonzero().view(-1)
+    admitted[keep] = _rank_within(cols[keep]) < (col_cap - col_counts[cols[keep]])
+    return admitted
+
+
+def _rank_within(groups: torch.Tensor) -> torch.Tensor:
+    """For each element, how many earlier elements are in the same group."""
+    if groups.numel() == 0:
+        return groups.clone()
+    order = torch.sort(groups, stable=True).indices
+    sorted_groups = groups[order]
+    first = torch.ones_like(sorted_groups, dtype=torch.bool)
+    first[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    start = torch.cummax(torch.where(first, torch.arange(groups.numel(), device=groups.device), 0), 0).values
+    rank = torch.empty_like(groups)
+    rank[order] = torch.arange(groups.numel(), device=groups.device) - start
+    return rank
+
+
+def capped_top_candidates(dense_grad: torch.Tensor, num: int, row_cap: int, col_cap: int) -> torch.Tensor:
+    """Sorted flat positions of the ``num`` largest ``|dense_grad|`` taken under per-row and per-column caps
+    (:func:`admit_under_caps`), topped up with the best of the rest should the caps leave fewer than ``num``.
+    Memory O(out · row_cap): each row offers only its ``row_cap`` best entries."""
+    out_features, in_features = dense_grad.shape
+    num = min(num, dense_grad.numel())
+    per_row = min(row_cap, in_features)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // in_features)
+    positions, scores = [], []
+    for r0 in range(0, out_features, rows_per_chunk):
+        top = dense_grad[r0 : r0 + rows_per_chunk].abs().float().topk(per_row, dim=1)
+        row_ids = torch.arange(r0, r0 + top.indices.shape[0], device=dense_grad.device)
+        positions.append((row_ids[:, None] * in_features + top.indices).view(-1))
+        scores.append(top.values.view(-1))
+    positions, scores = torch.cat(positions), torch.cat(scores)
+    best_first = positions[order_by(scores, descending=True)]
+    zeros_out = torch.zeros(out_features, dtype=torch.long, device=dense_grad.device)
+    zeros_in = torch.zeros(in_features, dtype=torch.long, device=dense_grad.device)
+    admitted = admit_under_caps(best_first, in_features, zeros_out, zeros_in, row_cap, col_cap)
+    chosen = best_first[admitted][:num]
+    if chosen.numel() < num:  # caps too tight for num entries among the offered ones: the best of the rest
+        chosen = torch.cat([chosen, best_first[~admitted][: num - chosen.numel()]])
+    if chosen.numel() < num:  # rows offered fewer than num entries in all (row_cap · out < num)
+        rest = (~isin_sorted(torch.arange(dense_grad.numel(), device=dense_grad.device), chosen.sort().values))
+        rest = rest.nonzero().view(-1)
+        rest_scores = dense_grad.reshape(-1)[rest].abs().float()
+        chosen = torch.cat([chosen, rest[order_by(rest_scores, descending=True)][: num - chosen.numel()]])
+    return chosen.sort().values
+
+
+def random_inactive(excluded: torch.Tensor, numel: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` distinct positions in ``[0, numel)`` outside the sorted ``excluded``, uniformly at random (all of
+    them, in random order, when fewer than ``n`` remain)."""
+    device = excluded.device
+    free = numel - excluded.numel()
+    n = min(n, free)
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    if free <= 4 * n:  # dense enough to list the free positions
+        mask = torch.ones(numel, dtype=torch.bool, device=device)
+        mask[excluded.long()] = False
+        pool = mask.nonzero().view(-1)
+        return pool[torch.randperm(pool.numel(), generator=generator, device=device)[:n]]
+    chosen = torch.zeros(0, dtype=torch.long, device=device)
+    while chosen.numel() < n:  # rejection: each draw is free with probability > 3/4
+        draw = torch.randint(numel, (2 * (n - chosen.numel()) + 16,), generator=generator, device=device)
+        draw = draw[~isin_sorted(draw, excluded.long())]
+        # keep first occurrences, in draw order, of positions not chosen before
+        unique, inverse = torch.unique(draw, return_inverse=True)
+        first = torch.full((unique.numel(),), draw.numel(), dtype=torch.long, device=device)
+        first.scatter_reduce_(0, inverse, torch.arange(draw.numel(), device=device), "amin")
+        fresh = draw[first.sort().values]
+        fresh = fresh[~isin_sorted(fresh, chosen.sort().values)]
+        chosen = torch.cat([chosen, fresh[: n - chosen.numel()]])
+    return chosen

@@ -51,9 +51,9 @@ class SpielTrainerMixin:
         return model if isinstance(model, SpielModel) else None
 
     def _check_optimizer(self, model: SpielModel) -> None:
-        from spiel.optim import SparseAdamW, SparseSM3
+        from spiel.selection import method_spec
 
-        expected = SparseAdamW if model.spiel_config.method == "ag" else SparseSM3
+        expected = method_spec(model.spiel_config.method).optimizer
         if getattr(self, "optimizer_cls_and_kwargs", None) is not None:
             raise TypeError("optimizer_cls_and_kwargs cannot be used with a SpielModel: SpIEL needs spiel's "
                             f"{expected.__name__}. Leave it unset (it is built from args.learning_rate and "
@@ -68,8 +68,10 @@ class SpielTrainerMixin:
         if spiel_model is None:
             return super().create_optimizer(model)
         if self.optimizer is None:
+            from spiel.selection import method_spec
+
             kwargs = {}
-            if spiel_model.spiel_config.method == "ag":
+            if method_spec(spiel_model.spiel_config.method).adam_options:
                 kwargs = {"betas": (self.args.adam_beta1, self.args.adam_beta2), "eps": self.args.adam_epsilon}
             self.optimizer = spiel_model.make_optimizer(self.args.learning_rate,
                                                         weight_decay=self.args.weight_decay, **kwargs)

@@ -1,0 +1,225 @@
+"""SpIEL-AG's growth: gradients accumulated at candidate positions over an estimation phase, and its variants.
+
+Paper rule (``paper``): at each phase start the ``k`` largest ``|g|`` of the first micro-batch's dense gradient
+become the candidates; over the phase's γ steps the step gradients at the candidates are summed (and squared);
+at the reselection the best candidates by ``|mean gradient|`` not staying active are grown, their Adam moments
+seeded with the phase's mean and mean square.
+
+Variants that keep the support spread (the paper's rule ranks raw ``|g|`` across rows whose gradient norms
+differ several-fold, so most of the budget lands in a few rows):
+
+* ``normalized``: candidates and growth ranked by ``|g| · rms(g) / (rms(row) · rms(col))``, with the row and
+  column RMS of the phase's first dense gradient;
+* ``capped``: candidates and growth under a per-row and per-column cap (``GrowthSettings.cap`` times the mean
+  entries per row / column, counting the entries that stay);
+* ``explore``: a share of each growth (``GrowthSettings.explore_share``) drawn uniformly at random from the
+  inactive positions; those start with zero moments at age 0 (a fresh Adam state), the rest as the paper's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...delta.indices import rows_cols
+from ..distributed import all_reduce_mean_, broadcast_from_rank0, world_size
+from ..grow import (
+    admit_under_caps,
+    ag_grow_order,
+    capped_top_candidates,
+    line_caps,
+    normalization_factors,
+    normalized_top_candidates,
+    random_inactive,
+    top_candidates,
+)
+from .adam_ages import keep_ages_exact, link_ages
+from .base import GrowthRule, growth_generator
+
+PHASE_KEYS = ("candidates", "step_grad", "grad_sum", "grad_sq_sum", "scale")
+
+
+class _Phase:
+    """One layer's estimation statistics at its growth candidates (all fp32)."""
+
+    def __init__(self):
+        self.candidates = None  # sorted int64 flat positions [K], from the phase's first micro-batch
+        self.scale = None  # (normalized) each candidate's score factor, from the same gradient
+        self.step_grad = None  # sum of this optimizer step's micro-batch gradients
+        self.grad_sum = None  # sum over completed steps of the step gradient
+        self.grad_sq_sum = None  # ... and of its square
+        self.steps = 0
+        self.synced = False  # candidates agreed across ranks
+
+
+class AccumulatedGradient(GrowthRule):
+    """The paper's SpIEL-AG growth (see the module docstring). Paired with SparseAdamW."""
+
+    estimates_gradients = True
+
+    def __init__(self, layers, optimizer, schedule, settings, process_group=None):
+        super().__init__(layers, optimizer, schedule, settings, process_group)
+        data_parallel = world_size(process_group) > 1
+        if data_parallel and schedule.estimation_steps < 2:
+            raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
+                             "phase is spent agreeing on rank 0's growth candidates")
+        self.phases = {name: _Phase() for name in layers}
+        # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
+        # phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on candidates).
+        self.head_start = schedule.estimation_steps - (1 if data_parallel else 0)
+        link_ages(optimizer, layers, self.head_start)
+
+    # -- what the variants change ------------------------------------------------------------------------
+    def candidates(self, layer, dense_grad: torch.Tensor):
+        """(sorted candidate positions, per-candidate score factor or None) from the first dense gradient."""
+        return top_candidates(dense_grad, layer.k), None
+
+    def order(self, layer, phase: _Phase, mean: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+        """Positions (into the candidates) of the ``n`` best candidates not in ``staying``, best first."""
+        return ag_grow_order(phase.candidates, mean, staying, n)
+
+    # -- the estimation phase ----------------------------------------------------------------------------
+    def prepare(self, t: int) -> None:
+        """Make the layers' probes match the state: request the first micro-batch's dense gradient at a phase
+        start, keep gathering at the candidates during a phase, nothing otherwise."""
+        for name, layer in self.layers.items():
+            layer.clear_probes()
+            if not self.schedule.in_estimation_phase(t):
+                continue
+            phase = self.phases[name]
+            if phase.candidates is None:
+                layer.request_dense_grad(self._on_first_dense_grad(name))
+            else:
+                layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
+
+    def _on_first_dense_grad(self, name):
+        def callback(dense_grad: torch.Tensor) -> None:
+            layer, phase = self.layers[name], self.phases[name]
+            phase.candidates, phase.scale = self.candidates(layer, dense_grad)
+            phase.step_grad = dense_grad.reshape(-1)[phase.candidates].float()
+            layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
+
+        return callback
+
+    def _on_candidate_grad(self, name):
+        def callback(grad: torch.Tensor) -> None:
+            self.phases[name].step_grad += grad
+
+        return callback
+
+    def after_step(self, t: int) -> None:
+        for phase in self.phases.values():
+            if phase.candidates is None:
+                continue
+            if not phase.synced and world_size(self.group) > 1:
+                # Rank 0's candidates for everyone; this step's local statistics at other ranks'
+                # candidates are unusable, so every rank starts the statistics from the next step.
+                broadcast_from_rank0(phase.candidates, self.group)
+                if phase.scale is not None:
+                    broadcast_from_rank0(phase.scale, self.group)
+                phase.step_grad.zero_()
+                phase.synced = True
+                continue
+            phase.synced = True
+            step_grad = all_reduce_mean_(phase.step_grad, self.group)
+            if phase.grad_sum is None:
+                phase.grad_sum = torch.zeros_like(step_grad)
+                phase.grad_sq_sum = torch.zeros_like(step_grad)
+            phase.grad_sum += step_grad
+            phase.grad_sq_sum += step_grad * step_grad
+            phase.steps += 1
+            step_grad.zero_()
+
+    def end_period(self) -> None:
+        self.phases = {name: _Phase() for name in self.layers}
+
+    def close(self) -> None:
+        for layer in self.layers.values():
+            layer.clear_probes()
+
+    # -- growth --------------------------------------------------------------------------------------------
+    def grow(self, name, n, staying, active, t):
+        layer, phase = self.layers[name], self.phases[name]
+        if phase.candidates is None or phase.steps == 0:
+            return active[:0].long(), {}
+        mean = phase.grad_sum / phase.steps
+        mean_sq = phase.grad_sq_sum / phase.steps
+        chosen = self.order(layer, phase, mean, staying, n)
+        return phase.candidates[chosen], self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps)
+
+    def _adam_seeds(self, layer, mean, mean_sq, age: int) -> dict:
+        # Seed Adam with the phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias
+        # correction at this age gives back the unbiased estimates.
+        beta1, beta2 = self.optimizer.group_of(layer.values)["betas"]
+        return {"exp_avg": mean * (1 - beta1**age), "exp_avg_sq": mean_sq * (1 - beta2**age), "age": age}
+
+    def before_write(self, layer, seeds, t):
+        keep_ages_exact(self.optimizer, layer, seeds["age"], t)
+
+    # -- resume --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, dict]:
+        phases = {}
+        for name, phase in self.phases.items():
+            entry = {key: getattr(phase, key) for key in PHASE_KEYS if getattr(phase, key) is not None}
+            entry.update(steps=phase.steps, synced=phase.synced)
+            phases[name] = entry
+        return phases
+
+    def load_state_dict(self, phases: dict[str, dict]) -> None:
+        self.phases = {}
+        for name, entry in phases.items():
+            phase = _Phase()
+            for key in PHASE_KEYS:
+                if key in entry:
+                    setattr(phase, key, entry[key].clone())
+            phase.steps, phase.synced = int(entry["steps"]), bool(entry["synced"])
+            self.phases[name] = phase
+
+
+class NormalizedGradient(AccumulatedGradient):
+    """``normalized``: scores ``|g| · rms(g) / (rms(row) · rms(col))`` (factors from the first dense gradient)."""
+
+    def candidates(self, layer, dense_grad):
+        row_factor, col_factor = normalization_factors(dense_grad)
+        candidates = normalized_top_candidates(dense_grad, layer.k, row_factor, col_factor)
+        rows, cols = rows_cols(candidates, layer.in_features)
+        return candidates, row_factor[rows.long()] * col_factor[cols.long()]
+
+    def order(self, layer, phase, mean, staying, n):
+        return ag_grow_order(phase.candidates, mean * phase.scale, staying, n)
+
+
+class CappedGradient(AccumulatedGradient):
+    """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
+
+    def candidates(self, layer, dense_grad):
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        return capped_top_candidates(dense_grad, layer.k, row_cap, col_cap), None
+
+    def order(self, layer, phase, mean, staying, n):
+        eligible = ag_grow_order(phase.candidates, mean, staying, phase.candidates.numel())
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        rows, cols = rows_cols(staying, layer.in_features)
+        row_counts = torch.bincount(rows.long(), minlength=layer.out_features)
+        col_counts = torch.bincount(cols.long(), minlength=layer.in_features)
+        admitted = admit_under_caps(phase.candidates[eligible], layer.in_features, row_counts, col_counts,
+                                    row_cap, col_cap)
+        return eligible[admitted][:n]
+
+
+class ExploringGradient(AccumulatedGradient):
+    """``explore``: the paper's growth for most entries, a share drawn at random from the inactive positions."""
+
+    def grow(self, name, n, staying, active, t):
+        n_random = int(self.settings.explore_share * n)
+        best, seeds = super().grow(name, n - n_random, staying, active, t)
+        if n_random == 0 or not seeds:  # nothing to explore, or no phase statistics: grow as the paper
+            return best, seeds
+        layer = self.layers[name]
+        excluded = torch.cat([active.long(), best]).unique()
+        generator = growth_generator(self.settings.seed, t, list(self.layers).index(name), active.device)
+        drawn = random_inactive(excluded, layer.out_features * layer.in_features, n_random, generator)
+        zeros = torch.zeros(drawn.numel(), dtype=torch.float32, device=drawn.device)
+        ages = torch.cat([torch.full_like(best, seeds["age"]), torch.zeros_like(drawn)])
+        return torch.cat([best, drawn]), {"exp_avg": torch.cat([seeds["exp_avg"], zeros]),
+                                          "exp_avg_sq": torch.cat([seeds["exp_avg_sq"], zeros]), "age": ages}
+
