@@ -277,7 +277,7 @@ def test_search_grid_shapes():
 def test_support_concentration_counts_rows_columns_and_empty_neurons():
     from types import SimpleNamespace
 
-    from spiel.bench.support import support_concentration
+    from spiel.bench.support import concentration_by_projection
 
     def layer(out_f, in_f, positions):
         return SimpleNamespace(dense_shape=(out_f, in_f), indices=torch.tensor(sorted(positions)))
@@ -287,7 +287,7 @@ def test_support_concentration_counts_rows_columns_and_empty_neurons():
     deltas = {"model.layers.0.mlp.gate_proj": layer(20, 10, list(range(9)) + [50]),
               "model.layers.0.mlp.up_proj": layer(20, 10, [10 * r for r in range(10)]),
               "model.layers.0.mlp.down_proj": layer(10, 20, [0, 19, 20, 39])}
-    c = support_concentration(deltas)
+    c = concentration_by_projection(deltas)
     # top 10% of 20 rows = 2 rows: gate 10/10, up 2/10; top 10% of 10 columns = 1 column: gate 2/10, up 10/10.
     assert c["rows"]["gate_proj"] == pytest.approx(1.0) and c["rows"]["up_proj"] == pytest.approx(0.2)
     assert c["cols"]["gate_proj"] == pytest.approx(0.2) and c["cols"]["up_proj"] == pytest.approx(1.0)

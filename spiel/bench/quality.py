@@ -34,7 +34,7 @@ from .models import (
     trainable_count,
     wrap_for_training,
 )
-from .support import support_concentration
+from .support import concentration_by_projection
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
 SPARSE = ("ag", "ma", "static")
@@ -202,7 +202,7 @@ def run_job(job: QualityJob) -> dict:
         result.update(exact_match=scored["exact_match"], per_skill=scored["per_skill"],
                       heldout_loss=answer_loss(model, encode(held, tokenizer), pad_id))
     if getattr(model, "deltas", None):
-        result["support"] = support_concentration(model.deltas)
+        result["support"] = concentration_by_projection(model.deltas)
     return result
 
 

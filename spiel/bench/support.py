@@ -1,10 +1,7 @@
-"""How concentrated a sparse delta's support is: the share of a matrix's entries in its busiest 10% of
-rows (output neurons) and of columns (input features), and the share of MLP neurons that hold no entry
-at all (neuron i of a block: row i of gate_proj and up_proj, column i of down_proj).
-
-A uniformly random support puts about 10% + a little of its entries in the top 10% of rows; the paper's
-growth rule, ranking raw gradients across rows whose gradient norms differ several-fold, puts most of
-them there. Reported beside the quality scores of ``scripts/bench_quality.py``.
+"""The support's concentration as the quality table reports it, per projection type: the mean over blocks
+of the share of a matrix's entries in its busiest 10% of rows (output neurons) and of columns (input
+features), from :func:`spiel.selection.concentration.support_concentration`; and the share of MLP neurons
+that hold no entry at all (neuron i of a block: row i of gate_proj and up_proj, column i of down_proj).
 """
 
 from __future__ import annotations
@@ -15,23 +12,10 @@ import statistics
 import torch
 
 from spiel.delta.indices import rows_cols
+from spiel.selection.concentration import support_concentration
 
-TOP_SHARE = 0.10
 MLP_ROWS = ("gate_proj", "up_proj")  # neuron = output row
 MLP_COLS = ("down_proj",)  # neuron = input column
-
-
-def top_share(counts: torch.Tensor, share: float = TOP_SHARE) -> float:
-    """Fraction of all entries held by the ``share`` busiest of ``counts``' bins (at least one bin)."""
-    total = int(counts.sum())
-    if total == 0:
-        return 0.0
-    top = max(1, round(share * counts.numel()))
-    return float(counts.float().topk(top).values.sum()) / total
-
-
-def _projection(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
 
 
 def _block(name: str) -> str:
@@ -39,24 +23,23 @@ def _block(name: str) -> str:
     return match.group(1) if match else name
 
 
-def support_concentration(deltas: dict) -> dict:
+def concentration_by_projection(deltas: dict) -> dict:
     """``{"rows": {proj: mean top-10% row share}, "cols": {...}, "dead_neurons": share}`` over the
-    ``SparseDeltaLinear`` layers in ``deltas`` (name → layer); per projection type the mean over blocks."""
+    ``SparseDeltaLinear`` layers in ``deltas`` (name → layer)."""
     rows: dict[str, list[float]] = {}
     cols: dict[str, list[float]] = {}
     neuron_hits: dict[str, torch.Tensor] = {}
     for name, layer in deltas.items():
         out_f, in_f = layer.dense_shape
-        r, c = rows_cols(layer.indices.long(), in_f)
-        row_counts = torch.bincount(r, minlength=out_f)
-        col_counts = torch.bincount(c, minlength=in_f)
-        proj = _projection(name)
-        rows.setdefault(proj, []).append(top_share(row_counts))
-        cols.setdefault(proj, []).append(top_share(col_counts))
-        counts = row_counts if proj in MLP_ROWS else col_counts if proj in MLP_COLS else None
-        if counts is not None:
+        report = support_concentration(layer.indices, out_f, in_f)
+        proj = name.rsplit(".", 1)[-1]
+        rows.setdefault(proj, []).append(report["top10_rows_share"])
+        cols.setdefault(proj, []).append(report["top10_cols_share"])
+        if proj in MLP_ROWS + MLP_COLS:
+            r, c = rows_cols(layer.indices.long(), in_f)
+            hits = torch.bincount(r, minlength=out_f) if proj in MLP_ROWS else torch.bincount(c, minlength=in_f)
             block = _block(name)
-            neuron_hits[block] = neuron_hits.get(block, torch.zeros_like(counts)) + counts
+            neuron_hits[block] = neuron_hits.get(block, torch.zeros_like(hits)) + hits
     dead = [float((hits == 0).float().mean()) for hits in neuron_hits.values()]
     return {"rows": {p: statistics.fmean(v) for p, v in rows.items()},
             "cols": {p: statistics.fmean(v) for p, v in cols.items()},
