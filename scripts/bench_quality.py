@@ -124,7 +124,7 @@ _RESUME_KEYS = ("rank", "steps", "batch_size", "val", "split_seed", "heldout")
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
-        return report(args.report, args.markdown)
+        return report(args.report, args.markdown, args.png)
     import torch
 
     from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo, load_demo
@@ -169,44 +169,52 @@ def main(argv=None) -> int:
         return [job(method, best["lr"], best["weight_decay"], s, "seeds") for s in seeds]
 
     start = time.perf_counter()
-    pending_search = {m: [job(m, lr, wd, args.search_seed, "search") for lr, wd in grids[m]] for m in methods}
-    queue = [j for m in methods for j in pending_search[m]]
-    left = {m: len(pending_search[m]) for m in methods}
+    search = [job(m, lr, wd, args.search_seed, "search") for m in methods for lr, wd in grids[m]]
+    seeds_ready: list[QualityJob] = []  # seed runs of methods whose search is complete: these go first
+    left = {m: len(grids[m]) for m in methods}
 
-    def finished(result):
-        runs.append(result)
-        done[_key(result)] = result
-        _report_run(result)
-        _save(args.json, runs, config, start)
+    def finished(j, result):
+        """Record a run (or a cached one); when a method's search is complete, queue its seed runs."""
+        if _key(result) not in done:
+            runs.append(result)
+            done[_key(result)] = result
+            _report_run(result)
+            _save(args.json, runs, config, start)
+        if j.stage == "search":
+            left[j.method] -= 1
+            if left[j.method] == 0:
+                seeds_ready.extend(seed_jobs(j.method))
+
+    def next_job():
+        """Seed runs before further search runs (methods finish early, in --methods order); cached runs
+        are taken without training."""
+        while seeds_ready or search:
+            j = seeds_ready.pop(0) if seeds_ready else search.pop(0)
+            key = (j.method, j.stage, j.lr, j.weight_decay, j.seed)
+            if key not in done:
+                return j
+            finished(j, done[key])
+        return None
 
     import multiprocessing
 
     with ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
 
-        def submit(j):
-            key = (j.method, j.stage, j.lr, j.weight_decay, j.seed)
-            if key in done:
-                on_done(j, done[key], cached=True)
-            else:
+        def fill():
+            while len(futures) < max(1, args.jobs):
+                j = next_job()
+                if j is None:
+                    return
                 futures[pool.submit(run_job, j)] = j
 
-        def on_done(j, result, cached=False):
-            if not cached:
-                finished(result)
-            if j.stage == "search":
-                left[j.method] -= 1
-                if left[j.method] == 0:
-                    for s in seed_jobs(j.method):
-                        submit(s)
-
-        for j in queue:
-            submit(j)
+        fill()
         while futures:
             ready, _ = wait(futures, return_when=FIRST_COMPLETED)
             for f in ready:
                 j = futures.pop(f)
-                on_done(j, f.result())
+                finished(j, f.result())
+            fill()
 
     base_model = tiny_model()
     base = evaluate_demo(base_model, tokenizer, heldout_path, batch_size=64)
@@ -223,26 +231,33 @@ def main(argv=None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     if args.png:
-        quality_chart({m: {"exact_match": r["exact_match"], "heldout_loss": r["heldout_loss"]}
-                       for m, r in rows.items()}, args.png,
-                      f"tiny base, demo task, {args.steps} steps × {args.batch_size}, rank {rank}; "
-                      f"mean of {len(seeds)} seeds at the (lr, λ) picked on validation")
+        _chart(rows, args.png, config)
     return 0
 
 
-def report(paths: list[str], markdown: str | None) -> int:
-    """One table from several result files (e.g. the baselines and a later run of variants)."""
-    runs, methods, base = [], [], None
+def report(paths: list[str], markdown: str | None, png: str | None = None) -> int:
+    """One table (and chart) from several result files (e.g. the baselines and a later run of variants)."""
+    runs, methods, base, config = [], [], None, None
     for path in paths:
         data = json.loads(Path(path).read_text())
         runs += data["runs"]
         methods += [m for m in data["config"]["methods"] if m not in methods]
         base = base or data["config"].get("base")
-    table = protocol_table(protocol_rows(runs, methods, base))
+        config = config or data["config"]
+    rows = protocol_rows(runs, methods, base)
+    table = protocol_table(rows)
     print(table)
     if markdown:
         Path(markdown).write_text(table + "\n")
+    if png:
+        _chart(rows, png, config)
     return 0
+
+
+def _chart(rows: dict, png: str, config: dict) -> None:
+    quality_chart({m: {"exact_match": r["exact_match"], "heldout_loss": r["heldout_loss"]} for m, r in rows.items()},
+                  png, f"tiny base, demo task, {config['steps']} steps × {config['batch_size']}, rank {config['rank']}; "
+                  f"mean of {len(config['seeds'])} seeds at the (lr, λ) picked on validation")
 
 
 def _save(path: str | None, runs: list[dict], config: dict, start: float) -> float:

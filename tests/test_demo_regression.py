@@ -1,10 +1,12 @@
-"""Regression on the demo task: with the shipped demo defaults (``spiel-train`` with ``model=tiny``,
-``method=ag``: its lr, λ and rank-equivalent budget), SpIEL-AG's reselection must beat the same layer
-with its random indices never reselected (static random sparsity) at equal budget, by more than the
-spread between seeds measured for this test's settings (see MARGIN).
+"""Regression on the demo task: with the shipped demo defaults (what ``spiel-train model=tiny method=ag``
+resolves to: its lr, λ and rank-equivalent budget), SpIEL-AG's reselection beats the same layer with its
+random indices never reselected (static random sparsity) at equal budget, by more than the spread between
+seeds measured at exactly these settings (``scripts/bench_quality.py --methods ag,static --lr-factors 1
+--decay-factors 30``: 170 steps of 16 on the 2,700 training examples of the benchmark's split, the 300
+held-out examples; see MARGIN_LOSS / MARGIN_EM).
 
-Shortened for CI: STEPS optimizer steps of the demo's batch size, scored on the first HELDOUT held-out
-examples (loss on the answer tokens, and greedy exact match)."""
+Under the fair protocol of the README (λ chosen on validation), static random sparsity beats the paper's AG
+on this task; this test pins down the demo's own setting, where strong decay favours AG."""
 
 from __future__ import annotations
 
@@ -13,17 +15,18 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from spiel.bench.quality import QualityJob, answer_loss, encode, train
-from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo, load_demo
-from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
+from spiel.bench.quality import QualityJob, encode, run_job, split_records
+from spiel.eval.demo import DEMO_HELDOUT, load_demo
+from spiel.testing import DEMO_DIR, tiny_tokenizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-STEPS = 80
-HELDOUT = 100
+STEPS = 170
 SEED = 1
-# Measured at these settings with seeds 1-3 (see the README's quality section): the largest seed-to-seed
-# range of held-out loss of either method was below MARGIN, and AG's mean lead over static above it.
-MARGIN = 0.05
+# Measured with seeds 1-3 at these settings (lr 3e-2, λ 3): held-out loss AG 0.507 / 0.488 / 0.497, static
+# 0.661 / 0.679 / 0.678; exact match AG 0.497 / 0.487 / 0.477, static 0.427 / 0.407 / 0.437. MARGIN_* is the
+# larger of the two methods' seed ranges (max - min); AG's mean lead is 0.175 in loss and 0.063 in exact match.
+MARGIN_LOSS = 0.02
+MARGIN_EM = 0.03
 
 
 def demo_defaults() -> dict:
@@ -38,24 +41,18 @@ def demo_defaults() -> dict:
             "batch_size": int(cfg.batch_size)}
 
 
-def demo_run(method: str, seed: int, steps: int = STEPS, heldout: int = HELDOUT) -> dict:
-    """Train ``method`` (ag or static) with the demo defaults; held-out answer loss and exact match."""
+def demo_run(method: str, seed: int) -> dict:
+    """``method`` (ag or static) trained with the demo defaults as the benchmark's seed runs are."""
     d = demo_defaults()
-    tok = tiny_tokenizer()
-    job = QualityJob(method=method, lr=d["lr"], weight_decay=d["weight_decay"], steps=steps,
-                     batch_size=d["batch_size"], rank=d["rank"], seed=seed,
-                     train=encode(load_demo(DEMO_DIR / "train.jsonl"), tok), val_records=[], heldout_path="")
-    model, _ = train(job, tiny_model(), tok)
-    records = load_demo(DEMO_HELDOUT, heldout)
-    em = evaluate_demo(model, tok, limit=heldout, batch_size=64)["exact_match"]
-    return {"loss": answer_loss(model, encode(records, tok), tok.pad_token_id), "exact_match": em}
+    train, _ = split_records(load_demo(DEMO_DIR / "train.jsonl"), 300, 0)
+    job = QualityJob(method=method, lr=d["lr"], weight_decay=d["weight_decay"], steps=STEPS,
+                     batch_size=d["batch_size"], rank=d["rank"], seed=seed, train=encode(train, tiny_tokenizer()),
+                     val_records=[], heldout_path=str(DEMO_HELDOUT), threads=2, evaluate_val=False)
+    return run_job(job)
 
 
 @pytest.mark.slow
 def test_spiel_ag_beats_static_random_sparsity_on_the_demo():
-    import torch
-
-    torch.set_num_threads(2)
     ag, static = demo_run("ag", SEED), demo_run("static", SEED)
-    assert static["loss"] - ag["loss"] > MARGIN, (ag, static)
-    assert ag["exact_match"] > static["exact_match"], (ag, static)
+    assert static["heldout_loss"] - ag["heldout_loss"] > MARGIN_LOSS, (ag, static)
+    assert ag["exact_match"] - static["exact_match"] > MARGIN_EM, (ag, static)
