@@ -3,81 +3,43 @@
     python scripts/demo_full_finetune.py                 # ~2-3 min on 2 CPU cores
     python scripts/demo_full_finetune.py --steps 100 --json results.json --save outputs/demo_full
 
-A plain PyTorch loop (no SpIEL, no Trainer): every parameter trained with AdamW on the Tülu-format demo
-conversations, loss on the assistant answer and its EOS only (prompt tokens masked with -100, as in
-open-instruct). Prints a markdown table; --json writes the numbers, per-skill scores and predictions.
+The package's plain PyTorch loop (spiel.training.plain_loop; no SpIEL, no Trainer): every parameter
+trained with AdamW on the Tülu-format demo conversations, encoded by spiel.data (loss on the assistant
+answer and its EOS only, prompt tokens masked with -100, as in open-instruct). Prints a markdown table;
+--json writes the numbers, per-skill scores and predictions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from spiel.data.template import chat_prompt, render_messages
+from spiel.data.encode import encode_many
 from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo, load_demo
+from spiel.training.plain_loop import train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def encode_single_turn(messages: list[dict], tok) -> tuple[list[int], list[int]]:
-    """Ids and labels of one conversation ending in an assistant turn; only that turn (and EOS) is trained.
-
-    The demo has one user turn per conversation, so masking the rendered prompt is exactly open-instruct's
-    masking here (the general multi-turn version lives in spiel.data).
-    """
-    ids = tok(render_messages(messages, tok.eos_token))["input_ids"]
-    n_prompt = len(tok(chat_prompt(messages, tok.eos_token))["input_ids"])
-    if ids[:n_prompt] != tok(chat_prompt(messages, tok.eos_token))["input_ids"]:
-        raise ValueError("prompt tokens are not a prefix of the conversation tokens")
-    return ids, [-100] * n_prompt + ids[n_prompt:]
-
-
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
 def finetune(model, tok, records, steps: int, batch_size: int, lr: float, seed: int) -> float:
-    """Full fine-tuning with AdamW, linear warmup (3%) and linear decay; returns the last losses' mean."""
-    data = [encode_single_turn(r["messages"], tok) for r in records]
-    rng = random.Random(seed)
-    order: list[int] = []
+    """Full fine-tuning with AdamW in the package's plain loop (linear warm-up over 3% of the steps, then
+    linear decay; gradients clipped to norm 1); returns the mean loss of the last 20 steps."""
+    data = encode_many([r["messages"] for r in records], tok)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(1, int(0.03 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / (steps - warmup))
-    )
-    model.train()
-    recent = []
-    for step in range(steps):
-        if len(order) < batch_size:
-            perm = list(range(len(data)))
-            rng.shuffle(perm)
-            order += perm
-        idx, order = order[:batch_size], order[batch_size:]
-        loss = model(**collate([data[i] for i in idx], tok.pad_token_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-20:]
+
+    def log(step: int, loss: float) -> None:
         if step % 50 == 0 or step == steps - 1:
-            print(f"  step {step:4d}  loss {loss.item():.4f}", flush=True)
+            print(f"  step {step:4d}  loss {loss:.4f}", flush=True)
+
+    losses = train_steps(model, opt, data, steps=steps, batch_size=batch_size, seed=seed,
+                         pad_token_id=tok.pad_token_id, max_grad_norm=1.0, on_step=log)
     model.eval()
+    recent = losses[-20:]
     return sum(recent) / len(recent)
 
 

@@ -1,16 +1,19 @@
-"""A CPU mini-Table 1: each method fine-tunes the tiny base on the demo task with the same data order,
-steps and seed, at the same parameter budget (LoRA rank r = SpIEL rank-equivalent r; full and (IA)3 have
-their own counts), with the learning rate picked on a validation split, and is scored on the held-out
-file (greedy exact match, and the loss on the answer tokens).
+"""A CPU mini-Table 1 under a fair protocol: each method fine-tunes the tiny base on the demo task at the
+same parameter budget (LoRA rank r = SpIEL rank-equivalent r; full and (IA)3 have their own counts), its
+learning rate and weight decay λ chosen jointly on a validation split (:func:`search_grid`), then trained
+with several seeds at the chosen setting and scored on the held-out file (greedy exact match, and the loss
+on the answer tokens). A seed sets the initial indices / adapter initialisation and the data order.
 
-The loop is the plain PyTorch loop of the README (forward, backward, optimizer step, zero_grad,
-``selector.step()``), with the Trainer's schedule: linear warm-up over 3% of the steps, then linear decay.
-The models are wrapped by the method registry (``spiel.training.methods``), like spiel-train does.
+The loop is the package's plain training loop (``spiel.training.plain_loop``); the models are wrapped by the
+method registry (``spiel.training.methods``), like spiel-train does. A method name is a registry method (``lora``,
+``ag``, ...), ``static`` (SpIEL-AG's layer and optimizer with its random indices never reselected), or a
+variant ``<method>+<key>=<value>[+...]`` whose keys are method-config fields (e.g. ``ag+drop=change``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import tempfile
@@ -19,35 +22,90 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
-from .models import method_config, paper_hparams, paper_method, trainable_count, wrap_for_training
+from spiel.training.plain_loop import train_steps
+
+from .models import (
+    METHOD_CONFIG_DIR,
+    method_config,
+    paper_hparams,
+    paper_method,
+    trainable_count,
+    wrap_for_training,
+)
+from .support import concentration_by_projection
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
-# Learning-rate grids: five rates 3× apart from the paper's Table 4 rate × 10 upward (a 3M-parameter model
-# on a few hundred steps wants much larger steps than LLaMA2-7b; every method's best rate lies inside this
-# range, not at its edge). Weight decay is not tuned: as the paper fixes λ per method and tunes the rate,
-# each method keeps the paper's λ scaled as the tiny demo config scales it (× 0.1, so that at the grid's
-# first rate the decay per step, lr·λ, is the paper's). A first version kept lr·λ constant across the grid
-# instead; that starved the larger rates of decay and ranked static random sparsity above SpIEL-AG.
-LR_FACTORS = (1.0, 3.0, 10.0, 30.0, 100.0)
-TINY_LR_SCALE = 10.0
-TINY_WEIGHT_DECAY_SCALE = 0.1
+SPARSE = ("ag", "ma", "static")
+# The joint grid. Rates: the demo's rate for the method (configs/model_method/tiny_<method>.yaml, picked by
+# the previous lr-only protocol) × LR_FACTORS. Decay per step, lr·λ: the paper's (Table 4 lr × λ) ×
+# DECAY_FACTORS, so λ = factor · paper lr·λ / lr; the paper's own per-step decay (factor 1) is in the grid,
+# as are the 10× and 30× stronger decays a 3M-parameter model on ~170 steps may want. "cross" (the default,
+# 5 points, to fit a shared 2-core box): every decay at the demo's rate, and every rate at the middle decay;
+# "full": all 9 pairs. LoRA's paper λ is 0, so its λ grid is LORA_WEIGHT_DECAYS (0, and a plain decay toward
+# 0 at the demo's rate in "cross").
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+DECAY_FACTORS = (1.0, 10.0, 30.0)
+LORA_WEIGHT_DECAYS = (0.0, 1.0)
+GRID_SHAPES = ("cross", "full")
+SEARCH_SEED = 0
+SEEDS = (1, 2, 3)
+DEMO_METHOD_CONFIG_DIR = METHOD_CONFIG_DIR.parent / "model_method"
 
 
-def lr_grid(name: str, factors=LR_FACTORS) -> list[float]:
-    base = paper_hparams(paper_method(name))[0] * TINY_LR_SCALE
-    return [float(f"{base * f:.3g}") for f in factors]
+def parse_method(name: str) -> tuple[str, dict]:
+    """``(base, overrides)`` of a benchmark method name: ``"ag+drop=change"`` → ``("ag", {"drop": "change"})``.
+    Values are read as YAML scalars (numbers, booleans, strings)."""
+    base, *parts = name.split("+")
+    if base not in QUALITY_METHODS:
+        raise ValueError(f"unknown method {base!r} in {name!r}; choose from {', '.join(QUALITY_METHODS)}")
+    overrides = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"method variant {part!r} in {name!r} must read key=value")
+        overrides[key] = yaml.safe_load(value)
+    if overrides and base not in SPARSE:
+        raise ValueError(f"variants ({name!r}) are for the sparse methods {', '.join(SPARSE)}")
+    return base, overrides
 
 
-def weight_decay_for(name: str) -> float:
-    """The method's λ for the tiny base: the paper's (Table 4) × TINY_WEIGHT_DECAY_SCALE, whatever the rate."""
-    return paper_hparams(paper_method(name))[1] * TINY_WEIGHT_DECAY_SCALE
+@functools.cache
+def demo_lr(base: str) -> float:
+    """The demo's learning rate for a method (its tiny_<method>.yaml); ``static`` uses SpIEL-AG's."""
+    cfg = yaml.safe_load((DEMO_METHOD_CONFIG_DIR / f"tiny_{paper_method(base)}.yaml").read_text())
+    return float(cfg["method"]["lr"])
+
+
+def search_grid(name: str, lr_factors=LR_FACTORS, decay_factors=DECAY_FACTORS,
+                shape: str = "cross") -> list[tuple[float, float]]:
+    """The (lr, λ) pairs searched for ``name`` (see the grid comment above)."""
+    if shape not in GRID_SHAPES:
+        raise ValueError(f"grid shape must be one of {', '.join(GRID_SHAPES)}, got {shape!r}")
+    base, _ = parse_method(name)
+    paper_lr, paper_wd = paper_hparams(paper_method(base))
+    center = demo_lr(base)
+    rates = [float(f"{center * f:.3g}") for f in lr_factors]
+    if paper_wd == 0:
+        pairs = [(lr, wd) for lr in rates for wd in LORA_WEIGHT_DECAYS]
+        middle = LORA_WEIGHT_DECAYS[0]
+    else:
+        decays = [paper_lr * paper_wd * f for f in decay_factors]
+        pairs = [(lr, float(f"{d / lr:.3g}")) for lr in rates for d in decays]
+        middle = float(f"{decays[len(decays) // 2] / center:.3g}")
+    if shape == "full":
+        return pairs
+    at_center = [(lr, wd) for lr, wd in pairs if lr == float(f"{center:.3g}")]
+    at_middle = [(lr, float(f"{middle * center / lr:.3g}") if paper_wd else middle) for lr in rates]
+    return list(dict.fromkeys(at_middle[:1] + at_center + at_middle[1:]))
 
 
 @dataclass
 class QualityJob:
     method: str
     lr: float
+    weight_decay: float
     steps: int
     batch_size: int
     rank: int
@@ -57,9 +115,9 @@ class QualityJob:
     heldout_path: str
     threads: int = 1
     max_new_tokens: int = 16
+    evaluate_val: bool = True
     evaluate_heldout: bool = True
-    weight_decay: float | None = None  # None: weight_decay_for(method)
-    overrides: dict | None = None  # extra method-config fields, e.g. {"reselection_steps": 10}
+    stage: str = "search"  # "search" or "seeds": which part of the protocol the run belongs to
 
 
 def split_records(records: list, n_val: int, seed: int) -> tuple[list, list]:
@@ -76,46 +134,17 @@ def encode(records: list, tokenizer, max_seq_len: int = 256) -> list[dict]:
     return encode_many([r["messages"] for r in records], tokenizer, max_seq_len)
 
 
-def batches(n_examples: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """The example indices of every step: reshuffled epochs from one seeded RNG (the same for all methods)."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    out = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            perm = list(range(n_examples))
-            rng.shuffle(perm)
-            order += perm
-        out.append(order[:batch_size])
-        order = order[batch_size:]
-    return out
-
-
-def collate(examples: list[dict], pad_id: int) -> dict:
-    from spiel.data.collator import DataCollatorForSpiel
-
-    return DataCollatorForSpiel(pad_token_id=pad_id)(examples)
-
-
-def lr_lambda(steps: int):
-    warmup = max(1, round(0.03 * steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (steps - step) / max(1, steps - warmup))
-
-    return factor
-
-
 @torch.no_grad()
 def answer_loss(model, examples: list[dict], pad_id: int, batch_size: int = 64) -> float:
     """Mean cross-entropy over all answer tokens (labels != -100) of ``examples``."""
+    from spiel.data.collator import DataCollatorForSpiel
+
+    collate = DataCollatorForSpiel(pad_token_id=pad_id)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i:i + batch_size], pad_id)
+        batch = collate(examples[i:i + batch_size])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         lp = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
@@ -129,41 +158,28 @@ def answer_loss(model, examples: list[dict], pad_id: int, batch_size: int = 64) 
 def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
     """Fine-tune a copy of ``base_model`` as ``job`` says; returns (model, {"trainable", "train_loss", ...})."""
     torch.manual_seed(job.seed)
-    name = paper_method(job.method)
-    wd = weight_decay_for(job.method) if job.weight_decay is None else job.weight_decay
-    mcfg = method_config(name, job.rank, lr=job.lr, weight_decay=wd)
-    for key, value in (job.overrides or {}).items():
+    base, overrides = parse_method(job.method)
+    mcfg = method_config(paper_method(base), job.rank, lr=job.lr, weight_decay=job.weight_decay)
+    for key, value in overrides.items():
         if not hasattr(mcfg, key):
-            raise ValueError(f"{job.method} has no setting {key!r}")
+            raise ValueError(f"{job.method}: {paper_method(base)} has no setting {key!r}")
         setattr(mcfg, key, value)
-    model, optimizer = wrap_for_training(job.method, copy.deepcopy(base_model), mcfg, seed=job.seed,
-                                         quantized=False)
-    selector = model.make_selector(optimizer, total_steps=job.steps) if job.method in ("ag", "ma") else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job.steps))
-    pad_id = tokenizer.pad_token_id
-    model.train()
-    losses = []
+    model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
+    selector = model.make_selector(optimizer, total_steps=job.steps) if base in ("ag", "ma") else None
     start = time.perf_counter()
-    for idx in batches(len(job.train), job.steps, job.batch_size, job.seed):
-        batch = collate([job.train[i] for i in idx], pad_id)
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if selector is not None:
-            selector.step()
-        losses.append(float(loss.detach()))
+    losses = train_steps(model, optimizer, job.train, steps=job.steps, batch_size=job.batch_size, seed=job.seed,
+                         pad_token_id=tokenizer.pad_token_id, selector=selector)
     if selector is not None:
         selector.close()
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
-    return model, {"trainable": trainable_count(job.method, model), "train_loss": sum(tail) / len(tail),
-                   "train_s": time.perf_counter() - start, "weight_decay": wd}
+    return model, {"trainable": trainable_count(base, model), "train_loss": sum(tail) / len(tail),
+                   "train_s": time.perf_counter() - start}
 
 
 def run_job(job: QualityJob) -> dict:
-    """Train one (method, lr) and score it on validation (and held-out) data. Runs in a worker process."""
+    """Train one (method, lr, λ, seed) and score it on validation and/or held-out data, with the support's
+    concentration for the sparse methods. Runs in a worker process."""
     from spiel.eval.demo import evaluate_demo, load_demo
     from spiel.testing import tiny_model, tiny_tokenizer
 
@@ -171,18 +187,22 @@ def run_job(job: QualityJob) -> dict:
     tokenizer = tiny_tokenizer()
     model, stats = train(job, tiny_model(), tokenizer)
     pad_id = tokenizer.pad_token_id
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        val_path = Path(tmp) / "val.jsonl"
-        val_path.write_text("".join(json.dumps(r) + "\n" for r in job.val_records))
-        val = evaluate_demo(model, tokenizer, val_path, batch_size=64, max_new_tokens=job.max_new_tokens)
-    result = {"method": job.method, "lr": job.lr, "weight_decay": stats.pop("weight_decay"),
-              "overrides": job.overrides, **stats, "val_exact_match": val["exact_match"],
-              "val_loss": answer_loss(model, encode(job.val_records, tokenizer), pad_id)}
+    result = {"method": job.method, "stage": job.stage, "lr": job.lr, "weight_decay": job.weight_decay,
+              "seed": job.seed, **stats}
+    if job.evaluate_val:
+        with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+            val_path = Path(tmp) / "val.jsonl"
+            val_path.write_text("".join(json.dumps(r) + "\n" for r in job.val_records))
+            val = evaluate_demo(model, tokenizer, val_path, batch_size=64, max_new_tokens=job.max_new_tokens)
+        result.update(val_exact_match=val["exact_match"],
+                      val_loss=answer_loss(model, encode(job.val_records, tokenizer), pad_id))
     if job.evaluate_heldout:
         held = load_demo(job.heldout_path)
         scored = evaluate_demo(model, tokenizer, job.heldout_path, batch_size=64, max_new_tokens=job.max_new_tokens)
         result.update(exact_match=scored["exact_match"], per_skill=scored["per_skill"],
                       heldout_loss=answer_loss(model, encode(held, tokenizer), pad_id))
+    if getattr(model, "deltas", None):
+        result["support"] = concentration_by_projection(model.deltas)
     return result
 
 

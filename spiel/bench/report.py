@@ -12,6 +12,9 @@ LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "
 
 
 def label(key: str) -> str:
+    if "+" in key:  # a SpIEL variant of the quality protocol, e.g. "ag+drop=change"
+        base, _, rest = key.partition("+")
+        return f"{label(base)} ({rest.replace('+', ', ')})"
     base, _, quant = key.partition("-")
     name = LABELS.get(base, base)
     return f"q{name}" if quant == "nf4" and base in ("lora", "ag", "ma") else (
@@ -200,3 +203,63 @@ def quality_chart(rows: dict[str, dict], path: str | Path, title: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- the fair quality protocol (scripts/bench_quality.py) -------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def protocol_rows(runs: list[dict], methods: list[str], base: dict | None = None) -> dict[str, dict]:
+    """Per method: the picked (lr, λ) and its validation scores, and over the seed runs the mean and
+    standard deviation of held-out exact match and loss, the training loss, and (sparse methods) the
+    support's concentration averaged over seeds. Methods without finished seed runs are left out."""
+    from .quality import pick
+
+    rows = {}
+    if base:
+        rows["base"] = {"exact_match": base["exact_match"], "heldout_loss": base["heldout_loss"], "seeds": 0}
+    for m in methods:
+        search = [r for r in runs if r["method"] == m and r["stage"] == "search"]
+        seeds = [r for r in runs if r["method"] == m and r["stage"] == "seeds"]
+        if not search or not seeds:
+            continue
+        best = pick(search)
+        em, em_sd = _mean_std([r["exact_match"] for r in seeds])
+        loss, loss_sd = _mean_std([r["heldout_loss"] for r in seeds])
+        row = {"trainable": seeds[0]["trainable"], "lr": best["lr"], "weight_decay": best["weight_decay"],
+               "val_exact_match": best["val_exact_match"], "val_loss": best["val_loss"], "seeds": len(seeds),
+               "exact_match": em, "exact_match_std": em_sd, "heldout_loss": loss, "heldout_loss_std": loss_sd,
+               "train_loss": statistics.fmean(r["train_loss"] for r in seeds), "grid": len(search),
+               "per_seed": [r["exact_match"] for r in seeds]}
+        supports = [r["support"] for r in seeds if r.get("support")]
+        if supports:
+            row["support"] = {
+                "rows": statistics.fmean(statistics.fmean(s["rows"][p] for p in ("gate_proj", "up_proj"))
+                                         for s in supports),
+                "cols": statistics.fmean(s["cols"]["down_proj"] for s in supports),
+                "attn_rows": statistics.fmean(statistics.fmean(s["rows"][p] for p in ("q_proj", "k_proj", "v_proj",
+                                                                                      "o_proj")) for s in supports),
+                "dead_neurons": statistics.fmean(s["dead_neurons"] for s in supports)}
+        rows[m] = row
+    return rows
+
+
+def protocol_table(rows: dict[str, dict]) -> str:
+    lines = ["| method | trainable | lr | λ | lr·λ | grid | val EM (picked) | held-out EM, mean ± std | "
+             "held-out loss, mean ± std | train loss | MLP rows in top 10% (gate/up) | down_proj cols in top 10% "
+             "| attention rows in top 10% | MLP neurons with no entry |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        if not r.get("seeds"):
+            lines.append(f"| {label(name)} | 0 | – | – | – | – | – | {r['exact_match']:.3f} | "
+                         f"{r['heldout_loss']:.3f} | – | – | – | – | – |")
+            continue
+        s = r.get("support")
+        conc = (f"{s['rows']:.0%} | {s['cols']:.0%} | {s['attn_rows']:.0%} | {s['dead_neurons']:.0%}" if s
+                else "– | – | – | –")
+        lines.append(f"| {label(name)} | {r['trainable']:,} | {r['lr']:g} | {r['weight_decay']:g} | "
+                     f"{r['lr'] * r['weight_decay']:.2g} | {r['grid']} | {r['val_exact_match']:.3f} | "
+                     f"**{r['exact_match']:.3f} ± {r['exact_match_std']:.3f}** | "
+                     f"{r['heldout_loss']:.3f} ± {r['heldout_loss_std']:.3f} | {r['train_loss']:.3f} | {conc} |")
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from spiel.bench.models import (
     paper_density,
     paper_hparams,
 )
+from spiel.bench.quality import pick
 from spiel.bench.report import ratios
 from spiel.bench.step import StepSpec, run
 from tests.helpers.paths import REPO
@@ -89,8 +91,8 @@ def test_static_baseline_keeps_its_random_indices_and_ag_moves_them():
     examples = encode(load_demo(DEMO_DIR / "train.jsonl", limit=16), tok)
     indices = {}
     for method in ("static", "ag"):
-        job = QualityJob(method=method, lr=1e-3, steps=6, batch_size=4, rank=2, seed=0, train=examples,
-                         val_records=[], heldout_path="")
+        job = QualityJob(method=method, lr=1e-3, weight_decay=3.0, steps=6, batch_size=4, rank=2, seed=0,
+                         train=examples, val_records=[], heldout_path="")
         model, stats = train(job, tiny_model(), tok)
         indices[method] = {n: layer.indices.clone() for n, layer in model.deltas.items()}
         assert stats["trainable"] == model.num_tunable()
@@ -215,20 +217,95 @@ def test_bench_quality_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", sys.path)
     import bench_quality
 
-    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    out, md, png = tmp_path / "q.json", tmp_path / "q.md", tmp_path / "q.png"
     torch.set_num_threads(1)
-    assert bench_quality.main(["--methods", "lora,ag,static", "--steps", "3", "--val", "8", "--heldout-limit",
-                               "8", "--lr-factors", "1", "--jobs", "1", "--json", str(out), "--png", str(png)]) == 0
+    argv = ["--methods", "lora,ag,static", "--steps", "3", "--val", "8", "--heldout-limit", "8", "--lr-factors",
+            "1", "--decay-factors", "1,10", "--grid", "full", "--seeds", "1,2", "--jobs", "1", "--json", str(out),
+            "--markdown", str(md), "--png", str(png)]
+    assert bench_quality.main(argv) == 0
     data = json.loads(out.read_text())
-    assert list(data["methods"]) == ["base", "lora", "ag", "static"]
-    for name, row in data["methods"].items():
-        assert 0.0 <= row["exact_match"] <= 1.0 and row["heldout_loss"] > 0, name
-    assert data["methods"]["lora"]["trainable"] > 0
+    runs = data["runs"]
+    search = [r for r in runs if r["stage"] == "search"]
+    seeds = [r for r in runs if r["stage"] == "seeds"]
+    # The joint grid: LoRA's λ ∈ {0, 1} at its rate, the sparse methods' two decays lr·λ (paper's × 1, × 10).
+    assert sorted(r["weight_decay"] for r in search if r["method"] == "lora") == [0.0, 1.0]
+    ag_decays = sorted(r["lr"] * r["weight_decay"] for r in search if r["method"] == "ag")
+    assert ag_decays == pytest.approx([1e-4 * 30, 1e-4 * 30 * 10], rel=0.01)
+    assert all(r["seed"] == 0 and "val_exact_match" in r and "exact_match" not in r for r in search)
+    for m in ("lora", "ag", "static"):  # the seed runs use the setting the search picked, on held-out data
+        picked = pick([r for r in search if r["method"] == m])
+        mine = [r for r in seeds if r["method"] == m]
+        assert sorted(r["seed"] for r in mine) == [1, 2]
+        assert all((r["lr"], r["weight_decay"]) == (picked["lr"], picked["weight_decay"]) for r in mine)
+        assert all(0.0 <= r["exact_match"] <= 1.0 and r["heldout_loss"] > 0 for r in mine)
+    assert all("support" in r for r in seeds if r["method"] != "lora")
     # Same budget: LoRA rank r and SpIEL rank-equivalent r (per-tensor flooring loses a few entries).
-    assert abs(data["methods"]["ag"]["trainable"] - data["methods"]["lora"]["trainable"]) < 30
-    assert data["methods"]["ag"]["trainable"] == data["methods"]["static"]["trainable"]
-    assert len(data["runs"]) == 3 and data["config"]["heldout"] == 8
-    assert png.stat().st_size > 1000
+    trainable = {r["method"]: r["trainable"] for r in seeds}
+    assert abs(trainable["ag"] - trainable["lora"]) < 30 and trainable["ag"] == trainable["static"]
+    table = md.read_text()
+    ag_row = next(line for line in table.splitlines() if line.startswith("| SpIEL-AG |"))
+    ems = [r["exact_match"] for r in seeds if r["method"] == "ag"]
+    assert f"{statistics.fmean(ems):.3f} ± {statistics.stdev(ems):.3f}" in ag_row
+    assert data["config"]["heldout"] == 8 and png.stat().st_size > 1000
+    # A rerun with the same --json trains nothing new.
+    monkeypatch.setattr(bench_quality, "run_job", lambda job: pytest.fail(f"reran {job.method}"))
+    assert bench_quality.main(argv) == 0
+
+
+def test_bench_quality_refuses_a_bad_method_before_training(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_quality
+
+    with pytest.raises(ValueError, match="unknown method 'lorra'"):
+        bench_quality.main(["--methods", "lora,lorra", "--json", str(tmp_path / "q.json")])
+    with pytest.raises(ValueError, match="must read key=value"):
+        bench_quality.main(["--methods", "ag+growth", "--json", str(tmp_path / "q.json")])
+    assert not (tmp_path / "q.json").exists()
+
+
+def test_bench_quality_refuses_to_resume_runs_made_with_other_settings(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_quality
+
+    old = tmp_path / "q.json"
+    old.write_text(json.dumps({"config": {"rank": 4, "steps": 999, "batch_size": 16, "val": 8, "split_seed": 0,
+                                          "heldout": 8}, "runs": []}))
+    with pytest.raises(SystemExit, match="holds runs with other settings"):
+        bench_quality.main(["--methods", "lora", "--steps", "3", "--val", "8", "--heldout-limit", "8",
+                            "--json", str(old)])
+    assert json.loads(old.read_text())["config"]["steps"] == 999  # left as it was
+
+
+def test_search_grid_shapes():
+    from spiel.bench.quality import search_grid
+
+    full, cross = search_grid("ag", shape="full"), search_grid("ag")
+    assert len(full) == 9 and set(cross) <= set(full) and len(cross) == 5
+    paper_decay = 1e-4 * 30  # configs/method/ag.yaml: the paper's lr · λ
+    assert sorted({round(lr * wd / paper_decay) for lr, wd in full}) == [1, 10, 30]
+    with pytest.raises(ValueError, match="grid shape must be one of cross, full"):
+        search_grid("ag", shape="diagonal")
+
+
+def test_support_concentration_counts_rows_columns_and_empty_neurons():
+    from types import SimpleNamespace
+
+    from spiel.bench.support import concentration_by_projection
+
+    def layer(out_f, in_f, positions):
+        return SimpleNamespace(dense_shape=(out_f, in_f), indices=torch.tensor(sorted(positions)))
+
+    # 20 MLP neurons, 10 input features. gate: 9 entries in row 0, 1 in row 5; up: one per row 0..9;
+    # down (10 x 20): entries in columns 0 and 19 only. Neurons with an entry: 0..9 and 19 -> 9 of 20 empty.
+    deltas = {"model.layers.0.mlp.gate_proj": layer(20, 10, list(range(9)) + [50]),
+              "model.layers.0.mlp.up_proj": layer(20, 10, [10 * r for r in range(10)]),
+              "model.layers.0.mlp.down_proj": layer(10, 20, [0, 19, 20, 39])}
+    c = concentration_by_projection(deltas)
+    # top 10% of 20 rows = 2 rows: gate 10/10, up 2/10; top 10% of 10 columns = 1 column: gate 2/10, up 10/10.
+    assert c["rows"]["gate_proj"] == pytest.approx(1.0) and c["rows"]["up_proj"] == pytest.approx(0.2)
+    assert c["cols"]["gate_proj"] == pytest.approx(0.2) and c["cols"]["up_proj"] == pytest.approx(1.0)
+    assert c["cols"]["down_proj"] == pytest.approx(1.0)  # 2 of 20 columns hold all 4 entries
+    assert c["dead_neurons"] == pytest.approx(9 / 20)
 
 
 def test_reselection_cost_splits_extra_time_by_kind_of_step():

@@ -71,18 +71,22 @@ def load_finetune_script():
 
 
 def test_finetune_trains_only_the_answer_and_eos():
-    ft = load_finetune_script()
+    # demo_full_finetune encodes with spiel.data and batches with the package's collator (its plain loop)
+    from spiel.data.collator import DataCollatorForSpiel
+    from spiel.data.encode import encode_many
+
     tok = tiny_tokenizer()
     msgs = [
         {"role": "user", "content": "Reverse the letters of abc."},
         {"role": "assistant", "content": "cba"},
     ]
-    ids, labels = ft.encode_single_turn(msgs, tok)
+    example = encode_many([msgs], tok)[0]
+    ids, labels = example["input_ids"], example["labels"]
     assert tok.decode(ids) == "<s><|user|>\nReverse the letters of abc.\n<|assistant|>\ncba</s>"
     trained = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
     assert trained == [t for t, lab in zip(ids, labels, strict=True) if lab == t]
     assert tok.decode(trained) == "cba</s>"
-    batch = ft.collate([(ids, labels), (ids[:3], labels[:3])], tok.pad_token_id)
+    batch = DataCollatorForSpiel(pad_token_id=tok.pad_token_id)([example, {"input_ids": ids[:3], "labels": labels[:3]}])
     assert batch["input_ids"][1, 3:].eq(tok.pad_token_id).all() and batch["labels"][1, 3:].eq(-100).all()
     assert batch["attention_mask"].sum(1).tolist() == [len(ids), 3]
 
