@@ -37,7 +37,10 @@ def test_wandb_run_summary_holds_the_best_eval_loss_and_its_step(tmp_path, monke
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setattr(wandb, "finish", finish)
-    assert run_cli([f"output_root={tmp_path}", *VALIDATED, "logger=wandb"]) == 0
+    try:
+        assert run_cli([f"output_root={tmp_path}", *VALIDATED, "logger=wandb"]) == 0
+    finally:
+        wandb.teardown()  # wandb keeps its settings (mode disabled) per process: later in-process runs need a fresh one
     run_dir = only_run_dir(tmp_path)
     evals = eval_records(run_dir)
     assert [step for step, _ in evals] == [2, 4]
@@ -91,7 +94,7 @@ def test_tensorboard_hparams_carry_the_best_eval_loss_at_its_step(tmp_path):
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = start.session_start_info.hparams
-    assert hparams["lr"].number_value == pytest.approx(0.002)
+    assert hparams["method/lr"].number_value == pytest.approx(0.002)
     assert hparams["method/name"].string_value == "ag"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == [tensorboard_logger.METRIC]
