@@ -22,9 +22,9 @@ import torch
 import yaml
 
 from ..paths import CONFIG_DIR
+from ..training.schema import METHOD_NAMES
 
 PAPER_RANK = 64
-METHOD_NAMES = ("full", "lora", "ia3", "ag", "ma")
 METHOD_CONFIG_DIR = CONFIG_DIR / "method"
 
 

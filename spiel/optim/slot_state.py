@@ -68,25 +68,23 @@ class SlotStateOptimizer(torch.optim.Optimizer):
     def resize_slots(self, param: torch.Tensor, keep: torch.Tensor, n_new: int) -> None:
         """After ``param`` changed size: its per-slot state becomes the state at the old ``keep`` slots
         followed by ``n_new`` zeroed slots (set them with :meth:`reset_slots`)."""
-        state = self.state.get(param)
-        if not state:
-            return
-        keep = keep.to(device=param.device, dtype=torch.long)
-        for key in self.SLOT_KEYS:
-            if key in state:
-                old = state[key]
-                state[key] = torch.cat([old[keep], old.new_zeros((n_new, *old.shape[1:]))])
+        self._take_slots(param, keep, n_new)
 
     @torch.no_grad()
     def permute_slots(self, param: torch.Tensor, perm: torch.Tensor) -> None:
         """Reorder per-slot state so that new slot i holds what old slot ``perm[i]`` held."""
+        self._take_slots(param, perm, 0)
+
+    def _take_slots(self, param: torch.Tensor, index: torch.Tensor, n_new: int) -> None:
+        """Each per-slot state of ``param`` becomes its old slots ``index``, then ``n_new`` zeroed slots."""
         state = self.state.get(param)
         if not state:
             return
-        perm = perm.to(device=param.device, dtype=torch.long)
+        index = index.to(device=param.device, dtype=torch.long)
         for key in self.SLOT_KEYS:
             if key in state:
-                state[key] = state[key][perm]
+                taken = state[key][index]
+                state[key] = torch.cat([taken, taken.new_zeros((n_new, *taken.shape[1:]))]) if n_new else taken
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but state keeps its saved dtypes: torch casts every state tensor of a bf16

@@ -92,8 +92,11 @@ def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores
     return best_index, best_scores
 
 
-def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | None = None) -> torch.Tensor:
-    """Sorted flat positions of the ``num`` largest ``|dense_grad|`` entries (int64).
+def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | None = None, *,
+                   row_factor: torch.Tensor | None = None, col_factor: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted flat positions of the ``num`` largest ``|dense_grad|`` entries (int64), or with ``row_factor`` /
+    ``col_factor`` of the largest normalized scores ``|g[r, c]| · row_factor[r] · col_factor[c]`` (see
+    :func:`normalization_factors`).
 
     By row chunks: a whole-matrix ``topk`` of ``|g|`` needs an fp32 copy and topk's own out·in work
     buffers on top of the gradient (at LLaMA-2-7B's 11008x4096, ~0.5 GiB at every phase start)."""
@@ -102,10 +105,24 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
     if num <= 0:
         return torch.zeros(0, dtype=torch.long, device=dense_grad.device)
     flat = dense_grad.reshape(-1)
-    index, _ = _top_by_row_chunks(num, out_features, in_features,
-                                  lambda r0, r1: dense_grad[r0:r1].reshape(-1).abs().float(),
+    normalized = row_factor is not None
+
+    def chunk_scores(r0, r1):
+        scores = dense_grad[r0:r1].abs().float()
+        if normalized:
+            scores = scores * row_factor[r0:r1, None] * col_factor[None, :]
+        return scores.reshape(-1)
+
+    def score_at(positions):
+        scores = flat[positions].abs().float()
+        if normalized:
+            rows = torch.div(positions, in_features, rounding_mode="floor")
+            scores = scores * row_factor[rows] * col_factor[positions - rows * in_features]
+        return scores
+
+    index, _ = _top_by_row_chunks(num, out_features, in_features, chunk_scores,
                                   chunk_elements or _default_chunk(num, dense_grad.device), dense_grad.device,
-                                  score_at=lambda positions: flat[positions].abs().float())
+                                  score_at=score_at)
     return index.sort().values
 
 
@@ -166,27 +183,6 @@ def normalization_factors(dense_grad: torch.Tensor) -> tuple[torch.Tensor, torch
     row_factor = torch.where(row_rms > 0, total_rms / row_rms, torch.zeros_like(row_rms))
     col_factor = torch.where(col_rms > 0, 1 / col_rms, torch.zeros_like(col_rms))
     return row_factor, col_factor
-
-
-def normalized_top_candidates(dense_grad: torch.Tensor, num: int, row_factor: torch.Tensor,
-                              col_factor: torch.Tensor, chunk_elements: int | None = None) -> torch.Tensor:
-    """Sorted flat positions of the ``num`` largest normalized scores (see :func:`normalization_factors`)."""
-    out_features, in_features = dense_grad.shape
-    num = min(num, dense_grad.numel())
-    if num <= 0:
-        return torch.zeros(0, dtype=torch.long, device=dense_grad.device)
-    flat = dense_grad.reshape(-1)
-
-    def chunk_scores(r0, r1):
-        return (dense_grad[r0:r1].abs().float() * row_factor[r0:r1, None] * col_factor[None, :]).reshape(-1)
-
-    def score_at(positions):
-        rows = torch.div(positions, in_features, rounding_mode="floor")
-        return flat[positions].abs().float() * row_factor[rows] * col_factor[positions - rows * in_features]
-
-    index, _ = _top_by_row_chunks(num, out_features, in_features, chunk_scores,
-                                  chunk_elements or _default_chunk(num, dense_grad.device), dense_grad.device, score_at=score_at)
-    return index.sort().values
 
 
 def line_caps(k: int, out_features: int, in_features: int, cap: float) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from spiel.paths import CONFIG_DIR  # noqa: F401 (re-exported for callers that c
 from spiel.spiel_config import SpielConfigError, SpielKnobs
 
 MISSING = "???"  # omegaconf.MISSING: a value the YAML must give (spelled out so this module needs no omegaconf)
-SPIEL_METHODS = ("ag", "ma")
+SPIEL_METHODS = ("ag", "ma")  # spiel.selection.methods.METHODS, spelled out (that imports torch); a test keeps them equal
 PEFT_METHODS = ("lora", "ia3")
 METHOD_NAMES = SPIEL_METHODS + PEFT_METHODS + ("full",)
 RESUME_HELP = "resume must be never, auto, or the path of a checkpoint-N directory"

@@ -18,8 +18,8 @@ from spiel.selection.grow import (
     capped_top_candidates,
     line_caps,
     normalization_factors,
-    normalized_top_candidates,
     random_inactive,
+    top_candidates,
 )
 
 
@@ -57,7 +57,7 @@ def test_normalized_scores_equal_the_dense_formula():
     assert torch.allclose(got, dense, rtol=1e-5) and not got.isnan().any()
     for num, chunk in ((5, 1 << 20), (40, 9), (117, 20)):
         expected = torch.topk(dense.view(-1), num).indices.sort().values
-        assert torch.equal(normalized_top_candidates(g, num, row_factor, col_factor, chunk_elements=chunk), expected)
+        assert torch.equal(top_candidates(g, num, chunk_elements=chunk, row_factor=row_factor, col_factor=col_factor), expected)
 
 
 def test_normalized_scores_leave_the_gradient_alone_and_take_every_row_alike():
@@ -170,7 +170,7 @@ def test_normalized_growth_spreads_over_rows_and_seeds_the_phase_statistics():
     assert row_counts(layer)[:2].sum() <= 12  # no longer swamped by the two hot rows
     # the grown entries are the top-k of |mean grad| x the first gradient's factors, among its candidates
     row_factor, col_factor = normalization_factors(grads[0])
-    candidates = normalized_top_candidates(grads[0], 40, row_factor, col_factor)
+    candidates = top_candidates(grads[0], 40, row_factor=row_factor, col_factor=col_factor)
     mean = (grads[0] + grads[1]).view(-1)[candidates] / 2
     factors = (row_factor[:, None] * col_factor[None, :]).reshape(-1)[candidates]
     expected = candidates[torch.sort((mean * factors).abs(), descending=True, stable=True).indices[:40]]

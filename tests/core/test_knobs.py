@@ -110,3 +110,11 @@ def test_the_delta_dtype_names_are_the_dtype_map_s():
     from spiel.spiel_config import DELTA_DTYPES
 
     assert set(DELTA_DTYPES) == set(DTYPES)
+
+
+def test_the_schema_s_spiel_methods_are_the_method_table_s():
+    """The schema spells the SpIEL method names out (it must not import torch); they must be the table's."""
+    from spiel.selection.methods import METHODS
+    from spiel.training.schema import SPIEL_METHODS
+
+    assert tuple(SPIEL_METHODS) == tuple(METHODS)

@@ -28,7 +28,6 @@ from ..grow import (
     capped_top_candidates,
     line_caps,
     normalization_factors,
-    normalized_top_candidates,
     random_inactive,
     top_candidates,
 )
@@ -193,7 +192,7 @@ class NormalizedGradient(AccumulatedGradient):
 
     def candidates(self, layer, dense_grad):
         row_factor, col_factor = normalization_factors(dense_grad)
-        candidates = normalized_top_candidates(dense_grad, layer.k, row_factor, col_factor)
+        candidates = top_candidates(dense_grad, layer.k, row_factor=row_factor, col_factor=col_factor)
         rows, cols = rows_cols(candidates, layer.in_features)
         return candidates, row_factor[rows.long()] * col_factor[cols.long()]
 
