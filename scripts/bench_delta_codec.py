@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from spiel.checkpoint_check import _decode_compact
-from spiel.delta import elias_fano
+from spiel.checkpoint import elias_fano
+from spiel.checkpoint.read import _decode_compact
 from spiel.delta.indices import csr_pattern, random_subset
 
 SHAPES = {"q/k/v/o 4096x4096": (4096, 4096, 4), "gate/up 11008x4096": (11008, 4096, 2),

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.model import SpielModel
+from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model
 
 

@@ -3,7 +3,7 @@
     python scripts/demo_full_finetune.py                 # ~2-3 min on 2 CPU cores
     python scripts/demo_full_finetune.py --steps 100 --json results.json --save outputs/demo_full
 
-The package's plain PyTorch loop (spiel.training.plain_loop; no SpIEL, no Trainer): every parameter
+The package's plain PyTorch loop (spiel.training.engine.plain_loop; no SpIEL, no Trainer): every parameter
 trained with AdamW on the Tülu-format demo conversations, encoded by spiel.data (loss on the assistant
 answer and its EOS only, prompt tokens masked with -100, as in open-instruct). Prints a markdown table;
 --json writes the numbers, per-skill scores and predictions.
@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from spiel.data.encode import encode_many
 from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo, load_demo
-from spiel.training.plain_loop import train_steps
+from spiel.training.engine.plain_loop import train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 

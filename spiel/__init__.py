@@ -11,12 +11,12 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SpielConfig": "spiel.model",
-    "SpielModel": "spiel.model",
-    "get_spiel_model": "spiel.model",
-    "compose": "spiel.model",
-    "SpielTrainerMixin": "spiel.training.hf_trainer",
-    "spiel_trainer": "spiel.training.hf_trainer",
+    "SpielConfig": "spiel.model.spiel_model",
+    "SpielModel": "spiel.model.spiel_model",
+    "get_spiel_model": "spiel.model.spiel_model",
+    "compose": "spiel.model.spiel_model",
+    "SpielTrainerMixin": "spiel.integrations.hf_trainer",
+    "spiel_trainer": "spiel.integrations.hf_trainer",
 }
 
 

@@ -1,7 +1,7 @@
 """The SpIEL knobs, declared once, and SpielConfig: what to tune and how SpIEL reselects.
 
 :class:`SpielKnobs` is the one declaration of every SpIEL setting (its type, default and help text). The
-library config (:class:`SpielConfig`), spiel-train's Hydra schema (``spiel.training.schema.SpielMethodConfig``)
+library config (:class:`SpielConfig`), spiel-train's Hydra schema (``spiel.training.config.schema.SpielMethodConfig``)
 and the benchmarks all inherit these fields, and :meth:`SpielKnobs.check_knobs` is their one validation: a bad
 value raises :class:`SpielConfigError`, whose ``field`` names the knob (spiel-train reports it as
 ``method.<field>``). Validated on construction, so a bad value fails before any model is loaded.
@@ -89,11 +89,11 @@ class SpielKnobs:
 
     def check_knobs(self) -> None:
         """Raise SpielConfigError (naming the field) for the first bad value."""
-        from .delta.grad_paths import GRAD_PATHS
-        from .selection.drop import DROP_CRITERIA
-        from .selection.global_budget import BUDGETS
-        from .selection.methods import GROWTH_RULES
-        from .selection.schedule import SCHEDULES
+        from spiel.delta.grad_paths import GRAD_PATHS
+        from spiel.selection.drop import DROP_CRITERIA
+        from spiel.selection.global_budget import BUDGETS
+        from spiel.selection.methods import GROWTH_RULES
+        from spiel.selection.schedule import SCHEDULES
 
         def need(ok: bool, key: str | None, problem: str):
             if not ok:
@@ -123,7 +123,7 @@ class SpielKnobs:
 
     def check_method_knobs(self, method: str) -> None:
         """The knobs whose valid values depend on the method (the growth rules each method has)."""
-        from .selection.methods import method_spec
+        from spiel.selection.methods import method_spec
 
         rules = method_spec(method).growth
         if self.growth not in rules:
@@ -158,7 +158,7 @@ class SpielConfig(SpielKnobs, _MethodField):
     num_deltas: Optional[dict[str, int]] = None
 
     def __post_init__(self):
-        from .selection.methods import METHODS
+        from spiel.selection.methods import METHODS
 
         if self.method not in METHODS:
             raise SpielConfigError("method", f"must be one of {METHODS}, got {self.method!r}")

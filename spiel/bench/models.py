@@ -5,7 +5,7 @@ projections; :func:`paper_density` computes what fraction of the target weights 
 and :func:`equivalent_rank` the LoRA rank with that density on another shape (16 at hidden 1024).
 
 Method configs. The registry (``spiel.training.methods``) reads its settings from spiel-train's method schemas
-(``spiel.training.schema``); :func:`method_config` builds those very dataclasses, which import without
+(``spiel.training.config.schema``); :func:`method_config` builds those very dataclasses, which import without
 hydra, so the CUDA box needs none.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 import yaml
 
-from ..paths import CONFIG_DIR
-from ..training.schema import METHOD_NAMES
+from spiel.paths import CONFIG_DIR
+from spiel.training.config.schema import METHOD_NAMES
 
 PAPER_RANK = 64
 METHOD_CONFIG_DIR = CONFIG_DIR / "method"
@@ -111,7 +111,7 @@ def random_llama(shape: LlamaShape, max_positions: int, dtype: torch.dtype = tor
 def random_llama_nf4(shape: LlamaShape, max_positions: int, compute_dtype: torch.dtype, device: str = "cpu",
                      seed: int = 0):
     """The same random base, saved and reloaded through transformers' bitsandbytes NF4 path (double
-    quantization), as ``spiel.loading`` loads ``quant=nf4`` bases, but with a chosen compute dtype:
+    quantization), as ``spiel.io.base_model`` loads ``quant=nf4`` bases, but with a chosen compute dtype:
     bfloat16 on CUDA (the paper), float32 on CPU (bf16 CPU matmuls are not a meaningful clock)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -139,9 +139,9 @@ def release_free_memory() -> None:
 # -- method configs -------------------------------------------------------------------------------------------
 def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay: float | None = None,
                   reselection_steps: int = 20, estimation_steps: int = 5, grad_path: str = "auto"):
-    """The ``mcfg`` the registry wraps with: spiel-train's method schema (``spiel.training.schema``, which
+    """The ``mcfg`` the registry wraps with: spiel-train's method schema (``spiel.training.config.schema``, which
     needs no hydra) for ``name`` at LoRA rank / SpIEL rank-equivalent ``rank``."""
-    from spiel.training import schema
+    from spiel.training.config import schema
 
     if name not in METHOD_NAMES:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")

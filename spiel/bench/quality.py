@@ -4,7 +4,7 @@ learning rate and weight decay λ chosen jointly on a validation split (:func:`s
 with several seeds at the chosen setting and scored on the held-out file (greedy exact match, and the loss
 on the answer tokens). A seed sets the initial indices / adapter initialisation and the data order.
 
-The loop is the package's plain training loop (``spiel.training.plain_loop``); the models are wrapped by the
+The loop is the package's plain training loop (``spiel.training.engine.plain_loop``); the models are wrapped by the
 method registry (``spiel.training.methods``), like spiel-train does. A method name is a registry method (``lora``,
 ``ag``, ...), ``static`` (SpIEL-AG's layer and optimizer with its random indices never reselected), or a
 variant ``<method>+<key>=<value>[+...]`` whose keys are method-config fields (e.g. ``ag+drop=change``).
@@ -24,9 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from spiel.training.plain_loop import train_steps
-
-from .models import (
+from spiel.bench.models import (
     METHOD_CONFIG_DIR,
     method_config,
     paper_hparams,
@@ -34,7 +32,8 @@ from .models import (
     trainable_count,
     wrap_for_training,
 )
-from .support import concentration_by_projection
+from spiel.bench.support import concentration_by_projection
+from spiel.training.engine.plain_loop import train_steps
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
 SPARSE = ("ag", "ma", "static")

@@ -214,7 +214,7 @@ def protocol_rows(runs: list[dict], methods: list[str], base: dict | None = None
     """Per method: the picked (lr, λ) and its validation scores, and over the seed runs the mean and
     standard deviation of held-out exact match and loss, the training loss, and (sparse methods) the
     support's concentration averaged over seeds. Methods without finished seed runs are left out."""
-    from .quality import pick
+    from spiel.bench.quality import pick
 
     rows = {}
     if base:

@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..dtypes import DTYPES
-from .models import (
+from spiel.bench.models import (
     LlamaShape,
     equivalent_rank,
     method_config,
@@ -35,6 +34,7 @@ from .models import (
     trainable_count,
     wrap_for_training,
 )
+from spiel.dtypes import DTYPES
 
 STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
 # ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of

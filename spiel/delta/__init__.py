@@ -3,11 +3,11 @@
 Needs only torch (and triton for the CUDA kernel); bitsandbytes only for 4-bit base weights.
 """
 
-from .function import GradProbe, SparseDeltaLinearFunction, sparse_delta_linear
-from .grad_paths import GRAD_PATHS, choose_grad_path, gather_grad
-from .indices import check_indices, csr_pattern, index_dtype, random_subset, rows_cols
-from .layer import SparseDeltaLinear
-from .weights import dense_weight, is_quantized, weight_shape
+from spiel.delta.function import GradProbe, SparseDeltaLinearFunction, sparse_delta_linear
+from spiel.delta.grad_paths import GRAD_PATHS, choose_grad_path, gather_grad
+from spiel.delta.indices import check_indices, csr_pattern, index_dtype, random_subset, rows_cols
+from spiel.delta.layer import SparseDeltaLinear
+from spiel.delta.weights import dense_weight, is_quantized, weight_shape
 
 __all__ = [
     "GRAD_PATHS",

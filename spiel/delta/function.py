@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .grad_paths import gather_grad, validate_grad_path
-from .merged import MergedStorage
-from .weights import delta_applied, is_quantized, weight_shape
+from spiel.delta.grad_paths import gather_grad, validate_grad_path
+from spiel.delta.merged import MergedStorage
+from spiel.delta.weights import delta_applied, is_quantized, weight_shape
 
 
 @dataclass

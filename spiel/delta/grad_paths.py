@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from .indices import csr_pattern
+from spiel.delta.indices import csr_pattern
 
 GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_tiles")
 CUDA_ONLY_PATHS = ("triton", "triton_tiles")
@@ -79,7 +79,7 @@ def choose_grad_path(device: torch.device, tokens: int, k: int, out_features: in
 def candidate_paths(device: torch.device) -> tuple[str, ...]:
     """The paths ``auto`` measures on ``device``."""
     if device.type == "cuda":
-        from .triton_sddmm import triton_available
+        from spiel.delta.triton_sddmm import triton_available
 
         return ("dense", "blocked") + (CUDA_ONLY_PATHS if triton_available() else ())
     return ("dense", "blocked", "sddmm")
@@ -293,17 +293,17 @@ def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.
     if grad_path == "sddmm":
         return sddmm_gather_grad(x2d, g2d, indices, out_features, in_features)
     if grad_path == "triton":
-        from .triton_sddmm import triton_gather_grad
+        from spiel.delta.triton_sddmm import triton_gather_grad
 
         return triton_gather_grad(x2d, g2d, indices, in_features)
     if grad_path == "triton_tiles":
-        from .triton_sddmm import triton_tiles_grad
+        from spiel.delta.triton_sddmm import triton_tiles_grad
 
         return triton_tiles_grad(x2d, g2d, indices, out_features, in_features)
     raise ValueError(f"grad_path must be one of {GRAD_PATHS}, got {grad_path!r}")
 
 
 def _interpreted() -> bool:
-    from .triton_sddmm import interpreted
+    from spiel.delta.triton_sddmm import interpreted
 
     return interpreted()

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .function import GradProbe, merged_storage_fits, sparse_delta_linear
-from .grad_paths import validate_grad_path
-from .indices import check_indices, index_dtype, random_subset
-from .merged import MergedStorage
-from .weights import is_quantized, weight_shape
+from spiel.delta.function import GradProbe, merged_storage_fits, sparse_delta_linear
+from spiel.delta.grad_paths import validate_grad_path
+from spiel.delta.indices import check_indices, index_dtype, random_subset
+from spiel.delta.merged import MergedStorage
+from spiel.delta.weights import is_quantized, weight_shape
 
 
 def _restore_base_hook(module: SparseDeltaLinear, *args) -> None:

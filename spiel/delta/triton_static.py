@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .triton_sddmm import KERNEL_CONFIGS, kernels
+from spiel.delta.triton_sddmm import KERNEL_CONFIGS, kernels
 
 ARCHES = (80, 90)
 DTYPES = {"bf16": "bf16", "fp32": "fp32"}

@@ -3,7 +3,7 @@
 - a SpIEL checkpoint (`spiel_config.json` + `spiel_delta.safetensors`): the base model it records (or
   `model=`), checked against it as `SpielModel.from_pretrained` checks, the delta merged in (kept unmerged
   on an NF4 base: merging would requantize; an NF4 base's embeddings, norms and head run in float32);
-- a list of SpIEL checkpoints: `spiel.model.compose`, the base plus the SUM of the deltas (the paper's
+- a list of SpIEL checkpoints: `spiel.model.spiel_model.compose`, the base plus the SUM of the deltas (the paper's
   "Tülu v2 ⊕ GPT4-Alpaca"), or with `ckpt_weights` (one number per checkpoint) the weighted sum;
 - a peft adapter (`adapter_config.json`): its `base_model_name_or_path` (or `model=`), merged unless NF4;
 - a full transformers model directory (`config.json`): loaded as it is;
@@ -21,9 +21,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiel.checkpoint_check import read_checkpoint, read_spiel_config
-from spiel.checkpoint_kind import PEFT_CONFIG_NAME, CheckpointError, checkpoint_kind, has_tokenizer
-from spiel.loading import load_base_model, load_tokenizer, resolve_device, resolve_dtype
+from spiel.checkpoint.kind import PEFT_CONFIG_NAME, CheckpointError, checkpoint_kind, has_tokenizer
+from spiel.checkpoint.read import read_checkpoint, read_spiel_config
+from spiel.io.base_model import load_base_model, load_tokenizer, resolve_device, resolve_dtype
 
 __all__ = ["CheckpointError", "LoadedModel", "checkpoint_kind", "load_for_eval", "normalize_ckpts", "recorded_base"]
 
@@ -50,7 +50,7 @@ def normalize_ckpts(ckpt) -> list[str]:
 
 def resolve_ckpts(ckpts: list[str]) -> list[str]:
     """Each `ckpt` entry as a local directory: itself, or the snapshot of the Hub repo (`@revision`) it names."""
-    from spiel.hub import resolve_checkpoint, split_revision
+    from spiel.io.hub import resolve_checkpoint, split_revision
 
     resolved = []
     for c in ckpts:
@@ -121,7 +121,7 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`.
     `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints. `ckpt_weights`:
     compose the SpIEL checkpoints as the sum of each delta times its weight."""
-    from spiel.model import check_weights
+    from spiel.model.spiel_model import check_weights
 
     given = normalize_ckpts(ckpt)
     if ckpt_weights is not None:  # before anything is read or loaded
@@ -185,12 +185,12 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     if kind == "base":
         model = base
     elif kind == "spiel":
-        from spiel.model import SpielModel
+        from spiel.model.spiel_model import SpielModel
 
         wrapped = SpielModel.from_checked(base, ckpts[0], checked[ckpts[0]])
         model = wrapped.merge_and_unload() if quant == "none" else wrapped
     elif kind == "composed":
-        from spiel.model import check_weights, compose_checked
+        from spiel.model.spiel_model import check_weights, compose_checked
 
         model = compose_checked(ckpts, [checked[c] for c in ckpts], base, check_weights(ckpt_weights, len(ckpts)))
     else:  # peft
@@ -202,7 +202,7 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
 def _load_peft(base, path: str, merge: bool):
     from peft import PeftModel
 
-    from spiel.model import CheckpointMismatchError
+    from spiel.model.spiel_model import CheckpointMismatchError
 
     try:
         model = PeftModel.from_pretrained(base, path)

@@ -4,8 +4,8 @@ Both keep fp32 state, expose ``reset_slots(param, slots, **state)`` for regrown 
 ``permute_slots(param, perm)`` so state follows re-sorted indices. Needs only torch.
 """
 
-from .adamw import SparseAdamW
-from .slot_state import SlotStateOptimizer
-from .sm3 import SparseSM3
+from spiel.optim.adamw import SparseAdamW
+from spiel.optim.slot_state import SlotStateOptimizer
+from spiel.optim.sm3 import SparseSM3
 
 __all__ = ["SlotStateOptimizer", "SparseAdamW", "SparseSM3"]

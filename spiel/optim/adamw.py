@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .slot_state import SlotStateOptimizer
+from spiel.optim.slot_state import SlotStateOptimizer
 
 
 class SparseAdamW(SlotStateOptimizer):

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ..delta.indices import rows_cols
-from .slot_state import SlotStateOptimizer
+from spiel.delta.indices import rows_cols
+from spiel.optim.slot_state import SlotStateOptimizer
 
 
 class SparseSM3(SlotStateOptimizer):

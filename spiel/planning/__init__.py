@@ -5,7 +5,7 @@
     report = estimate(shape, RunPlan(method="ag", rank_equiv=64, dtype="bfloat16"))
 """
 
-from .memory import Estimate, RunPlan, cheapest_fit, estimate
-from .shapes import ModelShape
+from spiel.planning.memory import Estimate, RunPlan, cheapest_fit, estimate
+from spiel.planning.shapes import ModelShape
 
 __all__ = ["Estimate", "ModelShape", "RunPlan", "cheapest_fit", "estimate"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .memory import RunPlan
-from .shapes import load_config
+from spiel.planning.memory import RunPlan
+from spiel.planning.shapes import load_config
 
 
 def _tensor_bytes(tensors) -> int:
@@ -32,7 +32,7 @@ def _build(model, plan: RunPlan, seed: int):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, plan.dtype))
     if plan.method in ("ag", "ma"):
-        from spiel.model import get_spiel_model
+        from spiel.model.spiel_model import get_spiel_model
         from spiel.spiel_config import SpielConfig
 
         model = get_spiel_model(model, SpielConfig(method=plan.method, rank_equiv=plan.rank_equiv,
@@ -53,7 +53,7 @@ def _build(model, plan: RunPlan, seed: int):
     else:
         raise ValueError(f"measuring method {plan.method!r} is not supported (ag, ma, lora)")
     if plan.activation_checkpointing:
-        from spiel.training.run import enable_activation_checkpointing
+        from spiel.training.engine.run import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
     model.train()

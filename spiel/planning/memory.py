@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from .shapes import ModelShape
+from spiel.planning.shapes import ModelShape
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -81,8 +81,8 @@ class Estimate:
 
 def spiel_budget(shape: ModelShape, plan: RunPlan) -> dict[str, int]:
     """Entries per target, exactly as get_spiel_model allocates them."""
+    from spiel.model.targets import allocate, total_budget
     from spiel.spiel_config import SpielConfig
-    from spiel.targets import allocate, total_budget
 
     config = SpielConfig(method=plan.method, rank_equiv=plan.rank_equiv, density=plan.density,
                          num_tunable=plan.num_tunable, target_modules=plan.target_modules)

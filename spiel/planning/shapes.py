@@ -32,7 +32,7 @@ def load_config(name_or_path: str):
         return llama2_config(name_or_path)
     from transformers import AutoConfig
 
-    from spiel.loading import resolve_model_path
+    from spiel.io.base_model import resolve_model_path
 
     try:
         return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
@@ -61,7 +61,7 @@ class ModelShape:
     def from_config(cls, config, name: str = "") -> ModelShape:
         from transformers import AutoModelForCausalLM
 
-        from spiel.training.parallel import decoder_layers
+        from spiel.training.launch.parallel import decoder_layers
 
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -80,8 +80,8 @@ class ModelShape:
         return cls.from_config(load_config(name_or_path), name=name_or_path)
 
     def targets(self, target_modules=None) -> dict[str, tuple[int, int]]:
-        """``(out, in)`` of each linear layer SpIEL/LoRA would tune (spiel.targets' own selection)."""
-        from spiel.targets import find_targets
+        """``(out, in)`` of each linear layer SpIEL/LoRA would tune (spiel.model.targets' own selection)."""
+        from spiel.model.targets import find_targets
 
         key = repr(target_modules)
         if key not in self._targets:

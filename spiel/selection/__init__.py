@@ -3,12 +3,12 @@
 Needs only torch (torch.distributed for multi-rank agreement).
 """
 
-from .concentration import budget_shares, model_concentration, support_concentration
-from .drop import DROP_CRITERIA, drop_order
-from .grow import ag_grow_order, ma_grow_indices, top_candidates
-from .methods import GROWTH_RULES, METHODS, method_spec
-from .schedule import SCHEDULES, ReselectionSchedule
-from .selector import Selector
+from spiel.selection.concentration import budget_shares, model_concentration, support_concentration
+from spiel.selection.drop import DROP_CRITERIA, drop_order
+from spiel.selection.grow import ag_grow_order, ma_grow_indices, top_candidates
+from spiel.selection.methods import GROWTH_RULES, METHODS, method_spec
+from spiel.selection.schedule import SCHEDULES, ReselectionSchedule
+from spiel.selection.selector import Selector
 
 __all__ = [
     "DROP_CRITERIA",

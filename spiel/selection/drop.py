@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .order import order_by
+from spiel.selection.order import order_by
 
 DROP_CRITERIA = ("magnitude", "change")
 

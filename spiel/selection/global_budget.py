@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .order import order_by
+from spiel.selection.order import order_by
 
 BUDGETS = ("per_matrix", "global")
 

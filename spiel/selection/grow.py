@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from ..delta.indices import csr_pattern, isin_sorted
-from .order import order_by
+from spiel.delta.indices import csr_pattern, isin_sorted
+from spiel.selection.order import order_by
 
 CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
 CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..optim import SparseAdamW, SparseSM3
-from .rules import (
+from spiel.optim import SparseAdamW, SparseSM3
+from spiel.selection.rules import (
     AccumulatedGradient,
     CappedGradient,
     ExploringGradient,

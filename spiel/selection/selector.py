@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from ..delta.indices import isin_sorted
-from ..delta.layer import SparseDeltaLinear
-from .distributed import check_same_on_all_ranks, world_size
-from .drop import DROP_CRITERIA, drop_order
-from .global_budget import BUDGETS, global_drop, global_growth_mask, resize_layer
-from .methods import METHODS, growth_rule, method_spec
-from .order import order_by
-from .rules import GrowthSettings
-from .schedule import ReselectionSchedule
+from spiel.delta.indices import isin_sorted
+from spiel.delta.layer import SparseDeltaLinear
+from spiel.selection.distributed import check_same_on_all_ranks, world_size
+from spiel.selection.drop import DROP_CRITERIA, drop_order
+from spiel.selection.global_budget import BUDGETS, global_drop, global_growth_mask, resize_layer
+from spiel.selection.methods import METHODS, growth_rule, method_spec
+from spiel.selection.order import order_by
+from spiel.selection.rules import GrowthSettings
+from spiel.selection.schedule import ReselectionSchedule
 
 __all__ = ["METHODS", "Selector"]
 

@@ -48,7 +48,7 @@ def test_method_configs_are_the_training_schemas_and_need_no_hydra():
         import sys
         sys.modules.update(hydra=None, omegaconf=None)  # any import of them fails
         from spiel.bench.models import METHOD_NAMES, method_config, paper_hparams
-        from spiel.training import schema
+        from spiel.training.config import schema
         kinds = {"ag": schema.SpielMethodConfig, "ma": schema.SpielMethodConfig, "lora": schema.LoraMethodConfig,
                  "ia3": schema.IA3MethodConfig, "full": schema.FullMethodConfig}
         for name in METHOD_NAMES:
@@ -96,7 +96,7 @@ def test_static_baseline_keeps_its_random_indices_and_ag_moves_them():
         model, stats = train(job, tiny_model(), tok)
         indices[method] = {n: layer.indices.clone() for n, layer in model.deltas.items()}
         assert stats["trainable"] == model.num_tunable()
-    from spiel.model import get_spiel_model
+    from spiel.model.spiel_model import get_spiel_model
 
     fresh = get_spiel_model(tiny_model(), method_config("ag", 2).spiel_config(seed=0))
     assert all(torch.equal(fresh.deltas[n].indices, idx) for n, idx in indices["static"].items())

@@ -29,7 +29,7 @@ MARGIN_EM = 0.03
 
 def demo_defaults() -> dict:
     """lr, λ, budget and batch size that ``spiel-train`` (model=tiny, method=ag) resolves to."""
-    import spiel.training.hydra_config  # noqa: F401  (registers the config schemas with Hydra)
+    import spiel.training.config.hydra_config  # noqa: F401  (registers the config schemas with Hydra)
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose(config_name="train", overrides=["model=tiny", "method=ag"])

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, compose, get_spiel_model
-from spiel.checkpoint import CONFIG_NAME, DELTA_NAME
-from spiel.checkpoint_check import InvalidCheckpointError, sha256_hex
-from spiel.model import CheckpointMismatchError, SpielModel
+from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME
+from spiel.checkpoint.read import InvalidCheckpointError, sha256_hex
+from spiel.model.spiel_model import CheckpointMismatchError, SpielModel
 from spiel.testing import tiny_model, tiny_tokenizer
 
 MODULE = "model.layers.0.self_attn.q_proj"

@@ -1,11 +1,11 @@
-"""Telling checkpoint kinds apart by their files (spiel.checkpoint_kind), and the messages that name them."""
+"""Telling checkpoint kinds apart by their files (spiel.checkpoint.kind), and the messages that name them."""
 
 from __future__ import annotations
 
 import pytest
 
-from spiel.checkpoint_check import read_checkpoint
-from spiel.checkpoint_kind import CheckpointError, checkpoint_kind, detect_kind, has_tokenizer
+from spiel.checkpoint.kind import CheckpointError, checkpoint_kind, detect_kind, has_tokenizer
+from spiel.checkpoint.read import read_checkpoint
 
 
 def _dir(root, name, *files):

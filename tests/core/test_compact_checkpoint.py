@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, compact_delta, write_checkpoint
-from spiel.checkpoint_check import InvalidCheckpointError, read_checkpoint, sha256_hex
-from spiel.delta import elias_fano
+from spiel.checkpoint import elias_fano
+from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, compact_delta, write_checkpoint
+from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, sha256_hex
 from spiel.delta.indices import csr_pattern
-from spiel.model import SpielModel
+from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model
 
 MODULE = "model.layers.0.self_attn.q_proj"

@@ -10,11 +10,12 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 from spiel import SpielConfig, compose, get_spiel_model
-from spiel.checkpoint_check import InvalidCheckpointError
+from spiel.checkpoint.read import InvalidCheckpointError
+from spiel.cli.eval import run
 from spiel.delta import SparseDeltaLinear
-from spiel.eval.cli import CONFIG_DIR, run
 from spiel.eval.loader import CheckpointError, load_for_eval
-from spiel.model import CheckpointMismatchError, SpielModel
+from spiel.model.spiel_model import CheckpointMismatchError, SpielModel
+from spiel.paths import CONFIG_DIR
 from spiel.testing import tiny_model
 from tests.core.test_model import IDS, tiny_llama, with_random_deltas
 from tests.eval.test_eval_loading import dense_deltas, spiel_ckpt
@@ -286,7 +287,7 @@ def test_eval_refuses_weights_on_a_peft_adapter(tmp_path):
 def test_export_ckpt_weights_merges_the_weighted_sum(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from spiel.export import export
+    from spiel.cli.export import export
 
     a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
     out = export([str(a), str(b)], tmp_path / "out", dtype="float32", ckpt_weights=[0.25, -1])

@@ -1,4 +1,4 @@
-"""Elias–Fano coding of sorted flat positions (spiel.delta.elias_fano): the bytes are those the format
+"""Elias–Fano coding of sorted flat positions (spiel.checkpoint.elias_fano): the bytes are those the format
 description gives (checked against a bit-by-bit Python reference), every position set round-trips,
 and every malformed input is refused naming the tensor."""
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from spiel.delta import elias_fano as ef
+from spiel.checkpoint import elias_fano as ef
 from spiel.delta.indices import random_subset
 
 

@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spiel import SpielConfig, compose, get_spiel_model
+from spiel.cli.export import ExportError, export
 from spiel.data.encode import encode_messages
 from spiel.data.template import jinja_chat_template
-from spiel.export import ExportError, export
-from spiel.model import SpielModel
+from spiel.model.spiel_model import SpielModel
 from spiel.testing import DEMO_DIR, TINY_MODEL_DIR, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -143,7 +143,7 @@ def test_tokenizer_without_a_faithful_template_is_refused(tmp_path, ckpts, monke
 
 
 def _cli(args, monkeypatch):
-    from spiel.export import main
+    from spiel.cli.export import main
 
     monkeypatch.setattr(sys, "argv", ["spiel-export", *args])
     try:
@@ -197,7 +197,7 @@ def test_peft_adapter_export_is_the_merged_adapter(tmp_path):
 @pytest.mark.slow
 def test_delta_trained_on_an_nf4_base_exports_merged_into_the_full_precision_base(tmp_path):
     """The way out the NF4 refusal points to: quant=none merges a qSpIEL delta into the full-precision base."""
-    from spiel.loading import load_base_model
+    from spiel.io.base_model import load_base_model
 
     nf4_base = load_base_model(str(TINY_MODEL_DIR), quant="nf4", device="cpu")
     model = get_spiel_model(nf4_base, SpielConfig(method="ag", rank_equiv=4, delta_dtype="bfloat16"))

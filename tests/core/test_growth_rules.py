@@ -245,7 +245,7 @@ def test_growth_knobs_are_checked_where_they_enter():
 
 
 def test_growth_knob_errors_name_the_cli_key():
-    from spiel.training.schema import ConfigError, SpielMethodConfig
+    from spiel.training.config.schema import ConfigError, SpielMethodConfig
 
     with pytest.raises(ConfigError, match="method.growth: must be one of") as error:
         SpielMethodConfig(name="ma", lr=1e-3, growth="normalized")

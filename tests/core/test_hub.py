@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from spiel import SpielConfig, SpielModel, compose, get_spiel_model
-from spiel.checkpoint import CONFIG_NAME, DELTA_NAME
+from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME
 from spiel.eval.loader import CheckpointError, load_for_eval
-from spiel.hub import split_revision
-from spiel.loading import load_base_model
+from spiel.io.base_model import load_base_model
+from spiel.io.hub import split_revision
 from spiel.testing import tiny_model, tiny_tokenizer
 
 REPO = "someorg/tiny-spiel"
@@ -186,7 +186,7 @@ def test_push_of_a_run_directory_reads_its_data_and_metrics(tmp_path, monkeypatc
     (run / "summary.json").write_text(json.dumps({"final_checkpoint": str(run / "final"), "steps": 40,
                                                   "final_loss": 1.2345}))
     (run / "config.yaml").write_text("data:\n  name: demo\n")
-    from spiel.hub import push_checkpoint
+    from spiel.io.hub import push_checkpoint
 
     push_checkpoint(run / "final", REPO)
     assert sent["files"] == sorted([CONFIG_NAME, DELTA_NAME, "README.md"])
@@ -224,7 +224,7 @@ def test_checkpoint_records_the_base_commit_and_eval_loads_that_commit(tmp_path,
     want = logits(SpielModel.from_pretrained(load_base_model(str(TINY_MODEL_DIR), dtype="float32", device="cpu"),
                                              tmp_path / "ckpt").merge_and_unload(), ids)
     torch.testing.assert_close(logits(loaded.model, ids), want)
-    from spiel.model import CheckpointMismatchError
+    from spiel.model.spiel_model import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match="the base weights differ"):
         load_for_eval(REPO, device="cpu", dtype="float32", revision="main")

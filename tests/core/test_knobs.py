@@ -11,8 +11,9 @@ from dataclasses import fields
 import pytest
 import yaml
 
+from spiel.paths import CONFIG_DIR
 from spiel.spiel_config import SpielConfig, SpielConfigError, SpielKnobs, knob_help
-from spiel.training.schema import CONFIG_DIR, ConfigError, SpielMethodConfig
+from spiel.training.config.schema import ConfigError, SpielMethodConfig
 
 KNOBS = [f.name for f in fields(SpielKnobs)]
 # spiel_config.json of a checkpoint written before the knobs moved (every field, in the old order)
@@ -115,6 +116,6 @@ def test_the_delta_dtype_names_are_the_dtype_map_s():
 def test_the_schema_s_spiel_methods_are_the_method_table_s():
     """The schema spells the SpIEL method names out (it must not import torch); they must be the table's."""
     from spiel.selection.methods import METHODS
-    from spiel.training.schema import SPIEL_METHODS
+    from spiel.training.config.schema import SPIEL_METHODS
 
     assert tuple(SPIEL_METHODS) == tuple(METHODS)

@@ -1,4 +1,4 @@
-"""spiel.loading: aliases, dtype and device choice, NF4, and the alias kept as the recorded base name."""
+"""spiel.io.base_model: aliases, dtype and device choice, NF4, and the alias kept as the recorded base name."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.loading import MODEL_ALIASES, load_base_model, load_tokenizer, resolve_dtype, resolve_model_path
-from spiel.model import read_spiel_config
+from spiel.io.base_model import (
+    MODEL_ALIASES,
+    load_base_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
+from spiel.model.spiel_model import read_spiel_config
 from spiel.testing import TINY_MODEL_DIR
 
 
@@ -81,10 +87,10 @@ def test_nf4_layers_the_packed_cpu_kernel_cannot_take_use_the_generic_one(caplog
     """The guard itself, on any CPU: with packing assumed, exactly the layers whose out_features is not
     a multiple of 32 or whose in_features is not one of 64 are sent to the generic kernel, and the log
     says so."""
-    from spiel.loading import keep_unpackable_nf4_layers_unpacked
+    from spiel.io.base_model import keep_unpackable_nf4_layers_unpacked
 
     model = load_base_model("tiny", quant="nf4", device="cpu")
-    with caplog.at_level("INFO", logger="spiel.loading"):
+    with caplog.at_level("INFO", logger="spiel.io.base_model"):
         names = keep_unpackable_nf4_layers_unpacked(model, cpu_packs=True)
     mlp = [n for n, _ in model.named_modules() if n.endswith(("gate_proj", "up_proj", "down_proj"))]
     assert sorted(names) == sorted(mlp)  # 688 rows (gate, up) or 688 columns (down); attention is 256 wide
@@ -97,7 +103,7 @@ def test_a_bitsandbytes_without_the_packed_cpu_kernel_needs_no_rerouting(monkeyp
     """Older bitsandbytes (the floor in pyproject.toml) has neither the packed CPU kernel nor its probe."""
     import bitsandbytes.functional
 
-    from spiel.loading import keep_unpackable_nf4_layers_unpacked
+    from spiel.io.base_model import keep_unpackable_nf4_layers_unpacked
 
     model = load_base_model("tiny", quant="nf4", device="cpu")
     monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint import weight_fingerprint
+from spiel.checkpoint.format import weight_fingerprint
 from spiel.delta import SparseDeltaLinear, sparse_delta_linear
 from spiel.delta.merged import MergedStorage
 from spiel.optim import SparseAdamW
@@ -328,7 +328,7 @@ def test_a_pickled_merged_layer_loads_consistent(tmp_path):
 
 
 def test_the_merged_storage_knob_reaches_every_layer_and_is_checked():
-    from spiel.training.schema import ConfigError, SpielMethodConfig
+    from spiel.training.config.schema import ConfigError, SpielMethodConfig
 
     for on in (True, False):
         base = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))

@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiel import SpielConfig, get_spiel_model
 from spiel.eval.loader import CheckpointError, checkpoint_kind, load_for_eval
-from spiel.model import CheckpointMismatchError, SpielModel
+from spiel.model.spiel_model import CheckpointMismatchError, SpielModel
 from spiel.testing import TINY_MODEL_DIR, tiny_model, tiny_tokenizer
 
 IDS = torch.tensor([[1, 40, 77, 90, 12, 55, 8]])

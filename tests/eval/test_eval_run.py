@@ -11,9 +11,10 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from spiel.eval.cli import CONFIG_DIR, run
+from spiel.cli.eval import run
 from spiel.eval.gsm import evaluate_gsm
 from spiel.eval.mmlu import evaluate_mmlu, next_token_probs
+from spiel.paths import CONFIG_DIR
 from tests.helpers.paths import EVAL_FIXTURES, REPO
 
 

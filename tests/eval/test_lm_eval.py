@@ -8,9 +8,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.eval.cli import CONFIG_DIR, run
+from spiel.cli.eval import run
 from spiel.eval.demo import evaluate_demo
 from spiel.eval.lm_eval_backend import LmEvalError, evaluate_lm_eval
+from spiel.paths import CONFIG_DIR
 from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
@@ -90,7 +91,7 @@ def test_task_yaml_from_include_path_over_a_local_json_file(tmp_path):
 
 
 def test_bad_settings_are_refused_before_the_model_loads(tmp_path, monkeypatch):
-    import spiel.eval.cli as cli
+    import spiel.cli.eval as cli
 
     monkeypatch.setattr(cli, "load_model", lambda cfg: pytest.fail("the model was loaded"))
     with pytest.raises(LmEvalError, match="bench.include_path: .*nowhere is not a directory"):
@@ -101,7 +102,7 @@ def test_bad_settings_are_refused_before_the_model_loads(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_unknown_task_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    import spiel.eval.cli as cli
+    import spiel.cli.eval as cli
 
     monkeypatch.setattr(cli, "load_model", lambda cfg: pytest.fail("the model was loaded"))
     with pytest.raises(LmEvalError, match=r"unknown lm-eval task\(s\) \['no_such_task'\].*include_path"):
@@ -111,7 +112,7 @@ def test_unknown_task_is_refused_before_the_model_loads(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_nf4_base_with_the_delta_kept_unmerged(tmp_path):
     from spiel.eval.loader import load_for_eval
-    from spiel.model import SpielModel
+    from spiel.model.spiel_model import SpielModel
 
     spiel_model = get_spiel_model(tiny_model(), SpielConfig(method="ag", rank_equiv=4))
     for layer in spiel_model.deltas.values():

@@ -1,5 +1,5 @@
-"""Running spiel-train from tests: in-process through the real entry point (spiel.train.main), or as a
-subprocess (python -m spiel.train) where a separate process matters (kill, torchrun)."""
+"""Running spiel-train from tests: in-process through the real entry point (spiel.cli.train.main), or as a
+subprocess (python -m spiel.cli.train) where a separate process matters (kill, torchrun)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def run_cli(args: list[str], monkeypatch=None) -> int:
     """spiel-train in this process; returns the exit code (0 when main returns)."""
-    from spiel import train
+    from spiel.cli import train
 
     old = sys.argv
     sys.argv = ["spiel-train", *args]
@@ -53,7 +53,7 @@ def subprocess_env() -> dict:
 
 
 def popen_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "spiel.train", *args], cwd=cwd, env=subprocess_env(),
+    return subprocess.Popen([sys.executable, "-m", "spiel.cli.train", *args], cwd=cwd, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -3,8 +3,8 @@ CPU (within 15%), the cheapest-fit search, and the CLI's refusals."""
 
 import pytest
 
+from spiel.cli.plan import main as plan_main
 from spiel.planning import ModelShape, RunPlan, cheapest_fit, estimate
-from spiel.planning.cli import main as plan_main
 from spiel.planning.measure import measure_peak
 from spiel.planning.memory import GIB
 
@@ -18,7 +18,7 @@ def tiny():
 
 def test_counts_match_the_wrapped_model_exactly(tiny):
     from spiel import SpielConfig, get_spiel_model
-    from spiel.loading import load_base_model
+    from spiel.io.base_model import load_base_model
 
     base = load_base_model("tiny", dtype="float32", quant="none", device="cpu")
     assert tiny.total_params == sum(p.numel() for p in base.parameters())

@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from spiel.training.hydra_config import CONFIG_DIR, ConfigError, dirname_from_overrides, validate
+from spiel.paths import CONFIG_DIR
+from spiel.training.config.hydra_config import ConfigError, dirname_from_overrides, validate
 from tests.helpers.paths import REPO
 from tests.helpers.runs import run_cli, subprocess_env
 
@@ -68,7 +69,7 @@ def test_every_model_data_method_quant_combination_composes():
 
 
 def test_cfg_job_from_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "spiel.train", "model=llama2-13b", "method=lora", "quant=nf4",
+    out = subprocess.run([sys.executable, "-m", "spiel.cli.train", "model=llama2-13b", "method=lora", "quant=nf4",
                           "--cfg", "job"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -197,13 +198,13 @@ BAD = [
 
 @pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_invalid_config_is_rejected_before_anything_loads(tmp_path, monkeypatch, capsys, overrides, key):
-    import spiel.loading
+    import spiel.io.base_model
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the config was validated")
 
-    monkeypatch.setattr(spiel.loading, "load_base_model", forbidden)
-    monkeypatch.setattr(spiel.loading, "load_tokenizer", forbidden)
+    monkeypatch.setattr(spiel.io.base_model, "load_base_model", forbidden)
+    monkeypatch.setattr(spiel.io.base_model, "load_tokenizer", forbidden)
     code = run_cli([f"output_root={tmp_path}", *overrides])
     err = capsys.readouterr().err
     assert code != 0  # 2 from spiel's checks, 1 from Hydra's own (types, unknown groups and keys)
@@ -266,7 +267,7 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
 
 
 COMPOSE_FROM_WHEEL = """
-import json, spiel.training.hydra_config as sc
+import json, spiel.training.config.hydra_config as sc
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 d = sc.CONFIG_DIR

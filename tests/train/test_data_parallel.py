@@ -25,8 +25,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from spiel.training import checkpoints
-from spiel.training.hydra_config import CONFIG_DIR, ConfigError, validate
+from spiel.paths import CONFIG_DIR
+from spiel.training.config.hydra_config import ConfigError, validate
+from spiel.training.engine import atomic_checkpoints as checkpoints
 from tests.helpers.paths import WORKERS
 from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run_dir, subprocess_env
 
@@ -62,7 +63,7 @@ RUN = ["method.reselection_steps=3", "method.estimation_steps=2", "method.rank_e
 def command(root, ranks, *overrides):
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                  str(free_port())] if ranks > 1 else [sys.executable])
-    return [*launcher, "-m", "spiel.train", f"output_root={root}", *RUN, *overrides]
+    return [*launcher, "-m", "spiel.cli.train", f"output_root={root}", *RUN, *overrides]
 
 
 def train(root, ranks, *overrides):
@@ -178,7 +179,7 @@ def test_parallel_is_checked_before_anything_loads(overrides, world, message):
 def test_fsdp_refused_without_fsdp2(monkeypatch):
     import torch.distributed.fsdp as fsdp
 
-    from spiel.training.parallel import ParallelError, check_fsdp_support
+    from spiel.training.launch.parallel import ParallelError, check_fsdp_support
 
     check_fsdp_support()
     monkeypatch.delattr(fsdp, "fully_shard")

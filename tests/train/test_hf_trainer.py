@@ -11,10 +11,10 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from spiel import SpielConfig, get_spiel_model, spiel_trainer
-from spiel.checkpoint import DELTA_NAME
-from spiel.model import STATIC_TRAINING_MESSAGE, SpielModel
+from spiel.checkpoint.format import DELTA_NAME
+from spiel.integrations.selector_callback import STATE_FILE
+from spiel.model.spiel_model import STATIC_TRAINING_MESSAGE, SpielModel
 from spiel.testing import tiny_model, tiny_tokenizer
-from spiel.training.selector_callback import STATE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ def test_checkpoints_hold_the_delta_not_the_model(tmp_path):
 
 
 def test_nf4_base_trains_with_no_flags(tmp_path):
-    from spiel.loading import load_base_model
+    from spiel.io.base_model import load_base_model
 
     base = load_base_model("tiny", quant="nf4", dtype="bfloat16", device="cpu")
     model = get_spiel_model(base, SpielConfig(**{**CONFIG, "delta_dtype": "bfloat16"}))

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from spiel.training import launch_env
+from spiel.training.launch import launch_env
 from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run_dir, subprocess_env
 
 # 6 optimizer steps of SpIEL-AG on the tiny model with reselections at steps 3 and 6.
@@ -65,7 +65,7 @@ def test_submitit_local_launcher_runs_one_ddp_job_of_two_tasks(tmp_path):
     env = subprocess_env()
     for key in launch_env.DIST_KEYS:
         env.pop(key, None)
-    args = [sys.executable, "-m", "spiel.train", "-m", "hydra/launcher=local_submitit",
+    args = [sys.executable, "-m", "spiel.cli.train", "-m", "hydra/launcher=local_submitit",
             "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path}/sweep", f"output_root={tmp_path}",
             *DDP_RUN]
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -91,7 +91,7 @@ def test_accelerate_launch_gives_the_same_delta_as_torchrun(tmp_path):
     }
     for name, launcher in launchers.items():
         port = ["--master_port" if name == "torchrun" else "--main_process_port", str(free_port())]
-        args = [*launcher, *port, "-m", "spiel.train", f"output_root={tmp_path / name}", *DDP_RUN]
+        args = [*launcher, *port, "-m", "spiel.cli.train", f"output_root={tmp_path / name}", *DDP_RUN]
         out = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, name + out.stdout[-3000:] + out.stderr[-3000:]
         assert_one_ddp_job(only_run_dir(tmp_path / name))

@@ -1,4 +1,4 @@
-"""The package's plain training loop (spiel.training.plain_loop) against a hand-written PyTorch loop on a
+"""The package's plain training loop (spiel.training.engine.plain_loop) against a hand-written PyTorch loop on a
 tiny random LLaMA: same data order, padding, loss, gradient accumulation, clipping and schedule, so the
 same weights after a few AdamW steps."""
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spiel.bench.models import LlamaShape, random_llama
-from spiel.training.plain_loop import shuffled_batches, train_steps, warmup_linear_decay
+from spiel.training.engine.plain_loop import shuffled_batches, train_steps, warmup_linear_decay
 
 SHAPE = LlamaShape(hidden=32, intermediate=64, layers=2, heads=4, kv_heads=4, vocab=64)
 PAD = 0

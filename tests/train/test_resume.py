@@ -22,11 +22,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.model import SpielModel
-from spiel.training import checkpoints
-from spiel.training.hydra_config import CONFIG_DIR
-from spiel.training.resume_check import NEUTRAL_KEYS, check_resume_config, config_differences
-from spiel.training.rundir import RunDirError
+from spiel.model.spiel_model import SpielModel
+from spiel.paths import CONFIG_DIR
+from spiel.training.config.resume_check import NEUTRAL_KEYS, check_resume_config, config_differences
+from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine.rundir import RunDirError
 from tests.helpers.paths import REPO, WORKERS
 from tests.helpers.runs import SMALL, load_tensors, only_run_dir, popen_cli, run_cli
 from tests.workers.resume_worker import base

@@ -27,7 +27,7 @@ def _changed_logits(model):
 
 @pytest.mark.parametrize("method", ["ag", "ma"])
 def test_spiel_methods_write_a_delta_that_loads_back(tmp_path, method):
-    from spiel.model import SpielModel
+    from spiel.model.spiel_model import SpielModel
 
     run_dir, s = _train(tmp_path, f"method={method}", *SPIEL_FAST)
     final = run_dir / "final"
@@ -90,11 +90,11 @@ def test_nf4_base(tmp_path, method):
     run_dir, s = _train(tmp_path, f"method={method}", "quant=nf4", *extra)
     assert s["quant"] == "nf4"
     final = run_dir / "final"
-    from spiel.loading import load_base_model
+    from spiel.io.base_model import load_base_model
 
     base = load_base_model("tiny", dtype="bfloat16", quant="nf4", device="cpu")
     if method == "ag":
-        from spiel.model import SpielModel
+        from spiel.model.spiel_model import SpielModel
 
         loaded = SpielModel.from_pretrained(base, final)
         layer = next(iter(loaded.deltas.values()))

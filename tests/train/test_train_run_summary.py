@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from spiel.training import tensorboard_logger, wandb_logger
+from spiel.training.loggers import tensorboard_logger, wandb_logger
 from tests.helpers.runs import SMALL, SPIEL_FAST, only_run_dir, run_cli, summary
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spiel.training.hydra_config import ConfigError, validate
+from spiel.training.config.hydra_config import ConfigError, validate
 from tests.helpers.runs import SMALL, only_run_dir, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 def _make(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from spiel.training.hydra_config import CONFIG_DIR
+    from spiel.paths import CONFIG_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose(config_name="train", overrides=list(overrides))
@@ -41,9 +41,9 @@ def test_tensorboard_events_hold_the_metrics_log_losses(tmp_path):
 
 
 def test_tensorboard_missing_is_a_config_error(monkeypatch):
-    import spiel.training.schema
+    import spiel.training.config.schema
 
     validate(_make("logger=tensorboard"))
-    monkeypatch.setattr(spiel.training.schema, "_tensorboard_available", lambda: False)
+    monkeypatch.setattr(spiel.training.config.schema, "_tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match="logger=tensorboard needs the tensorboard package"):
         validate(_make("logger=tensorboard"))

@@ -41,9 +41,9 @@ def _batch_mean_loss(model, dataset, batch_size):
 @pytest.mark.slow
 def test_eval_fraction_every_two_steps_and_at_the_end(tmp_path):
     from spiel.data import build_train_dataset
-    from spiel.model import SpielModel
+    from spiel.model.spiel_model import SpielModel
     from spiel.testing import tiny_model, tiny_tokenizer
-    from spiel.training.validation import eval_split
+    from spiel.training.loggers.validation import eval_split
 
     args = [f"output_root={tmp_path}", *FOUR_STEPS, *SPIEL_FAST, "eval_fraction=0.25", "eval_steps=2"]
     assert run_cli(args) == 0
@@ -80,7 +80,7 @@ def test_eval_data_file_only_at_the_end(tmp_path):
 
 
 def test_no_held_out_set_means_no_eval_keys(tmp_path):
-    from spiel.training.validation import eval_summary, plot_losses
+    from spiel.training.loggers.validation import eval_summary, plot_losses
 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 2, "eval_lo')  # cut by a kill
@@ -89,7 +89,7 @@ def test_no_held_out_set_means_no_eval_keys(tmp_path):
 
 
 def test_best_eval_loss_is_the_minimum_and_its_step(tmp_path):
-    from spiel.training.validation import eval_summary
+    from spiel.training.loggers.validation import eval_summary
 
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in [
@@ -111,7 +111,8 @@ BAD = [
 def test_bad_validation_settings_are_config_errors(overrides, message):
     from hydra import compose, initialize_config_dir
 
-    from spiel.training.hydra_config import CONFIG_DIR, ConfigError, validate
+    from spiel.paths import CONFIG_DIR
+    from spiel.training.config.hydra_config import ConfigError, validate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose(config_name="train", overrides=overrides)
@@ -122,7 +123,7 @@ def test_bad_validation_settings_are_config_errors(overrides, message):
 def test_a_fraction_that_leaves_no_training_examples_is_refused():
     from datasets import Dataset
 
-    from spiel.training.validation import eval_split
+    from spiel.training.loggers.validation import eval_split
 
     class C:
         eval_data, eval_fraction = None, 0.5

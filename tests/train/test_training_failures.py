@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from spiel.training import checkpoints
-from spiel.training.divergence import DivergenceGuard
-from spiel.training.failures import TrainingDiverged
+from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine.divergence import DivergenceGuard
+from spiel.training.engine.failures import TrainingDiverged
 from tests.helpers.runs import SMALL, load_tensors, only_run_dir, run_cli
 
 
@@ -53,8 +53,9 @@ def test_a_nan_loss_is_never_logged_as_a_number():
     0.0 right after one: that is how a diverged run showed `loss 0.0`."""
     from hydra import compose, initialize_config_dir
 
-    from spiel.training.args import training_arguments
-    from spiel.training.hydra_config import CONFIG_DIR, validate
+    from spiel.paths import CONFIG_DIR
+    from spiel.training.config.args import training_arguments
+    from spiel.training.config.hydra_config import validate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         settings = validate(compose(config_name="train", overrides=["device=cpu"]))
@@ -151,12 +152,12 @@ def test_an_output_dir_that_cannot_be_written_is_named_before_anything_runs(tmp_
 ], ids=["spiel-list", "spiel-regex", "lora", "ia3", "budget"])
 def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monkeypatch, capsys, overrides,
                                                                  message):
-    import spiel.loading
+    import spiel.io.base_model
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the weights were loaded before target_modules were checked")
 
-    monkeypatch.setattr(spiel.loading, "load_base_model", forbidden)
+    monkeypatch.setattr(spiel.io.base_model, "load_base_model", forbidden)
     code = run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=1", *overrides])
     err = capsys.readouterr().err
     assert code == 2 and f"spiel-train: error: {message}" in err, err[-3000:]
@@ -164,7 +165,7 @@ def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monke
 
 
 def test_a_missing_model_names_the_key_what_was_looked_for_and_how_to_get_it(tmp_path, monkeypatch):
-    from spiel.model_source import MODEL_ALIASES, check_model_source
+    from spiel.io.model_source import MODEL_ALIASES, check_model_source
 
     check_model_source("tiny")
     check_model_source(str(MODEL_ALIASES["tiny"]))

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.model import SpielModel
+from spiel.model.spiel_model import SpielModel
 
 TOTAL = 40
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ...delta.indices import rows_cols
-from ..distributed import all_reduce_mean_, broadcast_from_rank0, world_size
-from ..grow import (
+from spiel.delta.indices import rows_cols
+from spiel.selection.distributed import all_reduce_mean_, broadcast_from_rank0, world_size
+from spiel.selection.grow import (
     admit_under_caps,
     ag_grow_order,
     capped_top_candidates,
@@ -31,8 +31,8 @@ from ..grow import (
     random_inactive,
     top_candidates,
 )
-from .adam_ages import keep_ages_exact, link_ages
-from .base import GrowthRule, growth_generator
+from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
+from spiel.selection.rules.base import GrowthRule, growth_generator
 
 PHASE_KEYS = ("candidates", "step_grad", "grad_sum", "grad_sq_sum", "scale")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...delta.layer import SparseDeltaLinear
-from ..schedule import ReselectionSchedule
+from spiel.delta.layer import SparseDeltaLinear
+from spiel.selection.schedule import ReselectionSchedule
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ positions for the whole run: static random sparsity."""
 
 from __future__ import annotations
 
-from ..grow import random_inactive
-from .adam_ages import keep_ages_exact, link_ages
-from .base import GrowthRule, growth_generator
+from spiel.selection.grow import random_inactive
+from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
+from spiel.selection.rules.base import GrowthRule, growth_generator
 
 
 class RandomGrowth(GrowthRule):

@@ -5,8 +5,8 @@ no state of its own and grown slots start with SparseSM3's defaults (zero moment
 
 from __future__ import annotations
 
-from ..grow import ma_grow_indices
-from .base import GrowthRule
+from spiel.selection.grow import ma_grow_indices
+from spiel.selection.rules.base import GrowthRule
 
 
 class SM3Product(GrowthRule):

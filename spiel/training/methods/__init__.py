@@ -8,10 +8,10 @@ the result is saved. ``ag``/``ma`` (SpIEL, our optimizers and selector), ``lora`
 
 from __future__ import annotations
 
-from .base import Method
-from .full import FullMethod
-from .peft_methods import IA3Method, LoraMethod
-from .spiel_methods import SpielMethod
+from spiel.training.methods.base import Method
+from spiel.training.methods.full import FullMethod
+from spiel.training.methods.peft_methods import IA3Method, LoraMethod
+from spiel.training.methods.spiel_methods import SpielMethod
 
 METHODS: dict[str, Method] = {
     "ag": SpielMethod("ag"),

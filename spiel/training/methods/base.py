@@ -10,7 +10,7 @@ import torch.nn as nn
 
 def target_modules_error(error: ValueError):
     """find_targets' message ("target_modules [...] match no ...") keyed as the config key."""
-    from spiel.training.schema import ConfigError
+    from spiel.training.config.schema import ConfigError
 
     message = str(error)
     if message.startswith("target_modules"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Method
+from spiel.training.methods.base import Method
 
 
 class FullMethod(Method):

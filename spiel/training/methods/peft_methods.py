@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, target_modules_error
-from .quant import prepare_quantized_for_peft
+from spiel.training.methods.base import Method, target_modules_error
+from spiel.training.methods.quant import prepare_quantized_for_peft
 
 
 class PeftMethod(Method):
     def check_on_meta(self, meta_model, mcfg):
-        from spiel.targets import find_targets
+        from spiel.model.targets import find_targets
 
         try:  # peft's rule for a list: a module whose name is, or ends with ".", an entry
             find_targets(meta_model, list(mcfg.target_modules))

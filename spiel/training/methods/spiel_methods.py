@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .base import Method, target_modules_error
+from spiel.training.methods.base import Method, target_modules_error
 
 
 class SpielMethod(Method):
@@ -16,14 +16,14 @@ class SpielMethod(Method):
         self.name = name
 
     def wrap(self, model, mcfg, *, seed, quantized):
-        from spiel.model import get_spiel_model
+        from spiel.model.spiel_model import get_spiel_model
 
         return get_spiel_model(model, mcfg.spiel_config(seed=seed, quantized=quantized))
 
     def check_on_meta(self, meta_model, mcfg):
         from spiel.delta.weights import weight_shape
-        from spiel.targets import allocate, find_targets, total_budget
-        from spiel.training.schema import ConfigError
+        from spiel.model.targets import allocate, find_targets, total_budget
+        from spiel.training.config.schema import ConfigError
 
         try:
             targets = find_targets(meta_model, mcfg.target_modules)
@@ -49,6 +49,6 @@ class SpielMethod(Method):
         return model.num_tunable()
 
     def after_training(self, model, run_dir: Path, total_steps, plot):
-        from .ages import write_age_report
+        from spiel.training.methods.ages import write_age_report
 
         return write_age_report(model, run_dir, total_steps, plot=plot)

@@ -1,0 +1,149 @@
+"""spiel-export: a trained checkpoint as a merged, plain transformers model directory for serving.
+
+    spiel-export ckpt=outputs/train/default/final out=exported/demo
+    spiel-export ckpt=[runs/tulu2_ag/final,runs/alpaca_ag/final] out=exported/tulu_alpaca dtype=bfloat16
+
+`ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
+`ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
+cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
+Tülu chat template training used (checked token for token, `spiel.data.chat_template`). The directory
+is written under a temporary name and renamed at the end, so an interrupted export leaves no directory
+that looks complete. Merging into a 4-bit (NF4) base is refused: it would requantize the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from spiel.dtypes import DTYPES
+from spiel.paths import CONFIG_DIR
+
+log = logging.getLogger("spiel.cli.export")
+
+NF4_ADVICE = (
+    "merging into a 4-bit base would requantize the merged weights (lossy), so spiel-export only writes "
+    "full-precision models. Export with quant=none: the delta is merged into the full-precision base "
+    "weights ({base}; a delta trained on an NF4 base then runs on the unquantized weights, as a merged "
+    "QLoRA adapter does). To serve on the 4-bit base without merging, keep the checkpoint and load it with "
+    "SpielModel.from_pretrained (spiel-eval ... quant=nf4 does this).")
+
+
+class ExportError(ValueError):
+    """A spiel-export setting or input that cannot give a correct export (with what to do)."""
+
+
+def _check_settings(ckpts: list[str], out, dtype: str, quant: str, overwrite: bool) -> Path:
+    if not ckpts:
+        raise ExportError("ckpt: nothing to export; pass ckpt=<checkpoint dir> (or a [list] to sum deltas)")
+    if not out:
+        raise ExportError("out: where to write the model directory, e.g. out=exported/my-model")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if quant != "none":
+        raise ExportError(f"quant={quant}: " + NF4_ADVICE.format(base="the same base, not quantized"))
+    out = Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"out={out} exists and is not empty; choose another out= or pass overwrite=true")
+    return out
+
+
+def _check_base_not_4bit(model_name: str | None, ckpts: list[str]) -> None:
+    """Refuse a base stored quantized, reading only its config (before any weights load)."""
+    from spiel.checkpoint.kind import checkpoint_kind
+    from spiel.eval.loader import recorded_base
+    from spiel.io.base_model import resolve_model_path
+
+    base = model_name
+    if base is None and Path(ckpts[0]).is_dir():
+        kind = checkpoint_kind(ckpts[0])
+        base = ckpts[0] if kind == "full" else recorded_base(ckpts[0], kind)
+    if base is None:
+        return  # the loader reports a missing base with its own message
+    config = Path(resolve_model_path(base)) / "config.json"
+    if not config.is_file():
+        return  # a hub id: the loaded model is checked instead (_check_loaded)
+    quant = json.loads(config.read_text()).get("quantization_config")
+    if quant:
+        raise ExportError(f"the base model {base} is stored quantized ({quant.get('quant_method', '?')}): "
+                          + NF4_ADVICE.format(base="point model.name_or_path at the full-precision weights "
+                                              f"{base} was quantized from"))
+
+
+def _check_loaded(model) -> None:
+    from spiel.delta.layer import SparseDeltaLinear
+    from spiel.delta.weights import is_quantized
+
+    quantized = [n for n, p in model.named_parameters() if is_quantized(p)]
+    if quantized:
+        raise ExportError(f"the loaded base holds 4-bit weights ({quantized[0]}, ...): "
+                          + NF4_ADVICE.format(base="point model.name_or_path at full-precision weights"))
+    unmerged = [n for n, m in model.named_modules() if isinstance(m, SparseDeltaLinear)]
+    if unmerged:  # pragma: no cover - load_for_eval merges every full-precision delta
+        raise RuntimeError(f"internal error: the delta of {unmerged[0]} was not merged")
+
+
+def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", quant: str = "none",
+           device: str = "cpu", revision: str | None = None, overwrite: bool = False, ckpt_weights=None) -> Path:
+    """Write the merged model of `ckpt` and its chat-template tokenizer to `out`; returns `out`."""
+    import torch
+
+    import spiel
+    from spiel.data.chat_template import attach_chat_template
+    from spiel.eval.loader import load_for_eval, normalize_ckpts
+
+    ckpts = normalize_ckpts(ckpt)
+    out = _check_settings(ckpts, out, str(dtype), str(quant), overwrite)
+    _check_base_not_4bit(model_name, ckpts)
+    loaded = load_for_eval(ckpts, model_name=model_name, dtype="float32", quant="none", device=device,
+                           revision=revision, ckpt_weights=ckpt_weights)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    _check_loaded(model)
+    attach_chat_template(tokenizer)
+    model = model.to(getattr(torch, dtype))
+    model.config.dtype = getattr(torch, dtype)
+
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
+            "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
+            "chat_template": "tulu"}
+    (staging / "spiel_export.json").write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)  # checked above: empty, or overwrite=true
+    staging.rename(out)
+    log.info("exported %s to %s (%s)", " + ".join(ckpts), out, dtype)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def main(cfg: DictConfig):
+    from spiel.checkpoint.kind import CheckpointError
+    from spiel.data.chat_template import ChatTemplateError
+    from spiel.model.spiel_model import CheckpointMismatchError
+
+    ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt
+    weights = cfg.get("ckpt_weights")
+    weights = OmegaConf.to_container(weights) if OmegaConf.is_list(weights) else weights
+    try:
+        out = export(ckpt, cfg.out, model_name=cfg.model.name_or_path, dtype=cfg.dtype, quant=cfg.quant.name,
+                     device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
+                     ckpt_weights=weights)
+    except (ExportError, CheckpointError, CheckpointMismatchError, ChatTemplateError, FileNotFoundError) as e:
+        print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Resume continues the same run: the config a checkpoint was trained with (its run dir's config.yaml,
+resolved) is compared with the current one on every key that changes what is trained.
+
+    check_resume_config(checkpoint, cfg, allow_changes=False)   # RunDirError naming what differs
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from spiel.training.config.hydra_config import flatten_keys, with_moved_keys
+from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine.rundir import RunDirError
+
+log = logging.getLogger("spiel.cli.train")
+SAVED_CONFIG = "config.yaml"
+# Keys that say where and how a run is written or shown, not what is trained; the same list keeps them out
+# of run dir names (hydra.job.config.override_dirname.exclude_keys in configs/train.yaml).
+NEUTRAL_KEYS = ("resume", "resume_allow_config_changes", "overwrite", "output_root", "run_name", "progress_bar",
+                "logging_steps", "save_steps", "save_total_limit", "num_workers", "data_cache_dir",
+                "data_num_proc", "plot_ages", "device", "logger")
+ALLOW = "resume_allow_config_changes=true"
+
+
+def resume_target(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint a run would resume from (read-only: nothing is cleaned or created)."""
+    if resume == "auto":
+        return checkpoints.latest_checkpoint(run_dir)
+    if resume not in ("never", "", None):
+        return Path(resume)
+    return None
+
+
+def _neutral(key: str) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in NEUTRAL_KEYS)
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every training key whose value differs. A config saved
+    before the rates moved under ``method`` is read in today's keys."""
+    missing = object()
+    a, b = flatten_keys(with_moved_keys(saved)), flatten_keys(with_moved_keys(current))
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        old, new = a.get(key, missing), b.get(key, missing)
+        if _neutral(key) or old == new:
+            continue
+        diffs.append((key, "(absent)" if old is missing else old, "(absent)" if new is missing else new))
+    return diffs
+
+
+def check_resume_config(checkpoint: Path, cfg: DictConfig, allow_changes: bool = False) -> None:
+    """Refuse (RunDirError) to resume ``checkpoint`` with a config that trains differently."""
+    checkpoint = Path(checkpoint)
+    saved_path = checkpoint.parent / SAVED_CONFIG
+    current = OmegaConf.to_container(cfg, resolve=True)
+    current.pop("hydra", None)
+    try:
+        saved = yaml.safe_load(saved_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        if allow_changes:
+            log.warning("resuming %s without checking its config (%s unreadable: %s)", checkpoint, saved_path, e)
+            return
+        raise RunDirError(f"resume: cannot check that {checkpoint} was trained with this config: {saved_path} "
+                          f"is missing or unreadable ({type(e).__name__}); pass {ALLOW} to resume anyway") from None
+    if not isinstance(saved, dict):
+        saved = {}
+    diffs = config_differences(saved, current)
+    if not diffs:
+        return
+    listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in diffs)
+    if allow_changes:
+        log.warning("resuming %s with a changed config (%s): %s", checkpoint, ALLOW, listed)
+        return
+    raise RunDirError(
+        f"resume: {checkpoint} was trained with a different config ({saved_path}): {listed}. Resuming would "
+        f"continue one run with another run's settings. Rerun with the saved values, start a new run "
+        f"(run_name=<name> or overwrite=true), or pass {ALLOW} to continue with the new values.")

@@ -1,0 +1,1 @@
+"""How a run is launched: process groups, SLURM/submitit, FSDP, sweeps."""

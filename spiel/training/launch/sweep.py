@@ -1,0 +1,47 @@
+"""Sweeps (``spiel-train -m``): each job runs inside a guard that records a failure in its job dir and
+lets the other jobs run; a Hydra callback reports failed jobs at the end and makes the sweep exit non-zero.
+
+With the default launcher all jobs share one process, so the guard also releases what a job held
+(wandb run, model, CUDA cache) before the next one starts."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import traceback
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger("spiel.cli.train")
+FAILED = "FAILED"
+
+
+def record_failure(job_dir: Path, error: BaseException) -> None:
+    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    (Path(job_dir) / FAILED).write_text("".join(traceback.format_exception(error)))
+
+
+def release_job_resources() -> None:
+    from spiel.training.loggers import wandb_logger
+
+    wandb_logger.finish()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class SweepReport(Callback):
+    """Registered in configs/train.yaml (hydra.callbacks); fails the sweep if any job failed."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{FAILED}"))
+        if failed:
+            log.error("%d sweep job(s) failed: %s (tracebacks in <job dir>/%s)", len(failed), ", ".join(failed), FAILED)
+            raise SystemExit(1)

@@ -1,0 +1,1 @@
+"""What a run writes while it trains: the metrics log, validation, TensorBoard, wandb."""
