@@ -177,8 +177,10 @@ def _sync(device: torch.device) -> None:
 
 
 class _Profiler:
-    """``torch.profiler`` over the timed steps, with forward/backward/optimizer/selector regions; a no-op
-    without a path. The table (regions, then the top operators by self time) is written to ``path``."""
+    """``torch.profiler`` over the timed steps, each a ``## step <kind>`` region holding forward/backward/
+    optimizer/selector regions; a no-op without a path. Writes the table (regions, then the top operators by
+    self time) to ``path``, the breakdown by kind of step (``spiel.bench.profile``) to ``<path>.breakdown.json``
+    and the Chrome trace to ``<path>.trace.json``."""
 
     def __init__(self, path: str | None, device: torch.device):
         self.path, self.device, self.prof = path, device, None
@@ -196,19 +198,25 @@ class _Profiler:
             return contextlib.nullcontext()
         return torch.profiler.record_function(f"## {name}")
 
-    def stop(self) -> None:
+    def stop(self) -> dict | None:
         if self.prof is None:
-            return
+            return None
+        from spiel.bench.profile import breakdown, write_breakdown
+
         self.prof.__exit__(None, None, None)
         events = self.prof.key_averages()
         sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         regions = [e for e in events if e.key.startswith("## ")]
         lines = ["regions (total time over the timed steps):"]
-        lines += [f"  {e.key[3:]:<10} {e.cpu_time_total / 1e6:8.3f} s  ({e.count} calls)" for e in regions]
+        lines += [f"  {e.key[3:]:<16} {e.cpu_time_total / 1e6:8.3f} s  ({e.count} calls)" for e in regions]
         lines += ["", events.table(sort_by=sort, row_limit=30)]
         with open(self.path, "w") as f:
             f.write("\n".join(lines))
+        result = breakdown(self.prof.events(), self.device.type == "cuda")
+        write_breakdown(f"{self.path}.breakdown.json", result)
+        self.prof.export_chrome_trace(f"{self.path}.trace.json")
         self.prof = None
+        return result
 
 
 def build(spec: StepSpec):
@@ -272,6 +280,9 @@ def run(spec: StepSpec) -> dict:
     for step in range(total):
         if step == spec.warmup:
             profiler.start()
+        kind = step_kind(selector, selector.t + 1 if selector is not None else step + 1)
+        step_region = profiler.region(f"step {kind}")
+        step_region.__enter__()
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(spec.accum):
@@ -296,12 +307,13 @@ def run(spec: StepSpec) -> dict:
                 selector.step()
         _sync(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        step_region.__exit__(None, None, None)
         if step >= spec.warmup:
             times.append(elapsed)
             cpu_times.append(cpu)
-            kinds.append(step_kind(selector, selector.t if selector is not None else step + 1))
+            kinds.append(kind)
         losses.append(float(loss.detach()))
-    profiler.stop()
+    profile = profiler.stop()
     if selector is not None:
         selector.close()
     info = {"threads": torch.get_num_threads()}
@@ -330,5 +342,6 @@ def run(spec: StepSpec) -> dict:
         "reselection": reselection_cost(times, kinds, len(times) / spec.reselection_steps)
         if selector is not None else None,
         "spec": asdict(spec),
+        **({"profile": profile} if profile is not None else {}),
     }
 

@@ -11,7 +11,7 @@ input gradient are plain GEMMs on it (the same numbers, bit for bit).
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -72,22 +72,30 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         ):
             dense = torch.mm(g2d.t(), x2d)
             if probe is not None and probe.on_dense_grad is not None:
-                probe.on_dense_grad(dense)
+                with _labelled("spiel::probe"):
+                    probe.on_dense_grad(dense)
             if need_w:
                 grad_w = dense.to(weight.dtype)
         if need_values:
-            grad_values = gather_grad(
-                x2d, g2d, indices, out_features, in_features, grad_path, dense_grad=dense
-            ).to(values.dtype)
+            with _labelled("spiel::values_grad"):
+                grad_values = gather_grad(
+                    x2d, g2d, indices, out_features, in_features, grad_path, dense_grad=dense
+                ).to(values.dtype)
         if probe is not None and probe.candidates is not None and probe.on_candidate_grad is not None:
-            probe.on_candidate_grad(
-                gather_grad(x2d, g2d, probe.candidates, out_features, in_features, grad_path, dense_grad=dense)
-                .to(torch.float32)
-            )
+            with _labelled("spiel::probe"):
+                probe.on_candidate_grad(
+                    gather_grad(x2d, g2d, probe.candidates, out_features, in_features, grad_path, dense_grad=dense)
+                    .to(torch.float32)
+                )
         del dense
         if need_bias:
             grad_bias = g2d.sum(0).to(bias.dtype)
         return grad_x, grad_w, None, grad_values, grad_bias, None, None, None, None
+
+
+def _labelled(name: str):
+    """A profiler region (``spiel.bench.profile`` sorts time by them); nothing when no profiler runs."""
+    return torch.profiler.record_function(name) if torch._C._autograd._profiler_enabled() else nullcontext()
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from spiel.delta.indices import rows_cols
+from spiel.selection.batched import ag_grow_order_rows
 from spiel.selection.distributed import all_reduce_mean_, broadcast_from_rank0, world_size
 from spiel.selection.grow import (
     admit_under_caps,
@@ -146,6 +147,27 @@ class AccumulatedGradient(GrowthRule):
         positions, _, seeds = self.scored_growth(name, n, staying, active, t)
         return positions, seeds
 
+    #: whether grow_rows may grow several layers at once (not where ``order`` or ``grow`` is per layer)
+    batched_growth = True
+
+    def grow_rows(self, names, n, staying, active, t):
+        phases = [self.phases[name] for name in names]
+        if not self.batched_growth or any(p.candidates is None or p.steps == 0 for p in phases):
+            return None
+        betas = {tuple(self.optimizer.group_of(self.layers[name].values)["betas"]) for name in names}
+        if len({p.steps for p in phases}) > 1 or len({p.candidates.numel() for p in phases}) > 1 or len(betas) > 1:
+            return None
+        steps = phases[0].steps
+        stacked = _Phase()
+        stacked.candidates = torch.stack([p.candidates for p in phases])
+        if phases[0].scale is not None:
+            stacked.scale = torch.stack([p.scale for p in phases])
+        mean = torch.stack([p.grad_sum for p in phases]) / steps
+        mean_sq = torch.stack([p.grad_sq_sum for p in phases]) / steps
+        chosen, valid = ag_grow_order_rows(stacked.candidates, self.scores(stacked, mean), staying, n)
+        seeds = self._adam_seeds(self.layers[names[0]], mean.gather(1, chosen), mean_sq.gather(1, chosen), steps)
+        return stacked.candidates.gather(1, chosen), valid, seeds
+
     def scored_growth(self, name, n, staying, active, t):
         """As :meth:`grow`, with each position's score as a third element."""
         layer, phase = self.layers[name], self.phases[name]
@@ -203,6 +225,8 @@ class NormalizedGradient(AccumulatedGradient):
 class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
 
+    batched_growth = False
+
     def candidates(self, layer, dense_grad):
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
         return capped_top_candidates(dense_grad, layer.k, row_cap, col_cap), None
@@ -222,6 +246,7 @@ class ExploringGradient(AccumulatedGradient):
     """``explore``: the paper's growth for most entries, a share drawn at random from the inactive positions."""
 
     comparable_scores = False  # random draws have no score
+    batched_growth = False
 
     def grow(self, name, n, staying, active, t):
         n_random = int(self.settings.explore_share * n)
