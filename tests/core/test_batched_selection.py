@@ -128,3 +128,61 @@ def test_batched_reselection_equals_one_matrix_at_a_time(monkeypatch, method, gr
                 assert torch.equal(s1[key], s2[key]), (name, key)
     together = [offer is not None for offer in offers]
     assert together and all(together) == (growth != "capped")  # capped ranks under caps, one matrix at a time
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 60])
+def test_streamed_top_candidates_is_the_reference_top_with_ties(rows_per_block):
+    g = torch.Generator().manual_seed(5)
+    dense = torch.randn(60, 70, generator=g).round(decimals=1)  # many equal |g|
+    calls = []
+
+    def block_grad(r0, r1):
+        calls.append((r0, r1))
+        return dense[r0:r1]
+
+    positions, values = grow.streamed_top_candidates(block_grad, 60, 70, 300, rows_per_block)
+    expected = sorted(reference_order(dense.view(-1).abs(), True)[:300])
+    assert positions.tolist() == expected
+    assert torch.equal(values, dense.view(-1)[positions])
+    assert [r0 for r0, _ in calls] == list(range(0, 60, rows_per_block))  # each block once, in order
+
+
+def test_ag_probe_streams_row_blocks_with_the_dense_probe_s_candidates(monkeypatch):
+    """A probe whose dense gradient would be large takes its candidates from row blocks: the same candidates,
+    the same values' gradient (to fp32 rounding), and no transient of the dense gradient's size."""
+    from spiel.delta import SparseDeltaLinear, function
+
+    torch.manual_seed(0)
+    out_f, in_f, k = 512, 256, 3000
+    layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
+    layer.base_layer.requires_grad_(False)
+    x = torch.randn(64, in_f)
+    def run(stream):
+        found = {}
+        monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0 if stream else 1 << 40)
+        monkeypatch.setattr(function, "PROBE_BLOCK_BYTES", 64 * in_f * 4)  # blocks of 64 rows
+        from spiel.selection.rules import AccumulatedGradient
+
+        def on_blocks(block_grad, rows):
+            found["rows"] = rows
+            found["candidates"], found["grad"] = grow.streamed_top_candidates(block_grad, out_f, in_f, k, rows)
+
+        layer.values.grad = None
+        layer.request_grad_blocks(on_blocks)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            layer(x).pow(2).sum().backward()
+        found["largest"] = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+        found["values_grad"] = layer.values.grad.clone()
+        assert AccumulatedGradient.streams_candidates
+        return found
+
+    streamed, whole = run(True), run(False)
+    assert streamed["rows"] == 64 and whole["rows"] == out_f
+    y_grad = 2 * layer(x).detach()
+    dense_grad = y_grad.t() @ x  # the dense reference dL/dW
+    expected = sorted(reference_order(dense_grad.view(-1).abs(), True)[:k])
+    assert streamed["candidates"].tolist() == expected == whole["candidates"].tolist()
+    torch.testing.assert_close(streamed["grad"], dense_grad.view(-1)[streamed["candidates"]])
+    torch.testing.assert_close(streamed["values_grad"], dense_grad.view(-1)[layer.indices.long()])
+    assert whole["largest"] >= out_f * in_f * 4  # the dense gradient
+    assert streamed["largest"] < out_f * in_f * 4 // 3  # blocks of 64 of 512 rows (dY itself is 1/4 of it)

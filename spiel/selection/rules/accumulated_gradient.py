@@ -30,6 +30,7 @@ from spiel.selection.grow import (
     line_caps,
     normalization_factors,
     random_inactive,
+    streamed_top_candidates,
     top_candidates,
 )
 from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
@@ -90,7 +91,9 @@ class AccumulatedGradient(GrowthRule):
             if not self.schedule.in_estimation_phase(t):
                 continue
             phase = self.phases[name]
-            if phase.candidates is None:
+            if phase.candidates is None and self.streams_candidates:
+                layer.request_grad_blocks(self._on_first_grad_blocks(name))
+            elif phase.candidates is None:
                 layer.request_dense_grad(self._on_first_dense_grad(name))
             else:
                 layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
@@ -100,6 +103,23 @@ class AccumulatedGradient(GrowthRule):
             layer, phase = self.layers[name], self.phases[name]
             phase.candidates, phase.scale = self.candidates(layer, dense_grad)
             phase.step_grad = dense_grad.reshape(-1)[phase.candidates].float()
+            layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
+
+        return callback
+
+    #: candidates are the top ``|g|`` alone, so they can be found block by block (no dense gradient held)
+    streams_candidates = True
+
+    def _on_first_grad_blocks(self, name):
+        def callback(block_grad, rows_per_block: int) -> None:
+            layer, phase = self.layers[name], self.phases[name]
+            if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
+                dense = block_grad(0, layer.out_features)
+                phase.candidates = top_candidates(dense, layer.k)
+                phase.step_grad = dense.reshape(-1)[phase.candidates].float()
+            else:
+                phase.candidates, phase.step_grad = streamed_top_candidates(
+                    block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
         return callback
@@ -212,6 +232,8 @@ class AccumulatedGradient(GrowthRule):
 class NormalizedGradient(AccumulatedGradient):
     """``normalized``: scores ``|g| · rms(g) / (rms(row) · rms(col))`` (factors from the first dense gradient)."""
 
+    streams_candidates = False  # the factors need the whole gradient first
+
     def candidates(self, layer, dense_grad):
         row_factor, col_factor = normalization_factors(dense_grad)
         candidates = top_candidates(dense_grad, layer.k, row_factor=row_factor, col_factor=col_factor)
@@ -226,6 +248,7 @@ class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
 
     batched_growth = False
+    streams_candidates = False
 
     def candidates(self, layer, dense_grad):
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
