@@ -8,7 +8,8 @@ from pathlib import Path
 LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
           "ia3": "(IA)3", "ag": "SpIEL-AG",
           "ma": "SpIEL-MA", "static": "static sparse",
-          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)"}
+          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)",
+          "ag_loop": "SpIEL-AG (one by one)", "ma_loop": "SpIEL-MA (one by one)"}
 
 
 def label(key: str) -> str:

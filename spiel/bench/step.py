@@ -39,9 +39,11 @@ from spiel.dtypes import DTYPES
 STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
 # ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of
 # every projection's input); ``lora`` keeps the paper's configuration.
-# On request only: SpIEL with merged storage off (the delta applied and restored in every forward and
-# backward), to measure what merged storage saves in the same run.
-APPLIED_VARIANTS = {"ag_applied": "ag", "ma_applied": "ma"}
+# On request only, to measure in the same run what a change saves: ``*_applied``, SpIEL with merged storage off
+# (the delta applied and restored in every forward and backward); ``*_loop``, SpIEL computing its steps as it
+# did before batching: selection one matrix at a time, the optimizer one parameter at a time, AG's probe
+# holding each dense gradient whole.
+VARIANTS = {"ag_applied": "ag", "ma_applied": "ma", "ag_loop": "ag", "ma_loop": "ma"}
 
 
 @dataclass
@@ -233,9 +235,9 @@ def build(spec: StepSpec):
 
 def run(spec: StepSpec) -> dict:
     """Time ``spec.method``'s optimizer steps and measure its extra memory; returns a JSON-able dict."""
-    if spec.method not in STEP_METHODS + tuple(APPLIED_VARIANTS):
-        raise ValueError(f"method must be one of {STEP_METHODS + tuple(APPLIED_VARIANTS)}, got {spec.method!r}")
-    method = APPLIED_VARIANTS.get(spec.method, spec.method)
+    if spec.method not in STEP_METHODS + tuple(VARIANTS):
+        raise ValueError(f"method must be one of {STEP_METHODS + tuple(VARIANTS)}, got {spec.method!r}")
+    method = VARIANTS.get(spec.method, spec.method)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -263,13 +265,16 @@ def run(spec: StepSpec) -> dict:
         if spec.method == "lora0":
             mcfg.dropout = 0.0
         model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
-        if spec.method in APPLIED_VARIANTS:
+        if spec.method.endswith("_applied"):
             for layer in model.deltas.values():
                 layer.merged_storage = False
         if method in ("ag", "ma"):
             # A horizon one period past the run: every period in the timed window is a whole one (its phase
             # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
             selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)
+            if spec.method.endswith("_loop"):
+                selector.batched = optimizer.foreach = False
+                selector.rule.streams_candidates = False
         trainable = trainable_count(method, model)
     model.train()
 
