@@ -297,6 +297,15 @@ def main(argv=None) -> int:
     if any(m.get("reselection") for m in out["methods"].values()):
         print()
         print(reselection_table(out["methods"]))
+    profiles = {label(k): runs[0]["profile"] for k, runs in results.items() if runs and runs[0].get("profile")}
+    if profiles:
+        from spiel.bench.profile import breakdown_table
+
+        unit = ("device time; idle = wall − busy" if spec0.device.startswith("cuda")
+                else "self CPU time of the operators (wall clock inside each); untraced = wall − their sum")
+        table = breakdown_table(profiles, unit)
+        Path(args.profile, "breakdown.md").write_text(table + "\n")
+        print("\nwhere a step's time goes (torch.profiler, ms per step of each kind):\n" + table)
     if searched:
         print("\nminimum memory (GiB, 30 steps): " + ", ".join(f"{label(k)} {v['min_gib']}" for k, v in searched.items()))
     print(f"load average before {load_before[0]:.2f}, after {out['config']['load_after'][0]:.2f}")

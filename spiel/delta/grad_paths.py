@@ -7,6 +7,7 @@ This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positi
 * ``sddmm``:   ``torch.sparse.sampled_addmm`` on the CSR pattern of the (sorted) indices, accumulated
                over chunks of tokens so the transposed copies stay cache-sized; O(k + chunk) memory;
 * ``triton``:  a Triton gather-dot kernel (CUDA; ``triton_sddmm.py``);
+* ``triton_rows``: the gather-dot kernel by rows of the weight, each row's ``dYᵀ`` tokens loaded once (CUDA);
 * ``triton_tiles``: a Triton tensor-core tile kernel that writes only the active entries (CUDA).
 
 ``auto`` measures: the first time it meets a (device, dtype, shape, k, tokens) bucket it times every
@@ -27,8 +28,8 @@ import torch
 
 from spiel.delta.indices import csr_pattern
 
-GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_tiles")
-CUDA_ONLY_PATHS = ("triton", "triton_tiles")
+GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_rows", "triton_tiles")
+CUDA_ONLY_PATHS = ("triton", "triton_rows", "triton_tiles")
 
 # Tokens per sampled_addmm call. The kernel reads a row of Xᵀ (one token chunk) per active index, so
 # the chunk of Xᵀ should stay cache-resident: about 2 MiB of fp32 (the dev box has 2 MiB L2 per core).
@@ -296,6 +297,10 @@ def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.
         from spiel.delta.triton_sddmm import triton_gather_grad
 
         return triton_gather_grad(x2d, g2d, indices, in_features)
+    if grad_path == "triton_rows":
+        from spiel.delta.triton_sddmm import triton_rows_grad
+
+        return triton_rows_grad(x2d, g2d, indices, out_features, in_features)
     if grad_path == "triton_tiles":
         from spiel.delta.triton_sddmm import triton_tiles_grad
 
