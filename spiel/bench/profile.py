@@ -22,8 +22,9 @@ import json
 from collections import defaultdict
 
 STEP_REGION = "## step "
+# AG's estimation steps gather the values and the candidates in one pass: its time counts as the probe's.
 REGION_CATEGORIES = {"## selector": "selection", "## optimizer": "optimizer", "spiel::values_grad": "values_grad",
-                     "spiel::probe": "probe"}
+                     "spiel::probe": "probe", "spiel::values_grad+probe": "probe"}
 GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
                       "aten::dot", "aten::_scaled_mm", "aten::sampled_addmm", "aten::sparse_sampled_addmm"})
 INDEX_OPS = frozenset({"aten::index_select", "aten::index_put_", "aten::_index_put_impl_", "aten::index_add_",

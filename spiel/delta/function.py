@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spiel.delta.grad_paths import gather_grad, validate_grad_path
+from spiel.delta.grad_paths import gather_grad, gather_grads, validate_grad_path
 from spiel.delta.indices import csr_pattern
 from spiel.delta.merged import MergedStorage
 from spiel.delta.weights import delta_applied, is_quantized, weight_shape
@@ -101,12 +101,19 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                     probe.on_grad_blocks(lambda r0, r1, whole=dense: whole[r0:r1], out_features)
             if need_w:
                 grad_w = dense.to(weight.dtype)
-        if need_values:
+        gather = probe is not None and probe.candidates is not None and probe.on_candidate_grad is not None
+        if need_values and gather:  # one pass for both (the sddmm path transposes each token chunk once)
+            with _labelled("spiel::values_grad+probe"):
+                grad_values, at_candidates = gather_grads(
+                    x2d, g2d, [indices, probe.candidates], out_features, in_features, grad_path, dense_grad=dense)
+                grad_values = grad_values.to(values.dtype)
+                probe.on_candidate_grad(at_candidates.to(torch.float32))
+        elif need_values:
             with _labelled("spiel::values_grad"):
                 grad_values = gather_grad(
                     x2d, g2d, indices, out_features, in_features, grad_path, dense_grad=dense
                 ).to(values.dtype)
-        if probe is not None and probe.candidates is not None and probe.on_candidate_grad is not None:
+        elif gather:
             with _labelled("spiel::probe"):
                 probe.on_candidate_grad(
                     gather_grad(x2d, g2d, probe.candidates, out_features, in_features, grad_path, dense_grad=dense)

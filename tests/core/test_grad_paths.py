@@ -144,3 +144,19 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
     lines = [line for line in proc.stdout.splitlines() if " sm_" in line]
     assert len(lines) == len(KERNEL_CONFIGS) * 2 * 2, proc.stdout  # kernels x dtypes x (sm_80, sm_90)
     assert all("0 B local" in line for line in lines), proc.stdout
+
+
+def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
+    x, dy, values_at, expected = problem(40, 30, 100, 70)
+    g = torch.Generator().manual_seed(9)
+    candidates = random_subset(40 * 30, 150, g).int()
+    alone = [grad_paths.sddmm_gather_grad(x, dy, s, 40, 30, token_chunk=16) for s in (values_at, candidates)]
+    copies = []
+    transpose = grad_paths._transpose_into
+    monkeypatch.setattr(grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src))
+    monkeypatch.setattr(grad_paths, "sddmm_token_chunk", lambda in_features: 16)
+    both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, "sddmm")
+    assert len(copies) == 2 * 5  # X and dY, once per chunk of 16 of 70 tokens, for both sets
+    assert all(torch.equal(a, b) for a, b in zip(alone, both, strict=True))
+    torch.testing.assert_close(both[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1], (dy.t() @ x).view(-1)[candidates.long()], rtol=1e-5, atol=1e-5)
