@@ -33,6 +33,7 @@ timeout 190 python scripts/bench_step.py --gpu --layers 4 --methods floor,lora0,
   --periods 1 --json "$out/bench_step.json" || status=1
 stage "torch.profiler breakdown of one period, by kind of step"
 timeout 150 python scripts/bench_step.py --gpu --layers 4 --methods lora0,ag,ma,ag_loop,ma_loop --periods 1 \
+  --reselection-steps 10 --estimation-steps 3 \
   --warmup 2 --profile "$out/profile" --json "$out/profile_step.json" || status=1
 gzip -f "$out"/profile/*.trace.json 2>/dev/null || true
 stage "exit status $status"

@@ -11,6 +11,7 @@ only by :meth:`merge` / :meth:`unmerge`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -72,6 +73,7 @@ class SparseDeltaLinear(nn.Module):
         self._register_load_state_dict_pre_hook(_restore_base_hook, with_module=True)
         self._dense_grad_request: Callable[[torch.Tensor], None] | None = None
         self._grad_blocks_request = None
+        self._checked_candidates = None
         self._candidates: torch.Tensor | None = None
         self._candidate_callback: Callable[[torch.Tensor], None] | None = None
 
@@ -126,7 +128,12 @@ class SparseDeltaLinear(nn.Module):
 
     def set_candidate_probe(self, candidates: torch.Tensor, callback: Callable[[torch.Tensor], None]) -> None:
         """On every backward until cleared, hand ``dL/dW`` at ``candidates`` (fp32) to ``callback``."""
-        check_indices(candidates, self.out_features * self.in_features, "candidates")
+        # Checked once per tensor and version: a rule sets the same candidates again before every step of a
+        # phase, and the check costs passes over them and host round-trips.
+        checked = self._checked_candidates
+        if checked is None or checked[0]() is not candidates or checked[1] != candidates._version:
+            check_indices(candidates, self.out_features * self.in_features, "candidates")
+            self._checked_candidates = (weakref.ref(candidates), candidates._version)
         self._candidates = candidates.to(device=self.indices.device, dtype=self.indices.dtype)
         self._candidate_callback = callback
 

@@ -245,7 +245,7 @@ def _rank_within(groups: torch.Tensor) -> torch.Tensor:
     first = torch.ones_like(sorted_groups, dtype=torch.bool)
     first[1:] = sorted_groups[1:] != sorted_groups[:-1]
     start = torch.cummax(torch.where(first, torch.arange(groups.numel(), device=groups.device), 0), 0).values
-    rank = torch.empty_like(groups)
+    rank = torch.empty(groups.shape, dtype=torch.long, device=groups.device)
     rank[order] = torch.arange(groups.numel(), device=groups.device) - start
     return rank
 

@@ -160,6 +160,7 @@ class Selector:
         if offer is None:
             return False
         grown_all, valid, seeds = offer
+        grown_all = grown_all.long()
         dropped = indices.gather(1, slots).long()
         # As in _grow_into: a position both dropped and grown stays where it is.
         fresh = valid & ~isin_sorted_rows(grown_all, dropped.sort(dim=1).values)

@@ -43,7 +43,7 @@ class _Phase:
     """One layer's estimation statistics at its growth candidates (all fp32)."""
 
     def __init__(self):
-        self.candidates = None  # sorted int64 flat positions [K], from the phase's first micro-batch
+        self.candidates = None  # sorted flat positions [K] (the layer's index dtype), from the first micro-batch
         self.scale = None  # (normalized) each candidate's score factor, from the same gradient
         self.step_grad = None  # sum of this optimizer step's micro-batch gradients
         self.grad_sum = None  # sum over completed steps of the step gradient
@@ -101,8 +101,10 @@ class AccumulatedGradient(GrowthRule):
     def _on_first_dense_grad(self, name):
         def callback(dense_grad: torch.Tensor) -> None:
             layer, phase = self.layers[name], self.phases[name]
-            phase.candidates, phase.scale = self.candidates(layer, dense_grad)
-            phase.step_grad = dense_grad.reshape(-1)[phase.candidates].float()
+            candidates, phase.scale = self.candidates(layer, dense_grad)
+            phase.step_grad = dense_grad.reshape(-1)[candidates].float()
+            # in the index dtype: the probe takes this very tensor, no second copy (int32: half of int64's bytes)
+            phase.candidates = candidates.to(layer.indices.dtype)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
         return callback
@@ -115,11 +117,12 @@ class AccumulatedGradient(GrowthRule):
             layer, phase = self.layers[name], self.phases[name]
             if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
                 dense = block_grad(0, layer.out_features)
-                phase.candidates = top_candidates(dense, layer.k)
-                phase.step_grad = dense.reshape(-1)[phase.candidates].float()
+                candidates = top_candidates(dense, layer.k)
+                phase.step_grad = dense.reshape(-1)[candidates].float()
             else:
-                phase.candidates, phase.step_grad = streamed_top_candidates(
+                candidates, phase.step_grad = streamed_top_candidates(
                     block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block)
+            phase.candidates = candidates.to(layer.indices.dtype)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
         return callback
@@ -179,7 +182,7 @@ class AccumulatedGradient(GrowthRule):
             return None
         steps = phases[0].steps
         stacked = _Phase()
-        stacked.candidates = torch.stack([p.candidates for p in phases])
+        stacked.candidates = torch.stack([p.candidates.long() for p in phases])
         if phases[0].scale is not None:
             stacked.scale = torch.stack([p.scale for p in phases])
         mean = torch.stack([p.grad_sum for p in phases]) / steps
