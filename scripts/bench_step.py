@@ -297,6 +297,9 @@ def main(argv=None) -> int:
     if any(m.get("reselection") for m in out["methods"].values()):
         print()
         print(reselection_table(out["methods"]))
+        if spec0.device == "cpu":
+            print("\nthe same in CPU seconds:")
+            print(reselection_table(out["methods"], "reselection_cpu"))
     profiles = {label(k): runs[0]["profile"] for k, runs in results.items() if runs and runs[0].get("profile")}
     if profiles:
         from spiel.bench.profile import breakdown_table

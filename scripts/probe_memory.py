@@ -26,7 +26,8 @@ from spiel.delta import SparseDeltaLinear, function  # noqa: E402
 from spiel.selection.rules import AccumulatedGradient  # noqa: E402
 
 
-def peak_mb(stream: bool, args) -> float:
+def peak_mb(stream: bool | None, args) -> float:
+    """The probe backward's peak (MiB): the dense gradient whole, streamed, or (None) no probe at all."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     function.PROBE_STREAM_BYTES = 0 if stream else 1 << 60
     torch.manual_seed(0)
@@ -44,7 +45,8 @@ def peak_mb(stream: bool, args) -> float:
 
     rule = Rule()
     rule.phases["layer"] = _Phase()
-    layer.request_grad_blocks(rule._on_first_grad_blocks("layer"))  # taken by the next forward
+    if stream is not None:
+        layer.request_grad_blocks(rule._on_first_grad_blocks("layer"))  # taken by the next forward
     y = layer(x)
     grad_y = torch.randn_like(y)
     if device.type == "cuda":
@@ -58,7 +60,7 @@ def peak_mb(stream: bool, args) -> float:
     meter.start()  # peak RSS reset to the RSS now
     y.backward(grad_y)
     peak = meter.extra_mb() * 2**20
-    assert rule.phases["layer"].candidates is not None, "the probe did not run"
+    assert stream is None or rule.phases["layer"].candidates is not None, "the probe did not run"
     return peak / 2**20
 
 
@@ -70,18 +72,18 @@ def main(argv=None) -> int:
     p.add_argument("--density", type=float, default=0.0247)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--only", choices=["whole", "streamed"], help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["whole", "streamed", "none"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.only:  # one measurement in this process (a fresh process each: freed memory stays resident)
-        print(peak_mb(args.only == "streamed", args))
+        print(peak_mb({"whole": False, "streamed": True, "none": None}[args.only], args))
         return 0
     dense_mb = args.out_features * args.in_features * torch.finfo(getattr(torch, args.dtype)).bits / 8 / 2**20
     cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-    whole, streamed = (float(subprocess.run(cmd + ["--only", mode], capture_output=True, text=True, check=True)
-                             .stdout.split()[-1]) for mode in ("whole", "streamed"))
+    none, whole, streamed = (float(subprocess.run(cmd + ["--only", mode], capture_output=True, text=True,
+                                                  check=True).stdout.split()[-1]) for mode in ("none", "whole", "streamed"))
     print(f"{args.out_features}x{args.in_features}, {args.tokens} tokens, density {args.density}, {args.dtype} on "
-          f"{args.device} (the dense gradient alone: {dense_mb:.0f} MiB): probe backward peak {whole:.0f} MiB whole, "
-          f"{streamed:.0f} MiB by row blocks")
+          f"{args.device} (the dense gradient alone: {dense_mb:.0f} MiB): backward peak without a probe {none:.0f} MiB; "
+          f"with the probe {whole:.0f} MiB (dense gradient whole), {streamed:.0f} MiB (by row blocks)")
     return 0
 
 

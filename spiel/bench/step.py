@@ -346,6 +346,8 @@ def run(spec: StepSpec) -> dict:
         "step_kinds": kinds,
         "reselection": reselection_cost(times, kinds, len(times) / spec.reselection_steps)
         if selector is not None else None,
+        "reselection_cpu": reselection_cost(cpu_times, kinds, len(times) / spec.reselection_steps)
+        if selector is not None else None,
         "spec": asdict(spec),
         **({"profile": profile} if profile is not None else {}),
     }
