@@ -20,6 +20,9 @@ from typing import Any, Optional
 
 DELTA_DTYPES = ("float32", "bfloat16", "float16")  # the names in spiel.dtypes.DTYPES (which imports torch; tests/core/test_knobs.py checks they agree)
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
+# SpIEL-AG's shipped Adam seeding of grown entries: the one place to change it (configs/method/ag.yaml does not
+# repeat it; spiel-train takes it from the schema). The paper's own: full. See docs/quality.md for the evidence.
+AG_DEFAULT_ADAM_SEEDING = "full"
 
 
 def knob(default, help: str):
@@ -78,7 +81,7 @@ class SpielKnobs:
                                 "| random | static (SpIEL-AG baselines); see spiel.selection.rules")
     growth_cap: float = knob(4.0, "capped: the most entries a row or column may hold, as a multiple of the mean")
     explore_share: float = knob(0.25, "explore: the share of each growth drawn uniformly at random")
-    adam_seeding: str = knob("full", "SpIEL-AG: the Adam state of grown entries: full (moments = the estimation "
+    adam_seeding: str = knob(AG_DEFAULT_ADAM_SEEDING, "SpIEL-AG: the Adam state of grown entries: full (moments = the estimation "
                                      "phase's mean and mean square, age γ) | released (what the released code "
                                      "effectively seeded at the paper's scale: 128 accumulation steps, a bf16 "
                                      "sample counter stopping at 256) | none (a fresh state: zero moments, age 0)")
