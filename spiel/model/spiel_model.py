@@ -135,10 +135,7 @@ class SpielModel(nn.Module):
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
-        selector = Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
-                            reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
-                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop, growth=c.growth,
-                            growth_cap=c.growth_cap, explore_share=c.explore_share, budget=c.budget, seed=c.seed,
+        selector = Selector(self.deltas, optimizer, c, method=c.method, seed=c.seed, total_steps=total_steps,
                             process_group=process_group)
         self._selector_ref = weakref.ref(selector)
         return selector

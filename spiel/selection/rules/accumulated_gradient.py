@@ -10,9 +10,9 @@ differ several-fold, so most of the budget lands in a few rows):
 
 * ``normalized``: candidates and growth ranked by ``|g| · rms(g) / (rms(row) · rms(col))``, with the row and
   column RMS of the phase's first dense gradient;
-* ``capped``: candidates and growth under a per-row and per-column cap (``GrowthSettings.cap`` times the mean
+* ``capped``: candidates and growth under a per-row and per-column cap (``growth_cap`` times the mean
   entries per row / column, counting the entries that stay);
-* ``explore``: a share of each growth (``GrowthSettings.explore_share``) drawn uniformly at random from the
+* ``explore``: a share of each growth (``explore_share``) drawn uniformly at random from the
   inactive positions; those start with zero moments at age 0 (a fresh Adam state), the rest as the paper's.
 """
 
@@ -55,8 +55,8 @@ class AccumulatedGradient(GrowthRule):
 
     estimates_gradients = True
 
-    def __init__(self, layers, optimizer, schedule, settings, process_group=None):
-        super().__init__(layers, optimizer, schedule, settings, process_group)
+    def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
+        super().__init__(layers, optimizer, schedule, config, seed, process_group)
         data_parallel = world_size(process_group) > 1
         if data_parallel and schedule.estimation_steps < 2:
             raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
@@ -204,12 +204,12 @@ class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
 
     def candidates(self, layer, dense_grad):
-        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
         return capped_top_candidates(dense_grad, layer.k, row_cap, col_cap), None
 
     def order(self, layer, phase, scores, staying, n):
         eligible = ag_grow_order(phase.candidates, scores, staying, phase.candidates.numel())
-        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
         rows, cols = rows_cols(staying, layer.in_features)
         row_counts = torch.bincount(rows.long(), minlength=layer.out_features)
         col_counts = torch.bincount(cols.long(), minlength=layer.in_features)
@@ -224,13 +224,13 @@ class ExploringGradient(AccumulatedGradient):
     comparable_scores = False  # random draws have no score
 
     def grow(self, name, n, staying, active, t):
-        n_random = int(self.settings.explore_share * n)
+        n_random = int(self.config.explore_share * n)
         best, seeds = super().grow(name, n - n_random, staying, active, t)
         if n_random == 0 or not seeds:  # nothing to explore, or no phase statistics: grow as the paper
             return best, seeds
         layer = self.layers[name]
         excluded = torch.cat([active.long(), best]).unique()
-        generator = growth_generator(self.settings.seed, t, list(self.layers).index(name), active.device)
+        generator = growth_generator(self.seed, t, list(self.layers).index(name), active.device)
         drawn = random_inactive(excluded, layer.out_features * layer.in_features, n_random, generator)
         zeros = torch.zeros(drawn.numel(), dtype=torch.float32, device=drawn.device)
         ages = torch.cat([torch.full_like(best, seeds["age"]), torch.zeros_like(drawn)])
