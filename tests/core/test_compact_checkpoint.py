@@ -17,8 +17,8 @@ from spiel import SpielConfig, get_spiel_model
 from spiel.checkpoint import elias_fano
 from spiel.checkpoint.codec import compact_delta
 from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION
-from spiel.checkpoint.write import write_checkpoint
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, sha256_hex
+from spiel.checkpoint.write import write_checkpoint
 from spiel.delta.indices import csr_pattern
 from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model
