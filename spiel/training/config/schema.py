@@ -133,6 +133,10 @@ class FullMethodConfig(MethodConfig):
         self._check_rates()
 
 
+METHOD_CONFIGS = {**dict.fromkeys(SPIEL_METHODS, SpielMethodConfig), "lora": LoraMethodConfig,
+                  "ia3": IA3MethodConfig, "full": FullMethodConfig}  # method name -> its schema
+
+
 # -- logger -----------------------------------------------------------------------------------------------
 def _tensorboard_available() -> bool:
     import importlib.util
