@@ -122,7 +122,10 @@ class SpielModel(nn.Module):
     # -- training ------------------------------------------------------------------------------------
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, **kwargs):
         """The method's optimizer (SparseAdamW for ``ag``, SparseSM3 for ``ma``) over every delta's values."""
-        build = method_spec(self.spiel_config.method).build_optimizer
+        spec = method_spec(self.spiel_config.method)
+        if spec.adam_options:
+            kwargs.setdefault("eps_placement", self.spiel_config.eps_placement)
+        build = spec.build_optimizer
         return build(list(self.deltas.values()), lr=lr, weight_decay=weight_decay, **kwargs)
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:

@@ -17,6 +17,8 @@ SPIEL_METHODS = ("ag", "ma")  # the methods of spiel.selection.methods (a test k
 SCHEDULES = ("linear", "cosine")  # schedule.py
 DROP_CRITERIA = ("magnitude", "change")  # drop.py
 BUDGETS = ("per_matrix", "global")  # global_budget.py
+ADAM_SEEDINGS = ("full", "released", "none")  # rules/accumulated_gradient.py
+EPS_PLACEMENTS = ("torch", "hf")  # spiel.optim.adamw's (spelled out: optim sits below; a test keeps them equal)
 
 # growth name -> {method that has it: its rule, "module:Class" under spiel.selection.rules}; the first ("paper")
 # is each method's default. A new growth rule: its class in rules/ and one line here.
@@ -74,6 +76,13 @@ class SelectionConfig:
                                 "| random | static (SpIEL-AG baselines); see spiel.selection.rules")
     growth_cap: float = knob(4.0, "capped: the most entries a row or column may hold, as a multiple of the mean")
     explore_share: float = knob(0.25, "explore: the share of each growth drawn uniformly at random")
+    adam_seeding: str = knob("full", "SpIEL-AG: the Adam state of grown entries: full (moments = the estimation "
+                                     "phase's mean and mean square, age γ) | released (what the released code "
+                                     "effectively seeded at the paper's scale: 128 accumulation steps, a bf16 "
+                                     "sample counter stopping at 256) | none (a fresh state: zero moments, age 0)")
+    eps_placement: str = knob("torch", "SpIEL-AG's Adam eps: torch (√v̂ + eps, as torch.optim.AdamW) | hf (√v + eps "
+                                       "before the bias correction, as HF's AdamW and the paper's runs with eps "
+                                       "1e-6: method.eps_placement=hf method.eps=1e-6)")
     budget: str = knob("per_matrix", "per_matrix (the paper: each matrix keeps its k) | global (drop and growth "
                                      "compete across all matrices, the total stays; paper|normalized|capped)")
 
@@ -93,6 +102,8 @@ class SelectionConfig:
         need(self.growth_cap >= 1, "growth_cap",
              f"must be >= 1 (a multiple of the mean entries per row/column), got {self.growth_cap}")
         need(0 <= self.explore_share <= 1, "explore_share", f"must be in [0, 1], got {self.explore_share}")
+        need_choice(self.adam_seeding, "adam_seeding", ADAM_SEEDINGS)
+        need_choice(self.eps_placement, "eps_placement", EPS_PLACEMENTS)
         need_choice(self.budget, "budget", BUDGETS)
 
     def selection_values(self) -> dict:

@@ -74,7 +74,7 @@ def test_spiel_config_keeps_its_public_constructor_and_saved_form():
 @pytest.mark.parametrize("knob,bad", [
     ("density", 1.5), ("rank_equiv", 0), ("num_tunable", -1), ("reselection_steps", 0), ("estimation_steps", 20),
     ("schedule", "exponential"), ("initial_rate", 2.0), ("drop", "random"), ("delta_dtype", "int8"),
-    ("grad_path", "cuda"),
+    ("grad_path", "cuda"), ("adam_seeding", "half"), ("eps_placement", "before"),
 ])
 def test_a_bad_knob_names_its_field_as_data(knob, bad):
     with pytest.raises(SpielConfigError) as library:
@@ -137,3 +137,7 @@ def test_the_torch_free_names_are_the_method_and_rule_tables():
     named = {cls for m in SPIEL_METHODS for cls in growth_rules(m).values()}
     assert named == {getattr(rules, name) for name in rules.__all__} - {rules.GrowthRule}
     assert sum(len(by_method) for by_method in GROWTH_RULES.values()) == len(named)
+    from spiel.optim.adamw import EPS_PLACEMENTS
+    from spiel.selection.config import EPS_PLACEMENTS as KNOB_EPS_PLACEMENTS
+
+    assert KNOB_EPS_PLACEMENTS == EPS_PLACEMENTS
