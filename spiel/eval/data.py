@@ -23,11 +23,11 @@ def no_items(bench: str, where) -> BenchDataError:
 
 
 def require(path: Path, bench: str, data_dir: Path) -> Path:
-    from spiel.eval.benchmark import get_benchmark
+    from spiel.eval.benchmark import benchmarks
 
     path = Path(path)
     if not path.exists():
-        layout = get_benchmark(bench).layout
+        layout = getattr(benchmarks().get(bench), "layout", "")
         raise MissingDataError(
             f"{bench}: {path} not found (expected layout under eval.data_dir={data_dir}: {layout}).\n"
             f"Fetch it on a machine with internet with:\n"

@@ -52,7 +52,7 @@ class LoraMethod(PeftMethod):
         config = LoraConfig(r=mcfg.r, lora_alpha=mcfg.alpha, lora_dropout=mcfg.dropout,
                             target_modules=list(mcfg.target_modules), task_type="CAUSAL_LM")
         peft_model = get_peft_model(model, config)
-        adapter_dtype = mcfg.adapter_dtype or ("bfloat16" if quantized else "float32")
+        adapter_dtype = self.trainable_dtype(mcfg.adapter_dtype, "nf4" if quantized else "none", "float32")
         for name, param in peft_model.named_parameters():
             if param.requires_grad and "lora_" in name:
                 param.data = param.data.to(getattr(torch, adapter_dtype))
