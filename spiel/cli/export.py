@@ -129,7 +129,7 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
 def main(cfg: DictConfig):
     from spiel.checkpoint.kind import CheckpointError
     from spiel.data.chat_template import ChatTemplateError
-    from spiel.io.model_source import RemoteCodeError
+    from spiel.io.model_source import RemoteCodeError, RevisionError
     from spiel.model.spiel_model import CheckpointMismatchError
 
     ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt
@@ -140,7 +140,7 @@ def main(cfg: DictConfig):
                      device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
                      ckpt_weights=weights)
     except (ExportError, CheckpointError, CheckpointMismatchError, ChatTemplateError, FileNotFoundError,
-            RemoteCodeError) as e:
+            RemoteCodeError, RevisionError) as e:
         print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",

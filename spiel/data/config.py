@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiel.data.errors import DataError
+from spiel.io.model_source import check_revision
 from spiel.data.reader import DEFAULT_MAX_RECORD_BYTES
 from spiel.data.records import FORMATS
 from spiel.paths import ASSETS_DIR, REPO_ROOT
@@ -138,6 +139,10 @@ def parse_data_config(data_cfg) -> DataConfig:
         fmt = src.get("format") or "auto"
         if fmt != "auto" and fmt not in FORMATS:
             raise DataError(f"source {name!r}: format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+        try:
+            check_revision(src.get("revision"), f"data sources[{i}].revision")
+        except ValueError as e:
+            raise DataError(str(e)) from None
         specs.append(
             SourceSpec(
                 name=name,

@@ -28,6 +28,8 @@ from spiel.io.model_source import (  # noqa: F401 (re-exported)
     MODEL_ALIASES,
     REPO_ROOT,
     RemoteCodeError,
+    RevisionError,
+    check_revision,
     refuse_remote_code,
 )
 

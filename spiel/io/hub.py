@@ -41,6 +41,9 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    from spiel.io.model_source import check_revision
+
+    check_revision(revision, f"{name_or_path}@revision")
     repo_id = str(name_or_path)
     try:
         validate_repo_id(repo_id)
@@ -59,7 +62,13 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
 def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
     """The commit a Hub model loaded as ``repo_id`` at ``revision`` came from (read from the local Hub
     cache, where loading put it); None for a local directory or when unknown."""
+    from spiel.io.model_source import RevisionError, check_revision
+
     if Path(str(repo_id)).exists():
+        return None
+    try:
+        check_revision(revision)
+    except RevisionError:
         return None
     from huggingface_hub import try_to_load_from_cache
 

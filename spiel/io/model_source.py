@@ -22,6 +22,10 @@ KEY = "model.name_or_path"
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.\-]*/)?[A-Za-z0-9][\w.\-]*$")
 # the files whose `auto_map` makes transformers import Python shipped with a model or tokenizer
 REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+# a Hub revision is a commit hash or a git ref name (a branch or tag, refs/pr/N); huggingface_hub reads
+# refs/<revision> from its cache, so a path ("../../x") would make it read, and load, outside the cache
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REF_CHARS = re.compile(r"^[A-Za-z0-9._+\-/]+$")
 HOW = ("choose model=tiny|llama2-7b|llama2-13b, or set model.name_or_path=<a local model directory (with "
        "config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
 
@@ -34,6 +38,7 @@ def check_model_source(name_or_path, revision: str | None = None) -> None:
     """Raise ValueError("model.name_or_path: ...") unless the model can be found."""
     if not name_or_path:
         raise ValueError(f"{KEY}: no base model: {HOW}")
+    check_revision(revision, "model.revision")
     name = str(name_or_path)
     if name in MODEL_ALIASES:
         path = MODEL_ALIASES[name]
@@ -63,6 +68,26 @@ def check_model_source(name_or_path, revision: str | None = None) -> None:
                 f"then copy the cache or the directory here) and set {KEY} to its directory, or {HOW}")
 
 
+class RevisionError(ValueError):
+    """A revision that is neither a commit hash nor a valid git ref name."""
+
+
+def check_revision(revision, key: str = "revision") -> str | None:
+    """``revision`` itself when it is None, a 40-hex commit hash or a git ref name (``git check-ref-format``
+    rules, ASCII letters, digits and ``._+-/`` only); RevisionError naming ``key`` otherwise."""
+    if revision is None:
+        return None
+    text = str(revision)
+    parts = text.split("/")
+    ref = (bool(_REF_CHARS.match(text)) and not text.startswith("-") and ".." not in text
+           and not text.endswith((".", ".lock")) and all(p and not p.startswith(".") for p in parts))
+    if not (_COMMIT.match(text) or ref):
+        raise RevisionError(f"{key}={text!r} is not a commit hash (40 hex digits) or a valid branch/tag name "
+                            "(letters, digits, '._+-/'; no '..', no part starting with '.', no leading or "
+                            "trailing '/')")
+    return text
+
+
 class RemoteCodeError(ValueError):
     """A model or checkpoint that would need its own Python code (an ``auto_map``) to load."""
 
@@ -90,6 +115,7 @@ def _model_file(path: str, name: str, revision: str | None) -> Path | None:
 def refuse_remote_code(name_or_path, revision: str | None = None) -> None:
     """RemoteCodeError when the model's config or tokenizer config asks for code of its own (``auto_map``)."""
     path = _model_path(name_or_path)
+    check_revision(revision)
     for name in REMOTE_CODE_FILES:
         file = _model_file(path, name, revision)
         try:
