@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiel.data.errors import DataError
-from spiel.io.model_source import check_revision
 from spiel.data.reader import DEFAULT_MAX_RECORD_BYTES
 from spiel.data.records import FORMATS
+from spiel.io.model_source import check_revision
 from spiel.paths import ASSETS_DIR, REPO_ROOT
 
 logger = logging.getLogger(__name__)
