@@ -202,7 +202,7 @@ def main(cfg: DictConfig):
     from spiel.checkpoint.kind import CheckpointError
     from spiel.data.chat_template import ChatTemplateError
     from spiel.io.model_source import RemoteCodeError, RevisionError
-    from spiel.model.spiel_model import CheckpointMismatchError
+    from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt
     weights = cfg.get("ckpt_weights")
@@ -211,8 +211,8 @@ def main(cfg: DictConfig):
         out = export(ckpt, cfg.out, model_name=cfg.model.name_or_path, dtype=cfg.dtype, quant=cfg.quant.name,
                      device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
                      ckpt_weights=weights)
-    except (ExportError, CheckpointError, CheckpointMismatchError, ChatTemplateError, FileNotFoundError,
-            RemoteCodeError, RevisionError) as e:
+    except (ExportError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, ChatTemplateError,
+            FileNotFoundError, RemoteCodeError, RevisionError) as e:
         print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",

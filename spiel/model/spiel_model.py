@@ -423,6 +423,9 @@ def check_weights(weights, count: int) -> list[float]:
     """``weights`` for ``count`` deltas as floats (None: all 1), refused unless one finite number each."""
     if weights is None:
         return [1.0] * count
+    if not isinstance(weights, (list, tuple)):  # a bare number (ckpt_weights=0.5) or a string
+        raise ValueError(f"weights must be a list with one number per checkpoint, got {weights!r}; write "
+                         f"[{weights}] for one checkpoint")
     weights = list(weights)
     if len(weights) != count:
         raise ValueError(f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint")

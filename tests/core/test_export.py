@@ -291,3 +291,33 @@ def test_a_read_only_target_is_one_message(tmp_path, ckpts, monkeypatch, capsys)
     assert _cli([f"ckpt={ckpts[0]}", f"out={tmp_path / 'out'}"], monkeypatch) == 2
     err = capsys.readouterr().err
     assert "cannot write the export to" in err and "read-only file system" in err and "Traceback" not in err
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize("damage,shown", [
+    (lambda d: _truncate(d / "spiel_delta.safetensors"), "InvalidCheckpointError: .*spiel_delta.safetensors: the file is damaged"),
+    (lambda d: (d / "spiel_config.json").write_text("{not json"), "InvalidCheckpointError: .*spiel_config.json: not valid JSON"),
+    (None, "CheckpointError: ckpt=.*full: cannot load this full model directory, its files are damaged"),
+])
+def test_a_damaged_checkpoint_is_one_message(tmp_path, ckpts, monkeypatch, capsys, damage, shown):
+    import re
+
+    if damage is None:  # a full model directory with a truncated weights file
+        ckpt = shutil.copytree(TINY_MODEL_DIR, tmp_path / "full")
+        _truncate(ckpt / "model.safetensors")
+    else:
+        ckpt = shutil.copytree(ckpts[0], tmp_path / "ckpt")
+        damage(ckpt)
+    assert _cli([f"ckpt={ckpt}", f"out={tmp_path / 'out'}"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert re.search(shown, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_scalar_ckpt_weights_are_one_message(tmp_path, ckpts, monkeypatch, capsys):
+    assert _cli([f"ckpt={ckpts[0]}", "ckpt_weights=0.5", f"out={tmp_path / 'out'}"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "ckpt_weights=0.5: weights must be a list with one number per checkpoint" in err and "write [0.5]" in err
