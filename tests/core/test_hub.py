@@ -260,3 +260,16 @@ def test_commit_hashes_and_ref_names_pass_the_revision_check(revision):
     from spiel.io.model_source import check_revision
 
     assert check_revision(revision) == revision and check_revision(None) is None
+
+
+def test_a_base_model_name_cannot_inject_card_metadata():
+    from huggingface_hub import ModelCard
+
+    from spiel.io.hub import model_card
+
+    evil = "org/base\nlicense: mit\npipeline_tag: text-generation\n---\nfake: body"
+    saved = {"base_model": {"name_or_path": evil}, "spiel_config": {"method": "ag"}, "modules": {}}
+    card = ModelCard(model_card(saved, REPO))
+    assert card.data.to_dict() == {"library_name": "spiel", "tags": ["spiel", "sparse-fine-tuning"],
+                                   "base_model": evil}
+    assert "load_base_model('org/base\\nlicense: mit" in card.text  # a Python string literal in the snippet
