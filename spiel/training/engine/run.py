@@ -21,6 +21,7 @@ from spiel.io.model_source import HOW
 from spiel.training.config.hydra_config import ConfigError, check_model_exists, validate
 from spiel.training.config.resume_check import check_resume_config
 from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine import run_lock
 from spiel.training.engine.divergence import DivergenceGuard
 from spiel.training.engine.failures import OutputError, writing
 from spiel.training.engine.rundir import FINAL_DIR, prepare_run_dir
@@ -130,6 +131,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     is_main = args.process_index == 0
     resume_from = None
     if is_main:
+        run_lock.acquire(run_dir)  # one writer per run dir (held already when spiel-train's preflight took it)
         resume_from = prepare_run_dir(run_dir, c.resume, c.overwrite)
         if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
             check_resume_config(resume_from, cfg, c.resume_allow_config_changes)
@@ -227,4 +229,5 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         print(f"checkpoint: {final_dir} ({method.final_format})", flush=True)
         print(f"evaluate:   {summary['eval_command']}", flush=True)
     barrier()
+    run_lock.release(run_dir)
     return summary
