@@ -4,6 +4,7 @@ here are small sealed directories with the files a resume unpickles; no training
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -28,7 +29,7 @@ def make_checkpoint(run_dir, step: int):
     torch.save({"state": {0: {"exp_avg": torch.ones(4)}}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt")
     torch.save({"last_epoch": step}, path / "scheduler.pt")
     (path / "spiel_delta.safetensors").write_bytes(b"delta")
-    (path / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     checkpoints.seal(path)
     return path
 
