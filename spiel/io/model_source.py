@@ -118,8 +118,11 @@ def refuse_remote_code(name_or_path, revision: str | None = None) -> None:
     check_revision(revision)
     for name in REMOTE_CODE_FILES:
         file = _model_file(path, name, revision)
+        if file is None:
+            continue
         try:
-            data = json.loads(file.read_text()) if file is not None else {}
+            with open(file, encoding="utf-8") as f:
+                data = json.load(f)
         except (OSError, ValueError):  # an unreadable config: transformers' loader reports it
             continue
         auto_map = data.get("auto_map") if isinstance(data, dict) else None
