@@ -65,7 +65,7 @@ GROUPS = {
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {}
 
-COPIED = ("spiel", "tests", "configs", "assets", "pyproject.toml")
+COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")
 
 
 def copy_repo(into: Path) -> Path:
