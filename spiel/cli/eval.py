@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from spiel.eval.benchmark import register_bench_schemas
 from spiel.eval.config_check import EvalConfigError, check_eval_config
 from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
@@ -29,6 +30,7 @@ from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_ru
 from spiel.paths import CONFIG_DIR
 
 log = logging.getLogger("spiel.eval")
+register_bench_schemas()  # configs/bench/*.yaml extend them
 
 _CACHE: dict[tuple, LoadedModel] = {}
 ERROR_FILE = "error.txt"  # a failed job's reason, in its output dir
@@ -117,7 +119,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 
 def _user_errors() -> tuple:
-    from spiel.eval.lm_eval_backend import LmEvalError
+    from spiel.eval.lm_eval import LmEvalError
     from spiel.io.model_source import RemoteCodeError, RevisionError
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
