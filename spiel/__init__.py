@@ -17,6 +17,7 @@ _LAZY = {
     "compose": "spiel.model.spiel_model",
     "SpielTrainerMixin": "spiel.integrations.hf_trainer",
     "spiel_trainer": "spiel.integrations.hf_trainer",
+    "AutoSpielModelForCausalLM": "spiel.model.auto",
 }
 
 
