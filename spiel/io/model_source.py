@@ -19,8 +19,8 @@ MODEL_ALIASES = {"tiny": ASSETS_DIR / "tiny-llama"}
 KEY = "model.name_or_path"
 # huggingface_hub's rule for repo ids: [namespace/]name, letters, digits, "-", "_", ".", at most 96 chars
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.\-]*/)?[A-Za-z0-9][\w.\-]*$")
-HOW = ("choose model=tiny|llama2-7b|llama2-13b, or set model.name_or_path=<a local model directory (with "
-       "config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
+HOW = ("choose model=tiny|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
+       "model directory (with config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
 
 
 def _offline() -> bool:

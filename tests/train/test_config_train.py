@@ -191,8 +191,8 @@ BAD = [
     (["+lerning_rate=0.1"], "lerning_rate: not a known key"),
     (["+method.lerning_rate=0.1"], "method.lerning_rate: not a known key"),
     (["+model.trust_remote_code=true"], "model.trust_remote_code: not a known key"),
-    (["model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
-    (["model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
+    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
+    (["model=hf", "model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -124,6 +125,12 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         raise ConfigError(f"model.name_or_path: could not load the config of {c.model['name_or_path']!r}: {e}. "
                           f"{HOW}") from None
     method.check_on_meta(meta_model, settings.method)
+    if c.model.get("preset") == "hf" and int(os.environ.get("RANK", "0")) == 0:  # the presets derived from the model's size
+        from spiel.training.config.presets import preset_line, presets
+
+        line = preset_line(cfg, presets(str(c.model["name_or_path"]), settings.method.name, c.model.get("revision")))
+        log.info(line)
+        print(line, flush=True)
 
     use_wandb = c.logger.name == "wandb"
     args = training_arguments(settings, run_dir, method.trainer_optim(settings.method), use_wandb, run_name)
