@@ -114,10 +114,11 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 def _user_errors() -> tuple:
     from spiel.eval.lm_eval_backend import LmEvalError
+    from spiel.extras import MissingExtra
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,
-            FileNotFoundError, LmEvalError)
+            FileNotFoundError, LmEvalError, MissingExtra)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

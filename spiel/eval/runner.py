@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -130,9 +131,12 @@ def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: in
 def check_bench(name: str, bench: dict) -> None:
     """Settings that can be checked before the model loads (lm-eval: the task names and include paths)."""
     if name == "lm_eval":
-        from spiel.eval.lm_eval_backend import task_manager
+        from spiel.eval.lm_eval_backend import check_task_data, task_manager
+        from spiel.quiet_imports import hub_offline
 
-        task_manager(bench.get("tasks"), bench.get("include_path"))
+        tasks, manager = task_manager(bench.get("tasks"), bench.get("include_path"))
+        if hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            check_task_data(tasks, manager)  # offline, a data set not in the cache fails here, not after loading
 
 
 def summary_line(bench: str, label: str, metrics: dict) -> str:

@@ -192,6 +192,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
          "quant=nf4 needs a method that trains on top of frozen 4-bit weights (ag, ma, lora, ia3), not full")
     if quant == "nf4":
         dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
+        _require("bitsandbytes", "quant=nf4", "quant")
 
     for old, new in MOVED_KEYS.items():  # one key each: method.lr, method.weight_decay
         value = getattr(obj, old)
@@ -239,6 +240,15 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         raise key_error("data", str(e)) from None
     return Settings(cfg=obj, method=method, quant=quant, dtype=dtype, world_size=world_size,
                     grad_accum=obj.batch_size // per_step)
+
+
+def _require(module: str, what: str, key: str) -> None:
+    from spiel.extras import MissingExtra, require
+
+    try:
+        require(module, what)
+    except MissingExtra as e:
+        raise ConfigError(str(e), key=key) from None
 
 
 def _check_model_preset(cfg: DictConfig) -> None:
