@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from spiel.extras import EXTRA_OF, MissingExtra
 from tests.helpers.paths import REPO
