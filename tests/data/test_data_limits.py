@@ -107,6 +107,7 @@ def test_the_cap_is_a_data_key_and_is_checked(tok, tmp_path):
         build(tmp_path, tok, conv(0) + "\n", max_record_bytes=0)
     from hydra import compose, initialize_config_dir
 
+    import spiel.training.config.hydra_config  # noqa: F401  (registers the schemas with Hydra)
     from spiel.paths import CONFIG_DIR
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         for data in ("demo", "tulu2", "flan_v2", "gpt4_alpaca", "tulu2_alpaca_mix"):
