@@ -6,7 +6,9 @@
 `ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
 `ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
 cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
-Tülu chat template training used (checked token for token, `spiel.data.chat_template`). The directory
+chat template training used: the one in the checkpoint's own tokenizer (spiel-train writes the template it
+trained with there: the Tülu one, or the model's own with data.template=model), else the Tülu template
+(checked token for token, `spiel.data.chat_template`). The directory
 is written under a temporary name and renamed at the end, so an interrupted export leaves no directory
 that looks complete. Merging into a 4-bit (NF4) base is refused: it would requantize the weights.
 """
@@ -89,6 +91,17 @@ def _check_loaded(model) -> None:
         raise RuntimeError(f"internal error: the delta of {unmerged[0]} was not merged")
 
 
+def trained_template(tokenizer, info: dict, ckpts: list[str]) -> str | None:
+    """"tulu" or "model" when the tokenizer came with the checkpoint and carries a chat template (the one
+    spiel-train trained with); None when the Tülu template is to be attached."""
+    from spiel.data.template import jinja_chat_template
+
+    from_checkpoint = info.get("kind") == "full" or info.get("tokenizer") in ckpts
+    if not from_checkpoint or not getattr(tokenizer, "chat_template", None):
+        return None
+    return "tulu" if tokenizer.chat_template in (jinja_chat_template(True), jinja_chat_template(False)) else "model"
+
+
 def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", quant: str = "none",
            device: str = "cpu", revision: str | None = None, overwrite: bool = False, ckpt_weights=None) -> Path:
     """Write the merged model of `ckpt` and its chat-template tokenizer to `out`; returns `out`."""
@@ -105,7 +118,10 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
                            revision=revision, ckpt_weights=ckpt_weights)
     model, tokenizer = loaded.model, loaded.tokenizer
     _check_loaded(model)
-    attach_chat_template(tokenizer)
+    template = trained_template(tokenizer, loaded.info, ckpts)
+    if template != "model":  # the Tülu template, set afresh and checked token for token
+        attach_chat_template(tokenizer)
+        template = "tulu"
     model = model.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
 
@@ -116,7 +132,7 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
     tokenizer.save_pretrained(staging)
     info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
             "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
-            "chat_template": "tulu"}
+            "chat_template": template}
     (staging / "spiel_export.json").write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)  # checked above: empty, or overwrite=true

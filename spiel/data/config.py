@@ -16,6 +16,7 @@
     shuffle: true
     max_seq_len: 2048        # used when the caller passes none
     template_seed: 42        # seeds the choice of GPT4-Alpaca instruction template per record
+    template: tulu           # the chat format conversations are trained in: tulu | model (the tokenizer's own)
     max_record_bytes: 1048576  # a longer record is a bad record (too_large): refused, or skipped
 
 One source can also be given at the top level (configs/data/own.yaml: ``spiel-train data=own
@@ -47,7 +48,8 @@ KNOWN_SOURCES = {
 _SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record", "columns"}
 _SHORTHAND_KEYS = ("path", "hub_id", "revision", "split", "format", "columns")  # one source at the top level
 _TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description",
-             "max_record_bytes", *_SHORTHAND_KEYS}
+             "max_record_bytes", "template", *_SHORTHAND_KEYS}
+TEMPLATES = ("tulu", "model")  # data.template: the Tülu format (the paper's) | the tokenizer's chat template
 # columns: the canonical fields a source's own column names can be mapped to
 COLUMN_FIELDS = ("messages", "role", "content", "prompt", "completion", "instruction", "input", "output",
                  "inputs", "targets")
@@ -77,6 +79,7 @@ class DataConfig:
     on_bad_record: str = "error"
     shuffle: bool = True
     max_seq_len: int = 2048
+    template: str = "tulu"
 
 
 def _as_dict(node, what: str) -> dict:
@@ -188,7 +191,12 @@ def parse_data_config(data_cfg) -> DataConfig:
                 columns=_parse_columns(src.get("columns"), f"source {name!r}"),
             )
         )
+    template = cfg.get("template") or "tulu"
+    if template not in TEMPLATES:
+        raise DataError(f"data config: template must be tulu (the paper's chat format) or model (the tokenizer's "
+                        f"own chat template), got {template!r}")
     return DataConfig(
+        template=template,
         sources=specs,
         seed=int(cfg.get("seed", 42)),
         on_bad_record=top_mode,

@@ -81,10 +81,11 @@ def _finished(checkpoint: Path) -> bool:
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 
-def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
+def _save_final(method, model, tokenizer, run_dir: Path, template: str = "tulu") -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
-    attach_chat_template_or_warn(tokenizer)  # final/'s tokenizer renders the Tülu format training used
+    if template == "tulu":  # final/'s tokenizer renders the format training used (data.template=model: its own)
+        attach_chat_template_or_warn(tokenizer)
     try:
         with writing(run_dir / FINAL_DIR, f"saving {FINAL_DIR}/: cannot write"):
             staged.mkdir(parents=True)
@@ -112,7 +113,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
 
     import transformers
 
-    from spiel.data import DataCollatorForSpiel, build_train_dataset
+    from spiel.data import DataCollatorForSpiel, build_train_dataset, parse_data_config
     from spiel.io.base_model import build_meta_model, load_base_model, load_tokenizer
     from spiel.model.targets import model_numel
     from spiel.training.config.args import training_arguments
@@ -204,7 +205,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")
     summary = {}
     if is_main:
-        final_dir = _save_final(method, model, tokenizer, run_dir)
+        final_dir = _save_final(method, model, tokenizer, run_dir, parse_data_config(c.data).template)
         extras = method.after_training(model, run_dir, trainer.state.max_steps, plot=c.plot_ages)
         extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
                                                                                      run_dir / LOSS_PNG)))
