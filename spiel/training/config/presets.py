@@ -49,15 +49,19 @@ def _anchors(method: str) -> dict:
 
 @functools.lru_cache(maxsize=2)
 def _anchor_sizes() -> tuple[int, int]:
+    """Parameters of the tiny model and of LLaMA-2-7B (untied head, as the paper's base)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from spiel.bench.models import LLAMA2_7B, llama_config
     from spiel.io.base_model import build_meta_model
+    from spiel.model.llama import LLAMA2_7B_DIMS as d
     from spiel.model.targets import model_numel
 
+    config = LlamaConfig(hidden_size=d["hidden"], intermediate_size=d["intermediate"], num_hidden_layers=d["layers"],
+                         num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
+                         tie_word_embeddings=False)
     with torch.device("meta"):
-        paper = AutoModelForCausalLM.from_config(llama_config(LLAMA2_7B, 4096))
+        paper = LlamaForCausalLM(config)
     return model_numel(build_meta_model("tiny")), model_numel(paper)
 
 
@@ -75,8 +79,8 @@ def _round_sig(x: float) -> float:
 def presets(name_or_path: str, method: str, revision: str | None = None) -> dict:
     """``{dotted key: value}`` for ``method`` on the model ``name_or_path`` (read from its config only),
     plus ``"parameters"`` (its size)."""
-    from spiel.bench.models import paper_density
     from spiel.io.base_model import build_meta_model
+    from spiel.model.llama import paper_density
     from spiel.model.targets import find_targets, model_numel
 
     meta = build_meta_model(name_or_path, revision)
