@@ -119,3 +119,22 @@ def test_spiel_train_trains_ones_own_model_and_prints_the_presets(tmp_path, caps
     run = only_run_dir(root)
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     assert OmegaConf.load(run / "config.yaml").method.rank_equiv == 4  # resolved in the run's config
+
+
+def test_a_held_out_file_is_encoded_like_the_training_data(tmp_path):
+    """eval_data=<file> must use data.template and data=own's columns, or validation scores another format."""
+    from types import SimpleNamespace
+
+    from spiel.training.loggers.validation import eval_split
+
+    seen = {}
+
+    def build(cfg, tokenizer, **kwargs):
+        seen.update(cfg)
+        return "held-out", {}
+
+    c = SimpleNamespace(eval_data=str(tmp_path / "dev.jsonl"), eval_fraction=0.0, max_seq_len=64,
+                        data_cache_dir=None, data_num_proc=1)
+    data = {"name": "own", "path": "train.jsonl", "template": "model", "columns": {"prompt": "q", "completion": "a"}}
+    assert eval_split("train", c, None, data, build) == ("train", "held-out")
+    assert seen["template"] == "model" and seen["sources"][0]["columns"] == {"prompt": "q", "completion": "a"}
