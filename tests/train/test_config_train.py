@@ -190,6 +190,8 @@ BAD = [
     (["warmup_ratio=nan"], "warmup_ratio: must be a finite number"),
     (["+lerning_rate=0.1"], "lerning_rate: not a known key"),
     (["+method.lerning_rate=0.1"], "method.lerning_rate: not a known key"),
+    (["+data.foo=1"], "data.foo"),
+    (["+data.sead=1"], "did you mean data.seed?"),
     (["+model.trust_remote_code=true"], "model.trust_remote_code: not a known key"),
     (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
     (["model=hf", "model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
