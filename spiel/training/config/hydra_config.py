@@ -277,10 +277,13 @@ def _check_model_preset(cfg: DictConfig) -> None:
     if preset == "hf":  # its presets read the model's config: the model must be there first
         if not name:
             raise key_error("model.name_or_path", f"model=hf trains your own model: {OWN_MODEL}")
-        from spiel.io.model_source import check_model_source
+        from spiel.io.model_source import RemoteCodeError, check_model_source, refuse_remote_code
 
         try:
             check_model_source(name, revision=model.get("revision"))
+            refuse_remote_code(name, revision=model.get("revision"))
+        except RemoteCodeError as e:
+            raise ConfigError(f"model.name_or_path: {e}", key="model.name_or_path") from None
         except ValueError as e:
             raise ConfigError(str(e), key="model.name_or_path") from None
 
