@@ -60,7 +60,7 @@ def test_spiel_config_keeps_its_public_constructor_and_saved_form():
 @pytest.mark.parametrize("knob,bad", [
     ("density", 1.5), ("rank_equiv", 0), ("num_tunable", -1), ("reselection_steps", 0), ("estimation_steps", 20),
     ("schedule", "exponential"), ("initial_rate", 2.0), ("drop", "random"), ("delta_dtype", "int8"),
-    ("grad_path", "cuda"),
+    ("grad_path", "cuda"), ("adam_seeding", "half"), ("eps_placement", "before"),
 ])
 def test_a_bad_knob_names_its_field_as_data(knob, bad):
     with pytest.raises(SpielConfigError) as library:
