@@ -57,17 +57,32 @@ def warmup_linear_decay(steps: int, warmup_ratio: float = WARMUP_RATIO) -> Calla
     return factor
 
 
+def _output_head(model) -> torch.nn.Module:
+    heads = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "lm_head"]
+    if len(heads) != 1:
+        raise ValueError(f"label_logits_only needs exactly one module named lm_head, found {len(heads)}")
+    return heads[0]
+
+
 def label_position_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over the label tokens (labels != -100) of a right-padded batch, with the head
-    computed only at the sequence positions that predict a label in some row (``logits_to_keep``)."""
+    """Mean cross-entropy over the label tokens (labels != -100) of a batch, with the output head (a module
+    named ``lm_head``) applied only to the hidden states that predict a label: a forward pre-hook hands it
+    those rows (position p predicts token p + 1), so the model's logits are one row per label token."""
     labels = batch["labels"]
-    targets = labels[:, 1:]
-    positions = (targets != -100).any(dim=0).nonzero().flatten()  # position p predicts token p + 1
-    if positions.numel() == 0:
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != -100
+    if not predicts.any():
         raise ValueError("a batch without label tokens has no loss")
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions)
-    return torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), targets[:, positions].flatten(),
-                                             ignore_index=-100)
+
+    def keep_label_rows(_module, args):
+        return (args[0][predicts],)
+
+    handle = _output_head(model).register_forward_pre_hook(keep_label_rows)
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        handle.remove()
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][predicts[:, :-1]])
 
 
 def train_steps(model, optimizer, examples: Sequence[dict], *, steps: int, batch_size: int, seed: int,
