@@ -31,7 +31,7 @@ QUANT = ("none", "nf4")
 def resolve_model_path(name_or_path: str) -> str:
     """An alias's directory, else `name_or_path` unchanged (a local directory or a hub id)."""
     if name_or_path is None:
-        raise ValueError("no model given: set model=<tiny|llama2-7b|llama2-13b> or model.name_or_path=...")
+        raise ValueError("no model given: set model=<tiny|smollm2-135m|llama2-7b|llama2-13b> or model.name_or_path=...")
     name_or_path = str(name_or_path)
     if is_packaged(name_or_path):
         return str(packaged_model_dir(name_or_path))
