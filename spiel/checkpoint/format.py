@@ -30,10 +30,21 @@ FINGERPRINT_SIZE = 32
 # Same base: the sampled weights correlate ~1 (≥ 0.99 even through NF4 quantization); another model
 # of the same architecture: ~0.
 FINGERPRINT_MIN_CORRELATION = 0.9
+# ... and a SHA-256 of this many entries per matrix (drawn with a fixed seed; a smaller matrix: all of them),
+# rounded to bfloat16 so that the same base in float32 or bfloat16 agrees. A base differing in 1% of one
+# matrix's entries escapes it with probability 0.99^2048 ≈ 1e-9. 4-bit and float16 bases are not hashed
+# (quantization changes every entry; float16 rounds float32 values differently from bfloat16): the
+# correlation above is their check.
+BASE_SAMPLE_SIZE = 2048
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the base model it is being loaded into."""
+
+
+class DeltaValueError(CheckpointMismatchError):
+    """A delta (loaded, weighted or merged) holds values no fine-tuning of this base produces
+    (spiel.delta.bounds)."""
 
 
 def compact_delta(indices: torch.Tensor, values: torch.Tensor, shape) -> dict[str, torch.Tensor]:
@@ -59,6 +70,28 @@ def weight_fingerprint(module) -> list[float]:
         hit = torch.isin(positions, indices)
         sample[hit] -= module.values.detach().float().cpu()[torch.searchsorted(indices, positions[hit])]
     return [round(float(v), 7) for v in sample]
+
+
+def base_sample_digest(module) -> str | None:
+    """The SHA-256 of ``BASE_SAMPLE_SIZE`` seeded entries of a linear layer's base weight, in bfloat16; None
+    for a 4-bit, float16 or merged one."""
+    if isinstance(module, SparseDeltaLinear):
+        module.restore_base()
+    base = getattr(module, "base_layer", module)
+    if base.weight.dtype not in (torch.float32, torch.bfloat16) or getattr(module, "merged", False):
+        return None
+    flat = base.weight.detach().reshape(-1)
+    if flat.numel() > BASE_SAMPLE_SIZE:
+        positions = torch.randint(flat.numel(), (BASE_SAMPLE_SIZE,), generator=torch.Generator().manual_seed(0))
+        flat = flat[positions.to(flat.device)]
+    sample = flat.to(torch.bfloat16).cpu().view(torch.int16).numpy().tobytes()
+    return hashlib.sha256(repr(tuple(base.weight.shape)).encode() + sample).hexdigest()
+
+
+def base_fingerprint(module) -> dict:
+    """A module entry's base-identity fields: ``fingerprint`` and, unless 4-bit, ``base_sample_sha256``."""
+    digest = base_sample_digest(module)
+    return {"fingerprint": weight_fingerprint(module), **({"base_sample_sha256": digest} if digest else {})}
 
 
 def base_identity(model) -> dict:
@@ -96,8 +129,9 @@ def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], 
 
 def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
     """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
-    (module names, shapes, and the base weights themselves by a sampled fingerprint). ``fingerprints``:
-    the base's, taken earlier (a base sharded since, e.g. by FSDP, cannot be sampled locally)."""
+    (module names, shapes, and the base weights themselves by a sampled fingerprint and, for full-precision
+    bases, a hash of sampled entries). ``fingerprints``: the base's ``base_fingerprint`` per module, taken
+    earlier (a base sharded since, e.g. by FSDP, cannot be sampled locally)."""
     linears = {n: m for n, m in base_model.named_modules()
                if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))}  # a wrapped model too (resume)
     base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
@@ -113,10 +147,16 @@ def check_against_base(directory, saved: dict, base_model, fingerprints: dict | 
         problems.append("shape mismatch for " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
     if not problems:
         names = [n for n in modules if "fingerprint" in modules[n]]
+        given = {n: fingerprints[n] if fingerprints else base_fingerprint(linears[n]) for n in names}
+        differ = [n for n in names if "base_sample_sha256" in modules[n] and "base_sample_sha256" in given[n]
+                  and modules[n]["base_sample_sha256"] != given[n]["base_sample_sha256"]]
+        if differ:
+            problems.append(f"the base weights differ from those of {saved['base_model'].get('name_or_path')!r} it "
+                            f"was trained on in {len(differ)} module(s), e.g. {differ[0]} (a hash of "
+                            f"{BASE_SAMPLE_SIZE} sampled entries differs)")
         if names:
             a = torch.tensor([v for n in names for v in modules[n]["fingerprint"]])
-            b = torch.tensor([v for n in names
-                              for v in (fingerprints[n] if fingerprints else weight_fingerprint(linears[n]))])
+            b = torch.tensor([v for n in names for v in given[n]["fingerprint"]])
             corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
             if not corr >= FINGERPRINT_MIN_CORRELATION:
                 problems.append(f"the base weights differ: the checkpoint was trained on "
