@@ -21,7 +21,7 @@ import torch
 
 from spiel.checkpoint import elias_fano
 from spiel.delta.layer import SparseDeltaLinear
-from spiel.delta.weights import dense_weight, weight_shape
+from spiel.delta.weights import dense_weight, is_quantized, weight_shape
 
 FORMAT_VERSION = 3  # 3: compact positions Elias–Fano coded; 2 (compact as CSR) and 1 (flat only) still read
 CONFIG_NAME = "spiel_config.json"
@@ -62,9 +62,11 @@ def weight_fingerprint(module) -> list[float]:
         module.restore_base()  # merged storage: the weight may hold W + Δ between forwards
     base = getattr(module, "base_layer", module)
     out_features, in_features = weight_shape(base.weight)
-    positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE).long()
-    weight, _ = dense_weight(base.weight, torch.float32)
-    sample = weight.reshape(-1)[positions.to(weight.device)].detach().clone().cpu()
+    # float64: float32 rounds positions past 2^24 (LLaMA-7B's matrices) up to one past the end
+    positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE, dtype=torch.float64).long()
+    # gather, then convert (a whole-matrix float32 copy took ~0.3 s per LLaMA-7B matrix); 4-bit: dequantize
+    weight = dense_weight(base.weight, torch.float32)[0] if is_quantized(base.weight) else base.weight
+    sample = weight.detach().reshape(-1)[positions.to(weight.device)].float().cpu()
     if getattr(module, "merged", False):
         indices = module.indices.long().cpu()
         hit = torch.isin(positions, indices)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint.format import BASE_SAMPLE_SIZE, CONFIG_NAME, base_sample_digest
+from spiel.checkpoint.format import BASE_SAMPLE_SIZE, CONFIG_NAME, base_sample_digest, weight_fingerprint
 from spiel.model.spiel_model import CheckpointMismatchError, SpielModel
 from spiel.testing import tiny_model
 
@@ -66,6 +66,8 @@ def test_a_checkpoint_without_the_hash_keeps_the_correlation_check(ckpt, tmp_pat
 def test_the_digest_costs_well_under_a_millisecond_per_large_matrix():
     layer = torch.nn.Linear(11008, 4096, bias=False)  # LLaMA-7B's largest matrix shape
     base_sample_digest(layer)
+    # the correlation sample's last position is the last entry, not one past it (float32 rounding of 2^24+)
+    assert weight_fingerprint(layer)[-1] == round(float(layer.weight.view(-1)[-1]), 7)
     start = time.perf_counter()
     for _ in range(10):
         base_sample_digest(layer)

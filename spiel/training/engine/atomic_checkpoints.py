@@ -5,10 +5,13 @@ are flushed to disk, a marker listing every file and its size is written last, a
 directory renamed into place (``os.rename`` is atomic within a filesystem). A process killed during a
 save therefore leaves at most a staging directory, which the next start deletes; a ``checkpoint-N/`` in
 the run dir is always complete, and :func:`is_complete` re-checks the marker before resuming from one.
+The marker is also the checkpoint's manifest: the SHA-256 of every file, which :func:`damaged_file`
+compares before a resume (a flipped bit in ``optimizer.pt`` would otherwise resume into another result).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -55,8 +58,9 @@ def seal(directory: Path, **info) -> None:
         _fsync_path(directory / name)
     for sub in [p for p in directory.rglob("*") if p.is_dir()] + [directory]:
         _fsync_path(sub)
+    digests = {name: _sha256(directory / name) for name in files}
     tmp = directory / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"files": files, **info}, indent=1))
+    tmp.write_text(json.dumps({"files": files, "sha256": digests, **info}, indent=1))
     _fsync_path(tmp)
     os.replace(tmp, directory / MARKER)
     _fsync_path(directory)
@@ -87,6 +91,25 @@ def is_complete(directory: Path) -> bool:
         return False
     return all((Path(directory) / name).is_file() and (Path(directory) / name).stat().st_size == size
                for name, size in files.items())
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def damaged_file(directory: Path) -> str | None:
+    """None if every file of a complete checkpoint has the SHA-256 its manifest records; else the first
+    that differs, as a message. A checkpoint sealed before manifests carried hashes: None (sizes only)."""
+    directory = Path(directory)
+    digests = json.loads((directory / MARKER).read_text()).get("sha256")
+    if not isinstance(digests, dict):
+        return None
+    for name, digest in digests.items():
+        if _sha256(directory / name) != digest:
+            return (f"{directory / name} is damaged: its SHA-256 differs from the one recorded in "
+                    f"{directory / MARKER} when it was saved (same size, other bytes)")
+    return None
 
 
 def checkpoint_step(directory: Path) -> int | None:

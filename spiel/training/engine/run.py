@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.io.model_source import HOW
 from spiel.training.config.hydra_config import ConfigError, check_model_exists, validate
-from spiel.training.config.resume_check import check_resume_config
+from spiel.training.config.resume_check import check_resume_config, record_training_data
 from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.engine.divergence import DivergenceGuard
 from spiel.training.engine.failures import OutputError, writing
@@ -150,6 +150,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
                                                   cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
         dataset, eval_dataset = eval_split(dataset, c, tokenizer, c.data, build_train_dataset)
     log.info("training data: %d examples", len(dataset))
+    if is_main:
+        record_training_data(run_dir, data_stats, resume_from is not None, c.resume_allow_config_changes)
 
     base = load_base_model(model_cfg["name_or_path"], dtype=settings.dtype, quant=settings.quant,
                            device=args.device, revision=model_cfg.get("revision"))

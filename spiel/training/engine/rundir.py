@@ -2,6 +2,7 @@
 
     <run>/.hydra/            resolved config (Hydra), <run>/train.log
     <run>/config.yaml        the resolved training config (also what the summary refers to)
+    <run>/data_fingerprint.json  the training data's content, compared on resume
     <run>/metrics.jsonl      every log event
     <run>/checkpoint-N/      intermediate checkpoints (complete or absent)
     <run>/final/             the final checkpoint (SpIEL delta | peft adapter | transformers model)
@@ -33,7 +34,18 @@ def earlier_outputs(run_dir: Path) -> list[str]:
 
 
 def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """Decide (on rank 0) where training starts; returns the checkpoint to resume from, if any."""
+    """Decide (on rank 0) where training starts; returns the checkpoint to resume from, if any (its files
+    checked against its manifest)."""
+    start = _choose_start(run_dir, resume, overwrite)
+    damage = start is not None and checkpoints.damaged_file(start)
+    if damage:
+        older = [p.name for p in checkpoints.complete_checkpoints(start.parent) if p != start]
+        raise RunDirError(f"resume: {damage}. Nothing was deleted. Resume from an older checkpoint "
+                          f"(resume=<path>; complete ones: {older}), or start over with overwrite=true")
+    return start
+
+
+def _choose_start(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints.clean_staging(run_dir)  # an interrupted save: never a checkpoint
