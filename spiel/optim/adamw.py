@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from spiel.optim.slot_state import SlotStateOptimizer
+from spiel.optim.slot_state import SlotStateOptimizer, decay_problem
 
 
 class SparseAdamW(SlotStateOptimizer):
@@ -40,6 +40,8 @@ class SparseAdamW(SlotStateOptimizer):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        if decay_problem(lr, weight_decay):
+            raise ValueError(decay_problem(lr, weight_decay))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
 

@@ -21,7 +21,7 @@ from spiel.io.model_source import HOW
 from spiel.training.config.hydra_config import ConfigError, check_model_exists, validate
 from spiel.training.config.resume_check import check_resume_config, record_training_data
 from spiel.training.engine import atomic_checkpoints as checkpoints
-from spiel.training.engine.divergence import DivergenceGuard
+from spiel.training.engine.divergence import DivergenceGuard, check_final_logits
 from spiel.training.engine.failures import OutputError, writing
 from spiel.training.engine.rundir import FINAL_DIR, prepare_run_dir
 from spiel.training.launch.distributed import (
@@ -194,6 +194,9 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
     steps_this_run = trainer.state.global_step - start_step
 
+    first = [dataset[i] for i in range(min(len(dataset), c.micro_batch_size))]
+    probe = trainer._prepare_inputs(trainer.data_collator(first))
+    check_final_logits(model, probe, settings.method.lr)  # finite values can still give inf logits
     digests = gather_objects(trainable_digest(model))
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")
