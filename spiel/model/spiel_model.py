@@ -25,10 +25,10 @@ from spiel.checkpoint.format import (
     FORMAT_VERSION,
     CheckpointMismatchError,
     DeltaValueError,
+    base_fingerprint,
     base_identity,
     check_against_base,
     compact_delta,
-    base_fingerprint,
     write_checkpoint,
 )
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, read_spiel_config

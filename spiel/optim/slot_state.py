@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 
-
 def decay_problem(lr: float, weight_decay: float) -> str | None:
     """Why a (rate, decay) pair cannot train, or None. Decoupled decay multiplies every value by
     ``1 − lr·λ`` per step: at ``lr·λ ≥ 1`` that zeroes or flips the sign of every value each step (past 2 it

@@ -10,7 +10,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from spiel import SpielConfig, compose, get_spiel_model
 from spiel.checkpoint.format import FORMAT_VERSION
 from spiel.delta import SparseDeltaLinear
-from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError, SpielModel, read_spiel_config
+from spiel.model.spiel_model import (
+    CheckpointMismatchError,
+    InvalidCheckpointError,
+    SpielModel,
+    read_spiel_config,
+)
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
