@@ -407,3 +407,6 @@ def test_spiel_eval_checks_every_checkpoint_before_loading_the_base(good, tmp_pa
     unverified = corrupted(good, tmp_path / "u", drop_fingerprints)
     with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_base=true$"):
         loader.load_for_eval([str(unverified)], device="cpu")
+    unhashed = corrupted(good, tmp_path / "h", without_hash(lambda path: None))
+    with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_delta=true$"):
+        loader.load_for_eval([str(unhashed)], device="cpu")

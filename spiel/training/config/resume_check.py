@@ -2,7 +2,7 @@
 resolved) is compared with the current one on every key that changes what is trained.
 
     check_resume_config(checkpoint, cfg, allow_changes=False)   # RunDirError naming what differs
-    record_training_data(run_dir, stats, resuming, allow_changes)  # ... and the training data's content
+    record_training_data(run_dir, stats, checkpoint, allow_changes)  # ... and the training data's content
 
 The data is compared by content (each source's SHA-256, or a hub dataset's fingerprint), recorded in
 ``<run>/data_fingerprint.json`` when the run starts: a file edited in place keeps its path, and so its
@@ -89,12 +89,12 @@ def check_resume_config(checkpoint: Path, cfg: DictConfig, allow_changes: bool =
         f"(run_name=<name> or overwrite=true), or pass {ALLOW} to continue with the new values.")
 
 
-def record_training_data(run_dir: Path, stats: dict, resuming: bool, allow_changes: bool = False) -> None:
+def record_training_data(run_dir: Path, stats: dict, checkpoint: Path | None, allow_changes: bool = False) -> None:
     """Write the training data's content fingerprint (``stats`` of ``build_train_dataset``) into the run dir;
-    when ``resuming``, first refuse (RunDirError) data that differs from the recorded one."""
-    path = Path(run_dir) / DATA_FINGERPRINT
+    when resuming ``checkpoint``, first refuse (RunDirError) data that differs from the one its run recorded."""
     current = {name: source["content"] for name, source in stats["sources"].items()}
-    if resuming:
+    path = Path(checkpoint).parent / DATA_FINGERPRINT if checkpoint is not None else None
+    if checkpoint is not None:
         try:
             saved = json.loads(path.read_text())["sources"]
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -114,4 +114,4 @@ def record_training_data(run_dir: Path, stats: dict, resuming: bool, allow_chang
                     f"Restore the data, start a new run (run_name=<name> or overwrite=true), or pass {ALLOW} to "
                     "continue on the new data.")
             log.warning("resuming with changed training data (%s): %s", ALLOW, listed)
-    path.write_text(json.dumps({"sources": current}, indent=1) + "\n")
+    (Path(run_dir) / DATA_FINGERPRINT).write_text(json.dumps({"sources": current}, indent=1) + "\n")

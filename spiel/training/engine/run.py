@@ -151,7 +151,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         dataset, eval_dataset = eval_split(dataset, c, tokenizer, c.data, build_train_dataset)
     log.info("training data: %d examples", len(dataset))
     if is_main:
-        record_training_data(run_dir, data_stats, resume_from is not None, c.resume_allow_config_changes)
+        record_training_data(run_dir, data_stats, None if resume_from is None else Path(resume_from),
+                             c.resume_allow_config_changes)
 
     base = load_base_model(model_cfg["name_or_path"], dtype=settings.dtype, quant=settings.quant,
                            device=args.device, revision=model_cfg.get("revision"))
