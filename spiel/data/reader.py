@@ -174,5 +174,8 @@ def _iter_array(path: Path, cap: int):
 def file_sha256(path) -> str:
     """What identifies a file's contents (for the cache and the run's data fingerprint): the SHA-256 of its
     bytes. Path, size and mtime do not: ``cp -p`` or ``rsync -t`` rewrite a file keeping all three."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

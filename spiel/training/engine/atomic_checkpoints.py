@@ -11,12 +11,13 @@ compares before a resume (a flipped bit in ``optimizer.pt`` would otherwise resu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
+
+from spiel.data.reader import file_sha256
 
 MARKER = "checkpoint_complete.json"
 STAGING = ".staging"
@@ -58,7 +59,7 @@ def seal(directory: Path, **info) -> None:
         _fsync_path(directory / name)
     for sub in [p for p in directory.rglob("*") if p.is_dir()] + [directory]:
         _fsync_path(sub)
-    digests = {name: _sha256(directory / name) for name in files}
+    digests = {name: file_sha256(directory / name) for name in files}
     tmp = directory / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"files": files, "sha256": digests, **info}, indent=1))
     _fsync_path(tmp)
@@ -93,11 +94,6 @@ def is_complete(directory: Path) -> bool:
                for name, size in files.items())
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def damaged_file(directory: Path) -> str | None:
     """None if every file of a complete checkpoint has the SHA-256 its manifest records; else the first
     that differs, as a message. A checkpoint sealed before manifests carried hashes: None (sizes only)."""
@@ -106,7 +102,7 @@ def damaged_file(directory: Path) -> str | None:
     if not isinstance(digests, dict):
         return None
     for name, digest in digests.items():
-        if _sha256(directory / name) != digest:
+        if file_sha256(directory / name) != digest:
             return (f"{directory / name} is damaged: its SHA-256 differs from the one recorded in "
                     f"{directory / MARKER} when it was saved (same size, other bytes)")
     return None
