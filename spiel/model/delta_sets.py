@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from spiel.checkpoint.format import CheckpointMismatchError, DeltaValueError, check_against_base
+from spiel.checkpoint.fingerprint import CheckpointMismatchError, DeltaValueError, check_against_base
 from spiel.checkpoint.read import read_checkpoint
 from spiel.delta.bounds import delta_value_problem
 from spiel.delta.indices import check_indices, index_dtype

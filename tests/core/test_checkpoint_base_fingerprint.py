@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint.format import BASE_SAMPLE_SIZE, CONFIG_NAME, base_sample_digest, weight_fingerprint
+from spiel.checkpoint.fingerprint import BASE_SAMPLE_SIZE, base_sample_digest, weight_fingerprint
+from spiel.checkpoint.format import CONFIG_NAME
 from spiel.model.spiel_model import CheckpointMismatchError, SpielModel
 from spiel.testing import tiny_model
 

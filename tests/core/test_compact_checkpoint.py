@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, get_spiel_model
 from spiel.checkpoint import elias_fano
-from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, compact_delta, write_checkpoint
+from spiel.checkpoint.codec import compact_delta
+from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, sha256_hex
+from spiel.checkpoint.write import write_checkpoint
 from spiel.delta.indices import csr_pattern
 from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model
@@ -323,3 +325,17 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
         assert bits <= layer.k * (2 + math.log2(n / layer.k)) + 16
     assert compact < flat / 2
     assert compact <= 1.5 * adapter
+
+
+def test_the_architecture_doc_states_the_code_s_format_and_header_fields():
+    """docs/architecture.md describes the checkpoint; its format version and header fields must be the code's."""
+    import re
+
+    from spiel.checkpoint.format import HEADER_FIELDS, MODULE_FIELDS
+    from tests.helpers.paths import REPO
+
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## Checkpoint formats"):]
+    section = section[:section.index("\n## ", 3)]
+    assert re.findall(r"Checkpoint format version: (\d+)\.", section) == [str(FORMAT_VERSION)]
+    assert all(f"`{name}`" in section for name in HEADER_FIELDS + MODULE_FIELDS)

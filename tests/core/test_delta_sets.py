@@ -247,7 +247,7 @@ def test_compose_refuses_bad_weights(ckpts, weights, message):
     ([3e5, 0.0], r"beyond ±10000"),
 ])
 def test_weighted_results_past_the_bound_are_refused_everywhere(ckpts, tmp_path, weights, message):
-    from spiel.checkpoint.format import DeltaValueError
+    from spiel.checkpoint.fingerprint import DeltaValueError
     from spiel.cli.export import export
 
     (a_dir, _), (b_dir, _) = ckpts["a"], ckpts["b"]
