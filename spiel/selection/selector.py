@@ -214,11 +214,16 @@ class Selector:
             raise ValueError("selector state names different modules than this model")
         digest = self._grown_at_digest()
         differ = [n for n, d in state.get("grown_at", {}).items() if tuple(d) != digest[n]]
-        if differ:  # e.g. the delta came from a compact (inference) checkpoint, which holds no grown_at
+        if differ and not any(top for _, top in digest.values()):  # no entry grown: a compact (inference) checkpoint has no grown_at
             raise ValueError(
                 f"the model's grown_at (the step each entry was grown at) is not the one this selector state was "
                 f"saved with ({len(differ)} module(s), e.g. {differ[0]}); resume from a training checkpoint "
                 "(save_pretrained(..., compact=False), as spiel-train's checkpoint-N/), not a compact final one")
+        if differ:
+            raise ValueError(
+                f"this selector state belongs to another delta: the growth steps it was saved with differ from the "
+                f"model's in {len(differ)} module(s), e.g. {differ[0]} (a selector.pt from another run or another "
+                "checkpoint?); resume with the selector state saved next to this delta, in the same checkpoint-N/")
         self.t = int(state["t"])
         self.rule.load_state_dict(state["phases"])
         self.references = {n: r.clone() for n, r in state["references"].items()}

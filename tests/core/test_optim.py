@@ -131,6 +131,11 @@ def test_sm3_requires_a_layout_and_validates_arguments():
         SparseSM3([p], {p: Layout(torch.arange(3), (1, 3))}, momentum=1.5)
     with pytest.raises(ValueError, match="betas"):
         SparseAdamW([p], betas=(1.0, 0.9))
+    for betas in ((0.9, 1.0), (-0.1, 0.9), (0.9, -0.1)):  # one past each end of [0, 1)
+        with pytest.raises(ValueError, match="betas"):
+            SparseAdamW([p], betas=betas)
+    SparseAdamW([p], betas=(0.0, 0.0))  # the boundaries themselves, as torch.optim.AdamW allows
+    torch.optim.AdamW([p], betas=(0.0, 0.0))
 
 
 def adamw_reference_with_ages(start, grads, seeds, lr, betas, eps, wd):

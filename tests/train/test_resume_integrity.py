@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine.rundir import checkpoint_damage
 from tests.helpers.paths import REPO
 from tests.helpers.runs import SMALL, only_run_dir, run_cli
 
@@ -37,7 +38,7 @@ def test_every_checkpoint_file_is_in_its_manifest(stopped):
     _, run_dir, _ = stopped
     marker = json.loads((run_dir / "checkpoint-2" / checkpoints.MARKER).read_text())
     assert set(marker["sha256"]) == set(marker["files"]) and "optimizer.pt" in marker["sha256"]
-    assert checkpoints.damaged_file(run_dir / "checkpoint-2") is None
+    assert checkpoint_damage(run_dir / "checkpoint-2") is None
 
 
 def test_a_flipped_bit_in_optimizer_pt_is_refused_naming_the_file(stopped, capsys):
@@ -49,7 +50,7 @@ def test_a_flipped_bit_in_optimizer_pt_is_refused_naming_the_file(stopped, capsy
     before = checkpoint_bytes(run_dir)
     assert run_cli([*args, "resume=auto"]) == 2
     err = capsys.readouterr().err
-    assert f"resume: {path} is damaged: its SHA-256 differs from the one recorded" in err
+    assert f"cannot resume: {path} is damaged: its SHA-256 differs from the one checkpoint_complete.json recorded" in err
     assert "Nothing was deleted" in err and "overwrite=true" in err and "Traceback" not in err
     assert checkpoint_bytes(run_dir) == before and not (run_dir / "final").exists()
 

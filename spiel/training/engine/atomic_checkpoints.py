@@ -5,8 +5,8 @@ are flushed to disk, a marker listing every file and its size is written last, a
 directory renamed into place (``os.rename`` is atomic within a filesystem). A process killed during a
 save therefore leaves at most a staging directory, which the next start deletes; a ``checkpoint-N/`` in
 the run dir is always complete, and :func:`is_complete` re-checks the marker before resuming from one.
-The marker is also the checkpoint's manifest: the SHA-256 of every file, which :func:`damaged_file`
-compares before a resume (a flipped bit in ``optimizer.pt`` would otherwise resume into another result).
+The marker is also the checkpoint's manifest: the SHA-256 of every file, which a resume compares
+(``rundir.checkpoint_damage``: a flipped bit in ``optimizer.pt`` would otherwise resume into another result).
 """
 
 from __future__ import annotations
@@ -92,20 +92,6 @@ def is_complete(directory: Path) -> bool:
         return False
     return all((Path(directory) / name).is_file() and (Path(directory) / name).stat().st_size == size
                for name, size in files.items())
-
-
-def damaged_file(directory: Path) -> str | None:
-    """None if every file of a complete checkpoint has the SHA-256 its manifest records; else the first
-    that differs, as a message. A checkpoint sealed before manifests carried hashes: None (sizes only)."""
-    directory = Path(directory)
-    digests = json.loads((directory / MARKER).read_text()).get("sha256")
-    if not isinstance(digests, dict):
-        return None
-    for name, digest in digests.items():
-        if file_sha256(directory / name) != digest:
-            return (f"{directory / name} is damaged: its SHA-256 differs from the one recorded in "
-                    f"{directory / MARKER} when it was saved (same size, other bytes)")
-    return None
 
 
 def checkpoint_step(directory: Path) -> int | None:
