@@ -42,6 +42,12 @@ def global_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
     return all_reduce_mean_(tensor.to(torch.float32, copy=True), group)
 
 
+def global_block_grad(block_grad, group=None):
+    """A streamed gradient's ``block_grad(r0, r1)`` (its rows ``r0:r1``) averaged over ranks block by block: every
+    rank asks for the same blocks in the same order (the shapes are the same), so each is one all-reduce."""
+    return lambda r0, r1: global_mean(block_grad(r0, r1), group)
+
+
 def check_same_on_all_ranks(tensor: torch.Tensor, what: str, group=None) -> None:
     """Raise if this rank's ``tensor`` differs from rank 0's."""
     if world_size(group) == 1:

@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 
 from spiel.delta.indices import rows_cols
-from spiel.selection.distributed import all_reduce_mean_, global_mean, world_size
+from spiel.selection.batched import ag_grow_order_rows
+from spiel.selection.distributed import all_reduce_mean_, global_block_grad, global_mean, world_size
 from spiel.selection.grow import (
     admit_under_caps,
     ag_grow_order,
@@ -42,6 +43,7 @@ from spiel.selection.grow import (
     line_caps,
     normalization_factors,
     random_inactive,
+    streamed_top_candidates,
     top_candidates,
 )
 from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
@@ -57,7 +59,7 @@ class _Phase:
     """One layer's estimation statistics at its growth candidates (all fp32)."""
 
     def __init__(self):
-        self.candidates = None  # sorted int64 flat positions [K], from the phase's first micro-batch
+        self.candidates = None  # sorted flat positions [K] (the layer's index dtype), from the first micro-batch
         self.scale = None  # (normalized) each candidate's score factor, from the same gradient
         self.step_grad = None  # sum of this optimizer step's micro-batch gradients
         self.grad_sum = None  # sum over completed steps of the step gradient
@@ -109,7 +111,9 @@ class AccumulatedGradient(GrowthRule):
             if not self.schedule.in_estimation_phase(t):
                 continue
             phase = self.phases[name]
-            if phase.candidates is None:
+            if phase.candidates is None and self.streams_candidates:
+                layer.request_grad_blocks(self._on_first_grad_blocks(name))
+            elif phase.candidates is None:
                 layer.request_dense_grad(self._on_first_dense_grad(name))
             else:
                 layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
@@ -120,8 +124,30 @@ class AccumulatedGradient(GrowthRule):
             # candidates from the global gradient (every rank gets the same); the step statistics stay local
             # until after_step averages them
             chosen_from = global_mean(dense_grad, self.group) if world_size(self.group) > 1 else dense_grad
-            phase.candidates, phase.scale = self.candidates(layer, chosen_from)
-            phase.step_grad = dense_grad.reshape(-1)[phase.candidates].float()
+            candidates, phase.scale = self.candidates(layer, chosen_from)
+            phase.step_grad = dense_grad.reshape(-1)[candidates].float()
+            # in the index dtype: the probe takes this very tensor, no second copy (int32: half of int64's bytes)
+            phase.candidates = candidates.to(layer.indices.dtype)
+            layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
+
+        return callback
+
+    #: candidates are the top ``|g|`` alone, so they can be found block by block (no dense gradient held)
+    streams_candidates = True
+
+    def _on_first_grad_blocks(self, name):
+        def callback(block_grad, rows_per_block: int) -> None:
+            layer, phase = self.layers[name], self.phases[name]
+            if world_size(self.group) > 1:  # each block averaged over ranks: candidates from the global gradient
+                block_grad = global_block_grad(block_grad, self.group)
+            if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
+                dense = block_grad(0, layer.out_features)
+                candidates = top_candidates(dense, layer.k)
+                phase.step_grad = dense.reshape(-1)[candidates].float()
+            else:
+                candidates, phase.step_grad = streamed_top_candidates(
+                    block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block)
+            phase.candidates = candidates.to(layer.indices.dtype)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
         return callback
@@ -158,6 +184,27 @@ class AccumulatedGradient(GrowthRule):
     def grow(self, name, n, staying, active, t):
         positions, _, seeds = self.scored_growth(name, n, staying, active, t)
         return positions, seeds
+
+    #: whether grow_rows may grow several layers at once (not where ``order`` or ``grow`` is per layer)
+    batched_growth = True
+
+    def grow_rows(self, names, n, staying, active, t):
+        phases = [self.phases[name] for name in names]
+        if not self.batched_growth or any(p.candidates is None or p.steps == 0 for p in phases):
+            return None
+        betas = {tuple(self.optimizer.group_of(self.layers[name].values)["betas"]) for name in names}
+        if len({p.steps for p in phases}) > 1 or len({p.candidates.numel() for p in phases}) > 1 or len(betas) > 1:
+            return None
+        steps = phases[0].steps
+        stacked = _Phase()
+        stacked.candidates = torch.stack([p.candidates.long() for p in phases])
+        if phases[0].scale is not None:
+            stacked.scale = torch.stack([p.scale for p in phases])
+        mean = torch.stack([p.grad_sum for p in phases]) / steps
+        mean_sq = torch.stack([p.grad_sq_sum for p in phases]) / steps
+        chosen, valid = ag_grow_order_rows(stacked.candidates, self.scores(stacked, mean), staying, n)
+        seeds = self._adam_seeds(self.layers[names[0]], mean.gather(1, chosen), mean_sq.gather(1, chosen), steps)
+        return stacked.candidates.gather(1, chosen), valid, seeds
 
     def scored_growth(self, name, n, staying, active, t):
         """As :meth:`grow`, with each position's score as a third element."""
@@ -210,6 +257,8 @@ class AccumulatedGradient(GrowthRule):
 class NormalizedGradient(AccumulatedGradient):
     """``normalized``: scores ``|g| · rms(g) / (rms(row) · rms(col))`` (factors from the first dense gradient)."""
 
+    streams_candidates = False  # the factors need the whole gradient first
+
     def candidates(self, layer, dense_grad):
         row_factor, col_factor = normalization_factors(dense_grad)
         candidates = top_candidates(dense_grad, layer.k, row_factor=row_factor, col_factor=col_factor)
@@ -222,6 +271,9 @@ class NormalizedGradient(AccumulatedGradient):
 
 class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
+
+    batched_growth = False
+    streams_candidates = False
 
     def candidates(self, layer, dense_grad):
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
@@ -242,6 +294,7 @@ class ExploringGradient(AccumulatedGradient):
     """``explore``: the paper's growth for most entries, a share drawn at random from the inactive positions."""
 
     comparable_scores = False  # random draws have no score
+    batched_growth = False
 
     def grow(self, name, n, staying, active, t):
         n_random = int(self.config.explore_share * n)
