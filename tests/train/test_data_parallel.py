@@ -53,7 +53,7 @@ def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ag", "ma", "ag:normalized"])
+@pytest.mark.parametrize("method", ["ag", "ma", "ag:normalized", "ag+rows"])
 def test_two_ranks_choose_what_one_process_with_the_global_batch_chooses(tmp_path, method):
     def run(world):
         out = tmp_path / f"world{world}"

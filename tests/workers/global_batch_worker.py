@@ -1,7 +1,9 @@
 """One rank of a gloo run of SpIEL in which the WORLD ranks split one global batch (WORLD=1: one process
 with all of it); writes the indices after every reselection and the final values.
 
-    python global_batch_worker.py METHOD[:GROWTH] RANK WORLD PORT OUT_DIR
+    python global_batch_worker.py METHOD[:GROWTH][+rows] RANK WORLD PORT OUT_DIR
+
+``+rows``: SpIEL-AG's first gradient streamed one row at a time (never whole), as for large matrices.
 """
 
 import os
@@ -17,6 +19,11 @@ GLOBAL_BATCH = 16
 
 
 def main(method_growth, rank, world, port, out_dir):
+    method_growth, _, streamed = method_growth.partition("+")
+    if streamed:
+        import spiel.delta.function
+
+        spiel.delta.function.PROBE_BLOCK_BYTES = 1  # one row per block
     method, _, growth = method_growth.partition(":")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
