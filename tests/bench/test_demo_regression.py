@@ -28,6 +28,7 @@ MEASURED = {
     ("paper", "full", 0.03, 3.0): {"exact_match": (0.497, 0.487, 0.477), "heldout_loss": (0.5073, 0.4876, 0.4972)},
     ("paper", "full", 0.03, 1.0): {"exact_match": (0.453, 0.497, 0.490), "heldout_loss": (0.5875, 0.5068, 0.5496)},
     ("paper", "none", 0.01, 0.3): {"exact_match": (0.500, 0.563, 0.597), "heldout_loss": (0.5248, 0.3896, 0.3845)},
+    ("paper", "released", 0.01, 0.3): {"exact_match": (0.563, 0.577, 0.557), "heldout_loss": (0.4705, 0.3741, 0.3778)},
     ("random", "full", 0.03, 0.1): {"exact_match": (0.737, 0.653, 0.713), "heldout_loss": (0.2119, 0.3357, 0.2848)},
 }
 
