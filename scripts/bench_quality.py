@@ -83,7 +83,7 @@ def parse_args(argv=None):
                    help="cross: each decay at the demo's rate and each rate at the middle decay; full: all pairs")
     p.add_argument("--grids", default=None, metavar="JSON",
                    help='explicit search grids, {"method": [[lr, λ], ...]} for every method (replaces the '
-                        "--lr-factors / --decay-factors grid)")
+                        "--lr-factors / --decay-factors grid); a one-point grid is no search (seeds only)")
     p.add_argument("--summary", default=None, metavar="JSON",
                    help="after every run, write this budget's summary (grid, pick, per-seed and mean ± std held-out "
                         "scores per method) under the key rank<r> of this file, keeping its other keys")
@@ -183,8 +183,10 @@ def main(argv=None) -> int:
         return [job(method, best["lr"], best["weight_decay"], s, "seeds") for s in seeds]
 
     start = time.perf_counter()
-    search = [job(m, lr, wd, args.search_seed, "search") for m in methods for lr, wd in grids[m]]
-    seeds_ready: list[QualityJob] = []  # seed runs of methods whose search is complete: these go first
+    fixed = [m for m in methods if len(grids[m]) == 1]  # a one-point grid is no search: straight to the seeds
+    search = [job(m, lr, wd, args.search_seed, "search") for m in methods if m not in fixed for lr, wd in grids[m]]
+    # seed runs of methods whose search is complete: these go first
+    seeds_ready: list[QualityJob] = [job(m, *grids[m][0], s, "seeds") for m in fixed for s in seeds]
     left = {m: len(grids[m]) for m in methods}
 
     def finished(j, result):
@@ -296,6 +298,10 @@ def summary(runs: list[dict], config: dict) -> dict:
         search = [r for r in runs if r["method"] == m and r["stage"] == "search"]
         entry = {"grid": config["grids"][m], "searched": len(search)}
         seeds = []
+        if not search and len(config["grids"][m]) == 1:  # no search: the one point
+            lr, wd = config["grids"][m][0]
+            entry["pick"] = {"lr": lr, "weight_decay": wd}
+            seeds = sorted((r for r in runs if r["method"] == m and r["stage"] == "seeds"), key=lambda r: r["seed"])
         if search:
             best = pick(search)
             entry["pick"] = {k: best[k] for k in ("lr", "weight_decay", "val_exact_match", "val_loss")}

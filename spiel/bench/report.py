@@ -237,13 +237,17 @@ def protocol_rows(runs: list[dict], methods: list[str], base: dict | None = None
         rows["base"] = {"exact_match": base["exact_match"], "heldout_loss": base["heldout_loss"], "seeds": 0}
     for m in methods:
         search = [r for r in runs if r["method"] == m and r["stage"] == "search"]
-        if not search:
-            continue
-        best = pick(search)
-        seeds = [r for r in runs if r["method"] == m and r["stage"] == "seeds"  # at the pick only
-                 and (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])]
+        seeds = [r for r in runs if r["method"] == m and r["stage"] == "seeds"]
         if not seeds:
             continue
+        if search:
+            best = pick(search)
+            seeds = [r for r in seeds if (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])]
+            if not seeds:  # none at the pick yet
+                continue
+        else:  # seeds at a fixed setting, no search
+            best = {"lr": seeds[0]["lr"], "weight_decay": seeds[0]["weight_decay"], "val_exact_match": float("nan"),
+                    "val_loss": float("nan")}
         em, em_sd = _mean_std([r["exact_match"] for r in seeds])
         loss, loss_sd = _mean_std([r["heldout_loss"] for r in seeds])
         row = {"trainable": seeds[0]["trainable"], "lr": best["lr"], "weight_decay": best["weight_decay"],
