@@ -142,7 +142,8 @@ def run_first_reselection(growth, layer=None, seed=0, **options):
     layer = layer or spread_layer(20, 30, per_row=2)
     opt = SparseAdamW([layer.values], lr=0.01)
     sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth=growth, **options),
+                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth=growth,
+                                   **{"adam_seeding": "full", **options}),
                    method="ag", seed=seed, total_steps=50)
     grads = [scaled_gradient(20, 30, seed=10 + t) for t in range(2)]
     for g in grads:

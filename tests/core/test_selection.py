@@ -64,7 +64,8 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
         layer.values.copy_(torch.linspace(0.1, 1.0, k))  # slot i's magnitude grows with i
     opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
     sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, schedule="cosine", initial_rate=0.5),
+                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, schedule="cosine", initial_rate=0.5,
+                                   adam_seeding="full"),
                    method="ag", seed=0, total_steps=100)
     g = torch.Generator().manual_seed(1)
     micro = [[torch.randn(out_f, in_f, generator=g) for _ in range(2)] for _ in range(gamma)]
@@ -111,7 +112,7 @@ def test_ag_ages_stay_exact_when_an_optimizer_update_was_skipped():
     layer.base_layer.requires_grad_(False)
     opt = SparseAdamW([layer.values], lr=1e-3)
     sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=gamma),
+                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, adam_seeding="full"),
                    method="ag", seed=0, total_steps=50)
     x = torch.randn(4, 8)
     for step in range(gamma):

@@ -42,7 +42,8 @@ def test_defaults_are_the_demo():
     s = validate(make())
     assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == ("tiny", "demo", "ag", "none")
     # the tiny model's presets: λ/10; per method the paper's budget (rank 4 = 2.47% here) and a picked rate
-    assert s.method.lr == 3e-2 and s.method.weight_decay == 3.0 and s.method.rank_equiv == 4
+    assert s.method.lr == 1e-2 and s.method.weight_decay == 0.3 and s.method.rank_equiv == 4
+    assert s.method.adam_seeding == "none"  # the shipped AG default (docs/quality.md)
     lora = validate(make("method=lora"))
     assert lora.method.r == 4 and lora.method.lr == 3e-3
     assert validate(make("method.lr=1e-3")).method.lr == 1e-3  # the command line still wins
@@ -58,7 +59,7 @@ def test_every_model_data_method_quant_combination_composes():
     for model, data, method, quant in combos:
         cfg = make(f"model={model}", f"data={data}", f"method={method}", f"quant={quant}")
         assert cfg.method.name == method and cfg.quant.name == quant
-        if model == "from_ckpt" or (quant == "nf4" and method == "full"):
+        if model in ("from_ckpt", "hf") or (quant == "nf4" and method == "full"):  # hf, from_ckpt: a path to give
             with pytest.raises(ConfigError):
                 validate(cfg)
         else:
