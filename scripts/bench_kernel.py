@@ -31,9 +31,8 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet the profiler used for memory figures
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.delta import gather_grad, random_subset  # noqa: E402
-from spiel.delta.grad_paths import calibrated_choices, calibration_key  # noqa: E402
+from spiel.delta import gather_grad, random_subset
+from spiel.delta.grad_paths import calibrated_choices, calibration_key
 
 FULL_SHAPES = [(4096, 4096), (11008, 4096)]
 QUICK_SHAPES = [(1024, 1024), (2752, 1024)]

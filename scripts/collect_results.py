@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.eval.runner import headline  # noqa: E402
+from spiel.eval.runner import headline
 
 COLUMNS = [("mmlu", "MMLU"), ("gsm", "GSM"), ("bbh", "BBH"), ("tydiqa", "TyDiQA"), ("humaneval", "HumanEval")]
 EXTRA = [("demo", "Demo")]

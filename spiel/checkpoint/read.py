@@ -167,7 +167,7 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
         if "low_bits" in fields or "high_bits" in fields:
             fields = tensors[name] = _decode_elias_fano(name, entry, fields, bad)
         elif "row_ptr" in fields or "col_idx" in fields:
-            fields = tensors[name] = _decode_compact(name, entry, fields, bad)
+            fields = tensors[name] = decode_csr(name, entry, fields, bad)
         for field in REQUIRED_FIELDS:
             if field not in fields:
                 raise bad(f"missing tensor '{name}.{field}'")
@@ -224,7 +224,7 @@ def _decode_elias_fano(name: str, entry: dict, fields: dict[str, torch.Tensor], 
     return {"indices": positions.to(index_dtype(numel)), "values": fields["values"]}
 
 
-def _decode_compact(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
+def decode_csr(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
     """The flat form ``{"indices", "values"}`` of a module's compact (CSR, format 2) tensors, after
     checking them."""
     from spiel.delta.indices import index_dtype
