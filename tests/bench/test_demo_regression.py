@@ -5,8 +5,8 @@ seeds measured at exactly these settings (``scripts/bench_quality.py --methods a
 --decay-factors 30``: 170 steps of 16 on the 2,700 training examples of the benchmark's split, the 300
 held-out examples; see MARGIN_LOSS / MARGIN_EM).
 
-Under the fair protocol of the README (λ chosen on validation), static random sparsity beats the paper's AG
-on this task; this test pins down the demo's own setting, where strong decay favours AG."""
+Under the fair protocol of docs/quality-history.md (λ chosen on validation), static random sparsity beats
+the paper's AG on this task; this test pins down the demo's own setting, where strong decay favours AG."""
 
 from __future__ import annotations
 
