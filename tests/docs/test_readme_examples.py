@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.readme import code_blocks, commands, console_modules
+from tests.helpers.readme import code_blocks, commands, console_modules
 from tests.helpers.runs import subprocess_env
 
 TIMEOUT = 1800  # the demo run is ~1 CPU minute; a shared CI box can stretch that several-fold

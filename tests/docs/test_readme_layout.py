@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.docs.readme import FENCE, README, commands
 from tests.helpers.paths import REPO
+from tests.helpers.readme import FENCE, README, commands
 
 MAX_LINES = 250
 FIRST_SCREEN = 30  # lines
