@@ -14,6 +14,8 @@ tiny base at the same parameter budget (LoRA rank r = SpIEL rank-equivalent r, r
     python scripts/bench_quality.py --json quality.json --markdown quality.md      # ~45 min on 2 quiet cores
     python scripts/bench_quality.py --methods ag+drop=change --json variants.json  # a variant, same protocol
     python scripts/bench_quality.py --report quality.json variants.json            # one table from several runs
+    python scripts/bench_quality.py --methods lora,shira --grids grids.json --summary summary.json
+                                            # explicit (lr, λ) grids per method; a summary after every run
     python scripts/bench_quality.py --steps 20 --val 40 --heldout-limit 40 --lr-factors 1 --decay-factors 1 \\
         --seeds 1,2                                                                 # a smoke run
 
@@ -66,7 +68,7 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated: full, lora, ia3, ag, ma, static, or <method>+<key>=<value> variants")
+                   help="comma-separated: full, lora, ia3, ag, ma, static, shira (peft), or <method>+<key>=<value> variants")
     p.add_argument("--steps", type=int, default=170, help="optimizer steps (170 × 16 ≈ one epoch)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--val", type=int, default=300, help="training records held out for the search")
@@ -77,6 +79,12 @@ def parse_args(argv=None):
                    help="decays per step searched, lr·λ = the paper's lr·λ × these")
     p.add_argument("--grid", default="cross", choices=GRID_SHAPES,
                    help="cross: each decay at the demo's rate and each rate at the middle decay; full: all pairs")
+    p.add_argument("--grids", default=None, metavar="JSON",
+                   help='explicit search grids, {"method": [[lr, λ], ...]} for every method (replaces the '
+                        "--lr-factors / --decay-factors grid)")
+    p.add_argument("--summary", default=None, metavar="JSON",
+                   help="after every run, write this budget's summary (grid, pick, per-seed and mean ± std held-out "
+                        "scores per method) under the key rank<r> of this file, keeping its other keys")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the runs at the picked setting")
     p.add_argument("--search-seed", type=int, default=SEARCH_SEED)
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (fixed across seeds)")
@@ -148,6 +156,12 @@ def main(argv=None) -> int:
               "lr_factors": lr_factors, "decay_factors": decay_factors, "grid": args.grid, "jobs": args.jobs,
               "torch": torch.__version__, "cpu": _cpu_name(), "load_before": list(os.getloadavg())}
     grids = {m: search_grid(m, lr_factors, decay_factors, args.grid) for m in methods}
+    if args.grids:
+        given = json.loads(Path(args.grids).read_text())
+        missing = [m for m in methods if not given.get(m)]
+        if missing:
+            raise SystemExit(f"--grids {args.grids}: no grid for {missing}")
+        grids = {m: [(float(lr), float(wd)) for lr, wd in given[m]] for m in methods}
     config["grids"] = grids
     runs = _load_previous(args.json, config)
     done = {_key(r): r for r in runs}
@@ -178,6 +192,7 @@ def main(argv=None) -> int:
             done[_key(result)] = result
             _report_run(result)
             _save(args.json, runs, config, start)
+            _save_summary(args.summary, runs, config)
         if j.stage == "search":
             left[j.method] -= 1
             if left[j.method] == 0:
@@ -266,6 +281,45 @@ def _save(path: str | None, runs: list[dict], config: dict, start: float) -> flo
         tmp.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
         tmp.replace(path)
     return elapsed
+
+
+def summary(runs: list[dict], config: dict) -> dict:
+    """Per method: the grid searched, the pick, and the held-out scores per seed and as mean ± std."""
+    from statistics import fmean, stdev
+
+    from spiel.bench.quality import pick
+
+    out = {}
+    for m in config["methods"]:
+        search = [r for r in runs if r["method"] == m and r["stage"] == "search"]
+        entry = {"grid": config["grids"][m], "searched": len(search)}
+        seeds = []
+        if search:
+            best = pick(search)
+            entry["pick"] = {k: best[k] for k in ("lr", "weight_decay", "val_exact_match", "val_loss")}
+            seeds = sorted((r for r in runs if r["method"] == m and r["stage"] == "seeds"
+                            and (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])),
+                           key=lambda r: r["seed"])
+        if seeds:
+            ems, losses = [r["exact_match"] for r in seeds], [r["heldout_loss"] for r in seeds]
+            entry.update(per_seed=[{"seed": r["seed"], "exact_match": r["exact_match"],
+                                    "heldout_loss": r["heldout_loss"]} for r in seeds],
+                         exact_match_mean=fmean(ems), exact_match_std=stdev(ems) if len(ems) > 1 else 0.0,
+                         heldout_loss_mean=fmean(losses), heldout_loss_std=stdev(losses) if len(losses) > 1 else 0.0)
+        out[m] = entry
+    return {"rank": config["rank"], "steps": config["steps"], "batch_size": config["batch_size"],
+            "seeds": config["seeds"], "methods": out}
+
+
+def _save_summary(path: str | None, runs: list[dict], config: dict) -> None:
+    if not path:
+        return
+    target = Path(path)
+    data = json.loads(target.read_text()) if target.exists() else {}
+    data[f"rank{config['rank']}"] = summary(runs, config)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(target)
 
 
 def _cpu_name() -> str:

@@ -6,7 +6,8 @@ variants that change one thing each:
 
 * ``paper``: the paper's rule;
 * ``paper-fresh``: the paper's candidates and order, but grown slots start a fresh Adam state (zero moments,
-  age 0) instead of being seeded with the phase's statistics: isolates the seeding;
+  age 0; ``method.adam_seeding=none``) instead of being seeded with the phase's statistics: isolates the
+  seeding; ``paper-released``: the seeding the released code effectively used (``adam_seeding=released``);
 * ``normalized``, ``capped``, ``random``: growth that keeps the support spread (random: also fresh Adam);
 * ``static``: no reselection.
 
@@ -29,13 +30,20 @@ import time
 import torch
 
 from spiel.bench.models import method_config, wrap_for_training
-from spiel.bench.quality import batches, collate, encode, lr_lambda, split_records
+from spiel.bench.quality import encode, split_records
 from spiel.eval.demo import load_demo
 from spiel.selection import budget_shares, model_concentration
 from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
+from spiel.training.engine.plain_loop import train_steps
 
-VARIANTS = {"paper": ("paper", False), "paper-fresh": ("paper", True), "normalized": ("normalized", False),
-            "capped": ("capped", False), "random": ("random", False), "static": ("static", False)}
+# variant: (growth, adam_seeding)
+VARIANTS = {"paper": ("paper", "full"), "paper-fresh": ("paper", "none"), "paper-released": ("paper", "released"),
+            "normalized": ("normalized", "full"), "capped": ("capped", "full"), "random": ("random", "full"),
+            "static": ("static", "full")}
+
+
+class _Enough(Exception):
+    """Raised from the step callback once the studied start of the schedule is done."""
 
 
 def row_norm_ratio(model) -> float:
@@ -49,30 +57,29 @@ def row_norm_ratio(model) -> float:
 
 
 def run(variant: str, args, base, train_examples, pad_id) -> dict:
-    growth, fresh = VARIANTS[variant]
+    growth, seeding = VARIANTS[variant]
     torch.manual_seed(args.seed)
     mcfg = method_config("ag", 4, lr=args.lr, weight_decay=args.weight_decay)
-    mcfg.growth, mcfg.budget = growth, args.budget
+    mcfg.growth, mcfg.budget, mcfg.adam_seeding = growth, args.budget, seeding
     model, optimizer = wrap_for_training("ag", copy.deepcopy(base), mcfg, seed=args.seed, quantized=False)
     selector = model.make_selector(optimizer, total_steps=args.schedule_steps)
-    if fresh:  # the same candidates and order, no seeding: zero moments at age 0
-        selector.rule._adam_seeds = lambda layer, mean, mean_sq, age: {"age": 0}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule_steps))
     first = selector.schedule.estimation_steps
     losses, report = [], {}
-    model.train()
-    for step, idx in enumerate(batches(len(train_examples), args.schedule_steps, 16, args.seed)[: args.steps], 1):
-        loss = model(**collate([train_examples[i] for i in idx], pad_id)).loss
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        selector.step()
-        losses.append(float(loss.detach()))
-        if step == first:
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        if len(losses) == first:
             concentration = model_concentration(model.deltas)["mean"]
             report.update(top10_rows_after_first=concentration["top10_rows_share"],
                           empty_rows_after_first=concentration["empty_rows_share"])
+        if len(losses) == args.steps:
+            raise _Enough
+
+    try:  # the first --steps of the --schedule-steps run (its learning-rate schedule and reselections)
+        train_steps(model, optimizer, train_examples, steps=args.schedule_steps, batch_size=16, seed=args.seed,
+                    pad_token_id=pad_id, selector=selector, on_step=on_step)
+    except _Enough:
+        pass
     selector.close()
     concentration = model_concentration(model.deltas)["mean"]
     return {"variant": variant, "loss_before_first": statistics.mean(losses[:first]),
@@ -84,7 +91,7 @@ def run(variant: str, args, base, train_examples, pad_id) -> dict:
             "shares_by_layer": budget_shares(model.deltas)["by_layer"]}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--schedule-steps", type=int, default=188, help="the run whose start is studied (the demo's)")
@@ -94,7 +101,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--budget", default="per_matrix", choices=("per_matrix", "global"))
     p.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     tokenizer = tiny_tokenizer()
     train_records, _ = split_records(load_demo(DEMO_DIR / "train.jsonl"), 300, args.seed)

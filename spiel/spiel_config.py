@@ -20,6 +20,9 @@ from typing import Any, Optional
 
 DELTA_DTYPES = ("float32", "bfloat16", "float16")  # the names in spiel.dtypes.DTYPES (which imports torch; tests/core/test_knobs.py checks they agree)
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
+# SpIEL-AG's shipped Adam seeding of grown entries: the one place to change it (configs/method/ag.yaml does not
+# repeat it; spiel-train takes it from the schema). The paper's own: full. See docs/quality.md for the evidence.
+AG_DEFAULT_ADAM_SEEDING = "full"
 
 
 def knob(default, help: str):
@@ -78,6 +81,13 @@ class SpielKnobs:
                                 "| random | static (SpIEL-AG baselines); see spiel.selection.rules")
     growth_cap: float = knob(4.0, "capped: the most entries a row or column may hold, as a multiple of the mean")
     explore_share: float = knob(0.25, "explore: the share of each growth drawn uniformly at random")
+    adam_seeding: str = knob(AG_DEFAULT_ADAM_SEEDING, "SpIEL-AG: the Adam state of grown entries: full (moments = the estimation "
+                                     "phase's mean and mean square, age γ) | released (what the released code "
+                                     "effectively seeded at the paper's scale: 128 accumulation steps, a bf16 "
+                                     "sample counter stopping at 256) | none (a fresh state: zero moments, age 0)")
+    eps_placement: str = knob("torch", "SpIEL-AG's Adam eps: torch (√v̂ + eps, as torch.optim.AdamW) | hf (√v + eps "
+                                       "before the bias correction, as HF's AdamW and the paper's runs with eps "
+                                       "1e-6: method.eps_placement=hf method.eps=1e-6)")
     budget: str = knob("per_matrix", "per_matrix (the paper: each matrix keeps its k) | global (drop and growth "
                                      "compete across all matrices, the total stays; paper|normalized|capped)")
     delta_dtype: Optional[str] = knob(None, "dtype of the deltas: float32 | bfloat16 | float16; null: float32 "
@@ -90,9 +100,11 @@ class SpielKnobs:
     def check_knobs(self) -> None:
         """Raise SpielConfigError (naming the field) for the first bad value."""
         from spiel.delta.grad_paths import GRAD_PATHS
+        from spiel.optim.adamw import EPS_PLACEMENTS
         from spiel.selection.drop import DROP_CRITERIA
         from spiel.selection.global_budget import BUDGETS
         from spiel.selection.methods import GROWTH_RULES
+        from spiel.selection.rules.base import ADAM_SEEDINGS
         from spiel.selection.schedule import SCHEDULES
 
         def need(ok: bool, key: str | None, problem: str):
@@ -115,6 +127,10 @@ class SpielKnobs:
         need(self.growth_cap >= 1, "growth_cap",
              f"must be >= 1 (a multiple of the mean entries per row/column), got {self.growth_cap}")
         need(0 <= self.explore_share <= 1, "explore_share", f"must be in [0, 1], got {self.explore_share}")
+        need(self.adam_seeding in ADAM_SEEDINGS, "adam_seeding",
+             f"must be one of {ADAM_SEEDINGS}, got {self.adam_seeding!r}")
+        need(self.eps_placement in EPS_PLACEMENTS, "eps_placement",
+             f"must be one of {EPS_PLACEMENTS}, got {self.eps_placement!r}")
         need(self.budget in BUDGETS, "budget", f"must be one of {BUDGETS}, got {self.budget!r}")
         need(self.delta_dtype is None or self.delta_dtype in DELTA_DTYPES, "delta_dtype",
              f"must be one of {DELTA_DTYPES}, got {self.delta_dtype!r}")

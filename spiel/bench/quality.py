@@ -7,7 +7,9 @@ on the answer tokens). A seed sets the initial indices / adapter initialisation 
 The loop is the package's plain training loop (``spiel.training.engine.plain_loop``); the models are wrapped by the
 method registry (``spiel.training.methods``), like spiel-train does. A method name is a registry method (``lora``,
 ``ag``, ...), ``static`` (SpIEL-AG's layer and optimizer with its random indices never reselected), or a
-variant ``<method>+<key>=<value>[+...]`` whose keys are method-config fields (e.g. ``ag+drop=change``).
+variant ``<method>+<key>=<value>[+...]`` whose keys are method-config fields (e.g. ``ag+drop=change``), or
+``shira``: peft's SHiRA adapter (``ShiraConfig``, a random sparse mask, the values trained with torch's AdamW),
+the one-line static sparse baseline a peft user reaches for.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ from spiel.bench.models import (
 from spiel.bench.support import concentration_by_projection
 from spiel.training.engine.plain_loop import train_steps
 
-QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static")
+QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static", "shira")
 SPARSE = ("ag", "ma", "static")
+# shira's default rate and paper decay are static sparsity's: both train a fixed random sparse delta with
+# AdamW decaying toward the pretrained weights
+HYPER_TWIN = {"shira": "static"}
 # The joint grid. Rates: the demo's rate for the method (configs/model_method/tiny_<method>.yaml, picked by
 # the previous lr-only protocol) × LR_FACTORS. Decay per step, lr·λ: the paper's (Table 4 lr × λ) ×
 # DECAY_FACTORS, so λ = factor · paper lr·λ / lr; the paper's own per-step decay (factor 1) is in the grid,
@@ -73,6 +78,7 @@ def parse_method(name: str) -> tuple[str, dict]:
 @functools.cache
 def demo_lr(base: str) -> float:
     """The demo's learning rate for a method (its tiny_<method>.yaml); ``static`` uses SpIEL-AG's."""
+    base = HYPER_TWIN.get(base, base)
     cfg = yaml.safe_load((DEMO_METHOD_CONFIG_DIR / f"tiny_{paper_method(base)}.yaml").read_text())
     return float(cfg["method"]["lr"])
 
@@ -83,7 +89,7 @@ def search_grid(name: str, lr_factors=LR_FACTORS, decay_factors=DECAY_FACTORS,
     if shape not in GRID_SHAPES:
         raise ValueError(f"grid shape must be one of {', '.join(GRID_SHAPES)}, got {shape!r}")
     base, _ = parse_method(name)
-    paper_lr, paper_wd = paper_hparams(paper_method(base))
+    paper_lr, paper_wd = paper_hparams(paper_method(HYPER_TWIN.get(base, base)))
     center = demo_lr(base)
     rates = [float(f"{center * f:.3g}") for f in lr_factors]
     if paper_wd == 0:
@@ -154,16 +160,31 @@ def answer_loss(model, examples: list[dict], pad_id: int, batch_size: int = 64) 
     return total / max(1, count)
 
 
+def wrap_shira(model, rank: int, lr: float, weight_decay: float, seed: int):
+    """``(model, optimizer)``: peft's SHiRA on LoRA's seven projections, ``r·(in+out)`` random entries per
+    matrix (the same total as SpIEL's rank-equivalent budget, which spreads it by matrix size instead),
+    values trained with torch's AdamW (its decay pulls them toward 0, the pretrained weights)."""
+    from peft import ShiraConfig, get_peft_model
+
+    targets = list(method_config("lora", rank).target_modules)
+    model = get_peft_model(model, ShiraConfig(r=rank, mask_type="random", random_seed=seed, target_modules=targets))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
     """Fine-tune a copy of ``base_model`` as ``job`` says; returns (model, {"trainable", "train_loss", ...})."""
     torch.manual_seed(job.seed)
     base, overrides = parse_method(job.method)
-    mcfg = method_config(paper_method(base), job.rank, lr=job.lr, weight_decay=job.weight_decay)
-    for key, value in overrides.items():
-        if not hasattr(mcfg, key):
-            raise ValueError(f"{job.method}: {paper_method(base)} has no setting {key!r}")
-        setattr(mcfg, key, value)
-    model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
+    if base == "shira":
+        model, optimizer = wrap_shira(copy.deepcopy(base_model), job.rank, job.lr, job.weight_decay, job.seed)
+    else:
+        mcfg = method_config(paper_method(base), job.rank, lr=job.lr, weight_decay=job.weight_decay)
+        for key, value in overrides.items():
+            if not hasattr(mcfg, key):
+                raise ValueError(f"{job.method}: {paper_method(base)} has no setting {key!r}")
+            setattr(mcfg, key, value)
+        model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
     selector = model.make_selector(optimizer, total_steps=job.steps) if base in ("ag", "ma") else None
     start = time.perf_counter()
     losses = train_steps(model, optimizer, job.train, steps=job.steps, batch_size=job.batch_size, seed=job.seed,

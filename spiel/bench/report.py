@@ -221,10 +221,13 @@ def protocol_rows(runs: list[dict], methods: list[str], base: dict | None = None
         rows["base"] = {"exact_match": base["exact_match"], "heldout_loss": base["heldout_loss"], "seeds": 0}
     for m in methods:
         search = [r for r in runs if r["method"] == m and r["stage"] == "search"]
-        seeds = [r for r in runs if r["method"] == m and r["stage"] == "seeds"]
-        if not search or not seeds:
+        if not search:
             continue
         best = pick(search)
+        seeds = [r for r in runs if r["method"] == m and r["stage"] == "seeds"  # at the pick only
+                 and (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])]
+        if not seeds:
+            continue
         em, em_sd = _mean_std([r["exact_match"] for r in seeds])
         loss, loss_sd = _mean_std([r["heldout_loss"] for r in seeds])
         row = {"trainable": seeds[0]["trainable"], "lr": best["lr"], "weight_decay": best["weight_decay"],

@@ -130,7 +130,10 @@ class SpielModel(nn.Module):
     # -- training ------------------------------------------------------------------------------------
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, **kwargs):
         """The method's optimizer (SparseAdamW for ``ag``, SparseSM3 for ``ma``) over every delta's values."""
-        build = method_spec(self.spiel_config.method).build_optimizer
+        spec = method_spec(self.spiel_config.method)
+        if spec.adam_options:
+            kwargs.setdefault("eps_placement", self.spiel_config.eps_placement)
+        build = spec.build_optimizer
         return build(list(self.deltas.values()), lr=lr, weight_decay=weight_decay, **kwargs)
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
@@ -139,7 +142,7 @@ class SpielModel(nn.Module):
                             reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
                             schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop, growth=c.growth,
                             growth_cap=c.growth_cap, explore_share=c.explore_share, budget=c.budget, seed=c.seed,
-                            process_group=process_group)
+                            adam_seeding=c.adam_seeding, process_group=process_group)
         self._selector_ref = weakref.ref(selector)
         return selector
 

@@ -18,6 +18,10 @@ a slot's age is ``step − born``:
 So SpIEL-AG holds 24 bytes per tunable entry (value, gradient, two moments, int32 index, int32
 ``grown_at``) instead of 36 with int64 ages and growth steps.
 
+Adam's eps (``eps_placement``): ``torch`` adds it to ``√v̂`` (torch.optim.AdamW); ``hf`` adds it to ``√v``
+before the bias correction (HF's AdamW, the optimizer of the paper's released code: an effective eps of
+``eps / √(1 − β2^age)``, larger in a slot's first steps).
+
 Weight decay is decoupled, ``p ← p − lr·λ·p``, pulling each delta toward 0, i.e. toward the
 pretrained weight (the paper uses λ up to 30).
 """
@@ -28,19 +32,25 @@ import torch
 
 from spiel.optim.slot_state import SlotStateOptimizer
 
+EPS_PLACEMENTS = ("torch", "hf")
+
 
 class SparseAdamW(SlotStateOptimizer):
     SLOT_KEYS = ("exp_avg", "exp_avg_sq", "born")
     RESET_KEYS = ("exp_avg", "exp_avg_sq", "age")
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 eps_placement: str = "torch"):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        if eps_placement not in EPS_PLACEMENTS:
+            raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      eps_placement=eps_placement))
         self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
 
     # -- ages -----------------------------------------------------------------------------------------------
@@ -108,7 +118,10 @@ class SparseAdamW(SlotStateOptimizer):
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias1 = 1 - torch.pow(beta1, age_f)
         bias2 = 1 - torch.pow(beta2, age_f)
-        denom = (v / bias2).sqrt_().add_(eps)
+        if group.get("eps_placement", "torch") == "hf":  # .get: groups saved before the option lack it
+            denom = v.sqrt().add_(eps).div_(bias2.sqrt())
+        else:
+            denom = (v / bias2).sqrt_().add_(eps)
         update = (m / bias1).div_(denom)
         # Decoupled decay first (as torch.optim.AdamW), computed in fp32 for bf16 values.
         p.copy_(p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr))

@@ -31,7 +31,7 @@ class Selector:
                  reselection_steps: int = 20, estimation_steps: int = 5, schedule: str = "linear",
                  initial_rate: float = 0.2, drop: str = "magnitude", growth: str = "paper",
                  growth_cap: float = 4.0, explore_share: float = 0.25, budget: str = "per_matrix", seed: int = 0,
-                 process_group=None):
+                 adam_seeding: str = "full", process_group=None):
         spec = method_spec(method)
         rule_class = growth_rule(method, growth)
         if drop not in DROP_CRITERIA:
@@ -55,7 +55,7 @@ class Selector:
         self.drop = drop
         self.group = process_group
         self.schedule = ReselectionSchedule(total_steps, reselection_steps, estimation_steps, schedule, initial_rate)
-        settings = GrowthSettings(cap=growth_cap, explore_share=explore_share, seed=seed)
+        settings = GrowthSettings(cap=growth_cap, explore_share=explore_share, seed=seed, adam_seeding=adam_seeding)
         self.rule = rule_class(self.layers, optimizer, self.schedule, settings, process_group)
         self.t = 0
         self.references = {}  # values at the last reselection, for drop="change"

@@ -267,10 +267,12 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
 
 
 COMPOSE_FROM_WHEEL = """
-import json, spiel.training.config.hydra_config as sc
+import json
+import spiel.training.config.hydra_config  # registers the schemas
+from spiel.paths import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-d = sc.CONFIG_DIR
+d = CONFIG_DIR
 files = {str(p.relative_to(d)): p.read_text() for p in d.rglob("*.yaml")}
 n = 0
 with initialize_config_dir(version_base="1.3", config_dir=str(d)):

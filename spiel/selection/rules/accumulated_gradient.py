@@ -14,6 +14,19 @@ differ several-fold, so most of the budget lands in a few rows):
   entries per row / column, counting the entries that stay);
 * ``explore``: a share of each growth (``GrowthSettings.explore_share``) drawn uniformly at random from the
   inactive positions; those start with zero moments at age 0 (a fresh Adam state), the rest as the paper's.
+
+The Adam state of the entries grown from the statistics (``GrowthSettings.adam_seeding``), with ``s`` the
+phase's step count, ``ḡ`` / ``q`` the mean step gradient / mean squared step gradient:
+
+* ``full``: ``m = ḡ·(1 − β1^s)``, ``v = q·(1 − β2^s)``, age ``s``: the bias correction gives back ``ḡ`` and ``q``;
+* ``released``: what the paper's released code seeded at the paper's scale (``RELEASED_ACCUMULATION`` = 128
+  micro-batches per step, the loss divided by 128; a bf16 sample counter, which stops at
+  ``RELEASED_COUNTER_LIMIT`` = 256). It summed the micro-batch gradients (each carrying 1/128) and their
+  squares, divided both by the counter, and took ``age = counter / 128``. With each micro-batch gradient
+  taken as its step's gradient: ``c = min(128·s, 256)``, ``age = c / 128`` (2 from s = 2 on),
+  ``m = s·ḡ / c · (1 − β1^age)``, ``v = s·q / (128·c) · (1 − β2^age)``: about ``ḡ/50`` and ``q/6500``
+  at γ = 5, close to a fresh state. (Its bf16 sums, which also stop growing, are not modelled.)
+* ``none``: zero moments at age 0, the state torch.optim.AdamW gives a new parameter.
 """
 
 from __future__ import annotations
@@ -33,6 +46,9 @@ from spiel.selection.grow import (
 )
 from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
 from spiel.selection.rules.base import GrowthRule, growth_generator
+
+RELEASED_ACCUMULATION = 128  # the paper's runs: micro-batch 1 × 128 accumulation steps
+RELEASED_COUNTER_LIMIT = 256  # a bf16 counter: 256 + 1 rounds to 256
 
 PHASE_KEYS = ("candidates", "step_grad", "grad_sum", "grad_sq_sum", "scale")
 
@@ -63,9 +79,19 @@ class AccumulatedGradient(GrowthRule):
                              "phase is spent agreeing on rank 0's growth candidates")
         self.phases = {name: _Phase() for name in layers}
         # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
-        # phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on candidates).
-        self.head_start = schedule.estimation_steps - (1 if data_parallel else 0)
+        # age of the phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on
+        # candidates).
+        self.head_start = self.seed_age(schedule.estimation_steps - (1 if data_parallel else 0))
         link_ages(optimizer, layers, self.head_start)
+
+    def seed_age(self, steps: int) -> int:
+        """The Adam age a grown entry starts at after a phase of ``steps`` steps (module docstring)."""
+        seeding = self.settings.adam_seeding
+        if seeding == "none":
+            return 0
+        if seeding == "released":
+            return min(steps * RELEASED_ACCUMULATION, RELEASED_COUNTER_LIMIT) // RELEASED_ACCUMULATION
+        return steps
 
     # -- what the variants change ------------------------------------------------------------------------
     def candidates(self, layer, dense_grad: torch.Tensor):
@@ -158,9 +184,16 @@ class AccumulatedGradient(GrowthRule):
         return (phase.candidates[chosen], scores[chosen],
                 self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps))
 
-    def _adam_seeds(self, layer, mean, mean_sq, age: int) -> dict:
-        # Seed Adam with the phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias
-        # correction at this age gives back the unbiased estimates.
+    def _adam_seeds(self, layer, mean, mean_sq, steps: int) -> dict:
+        # The phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias correction at this age
+        # gives back the estimates (for "released", the estimates as its code computed them).
+        age = self.seed_age(steps)
+        if age == 0:
+            return {"exp_avg": torch.zeros_like(mean), "exp_avg_sq": torch.zeros_like(mean_sq), "age": 0}
+        if self.settings.adam_seeding == "released":
+            count = min(steps * RELEASED_ACCUMULATION, RELEASED_COUNTER_LIMIT)
+            mean = mean * (steps / count)
+            mean_sq = mean_sq * (steps / (RELEASED_ACCUMULATION * count))
         beta1, beta2 = self.optimizer.group_of(layer.values)["betas"]
         return {"exp_avg": mean * (1 - beta1**age), "exp_avg_sq": mean_sq * (1 - beta2**age), "age": age}
 

@@ -15,6 +15,9 @@ import torch
 from spiel.delta.layer import SparseDeltaLinear
 from spiel.selection.schedule import ReselectionSchedule
 
+# SpIEL-AG's Adam seeding of grown entries (see rules/accumulated_gradient.py); the first is the default
+ADAM_SEEDINGS = ("full", "released", "none")
+
 
 @dataclass(frozen=True)
 class GrowthSettings:
@@ -23,17 +26,21 @@ class GrowthSettings:
     ``cap``: ``capped`` lets no row hold more than ``cap`` times its mean share of entries (``k / out``,
     rounded up) and no column more than ``cap · k / in``. ``explore_share``: ``explore`` grows this share
     of each reselection's entries uniformly at random among the inactive positions. ``seed``: the random
-    draws (the same on every rank, so data-parallel replicas agree)."""
+    draws (the same on every rank, so data-parallel replicas agree). ``adam_seeding``: how SpIEL-AG's rules
+    seed the Adam state of the entries they grow by gradient (``rules/accumulated_gradient.py``)."""
 
     cap: float = 4.0
     explore_share: float = 0.25
     seed: int = 0
+    adam_seeding: str = "full"
 
     def __post_init__(self):
         if not self.cap >= 1:
             raise ValueError(f"growth_cap must be >= 1 (a multiple of the mean entries per row/column), got {self.cap}")
         if not 0 <= self.explore_share <= 1:
             raise ValueError(f"explore_share must be in [0, 1], got {self.explore_share}")
+        if self.adam_seeding not in ADAM_SEEDINGS:
+            raise ValueError(f"adam_seeding must be one of {ADAM_SEEDINGS}, got {self.adam_seeding!r}")
 
 
 class GrowthRule:
