@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from spiel.checkpoint import elias_fano
-from spiel.checkpoint.read import decode_csr
+from spiel.checkpoint.codec import decode_csr_legacy
 from spiel.delta.indices import csr_pattern, random_subset
 
 SHAPES = {"q/k/v/o 4096x4096": (4096, 4096, 4), "gate/up 11008x4096": (11008, 4096, 2),
@@ -51,7 +51,7 @@ def time_shape(out: int, inp: int, repeats: int) -> dict[str, list[float]]:
         "EF decode": lambda: elias_fano.decode(coded["low_bits"], coded["high_bits"], n, k),
         "CSR encode": lambda: [t.to(d) for t, d in zip(csr_pattern(positions, out, inp),
                                                        (torch.int32, torch.int16), strict=True)],
-        "CSR decode": lambda: decode_csr("m", entry, csr, refuse),
+        "CSR decode": lambda: decode_csr_legacy("m", entry, csr, refuse),
     }
     times = {name: [] for name in peers}
     for _ in range(repeats):

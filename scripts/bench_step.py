@@ -33,7 +33,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from spiel.bench.models import CPU_DEFAULT, LLAMA2_7B, LlamaShape, equivalent_rank, paper_density
+from spiel.bench.models import (
+    CPU_DEFAULT,
+    LLAMA2_7B,
+    LlamaShape,
+    equivalent_rank,
+    paper_density,
+    registry_method,
+)
 from spiel.bench.report import (
     combine_rounds,
     cpu_table,
@@ -237,7 +244,7 @@ def main(argv=None) -> int:
     shape = LlamaShape(**spec0.shape)
     spec0 = replace(spec0, rank=spec0.rank or equivalent_rank(shape))
     quants = {"none": ["none"], "nf4": ["nf4"], "both": ["none", "nf4"]}[args.quant]
-    jobs = [(m, q) for q in quants for m in methods if not (q == "nf4" and m == "full")]
+    jobs = [(m, q) for q in quants for m in methods if q != "nf4" or getattr(registry_method(m), "supports_quant", True)]
     load_before = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else list(os.getloadavg())
     density = spec0.rank * shape.lora_params_per_rank() / shape.target_numel()
     print(f"shape {shape.to_dict()}, rank {spec0.rank} (density {density:.4f}; paper {paper_density():.4f}), "

@@ -4,10 +4,11 @@
     python scripts/collect_results.py runs/*/ --out results.md
 
 Every directory given is searched recursively for `run_info.json` + `metrics.json` (what spiel-eval
-writes). One row per label (eval's `label=`, else derived from the checkpoint), one column per benchmark:
-MMLU (average_acc), GSM (exact_match), BBH (average_exact_match), TyDiQA (average F1), HumanEval
-(pass@1), all in percent, plus their mean when a row has all five (the paper's "Avg."). When a label has
-several runs of one benchmark, the most recent one is used and the others are reported on stderr.
+writes). One row per label (eval's `label=`, else derived from the checkpoint), one column per benchmark
+that has a table column (``BENCHMARK.column``; each its headline metric in percent): the paper's five (MMLU,
+GSM, BBH, TyDiQA, HumanEval) always, plus their mean when a row has all five (the paper's "Avg."), and the
+others (the demo) when some run has them. When a label has several runs of one benchmark, the most recent one
+is used and the others are reported on stderr.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+from spiel.eval.benchmark import benchmarks
 from spiel.eval.runner import headline
 
-COLUMNS = [("mmlu", "MMLU"), ("gsm", "GSM"), ("bbh", "BBH"), ("tydiqa", "TyDiQA"), ("humaneval", "HumanEval")]
-EXTRA = [("demo", "Demo")]
+COLUMNS = [(b.name, b.title) for b in benchmarks().values() if b.column is not None and b.in_average]
+EXTRA = [(b.name, b.title) for b in benchmarks().values() if b.column is not None and not b.in_average]
 
 
 def find_runs(roots: list[Path]) -> list[dict]:

@@ -92,9 +92,9 @@ MUTANTS = [
            DELTA, "in-place W + delta never restored"),
     # -- core: targets, checkpoints -------------------------------------------------------------------
     Mutant("spiel/model/targets.py", "pattern.fullmatch(n)", "pattern.search(n)", MODEL, "regex targets matched by search"),
-    Mutant("spiel/checkpoint/format.py", 'if getattr(module, "merged", False):', "if False:", MODEL,
+    Mutant("spiel/checkpoint/fingerprint.py", 'if getattr(module, "merged", False):', "if False:", MODEL,
            "merged layer's fingerprint keeps its delta"),
-    Mutant("spiel/checkpoint/format.py", "if not corr >= FINGERPRINT_MIN_CORRELATION:", "if corr < -1:", MODEL,
+    Mutant("spiel/checkpoint/fingerprint.py", "if not corr >= FINGERPRINT_MIN_CORRELATION:", "if corr < -1:", MODEL,
            "base-weight fingerprint never compared"),
     Mutant("spiel/model/spiel_model.py", 'layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))',
            "layer.grown_at.zero_()", MODEL, "grown_at not loaded"),
@@ -144,11 +144,11 @@ MUTANTS = [
     Mutant("spiel/eval/gsm.py", "        if not _GOLD.fullmatch(gold):", "        if False:", BENCH_DATA,
            "non-numeric GSM gold accepted"),
     # -- the compact (CSR) delta form ------------------------------------------------------------------
-    Mutant("spiel/checkpoint/read.py", "indices = (rows * in_features + cols)", "indices = (rows * out_features + cols)",
+    Mutant("spiel/checkpoint/codec.py", "indices = (rows * in_features + cols)", "indices = (rows * out_features + cols)",
            COMPACT, "compact decode strides rows by out_features"),
-    Mutant("spiel/checkpoint/read.py", "not_increasing = same_row & (cols[1:] <= cols[:-1])",
+    Mutant("spiel/checkpoint/codec.py", "not_increasing = same_row & (cols[1:] <= cols[:-1])",
            "not_increasing = same_row & (cols[1:] < cols[:-1])", COMPACT, "a repeated column in a row accepted"),
-    Mutant("spiel/checkpoint/read.py", "    for field in expected:\n        if field not in fields:",
+    Mutant("spiel/checkpoint/codec.py", "    for field in expected:\n        if field not in fields:",
            "    for field in expected:\n        if False:", COMPACT,
            "a compact delta without one of its form's tensors reaches the decode"),
     # -- the compact (Elias–Fano) delta form ----------------------------------------------------------

@@ -148,19 +148,36 @@ def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay
     default_lr, default_wd = paper_hparams(name)
     kwargs = {"name": name, "lr": default_lr if lr is None else lr,
               "weight_decay": default_wd if weight_decay is None else weight_decay}
-    if name in ("ag", "ma"):
-        kwargs.update(rank_equiv=rank, reselection_steps=reselection_steps, estimation_steps=estimation_steps,
-                      grad_path=grad_path)
-    elif name == "lora":
-        kwargs.update(r=rank)
-    classes = {"ag": schema.SpielMethodConfig, "ma": schema.SpielMethodConfig, "lora": schema.LoraMethodConfig,
-               "ia3": schema.IA3MethodConfig, "full": schema.FullMethodConfig}
-    return classes[name](**kwargs)
+    method = registry_method(name)
+    if method.budget_key is not None:
+        kwargs[method.budget_key] = rank
+    if method.is_sparse:
+        kwargs.update(reselection_steps=reselection_steps, estimation_steps=estimation_steps, grad_path=grad_path)
+    return schema.METHOD_CONFIGS[name](**kwargs)
 
 
 def paper_method(name: str) -> str:
     """The registry method behind a benchmark name: ``static`` is SpIEL-AG's layer and optimizer."""
     return "ag" if name == "static" else name
+
+
+def registry_method(name: str):
+    """The training method (``spiel.training.methods``) of exactly this name, or None (``static``, ``floor``,
+    ``lora0``, ...: the benchmarks' own variants)."""
+    from spiel.training.methods import METHOD_REGISTRY
+
+    return METHOD_REGISTRY.get(name)
+
+
+def is_sparse(name: str) -> bool:
+    """A SpIEL model (``static`` included: SpIEL-AG's layer without a selector)."""
+    method = registry_method(paper_method(name))
+    return method is not None and method.is_sparse
+
+
+def reselects(name: str) -> bool:
+    """A SpIEL model that gets a selector (``static`` keeps its initial random positions)."""
+    return is_sparse(name) and name != "static"
 
 
 def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
@@ -182,7 +199,7 @@ def wrap_for_training(name: str, model, mcfg, *, seed: int, quantized: bool):
 
 
 def trainable_count(name: str, model) -> int:
-    if hasattr(model, "num_tunable") and name in ("ag", "ma", "static"):
+    if hasattr(model, "num_tunable") and is_sparse(name):
         return int(model.num_tunable())
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

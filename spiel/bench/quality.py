@@ -28,9 +28,11 @@ import yaml
 
 from spiel.bench.models import (
     METHOD_CONFIG_DIR,
+    is_sparse,
     method_config,
     paper_hparams,
     paper_method,
+    reselects,
     trainable_count,
     wrap_for_training,
 )
@@ -38,7 +40,7 @@ from spiel.bench.support import concentration_by_projection
 from spiel.training.engine.plain_loop import train_steps
 
 QUALITY_METHODS = ("full", "lora", "ia3", "ag", "ma", "static", "shira")
-SPARSE = ("ag", "ma", "static")
+SPARSE = tuple(m for m in QUALITY_METHODS if is_sparse(m))  # ag, ma, static (shira is peft's, not spiel's)
 # shira's default rate and paper decay are static sparsity's: both train a fixed random sparse delta with
 # AdamW decaying toward the pretrained weights
 HYPER_TWIN = {"shira": "static"}
@@ -185,7 +187,7 @@ def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
                 raise ValueError(f"{job.method}: {paper_method(base)} has no setting {key!r}")
             setattr(mcfg, key, value)
         model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
-    selector = model.make_selector(optimizer, total_steps=job.steps) if base in ("ag", "ma") else None
+    selector = model.make_selector(optimizer, total_steps=job.steps) if reselects(base) else None
     start = time.perf_counter()
     losses = train_steps(model, optimizer, job.train, steps=job.steps, batch_size=job.batch_size, seed=job.seed,
                          pad_token_id=tokenizer.pad_token_id, selector=selector)

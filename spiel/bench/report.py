@@ -17,8 +17,21 @@ def label(key: str) -> str:
         return f"{label(base)} ({rest.replace('+', ', ')})"
     base, _, quant = key.partition("-")
     name = LABELS.get(base, base)
-    return f"q{name}" if quant == "nf4" and base in ("lora", "ag", "ma") else (
+    method = _registry_method(base)  # QLoRA, qSpIEL: a rank-budget method on an NF4 base, as the paper names them
+    quantized = method is not None and method.supports_quant and method.budget_key is not None
+    return f"q{name}" if quant == "nf4" and quantized else (
         f"{name} (NF4)" if quant else name)
+
+
+def _registry_method(name: str):
+    from spiel.training.methods import METHOD_REGISTRY  # torch: only when labelling
+
+    return METHOD_REGISTRY.get(name)
+
+
+def _sparse(name: str) -> bool:
+    method = _registry_method(name)
+    return method is not None and method.is_sparse
 
 
 def combine_rounds(results: list[dict]) -> dict:
@@ -142,7 +155,7 @@ def step_chart(methods: dict[str, dict], rat: dict[str, dict], path: str | Path,
     import matplotlib.pyplot as plt
 
     names = list(methods)
-    colors = ["#999999" if n.startswith("floor") else "#d62728" if n.partition("-")[0] in ("ag", "ma")
+    colors = ["#999999" if n.startswith("floor") else "#d62728" if _sparse(n.partition("-")[0])
               else "#1f77b4" for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     panels = (("step_s_median", "time per optimizer step (s, median)", "time"),
@@ -185,7 +198,7 @@ def quality_chart(rows: dict[str, dict], path: str | Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    colors = ["#999999" if n in ("base", "full") else "#d62728" if n in ("ag", "ma") else "#ff7f0e"
+    colors = ["#999999" if n in ("base", "full") else "#d62728" if _sparse(n) else "#ff7f0e"
               if n == "static" else "#1f77b4" for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, ylabel in ((axes[0], "exact_match", "held-out exact match"),

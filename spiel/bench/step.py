@@ -31,6 +31,7 @@ from spiel.bench.models import (
     random_llama,
     random_llama_nf4,
     release_free_memory,
+    reselects,
     trainable_count,
     wrap_for_training,
 )
@@ -258,7 +259,7 @@ def run(spec: StepSpec) -> dict:
         if spec.method in APPLIED_VARIANTS:
             for layer in model.deltas.values():
                 layer.merged_storage = False
-        if method in ("ag", "ma"):
+        if reselects(method):
             # A horizon one period past the run: every period in the timed window is a whole one (its phase
             # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
             selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)

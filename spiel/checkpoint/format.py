@@ -1,126 +1,108 @@
-"""The SpIEL checkpoint format (what spiel-eval consumes) and the checks made when loading one.
+"""The SpIEL checkpoint's header, ``spiel_config.json``: its fields, their types and checks, described once.
 
-A directory with ``spiel_config.json`` (SpielConfig, per-module k and shape, base model identity,
-format and package version), ``spiel_delta.safetensors`` and, when given, the tokenizer files.
-The delta holds, per target module M, either the training form ``M.indices`` (flat row-major, sorted),
-``M.values``, ``M.grown_at`` (what resume needs) or the compact form that inference needs:
-``M.values`` and the positions Elias–Fano coded, ``M.low_bits`` and ``M.high_bits`` (uint8, see
-``spiel.checkpoint.elias_fano``; format 2 stored them as CSR, ``M.row_ptr`` and ``M.col_idx``, which still
-reads). Each file is written to a temporary name and renamed; the config goes last, so a directory
-without it is never taken for a checkpoint.
+A checkpoint is a directory with ``spiel_config.json`` (this header), ``spiel_delta.safetensors`` (the
+tensors, see ``codec``) and, when given, the tokenizer files. :class:`CheckpointHeader` is the header's one
+description: ``write`` builds it, ``read`` parses and checks it (:meth:`CheckpointHeader.check`). Adding a
+header field: one field here (with its check) and its value where ``write.checkpoint_header`` builds it.
+No torch here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
-import torch
-
-from spiel.checkpoint import elias_fano
-from spiel.delta.layer import SparseDeltaLinear
-from spiel.delta.weights import dense_weight, weight_shape
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
 
 FORMAT_VERSION = 3  # 3: compact positions Elias–Fano coded; 2 (compact as CSR) and 1 (flat only) still read
 CONFIG_NAME = "spiel_config.json"
 DELTA_NAME = "spiel_delta.safetensors"
-FINGERPRINT_SIZE = 32
-# Same base: the sampled weights correlate ~1 (≥ 0.99 even through NF4 quantization); another model
-# of the same architecture: ~0.
-FINGERPRINT_MIN_CORRELATION = 0.9
+FINGERPRINT_SIZE = 32  # base-weight entries sampled per module (see ``fingerprint``)
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the base model it is being loaded into."""
+class InvalidCheckpointError(ValueError):
+    """A checkpoint file is damaged or malformed; the message names the file and the problem."""
 
 
-def compact_delta(indices: torch.Tensor, values: torch.Tensor, shape) -> dict[str, torch.Tensor]:
-    """``{"values", "low_bits", "high_bits"}`` of a delta with sorted flat ``indices`` over a ``shape``
-    weight: the positions Elias–Fano coded (``checkpoint_check`` decodes them back)."""
-    return {"values": values.detach().cpu(), **elias_fano.encode(indices, shape[0] * shape[1])}
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def weight_fingerprint(module) -> list[float]:
-    """``FINGERPRINT_SIZE`` evenly spaced entries of a linear layer's base weight (without any delta).
+@dataclass
+class ModuleEntry:
+    """One target module: its entry count, its weight's ``[out_features, in_features]`` and the base-weight
+    fingerprint (required to load, unless the reader lifts that)."""
 
-    ``module``: a plain (or 4-bit) linear layer, or a ``SparseDeltaLinear`` (its merged delta is
-    subtracted back out)."""
-    if isinstance(module, SparseDeltaLinear):
-        module.restore_base()  # merged storage: the weight may hold W + Δ between forwards
-    base = getattr(module, "base_layer", module)
-    out_features, in_features = weight_shape(base.weight)
-    positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE).long()
-    weight, _ = dense_weight(base.weight, torch.float32)
-    sample = weight.reshape(-1)[positions.to(weight.device)].detach().clone().cpu()
-    if getattr(module, "merged", False):
-        indices = module.indices.long().cpu()
-        hit = torch.isin(positions, indices)
-        sample[hit] -= module.values.detach().float().cpu()[torch.searchsorted(indices, positions[hit])]
-    return [round(float(v), 7) for v in sample]
+    k: int
+    shape: list[int]
+    fingerprint: Optional[list[float]] = None
 
-
-def base_identity(model) -> dict:
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    first = next(model.parameters(), None)
-    return {"name_or_path": name or type(model).__name__, "class": type(model).__name__,
-            "dtype": str(first.dtype).replace("torch.", "") if first is not None else None,
-            "revision": getattr(config, "_commit_hash", None)}
+    def check(self, where: str, bad: Callable[[str], Exception]) -> None:
+        shape = self.shape
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) and s > 0 for s in shape)):
+            raise bad(f"{where}.shape must be [out_features, in_features] (positive integers), got {shape!r}")
+        if not (_is_int(self.k) and 1 <= self.k <= shape[0] * shape[1]):
+            raise bad(f"{where}.k must be an integer in [1, {shape[0] * shape[1]}], got {self.k!r}")
+        fingerprint = self.fingerprint
+        if fingerprint is not None and not (
+                isinstance(fingerprint, list) and len(fingerprint) == FINGERPRINT_SIZE
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        for v in fingerprint)):
+            raise bad(f"{where}.fingerprint must be {FINGERPRINT_SIZE} finite numbers")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+@dataclass(kw_only=True)
+class CheckpointHeader:
+    """``spiel_config.json``, in the order written. ``delta_sha256`` is the delta file's SHA-256 (readers refuse
+    a damaged delta); the header is written last, so a directory without it is never taken for a checkpoint."""
+
+    format_version: int = FORMAT_VERSION  # 0 when absent (the first checkpoints)
+    spiel_version: Optional[str] = None
+    spiel_config: dict  # SpielConfig.to_dict()
+    base_model: Any = None  # {"name_or_path", "class", "dtype", "revision"} (a name in old checkpoints)
+    modules: dict[str, ModuleEntry] = field(default_factory=dict)
+    delta_sha256: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for entry in out["modules"].values():
+            if entry["fingerprint"] is None:
+                del entry["fingerprint"]
+        if out["delta_sha256"] is None:
+            del out["delta_sha256"]
+        return out
+
+    @classmethod
+    def check(cls, data: dict, bad: Callable[[str], Exception]) -> None:
+        """Raise ``bad(problem)`` for the first field of ``data`` (a parsed header) that is malformed."""
+        from spiel.spiel_config import SpielConfig
+
+        if not isinstance(data, dict):
+            raise bad(f"expected a JSON object, got a {type(data).__name__}")
+        version = data.get("format_version", 0)
+        if not _is_int(version):
+            raise bad(f"format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise bad(f"checkpoint format {version}; this spiel reads up to {FORMAT_VERSION}: upgrade spiel")
+        if not isinstance(data.get("spiel_config"), dict):
+            raise bad("no 'spiel_config' object")
+        try:
+            SpielConfig.from_dict(data["spiel_config"])
+        except (TypeError, ValueError) as e:
+            raise bad(f"spiel_config: {e}") from None
+        if "base_model" in data and not isinstance(data["base_model"], (dict, str)):
+            raise bad(f"base_model must be an object, got {data['base_model']!r}")
+        sha = data.get("delta_sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise bad(f"delta_sha256 must be a 64-character hex digest, got {sha!r}")
+        modules = data.get("modules")
+        if not isinstance(modules, dict) or not modules:
+            raise bad("'modules' must be a non-empty object (module name -> k, shape, fingerprint)")
+        for name, entry in modules.items():
+            if not isinstance(entry, dict):
+                raise bad(f"modules[{name!r}] must be an object, got {entry!r}")
+            ModuleEntry(**{f.name: entry.get(f.name) for f in fields(ModuleEntry)}).check(f"modules[{name!r}]", bad)
 
 
-def write_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], tokenizer=None) -> Path:
-    from safetensors.torch import save
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).unlink(missing_ok=True)  # not a checkpoint until the config is back
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"format": "spiel"})
-    _atomic_write_bytes(directory / DELTA_NAME, blob)
-    config = dict(config, delta_sha256=hashlib.sha256(blob).hexdigest())  # readers refuse a damaged delta
-    _atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
-    return directory
-
-
-def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
-    """Raise CheckpointMismatchError naming what differs between the checkpoint and ``base_model``
-    (module names, shapes, and the base weights themselves by a sampled fingerprint). ``fingerprints``:
-    the base's, taken earlier (a base sharded since, e.g. by FSDP, cannot be sampled locally)."""
-    linears = {n: m for n, m in base_model.named_modules()
-               if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))}  # a wrapped model too (resume)
-    base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
-    problems = []
-    modules = saved["modules"]
-    missing = [n for n in modules if n not in base_shapes]
-    if missing:
-        problems.append(f"{len(missing)} module(s) of the checkpoint are not linear layers of the base model, "
-                        f"e.g. {missing[:3]}")
-    wrong = [f"{n}: checkpoint {modules[n]['shape']}, base {list(base_shapes[n])}"
-             for n in modules if n in base_shapes and list(base_shapes[n]) != list(modules[n]["shape"])]
-    if wrong:
-        problems.append("shape mismatch for " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
-    if not problems:
-        names = [n for n in modules if "fingerprint" in modules[n]]
-        if names:
-            a = torch.tensor([v for n in names for v in modules[n]["fingerprint"]])
-            b = torch.tensor([v for n in names
-                              for v in (fingerprints[n] if fingerprints else weight_fingerprint(linears[n]))])
-            corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
-            if not corr >= FINGERPRINT_MIN_CORRELATION:
-                problems.append(f"the base weights differ: the checkpoint was trained on "
-                                f"{saved['base_model'].get('name_or_path')!r} and the sampled weights of the "
-                                f"given model correlate {corr:.2f} with it (same base: > {FINGERPRINT_MIN_CORRELATION})")
-    if problems:
-        raise CheckpointMismatchError(f"checkpoint {directory} does not match the base model: " + "; ".join(problems))
+HEADER_FIELDS = tuple(f.name for f in fields(CheckpointHeader))
+MODULE_FIELDS = tuple(f.name for f in fields(ModuleEntry))

@@ -21,12 +21,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from spiel.eval.benchmark import register_bench_schemas
 from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
 from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_run
 from spiel.paths import CONFIG_DIR
 
 log = logging.getLogger("spiel.eval")
+register_bench_schemas()  # configs/bench/*.yaml extend them
 
 _CACHE: dict[tuple, LoadedModel] = {}
 # An absolute path: a relative config_path would be resolved as a Python package when run as a console
@@ -113,7 +115,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 
 def _user_errors() -> tuple:
-    from spiel.eval.lm_eval_backend import LmEvalError
+    from spiel.eval.lm_eval import LmEvalError
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,

@@ -16,6 +16,7 @@ import sys
 
 from spiel.planning.memory import GIB, RunPlan, cheapest_fit, estimate
 from spiel.planning.shapes import ModelShape
+from spiel.training.methods import METHOD_REGISTRY, get_method
 
 
 def plan_from_config(cfg, gpus: int, parallel: str | None = None) -> tuple[str, RunPlan]:
@@ -29,15 +30,7 @@ def plan_from_config(cfg, gpus: int, parallel: str | None = None) -> tuple[str, 
     common = dict(method=m.name, dtype=dtype, quant=settings.quant, micro_batch_size=c.micro_batch_size,
                   seq_len=c.max_seq_len or c.data.get("max_seq_len") or 2048,
                   activation_checkpointing=c.activation_checkpointing, gpus=gpus, parallel=parallel)
-    if m.name in ("ag", "ma"):
-        target = m.target_modules if m.target_modules is None or isinstance(m.target_modules, str) else list(m.target_modules)
-        plan = RunPlan(rank_equiv=m.rank_equiv, density=m.density, num_tunable=m.num_tunable,
-                       target_modules=target, delta_dtype=m.delta_dtype, **common)
-    elif m.name == "lora":
-        plan = RunPlan(lora_r=m.r, target_modules=list(m.target_modules), delta_dtype=m.adapter_dtype, **common)
-    else:
-        plan = RunPlan(**common)
-    return c.model["name_or_path"], plan
+    return c.model["name_or_path"], RunPlan(**get_method(m.name).plan_fields(m), **common)
 
 
 def compose(overrides: list[str]):
@@ -51,9 +44,7 @@ def compose(overrides: list[str]):
 
 
 def describe(plan: RunPlan) -> str:
-    budget = (f"r={plan.lora_r}" if plan.method == "lora" else
-              f"rank_equiv={plan.rank_equiv or (None if plan.density or plan.num_tunable else 64)}"
-              if plan.method in ("ag", "ma") else "all weights")
+    budget = get_method(plan.method).describe_budget(plan)
     return (f"{plan.method} ({budget}), {plan.quant if plan.quant != 'none' else plan.dtype} base, "
             f"{plan.gpus} GPU(s) {plan.parallel}, micro-batch {plan.micro_batch_size} × {plan.seq_len} tokens, "
             f"checkpointing {'on' if plan.activation_checkpointing else 'off'}")
@@ -76,6 +67,7 @@ def report(shape: ModelShape, plan: RunPlan, gpu_gib: float) -> str:
 
 
 TABLE_MODELS = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-70b-hf")
+TABLE_METHODS = tuple(name for name, m in METHOD_REGISTRY.items() if m.planned and m.supports_quant)  # ag ma lora
 
 
 def table(gpu_gib: float = 80, seq_len: int = 2048) -> str:
@@ -85,7 +77,7 @@ def table(gpu_gib: float = 80, seq_len: int = 2048) -> str:
             f"total, ckpt off | total, ckpt on | fits {gpu_gib:g} GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for name in TABLE_MODELS:
         shape = ModelShape.from_name(name)
-        for method in ("ag", "ma", "lora"):
+        for method in TABLE_METHODS:
             for quant in ("none", "nf4"):
                 off, on = (estimate(shape, RunPlan(method=method, quant=quant, seq_len=seq_len,
                                                    activation_checkpointing=ckpt)) for ckpt in (False, True))

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError, no_items, read_json, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import exact_match
@@ -114,3 +119,62 @@ def evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task: int | No
     metrics["average_exact_match"] = float(np.mean(list(metrics.values()))) if metrics else 0.0
     metrics["num_examples"] = len(items)
     return {"metrics": metrics, "predictions": predictions}
+
+
+# -- the benchmark: config, data layout and sources, hooks ------------------------------------------------
+EXPECTED_TASKS = 27
+
+
+@dataclass
+class BbhConfig(BenchConfig):
+    max_num_examples_per_task: Optional[int] = MISSING
+    max_new_tokens: int = MISSING
+    stop: list[str] = MISSING
+    tasks: Optional[list[str]] = None
+
+
+def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
+    for task in load_tasks(data_dir, bench["max_num_examples_per_task"], seed, bench.get("tasks")):
+        load_cot_prompt(data_dir, task)
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    return evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task=bench["max_num_examples_per_task"],
+                        max_new_tokens=bench["max_new_tokens"], stop=bench["stop"], seed=seed,
+                        tasks=bench.get("tasks"), batch_size=batch_size, limit=limit, progress=progress)
+
+
+def lay_out(files: list[Path], data_dir: Path) -> None:
+    """BIG-Bench-Hard's main.zip: its bbh/ and cot-prompts/ folders into bbh/."""
+    out = Path(data_dir) / "bbh"
+    with zipfile.ZipFile(files[0]) as zf:
+        names = zf.namelist()
+        root = Path(names[0]).parts[0]
+        for name in names:
+            parts = Path(name).parts
+            if name.startswith("/") or ".." in parts:
+                raise ValueError(f"refusing archive member outside the archive: {name}")
+            if len(parts) == 3 and parts[0] == root and parts[1] in ("bbh", "cot-prompts") and not name.endswith("/"):
+                target = out / parts[1] / parts[2]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
+
+def verify(data_dir: Path) -> list[str]:
+    problems = []
+    tasks = {p.stem for p in (Path(data_dir) / "bbh" / "bbh").glob("*.json")}
+    prompts = {p.stem for p in (Path(data_dir) / "bbh" / "cot-prompts").glob("*.txt")}
+    if len(tasks) != EXPECTED_TASKS:
+        problems.append(f"bbh: {len(tasks)} tasks, expected {EXPECTED_TASKS}")
+    if tasks - prompts:
+        problems.append(f"bbh: no CoT prompt for {sorted(tasks - prompts)[:3]}")
+    return problems
+
+
+BENCHMARK = Benchmark(
+    name="bbh", config=BbhConfig, evaluate=_evaluate, headline=(("average_exact_match",), 100.0), title="BBH",
+    column=3, in_average=True, check_data=_check_data,
+    layout="bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt (BIG-Bench-Hard)",
+    sources=(("https://github.com/suzgunmirac/BIG-Bench-Hard/archive/refs/heads/main.zip", "BIG-Bench-Hard-main.zip"),),
+    lay_out=lay_out, verify=verify)

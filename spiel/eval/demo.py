@@ -9,9 +9,12 @@ reference after stripping surrounding whitespace.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from spiel.data.template import chat_prompt
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError
 from spiel.eval.generate import generate
 from spiel.paths import ASSETS_DIR
@@ -93,3 +96,25 @@ def evaluate_demo(
         "per_skill": {k: sum(v) / len(v) for k, v in sorted(by_skill.items())},
         "predictions": predictions,
     }
+
+
+# -- the benchmark: config and hooks (its data ships with spiel) ------------------------------------------
+@dataclass
+class DemoConfig(BenchConfig):
+    path: Optional[str] = None  # null = the shipped assets/demo/heldout.jsonl
+    max_new_tokens: int = MISSING
+
+
+def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
+    load_demo(bench.get("path") or DEMO_HELDOUT, limit)
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    out = evaluate_demo(model, tokenizer, bench.get("path") or DEMO_HELDOUT, batch_size=batch_size, limit=limit,
+                        max_new_tokens=bench["max_new_tokens"], progress=progress)
+    predictions = out.pop("predictions")
+    return {"metrics": out, "predictions": predictions}
+
+
+BENCHMARK = Benchmark(name="demo", config=DemoConfig, evaluate=_evaluate, headline=(("exact_match",), 100.0),
+                      title="Demo", column=6, check_data=_check_data)

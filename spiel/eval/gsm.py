@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError, numbered_jsonl, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import exact_match
@@ -137,3 +140,38 @@ def evaluate_gsm(model, tokenizer, data_dir, n_shot: int = 8, max_num_examples: 
                    for r, o, p in zip(rows, outputs, preds, strict=True)]
     metrics = {"exact_match": exact_match(preds, [r["answer"] for r in rows]), "num_examples": len(rows)}
     return {"metrics": metrics, "predictions": predictions}
+
+
+# -- the benchmark: config, data layout and sources, hooks ------------------------------------------------
+EXPECTED_PROBLEMS = 1319
+
+
+@dataclass
+class GsmConfig(BenchConfig):
+    n_shot: int = MISSING
+    max_num_examples: Optional[int] = MISSING
+    max_new_tokens: int = MISSING
+    stop: list[str] = MISSING
+
+
+def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
+    load_gsm(data_dir, bench["max_num_examples"], seed)
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    return evaluate_gsm(model, tokenizer, data_dir, n_shot=bench["n_shot"],
+                        max_num_examples=bench["max_num_examples"], max_new_tokens=bench["max_new_tokens"],
+                        stop=bench["stop"], seed=seed, batch_size=batch_size, limit=limit, progress=progress)
+
+
+def verify(data_dir: Path) -> list[str]:
+    path = Path(data_dir) / "gsm" / "test.jsonl"
+    n = sum(1 for line in path.open() if line.strip()) if path.is_file() else 0
+    return [] if n == EXPECTED_PROBLEMS else [f"gsm: {path} has {n} problems, expected {EXPECTED_PROBLEMS}"]
+
+
+BENCHMARK = Benchmark(
+    name="gsm", config=GsmConfig, evaluate=_evaluate, headline=(("exact_match",), 100.0), title="GSM",
+    column=2, in_average=True, check_data=_check_data, layout="gsm/test.jsonl (openai/grade-school-math)",
+    sources=(("https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl",
+              "test.jsonl"),), verify=verify)

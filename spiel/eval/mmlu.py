@@ -17,11 +17,16 @@ file's text verbatim instead.
 from __future__ import annotations
 
 import csv
+import shutil
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError, require
 from spiel.eval.mmlu_categories import CATEGORIES, SUBCATEGORIES
 
@@ -193,3 +198,60 @@ def mmlu_metrics(per_subject: dict[str, list[bool]]) -> dict:
         "subject_acc": {k: float(np.mean(v)) for k, v in sorted(per_subject.items())},
         "num_examples": len(everything),
     }
+
+
+# -- the benchmark: config, data layout and sources, hooks ------------------------------------------------
+EXPECTED_SUBJECTS = 57  # 14,042 test questions
+
+
+@dataclass
+class MmluConfig(BenchConfig):
+    ntrain: int = MISSING
+    split: str = MISSING  # test | val
+    max_prompt_tokens: int = MISSING
+    reader: str = MISSING  # pandas | csv
+    subjects: Optional[list[str]] = None
+
+
+def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
+    load_mmlu(data_dir, bench["ntrain"], bench["split"], bench["reader"], limit, bench.get("subjects"))
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    return evaluate_mmlu(model, tokenizer, data_dir, ntrain=bench["ntrain"], split=bench["split"],
+                         max_prompt_tokens=bench["max_prompt_tokens"], reader=bench["reader"],
+                         subject_list=bench.get("subjects"), batch_size=batch_size, limit=limit, progress=progress)
+
+
+def lay_out(files: list[Path], data_dir: Path) -> None:
+    """data.tar's data/{dev,val,test}/<subject>_<split>.csv into mmlu/ (auxiliary_train is not needed)."""
+    out = Path(data_dir) / "mmlu"
+    with tarfile.open(files[0]) as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if ".." in parts or member.name.startswith("/"):
+                raise ValueError(f"refusing archive member outside the archive: {member.name}")
+            if member.isfile() and len(parts) == 3 and parts[0] == "data" and parts[1] in ("dev", "val", "test"):
+                target = out / parts[1] / parts[2]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
+
+def verify(data_dir: Path) -> list[str]:
+    problems = []
+    tests = sorted((Path(data_dir) / "mmlu" / "test").glob("*_test.csv"))
+    devs = {p.name[:-8] for p in (Path(data_dir) / "mmlu" / "dev").glob("*_dev.csv")}
+    if len(tests) != EXPECTED_SUBJECTS:
+        problems.append(f"mmlu: {len(tests)} test subjects, expected {EXPECTED_SUBJECTS}")
+    missing = [p.name[:-9] for p in tests if p.name[:-9] not in devs]
+    if missing:
+        problems.append(f"mmlu: no dev file for {missing[:3]}")
+    return problems
+
+
+BENCHMARK = Benchmark(
+    name="mmlu", config=MmluConfig, evaluate=_evaluate, headline=(("average_acc",), 100.0), title="MMLU",
+    column=1, in_average=True, check_data=_check_data,
+    layout="mmlu/{dev,test}/<subject>_{dev,test}.csv (hendrycks data.tar)",
+    sources=(("https://people.eecs.berkeley.edu/~hendrycks/data.tar", "data.tar"),), lay_out=lay_out, verify=verify)

@@ -12,131 +12,42 @@ import json
 import time
 from pathlib import Path
 
+from spiel.eval.benchmark import benchmarks, get_benchmark
 from spiel.eval.data import write_jsonl
-
-BENCHES = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval", "demo", "lm_eval")
-# bench -> (path into metrics.json, factor to percent)
-HEADLINE = {
-    "mmlu": (("average_acc",), 100.0),
-    "gsm": (("exact_match",), 100.0),
-    "bbh": (("average_exact_match",), 100.0),
-    "tydiqa": (("average", "f1"), 1.0),
-    "humaneval": (("pass@1",), 100.0),
-    "demo": (("exact_match",), 100.0),
-    "lm_eval": (("headline", "value"), 1.0),  # the first task's first metric, as lm-eval reports it
-}
 
 
 def headline(bench: str, metrics: dict) -> float | None:
-    """The number a results table shows for `bench`, in percent (None when absent)."""
-    if bench not in HEADLINE:
-        return None
-    keys, factor = HEADLINE[bench]
-    value = metrics
-    for k in keys:
-        if not isinstance(value, dict) or k not in value:
-            return None
-        value = value[k]
-    return float(value) * factor
+    """The number a results table shows for `bench`, in percent (None when absent or not a benchmark)."""
+    known = benchmarks()
+    return known[bench].headline_value(metrics) if bench in known else None
 
 
 def check_bench_data(name: str, bench: dict, data_dir, seed: int = 42, limit: int | None = None) -> None:
     """Read and check the data `run_bench` will score, so a bad or empty file fails (BenchDataError naming
-    the file and line, or MissingDataError) before any model loads. HumanEval's problems come from its
-    package and are checked by its own loader."""
-    if name == "mmlu":
-        from spiel.eval.mmlu import load_mmlu
-
-        load_mmlu(data_dir, bench["ntrain"], bench["split"], bench["reader"], limit, bench.get("subjects"))
-    elif name == "gsm":
-        from spiel.eval.gsm import load_gsm
-
-        load_gsm(data_dir, bench["max_num_examples"], seed)
-    elif name == "bbh":
-        from spiel.eval.bbh import load_cot_prompt, load_tasks
-
-        for task in load_tasks(data_dir, bench["max_num_examples_per_task"], seed, bench.get("tasks")):
-            load_cot_prompt(data_dir, task)
-    elif name == "tydiqa":
-        from spiel.eval.tydiqa import load_tydiqa
-
-        load_tydiqa(data_dir, bench["n_shot"], bench["max_num_examples_per_lang"], seed)
-    elif name == "demo":
-        from spiel.eval.demo import DEMO_HELDOUT, load_demo
-
-        load_demo(bench.get("path") or DEMO_HELDOUT, limit)
+    the file and line, or MissingDataError) before any model loads (benchmarks without a data check: none)."""
+    check = get_benchmark(name).check_data
+    if check is not None:
+        check(bench, data_dir, seed, limit)
 
 
 def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: int, seed: int = 42,
               limit: int | None = None, progress: bool = False) -> dict:
     """Run benchmark `name` with the settings of its config group entry; {"metrics", "predictions"}."""
     bench = {k: v for k, v in bench.items() if k != "name"}
-    bs = bench.pop("batch_size", None) or batch_size
-    common = {"batch_size": bs, "limit": limit, "progress": progress}
-    if name == "mmlu":
-        from spiel.eval.mmlu import evaluate_mmlu
-
-        return evaluate_mmlu(model, tokenizer, data_dir, ntrain=bench["ntrain"], split=bench["split"],
-                             max_prompt_tokens=bench["max_prompt_tokens"], reader=bench["reader"],
-                             subject_list=bench.get("subjects"), **common)
-    if name == "gsm":
-        from spiel.eval.gsm import evaluate_gsm
-
-        return evaluate_gsm(model, tokenizer, data_dir, n_shot=bench["n_shot"],
-                            max_num_examples=bench["max_num_examples"], max_new_tokens=bench["max_new_tokens"],
-                            stop=bench["stop"], seed=seed, **common)
-    if name == "bbh":
-        from spiel.eval.bbh import evaluate_bbh
-
-        return evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task=bench["max_num_examples_per_task"],
-                            max_new_tokens=bench["max_new_tokens"], stop=bench["stop"], seed=seed,
-                            tasks=bench.get("tasks"), **common)
-    if name == "tydiqa":
-        from spiel.eval.tydiqa import evaluate_tydiqa
-
-        return evaluate_tydiqa(model, tokenizer, data_dir, n_shot=bench["n_shot"],
-                               max_num_examples_per_lang=bench["max_num_examples_per_lang"],
-                               max_context_length=bench["max_context_length"],
-                               max_new_tokens=bench["max_new_tokens"], stop=bench["stop"], seed=seed, **common)
-    if name == "humaneval":
-        from spiel.eval.humaneval import evaluate_humaneval
-        from spiel.eval.sandbox import SandboxLimits
-
-        box = dict(bench.get("sandbox") or {})
-        n_workers = box.pop("n_workers", None)
-        return evaluate_humaneval(model, tokenizer, data_file=bench.get("data_file"), n_samples=bench["n_samples"],
-                                  temperature=bench["temperature"], top_p=bench["top_p"],
-                                  max_new_tokens=bench["max_new_tokens"], stop=tuple(bench["stop"]), seed=seed,
-                                  pass_at_k=tuple(bench["pass_at_k"]), limits=SandboxLimits(**box),
-                                  n_workers=n_workers, **common)
-    if name == "demo":
-        from spiel.eval.demo import DEMO_HELDOUT, evaluate_demo
-
-        out = evaluate_demo(model, tokenizer, bench.get("path") or DEMO_HELDOUT, batch_size=bs, limit=limit,
-                            max_new_tokens=bench["max_new_tokens"], progress=progress)
-        predictions = out.pop("predictions")
-        return {"metrics": out, "predictions": predictions}
-    if name == "lm_eval":
-        from spiel.eval.lm_eval_backend import evaluate_lm_eval
-
-        return evaluate_lm_eval(model, tokenizer, bench["tasks"], include_path=bench.get("include_path"),
-                                num_fewshot=bench.get("num_fewshot"), batch_size=bs, limit=limit,
-                                apply_chat_template=bool(bench.get("apply_chat_template")),
-                                max_length=bench.get("max_length"), gen_kwargs=bench.get("gen_kwargs"),
-                                bootstrap_iters=bench["bootstrap_iters"], progress=progress)
-    raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHES}")
+    batch_size = bench.pop("batch_size", None) or batch_size
+    return get_benchmark(name).evaluate(model, tokenizer, bench, data_dir, batch_size=batch_size, seed=seed,
+                                        limit=limit, progress=progress)
 
 
 def check_bench(name: str, bench: dict) -> None:
     """Settings that can be checked before the model loads (lm-eval: the task names and include paths)."""
-    if name == "lm_eval":
-        from spiel.eval.lm_eval_backend import task_manager
-
-        task_manager(bench.get("tasks"), bench.get("include_path"))
+    check = get_benchmark(name).check_settings
+    if check is not None:
+        check(bench)
 
 
 def summary_line(bench: str, label: str, metrics: dict) -> str:
-    keys, _ = HEADLINE.get(bench, ((), 1.0))
+    keys = benchmarks()[bench].headline[0] if bench in benchmarks() else ()
     value = headline(bench, metrics)
     n = metrics.get("num_examples", metrics.get("num_problems"))
     shown = "n/a" if value is None else f"{value:.2f}"

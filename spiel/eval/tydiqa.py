@@ -24,11 +24,15 @@
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError, no_items, read_json, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import squad_scores
@@ -187,3 +191,50 @@ def evaluate_tydiqa(model, tokenizer, data_dir, n_shot: int = 1, max_num_example
                     "answers": [a["text"] for a in ex["answers"]], "prediction_text": p}
                    for ex, p in zip(test, preds, strict=True)]
     return {"metrics": metrics, "predictions": predictions}
+
+
+# -- the benchmark: config, data layout and sources, hooks ------------------------------------------------
+EXPECTED_LANGUAGES = 9
+_GOLDP = "https://storage.googleapis.com/tydiqa/v1.1/"
+
+
+@dataclass
+class TydiqaConfig(BenchConfig):
+    n_shot: int = MISSING
+    max_num_examples_per_lang: Optional[int] = MISSING
+    max_context_length: Optional[int] = MISSING
+    max_new_tokens: int = MISSING
+    stop: list[str] = MISSING
+
+
+def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
+    load_tydiqa(data_dir, bench["n_shot"], bench["max_num_examples_per_lang"], seed)
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    return evaluate_tydiqa(model, tokenizer, data_dir, n_shot=bench["n_shot"],
+                           max_num_examples_per_lang=bench["max_num_examples_per_lang"],
+                           max_context_length=bench["max_context_length"], max_new_tokens=bench["max_new_tokens"],
+                           stop=bench["stop"], seed=seed, batch_size=batch_size, limit=limit, progress=progress)
+
+
+def verify(data_dir: Path) -> list[str]:
+    problems = []
+    for split in ("dev", "train"):
+        path = Path(data_dir) / "tydiqa" / f"tydiqa-goldp-v1.1-{split}.json"
+        if not path.is_file():
+            problems.append(f"tydiqa: {path} missing")
+            continue
+        data = json.loads(path.read_text())
+        langs = {qa["id"].split("-")[0] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]}
+        if len(langs) != EXPECTED_LANGUAGES:
+            problems.append(f"tydiqa: {path.name} has {len(langs)} languages, expected {EXPECTED_LANGUAGES}")
+    return problems
+
+
+BENCHMARK = Benchmark(
+    name="tydiqa", config=TydiqaConfig, evaluate=_evaluate, headline=(("average", "f1"), 1.0), title="TyDiQA",
+    column=4, in_average=True, check_data=_check_data,
+    layout="tydiqa/tydiqa-goldp-v1.1-{dev,train}.json (TyDiQA GoldP v1.1)",
+    sources=tuple((_GOLDP + name, name) for name in ("tydiqa-goldp-v1.1-dev.json", "tydiqa-goldp-v1.1-train.json")),
+    verify=verify)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from spiel.checkpoint.format import CheckpointMismatchError, check_against_base
+from spiel.checkpoint.fingerprint import CheckpointMismatchError, check_against_base
 from spiel.checkpoint.read import read_checkpoint
 from spiel.delta.indices import index_dtype
 from spiel.delta.layer import SparseDeltaLinear

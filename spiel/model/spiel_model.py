@@ -20,17 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from spiel import __version__
-from spiel.checkpoint.format import (
-    FORMAT_VERSION,
-    CheckpointMismatchError,
-    base_identity,
-    check_against_base,
-    compact_delta,
-    weight_fingerprint,
-    write_checkpoint,
-)
+from spiel.checkpoint.fingerprint import CheckpointMismatchError, check_against_base, weight_fingerprint
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, read_spiel_config
+from spiel.checkpoint.write import checkpoint_header, delta_tensors, write_checkpoint
 from spiel.delta.indices import check_indices
 from spiel.delta.layer import SparseDeltaLinear
 from spiel.delta.weights import is_quantized, weight_shape
@@ -138,18 +130,15 @@ class SpielModel(nn.Module):
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
-        selector = Selector(self.deltas, optimizer, method=c.method, total_steps=total_steps,
-                            reselection_steps=c.reselection_steps, estimation_steps=c.estimation_steps,
-                            schedule=c.schedule, initial_rate=c.initial_rate, drop=c.drop, growth=c.growth,
-                            growth_cap=c.growth_cap, explore_share=c.explore_share, budget=c.budget, seed=c.seed,
-                            adam_seeding=c.adam_seeding, process_group=process_group)
+        selector = Selector(self.deltas, optimizer, c, method=c.method, seed=c.seed, total_steps=total_steps,
+                            process_group=process_group)
         self._selector_ref = weakref.ref(selector)
         return selector
 
     # -- saving and loading ----------------------------------------------------------------------------
     def delta_state(self) -> dict[str, torch.Tensor]:
-        return {f"{n}.{key}": getattr(layer, key) for n, layer in self.deltas.items()
-                for key in ("indices", "values", "grown_at")}
+        """The training form of the delta (flat indices, values, grown_at), as a checkpoint holds it."""
+        return delta_tensors(self.deltas, compact=False)
 
     def freeze_fingerprints(self) -> None:
         """Take the base-weight fingerprints now and save those (before the base is sharded, e.g. FSDP)."""
@@ -170,20 +159,8 @@ class SpielModel(nn.Module):
         deltas = self.deltas
         self.spiel_config.num_deltas = {n: layer.k for n, layer in deltas.items()}  # a global budget moves them
         fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
-        config = {
-            "format_version": FORMAT_VERSION,
-            "spiel_version": __version__,
-            "spiel_config": self.spiel_config.to_dict(),
-            "base_model": base_identity(self.model),
-            "modules": {n: {"k": layer.k, "shape": [layer.out_features, layer.in_features],
-                            "fingerprint": fingerprints[n]} for n, layer in deltas.items()},
-        }
-        if not compact:
-            return write_checkpoint(directory, config, self.delta_state(), tokenizer)
-        tensors = {f"{n}.{key}": t for n, layer in deltas.items()
-                   for key, t in compact_delta(layer.indices, layer.values,
-                                               (layer.out_features, layer.in_features)).items()}
-        return write_checkpoint(directory, config, tensors, tokenizer)
+        header = checkpoint_header(self.spiel_config, self.model, deltas, fingerprints)
+        return write_checkpoint(directory, header, delta_tensors(deltas, compact), tokenizer)
 
     def push_to_hub(self, repo_id: str, tokenizer=None, *, private: bool | None = None, token=None,
                     revision: str | None = None, commit_message: str | None = None,

@@ -13,6 +13,8 @@ import torch
 
 from spiel.planning.memory import RunPlan
 from spiel.planning.shapes import load_config
+from spiel.training.methods import get_method
+from spiel.training.methods.peft_methods import LoraMethod
 
 
 def _tensor_bytes(tensors) -> int:
@@ -31,7 +33,7 @@ def _build(model, plan: RunPlan, seed: int):
     config = load_config(model) if isinstance(model, str) else model
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, plan.dtype))
-    if plan.method in ("ag", "ma"):
+    if get_method(plan.method).is_sparse:
         from spiel.model.spiel_model import get_spiel_model
         from spiel.spiel_config import SpielConfig
 
@@ -42,7 +44,7 @@ def _build(model, plan: RunPlan, seed: int):
                                                    delta_dtype=plan.delta_dtype or "float32", seed=seed))
         optimizer = model.make_optimizer(1e-4)
         selector = model.make_selector(optimizer, total_steps=100)
-    elif plan.method == "lora":
+    elif isinstance(get_method(plan.method), LoraMethod):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=plan.lora_r, lora_alpha=16, lora_dropout=0.1,

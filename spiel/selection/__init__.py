@@ -1,28 +1,23 @@
-"""SpIEL's drop/grow selection: the update-rate schedule, drop and growth rules, and the Selector.
+"""SpIEL's drop/grow selection: the knobs (``config``, torch-free), the update-rate schedule, drop and growth
+rules, and the Selector.
 
-Needs only torch (torch.distributed for multi-rank agreement).
+Needs only torch (torch.distributed for multi-rank agreement). The names below load on first use, so that
+``spiel.selection.config`` imports without torch.
 """
 
-from spiel.selection.concentration import budget_shares, model_concentration, support_concentration
-from spiel.selection.drop import DROP_CRITERIA, drop_order
-from spiel.selection.grow import ag_grow_order, ma_grow_indices, top_candidates
-from spiel.selection.methods import GROWTH_RULES, METHODS, method_spec
-from spiel.selection.schedule import SCHEDULES, ReselectionSchedule
-from spiel.selection.selector import Selector
+from importlib import import_module
 
-__all__ = [
-    "DROP_CRITERIA",
-    "GROWTH_RULES",
-    "METHODS",
-    "SCHEDULES",
-    "ReselectionSchedule",
-    "Selector",
-    "ag_grow_order",
-    "budget_shares",
-    "drop_order",
-    "method_spec",
-    "model_concentration",
-    "support_concentration",
-    "ma_grow_indices",
-    "top_candidates",
-]
+_HOMES = {
+    "DROP_CRITERIA": "config", "GROWTH_NAMES": "config", "SCHEDULES": "config", "SPIEL_METHODS": "config",
+    "SelectionConfig": "config", "ReselectionSchedule": "schedule", "Selector": "selector",
+    "ag_grow_order": "grow", "ma_grow_indices": "grow", "top_candidates": "grow", "drop_order": "drop",
+    "method_spec": "methods", "budget_shares": "concentration", "model_concentration": "concentration",
+    "support_concentration": "concentration",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'spiel.selection' has no attribute {name!r}")
+    return getattr(import_module(f"spiel.selection.{_HOMES[name]}"), name)

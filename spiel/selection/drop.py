@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from spiel.selection.config import DROP_CRITERIA
 from spiel.selection.order import order_by
-
-DROP_CRITERIA = ("magnitude", "change")
 
 
 def drop_order(values: torch.Tensor, n: int, criterion: str = "magnitude",

@@ -23,8 +23,6 @@ import torch
 
 from spiel.selection.order import order_by
 
-BUDGETS = ("per_matrix", "global")
-
 
 def global_drop(scores: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     """Per matrix, the slots among the ``n`` lowest ``scores`` over all matrices (weakest first); each

@@ -1,4 +1,4 @@
-"""The SpIEL methods: each one's optimizer and growth rules. The only place that pairs them.
+"""The SpIEL methods: each one's optimizer, and its growth rules (named in ``config.GROWTH_RULES``).
 
 ``growth`` names a method's rules; the first, ``paper``, is the method's default and the one that reproduces
 the paper. SpIEL-AG's other rules are options that keep the support spread and baselines (see
@@ -9,25 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 
 from spiel.optim import SparseAdamW, SparseSM3
-from spiel.selection.rules import (
-    AccumulatedGradient,
-    CappedGradient,
-    ExploringGradient,
-    GrowthRule,
-    NoGrowth,
-    NormalizedGradient,
-    RandomGrowth,
-    SM3Product,
-)
+from spiel.selection.config import GROWTH_RULES, SPIEL_METHODS, SelectionConfig, need, need_choice
+from spiel.selection.rules import GrowthRule
 
 
 @dataclass(frozen=True)
 class SpielMethodSpec:
     optimizer: type  # the optimizer class the method's rules seed and read
     build_optimizer: Callable  # (layers, lr=, weight_decay=, **options) -> optimizer over the layers' values
-    growth: dict[str, type[GrowthRule]]  # growth name -> rule; "paper" is the default
     adam_options: bool  # whether the optimizer takes Adam's betas and eps
 
 
@@ -40,23 +32,43 @@ def _sm3(layers, **options):
 
 
 METHOD_SPECS = {
-    "ag": SpielMethodSpec(SparseAdamW, _adamw, {
-        "paper": AccumulatedGradient, "normalized": NormalizedGradient, "capped": CappedGradient,
-        "explore": ExploringGradient, "random": RandomGrowth, "static": NoGrowth}, adam_options=True),
-    "ma": SpielMethodSpec(SparseSM3, _sm3, {"paper": SM3Product}, adam_options=False),
+    "ag": SpielMethodSpec(SparseAdamW, _adamw, adam_options=True),
+    "ma": SpielMethodSpec(SparseSM3, _sm3, adam_options=False),
 }
-METHODS = tuple(METHOD_SPECS)
-GROWTH_RULES = tuple(dict.fromkeys(g for spec in METHOD_SPECS.values() for g in spec.growth))
 
 
 def method_spec(method: str) -> SpielMethodSpec:
     if method not in METHOD_SPECS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {SPIEL_METHODS}, got {method!r}")
     return METHOD_SPECS[method]
 
 
+def growth_rules(method: str) -> dict[str, type[GrowthRule]]:
+    """The method's growth rules, name -> class, from ``config.GROWTH_RULES`` ("paper" first)."""
+    method_spec(method)
+    rules = {}
+    for name, by_method in GROWTH_RULES.items():
+        if method in by_method:
+            module, _, cls = by_method[method].partition(":")
+            rules[name] = getattr(import_module(f"spiel.selection.rules.{module}"), cls)
+    return rules
+
+
 def growth_rule(method: str, growth: str) -> type[GrowthRule]:
-    rules = method_spec(method).growth
+    rules = growth_rules(method)
     if growth not in rules:
         raise ValueError(f"growth must be one of {tuple(rules)} for method {method!r}, got {growth!r}")
     return rules[growth]
+
+
+def check_for_method(config: SelectionConfig, method: str) -> None:
+    """The knobs whose valid values depend on the method (raise SpielConfigError naming the field): its growth
+    rules, and budget="global" only with a rule whose scores compare across matrices."""
+    need_choice(method, "method", SPIEL_METHODS)
+    rules = growth_rules(method)
+    need(config.growth in rules, "growth", f"must be one of {tuple(rules)} for method {method!r}, "
+                                           f"got {config.growth!r}")
+    comparable = tuple(g for g, rule in rules.items() if rule.comparable_scores)
+    need(config.budget != "global" or config.growth in comparable, "budget",
+         f"'global' ranks growth across matrices and needs comparable scores: growth one of {comparable} "
+         f"(method {method!r}), got {config.growth!r}")

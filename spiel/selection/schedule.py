@@ -14,31 +14,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEDULES = ("linear", "cosine")
+from spiel.selection.config import SelectionConfig
 
 
 @dataclass(frozen=True)
 class ReselectionSchedule:
+    """The timing knobs of a SelectionConfig (which validated them) and the run's length. Its fields are
+    what a selector state saves and compares on resume."""
+
     total_steps: int
-    reselection_steps: int = 20
-    estimation_steps: int = 5
-    schedule: str = "linear"
-    initial_rate: float = 0.2
+    reselection_steps: int
+    estimation_steps: int
+    schedule: str
+    initial_rate: float
+
+    @classmethod
+    def of(cls, total_steps: int, config: SelectionConfig) -> ReselectionSchedule:
+        return cls(total_steps, config.reselection_steps, config.estimation_steps, config.schedule,
+                   config.initial_rate)
 
     def __post_init__(self):
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        if self.reselection_steps < 1:
-            raise ValueError(f"reselection_steps must be >= 1, got {self.reselection_steps}")
-        if not 1 <= self.estimation_steps < self.reselection_steps:
-            raise ValueError(
-                f"estimation_steps must satisfy 1 <= estimation_steps < reselection_steps "
-                f"(got {self.estimation_steps} and {self.reselection_steps})"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 <= self.initial_rate <= 1.0:
-            raise ValueError(f"initial_rate must be in [0, 1], got {self.initial_rate}")
+        SelectionConfig(reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
+                        schedule=self.schedule, initial_rate=self.initial_rate)  # its checks, built directly too
 
     def is_reselection(self, t: int) -> bool:
         gamma, period = self.estimation_steps, self.reselection_steps

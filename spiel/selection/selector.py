@@ -15,51 +15,41 @@ import torch
 
 from spiel.delta.indices import isin_sorted
 from spiel.delta.layer import SparseDeltaLinear
+from spiel.selection.config import SelectionConfig
 from spiel.selection.distributed import check_same_on_all_ranks, world_size
-from spiel.selection.drop import DROP_CRITERIA, drop_order
-from spiel.selection.global_budget import BUDGETS, global_drop, global_growth_mask, resize_layer
-from spiel.selection.methods import METHODS, growth_rule, method_spec
+from spiel.selection.drop import drop_order
+from spiel.selection.global_budget import global_drop, global_growth_mask, resize_layer
+from spiel.selection.methods import check_for_method, growth_rule, method_spec
 from spiel.selection.order import order_by
-from spiel.selection.rules import GrowthSettings
 from spiel.selection.schedule import ReselectionSchedule
 
-__all__ = ["METHODS", "Selector"]
+__all__ = ["Selector"]
 
 
 class Selector:
-    def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, *, method: str, total_steps: int,
-                 reselection_steps: int = 20, estimation_steps: int = 5, schedule: str = "linear",
-                 initial_rate: float = 0.2, drop: str = "magnitude", growth: str = "paper",
-                 growth_cap: float = 4.0, explore_share: float = 0.25, budget: str = "per_matrix", seed: int = 0,
-                 adam_seeding: str = "full", process_group=None):
+    """``config``: the reselection knobs (a SelectionConfig, e.g. the model's SpielConfig), validated there;
+    ``method`` and ``seed`` (the growth rules' random draws) as the model's."""
+
+    def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, config: SelectionConfig, *, method: str,
+                 seed: int, total_steps: int, process_group=None):
+        check_for_method(config, method)
         spec = method_spec(method)
-        rule_class = growth_rule(method, growth)
-        if drop not in DROP_CRITERIA:
-            raise ValueError(f"drop must be one of {DROP_CRITERIA}, got {drop!r}")
         if not isinstance(optimizer, spec.optimizer):
             raise TypeError(f"method {method!r} needs a {spec.optimizer.__name__}, got {type(optimizer).__name__}")
-        if budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-        if budget == "global" and not rule_class.comparable_scores:
-            comparable = tuple(g for g, rule in spec.growth.items() if rule.comparable_scores)
-            raise ValueError(f"budget='global' ranks growth across matrices and needs comparable scores: growth "
-                             f"one of {comparable} (method {method!r}), got {growth!r}")
-        if budget == "global" and world_size(process_group) > 1:
+        if config.budget == "global" and world_size(process_group) > 1:
             raise ValueError("budget='global' resizes each matrix's entries, which data parallelism (fixed "
                              "gradient buckets) cannot follow; use budget='per_matrix'")
         self.layers = dict(layers)
         self.optimizer = optimizer
-        self.budget = budget
-        self.method = method
-        self.growth = growth
-        self.drop = drop
+        self.config = config
+        self.budget, self.method, self.growth, self.drop = config.budget, method, config.growth, config.drop
         self.group = process_group
-        self.schedule = ReselectionSchedule(total_steps, reselection_steps, estimation_steps, schedule, initial_rate)
-        settings = GrowthSettings(cap=growth_cap, explore_share=explore_share, seed=seed, adam_seeding=adam_seeding)
-        self.rule = rule_class(self.layers, optimizer, self.schedule, settings, process_group)
+        self.schedule = ReselectionSchedule.of(total_steps, config)
+        self.rule = growth_rule(method, config.growth)(self.layers, optimizer, self.schedule, config, seed,
+                                                        process_group)
         self.t = 0
         self.references = {}  # values at the last reselection, for drop="change"
-        if drop == "change":
+        if config.drop == "change":
             self.references = {n: layer.values.detach().clone() for n, layer in self.layers.items()}
         self.rule.prepare(self.t)
 

@@ -312,10 +312,11 @@ def test_reselection_cost_splits_extra_time_by_kind_of_step():
     from types import SimpleNamespace
 
     from spiel.bench.step import reselection_cost, step_kind
+    from spiel.selection.config import SelectionConfig
     from spiel.selection.schedule import ReselectionSchedule
 
-    ag = SimpleNamespace(estimates_gradients=True, reselects=True,
-                         schedule=ReselectionSchedule(100, reselection_steps=10, estimation_steps=3))
+    ag = SimpleNamespace(estimates_gradients=True, reselects=True, schedule=ReselectionSchedule.of(
+        100, SelectionConfig(reselection_steps=10, estimation_steps=3)))
     ma = SimpleNamespace(estimates_gradients=False, reselects=True, schedule=ag.schedule)
     static = SimpleNamespace(estimates_gradients=False, reselects=False, schedule=ag.schedule)
     # AG: step 1 (t 0 -> 1) starts a phase, steps 2-3 estimate, step 3 also reselects, then plain steps.

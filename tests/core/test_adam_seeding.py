@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from spiel import SpielConfig, get_spiel_model
 from spiel.optim import SparseAdamW
-from spiel.selection import Selector
+from spiel.selection import SelectionConfig, Selector
 from spiel.selection.grow import top_candidates
 from tests.core.test_growth_rules import feed_dense_gradient, scaled_gradient, spread_layer
 from tests.core.test_model import tiny_llama
@@ -24,8 +24,9 @@ def grow_once(seeding: str, estimation_steps: int, extra_steps: int = 0):
     layer = spread_layer(20, 30, per_row=2)
     before = set(layer.indices.tolist())
     opt = SparseAdamW([layer.values], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=100, reselection_steps=20,
-                   estimation_steps=estimation_steps, adam_seeding=seeding)
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=20, estimation_steps=estimation_steps, adam_seeding=seeding),
+                   method="ag", seed=0, total_steps=100)
     grads, new = [], None
     for t in range(estimation_steps + extra_steps):
         grads.append(scaled_gradient(20, 30, seed=10 + t))
@@ -56,7 +57,7 @@ def test_full_seeding_is_the_default_and_unchanged_bit_for_bit():
     assert torch.equal(m, (grad_sum / 2)[at] * (1 - BETAS[0] ** 2))
     assert torch.equal(v, (grad_sq_sum / 2)[at] * (1 - BETAS[1] ** 2))
     assert bool((age == 2).all()) and new.numel() >= 30
-    assert SpielConfig().adam_seeding == "full" and Selector.__init__.__kwdefaults__["adam_seeding"] == "full"
+    assert SpielConfig().adam_seeding == "full" and SelectionConfig().adam_seeding == "full"
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -108,8 +109,10 @@ def test_explore_takes_the_seeding_for_its_scored_share():
     layer = spread_layer(20, 30, per_row=2)
     before = set(layer.indices.tolist())
     opt = SparseAdamW([layer.values], lr=LR)
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=2,
-                   growth="explore", explore_share=0.25, adam_seeding="none")
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth="explore", explore_share=0.25,
+                                   adam_seeding="none"),
+                   method="ag", seed=0, total_steps=50)
     for t in range(2):
         feed_dense_gradient(layer, scaled_gradient(20, 30, seed=t))
         opt.step()
@@ -147,10 +150,11 @@ def test_the_knobs_reach_the_rule_and_the_optimizer_and_bad_values_are_refused()
     opt = model.make_optimizer(1e-3)
     assert opt.param_groups[0]["eps_placement"] == "hf"
     selector = model.make_selector(opt, total_steps=40)
-    assert selector.rule.settings.adam_seeding == "released" and selector.rule.head_start == 2  # γ 5, capped
+    assert selector.rule.config.adam_seeding == "released" and selector.rule.head_start == 2  # γ 5, capped
     assert model.make_optimizer(1e-3, eps_placement="torch").param_groups[0]["eps_placement"] == "torch"
     with pytest.raises(ValueError, match="eps_placement must be one of"):
         SparseAdamW([nn.Parameter(torch.zeros(2))], eps_placement="before")
     with pytest.raises(ValueError, match="adam_seeding must be one of"):
-        Selector({"l": spread_layer(4, 6, 1)}, SparseAdamW([torch.zeros(4, requires_grad=True)]), method="ag",
-                 total_steps=10, adam_seeding="half")
+        Selector({"l": spread_layer(4, 6, 1)}, SparseAdamW([torch.zeros(4, requires_grad=True)]),
+                 SelectionConfig(adam_seeding="half"),
+                 method="ag", seed=0, total_steps=10)

@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from spiel import SpielConfig, get_spiel_model
 from spiel.checkpoint import elias_fano
-from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION, compact_delta, write_checkpoint
+from spiel.checkpoint.codec import compact_delta
+from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, FORMAT_VERSION
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, sha256_hex
+from spiel.checkpoint.write import write_checkpoint
 from spiel.delta.indices import csr_pattern
 from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model
@@ -323,3 +325,4 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
         assert bits <= layer.k * (2 + math.log2(n / layer.k)) + 16
     assert compact < flat / 2
     assert compact <= 1.5 * adapter
+

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.selection import Selector, budget_shares
+from spiel.selection import SelectionConfig, Selector, budget_shares
 from spiel.selection.global_budget import global_drop, global_growth_mask
 
 
@@ -100,8 +100,9 @@ def test_global_paper_growth_follows_the_larger_gradients():
     layers = {"a": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30),
               "b": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30)}
     opt = SparseAdamW([layer.values for layer in layers.values()], lr=0.01)
-    sel = Selector(layers, opt, method="ag", total_steps=40, reselection_steps=10, estimation_steps=2,
-                   budget="global")
+    sel = Selector(layers, opt,
+                   SelectionConfig(reselection_steps=10, estimation_steps=2, budget="global"),
+                   method="ag", seed=0, total_steps=40)
     gen = torch.Generator().manual_seed(2)
     grads = {"a": [], "b": []}
     for t in range(1, 13):
@@ -143,8 +144,9 @@ def test_a_moved_delta_saves_loads_and_resumes(tmp_path):
         assert torch.equal(layer.indices, model.deltas[name].indices)
         assert torch.equal(layer.values, model.deltas[name].values)
         assert torch.equal(layer.grown_at, model.deltas[name].grown_at)
-    fresh_sel = Selector(fresh.deltas, fresh.make_optimizer(lr=1e-2), method="ag", total_steps=40,
-                         reselection_steps=4, estimation_steps=2, budget="global")
+    fresh_sel = Selector(fresh.deltas, fresh.make_optimizer(lr=1e-2),
+                         SelectionConfig(reselection_steps=4, estimation_steps=2, budget="global"),
+                         method="ag", seed=0, total_steps=40)
     fresh_sel.load_state_dict(sel.state_dict())
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 16))
@@ -162,14 +164,15 @@ def test_global_budget_is_refused_where_it_cannot_work(monkeypatch):
             SpielConfig(method=method, growth=growth, budget="global")
     model, opt, _ = model_and_parts(budget="per_matrix")
     with pytest.raises(ValueError, match="budget must be one of"):
-        Selector(model.deltas, opt, method="ag", total_steps=10, budget="shared")
+        Selector(model.deltas, opt, SelectionConfig(budget="shared"), method="ag", seed=0, total_steps=10)
     with pytest.raises(ValueError, match="needs comparable scores"):
-        Selector(model.deltas, opt, method="ag", total_steps=10, growth="random", budget="global")
+        Selector(model.deltas, opt,
+                 SelectionConfig(growth="random", budget="global"), method="ag", seed=0, total_steps=10)
     import spiel.selection.selector as selector_module
 
     monkeypatch.setattr(selector_module, "world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match="data parallelism"):
-        Selector(model.deltas, opt, method="ag", total_steps=10, budget="global")
+        Selector(model.deltas, opt, SelectionConfig(budget="global"), method="ag", seed=0, total_steps=10)
 
 
 def test_global_budget_with_merged_storage_trains_bit_for_bit_as_without():

@@ -12,7 +12,7 @@ import torch.nn as nn
 from spiel import SpielConfig
 from spiel.delta import SparseDeltaLinear
 from spiel.optim import SparseAdamW, SparseSM3
-from spiel.selection import Selector
+from spiel.selection import SelectionConfig, Selector
 from spiel.selection.grow import (
     admit_under_caps,
     capped_top_candidates,
@@ -137,12 +137,13 @@ def test_random_inactive_is_uniform_over_the_free_positions():
 
 
 # -- the selector with each variant ----------------------------------------------------------------------------
-def run_first_reselection(growth, layer=None, **options):
+def run_first_reselection(growth, layer=None, seed=0, **options):
     """Two-step estimation then the first reselection (which replaces every slot), on scaled gradients."""
     layer = layer or spread_layer(20, 30, per_row=2)
     opt = SparseAdamW([layer.values], lr=0.01)
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=2,
-                   growth=growth, **options)
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth=growth, **options),
+                   method="ag", seed=seed, total_steps=50)
     grads = [scaled_gradient(20, 30, seed=10 + t) for t in range(2)]
     for g in grads:
         feed_dense_gradient(layer, g)
@@ -212,8 +213,9 @@ def test_static_keeps_the_initial_positions_and_trains():
     layer = spread_layer(20, 30, per_row=2)
     start = layer.indices.clone()
     opt = SparseAdamW([layer.values], lr=0.01)
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=30, reselection_steps=4, estimation_steps=2,
-                   growth="static")
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=4, estimation_steps=2, growth="static"),
+                   method="ag", seed=0, total_steps=30)
     for t in range(30):
         feed_dense_gradient(layer, scaled_gradient(20, 30, seed=t))
         opt.step()
@@ -236,12 +238,14 @@ def test_growth_knobs_are_checked_where_they_enter():
         SpielConfig(growth="explore", explore_share=1.5)
     layer = SparseDeltaLinear(nn.Linear(4, 4), 3)
     with pytest.raises(ValueError, match="growth must be one of"):
-        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}), method="ma", total_steps=10,
-                 growth="random")
+        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}),
+                 SelectionConfig(growth="random"), method="ma", seed=0, total_steps=10)
     with pytest.raises(ValueError, match="growth_cap"):
-        Selector({"l": layer}, SparseAdamW([layer.values]), method="ag", total_steps=10, growth_cap=0)
+        Selector({"l": layer}, SparseAdamW([layer.values]),
+                 SelectionConfig(growth_cap=0), method="ag", seed=0, total_steps=10)
     with pytest.raises(ValueError, match="explore_share"):
-        Selector({"l": layer}, SparseAdamW([layer.values]), method="ag", total_steps=10, explore_share=-1)
+        Selector({"l": layer}, SparseAdamW([layer.values]),
+                 SelectionConfig(explore_share=-1), method="ag", seed=0, total_steps=10)
 
 
 def test_growth_knob_errors_name_the_cli_key():
@@ -271,11 +275,14 @@ def test_selector_state_without_growth_loads_as_the_paper_rule_and_other_rules_a
     state = sel.state_dict()
     assert state["growth"] == "paper"
     del state["growth"]  # as saved before growth rules existed
-    other = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=2)
+    other = Selector({"l": layer}, opt,
+                     SelectionConfig(reselection_steps=10, estimation_steps=2),
+                     method="ag", seed=0, total_steps=50)
     other.load_state_dict(state)
     assert other.t == 2
-    capped = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=2,
-                      growth="capped")
+    capped = Selector({"l": layer}, opt,
+                      SelectionConfig(reselection_steps=10, estimation_steps=2, growth="capped"),
+                      method="ag", seed=0, total_steps=50)
     with pytest.raises(ValueError, match="growth=paper .* growth=capped"):
         capped.load_state_dict(state)
 
@@ -285,8 +292,9 @@ def test_normalized_phase_state_resumes_mid_phase():
     def make():
         layer = spread_layer(20, 30, per_row=2)
         opt = SparseAdamW([layer.values], lr=0.01)
-        sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=3,
-                       growth="normalized")
+        sel = Selector({"l": layer}, opt,
+                       SelectionConfig(reselection_steps=10, estimation_steps=3, growth="normalized"),
+                       method="ag", seed=0, total_steps=50)
         return layer, opt, sel
 
     def train(layer, opt, sel, steps):

@@ -144,6 +144,39 @@ def test_no_import_cycle_between_packages():
     assert cycle is None, "packages import each other: " + _describe(cycle, packages)
 
 
+# The layers, lowest first: a package imports only from its own layer or below (cycles inside a layer are
+# caught above). A new package must be placed here.
+LAYERS = (
+    ("spiel", "spiel.paths", "spiel.dtypes", "spiel.testing"),  # the version, paths, dtype names, test helpers
+    ("spiel.delta", "spiel.optim", "spiel.selection"),  # the core: torch only
+    ("spiel.spiel_config", "spiel.checkpoint"),  # the knobs; the checkpoint format
+    ("spiel.io", "spiel.data"),  # loading bases, sources and the Hub; training data
+    ("spiel.model",),  # SpielModel
+    ("spiel.integrations", "spiel.training", "spiel.eval", "spiel.planning", "spiel.bench"),
+    ("spiel.cli",),  # the four commands
+)
+
+
+def upward_imports(packages: dict[str, dict[str, str]], layers=LAYERS) -> list[str]:
+    """The imports of ``packages`` (a package graph) that go from a layer to a higher one."""
+    level = {package: i for i, layer in enumerate(layers) for package in layer}
+    return [f"{a} (layer {level[a]}) imports {b} (layer {level[b]}): {where}"
+            for a, targets in packages.items() for b, where in targets.items() if level[b] > level[a]]
+
+
+def test_an_upward_import_is_found():
+    packages = {"spiel.model": {"spiel.delta": "m:1 -> d"}, "spiel.delta": {"spiel.cli": "d:3 -> c"}}
+    assert upward_imports(packages) == ["spiel.delta (layer 1) imports spiel.cli (layer 6): d:3 -> c"]
+    assert upward_imports({"spiel.cli": {"spiel.delta": "c:1 -> d"}}) == []
+
+
+def test_every_package_has_a_layer_and_imports_go_down():
+    packages = package_graph(import_graph())
+    placed = {package for layer in LAYERS for package in layer}
+    assert set(packages) <= placed, f"place {sorted(set(packages) - placed)} in LAYERS"
+    assert upward_imports(packages) == []
+
+
 HEAVY = ("hydra", "omegaconf", "datasets", "bitsandbytes", "wandb", "transformers", "peft")
 
 

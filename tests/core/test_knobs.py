@@ -16,7 +16,6 @@ from spiel.spiel_config import SpielConfig, SpielConfigError, SpielKnobs, knob_h
 from spiel.training.config.schema import ConfigError, SpielMethodConfig
 
 KNOBS = [f.name for f in fields(SpielKnobs)]
-FROM_SCHEMA_ONLY = ("adam_seeding",)  # defaults set once in spiel_config (AG_DEFAULT_ADAM_SEEDING), not in ag.yaml
 # spiel_config.json of a checkpoint written before the knobs moved (every field, in the old order)
 OLD_SAVED = {"method": "ma", "rank_equiv": None, "density": None, "num_tunable": 120, "target_modules": ["q_proj"],
              "reselection_steps": 4, "estimation_steps": 2, "schedule": "cosine", "initial_rate": 0.1,
@@ -34,14 +33,25 @@ def test_every_knob_is_declared_once_with_help_and_shared():
             f.name: f.default for f in fields(SpielKnobs)}, cls.__name__
 
 
-def test_the_yaml_lists_the_declared_defaults_once():
-    """configs/method/ag.yaml holds each knob's spiel-train default, equal to the field's; ma.yaml extends it."""
-    ag = yaml.safe_load((CONFIG_DIR / "method" / "ag.yaml").read_text())
-    listed = [k for k in KNOBS if k not in FROM_SCHEMA_ONLY]
-    assert {k: ag[k] for k in listed} == {f.name: f.default for f in fields(SpielKnobs) if f.name in listed}
-    assert not set(FROM_SCHEMA_ONLY) & set(ag)  # one place: spiel_config's constant
+def test_the_method_yaml_restates_no_knob_default():
+    """The defaults live in the fields only: configs/method/*.yaml hold what differs (none, today), and the
+    composed spiel-train config still carries every knob at its field's default."""
+    for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
+        restated = {k for k, v in yaml.safe_load(path.read_text()).items() if k in KNOBS and
+                    v == next(f.default for f in fields(SpielKnobs) if f.name == k)}
+        assert not restated, f"{path.name} restates the default of {sorted(restated)}"
     ma = yaml.safe_load((CONFIG_DIR / "method" / "ma.yaml").read_text())
-    assert "ag@_here_" in ma["defaults"] and not set(KNOBS) & set(ma)
+    assert "ag@_here_" in ma["defaults"]
+    from hydra import compose, initialize_config_dir
+
+    from spiel.training.config.hydra_config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose("train", overrides=["method=ma"])
+    from spiel.selection.config import SelectionConfig  # (the default model's config sets the budget)
+
+    assert {k: cfg.method[k] for k in SelectionConfig().selection_values()} == SelectionConfig().selection_values()
 
 
 def test_spiel_config_keeps_its_public_constructor_and_saved_form():
@@ -116,9 +126,19 @@ def test_the_delta_dtype_names_are_the_dtype_map_s():
     assert set(DELTA_DTYPES) == set(DTYPES)
 
 
-def test_the_schema_s_spiel_methods_are_the_method_table_s():
-    """The schema spells the SpIEL method names out (it must not import torch); they must be the table's."""
-    from spiel.selection.methods import METHODS
-    from spiel.training.config.schema import SPIEL_METHODS
+def test_the_torch_free_names_are_the_method_and_rule_tables():
+    """SelectionConfig names the SpIEL methods and growth rules without torch; they must be the tables'."""
+    from spiel.selection import rules
+    from spiel.selection.config import GROWTH_RULES, SPIEL_METHODS
+    from spiel.selection.methods import METHOD_SPECS, growth_rules
 
-    assert tuple(SPIEL_METHODS) == tuple(METHODS)
+    assert tuple(SPIEL_METHODS) == tuple(METHOD_SPECS)
+    assert all(list(growth_rules(m))[0] == "paper" for m in SPIEL_METHODS)
+    named = {cls for m in SPIEL_METHODS for cls in growth_rules(m).values()}
+    assert all(issubclass(cls, rules.GrowthRule) for cls in named)
+    assert {getattr(rules, name) for name in rules.__all__} - {rules.GrowthRule} <= named
+    assert sum(len(by_method) for by_method in GROWTH_RULES.values()) == len(named)
+    from spiel.optim.adamw import EPS_PLACEMENTS
+    from spiel.selection.config import EPS_PLACEMENTS as KNOB_EPS_PLACEMENTS
+
+    assert KNOB_EPS_PLACEMENTS == EPS_PLACEMENTS

@@ -11,7 +11,7 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint.format import weight_fingerprint
+from spiel.checkpoint.fingerprint import weight_fingerprint
 from spiel.delta import SparseDeltaLinear, sparse_delta_linear
 from spiel.delta.merged import MergedStorage
 from spiel.optim import SparseAdamW

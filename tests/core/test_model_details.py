@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from spiel import SpielConfig, get_spiel_model
-from spiel.checkpoint.format import FINGERPRINT_SIZE, weight_fingerprint
+from spiel.checkpoint.fingerprint import weight_fingerprint
+from spiel.checkpoint.format import FINGERPRINT_SIZE
 from spiel.delta import SparseDeltaLinear
 from spiel.model.spiel_model import SpielModel
 from spiel.testing import tiny_model

@@ -9,11 +9,15 @@ import torch.nn as nn
 from spiel.delta import SparseDeltaLinear
 from spiel.delta.indices import isin_sorted
 from spiel.optim import SparseAdamW, SparseSM3
-from spiel.selection import ReselectionSchedule, Selector, ma_grow_indices, top_candidates
+from spiel.selection import ReselectionSchedule, SelectionConfig, Selector, ma_grow_indices, top_candidates
+
+
+def schedule(total_steps, **knobs):
+    return ReselectionSchedule.of(total_steps, SelectionConfig(**knobs))
 
 
 def test_linear_schedule_is_eq8_with_full_first_replacement():
-    s = ReselectionSchedule(total_steps=200, reselection_steps=20, estimation_steps=5, initial_rate=0.2)
+    s = schedule(200, reselection_steps=20, estimation_steps=5, initial_rate=0.2)
     assert [t for t in range(0, 201) if s.is_reselection(t)] == [5 + 20 * j for j in range(10)]
     assert s.num_to_replace(1000, 5) == 1000  # the first reselection replaces every slot
     for t in (25, 105, 185):
@@ -21,16 +25,16 @@ def test_linear_schedule_is_eq8_with_full_first_replacement():
 
 
 def test_cosine_schedule_is_eq11():
-    s = ReselectionSchedule(total_steps=200, reselection_steps=20, estimation_steps=5, schedule="cosine")
+    s = schedule(200, reselection_steps=20, estimation_steps=5, schedule="cosine")
     for t in (5, 25, 105, 185):
         assert s.num_to_replace(1000, t) == math.floor(0.2 / 2 * (1 + math.cos(math.pi * t / 200)) * 1000)
 
 
 def test_estimation_phases_are_the_gamma_steps_before_each_reselection():
-    s = ReselectionSchedule(total_steps=60, reselection_steps=20, estimation_steps=5)
+    s = schedule(60, reselection_steps=20, estimation_steps=5)
     in_phase = [t for t in range(60) if s.in_estimation_phase(t)]  # t = completed steps
     assert in_phase == [0, 1, 2, 3, 4, 20, 21, 22, 23, 24, 40, 41, 42, 43, 44]
-    assert ReselectionSchedule(total_steps=22, reselection_steps=20, estimation_steps=5).in_estimation_phase(20) is False
+    assert schedule(22, reselection_steps=20, estimation_steps=5).in_estimation_phase(20) is False
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -41,7 +45,7 @@ def test_estimation_phases_are_the_gamma_steps_before_each_reselection():
 ])
 def test_schedule_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ReselectionSchedule(total_steps=100, **kwargs)
+        schedule(100, **kwargs)
 
 
 def feed_dense_gradient(layer, dense):
@@ -59,8 +63,9 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
     with torch.no_grad():
         layer.values.copy_(torch.linspace(0.1, 1.0, k))  # slot i's magnitude grows with i
     opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=100, reselection_steps=10,
-                   estimation_steps=gamma, schedule="cosine", initial_rate=0.5)
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, schedule="cosine", initial_rate=0.5),
+                   method="ag", seed=0, total_steps=100)
     g = torch.Generator().manual_seed(1)
     micro = [[torch.randn(out_f, in_f, generator=g) for _ in range(2)] for _ in range(gamma)]
     first_indices = layer.indices.clone()
@@ -105,7 +110,9 @@ def test_ag_ages_stay_exact_when_an_optimizer_update_was_skipped():
     layer = SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10)
     layer.base_layer.requires_grad_(False)
     opt = SparseAdamW([layer.values], lr=1e-3)
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=50, reselection_steps=10, estimation_steps=gamma)
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=10, estimation_steps=gamma),
+                   method="ag", seed=0, total_steps=50)
     x = torch.randn(4, 8)
     for step in range(gamma):
         layer(x).pow(2).sum().backward()
@@ -216,9 +223,11 @@ def test_invariants_hold_after_every_reselection(method, growth):
 def test_selector_checks_method_and_optimizer_match():
     layer = SparseDeltaLinear(nn.Linear(4, 4), 3)
     with pytest.raises(TypeError, match="SparseSM3"):
-        Selector({"l": layer}, SparseAdamW([layer.values]), method="ma", total_steps=10)
+        Selector({"l": layer}, SparseAdamW([layer.values]),
+                 SelectionConfig(), method="ma", seed=0, total_steps=10)
     with pytest.raises(ValueError, match="method"):
-        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}), method="rigl", total_steps=10)
+        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}),
+                 SelectionConfig(), method="rigl", seed=0, total_steps=10)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])

@@ -12,7 +12,7 @@ import torch.nn as nn
 from spiel import SpielConfig, get_spiel_model
 from spiel.delta import SparseDeltaLinear
 from spiel.optim import SparseAdamW, SparseSM3
-from spiel.selection import Selector
+from spiel.selection import SelectionConfig, Selector
 from spiel.selection.drop import drop_order
 
 
@@ -37,8 +37,9 @@ def test_drop_change_compares_with_the_values_at_the_last_reselection():
     layer = SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30)
     layer.base_layer.requires_grad_(False)
     opt = SparseSM3([layer.values], {layer.values: layer}, lr=0.05)
-    sel = Selector({"l": layer}, opt, method="ma", total_steps=40, reselection_steps=6, estimation_steps=2,
-                   schedule="cosine", initial_rate=0.5, drop="change")
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=6, estimation_steps=2, schedule="cosine", initial_rate=0.5, drop="change"),
+                   method="ma", seed=0, total_steps=40)
     g = torch.Generator().manual_seed(1)
     after_first = None
     for t in range(1, 9):
@@ -70,8 +71,9 @@ def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
     with torch.no_grad():
         layer.values.copy_(torch.linspace(0.1, 1.0, k))
     opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
-    sel = Selector({"l": layer}, opt, method="ag", total_steps=100, reselection_steps=period,
-                   estimation_steps=gamma, schedule="cosine", initial_rate=0.5)
+    sel = Selector({"l": layer}, opt,
+                   SelectionConfig(reselection_steps=period, estimation_steps=gamma, schedule="cosine", initial_rate=0.5),
+                   method="ag", seed=0, total_steps=100)
     g = torch.Generator().manual_seed(1)
     second_phase = []
     for t in range(1, 14):  # reselections after steps 3 and 13; the second phase is steps 11..13

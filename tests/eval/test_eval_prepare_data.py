@@ -77,4 +77,4 @@ def test_archive_members_outside_the_archive_are_refused(tmp_path):
     with tarfile.open(tmp_path / "data.tar", "w") as tar:
         _add(tar, "data/../../evil.csv", b"x")
     with pytest.raises(ValueError, match="outside the archive"):
-        prep.layout_mmlu(tmp_path / "data.tar", tmp_path / "out")
+        mmlu.lay_out([tmp_path / "data.tar"], tmp_path / "out")

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from spiel import SpielConfig, get_spiel_model
 from spiel.cli.eval import run
 from spiel.eval.demo import evaluate_demo
-from spiel.eval.lm_eval_backend import LmEvalError, evaluate_lm_eval
+from spiel.eval.lm_eval import LmEvalError, evaluate_lm_eval
 from spiel.paths import CONFIG_DIR
 from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
 

@@ -6,9 +6,9 @@ from spiel.selection.rules.accumulated_gradient import (
            ExploringGradient,
            NormalizedGradient,
 )
-from spiel.selection.rules.base import GrowthRule, GrowthSettings
+from spiel.selection.rules.base import GrowthRule
 from spiel.selection.rules.random_growth import NoGrowth, RandomGrowth
 from spiel.selection.rules.sm3_product import SM3Product
 
-__all__ = ["AccumulatedGradient", "CappedGradient", "ExploringGradient", "GrowthRule", "GrowthSettings",
+__all__ = ["AccumulatedGradient", "CappedGradient", "ExploringGradient", "GrowthRule",
            "NoGrowth", "NormalizedGradient", "RandomGrowth", "SM3Product"]

@@ -10,12 +10,12 @@ differ several-fold, so most of the budget lands in a few rows):
 
 * ``normalized``: candidates and growth ranked by ``|g| · rms(g) / (rms(row) · rms(col))``, with the row and
   column RMS of the phase's first dense gradient;
-* ``capped``: candidates and growth under a per-row and per-column cap (``GrowthSettings.cap`` times the mean
+* ``capped``: candidates and growth under a per-row and per-column cap (``growth_cap`` times the mean
   entries per row / column, counting the entries that stay);
-* ``explore``: a share of each growth (``GrowthSettings.explore_share``) drawn uniformly at random from the
+* ``explore``: a share of each growth (``explore_share``) drawn uniformly at random from the
   inactive positions; those start with zero moments at age 0 (a fresh Adam state), the rest as the paper's.
 
-The Adam state of the entries grown from the statistics (``GrowthSettings.adam_seeding``), with ``s`` the
+The Adam state of the entries grown from the statistics (``adam_seeding``), with ``s`` the
 phase's step count, ``ḡ`` / ``q`` the mean step gradient / mean squared step gradient:
 
 * ``full``: ``m = ḡ·(1 − β1^s)``, ``v = q·(1 − β2^s)``, age ``s``: the bias correction gives back ``ḡ`` and ``q``;
@@ -71,8 +71,8 @@ class AccumulatedGradient(GrowthRule):
 
     estimates_gradients = True
 
-    def __init__(self, layers, optimizer, schedule, settings, process_group=None):
-        super().__init__(layers, optimizer, schedule, settings, process_group)
+    def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
+        super().__init__(layers, optimizer, schedule, config, seed, process_group)
         data_parallel = world_size(process_group) > 1
         if data_parallel and schedule.estimation_steps < 2:
             raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
@@ -86,7 +86,7 @@ class AccumulatedGradient(GrowthRule):
 
     def seed_age(self, steps: int) -> int:
         """The Adam age a grown entry starts at after a phase of ``steps`` steps (module docstring)."""
-        seeding = self.settings.adam_seeding
+        seeding = self.config.adam_seeding
         if seeding == "none":
             return 0
         if seeding == "released":
@@ -190,7 +190,7 @@ class AccumulatedGradient(GrowthRule):
         age = self.seed_age(steps)
         if age == 0:
             return {"exp_avg": torch.zeros_like(mean), "exp_avg_sq": torch.zeros_like(mean_sq), "age": 0}
-        if self.settings.adam_seeding == "released":
+        if self.config.adam_seeding == "released":
             count = min(steps * RELEASED_ACCUMULATION, RELEASED_COUNTER_LIMIT)
             mean = mean * (steps / count)
             mean_sq = mean_sq * (steps / (RELEASED_ACCUMULATION * count))
@@ -237,12 +237,12 @@ class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
 
     def candidates(self, layer, dense_grad):
-        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
         return capped_top_candidates(dense_grad, layer.k, row_cap, col_cap), None
 
     def order(self, layer, phase, scores, staying, n):
         eligible = ag_grow_order(phase.candidates, scores, staying, phase.candidates.numel())
-        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.settings.cap)
+        row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
         rows, cols = rows_cols(staying, layer.in_features)
         row_counts = torch.bincount(rows.long(), minlength=layer.out_features)
         col_counts = torch.bincount(cols.long(), minlength=layer.in_features)
@@ -257,13 +257,13 @@ class ExploringGradient(AccumulatedGradient):
     comparable_scores = False  # random draws have no score
 
     def grow(self, name, n, staying, active, t):
-        n_random = int(self.settings.explore_share * n)
+        n_random = int(self.config.explore_share * n)
         best, seeds = super().grow(name, n - n_random, staying, active, t)
         if n_random == 0 or not seeds:  # nothing to explore, or no phase statistics: grow as the paper
             return best, seeds
         layer = self.layers[name]
         excluded = torch.cat([active.long(), best]).unique()
-        generator = growth_generator(self.settings.seed, t, list(self.layers).index(name), active.device)
+        generator = growth_generator(self.seed, t, list(self.layers).index(name), active.device)
         drawn = random_inactive(excluded, layer.out_features * layer.in_features, n_random, generator)
         zeros = torch.zeros(drawn.numel(), dtype=torch.float32, device=drawn.device)
         ages = torch.cat([torch.full_like(best, seeds["age"]), torch.zeros_like(drawn)])

@@ -8,39 +8,11 @@ state is seeded, and its part of the selector's state_dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from spiel.delta.layer import SparseDeltaLinear
+from spiel.selection.config import SelectionConfig
 from spiel.selection.schedule import ReselectionSchedule
-
-# SpIEL-AG's Adam seeding of grown entries (see rules/accumulated_gradient.py); the first is the default
-ADAM_SEEDINGS = ("full", "released", "none")
-
-
-@dataclass(frozen=True)
-class GrowthSettings:
-    """The knobs of the growth variants (each rule reads the ones it uses).
-
-    ``cap``: ``capped`` lets no row hold more than ``cap`` times its mean share of entries (``k / out``,
-    rounded up) and no column more than ``cap · k / in``. ``explore_share``: ``explore`` grows this share
-    of each reselection's entries uniformly at random among the inactive positions. ``seed``: the random
-    draws (the same on every rank, so data-parallel replicas agree). ``adam_seeding``: how SpIEL-AG's rules
-    seed the Adam state of the entries they grow by gradient (``rules/accumulated_gradient.py``)."""
-
-    cap: float = 4.0
-    explore_share: float = 0.25
-    seed: int = 0
-    adam_seeding: str = "full"
-
-    def __post_init__(self):
-        if not self.cap >= 1:
-            raise ValueError(f"growth_cap must be >= 1 (a multiple of the mean entries per row/column), got {self.cap}")
-        if not 0 <= self.explore_share <= 1:
-            raise ValueError(f"explore_share must be in [0, 1], got {self.explore_share}")
-        if self.adam_seeding not in ADAM_SEEDINGS:
-            raise ValueError(f"adam_seeding must be one of {ADAM_SEEDINGS}, got {self.adam_seeding!r}")
 
 
 class GrowthRule:
@@ -54,11 +26,14 @@ class GrowthRule:
     comparable_scores = False
 
     def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, schedule: ReselectionSchedule,
-                 settings: GrowthSettings, process_group=None):
+                 config: SelectionConfig, seed: int, process_group=None):
+        """``config``: the knobs (each rule reads the ones it uses); ``seed``: its random draws (the same on
+        every rank, so data-parallel replicas agree)."""
         self.layers = layers
         self.optimizer = optimizer
         self.schedule = schedule
-        self.settings = settings
+        self.config = config
+        self.seed = seed
         self.group = process_group
 
     def after_step(self, t: int) -> None:

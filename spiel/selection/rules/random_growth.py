@@ -14,13 +14,13 @@ from spiel.selection.rules.base import GrowthRule, growth_generator
 class RandomGrowth(GrowthRule):
     """``random``: uniformly random inactive positions, fresh Adam state."""
 
-    def __init__(self, layers, optimizer, schedule, settings, process_group=None):
-        super().__init__(layers, optimizer, schedule, settings, process_group)
+    def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
+        super().__init__(layers, optimizer, schedule, config, seed, process_group)
         link_ages(optimizer, layers, head_start=0)  # grown slots start at age 0
 
     def grow(self, name, n, staying, active, t):
         layer = self.layers[name]
-        generator = growth_generator(self.settings.seed, t, list(self.layers).index(name), active.device)
+        generator = growth_generator(self.seed, t, list(self.layers).index(name), active.device)
         return random_inactive(active.long(), layer.out_features * layer.in_features, n, generator), {"age": 0}
 
     def before_write(self, layer, seeds, t):
@@ -32,6 +32,6 @@ class NoGrowth(GrowthRule):
 
     reselects = False
 
-    def __init__(self, layers, optimizer, schedule, settings, process_group=None):
-        super().__init__(layers, optimizer, schedule, settings, process_group)
+    def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
+        super().__init__(layers, optimizer, schedule, config, seed, process_group)
         link_ages(optimizer, layers, head_start=0)  # no slot is ever grown: every age is the update count

@@ -33,6 +33,7 @@ from spiel.training.config.schema import (
     TrainConfig,
     key_error,
 )
+from spiel.training.methods import METHOD_REGISTRY, get_method
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,9 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
          f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
     quant = str((quant_cfg or {}).get("name") or "none")
     need(quant in ("none", "nf4"), "quant.name", f"must be none or nf4, got {quant!r}")
-    need(not (quant == "nf4" and method.name == "full"), "quant",
-         "quant=nf4 needs a method that trains on top of frozen 4-bit weights (ag, ma, lora, ia3), not full")
+    need(quant != "nf4" or get_method(method.name).supports_quant, "quant",
+         "quant=nf4 needs a method that trains on top of frozen 4-bit weights "
+         f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}")
     if quant == "nf4":
         dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
 
@@ -244,8 +246,8 @@ def _check_parallel(obj: TrainConfig, method, quant: str, world_size: int) -> No
     if obj.parallel == "fsdp":
         need(world_size > 1, "fsdp shards over several processes: launch with torchrun --nproc_per_node N "
                              "(or accelerate launch); one process is parallel=ddp")
-        need(method.name in SPIEL_METHODS, f"fsdp is wired for the SpIEL methods (ag, ma), not {method.name!r}; "
-                                           "use parallel=ddp")
+        need(get_method(method.name).is_sparse, f"fsdp is wired for the SpIEL methods ({', '.join(SPIEL_METHODS)}), "
+                                                f"not {method.name!r}; use parallel=ddp")
         need(quant == "none", "fsdp shards a bf16/fp32 base; with quant=nf4 use parallel=ddp")
         need(obj.max_grad_norm == 0, "fsdp does not clip gradients (set max_grad_norm=0, the paper's setting)")
 

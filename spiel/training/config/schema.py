@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from spiel.model.llama import LLAMA_MLP_PROJECTIONS, LLAMA_PROJECTIONS
+from spiel.selection.config import SPIEL_METHODS
 from spiel.spiel_config import SpielConfigError, SpielKnobs
 
 MISSING = "???"  # omegaconf.MISSING: a value the YAML must give (spelled out so this module needs no omegaconf)
-SPIEL_METHODS = ("ag", "ma")  # spiel.selection.methods.METHODS, spelled out (that imports torch); a test keeps them equal
 PEFT_METHODS = ("lora", "ia3")
 METHOD_NAMES = SPIEL_METHODS + PEFT_METHODS + ("full",)
 RESUME_HELP = "resume must be never, auto, or the path of a checkpoint-N directory"
@@ -71,8 +71,10 @@ class SpielMethodConfig(SpielKnobs, MethodConfig):  # fields: name, lr, weight_d
         self._check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
                     f"must be two numbers in [0, 1), got {list(self.betas)}")
         try:
+            from spiel.selection.methods import check_for_method
+
             self.check_knobs()
-            self.check_method_knobs(self.name)
+            check_for_method(self, self.name)
         except SpielConfigError as e:  # the knob's name is data: re-key it as the config key
             raise key_error(f"method.{e.field}" if e.field else "method", e.problem) from None
 
@@ -129,6 +131,10 @@ class FullMethodConfig(MethodConfig):
     def __post_init__(self):
         self._check(self.name == "full", "name", f"must be 'full', got {self.name!r}")
         self._check_rates()
+
+
+METHOD_CONFIGS = {**dict.fromkeys(SPIEL_METHODS, SpielMethodConfig), "lora": LoraMethodConfig,
+                  "ia3": IA3MethodConfig, "full": FullMethodConfig}  # method name -> its schema
 
 
 # -- logger -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from spiel.training.engine.rundir import RunDirError
 
     found = [ConfigError, DataError, RunDirError, TrainingDiverged, OutputError]
-    checkpoint = sys.modules.get("spiel.checkpoint.format")  # not imported: none of its errors can have been raised
+    checkpoint = sys.modules.get("spiel.checkpoint.fingerprint")  # not imported: none of its errors can have been raised
     if checkpoint is not None:
         found.append(checkpoint.CheckpointMismatchError)
     return tuple(found)

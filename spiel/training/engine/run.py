@@ -2,9 +2,9 @@
 
     summary = run_training(cfg, run_dir, run_name)
 
-Order matters: the config is validated first (nothing is loaded before it passes), then the run dir is
-prepared on rank 0 (fresh / resume / overwrite), then tokenizer, data, base model, method wrapper,
-optimizer and callbacks are built and handed to SpielTrainer.
+The phases, in order (each a function below, filling in its part of :class:`Run`): check the config
+(nothing is loaded before it passes), prepare the run dir on rank 0 (fresh / resume / overwrite), load the
+data, build the model, build the trainer, train, save and summarize.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,86 +99,159 @@ def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
     return final
 
 
+@dataclass
+class Run:
+    """What the phases of one run hand each other (each phase fills in its part)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    run_name: str
+    settings: Any = None
+    method: Any = None
+    args: Any = None
+    resume_from: Optional[str] = None
+    tokenizer: Any = None
+    data: tuple = ()  # (train dataset, eval dataset or None, build stats)
+    model: Any = None
+    total_params: int = 0
+    trainer: Any = None
+    loss_window: Any = None
+    trained: dict = field(default_factory=dict)  # train_loss, train_seconds, steps_this_run, digests
+    start: float = field(default_factory=time.time)
+
+    @property
+    def c(self):
+        return self.settings.cfg
+
+    @property
+    def is_main(self) -> bool:
+        return self.args.process_index == 0
+
+    @property
+    def use_wandb(self) -> bool:
+        return self.c.logger.name == "wandb"
+
+
 def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
-    start = time.time()
-    run_dir = Path(run_dir)
-    settings = validate(cfg, world_size=env_world_size())  # raises ConfigError before anything loads
-    check_model_exists(settings)
-    c = settings.cfg
-    method = get_method(settings.method.name)
-    if c.parallel == "fsdp":
+    run = Run(cfg, Path(run_dir), run_name)
+    check_config(run)
+    prepare_run(run)
+    load_data(run)
+    build_model(run)
+    build_trainer(run)
+    train(run)
+    summary = save_and_summarize(run) if run.is_main else {}
+    barrier()
+    return summary
+
+
+def check_config(run: Run) -> None:
+    """Every check that needs no weights: the config's values, the model's existence, then target_modules and
+    budgets against the model's module names (a weightless copy); the Trainer's arguments."""
+    from spiel.io.base_model import build_meta_model
+    from spiel.training.config.args import training_arguments
+
+    run.settings = validate(run.cfg, world_size=env_world_size())  # raises ConfigError before anything loads
+    check_model_exists(run.settings)
+    run.method = get_method(run.settings.method.name)
+    if run.c.parallel == "fsdp":
         from spiel.training.launch.parallel import check_fsdp_support
 
         check_fsdp_support()
+    model = run.c.model
+    try:
+        meta_model = build_meta_model(model["name_or_path"], model.get("revision"))
+    except OSError as e:  # a hub id that cannot be fetched (no network, no such repo, gated)
+        raise ConfigError(f"model.name_or_path: could not load the config of {model['name_or_path']!r}: {e}. "
+                          f"{HOW}") from None
+    run.method.check_on_meta(meta_model, run.settings.method)
+    run.args = training_arguments(run.settings, run.run_dir, run.method.trainer_optim(run.settings.method),
+                                  run.use_wandb, run.run_name)
 
+
+def prepare_run(run: Run) -> None:
+    """Rank 0 prepares the run directory (fresh / resume / overwrite) and writes config.yaml; every rank
+    learns where it resumes from."""
+    c, resume_from = run.c, None
+    if run.is_main:
+        resume_from = prepare_run_dir(run.run_dir, c.resume, c.overwrite)
+        if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
+            check_resume_config(resume_from, run.cfg, c.resume_allow_config_changes)
+        (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg, resolve=True))
+    run.resume_from = broadcast_object(None if resume_from is None else str(resume_from))
+    if run.resume_from is not None:
+        log.info("resuming from %s", run.resume_from)
+        if run.is_main:
+            truncate_metrics(run.run_dir / METRICS_FILE, checkpoints.checkpoint_step(Path(run.resume_from)) or 0)
+    if run.is_main and run.use_wandb:
+        wandb_logger.start(c.logger, run.run_dir, run.run_name, OmegaConf.to_container(run.cfg, resolve=True))
+
+
+def load_data(run: Run) -> None:
+    """The tokenizer, then the training data (and the held-out split), tokenized on the main process first."""
     import transformers
 
-    from spiel.data import DataCollatorForSpiel, build_train_dataset
-    from spiel.io.base_model import build_meta_model, load_base_model, load_tokenizer
+    from spiel.data import build_train_dataset
+    from spiel.io.base_model import load_tokenizer
+
+    c = run.c
+    transformers.set_seed(c.seed)
+    run.tokenizer = load_tokenizer(c.model["name_or_path"], revision=c.model.get("revision"))
+    with run.args.main_process_first(desc="tokenizing the training data"):
+        dataset, stats = build_train_dataset(c.data, run.tokenizer, max_seq_len=c.max_seq_len,
+                                             cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
+        dataset, eval_dataset = eval_split(dataset, c, run.tokenizer, c.data, build_train_dataset)
+    log.info("training data: %d examples", len(dataset))
+    run.data = (dataset, eval_dataset, stats)
+
+
+def build_model(run: Run) -> None:
+    """The base model (possibly NF4), wrapped by the method."""
+    from spiel.io.base_model import load_base_model
     from spiel.model.targets import model_numel
-    from spiel.training.config.args import training_arguments
+
+    c, settings = run.c, run.settings
+    base = load_base_model(c.model["name_or_path"], dtype=settings.dtype, quant=settings.quant,
+                           device=run.args.device, revision=c.model.get("revision"))
+    run.total_params = model_numel(base)
+    run.model = run.method.wrap(base, settings.method, seed=c.seed, quantized=settings.quant == "nf4")
+    if c.activation_checkpointing:
+        enable_activation_checkpointing(run.model)
+
+
+def build_trainer(run: Run) -> None:
+    """The method's optimizer, the callbacks and the SpielTrainer (FSDP attached where asked)."""
+    from spiel.data import DataCollatorForSpiel
     from spiel.training.engine.trainer import SpielTrainer
 
-    # target_modules and budgets against the model's module names, before any weight loads
-    try:
-        meta_model = build_meta_model(c.model["name_or_path"], c.model.get("revision"))
-    except OSError as e:  # a hub id that cannot be fetched (no network, no such repo, gated)
-        raise ConfigError(f"model.name_or_path: could not load the config of {c.model['name_or_path']!r}: {e}. "
-                          f"{HOW}") from None
-    method.check_on_meta(meta_model, settings.method)
-
-    use_wandb = c.logger.name == "wandb"
-    args = training_arguments(settings, run_dir, method.trainer_optim(settings.method), use_wandb, run_name)
-    is_main = args.process_index == 0
-    resume_from = None
-    if is_main:
-        resume_from = prepare_run_dir(run_dir, c.resume, c.overwrite)
-        if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
-            check_resume_config(resume_from, cfg, c.resume_allow_config_changes)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    resume_from = broadcast_object(None if resume_from is None else str(resume_from))
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from)
-        if is_main:
-            truncate_metrics(run_dir / METRICS_FILE, checkpoints.checkpoint_step(Path(resume_from)) or 0)
-    if is_main and use_wandb:
-        wandb_logger.start(c.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
-
-    transformers.set_seed(c.seed)
-    model_cfg = c.model
-    tokenizer = load_tokenizer(model_cfg["name_or_path"], revision=model_cfg.get("revision"))
-    with args.main_process_first(desc="tokenizing the training data"):
-        dataset, data_stats = build_train_dataset(c.data, tokenizer, max_seq_len=c.max_seq_len,
-                                                  cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
-        dataset, eval_dataset = eval_split(dataset, c, tokenizer, c.data, build_train_dataset)
-    log.info("training data: %d examples", len(dataset))
-
-    base = load_base_model(model_cfg["name_or_path"], dtype=settings.dtype, quant=settings.quant,
-                           device=args.device, revision=model_cfg.get("revision"))
-    total_params = model_numel(base)
-    model = method.wrap(base, settings.method, seed=c.seed, quantized=settings.quant == "nf4")
-    if c.activation_checkpointing:
-        enable_activation_checkpointing(model)
-    optimizer = method.make_optimizer(model, settings.method, settings.method.lr, settings.method.weight_decay)
-    metrics_cb = MetricsLogCallback(run_dir / METRICS_FILE)
-    guard = DivergenceGuard(model, settings.method.lr)
-    loss_window = LossWindowState(resume_from)
-    trainer = SpielTrainer(
-        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSpiel(tokenizer), processing_class=tokenizer, optimizers=(optimizer, None),
-        callbacks=[guard, loss_window, metrics_cb,
-                   LossPlotCallback(run_dir / METRICS_FILE, run_dir / LOSS_PNG)],
-        state_savers=[loss_window],
+    c, m, model = run.c, run.settings.method, run.model
+    optimizer = run.method.make_optimizer(model, m, m.lr, m.weight_decay)
+    run.loss_window = LossWindowState(run.resume_from)
+    dataset, eval_dataset, _ = run.data
+    metrics = run.run_dir / METRICS_FILE
+    run.trainer = SpielTrainer(
+        model=model, args=run.args, train_dataset=dataset, eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSpiel(run.tokenizer), processing_class=run.tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=[DivergenceGuard(model, m.lr), run.loss_window, MetricsLogCallback(metrics),
+                   LossPlotCallback(metrics, run.run_dir / LOSS_PNG)],
+        state_savers=[run.loss_window],
         save_total_limit=c.save_total_limit,
     )
-    loss_window.trainer = trainer
+    run.loss_window.trainer = run.trainer
     if c.parallel == "fsdp":
         from spiel.training.launch.parallel import attach, shard_frozen_base
 
         shard_frozen_base(model)
-        attach(trainer, model)
+        attach(run.trainer, model)
     if c.loss_reduction == "micro_batch":
-        trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
+        run.trainer.model_accepts_loss_kwargs = False  # mean per micro-batch, averaged (open-instruct)
+
+
+def train(run: Run) -> None:
+    """Train (or only load a checkpoint of the last step), evaluate at the end, and check that every rank
+    ended with the same trained weights."""
+    trainer, resume_from = run.trainer, run.resume_from
     train_start = time.time()
     if resume_from is not None and _finished(Path(resume_from)):
         log.info("%s is the last step of this run: nothing left to train", resume_from)
@@ -185,46 +260,55 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         train_loss = None
     else:
         train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
-        train_loss = loss_window.train_loss if loss_window.train_loss is not None else train_loss
+        train_loss = run.loss_window.train_loss if run.loss_window.train_loss is not None else train_loss
     train_seconds = time.time() - train_start
-    if eval_dataset is not None and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
+    eval_steps = run.c.eval_steps
+    if run.data[1] is not None and not (eval_steps and trainer.state.global_step % eval_steps == 0):
         trainer.evaluate()  # the end of the run, unless eval_steps just did
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
-    steps_this_run = trainer.state.global_step - start_step
-
-    digests = gather_objects(trainable_digest(model))
+    digests = gather_objects(trainable_digest(run.model))
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")
-    summary = {}
-    if is_main:
-        final_dir = _save_final(method, model, tokenizer, run_dir)
-        extras = method.after_training(model, run_dir, trainer.state.max_steps, plot=c.plot_ages)
-        extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
-                                                                                     run_dir / LOSS_PNG)))
-        memory, memory_what = peak_memory()
-        summary = {
-            "method": method.name, "quant": settings.quant, "run_dir": str(run_dir),
-            "final_checkpoint": str(final_dir), "final_format": method.final_format,
-            "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-            "steps_this_run": steps_this_run, "resumed_from": resume_from,
-            "final_loss": last_logged_loss(run_dir / METRICS_FILE), "train_loss": train_loss,
-            "trainable": method.num_trainable(model), "total_params": total_params,
-            "peak_memory_gib": memory, "peak_memory_what": memory_what,
-            "seconds_per_step": train_seconds / max(1, steps_this_run), "wall_seconds": time.time() - start,
-            "world_size": settings.world_size, "grad_accum": settings.grad_accum,
-            "effective_batch": c.batch_size, "examples": len(dataset),
-            "dropped_examples": data_stats.get("dropped"), "rank_digests": digests,
-            "eval_command": eval_command(final_dir, settings), **extras,
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        if use_wandb:
-            wandb_logger.record_summary(summary)
-        elif c.logger.name == "tensorboard":
-            tensorboard_logger.record_summary(trainer, summary, OmegaConf.to_container(cfg, resolve=True))
-        line = summary_line(summary)
-        log.info(line)
-        print(line, flush=True)
-        print(f"checkpoint: {final_dir} ({method.final_format})", flush=True)
-        print(f"evaluate:   {summary['eval_command']}", flush=True)
-    barrier()
+    run.trained = dict(train_loss=train_loss, train_seconds=train_seconds, digests=digests,
+                       steps_this_run=trainer.state.global_step - start_step)
+
+
+def save_and_summarize(run: Run) -> dict:
+    """Rank 0: final/, the method's extras, summary.json, the logger's summary, and the closing lines."""
+    c, method, model, run_dir = run.c, run.method, run.model, run.run_dir
+    final_dir = _save_final(method, model, run.tokenizer, run_dir)
+    extras = method.after_training(model, run_dir, run.trainer.state.max_steps, plot=c.plot_ages)
+    extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
+                                                                                 run_dir / LOSS_PNG)))
+    summary = {**_summary(run, final_dir), **extras}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if run.use_wandb:
+        wandb_logger.record_summary(summary)
+    elif c.logger.name == "tensorboard":
+        tensorboard_logger.record_summary(run.trainer, summary, OmegaConf.to_container(run.cfg, resolve=True))
+    line = summary_line(summary)
+    log.info(line)
+    print(line, flush=True)
+    print(f"checkpoint: {final_dir} ({method.final_format})", flush=True)
+    print(f"evaluate:   {summary['eval_command']}", flush=True)
     return summary
+
+
+def _summary(run: Run, final_dir: Path) -> dict:
+    settings, state, trained, (dataset, _, stats) = run.settings, run.trainer.state, run.trained, run.data
+    memory, memory_what = peak_memory()
+    return {
+        "method": run.method.name, "quant": settings.quant, "run_dir": str(run.run_dir),
+        "final_checkpoint": str(final_dir), "final_format": run.method.final_format,
+        "steps": state.global_step, "max_steps": state.max_steps,
+        "steps_this_run": trained["steps_this_run"], "resumed_from": run.resume_from,
+        "final_loss": last_logged_loss(run.run_dir / METRICS_FILE), "train_loss": trained["train_loss"],
+        "trainable": run.method.num_trainable(run.model), "total_params": run.total_params,
+        "peak_memory_gib": memory, "peak_memory_what": memory_what,
+        "seconds_per_step": trained["train_seconds"] / max(1, trained["steps_this_run"]),
+        "wall_seconds": time.time() - run.start,
+        "world_size": settings.world_size, "grad_accum": settings.grad_accum,
+        "effective_batch": run.c.batch_size, "examples": len(dataset),
+        "dropped_examples": stats.get("dropped"), "rank_digests": trained["digests"],
+        "eval_command": eval_command(final_dir, settings),
+    }

@@ -13,7 +13,7 @@ from spiel.training.methods.full import FullMethod
 from spiel.training.methods.peft_methods import IA3Method, LoraMethod
 from spiel.training.methods.spiel_methods import SpielMethod
 
-METHODS: dict[str, Method] = {
+METHOD_REGISTRY: dict[str, Method] = {
     "ag": SpielMethod("ag"),
     "ma": SpielMethod("ma"),
     "lora": LoraMethod(),
@@ -23,9 +23,9 @@ METHODS: dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name]
+    if name not in METHOD_REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_REGISTRY)}")
+    return METHOD_REGISTRY[name]
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHOD_REGISTRY", "Method", "get_method"]

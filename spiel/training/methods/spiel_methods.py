@@ -8,12 +8,58 @@ import torch.nn as nn
 
 from spiel.training.methods.base import Method, target_modules_error
 
+INT32_LIMIT = 2**31  # a weight with more entries needs int64 indices
+
+
+def spiel_budget(shape, plan) -> dict[str, int]:
+    """Entries per target of a planned run (``shape``: a planning ModelShape), exactly as get_spiel_model
+    allocates them."""
+    from spiel.model.targets import allocate, total_budget
+    from spiel.spiel_config import SpielConfig
+
+    config = SpielConfig(method=plan.method, rank_equiv=plan.rank_equiv, density=plan.density,
+                         num_tunable=plan.num_tunable, target_modules=plan.target_modules)
+    targets = shape.targets(plan.target_modules)
+    return allocate(total_budget(config, shape.meta_model, targets), targets)
+
 
 class SpielMethod(Method):
+    is_sparse = True
+    budget_key = "rank_equiv"
+    planned = True
     final_format = "SpIEL delta (spiel_config.json + spiel_delta.safetensors)"
 
     def __init__(self, name: str):
         self.name = name
+
+    def plan_trained(self, shape, plan, value_bytes, base_bytes, shards):
+        from spiel.selection.methods import growth_rule, method_spec
+
+        sizes = spiel_budget(shape, plan)
+        targets = shape.targets(plan.target_modules)
+        k = sum(sizes.values())
+        index_bytes = sum(sizes[n] * (4 if o * i < INT32_LIMIT else 8) for n, (o, i) in targets.items())
+        parts = {"deltas": index_bytes + k * (value_bytes + 4)}  # indices, values, grown_at (int32)
+        if method_spec(self.name).adam_options:
+            parts["optimizer state"] = k * (4 + 4)  # Adam m, v (fp32); the ages derive from grown_at
+        else:
+            parts["optimizer state"] = sum(4 * (o + i) for o, i in targets.values())  # SM3 row/col
+        if growth_rule(self.name, "paper").estimates_gradients:
+            # the first micro-batch of an estimation phase forms each target's dense dL/dW in turn; the
+            # phase then keeps k candidates (int64) and three fp32 statistics
+            compute = 2 if plan.compute_dtype != "float32" else 4
+            parts["AG growth probe"] = max(o * i for o, i in targets.values()) * compute + k * (8 + 4 * 3)
+        parts["gradients"] = k * value_bytes * (2 if plan.parallel == "ddp" else 1)  # + DDP buckets
+        return k, parts
+
+    def plan_fields(self, mcfg):
+        target = mcfg.target_modules
+        return dict(rank_equiv=mcfg.rank_equiv, density=mcfg.density, num_tunable=mcfg.num_tunable,
+                    target_modules=target if target is None or isinstance(target, str) else list(target),
+                    delta_dtype=mcfg.delta_dtype)
+
+    def describe_budget(self, plan):
+        return f"rank_equiv={plan.rank_equiv or (None if plan.density or plan.num_tunable else 64)}"
 
     def wrap(self, model, mcfg, *, seed, quantized):
         from spiel.model.spiel_model import get_spiel_model

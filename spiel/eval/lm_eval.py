@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
+
+from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,32 @@ def evaluate_lm_eval(model, tokenizer, tasks, include_path=None, num_fewshot: in
         "lm_eval_version": getattr(lm_eval, "__version__", None),
     }
     return {"metrics": metrics, "predictions": _predictions(result.get("samples", {}))}
+
+
+# -- the benchmark: config and hooks ------------------------------------------------------------------------
+@dataclass
+class LmEvalConfig(BenchConfig):
+    tasks: Any = MISSING  # lm-eval task or group names
+    include_path: Any = None  # a directory (or list) of task YAMLs besides spiel's own
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = MISSING
+    max_length: Optional[int] = None
+    gen_kwargs: Any = None
+    bootstrap_iters: int = MISSING
+
+
+def _check_settings(bench: dict) -> None:
+    task_manager(bench.get("tasks"), bench.get("include_path"))
+
+
+def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
+    return evaluate_lm_eval(model, tokenizer, bench["tasks"], include_path=bench.get("include_path"),
+                            num_fewshot=bench.get("num_fewshot"), batch_size=batch_size, limit=limit,
+                            apply_chat_template=bool(bench.get("apply_chat_template")),
+                            max_length=bench.get("max_length"), gen_kwargs=bench.get("gen_kwargs"),
+                            bootstrap_iters=bench["bootstrap_iters"], progress=progress)
+
+
+# the first task's first metric, as lm-eval reports it
+BENCHMARK = Benchmark(name="lm_eval", config=LmEvalConfig, evaluate=_evaluate, headline=(("headline", "value"), 1.0),
+                      title="lm-eval", check_settings=_check_settings)
