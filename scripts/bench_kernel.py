@@ -92,6 +92,33 @@ def peak_bytes(fn, device):
     return max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
 
 
+# HBM bandwidth by card, where the device properties do not give clock and bus width (bytes/s, vendor figures).
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+
+
+def hbm_bandwidth(device) -> float | None:
+    """The device's HBM bandwidth in bytes/s (from its memory clock and bus width, else by name)."""
+    props = torch.cuda.get_device_properties(device)
+    clock, width = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    if clock and width:
+        return 2 * clock * 1e3 * width / 8  # double data rate; the clock in kHz
+    return next((bw for name, bw in HBM_BYTES_PER_S.items() if name in props.name), None)
+
+
+def roofline(out_f: int, in_f: int, tokens: int, k: int, element_bytes: int, hbm: float | None) -> dict:
+    """Lower bounds of the row kernel (``triton_rows``): the bytes that must move through HBM (both transposed
+    copies written and read back, their sources read, index and result vectors), the L2 traffic of re-reading
+    an ``Xᵀ`` row per entry and ``dYᵀ`` once per row, and the gather kernel's (``triton``) HBM bytes were no
+    row ever reused (two token rows per entry)."""
+    hbm_bytes = 3 * element_bytes * tokens * (in_f + out_f) + 8 * k
+    l2_bytes = element_bytes * tokens * (k + out_f)
+    no_reuse = 2 * element_bytes * tokens * k + 2 * element_bytes * tokens * (in_f + out_f) + 8 * k
+    out = {"hbm_mb": hbm_bytes / 1e6, "l2_mb": l2_bytes / 1e6, "no_reuse_mb": no_reuse / 1e6}
+    if hbm:
+        out.update(hbm_ms=hbm_bytes / hbm * 1e3, no_reuse_ms=no_reuse / hbm * 1e3, hbm_tb_s=hbm / 1e12)
+    return out
+
+
 def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, in_f, generator=gen).to(device=device, dtype=dtype)
@@ -117,6 +144,8 @@ def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     # What auto's choice costs, judged on the chosen path's own timing (free of auto-vs-path noise).
     chosen = row["auto_choice"]
     row["auto_choice_vs_best"] = row[chosen]["median_s"] / row[best]["median_s"] if chosen in row else None
+    row["roofline"] = roofline(out_f, in_f, tokens, k, x.element_size(),
+                               hbm_bandwidth(device) if device.type == "cuda" else None)
     return row
 
 
@@ -217,7 +246,8 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.set_num_threads(torch.get_num_threads())
-    paths = ["dense", "blocked", "sddmm", "auto"] + (["triton", "triton_tiles"] if device.type == "cuda" else [])
+    paths = ["dense", "blocked", "sddmm", "auto"] + (["triton", "triton_rows", "triton_tiles"]
+                                                     if device.type == "cuda" else [])
     if args.paths:
         paths = ["dense"] + [p for p in args.paths.split(",") if p != "dense"]
     tokens_list = [int(t) for t in (args.tokens or ("256,512" if args.quick else "512,2048")).split(",")]
@@ -244,7 +274,13 @@ def main(argv=None):
         rows.append(bench_case(out_f, in_f, tokens, k, dtype, device, paths, args.repeats))
         r = rows[-1]
         print(f"  {out_f}x{in_f} tokens={tokens} k={k}: " + ", ".join(
-            f"{p} {r[p]['median_s'] * 1e3:.1f} ms" for p in paths), flush=True)
+            f"{p} {r[p]['median_s'] * 1e3:.3f} ms" for p in paths), flush=True)
+        roof = r["roofline"]
+        if "hbm_ms" in roof:
+            rows_ms = r["triton_rows"]["median_s"] * 1e3 if "triton_rows" in r else float("nan")
+            print(f"    roofline of triton_rows: {roof['hbm_mb']:.0f} MB through HBM = {roof['hbm_ms']:.3f} ms at "
+                  f"{roof['hbm_tb_s']:.2f} TB/s, plus {roof['l2_mb']:.0f} MB of L2 re-reads; measured "
+                  f"{rows_ms:.3f} ms; without row reuse {roof['no_reuse_ms']:.3f} ms", flush=True)
     print()
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
           f" dtype={dtype}, threads={torch.get_num_threads()}, torch {torch.__version__}")

@@ -103,7 +103,7 @@ def tiny_shape() -> LlamaShape:
 
     from spiel.testing import TINY_MODEL_DIR
 
-    c = AutoConfig.from_pretrained(TINY_MODEL_DIR)
+    c = AutoConfig.from_pretrained(TINY_MODEL_DIR, trust_remote_code=False)
     return LlamaShape(hidden=c.hidden_size, intermediate=c.intermediate_size, layers=c.num_hidden_layers,
                       heads=c.num_attention_heads, kv_heads=c.num_key_value_heads, vocab=c.vocab_size)
 

@@ -50,7 +50,7 @@ from spiel.bench.report import (
     step_chart,
     step_table,
 )
-from spiel.bench.step import APPLIED_VARIANTS, STEP_METHODS, StepSpec
+from spiel.bench.step import STEP_METHODS, VARIANTS, StepSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,9 @@ QUICK_SHAPE = LlamaShape(hidden=512, intermediate=1376, layers=2, heads=4, kv_he
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(STEP_METHODS),
-                   help=f"from {','.join(STEP_METHODS + tuple(APPLIED_VARIANTS))} (*_applied: SpIEL with merged "
-                        "storage off, the delta applied and restored in every call)")
+                   help=f"from {','.join(STEP_METHODS + tuple(VARIANTS))} (*_applied: SpIEL with merged "
+                        "storage off; *_loop: selection, optimizer and AG's probe one matrix at a time, as before "
+                        "batching)")
     p.add_argument("--quant", default="none", choices=["none", "nf4", "both"],
                    help="nf4: NF4 bases (QLoRA, qSpIEL; needs bitsandbytes; fp32 compute on CPU)")
     p.add_argument("--quick", action="store_true", help="small model, R=4, γ=2 (for `make bench`)")
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
         return worker_main(args.worker, args.out)
     from spiel.bench.models import parse_methods
 
-    methods = parse_methods(args.methods, STEP_METHODS + tuple(APPLIED_VARIANTS))
+    methods = parse_methods(args.methods, STEP_METHODS + tuple(VARIANTS))
     spec0 = base_spec(args)
     shape = LlamaShape(**spec0.shape)
     spec0 = replace(spec0, rank=spec0.rank or equivalent_rank(shape))
@@ -302,6 +303,18 @@ def main(argv=None) -> int:
     if any(m.get("reselection") for m in out["methods"].values()):
         print()
         print(reselection_table(out["methods"]))
+        if spec0.device == "cpu":
+            print("\nthe same in CPU seconds:")
+            print(reselection_table(out["methods"], "reselection_cpu"))
+    profiles = {label(k): runs[0]["profile"] for k, runs in results.items() if runs and runs[0].get("profile")}
+    if profiles:
+        from spiel.bench.profile import breakdown_table
+
+        unit = ("device time; idle = wall − busy" if spec0.device.startswith("cuda")
+                else "self CPU time of the operators (wall clock inside each); untraced = wall − their sum")
+        table = breakdown_table(profiles, unit)
+        Path(args.profile, "breakdown.md").write_text(table + "\n")
+        print("\nwhere a step's time goes (torch.profiler, ms per step of each kind):\n" + table)
     if searched:
         print("\nminimum memory (GiB, 30 steps): " + ", ".join(f"{label(k)} {v['min_gib']}" for k, v in searched.items()))
     print(f"load average before {load_before[0]:.2f}, after {out['config']['load_after'][0]:.2f}")

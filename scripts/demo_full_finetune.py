@@ -60,8 +60,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    tok = AutoTokenizer.from_pretrained(args.base)
-    model = LlamaForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(args.base, trust_remote_code=False)
+    model = LlamaForCausalLM.from_pretrained(args.base, dtype=torch.float32, trust_remote_code=False).eval()
 
     base = None
     if not args.skip_base:

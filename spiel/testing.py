@@ -32,13 +32,13 @@ def _check(path: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _master_model() -> LlamaForCausalLM:
-    model = LlamaForCausalLM.from_pretrained(_check(TINY_MODEL_DIR), dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(_check(TINY_MODEL_DIR), dtype=torch.float32, trust_remote_code=False)
     return model.eval()
 
 
 @functools.lru_cache(maxsize=1)
 def _master_tokenizer():
-    return AutoTokenizer.from_pretrained(_check(TINY_MODEL_DIR))
+    return AutoTokenizer.from_pretrained(_check(TINY_MODEL_DIR), trust_remote_code=False)
 
 
 def tiny_model() -> LlamaForCausalLM:

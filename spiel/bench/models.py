@@ -123,7 +123,7 @@ def random_llama_nf4(shape: LlamaShape, max_positions: int, compute_dtype: torch
         qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype)
         model = AutoModelForCausalLM.from_pretrained(tmp, dtype=compute_dtype, quantization_config=qcfg,
-                                                     device_map={"": str(device)})
+                                                     device_map={"": str(device)}, trust_remote_code=False)
     return model.eval()
 
 

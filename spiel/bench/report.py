@@ -8,7 +8,8 @@ from pathlib import Path
 LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
           "ia3": "(IA)3", "ag": "SpIEL-AG",
           "ma": "SpIEL-MA", "static": "static sparse",
-          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)"}
+          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)",
+          "ag_loop": "SpIEL-AG (one by one)", "ma_loop": "SpIEL-MA (one by one)"}
 
 
 def label(key: str) -> str:
@@ -52,6 +53,7 @@ def combine_rounds(results: list[dict]) -> dict:
         "final_loss": first["final_loss"],
         "bytes_per_entry": first.get("bytes_per_entry"),
         "reselection": _mean_reselection([r.get("reselection") for r in results]),
+        "reselection_cpu": _mean_reselection([r.get("reselection_cpu") for r in results]),
     }
 
 
@@ -135,12 +137,13 @@ def cpu_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def reselection_table(methods: dict[str, dict]) -> str:
-    """Where SpIEL's extra time per reselection period goes, by kind of step."""
+def reselection_table(methods: dict[str, dict], key: str = "reselection") -> str:
+    """Where SpIEL's extra time per reselection period goes, by kind of step (``key="reselection_cpu"``: in CPU
+    seconds)."""
     lines = ["| method | plain step median (s) | AG probe (dense grad + top-k) s/period | estimation s/period | "
              "reselection step s/period | total s/period | total in median steps |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in methods.items():
-        res = m.get("reselection")
+        res = m.get(key)
         if res:
             lines.append(f"| {label(name)} | {res['plain_median_s']:.3f} | {res['probe_s_per_period']:.3f} | "
                          f"{res['estimate_s_per_period']:.3f} | {res['reselect_s_per_period']:.3f} | "

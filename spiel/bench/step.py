@@ -40,9 +40,11 @@ from spiel.dtypes import DTYPES
 STEP_METHODS = ("floor", "full", "lora", "lora0", "ia3", "ag", "ma")
 # ``lora0``: LoRA with dropout 0, the LoRA a user picks for speed (dropout 0.1, the paper's, costs a copy of
 # every projection's input); ``lora`` keeps the paper's configuration.
-# On request only: SpIEL with merged storage off (the delta applied and restored in every forward and
-# backward), to measure what merged storage saves in the same run.
-APPLIED_VARIANTS = {"ag_applied": "ag", "ma_applied": "ma"}
+# On request only, to measure in the same run what a change saves: ``*_applied``, SpIEL with merged storage off
+# (the delta applied and restored in every forward and backward); ``*_loop``, SpIEL computing its steps as it
+# did before batching: selection one matrix at a time, the optimizer one parameter at a time, AG's probe
+# holding each dense gradient whole.
+VARIANTS = {"ag_applied": "ag", "ma_applied": "ma", "ag_loop": "ag", "ma_loop": "ma"}
 
 
 @dataclass
@@ -178,8 +180,10 @@ def _sync(device: torch.device) -> None:
 
 
 class _Profiler:
-    """``torch.profiler`` over the timed steps, with forward/backward/optimizer/selector regions; a no-op
-    without a path. The table (regions, then the top operators by self time) is written to ``path``."""
+    """``torch.profiler`` over the timed steps, each a ``## step <kind>`` region holding forward/backward/
+    optimizer/selector regions; a no-op without a path. Writes the table (regions, then the top operators by
+    self time) to ``path``, the breakdown by kind of step (``spiel.bench.profile``) to ``<path>.breakdown.json``
+    and the Chrome trace to ``<path>.trace.json``."""
 
     def __init__(self, path: str | None, device: torch.device):
         self.path, self.device, self.prof = path, device, None
@@ -197,19 +201,25 @@ class _Profiler:
             return contextlib.nullcontext()
         return torch.profiler.record_function(f"## {name}")
 
-    def stop(self) -> None:
+    def stop(self) -> dict | None:
         if self.prof is None:
-            return
+            return None
+        from spiel.bench.profile import breakdown, write_breakdown
+
         self.prof.__exit__(None, None, None)
         events = self.prof.key_averages()
         sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         regions = [e for e in events if e.key.startswith("## ")]
         lines = ["regions (total time over the timed steps):"]
-        lines += [f"  {e.key[3:]:<10} {e.cpu_time_total / 1e6:8.3f} s  ({e.count} calls)" for e in regions]
+        lines += [f"  {e.key[3:]:<16} {e.cpu_time_total / 1e6:8.3f} s  ({e.count} calls)" for e in regions]
         lines += ["", events.table(sort_by=sort, row_limit=30)]
         with open(self.path, "w") as f:
             f.write("\n".join(lines))
+        result = breakdown(self.prof.events(), self.device.type == "cuda")
+        write_breakdown(f"{self.path}.breakdown.json", result)
+        self.prof.export_chrome_trace(f"{self.path}.trace.json")
         self.prof = None
+        return result
 
 
 def build(spec: StepSpec):
@@ -226,9 +236,9 @@ def build(spec: StepSpec):
 
 def run(spec: StepSpec) -> dict:
     """Time ``spec.method``'s optimizer steps and measure its extra memory; returns a JSON-able dict."""
-    if spec.method not in STEP_METHODS + tuple(APPLIED_VARIANTS):
-        raise ValueError(f"method must be one of {STEP_METHODS + tuple(APPLIED_VARIANTS)}, got {spec.method!r}")
-    method = APPLIED_VARIANTS.get(spec.method, spec.method)
+    if spec.method not in STEP_METHODS + tuple(VARIANTS):
+        raise ValueError(f"method must be one of {STEP_METHODS + tuple(VARIANTS)}, got {spec.method!r}")
+    method = VARIANTS.get(spec.method, spec.method)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -256,13 +266,16 @@ def run(spec: StepSpec) -> dict:
         if spec.method == "lora0":
             mcfg.dropout = 0.0
         model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
-        if spec.method in APPLIED_VARIANTS:
+        if spec.method.endswith("_applied"):
             for layer in model.deltas.values():
                 layer.merged_storage = False
         if reselects(method):
             # A horizon one period past the run: every period in the timed window is a whole one (its phase
             # start, the AG probe, is not dropped for ending after the run), as in the middle of a long run.
             selector = model.make_selector(optimizer, total_steps=total + spec.reselection_steps)
+            if spec.method.endswith("_loop"):
+                selector.batched = optimizer.foreach = False
+                selector.rule.streams_candidates = False
         trainable = trainable_count(method, model)
     model.train()
 
@@ -273,6 +286,9 @@ def run(spec: StepSpec) -> dict:
     for step in range(total):
         if step == spec.warmup:
             profiler.start()
+        kind = step_kind(selector, selector.t + 1 if selector is not None else step + 1)
+        step_region = profiler.region(f"step {kind}")
+        step_region.__enter__()
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(spec.accum):
@@ -297,12 +313,13 @@ def run(spec: StepSpec) -> dict:
                 selector.step()
         _sync(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        step_region.__exit__(None, None, None)
         if step >= spec.warmup:
             times.append(elapsed)
             cpu_times.append(cpu)
-            kinds.append(step_kind(selector, selector.t if selector is not None else step + 1))
+            kinds.append(kind)
         losses.append(float(loss.detach()))
-    profiler.stop()
+    profile = profiler.stop()
     if selector is not None:
         selector.close()
     info = {"threads": torch.get_num_threads()}
@@ -330,6 +347,9 @@ def run(spec: StepSpec) -> dict:
         "step_kinds": kinds,
         "reselection": reselection_cost(times, kinds, len(times) / spec.reselection_steps)
         if selector is not None else None,
+        "reselection_cpu": reselection_cost(cpu_times, kinds, len(times) / spec.reselection_steps)
+        if selector is not None else None,
         "spec": asdict(spec),
+        **({"profile": profile} if profile is not None else {}),
     }
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from spiel.eval.benchmark import register_bench_schemas
+from spiel.eval.config_check import EvalConfigError, check_eval_config
 from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
 from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_run
@@ -31,6 +33,7 @@ log = logging.getLogger("spiel.eval")
 register_bench_schemas()  # configs/bench/*.yaml extend them
 
 _CACHE: dict[tuple, LoadedModel] = {}
+ERROR_FILE = "error.txt"  # a failed job's reason, in its output dir
 # An absolute path: a relative config_path would be resolved as a Python package when run as a console
 # script. The configs live at the repository's top level (an editable install sees them).
 # spiel/configs: a link to the top-level configs/ in a checkout, a packaged copy in a wheel.
@@ -83,6 +86,7 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         output_dir = HydraConfig.get().runtime.output_dir
+    check_eval_config(cfg)  # every key known and in range, before any data or model is read
     bench = OmegaConf.to_container(cfg.bench, resolve=True)
     name = bench["name"]
     check_bench(name, bench)  # before the model loads
@@ -116,10 +120,11 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 def _user_errors() -> tuple:
     from spiel.eval.lm_eval import LmEvalError
+    from spiel.io.model_source import RemoteCodeError, RevisionError
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,
-            FileNotFoundError, LmEvalError)
+            FileNotFoundError, LmEvalError, RemoteCodeError, RevisionError, EvalConfigError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
@@ -127,16 +132,24 @@ def main(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    out = Path(HydraConfig.get().runtime.output_dir)
     try:
         return run(cfg)
     except _user_errors() as e:
-        out = Path(HydraConfig.get().runtime.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
+        (out / ERROR_FILE).write_text(f"{type(e).__name__}: {e}\n")
         print(f"spiel-eval: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return None  # the other jobs of the sweep still run
+        if multirun:
+            return None  # the other jobs of the sweep still run; the sweep then exits 1 (SweepReport)
         sys.exit(2)
+    except Exception as e:
+        if not multirun:
+            raise  # a bug: its traceback
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ERROR_FILE).write_text("".join(traceback.format_exception(e)))
+        log.exception("sweep job %s failed; continuing with the others", out.name)
+        return None
 
 
 if __name__ == "__main__":

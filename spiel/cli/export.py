@@ -6,17 +6,24 @@
 `ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
 `ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
 cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
-Tülu chat template training used (checked token for token, `spiel.data.chat_template`). The directory
-is written under a temporary name and renamed at the end, so an interrupted export leaves no directory
-that looks complete. Merging into a 4-bit (NF4) base is refused: it would requantize the weights.
+Tülu chat template training used (checked token for token, `spiel.data.chat_template`). Merging into a
+4-bit (NF4) base is refused: it would requantize the weights.
+
+Nothing but the export's own files is ever deleted: the model is written into a fresh, uniquely named
+directory beside `out` and renamed to `out` at the end; with overwrite=true the old `out` is first
+renamed aside, then the new one moved in, and only then is the old one deleted, so a kill at any moment
+leaves `out` either the old export or the new one, whole. An `out` that is, contains or lies inside
+an input (a checkpoint, the base model) is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -49,9 +56,75 @@ def _check_settings(ckpts: list[str], out, dtype: str, quant: str, overwrite: bo
     if quant != "none":
         raise ExportError(f"quant={quant}: " + NF4_ADVICE.format(base="the same base, not quantized"))
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"out={out} is a file; out= is the directory to write the model into")
+    if out.exists() and not overwrite and any(out.iterdir()):
         raise ExportError(f"out={out} exists and is not empty; choose another out= or pass overwrite=true")
     return out
+
+
+def _check_out_apart(out: Path, inputs: dict[str, str]) -> None:
+    """Refuse an ``out`` that is, contains or lies inside an input (``{what: path}``): writing it would
+    replace or delete what is being exported (``ckpt=RUN/final out=RUN`` would delete the whole run)."""
+    target = out.resolve()
+    for what, path in inputs.items():
+        source = Path(path).resolve()
+        relation = ("is" if target == source else "contains" if target in source.parents
+                    else "lies inside" if source in target.parents else None)
+        if relation:
+            raise ExportError(f"out={out} {relation} the input {what} ({path}): writing there would replace or "
+                              "delete what is being exported; choose an out= outside every input")
+
+
+def _local_inputs(ckpts: list[str], model_name: str | None, info: dict | None = None) -> dict[str, str]:
+    """The inputs of an export that are directories on this machine: checkpoints (Hub ones as their
+    snapshot once loaded), the base model."""
+    from spiel.io.base_model import resolve_model_path
+
+    found = {f"ckpt={c}": c for c in ckpts if Path(c).is_dir()}
+    for c, d in zip(ckpts, (info or {}).get("ckpt_dirs") or [], strict=False):
+        found.setdefault(f"ckpt={c}", d)
+    for base in (model_name, (info or {}).get("base")):
+        if base:
+            path = Path(resolve_model_path(base))
+            if path.is_dir():
+                found[f"base model {base}"] = str(path)
+    return found
+
+
+def _write_error(error: OSError, path: Path) -> ExportError:
+    from spiel.training.engine.failures import describe_os_error
+
+    return ExportError(describe_os_error(error, path, "cannot write the export to"))
+
+
+def _write(out: Path, save) -> None:
+    """``save(directory)`` into a fresh directory beside ``out``, then swapped in (see the module docstring)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    except OSError as e:
+        raise _write_error(e, out) from None
+    try:
+        save(staging)
+        aside = None
+        if out.exists():  # an empty directory, or overwrite=true (checked before loading)
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+            os.rename(out, aside)  # onto the empty directory just made: atomic
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside, out)  # put the old export back
+            raise
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _write_error(e, out) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
 
 
 def _check_base_not_4bit(model_name: str | None, ckpts: list[str]) -> None:
@@ -100,27 +173,26 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
 
     ckpts = normalize_ckpts(ckpt)
     out = _check_settings(ckpts, out, str(dtype), str(quant), overwrite)
+    _check_out_apart(out, _local_inputs(ckpts, model_name))
     _check_base_not_4bit(model_name, ckpts)
     loaded = load_for_eval(ckpts, model_name=model_name, dtype="float32", quant="none", device=device,
                            revision=revision, ckpt_weights=ckpt_weights)
+    _check_out_apart(out, _local_inputs(ckpts, model_name, loaded.info))  # Hub snapshots, the recorded base
     model, tokenizer = loaded.model, loaded.tokenizer
     _check_loaded(model)
     attach_chat_template(tokenizer)
     model = model.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
-
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
             "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
             "chat_template": "tulu"}
-    (staging / "spiel_export.json").write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)  # checked above: empty, or overwrite=true
-    staging.rename(out)
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        (directory / "spiel_export.json").write_text(json.dumps(info, indent=1) + "\n")
+
+    _write(out, save)
     log.info("exported %s to %s (%s)", " + ".join(ckpts), out, dtype)
     return out
 
@@ -129,7 +201,8 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
 def main(cfg: DictConfig):
     from spiel.checkpoint.kind import CheckpointError
     from spiel.data.chat_template import ChatTemplateError
-    from spiel.model.spiel_model import CheckpointMismatchError
+    from spiel.io.model_source import RemoteCodeError, RevisionError
+    from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     ckpt = OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt
     weights = cfg.get("ckpt_weights")
@@ -138,7 +211,8 @@ def main(cfg: DictConfig):
         out = export(ckpt, cfg.out, model_name=cfg.model.name_or_path, dtype=cfg.dtype, quant=cfg.quant.name,
                      device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
                      ckpt_weights=weights)
-    except (ExportError, CheckpointError, CheckpointMismatchError, ChatTemplateError, FileNotFoundError) as e:
+    except (ExportError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, ChatTemplateError,
+            FileNotFoundError, RemoteCodeError, RevisionError) as e:
         print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",

@@ -31,6 +31,7 @@ log = logging.getLogger("spiel.cli.train")
 
 def _task(cfg: DictConfig) -> float:
     from spiel.training.config.preflight import refuse
+    from spiel.training.engine import run_lock
     from spiel.training.engine.failures import as_user_error
     from spiel.training.engine.run import run_training
     from spiel.training.launch.launch_env import set_from_submitit
@@ -58,6 +59,7 @@ def _task(cfg: DictConfig) -> float:
         record_failure(run_dir, error)
         return float("nan")
     finally:
+        run_lock.release(run_dir)
         release_job_resources()
 
 

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 from spiel.data.errors import DataError
 from spiel.data.reader import DEFAULT_MAX_RECORD_BYTES
 from spiel.data.records import FORMATS
+from spiel.io.model_source import check_revision
 from spiel.paths import ASSETS_DIR, REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -98,9 +100,12 @@ def resolve_path(path: str) -> Path:
 
 def parse_data_config(data_cfg) -> DataConfig:
     cfg = _as_dict(data_cfg, "data config")
-    unknown = set(cfg) - _TOP_KEYS
-    if unknown:  # other components (the training schema) may add keys of their own: warn, don't fail
-        logger.warning("data config: ignoring keys %s (data keys are %s)", sorted(unknown), sorted(_TOP_KEYS))
+    unknown = sorted(set(cfg) - _TOP_KEYS)
+    if unknown:  # a misspelt key (``+data.sead=1``) would otherwise change nothing, silently
+        close = difflib.get_close_matches(str(unknown[0]), sorted(_TOP_KEYS), n=1, cutoff=0.6)
+        hint = f"; did you mean data.{close[0]}?" if close else ""
+        raise DataError(f"data config: unknown key(s) {', '.join(f'data.{k}' for k in unknown)}{hint} (keys added "
+                        f"with '+' are checked too; known keys of data: {', '.join(sorted(_TOP_KEYS))})")
     top_mode = _check_mode(cfg.get("on_bad_record") or "error", "data config")
     template_seed = int(cfg.get("template_seed", 42))
     max_record_bytes = cfg.get("max_record_bytes")
@@ -134,6 +139,10 @@ def parse_data_config(data_cfg) -> DataConfig:
         fmt = src.get("format") or "auto"
         if fmt != "auto" and fmt not in FORMATS:
             raise DataError(f"source {name!r}: format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+        try:
+            check_revision(src.get("revision"), f"data sources[{i}].revision")
+        except ValueError as e:
+            raise DataError(str(e)) from None
         specs.append(
             SourceSpec(
                 name=name,

@@ -7,6 +7,7 @@ This is a sampled dense-dense matmul (SDDMM) of ``dYᵀ X`` at the active positi
 * ``sddmm``:   ``torch.sparse.sampled_addmm`` on the CSR pattern of the (sorted) indices, accumulated
                over chunks of tokens so the transposed copies stay cache-sized; O(k + chunk) memory;
 * ``triton``:  a Triton gather-dot kernel (CUDA; ``triton_sddmm.py``);
+* ``triton_rows``: the gather-dot kernel by rows of the weight, each row's ``dYᵀ`` tokens loaded once (CUDA);
 * ``triton_tiles``: a Triton tensor-core tile kernel that writes only the active entries (CUDA).
 
 ``auto`` measures: the first time it meets a (device, dtype, shape, k, tokens) bucket it times every
@@ -27,8 +28,8 @@ import torch
 
 from spiel.delta.indices import csr_pattern
 
-GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_tiles")
-CUDA_ONLY_PATHS = ("triton", "triton_tiles")
+GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_rows", "triton_tiles")
+CUDA_ONLY_PATHS = ("triton", "triton_rows", "triton_tiles")
 
 # Tokens per sampled_addmm call. The kernel reads a row of Xᵀ (one token chunk) per active index, so
 # the chunk of Xᵀ should stay cache-resident: about 2 MiB of fp32 (the dev box has 2 MiB L2 per core).
@@ -203,18 +204,32 @@ def sddmm_gather_grad(
     Extra memory: the CSR pattern and result (O(k)) plus one transposed chunk of X and dY
     (O(token_chunk · (in + out))); nothing of size out·in.
     """
-    k = indices.numel()
+    return sddmm_gather_grads(x2d, g2d, [indices], out_features, in_features, token_chunk)[0]
+
+
+def sddmm_gather_grads(
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    index_sets: list[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    token_chunk: int | None = None,
+) -> list[torch.Tensor]:
+    """:func:`sddmm_gather_grad` of several index sets of one ``(X, dY)`` (the values and AG's candidates):
+    each token chunk is transposed once for all of them. Each result is what the set alone gives."""
     token_chunk = token_chunk or sddmm_token_chunk(in_features)
-    crow, cols = csr_pattern(indices, out_features, in_features)
-    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
-        warnings.simplefilter("ignore", UserWarning)
-        acc = torch.sparse_csr_tensor(
-            crow,
-            cols,
-            torch.zeros(k, dtype=torch.float32, device=x2d.device),
-            (out_features, in_features),
-            check_invariants=False,
-        )
+    accs = []
+    for indices in index_sets:
+        crow, cols = csr_pattern(indices, out_features, in_features)
+        with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
+            warnings.simplefilter("ignore", UserWarning)
+            accs.append(torch.sparse_csr_tensor(
+                crow,
+                cols,
+                torch.zeros(indices.numel(), dtype=torch.float32, device=x2d.device),
+                (out_features, in_features),
+                check_invariants=False,
+            ))
     tokens = x2d.shape[0]
     chunk = max(1, min(token_chunk, tokens))
     buf = _workspace(chunk * (out_features + in_features), x2d.device)
@@ -225,8 +240,9 @@ def sddmm_gather_grad(
         x_t = buf[out_features * c : (out_features + in_features) * c].view(in_features, c)
         _transpose_into(g_t, g2d[start : start + c])
         _transpose_into(x_t, x2d[start : start + c])
-        torch.sparse.sampled_addmm(acc, g_t, x_t.t(), beta=1.0, out=acc)
-    return acc.values()
+        for acc in accs:
+            torch.sparse.sampled_addmm(acc, g_t, x_t.t(), beta=1.0, out=acc)
+    return [acc.values() for acc in accs]
 
 
 # Tokens per strip of a transposed copy. torch copies a transposed [T, n] matrix by walking the
@@ -282,6 +298,35 @@ def gather_grad(
     return _run_path(grad_path, x2d, g2d, indices, out_features, in_features)
 
 
+def gather_grads(
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    index_sets: list[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    grad_path: str = "auto",
+    dense_grad: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """:func:`gather_grad` of several index sets of one backward; the sets that take the ``sddmm`` path share its
+    transposed token chunks (:func:`sddmm_gather_grads`)."""
+    if dense_grad is not None or grad_path not in ("auto", "sddmm") or len(index_sets) < 2:
+        return [gather_grad(x2d, g2d, s, out_features, in_features, grad_path, dense_grad) for s in index_sets]
+    results: list[torch.Tensor | None] = [None] * len(index_sets)
+    shared = []
+    for i, indices in enumerate(index_sets):
+        path = grad_path
+        if indices.numel() and path == "auto":
+            path, results[i] = calibrated_path(x2d, g2d, indices, out_features, in_features)
+        if results[i] is None and indices.numel() and path == "sddmm":
+            shared.append(i)
+        elif results[i] is None:
+            results[i] = gather_grad(x2d, g2d, indices, out_features, in_features, path)
+    found = sddmm_gather_grads(x2d, g2d, [index_sets[i] for i in shared], out_features, in_features) if shared else []
+    for i, grad in zip(shared, found, strict=True):
+        results[i] = grad
+    return results
+
+
 def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.Tensor:
     if grad_path in CUDA_ONLY_PATHS and x2d.device.type != "cuda" and not _interpreted():
         raise ValueError(f"grad_path={grad_path!r} needs a CUDA device (or TRITON_INTERPRET=1 for tests); "
@@ -296,6 +341,10 @@ def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.
         from spiel.delta.triton_sddmm import triton_gather_grad
 
         return triton_gather_grad(x2d, g2d, indices, in_features)
+    if grad_path == "triton_rows":
+        from spiel.delta.triton_sddmm import triton_rows_grad
+
+        return triton_rows_grad(x2d, g2d, indices, out_features, in_features)
     if grad_path == "triton_tiles":
         from spiel.delta.triton_sddmm import triton_tiles_grad
 

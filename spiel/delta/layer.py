@@ -11,6 +11,7 @@ only by :meth:`merge` / :meth:`unmerge`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -71,6 +72,8 @@ class SparseDeltaLinear(nn.Module):
         self.register_state_dict_pre_hook(_restore_base_hook)
         self._register_load_state_dict_pre_hook(_restore_base_hook, with_module=True)
         self._dense_grad_request: Callable[[torch.Tensor], None] | None = None
+        self._grad_blocks_request = None
+        self._checked_candidates = None
         self._candidates: torch.Tensor | None = None
         self._candidate_callback: Callable[[torch.Tensor], None] | None = None
 
@@ -118,14 +121,25 @@ class SparseDeltaLinear(nn.Module):
         """Hand the dense ``dL/dW`` of the next backward (one micro-batch) to ``callback``, once."""
         self._dense_grad_request = callback
 
+    def request_grad_blocks(self, callback: Callable[[Callable[[int, int], torch.Tensor], int], None]) -> None:
+        """Hand ``dL/dW`` of the next backward (one micro-batch) to ``callback`` by row blocks, once (see
+        ``GradProbe.on_grad_blocks``): a large dense gradient is then never whole."""
+        self._grad_blocks_request = callback
+
     def set_candidate_probe(self, candidates: torch.Tensor, callback: Callable[[torch.Tensor], None]) -> None:
         """On every backward until cleared, hand ``dL/dW`` at ``candidates`` (fp32) to ``callback``."""
-        check_indices(candidates, self.out_features * self.in_features, "candidates")
+        # Checked once per tensor and version: a rule sets the same candidates again before every step of a
+        # phase, and the check costs passes over them and host round-trips.
+        checked = self._checked_candidates
+        if checked is None or checked[0]() is not candidates or checked[1] != candidates._version:
+            check_indices(candidates, self.out_features * self.in_features, "candidates")
+            self._checked_candidates = (weakref.ref(candidates), candidates._version)
         self._candidates = candidates.to(device=self.indices.device, dtype=self.indices.dtype)
         self._candidate_callback = callback
 
     def clear_probes(self) -> None:
         self._dense_grad_request = None
+        self._grad_blocks_request = None
         self._candidates = None
         self._candidate_callback = None
 
@@ -134,10 +148,11 @@ class SparseDeltaLinear(nn.Module):
         # through the no-grad first pass of reentrant activation checkpointing).
         if not (torch.is_grad_enabled() and self.values.requires_grad):
             return None
-        if self._dense_grad_request is None and self._candidates is None:
+        if self._dense_grad_request is None and self._grad_blocks_request is None and self._candidates is None:
             return None
-        probe = GradProbe(self._dense_grad_request, self._candidates, self._candidate_callback)
-        self._dense_grad_request = None
+        probe = GradProbe(self._dense_grad_request, self._candidates, self._candidate_callback,
+                          self._grad_blocks_request)
+        self._dense_grad_request = self._grad_blocks_request = None
         return probe
 
     # -- forward / merge -----------------------------------------------------------------------------

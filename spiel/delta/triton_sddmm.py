@@ -1,10 +1,17 @@
 """Triton kernels for the values' gradient on CUDA: ``grad[j] = sum_t X[t, col_j] · dY[t, row_j]``.
 
-Two kernels, both exact sums in fp32 over the tokens; ``auto`` measures which is faster (``grad_paths.py``):
+Three kernels, all exact sums in fp32 over the tokens; ``auto`` measures which is fastest (``grad_paths.py``):
 
 * ``triton`` (gather-dot): a program per ``BLOCK_K`` consecutive active indices walks the tokens in
   ``BLOCK_T`` steps and reads ``Xᵀ[col_j, t]`` and ``dYᵀ[row_j, t]`` by gather. Reads ``2·k·T`` values,
   so it wins only at small ``k`` (inputs are transposed first, so each index reads contiguous tokens).
+* ``triton_rows`` (gather-dot by rows): a program per row of the weight takes that row's entries (one
+  contiguous run, the indices being sorted) ``BLOCK_K`` at a time, loads the row's ``dYᵀ`` tokens once per
+  token step and each entry's ``Xᵀ`` tokens by gather: ``(k + out)·T`` values read instead of ``2·k·T``,
+  and the re-read ``Xᵀ`` rows (``in·T``, 16 MiB at 4096 features and 2048 bf16 tokens) fit in L2.
+  Roofline, bytes that must come from HBM: the two transposed copies (read and write), ``dYᵀ`` and ``Xᵀ``
+  once each, and the index and result vectors: ``e·T·(3·(in + out)) + 8·k`` (``e`` bytes per element);
+  the ``k·T·e`` re-reads of ``Xᵀ`` rows are L2 traffic (``scripts/bench_kernel.py`` prints both bounds).
 * ``triton_tiles`` (tile GEMM with a sampled epilogue): a program per ``BLOCK_R × BLOCK_C`` tile of the
   ``[out, in]`` gradient stages the token tiles of dY and X once, multiplies them on the tensor cores
   (``tl.dot``), and writes only the tile's active entries: no ``[out, in]`` matrix is ever stored. The
@@ -32,6 +39,8 @@ import torch
 # 65 KiB of shared memory, no spills; fp32 inputs fit the 4 stages on sm_80 (128 KiB) too.
 KERNEL_CONFIGS = {
     "gather": dict(BLOCK_K=32, BLOCK_T=128, num_warps=4),
+    # ~16 entries per row at rank 8 on 4096x4096 (~128 at rank 64: a few passes over the row's dY tokens)
+    "rows": dict(BLOCK_K=16, BLOCK_T=128, num_warps=4),
     "tiles": dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=32, num_warps=8, num_stages=4),
 }
 
@@ -86,6 +95,44 @@ def kernels() -> dict:
             gs = tl.load(g_rows[:, None] + t[None, :], mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(xs * gs, axis=1)
         tl.store(out_ptr + lanes, acc, mask=lane_ok)
+
+    @triton.jit
+    def rows_kernel(
+        xt_ptr,  # [in, T]
+        gt_ptr,  # [out, T]
+        idx_ptr,  # [k] sorted flat row-major indices
+        crow_ptr,  # [out + 1] first entry of each row (CSR row pointers)
+        out_ptr,  # [k] fp32
+        tokens,
+        in_features,
+        stride_x,
+        stride_g,
+        BLOCK_K: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        WIDE: tl.constexpr,  # int64 offsets (a transposed input of 2**31 or more elements)
+    ):
+        row = tl.program_id(0)
+        start = tl.load(crow_ptr + row)
+        end = tl.load(crow_ptr + row + 1)
+        row_w = row.to(tl.int64) if WIDE else row
+        g_row = gt_ptr + row_w * stride_g
+        row_base = row.to(tl.int64) * in_features
+        for j0 in range(start, end, BLOCK_K):
+            lanes = j0 + tl.arange(0, BLOCK_K)
+            lane_ok = lanes < end
+            flat = tl.load(idx_ptr + lanes, mask=lane_ok, other=0).to(tl.int64)
+            cols = flat - row_base
+            cols = cols if WIDE else cols.to(tl.int32)
+            x_rows = xt_ptr + cols * stride_x
+            acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for t0 in range(0, tokens, BLOCK_T):
+                t = t0 + tl.arange(0, BLOCK_T)
+                t_ok = t < tokens
+                gs = tl.load(g_row + t, mask=t_ok, other=0.0).to(tl.float32)
+                xs = tl.load(x_rows[:, None] + t[None, :], mask=lane_ok[:, None] & t_ok[None, :],
+                             other=0.0).to(tl.float32)
+                acc += tl.sum(xs * gs[None, :], axis=1)
+            tl.store(out_ptr + lanes, acc, mask=lane_ok)
 
     @triton.jit
     def tiles_kernel(
@@ -154,7 +201,7 @@ def kernels() -> dict:
                 value = tl.sum(tl.where(local[None, :] == col[:, None], acc, 0.0), axis=1)
                 tl.store(out_ptr + pos, value, mask=ok)
 
-    return {"gather": gather_kernel, "tiles": tiles_kernel}
+    return {"gather": gather_kernel, "rows": rows_kernel, "tiles": tiles_kernel}
 
 
 def triton_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -171,6 +218,29 @@ def triton_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tens
     grid = (triton_cdiv(k, cfg["BLOCK_K"]),)
     kernels()["gather"][grid](
         xt, gt, indices.contiguous(), out, k, tokens, in_features, xt.stride(0), gt.stride(0),
+        BLOCK_K=cfg["BLOCK_K"], BLOCK_T=cfg["BLOCK_T"], WIDE=wide, num_warps=cfg["num_warps"],
+    )
+    return out
+
+
+def triton_rows_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int,
+                     in_features: int) -> torch.Tensor:
+    """``(dYᵀ X).view(-1)[indices]`` in fp32 by the row kernel (sorted ``indices``); extra memory
+    O(k + out + T·(in+out))."""
+    tokens = x2d.shape[0]
+    k = indices.numel()
+    out = torch.empty(k, dtype=torch.float32, device=x2d.device)
+    if k == 0:
+        return out
+    cfg = KERNEL_CONFIGS["rows"]
+    xt = x2d.t().contiguous()
+    gt = g2d.t().contiguous()
+    wide = max(xt.numel(), gt.numel()) >= 2**31
+    crow = torch.zeros(out_features + 1, dtype=torch.int32 if k < 2**31 else torch.int64, device=x2d.device)
+    rows = torch.div(indices, in_features, rounding_mode="floor")
+    crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
+    kernels()["rows"][(out_features,)](
+        xt, gt, indices.contiguous(), crow, out, tokens, in_features, xt.stride(0), gt.stride(0),
         BLOCK_K=cfg["BLOCK_K"], BLOCK_T=cfg["BLOCK_T"], WIDE=wide, num_warps=cfg["num_warps"],
     )
     return out

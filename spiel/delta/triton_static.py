@@ -47,6 +47,10 @@ def _signature(kernel: str, dtype: str) -> tuple[dict, dict]:
         sig = {"xt_ptr": f"*{dtype}", "gt_ptr": f"*{dtype}", "idx_ptr": "*i32", "out_ptr": "*fp32",
                "k": "i32", "tokens": "i32", "in_features": "i32", "stride_x": "i32", "stride_g": "i32"}
         const = {"BLOCK_K": cfg["BLOCK_K"], "BLOCK_T": cfg["BLOCK_T"], "WIDE": False}
+    elif kernel == "rows":
+        sig = {"xt_ptr": f"*{dtype}", "gt_ptr": f"*{dtype}", "idx_ptr": "*i32", "crow_ptr": "*i32",
+               "out_ptr": "*fp32", "tokens": "i32", "in_features": "i32", "stride_x": "i32", "stride_g": "i32"}
+        const = {"BLOCK_K": cfg["BLOCK_K"], "BLOCK_T": cfg["BLOCK_T"], "WIDE": False}
     else:
         sig = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "idx_ptr": "*i32", "ptr_ptr": "*i32", "out_ptr": "*fp32",
                "tokens": "i32", "out_features": "i32", "in_features": "i32", "stride_x": "i32",

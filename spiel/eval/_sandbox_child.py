@@ -405,6 +405,17 @@ class _ProgramEnded(Exception):
     pass
 
 
+# Exceptions that end an iteration (or a generator) instead of failing: re-raised in the checker,
+# `all(map(candidate, xs))` would stop early and pass. They come back as this, which nothing iterates.
+ITERATION_ENDERS = frozenset({"StopIteration", "StopAsyncIteration", "GeneratorExit"})
+
+
+class _IterationEnder(Exception):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
 def _recv(fd: int, deadline: float) -> bytes:
     """One message, or _Timeout / _ProgramEnded / _Unsupported (over the size cap)."""
     def exact(n: int) -> bytes:
@@ -485,6 +496,9 @@ class _Candidate:
             self.failure = e
             raise
         if reply[0] == "raise":
+            if reply[1] in ITERATION_ENDERS:  # remembered: a checker that catches it still fails
+                self.failure = _IterationEnder(reply[1])
+                raise self.failure
             raise _exception_class(reply[1])()
         return reply[1]
 
@@ -543,6 +557,8 @@ def _run_checker(trusted: dict, calls: int, replies: int, call_timeout: float, d
         return "failed: program ended"
     except _Unsupported:
         return "failed: unsupported value"
+    except _IterationEnder as e:
+        return _category(e.name)
     except BaseException as e:  # noqa: BLE001 - the checker's assertion (or the program's re-raised error)
         return _category(type(e).__name__)
 

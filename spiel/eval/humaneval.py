@@ -11,6 +11,8 @@
   where `check` gets a proxy for the entry point that passes arguments and plain-literal results over a
   pipe; the verdict is the checker's, which the generated code cannot reach. 3.0 s wall clock per problem
   sample (loading and every call). `predictions.jsonl` gets only the verdict and a fixed failure category.
+- Memory: each completion's sandbox tree is capped as a whole (`sandbox.total_memory_mb`, see
+  `spiel.eval.sandbox.memory_cap`); `metrics.json`'s `sandbox.memory_cap` says which cap applied.
 - Metric: the unbiased pass@k estimator averaged over problems, for every k in `pass_at_k` <= n_samples.
 """
 
@@ -87,7 +89,10 @@ def score_completions(problems: list[dict], completions: list[list[str]], limits
     metrics = mean_pass_at_k(counts, ks)
     metrics["num_problems"] = len(problems)
     metrics["num_samples"] = len(cases)
-    return {"metrics": metrics, "predictions": rows}
+    caps = [r.isolation.get("memory_cap") for r in results if r.isolation.get("memory_cap")]
+    # the cap that applied (a cgroup only when every check got one)
+    cap = next((c for c in caps if c.get("cgroup") is None), caps[0]) if caps else None
+    return {"metrics": metrics, "predictions": rows, "memory_cap": cap}
 
 
 def evaluate_humaneval(model, tokenizer, data_file=None, n_samples: int = 20, temperature: float = 0.1,
@@ -104,7 +109,7 @@ def evaluate_humaneval(model, tokenizer, data_file=None, n_samples: int = 20, te
                        progress=progress)
     completions = [outputs[i * n_samples:(i + 1) * n_samples] for i in range(len(problems))]
     result = score_completions(problems, completions, limits, n_workers, pass_at_k, progress)
-    result["metrics"]["sandbox"] = report
+    result["metrics"]["sandbox"] = {**report, "memory_cap": result.pop("memory_cap")}
     return result
 
 

@@ -152,7 +152,13 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     if kind == "full":
         if model_name:
             log.warning("ckpt=%s is a full model; model=%s is ignored", ckpts[0], model_name)
-        model = load_base_model(ckpts[0], dtype=dtype, quant=quant, device=device)
+        from safetensors import SafetensorError
+
+        try:
+            model = load_base_model(ckpts[0], dtype=dtype, quant=quant, device=device)
+        except (OSError, SafetensorError) as e:  # a damaged or truncated weights file
+            raise CheckpointError(f"ckpt={given[0]}: cannot load this full model directory, its files are damaged "
+                                  f"or incomplete ({type(e).__name__}: {str(e).splitlines()[0]})") from e
         info.update(base=ckpts[0], merged=True)
         return LoadedModel(model.eval(), load_tokenizer(ckpts[0]), info)
 
@@ -168,9 +174,11 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     if model_name and recorded and str(recorded) != str(model_name):
         log.warning("ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
                     ckpts[0], recorded, model_name)
+    from safetensors import SafetensorError
+
     try:
         base = load_base_model(base_name, dtype=dtype, quant=quant, device=device, revision=revision)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
         raise CheckpointError(f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
                               "model.name_or_path=<dir> to point at it.") from e

@@ -55,6 +55,7 @@ class SandboxLimits:
     call_timeout: float | None = None
     memory_mb: int = 1024  # RLIMIT_AS / RLIMIT_DATA, each of the program and the checker
     nproc: int = 64  # RLIMIT_NPROC: processes of the sandbox uid (nobody, shared by concurrent sandboxes)
+    total_memory_mb: int = 4096  # the whole sandbox tree (see `memory_cap`)
     fsize_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
     nofile: int = 64  # RLIMIT_NOFILE
     tmpfs_mb: int = 64  # size of the tmpfs working directory
@@ -67,6 +68,9 @@ class SandboxLimits:
     def __post_init__(self):
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"sandbox.isolation={self.isolation!r}; choose one of {ISOLATIONS}")
+        if self.total_memory_mb < self.memory_mb:
+            raise ValueError(f"sandbox.total_memory_mb={self.total_memory_mb} is below sandbox.memory_mb="
+                             f"{self.memory_mb}: the whole sandbox cannot hold less than one of its processes")
         if not self.timeout > 0 or (self.call_timeout is not None and not self.call_timeout > 0):
             raise ValueError(f"sandbox.timeout and sandbox.call_timeout must be > 0 (got {self.timeout}, "
                              f"{self.call_timeout})")
@@ -113,6 +117,66 @@ def python_runtime() -> tuple[list[str], list[str]]:
     return binds, masks
 
 
+def capped_processes(limits: SandboxLimits) -> int:
+    """RLIMIT_NPROC that bounds the tree: at most this many processes of `memory_mb` each fit in
+    `total_memory_mb` (the sandbox's own supervisor, program and checker among them)."""
+    return max(1, min(int(limits.nproc), int(limits.total_memory_mb) // int(limits.memory_mb)))
+
+
+def _own_cgroup(controller: str) -> tuple[Path, str] | None:
+    """(directory, "v1" | "v2") of this process's cgroup for ``controller``, where it is mounted."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            found = Path("/sys/fs/cgroup", controller, path.lstrip("/"))
+            if found.is_dir():
+                return found, "v1"
+    for line in lines:
+        if line.startswith("0::"):
+            for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+                found = root / line[3:].lstrip("/")
+                if (root / "cgroup.controllers").is_file() and found.is_dir():
+                    return found, "v2"
+    return None
+
+
+def _memory_cgroup(limit_bytes: int) -> tuple[Path, str] | None:
+    """A fresh memory cgroup holding at most ``limit_bytes`` (swap included where it can be said), or None
+    where this machine has none that this process may create."""
+    own = _own_cgroup("memory")
+    if own is None:
+        return None
+    parent, version = own
+    files = ({"memory.max": limit_bytes, "memory.swap.max": 0} if version == "v2"
+             else {"memory.limit_in_bytes": limit_bytes, "memory.memsw.limit_in_bytes": limit_bytes})
+    try:
+        group = Path(tempfile.mkdtemp(prefix="spiel-sandbox-", dir=parent))
+    except OSError:
+        return None
+    first = next(iter(files))
+    try:
+        for name, value in files.items():
+            if (group / name).exists():
+                (group / name).write_text(str(value))
+        if not (group / first).exists() or int((group / first).read_text().split()[0]) > limit_bytes:
+            raise OSError("no memory limit in this cgroup")
+    except (OSError, ValueError):
+        _remove_cgroup(group)
+        return None
+    return group, version
+
+
+def _remove_cgroup(group: Path) -> None:
+    try:
+        os.rmdir(group)  # a cgroup directory goes with rmdir (its files are not real files)
+    except OSError:
+        pass
+
+
 def run_check(program: str, checker: str, entry_point: str | None,
               limits: SandboxLimits = SandboxLimits()) -> ExecResult:
     """Run `program` and judge it with `checker`'s `check(candidate)`; never raises for anything either does."""
@@ -133,7 +197,7 @@ def run_check(program: str, checker: str, entry_point: str | None,
         "memory_bytes": int(limits.memory_mb) << 20,
         "fsize_bytes": int(limits.fsize_mb) << 20,
         "nofile": int(limits.nofile),
-        "nproc": int(limits.nproc),
+        "nproc": capped_processes(limits),
         "tmpfs_mb": int(limits.tmpfs_mb),
         "isolation": limits.isolation,
         "allow_guard": bool(limits.allow_unsafe_guard),
@@ -142,6 +206,8 @@ def run_check(program: str, checker: str, entry_point: str | None,
     }
     trusted = {"checker": checker, "entry_point": entry_point}
     stdin = b"".join(_part(x) for x in (header, trusted))
+    cgroup = _memory_cgroup(int(limits.total_memory_mb) << 20)
+    cap = memory_cap(limits, cgroup)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", str(CHILD)],
@@ -157,12 +223,19 @@ def run_check(program: str, checker: str, entry_point: str | None,
         os.close(write_fd)
     timed_out = False
     try:
+        if cgroup is not None:  # before the header is sent: the child waits for it before starting anything
+            try:
+                (cgroup[0] / "cgroup.procs").write_text(str(proc.pid))
+            except OSError:
+                cap["cgroup"] = None
         proc.communicate(stdin, timeout=limits.timeout + limits.startup_grace)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
         _kill_group(proc.pid)
         proc.wait()
+        if cgroup is not None:
+            _remove_cgroup(cgroup[0])
     with os.fdopen(read_fd, "rb") as r:
         lines = r.read(1 << 16).decode(errors="replace").splitlines()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -174,6 +247,7 @@ def run_check(program: str, checker: str, entry_point: str | None,
         except (SyntaxError, ValueError):
             pass
     info = info if isinstance(info, dict) else {}
+    info["memory_cap"] = cap
     if info.get("isolation") == "unavailable":
         return ExecResult(f"failed: sandbox unavailable ({limits.isolation})", info)
     verdict = lines[1] if len(lines) > 1 else None
@@ -182,6 +256,16 @@ def run_check(program: str, checker: str, entry_point: str | None,
     if timed_out or proc.returncode == 124:
         return ExecResult("timed out", info)
     return ExecResult("failed: sandbox error", info)
+
+
+def memory_cap(limits: SandboxLimits, cgroup: tuple[Path, str] | None = None) -> dict:
+    """Which caps bound the memory of one sandbox tree (recorded with the results): always the process cap
+    (at most `processes` processes of `per_process_mb` each, so `bound_mb` in all), and a memory cgroup of
+    `total_memory_mb` where this machine lets spiel create one."""
+    processes = capped_processes(limits)
+    return {"processes": processes, "per_process_mb": int(limits.memory_mb),
+            "bound_mb": processes * int(limits.memory_mb),
+            "cgroup": None if cgroup is None else f"{cgroup[1]}, {int(limits.total_memory_mb)} MiB"}
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> ExecResult:
@@ -202,8 +286,15 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def default_workers() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
+def default_workers(limits: SandboxLimits | None = None) -> int:
+    """One per CPU (at most 16), and no more sandboxes than half this machine's memory holds at their cap."""
+    workers = max(1, min(16, os.cpu_count() or 1))
+    try:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+    except (ValueError, OSError):
+        return workers
+    per_sandbox = (limits or SandboxLimits()).total_memory_mb
+    return max(1, min(workers, memory_mb // 2 // per_sandbox))
 
 
 def run_checks(
@@ -213,7 +304,7 @@ def run_checks(
     progress: bool = False,
 ) -> list[ExecResult]:
     """`run_check` for many (program, checker, entry_point) cases in parallel worker threads."""
-    n_workers = n_workers or default_workers()
+    n_workers = n_workers or default_workers(limits)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         it = pool.map(lambda case: run_check(*case, limits=limits), cases)
         if progress:

@@ -12,6 +12,9 @@
 - `quant`: "none" or "nf4" (bitsandbytes NF4 with double quantization and bf16 compute, the QLoRA /
   qSpIEL setting; non-linear layers keep `dtype`).
 - `device`: None picks CUDA when available, else CPU.
+- Remote code: every transformers call passes `trust_remote_code=False`, and a model or checkpoint whose
+  `config.json` or `tokenizer_config.json` carries an `auto_map` (classes shipped as Python files with
+  it) is refused before anything loads (`RemoteCodeError`): spiel never runs code that came with weights.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import logging
 import torch
 
 from spiel.dtypes import DTYPES
-from spiel.io.model_source import MODEL_ALIASES, REPO_ROOT  # noqa: F401 (re-exported)
+from spiel.io.model_source import (  # noqa: F401 (re-exported)
+    MODEL_ALIASES,
+    REPO_ROOT,
+    RemoteCodeError,
+    RevisionError,
+    check_revision,
+    refuse_remote_code,
+)
 
 QUANT = ("none", "nf4")
 
@@ -104,7 +114,9 @@ def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) ->
 def load_tokenizer(name_or_path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), revision=revision)
+    refuse_remote_code(name_or_path, revision)
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), revision=revision,
+                                         trust_remote_code=False)
 
 
 def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", quant: str = "none",
@@ -118,10 +130,11 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     path = resolve_model_path(name_or_path)
+    refuse_remote_code(name_or_path, revision)
     kwargs = {"dtype": torch_dtype, "revision": revision}
     if quant == "nf4":
         kwargs.update(quantization_config=nf4_config(), device_map={"": str(device)})
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
     if quant == "none":
         model = model.to(device)
     else:
@@ -141,6 +154,8 @@ def build_meta_model(name_or_path: str, revision: str | None = None):
     """The model's modules with no weights (device "meta"): names and shapes from its config alone."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), revision=revision)
+    refuse_remote_code(name_or_path, revision)
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), revision=revision,
+                                        trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)

@@ -41,6 +41,9 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    from spiel.io.model_source import check_revision
+
+    check_revision(revision, f"{name_or_path}@revision")
     repo_id = str(name_or_path)
     try:
         validate_repo_id(repo_id)
@@ -59,7 +62,13 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
 def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
     """The commit a Hub model loaded as ``repo_id`` at ``revision`` came from (read from the local Hub
     cache, where loading put it); None for a local directory or when unknown."""
+    from spiel.io.model_source import RevisionError, check_revision
+
     if Path(str(repo_id)).exists():
+        return None
+    try:
+        check_revision(revision)
+    except RevisionError:
         return None
     from huggingface_hub import try_to_load_from_cache
 
@@ -100,17 +109,21 @@ def _run_info(directory: Path) -> dict:
 
 
 def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict | None = None) -> str:
-    """A model card for a SpIEL checkpoint (``saved``: its ``spiel_config.json``)."""
+    """A model card for a SpIEL checkpoint (``saved``: its ``spiel_config.json``), built with
+    huggingface_hub's ``ModelCard`` / ``ModelCardData``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     base = saved.get("base_model") or {}
-    base_id = base.get("name_or_path") or "unknown"
+    base_id = str(base.get("name_or_path") or "unknown")
     revision = base.get("revision")
+    shown = " ".join(base_id.split())  # in the text and table: one line
     cfg = saved.get("spiel_config") or {}
     modules = saved.get("modules") or {}
     entries = sum(int(m["k"]) for m in modules.values())
     dense = sum(int(m["shape"][0]) * int(m["shape"][1]) for m in modules.values())
     method = {"ag": "SpIEL-AG (accumulated-gradient growth)", "ma": "SpIEL-MA (momentum-approximation growth)"}
     rows = [
-        ("base model", f"`{base_id}`" + (f" at revision `{revision}`" if revision else "")),
+        ("base model", f"`{shown}`" + (f" at revision `{revision}`" if revision else "")),
         ("method", method.get(cfg.get("method"), str(cfg.get("method")))),
         ("budget", f"{entries:,} tuned entries in {len(modules)} matrices "
                    f"({100 * entries / max(1, dense):.3f}% of their {dense:,} weights)"),
@@ -122,17 +135,17 @@ def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict
     for key, value in (metrics or {}).items():
         rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    base_line = f'"{base_id}"' + (f', revision="{revision}"' if revision else "")
-    front = ["---", "library_name: spiel", "tags:", "- spiel", "- sparse-fine-tuning"]
+    base_line = repr(base_id) + (f", revision={revision!r}" if revision else "")
+    # the metadata goes through huggingface_hub's YAML writer: a base_model name holding a newline or
+    # "---" stays one quoted value instead of adding keys to the card
+    card_data = ModelCardData(library_name="spiel", tags=["spiel", "sparse-fine-tuning"])
     if base_id != "unknown" and not Path(base_id).is_absolute():  # a Hub id, not a path on the trainer's disk
-        front.append(f"base_model: {base_id}")
-    front.append("---")
-    return "\n".join(front) + f"""
-
+        card_data.base_model = base_id
+    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n" + f"""
 # {repo_id.split("/")[-1]}
 
 A sparse fine-tuning delta (SpIEL, "Scaling Sparse Fine-Tuning to Large Language Models", Ansell et al.
-2024) for `{base_id}`, made with spiel. It holds only the tuned
+2024) for `{shown}`, made with spiel. It holds only the tuned
 entries (`{DELTA_NAME}`: indices and values per weight matrix) and `{CONFIG_NAME}`; the base model is
 loaded separately and checked against the recorded fingerprint.
 
@@ -154,7 +167,7 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
 ```
 
 or evaluate it: `spiel-eval ckpt={repo_id} bench=mmlu`.
-"""
+"""))
 
 
 def push_checkpoint(directory, repo_id: str, *, private: bool | None = None, token=None,

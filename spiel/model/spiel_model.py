@@ -264,14 +264,15 @@ class SpielModel(nn.Module):
         """Make ``name`` the delta every forward applies: O(k) pointer swaps, the base is not touched."""
         from spiel.model.delta_sets import activate
 
-        if name not in self._delta_sets:
+        if name not in self._delta_sets and name != self._active_delta:  # the active one needs no load_delta
             raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
         if self.has_selector():
             raise RuntimeError("set_delta is for inference, but this model is being trained (it has a live selector, "
                                "whose optimizer state belongs to the active delta); switch before make_selector "
                                "or after training")
-        activate(self.deltas, self._delta_sets[name])
-        self._active_delta, self.spiel_config = name, self._delta_sets[name].config
+        sets = self._named_sets()
+        activate(self.deltas, sets[name])
+        self._active_delta, self.spiel_config = name, sets[name].config
         return self
 
     def add_weighted_delta(self, names: list[str], weights, name: str) -> SpielModel:
@@ -295,10 +296,10 @@ class SpielModel(nn.Module):
 
     def delete_delta(self, name: str) -> SpielModel:
         """Forget the named delta ``name`` (not the active one)."""
-        if name not in self._delta_sets:
-            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names}")
         if name == self._active_delta:
             raise ValueError(f"{name!r} is the active delta; set_delta another one before deleting it")
+        if name not in self._delta_sets:
+            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names}")
         del self._delta_sets[name]
         return self
 
@@ -403,6 +404,9 @@ def check_weights(weights, count: int) -> list[float]:
     """``weights`` for ``count`` deltas as floats (None: all 1), refused unless one finite number each."""
     if weights is None:
         return [1.0] * count
+    if not isinstance(weights, (list, tuple)):  # a bare number (ckpt_weights=0.5) or a string
+        raise ValueError(f"weights must be a list with one number per checkpoint, got {weights!r}; write "
+                         f"[{weights}] for one checkpoint")
     weights = list(weights)
     if len(weights) != count:
         raise ValueError(f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint")

@@ -40,7 +40,7 @@ class SparseAdamW(SlotStateOptimizer):
     RESET_KEYS = ("exp_avg", "exp_avg_sq", "age")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 eps_placement: str = "torch"):
+                 eps_placement: str = "torch", foreach: bool = True):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -52,6 +52,9 @@ class SparseAdamW(SlotStateOptimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       eps_placement=eps_placement))
         self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
+        # One multi-tensor kernel per operation for all values of a group (torch's ``_foreach`` ops), instead of
+        # one kernel per operation and parameter; False: parameter by parameter (the same arithmetic).
+        self.foreach = foreach
 
     # -- ages -----------------------------------------------------------------------------------------------
     def link_ages(self, param: torch.Tensor, grown_at: torch.Tensor, head_start: int) -> None:
@@ -125,6 +128,42 @@ class SparseAdamW(SlotStateOptimizer):
         update = (m / bias1).div_(denom)
         # Decoupled decay first (as torch.optim.AdamW), computed in fp32 for bf16 values.
         p.copy_(p.to(torch.float32).mul_(1 - lr * wd).sub_(update, alpha=lr))
+
+    def _foreach_ok(self, params):
+        return self.foreach and len(params) > 1 and len({(p.device, p.dtype) for p in params}) == 1
+
+    def _update_all(self, params, grads, states, group):
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+        for state in states:
+            state["step"] += 1
+        ages = [self.ages(p).to(device=p.device, dtype=torch.float32) for p in params]
+        torch._foreach_mul_(ms, beta1)
+        torch._foreach_add_(ms, grads, alpha=1 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
+        bias1 = torch._foreach_pow(beta1, ages)  # then 1 − β^age, as (−β^age) + 1: the same rounding
+        torch._foreach_neg_(bias1)
+        torch._foreach_add_(bias1, 1)
+        bias2 = torch._foreach_pow(beta2, ages)
+        torch._foreach_neg_(bias2)
+        torch._foreach_add_(bias2, 1)
+        if group.get("eps_placement", "torch") == "hf":  # as _update
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_sqrt_(bias2)
+            torch._foreach_div_(denom, bias2)
+        else:
+            denom = torch._foreach_div(vs, bias2)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(ms, bias1)
+        torch._foreach_div_(update, denom)
+        full = [p.to(torch.float32) for p in params]  # the values themselves when fp32
+        torch._foreach_mul_(full, 1 - lr * wd)
+        torch._foreach_sub_(full, update, alpha=lr)
+        if full[0] is not params[0]:
+            torch._foreach_copy_(params, full)
 
     # -- slots ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -26,13 +26,24 @@ class SlotStateOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} takes dense gradients of the values vector")
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} takes dense gradients of the values vector")
+            if self._foreach_ok(params):
+                self._update_all(params, [p.grad.to(torch.float32) for p in params],
+                                 [self._state_for(p) for p in params], group)
+                continue
+            for p in params:
                 self._update(p, p.grad.to(torch.float32), self._state_for(p), group)
         return loss
+
+    def _foreach_ok(self, params: list[torch.Tensor]) -> bool:
+        """Whether :meth:`_update_all` takes these parameters at once (subclasses that have one)."""
+        return False
+
+    def _update_all(self, params: list, grads: list, states: list, group: dict) -> None:
+        """:meth:`_update` of every parameter of a group at once (multi-tensor kernels)."""
+        raise NotImplementedError
 
     def group_of(self, param: torch.Tensor) -> dict:
         """The param group holding ``param`` (its lr, weight decay, betas, ...)."""

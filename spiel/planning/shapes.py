@@ -32,10 +32,11 @@ def load_config(name_or_path: str):
         return llama2_config(name_or_path)
     from transformers import AutoConfig
 
-    from spiel.io.base_model import resolve_model_path
+    from spiel.io.base_model import refuse_remote_code, resolve_model_path
 
+    refuse_remote_code(name_or_path)
     try:
-        return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+        return AutoConfig.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"no config for model {name_or_path!r} (known without download: "
                          f"{', '.join(KNOWN_LLAMA2)}, tiny, or a local directory): {e}") from None

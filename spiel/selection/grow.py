@@ -126,6 +126,39 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
     return index.sort().values
 
 
+def streamed_top_candidates(block_grad, out_features: int, in_features: int, num: int,
+                            rows_per_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_candidates` of a gradient that is never whole: ``block_grad(r0, r1)`` gives its rows ``r0:r1``
+    (called once per block, in order). Returns the sorted positions and the gradient there (fp32).
+
+    Each block keeps only entries that can still be among the ``num`` best: at least its own ``num``-th largest
+    ``|g|`` (a torch.topk of the block) and, once ``num`` are held, better than the weakest held (equal loses:
+    it has the higher position); the held set and the kept entries are merged by one integer sort. Extra
+    memory O(num + block)."""
+    num = min(num, out_features * in_features)
+    best_index = best_scores = best_grad = None
+    for r0 in range(0, out_features, rows_per_block):
+        r1 = min(out_features, r0 + rows_per_block)
+        grad = block_grad(r0, r1).reshape(-1)
+        scores = grad.abs().float()
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if scores.numel() > num:
+            keep = scores >= torch.topk(scores, num, sorted=False).values.min()
+        if best_index is not None and best_index.numel() == num:
+            keep &= scores > best_scores[-1]
+        positions = keep.nonzero().view(-1)
+        index = positions + r0 * in_features
+        if best_index is not None:
+            index = torch.cat([best_index, index])
+            grad_kept, scores = torch.cat([best_grad, grad[positions].float()]), torch.cat([best_scores, scores[positions]])
+        else:
+            grad_kept, scores = grad[positions].float(), scores[positions]
+        best = order_by(scores, descending=True)[:num]  # equal scores: the lower position (earlier) first
+        best_index, best_scores, best_grad = index[best], scores[best], grad_kept[best]
+    order = best_index.sort().indices
+    return best_index[order], best_grad[order]
+
+
 def ag_grow_order(candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
     """Positions (into ``candidates``) of the ``n`` highest-``scores`` candidates not in ``staying`` (sorted), best
     first. The growth rule scores (the paper's: ``|mean gradient|``, see ``rules.accumulated_gradient``)."""
@@ -212,7 +245,7 @@ def _rank_within(groups: torch.Tensor) -> torch.Tensor:
     first = torch.ones_like(sorted_groups, dtype=torch.bool)
     first[1:] = sorted_groups[1:] != sorted_groups[:-1]
     start = torch.cummax(torch.where(first, torch.arange(groups.numel(), device=groups.device), 0), 0).values
-    rank = torch.empty_like(groups)
+    rank = torch.empty(groups.shape, dtype=torch.long, device=groups.device)
     rank[order] = torch.arange(groups.numel(), device=groups.device) - start
     return rank
 

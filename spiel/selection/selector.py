@@ -15,6 +15,7 @@ import torch
 
 from spiel.delta.indices import isin_sorted
 from spiel.delta.layer import SparseDeltaLinear
+from spiel.selection.batched import drop_order_rows, isin_sorted_rows, kept_slots, layer_groups, valid_first
 from spiel.selection.config import SelectionConfig
 from spiel.selection.distributed import check_same_on_all_ranks, world_size
 from spiel.selection.drop import drop_order
@@ -48,6 +49,9 @@ class Selector:
         self.rule = growth_rule(method, config.growth)(self.layers, optimizer, self.schedule, config, seed,
                                                         process_group)
         self.t = 0
+        # Reselect the matrices of one shape together (``batched.py``; the same result as one by one, in far
+        # fewer kernels and host round-trips). False: one by one, as a reference and for measurements.
+        self.batched = True
         self.references = {}  # values at the last reselection, for drop="change"
         if config.drop == "change":
             self.references = {n: layer.values.detach().clone() for n, layer in self.layers.items()}
@@ -73,8 +77,7 @@ class Selector:
             if self.budget == "global":
                 self._reselect_global()
             else:
-                for name in self.layers:
-                    self._reselect(name)
+                self._reselect_per_matrix()
             self.rule.end_period()
         self.rule.prepare(self.t)
 
@@ -109,6 +112,11 @@ class Selector:
             return
         seeds = {key: value[~regrown] if torch.is_tensor(value) else value for key, value in seeds.items()}
         free = slots[~isin_sorted(dropped, grown_all.sort().values)][: grown.numel()]
+        self._write(layer, free, grown, seeds)
+        self._sort_layers([layer])
+
+    def _write(self, layer: SparseDeltaLinear, free: torch.Tensor, grown: torch.Tensor, seeds: dict) -> None:
+        """The ``grown`` positions take the ``free`` slots: value 0, grown now, optimizer state from ``seeds``."""
         self.rule.before_write(layer, seeds, self.t)
         layer.indices[free] = grown.to(layer.indices.dtype)
         layer.values[free] = 0
@@ -116,7 +124,56 @@ class Selector:
         if layer.values.grad is not None:
             layer.values.grad[free] = 0
         self.optimizer.reset_slots(layer.values, free, **seeds)
-        self._sort(name)
+
+    def _reselect_per_matrix(self) -> None:
+        groups = layer_groups(self.layers) if self.batched else [[name] for name in self.layers]
+        for names in groups:
+            if not (self.batched and self._reselect_group(names)):
+                for name in names:
+                    self._reselect(name)
+
+    @torch.no_grad()
+    def _reselect_group(self, names: list[str]) -> bool:
+        """``_reselect`` of every layer in ``names`` (same shape and ``k``) at once, as row-wise operations over
+        their stacked tensors (``batched.py``), with one read-back of sizes for the group. False (nothing
+        done) when the rule cannot grow them together: then they go one by one."""
+        layers = [self.layers[name] for name in names]
+        k = layers[0].k
+        n = self.schedule.num_to_replace(k, self.t)
+        if n == 0:
+            return True
+        references = torch.stack([self.references[name] for name in names]) if self.references else None
+        slots = drop_order_rows(torch.stack([layer.values.detach() for layer in layers]), n, self.drop, references)
+        indices = torch.stack([layer.indices for layer in layers])
+        staying = indices.gather(1, kept_slots(slots, k)).long()
+        offer = self.rule.grow_rows(names, slots.shape[1], staying, indices, self.t)
+        if offer is None:
+            return False
+        grown_all, valid, seeds = offer
+        grown_all = grown_all.long()
+        dropped = indices.gather(1, slots).long()
+        # As in _grow_into: a position both dropped and grown stays where it is.
+        fresh = valid & ~isin_sorted_rows(grown_all, dropped.sort(dim=1).values)
+        offered = torch.where(valid, grown_all, torch.iinfo(torch.int64).max).sort(dim=1).values
+        free = ~isin_sorted_rows(dropped, offered)
+        grown_order, free_order = valid_first(fresh), valid_first(free)
+        grown = grown_all.gather(1, grown_order)
+        free_slots = slots.gather(1, free_order)
+        seeds = {key: value.gather(1, grown_order) if torch.is_tensor(value) else value
+                 for key, value in seeds.items()}
+        counts = fresh.sum(1).tolist()  # the group's one read-back of sizes
+        changed = []
+        for i, (layer, count) in enumerate(zip(layers, counts, strict=True)):
+            if count:
+                row_seeds = {key: value[i, :count] if torch.is_tensor(value) else value for key, value in seeds.items()}
+                self._write(layer, free_slots[i, :count], grown[i, :count], row_seeds)
+                changed.append(layer)
+        self._sort_layers(changed)
+        for name, layer in zip(names, layers, strict=True):
+            check_same_on_all_ranks(layer.indices, f"the indices of {name}", self.group)
+            if name in self.references:
+                self.references[name] = layer.values.detach().clone()
+        return True
 
     @torch.no_grad()
     def _reselect_global(self) -> None:
@@ -179,15 +236,22 @@ class Selector:
             stays[position[back[owner[back] == i]]] = True
             plans[name] = (leaving[~stays.to(leaving.device)], grown, seeds)
 
-    def _sort(self, name: str) -> None:
-        layer = self.layers[name]
-        perm = torch.sort(layer.indices, stable=True).indices
-        layer.indices.copy_(layer.indices[perm])
-        layer.values.copy_(layer.values[perm])
-        layer.grown_at.copy_(layer.grown_at[perm])
-        if layer.values.grad is not None:
-            layer.values.grad.copy_(layer.values.grad[perm])
-        self.optimizer.permute_slots(layer.values, perm)
+    def _sort_layers(self, layers: list[SparseDeltaLinear]) -> None:
+        """Re-sort each layer's indices, its values, growth steps, gradient and optimizer state with them (the
+        layers' indices sorted together when they have one length)."""
+        if not layers:
+            return
+        if len({layer.k for layer in layers}) == 1:
+            perms = torch.sort(torch.stack([layer.indices for layer in layers]), dim=1, stable=True).indices
+        else:
+            perms = [torch.sort(layer.indices, stable=True).indices for layer in layers]
+        for layer, perm in zip(layers, perms, strict=True):
+            layer.indices.copy_(layer.indices[perm])
+            layer.values.copy_(layer.values[perm])
+            layer.grown_at.copy_(layer.grown_at[perm])
+            if layer.values.grad is not None:
+                layer.values.grad.copy_(layer.values.grad[perm])
+            self.optimizer.permute_slots(layer.values, perm)
 
     # -- resume --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -214,11 +278,16 @@ class Selector:
             raise ValueError("selector state names different modules than this model")
         digest = self._grown_at_digest()
         differ = [n for n, d in state.get("grown_at", {}).items() if tuple(d) != digest[n]]
-        if differ:  # e.g. the delta came from a compact (inference) checkpoint, which holds no grown_at
+        if differ and not any(top for _, top in digest.values()):  # no entry grown: a compact (inference) checkpoint has no grown_at
             raise ValueError(
                 f"the model's grown_at (the step each entry was grown at) is not the one this selector state was "
                 f"saved with ({len(differ)} module(s), e.g. {differ[0]}); resume from a training checkpoint "
                 "(save_pretrained(..., compact=False), as spiel-train's checkpoint-N/), not a compact final one")
+        if differ:
+            raise ValueError(
+                f"this selector state belongs to another delta: the growth steps it was saved with differ from the "
+                f"model's in {len(differ)} module(s), e.g. {differ[0]} (a selector.pt from another run or another "
+                "checkpoint?); resume with the selector state saved next to this delta, in the same checkpoint-N/")
         self.t = int(state["t"])
         self.rule.load_state_dict(state["phases"])
         self.references = {n: r.clone() for n, r in state["references"].items()}

@@ -8,7 +8,7 @@ from spiel.delta import SparseDeltaLinear, index_dtype, random_subset, sparse_de
 from spiel.delta.grad_paths import sddmm_gather_grad
 from tests.helpers.delta_reference import dense_reference
 
-PATHS = ["dense", "blocked", "sddmm", "triton", "triton_tiles", "auto"]
+PATHS = ["dense", "blocked", "sddmm", "triton", "triton_rows", "triton_tiles", "auto"]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
 
 
@@ -60,7 +60,7 @@ def test_int32_and_int64_indices(grad_path, index_type):
     assert_matches_reference(*case, grad_path=grad_path, tol=TOL[torch.float32])
 
 
-@pytest.mark.parametrize("grad_path", ["blocked", "sddmm", "triton", "triton_tiles"])
+@pytest.mark.parametrize("grad_path", ["blocked", "sddmm", "triton", "triton_rows", "triton_tiles"])
 def test_many_tokens_cross_chunk_boundaries(grad_path):
     # 300 tokens: several triton token blocks (64), the last one partial.
     case = make_case(24, 20, 90, (3, 100), torch.float32, bias=True, seed=7)

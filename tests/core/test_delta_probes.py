@@ -228,3 +228,37 @@ def test_nf4_layer_returns_the_input_dtype_like_bitsandbytes():
     layer = SparseDeltaLinear(q, 30)
     x = torch.randn(3, 40)  # an fp32 model around a bf16-compute 4-bit base
     assert q(x).dtype == torch.float32 and layer(x).dtype == torch.float32
+
+
+def test_candidates_are_checked_once_per_tensor_and_version(monkeypatch):
+    from spiel.delta import layer as layer_module
+
+    layer = SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10)
+    checks = []
+    check = layer_module.check_indices
+    monkeypatch.setattr(layer_module, "check_indices", lambda *a: checks.append(1) or check(*a))
+    candidates = torch.tensor([1, 5, 9], dtype=torch.int32)
+    for _ in range(3):  # as a rule sets them before every step of a phase
+        layer.clear_probes()
+        layer.set_candidate_probe(candidates, lambda g: None)
+    assert len(checks) == 1 and layer._candidates.data_ptr() == candidates.data_ptr()  # held, not copied
+    candidates[0] = 7  # changed in place: unsorted now, and checked again
+    with pytest.raises(ValueError, match="sorted"):
+        layer.set_candidate_probe(candidates, lambda g: None)
+
+
+def test_ag_keeps_its_candidates_in_the_index_dtype_shared_with_the_probe():
+    from spiel import SpielConfig, get_spiel_model
+
+    torch.manual_seed(0)
+    model = get_spiel_model(nn.Sequential(nn.Linear(16, 24)), SpielConfig(method="ag", num_tunable=40,
+                                                                          reselection_steps=4, estimation_steps=2))
+    opt = model.make_optimizer(lr=1e-2)
+    sel = model.make_selector(opt, total_steps=8)
+    model(torch.randn(4, 16)).pow(2).mean().backward()
+    opt.step()
+    sel.step()
+    (name, layer), = model.deltas.items()
+    candidates = sel.rule.phases[name].candidates
+    assert candidates.dtype == layer.indices.dtype == torch.int32
+    assert layer._candidates.data_ptr() == candidates.data_ptr()

@@ -106,6 +106,18 @@ def test_a_model_built_fresh_keeps_its_delta_as_default(ckpts):
     assert torch.equal(logits(model.set_delta("default")), own)
 
 
+def test_the_active_delta_can_be_set_before_any_load_delta(ckpts):
+    """set_delta("default") on a model that never called load_delta: a no-op, not "no delta named
+    'default'; loaded: ['default']"."""
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
+    own = logits(model)
+    assert torch.equal(logits(model.set_delta("default")), own) and model.delta_names == ["default"]
+    model.load_delta(ckpts["b"][0], "b").set_delta("b").set_delta("default")
+    assert torch.equal(logits(model), own)
+    with pytest.raises(KeyError, match=r"no delta named 'c'; loaded: \['default', 'b'\]"):
+        model.set_delta("c")
+
+
 def test_deltas_follow_the_model_to_another_device(ckpts):
     model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0]).load_delta(ckpts["b"][0], "b")
     model.to("meta")  # moves the active delta only; "b" still sits on the CPU

@@ -1,8 +1,12 @@
 """spiel-export writes a plain transformers model that gives the SpielModel's logits, with a tokenizer
 whose chat template renders the training ids; it refuses what it cannot export correctly."""
 
+import errno
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +214,110 @@ def test_delta_trained_on_an_nf4_base_exports_merged_into_the_full_precision_bas
     out = export(tmp_path / "qspiel", tmp_path / "out", dtype="float32")
     expected = _logits(SpielModel.from_pretrained(tiny_model(), tmp_path / "qspiel"))
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_directory_named_like_a_staging_directory_is_never_touched(tmp_path, ckpts):
+    """The export used to stage in out.partial and delete whatever was there first."""
+    (tmp_path / "out.partial").mkdir()
+    (tmp_path / "out.partial" / "mine.txt").write_text("mine")
+    export(ckpts[0], tmp_path / "out", dtype="float32")
+    assert (tmp_path / "out.partial" / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]  # no staging left behind
+
+
+@pytest.mark.parametrize("out_of", [lambda c: c, lambda c: c.parent, lambda c: c / "inside",
+                                    lambda c: TINY_MODEL_DIR])
+def test_an_out_that_is_contains_or_lies_inside_an_input_is_refused(tmp_path, out_of):
+    run = tmp_path / "run"
+    final = make_checkpoint(run / "final", seed=3)
+    (run / "metrics.jsonl").write_text("{}\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = out_of(final)
+    with pytest.raises(ExportError, match=r"out=.* (is|contains|lies inside) the input .*outside every input"):
+        export(final, out, dtype="float32", overwrite=True, model_name=str(TINY_MODEL_DIR))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (TINY_MODEL_DIR / "model.safetensors").is_file()
+
+
+def test_a_kill_while_the_old_export_is_deleted_leaves_the_new_export_whole(tmp_path, ckpts, monkeypatch):
+    """overwrite=true: the old export is moved aside before the new one moves in, and deleted last; a
+    kill while deleting leaves a complete `out` (the new one), never a half-deleted one."""
+    import spiel.cli.export as export_cli
+
+    out = export(ckpts[0], tmp_path / "out", dtype="float32")
+    files = sorted(p.name for p in out.iterdir())
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        if "replaced" in str(path) or Path(path) == out:  # the old export: one file goes, then the kill
+            sorted(Path(path).iterdir())[0].unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(export_cli.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        export([str(c) for c in ckpts], out, dtype="float32", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert json.loads((out / "spiel_export.json").read_text())["kind"] == "composed"  # the new one
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)),
+                               _logits(compose(ckpts, tiny_model())), rtol=0, atol=0)
+
+
+def test_a_failed_move_in_puts_the_old_export_back(tmp_path, ckpts, monkeypatch):
+    import spiel.cli.export as export_cli
+
+    out = export(ckpts[0], tmp_path / "out", dtype="float32")
+    real_rename = os.rename
+
+    def refused(src, dst):
+        if Path(dst) == out and ".export-" in str(src):  # moving the new export in
+            raise OSError(errno.EIO, "input/output error")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export_cli.os, "rename", refused)
+    with pytest.raises(ExportError, match="cannot write the export to .*out"):
+        export([str(c) for c in ckpts], out, dtype="float32", overwrite=True)
+    assert json.loads((out / "spiel_export.json").read_text())["kind"] == "spiel"  # the old one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_read_only_target_is_one_message(tmp_path, ckpts, monkeypatch, capsys):
+    import spiel.cli.export as export_cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(export_cli.tempfile, "mkdtemp", read_only)
+    assert _cli([f"ckpt={ckpts[0]}", f"out={tmp_path / 'out'}"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the export to" in err and "read-only file system" in err and "Traceback" not in err
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize("damage,shown", [
+    (lambda d: _truncate(d / "spiel_delta.safetensors"), "InvalidCheckpointError: .*spiel_delta.safetensors: the file is damaged"),
+    (lambda d: (d / "spiel_config.json").write_text("{not json"), "InvalidCheckpointError: .*spiel_config.json: not valid JSON"),
+    (None, "CheckpointError: ckpt=.*full: cannot load this full model directory, its files are damaged"),
+])
+def test_a_damaged_checkpoint_is_one_message(tmp_path, ckpts, monkeypatch, capsys, damage, shown):
+    import re
+
+    if damage is None:  # a full model directory with a truncated weights file
+        ckpt = shutil.copytree(TINY_MODEL_DIR, tmp_path / "full")
+        _truncate(ckpt / "model.safetensors")
+    else:
+        ckpt = shutil.copytree(ckpts[0], tmp_path / "ckpt")
+        damage(ckpt)
+    assert _cli([f"ckpt={ckpt}", f"out={tmp_path / 'out'}"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert re.search(shown, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_scalar_ckpt_weights_are_one_message(tmp_path, ckpts, monkeypatch, capsys):
+    assert _cli([f"ckpt={ckpts[0]}", "ckpt_weights=0.5", f"out={tmp_path / 'out'}"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "ckpt_weights=0.5: weights must be a list with one number per checkpoint" in err and "write [0.5]" in err

@@ -10,7 +10,13 @@ import torch
 
 from spiel.delta import grad_paths, random_subset
 from spiel.delta.grad_paths import calibrated_choices, calibrated_path, calibration_key, gather_grad
-from spiel.delta.triton_sddmm import KERNEL_CONFIGS, tile_pointers, triton_gather_grad, triton_tiles_grad
+from spiel.delta.triton_sddmm import (
+    KERNEL_CONFIGS,
+    tile_pointers,
+    triton_gather_grad,
+    triton_rows_grad,
+    triton_tiles_grad,
+)
 from tests.helpers.paths import REPO
 
 
@@ -106,6 +112,20 @@ def test_tile_kernel_matches_dense_across_tiles_and_empty_tiles(dtype):
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(triton_tiles_grad(x, dy, indices, out_f, in_f), expected, **tol)
     torch.testing.assert_close(triton_gather_grad(x, dy, indices, in_f), expected, **tol)
+    torch.testing.assert_close(triton_rows_grad(x, dy, indices, out_f, in_f), expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_row_kernel_takes_empty_rows_and_rows_longer_than_a_block(dtype):
+    block_k = KERNEL_CONFIGS["rows"]["BLOCK_K"]
+    out_f, in_f, tokens = 9, 3 * block_k + 5, 2 * KERNEL_CONFIGS["rows"]["BLOCK_T"] + 3  # partial token steps
+    x, dy, _, _ = problem(out_f, in_f, 1, tokens, dtype)
+    # Row 0 empty, row 1 full (3 blocks and a part), row 4 one entry, the last row's last column.
+    rows_cols = [(1, c) for c in range(in_f)] + [(4, 7), (out_f - 1, in_f - 1)]
+    indices = torch.tensor(sorted(r * in_f + c for r, c in rows_cols), dtype=torch.int32)
+    expected = (dy.float().t() @ x.float()).view(-1)[indices.long()]
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(triton_rows_grad(x, dy, indices, out_f, in_f), expected, **tol)
 
 
 def test_tile_pointers_bracket_each_rows_entries_per_column_tile():
@@ -124,3 +144,19 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
     lines = [line for line in proc.stdout.splitlines() if " sm_" in line]
     assert len(lines) == len(KERNEL_CONFIGS) * 2 * 2, proc.stdout  # kernels x dtypes x (sm_80, sm_90)
     assert all("0 B local" in line for line in lines), proc.stdout
+
+
+def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
+    x, dy, values_at, expected = problem(40, 30, 100, 70)
+    g = torch.Generator().manual_seed(9)
+    candidates = random_subset(40 * 30, 150, g).int()
+    alone = [grad_paths.sddmm_gather_grad(x, dy, s, 40, 30, token_chunk=16) for s in (values_at, candidates)]
+    copies = []
+    transpose = grad_paths._transpose_into
+    monkeypatch.setattr(grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src))
+    monkeypatch.setattr(grad_paths, "sddmm_token_chunk", lambda in_features: 16)
+    both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, "sddmm")
+    assert len(copies) == 2 * 5  # X and dY, once per chunk of 16 of 70 tokens, for both sets
+    assert all(torch.equal(a, b) for a, b in zip(alone, both, strict=True))
+    torch.testing.assert_close(both[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1], (dy.t() @ x).view(-1)[candidates.long()], rtol=1e-5, atol=1e-5)

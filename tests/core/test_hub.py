@@ -228,3 +228,48 @@ def test_checkpoint_records_the_base_commit_and_eval_loads_that_commit(tmp_path,
 
     with pytest.raises(CheckpointMismatchError, match="the base weights differ"):
         load_for_eval(REPO, device="cpu", dtype="float32", revision="main")
+
+
+@pytest.mark.parametrize("revision", ["../../../../x", "main/../../x", ".hidden", "v1..v2", "a//b", "v1/", "/abs",
+                                      "a b", "x.lock", "-rf", "v1:2", "", "a\\b"])
+def test_a_revision_that_is_not_a_commit_or_ref_name_is_refused_before_any_lookup(hub_cache, revision, monkeypatch):
+    from spiel.io.model_source import RevisionError
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("looked up"))
+    with pytest.raises(RevisionError, match="is not a commit hash .* or a valid branch/tag name"):
+        SpielModel.from_pretrained(tiny_model(), REPO, revision=revision)
+    if revision:  # ckpt=org/name@<revision> (an empty one means no revision)
+        with pytest.raises(CheckpointError, match=f"ckpt={REPO}@.*is not a commit hash"):
+            load_for_eval(f"{REPO}@{revision}", device="cpu")
+
+
+def test_a_revision_path_cannot_reach_a_checkpoint_outside_the_cache(tmp_path, hub_cache):
+    """The attack: refs/<revision> read outside the cache names a directory loaded as the repo."""
+    trained_looking(seed=1).save_pretrained(tmp_path / "ckpt")
+    put_in_hub_cache(hub_cache, REPO, tmp_path / "ckpt")
+    trained_looking(seed=2).save_pretrained(tmp_path / "planted")
+    repo_dir = hub_cache / f"models--{REPO.replace('/', '--')}"
+    (tmp_path / "x").write_text(os.path.relpath(tmp_path / "planted", repo_dir / "snapshots"))
+    revision = os.path.relpath(tmp_path / "x", repo_dir / "refs")
+    with pytest.raises(CheckpointError, match="is not a commit hash"):
+        load_for_eval(f"{REPO}@{revision}", device="cpu")
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "release_2-b+c", "a" * 40, "0123abcd" * 5])
+def test_commit_hashes_and_ref_names_pass_the_revision_check(revision):
+    from spiel.io.model_source import check_revision
+
+    assert check_revision(revision) == revision and check_revision(None) is None
+
+
+def test_a_base_model_name_cannot_inject_card_metadata():
+    from huggingface_hub import ModelCard
+
+    from spiel.io.hub import model_card
+
+    evil = "org/base\nlicense: mit\npipeline_tag: text-generation\n---\nfake: body"
+    saved = {"base_model": {"name_or_path": evil}, "spiel_config": {"method": "ag"}, "modules": {}}
+    card = ModelCard(model_card(saved, REPO))
+    assert card.data.to_dict() == {"library_name": "spiel", "tags": ["spiel", "sparse-fine-tuning"],
+                                   "base_model": evil}
+    assert "load_base_model('org/base\\nlicense: mit" in card.text  # a Python string literal in the snippet

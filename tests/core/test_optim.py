@@ -131,6 +131,11 @@ def test_sm3_requires_a_layout_and_validates_arguments():
         SparseSM3([p], {p: Layout(torch.arange(3), (1, 3))}, momentum=1.5)
     with pytest.raises(ValueError, match="betas"):
         SparseAdamW([p], betas=(1.0, 0.9))
+    for betas in ((0.9, 1.0), (-0.1, 0.9), (0.9, -0.1)):  # one past each end of [0, 1)
+        with pytest.raises(ValueError, match="betas"):
+            SparseAdamW([p], betas=betas)
+    SparseAdamW([p], betas=(0.0, 0.0))  # the boundaries themselves, as torch.optim.AdamW allows
+    torch.optim.AdamW([p], betas=(0.0, 0.0))
 
 
 def adamw_reference_with_ages(start, grads, seeds, lr, betas, eps, wd):
@@ -224,3 +229,42 @@ def test_state_saved_with_int64_ages_loads_to_the_same_ages():
     p.grad = torch.ones(3)
     opt.step()
     assert opt.ages(p).tolist() == [8, 1, 3]
+
+
+@pytest.mark.parametrize("dtype,eps_placement", [(torch.float32, "torch"), (torch.bfloat16, "torch"),
+                                                 (torch.float32, "hf")])
+def test_adamw_over_all_values_at_once_equals_torch_adamw_per_tensor(dtype, eps_placement):
+    """The multi-tensor step over several values vectors: torch.optim.AdamW's update on every vector, with
+    slots of different ages (a reset slot restarts its bias correction) as the one-by-one step gives."""
+    g = torch.Generator().manual_seed(1)
+    starts = [torch.randn(n, generator=g).to(dtype) for n in (40, 7, 40)]
+    ours = [s.clone().requires_grad_() for s in starts]
+    alone = [s.clone().requires_grad_() for s in starts]
+    theirs = [s.float().clone().requires_grad_() for s in starts]
+    kw = dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.5)
+    opt_ours = SparseAdamW(ours, **kw, eps_placement=eps_placement)
+    opt_alone = SparseAdamW(alone, **kw, eps_placement=eps_placement, foreach=False)
+    opt_theirs = torch.optim.AdamW(theirs, **kw, foreach=False)
+
+    def one_by_one(*args):
+        raise AssertionError("the multi-tensor step went parameter by parameter")
+
+    opt_ours._update = one_by_one
+    for step in range(12):
+        grads = [torch.randn(p.numel(), generator=g) for p in ours]
+        for params, opt in ((ours, opt_ours), (alone, opt_alone), (theirs, opt_theirs)):
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad.to(p.dtype)
+            opt.step()
+        if step == 5:  # slot 3 of the first vector restarts (age 0) in ours: its Adam starts over
+            for opt, p in ((opt_ours, ours[0]), (opt_alone, alone[0])):
+                opt.reset_slots(p, torch.tensor([3]))
+    for a, b in zip(ours, alone, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(opt_ours.state[a]["exp_avg_sq"], opt_alone.state[b]["exp_avg_sq"])
+    if dtype == torch.float32 and eps_placement == "torch":
+        for a, b in zip(ours[1:], theirs[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        keep = torch.arange(40) != 3
+        torch.testing.assert_close(ours[0][keep], theirs[0][keep], rtol=1e-6, atol=1e-7)
+        assert int(opt_ours.ages(ours[0])[3]) == 6 and int(opt_ours.ages(ours[0])[0]) == 12

@@ -107,8 +107,24 @@ def test_the_cap_is_a_data_key_and_is_checked(tok, tmp_path):
         build(tmp_path, tok, conv(0) + "\n", max_record_bytes=0)
     from hydra import compose, initialize_config_dir
 
+    import spiel.training.config.hydra_config  # noqa: F401 (registers the schemas train.yaml extends)
     from spiel.paths import CONFIG_DIR
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         for data in ("demo", "tulu2", "flan_v2", "gpt4_alpaca", "tulu2_alpaca_mix"):
             cfg = compose(config_name="train", overrides=[f"data={data}", "data.max_record_bytes=2048"])
             assert cfg.data.max_record_bytes == 2048
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_a_last_record_without_a_newline_is_read_whole_up_to_the_cap(tok, tmp_path, extra):
+    """The file's last line has no newline to end it: it is a whole record when within the cap (exactly
+    at it included), and too large one byte past it."""
+    last = conv(1, "a longer answer than the first")
+    cap = len(last.encode()) + 1 - extra  # extra 0: one byte to spare, 1: exactly the cap, 2: one byte over
+    text = conv(0) + "\n" + last  # no newline at the end
+    if extra < 2:
+        ds, stats = build(tmp_path, tok, text, mode="skip", max_record_bytes=cap)
+        assert len(ds) == 2 and not stats["sources"]["s"].get("bad_records")
+    else:
+        ds, stats = build(tmp_path, tok, text, mode="skip", max_record_bytes=cap)
+        assert len(ds) == 1 and stats["sources"]["s"]["bad_records"] == {"too_large": 1}

@@ -242,3 +242,53 @@ def test_working_directory_is_writable_and_thrown_away():
     assert run_program(program, SandboxLimits(timeout=10)).passed
     assert set(Path(tempfile.gettempdir()).glob("spiel-sandbox-*")) <= before
     assert os.stat(tempfile.gettempdir()).st_mode & stat.S_ISVTX  # sanity: /tmp is the shared sticky dir
+
+
+HOLD_IN_CHILDREN = """\
+import os, time
+def f(n):
+    alive = 0
+    for _ in range(n):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            block = bytearray(32 << 20)  # each child holds its own share
+            time.sleep(30)
+            os._exit(0)
+        alive += 1
+    return alive
+"""
+
+
+def test_the_whole_sandbox_tree_is_capped_not_each_process():
+    """memory_mb bounds one process; without a cap on their number, a completion spreads its memory over
+    many (2.4 GB over four passed). At most total_memory_mb // memory_mb processes of memory_mb each."""
+    checker = "def check(candidate):\n    assert candidate(4) == 4\n"
+    capped = SandboxLimits(timeout=10, memory_mb=256, total_memory_mb=512, nproc=64)
+    res = sandbox.run_check(HOLD_IN_CHILDREN, checker, "f", capped)
+    assert res.status == "failed: AssertionError"  # no child fits: supervisor, checker, program are 3 already
+    cap = res.isolation["memory_cap"]
+    assert (cap["processes"], cap["per_process_mb"], cap["bound_mb"]) == (2, 256, 512)
+    roomy = SandboxLimits(timeout=10, memory_mb=256, total_memory_mb=256 * 16, nproc=64)
+    assert sandbox.run_check(HOLD_IN_CHILDREN, checker, "f", roomy).passed  # the same program, 16 allowed
+    time.sleep(0.2)
+    assert _sandbox_processes() == []
+
+
+def test_the_cap_is_bounded_by_nproc_and_checked():
+    assert sandbox.capped_processes(SandboxLimits(memory_mb=1024, total_memory_mb=4096, nproc=64)) == 4
+    assert sandbox.capped_processes(SandboxLimits(memory_mb=1024, total_memory_mb=4095, nproc=64)) == 3
+    assert sandbox.capped_processes(SandboxLimits(memory_mb=100, total_memory_mb=10000, nproc=8)) == 8
+    with pytest.raises(ValueError, match="total_memory_mb=512 is below sandbox.memory_mb=1024"):
+        SandboxLimits(memory_mb=1024, total_memory_mb=512)
+
+
+def test_scored_results_say_which_memory_cap_applied():
+    problems = [{"task_id": "t/0", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 1\n",
+                 "entry_point": "f"}]
+    out = score_completions(problems, [["    return x\n"]], SandboxLimits(timeout=10, memory_mb=256,
+                                                                        total_memory_mb=1024))
+    assert out["memory_cap"]["bound_mb"] == 1024 and out["memory_cap"]["processes"] == 4
+    assert out["memory_cap"]["cgroup"] in (None, "v1, 1024 MiB", "v2, 1024 MiB")

@@ -245,6 +245,19 @@ def test_a_checker_that_swallows_errors_still_fails_a_bad_reply():
     assert run_check(honest, checker, "f", limits).passed  # the swallowed AssertionError is the checker's call
 
 
+@pytest.mark.parametrize("name", ["StopIteration", "StopAsyncIteration", "GeneratorExit"])
+def test_an_exception_that_ends_an_iteration_cannot_forge_a_pass(name):
+    """Re-raised as itself, StopIteration would end `all(map(candidate, ...))` early: a pass for a program
+    that only raises. It fails, also under a checker that catches everything."""
+    program = f"def f(x):\n    raise {name}\n"
+    iterating = "def check(candidate):\n    assert all(map(candidate, [1, 2, 3]))\n"
+    swallowing = ("def check(candidate):\n    try:\n        candidate(1)\n    except BaseException:\n"
+                  "        pass\n")
+    for checker in (iterating, swallowing):
+        assert run_check(program, checker, "f", SandboxLimits(timeout=10)).status == f"failed: {name}"
+    assert run_check("def f(x):\n    return x\n", iterating, "f", SandboxLimits(timeout=10)).passed
+
+
 # ------------------------------------------------------------------------------------------------ host
 
 @pytest.fixture

@@ -83,6 +83,31 @@ def test_a_selector_state_refuses_a_delta_without_its_growth_steps(tmp_path):
                 fresh.load_state_dict(state)
 
 
+def _trained_selector(seed: int, steps: int = 8):
+    model = get_spiel_model(base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6,
+                                                estimation_steps=2, seed=seed))
+    optimizer = model.make_optimizer(lr=1e-2)
+    selector = model.make_selector(optimizer, total_steps=40)
+    for step in range(steps):  # past the first reselection (step 6): some entries have grown_at > 0
+        model(torch.randn(8, 16, generator=torch.Generator().manual_seed(seed * 100 + step))).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        selector.step()
+    return model, selector
+
+
+def test_a_selector_state_from_another_run_is_named_as_such(tmp_path):
+    """Not blamed on "a compact final checkpoint": the delta is a training one, the state is another's."""
+    ours, _ = _trained_selector(seed=3)
+    _, theirs = _trained_selector(seed=4)
+    ours.save_pretrained(tmp_path / "train", compact=False)
+    again = SpielModel.from_pretrained(base(), tmp_path / "train", is_trainable=True)
+    fresh = again.make_selector(again.make_optimizer(lr=1e-2), total_steps=40)
+    with pytest.raises(ValueError, match="belongs to another delta.*selector.pt from another run") as refused:
+        fresh.load_state_dict(theirs.state_dict())
+    assert "compact" not in str(refused.value)
+
+
 # --- spiel-train: killed, stopped and finished runs
 
 # SpIEL-AG, reselection every 4 steps after 2 of estimation; 16 steps over 1.3 epochs of 48 examples,

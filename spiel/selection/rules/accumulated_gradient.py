@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from spiel.delta.indices import rows_cols
+from spiel.selection.batched import ag_grow_order_rows
 from spiel.selection.distributed import all_reduce_mean_, broadcast_from_rank0, world_size
 from spiel.selection.grow import (
     admit_under_caps,
@@ -42,6 +43,7 @@ from spiel.selection.grow import (
     line_caps,
     normalization_factors,
     random_inactive,
+    streamed_top_candidates,
     top_candidates,
 )
 from spiel.selection.rules.adam_ages import keep_ages_exact, link_ages
@@ -53,11 +55,11 @@ RELEASED_COUNTER_LIMIT = 256  # a bf16 counter: 256 + 1 rounds to 256
 PHASE_KEYS = ("candidates", "step_grad", "grad_sum", "grad_sq_sum", "scale")
 
 
-class _Phase:
+class Phase:
     """One layer's estimation statistics at its growth candidates (all fp32)."""
 
     def __init__(self):
-        self.candidates = None  # sorted int64 flat positions [K], from the phase's first micro-batch
+        self.candidates = None  # sorted flat positions [K] (the layer's index dtype), from the first micro-batch
         self.scale = None  # (normalized) each candidate's score factor, from the same gradient
         self.step_grad = None  # sum of this optimizer step's micro-batch gradients
         self.grad_sum = None  # sum over completed steps of the step gradient
@@ -77,7 +79,7 @@ class AccumulatedGradient(GrowthRule):
         if data_parallel and schedule.estimation_steps < 2:
             raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
                              "phase is spent agreeing on rank 0's growth candidates")
-        self.phases = {name: _Phase() for name in layers}
+        self.phases = {name: Phase() for name in layers}
         # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
         # age of the phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on
         # candidates).
@@ -98,11 +100,11 @@ class AccumulatedGradient(GrowthRule):
         """(sorted candidate positions, per-candidate score factor or None) from the first dense gradient."""
         return top_candidates(dense_grad, layer.k), None
 
-    def scores(self, phase: _Phase, mean: torch.Tensor) -> torch.Tensor:
+    def scores(self, phase: Phase, mean: torch.Tensor) -> torch.Tensor:
         """Each candidate's growth score from its mean step gradient (higher grows first)."""
         return mean.abs()
 
-    def order(self, layer, phase: _Phase, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+    def order(self, layer, phase: Phase, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
         """Positions (into the candidates) of the ``n`` best candidates not in ``staying``, best first."""
         return ag_grow_order(phase.candidates, scores, staying, n)
 
@@ -115,7 +117,9 @@ class AccumulatedGradient(GrowthRule):
             if not self.schedule.in_estimation_phase(t):
                 continue
             phase = self.phases[name]
-            if phase.candidates is None:
+            if phase.candidates is None and self.streams_candidates:
+                layer.request_grad_blocks(self._on_first_grad_blocks(name))
+            elif phase.candidates is None:
                 layer.request_dense_grad(self._on_first_dense_grad(name))
             else:
                 layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
@@ -123,8 +127,28 @@ class AccumulatedGradient(GrowthRule):
     def _on_first_dense_grad(self, name):
         def callback(dense_grad: torch.Tensor) -> None:
             layer, phase = self.layers[name], self.phases[name]
-            phase.candidates, phase.scale = self.candidates(layer, dense_grad)
-            phase.step_grad = dense_grad.reshape(-1)[phase.candidates].float()
+            candidates, phase.scale = self.candidates(layer, dense_grad)
+            phase.step_grad = dense_grad.reshape(-1)[candidates].float()
+            # in the index dtype: the probe takes this very tensor, no second copy (int32: half of int64's bytes)
+            phase.candidates = candidates.to(layer.indices.dtype)
+            layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
+
+        return callback
+
+    #: candidates are the top ``|g|`` alone, so they can be found block by block (no dense gradient held)
+    streams_candidates = True
+
+    def _on_first_grad_blocks(self, name):
+        def callback(block_grad, rows_per_block: int) -> None:
+            layer, phase = self.layers[name], self.phases[name]
+            if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
+                dense = block_grad(0, layer.out_features)
+                candidates = top_candidates(dense, layer.k)
+                phase.step_grad = dense.reshape(-1)[candidates].float()
+            else:
+                candidates, phase.step_grad = streamed_top_candidates(
+                    block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block)
+            phase.candidates = candidates.to(layer.indices.dtype)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
         return callback
@@ -159,7 +183,7 @@ class AccumulatedGradient(GrowthRule):
             step_grad.zero_()
 
     def end_period(self) -> None:
-        self.phases = {name: _Phase() for name in self.layers}
+        self.phases = {name: Phase() for name in self.layers}
 
     def close(self) -> None:
         for layer in self.layers.values():
@@ -171,6 +195,27 @@ class AccumulatedGradient(GrowthRule):
     def grow(self, name, n, staying, active, t):
         positions, _, seeds = self.scored_growth(name, n, staying, active, t)
         return positions, seeds
+
+    #: whether grow_rows may grow several layers at once (not where ``order`` or ``grow`` is per layer)
+    batched_growth = True
+
+    def grow_rows(self, names, n, staying, active, t):
+        phases = [self.phases[name] for name in names]
+        if not self.batched_growth or any(p.candidates is None or p.steps == 0 for p in phases):
+            return None
+        betas = {tuple(self.optimizer.group_of(self.layers[name].values)["betas"]) for name in names}
+        if len({p.steps for p in phases}) > 1 or len({p.candidates.numel() for p in phases}) > 1 or len(betas) > 1:
+            return None
+        steps = phases[0].steps
+        stacked = Phase()
+        stacked.candidates = torch.stack([p.candidates.long() for p in phases])
+        if phases[0].scale is not None:
+            stacked.scale = torch.stack([p.scale for p in phases])
+        mean = torch.stack([p.grad_sum for p in phases]) / steps
+        mean_sq = torch.stack([p.grad_sq_sum for p in phases]) / steps
+        chosen, valid = ag_grow_order_rows(stacked.candidates, self.scores(stacked, mean), staying, n)
+        seeds = self._adam_seeds(self.layers[names[0]], mean.gather(1, chosen), mean_sq.gather(1, chosen), steps)
+        return stacked.candidates.gather(1, chosen), valid, seeds
 
     def scored_growth(self, name, n, staying, active, t):
         """As :meth:`grow`, with each position's score as a third element."""
@@ -212,7 +257,7 @@ class AccumulatedGradient(GrowthRule):
     def load_state_dict(self, phases: dict[str, dict]) -> None:
         self.phases = {}
         for name, entry in phases.items():
-            phase = _Phase()
+            phase = Phase()
             for key in PHASE_KEYS:
                 if key in entry:
                     setattr(phase, key, entry[key].clone())
@@ -222,6 +267,8 @@ class AccumulatedGradient(GrowthRule):
 
 class NormalizedGradient(AccumulatedGradient):
     """``normalized``: scores ``|g| · rms(g) / (rms(row) · rms(col))`` (factors from the first dense gradient)."""
+
+    streams_candidates = False  # the factors need the whole gradient first
 
     def candidates(self, layer, dense_grad):
         row_factor, col_factor = normalization_factors(dense_grad)
@@ -235,6 +282,9 @@ class NormalizedGradient(AccumulatedGradient):
 
 class CappedGradient(AccumulatedGradient):
     """``capped``: the paper's scores, but no row / column past its cap (candidates and the support after growth)."""
+
+    batched_growth = False
+    streams_candidates = False
 
     def candidates(self, layer, dense_grad):
         row_cap, col_cap = line_caps(layer.k, layer.out_features, layer.in_features, self.config.growth_cap)
@@ -255,6 +305,7 @@ class ExploringGradient(AccumulatedGradient):
     """``explore``: the paper's growth for most entries, a share drawn at random from the inactive positions."""
 
     comparable_scores = False  # random draws have no score
+    batched_growth = False
 
     def grow(self, name, n, staying, active, t):
         n_random = int(self.config.explore_share * n)

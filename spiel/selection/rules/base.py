@@ -48,6 +48,13 @@ class GrowthRule:
         and the optimizer state they start with: ``{key: tensor aligned with the positions, or a scalar}``."""
         return torch.zeros(0, dtype=torch.long, device=active.device), {}
 
+    def grow_rows(self, names: list[str], n: int, staying: torch.Tensor, active: torch.Tensor, t: int):
+        """:meth:`grow` for several layers of one shape at once (``staying`` / ``active``: their sets stacked,
+        ``[L, ·]``): ``(positions [L, m], valid [L, m], seeds)`` with row i's growth ``positions[i][valid[i]]``
+        (valid entries first) and seeds aligned with ``positions`` (or scalars); row for row what :meth:`grow`
+        gives. None: this rule (or this state) grows one layer at a time."""
+        return None
+
     def scored_growth(self, name: str, n: int, staying: torch.Tensor, active: torch.Tensor, t: int):
         """As :meth:`grow`, with each position's score (comparable across matrices) as a third element."""
         raise NotImplementedError(f"{type(self).__name__} has no growth scores comparable across matrices")

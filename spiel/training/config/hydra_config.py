@@ -151,6 +151,12 @@ def check_model_exists(settings: Settings) -> None:
         check_model_source(model.get("name_or_path"), revision=model.get("revision"))
     except ValueError as e:
         raise ConfigError(str(e), key="model.name_or_path") from None
+    from spiel.io.model_source import RemoteCodeError, refuse_remote_code
+
+    try:
+        refuse_remote_code(model.get("name_or_path"), revision=model.get("revision"))
+    except RemoteCodeError as e:
+        raise ConfigError(f"model.name_or_path: {e}", key="model.name_or_path") from None
 
 
 def validate(cfg: DictConfig, world_size: int = 1) -> Settings:

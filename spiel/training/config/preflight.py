@@ -40,6 +40,8 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from spiel.training.config.hydra_config import check_model_exists, validate
         from spiel.training.config.resume_check import check_resume_config, resume_target
+        from spiel.training.engine import run_lock
+        from spiel.training.engine.rundir import check_resumable
         from spiel.training.launch.distributed import env_world_size
 
         task_cfg = copy.deepcopy(config)
@@ -49,10 +51,12 @@ class Preflight(Callback):
             settings = validate(task_cfg, world_size=env_world_size())
             check_model_exists(settings)
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+            check_resumable(run_dir, settings.cfg.resume)  # before Hydra writes into the run dir
             target = resume_target(run_dir, settings.cfg.resume)
             if target is not None and target.is_dir():
                 check_resume_config(target, task_cfg, settings.cfg.resume_allow_config_changes)
             if int(os.environ.get("RANK", "0")) == 0:
                 check_writable(run_dir)
+                run_lock.acquire(run_dir)  # before Hydra writes .hydra/ and train.log; released when training ends
         except user_errors() as e:
             refuse(e)

@@ -23,6 +23,7 @@ from spiel.io.model_source import HOW
 from spiel.training.config.hydra_config import ConfigError, check_model_exists, validate
 from spiel.training.config.resume_check import check_resume_config
 from spiel.training.engine import atomic_checkpoints as checkpoints
+from spiel.training.engine import run_lock
 from spiel.training.engine.divergence import DivergenceGuard
 from spiel.training.engine.failures import OutputError, writing
 from spiel.training.engine.rundir import FINAL_DIR, prepare_run_dir
@@ -142,6 +143,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     train(run)
     summary = save_and_summarize(run) if run.is_main else {}
     barrier()
+    run_lock.release(run.run_dir)
     return summary
 
 
@@ -174,6 +176,7 @@ def prepare_run(run: Run) -> None:
     learns where it resumes from."""
     c, resume_from = run.c, None
     if run.is_main:
+        run_lock.acquire(run.run_dir)  # one writer per run dir (held already when spiel-train's preflight took it)
         resume_from = prepare_run_dir(run.run_dir, c.resume, c.overwrite)
         if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
             check_resume_config(resume_from, run.cfg, c.resume_allow_config_changes)

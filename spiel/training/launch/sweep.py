@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import traceback
 from pathlib import Path
 
@@ -37,11 +38,18 @@ def release_job_resources() -> None:
 
 
 class SweepReport(Callback):
-    """Registered in configs/train.yaml (hydra.callbacks); fails the sweep if any job failed."""
+    """Registered in configs/train.yaml and configs/eval.yaml (hydra.callbacks); fails the sweep if any job
+    failed, listing the failed jobs. ``marker``: the file a failed job leaves in its job dir."""
+
+    def __init__(self, marker: str = FAILED):
+        self.marker = marker
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{FAILED}"))
+        failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{self.marker}"))
         if failed:
-            log.error("%d sweep job(s) failed: %s (tracebacks in <job dir>/%s)", len(failed), ", ".join(failed), FAILED)
+            message = (f"{len(failed)} sweep job(s) failed: {', '.join(failed)} (the reason in <job dir>/"
+                       f"{self.marker}, under {sweep_dir})")
+            log.error("%s", message)
+            print(f"{config.hydra.job.name}: {message}", file=sys.stderr, flush=True)
             raise SystemExit(1)

@@ -1,0 +1,151 @@
+"""Reselection of many matrices at once: the drop order, the growth order and the slot bookkeeping of every
+matrix of one shape as row-wise operations over stacked ``[L, ·]`` tensors.
+
+Per matrix, a reselection is a few dozen small kernels and, on a GPU, a host round-trip for every tensor
+whose size depends on the data (each boolean mask, each ``nonzero``). Stacking the matrices that share a
+shape and ``k`` (a transformer's q/k/v/o, its gate/up, its down projections) makes each step one kernel for
+the whole group, and the data-dependent sizes are read back once per group, not once per matrix and step.
+
+Every function here gives, row by row, exactly what its per-matrix counterpart gives (``drop.drop_order``,
+``grow.ag_grow_order``, ``grow.ma_grow_indices``), ties included: the orders are integer sorts of the same
+keys (``order.py``) and the scores the same elementwise float operations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spiel.delta.indices import isin_sorted
+from spiel.selection import grow
+from spiel.selection.order import _MAGNITUDE, _sortable
+
+_LAST = torch.iinfo(torch.int64).max  # a key that sorts after every real one
+
+# Score entries materialized at once for a whole group: 64 Mi fp32 (256 MiB) on CUDA, where fewer, larger
+# chunks mean fewer host round-trips, at most 1/32 of the free memory; 4 Mi (16 MiB) on CPU.
+GROUP_CHUNK_ELEMENTS_CUDA = 1 << 26
+GROUP_CHUNK_ELEMENTS_CPU = 1 << 22
+
+
+def group_chunk_elements(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1 << 20, min(GROUP_CHUNK_ELEMENTS_CUDA, free // 32 // 4))
+    return GROUP_CHUNK_ELEMENTS_CPU
+
+
+def layer_groups(layers: dict) -> list[list[str]]:
+    """Names of the layers that can be reselected together: same dense shape, ``k``, dtypes and device."""
+    groups: dict[tuple, list[str]] = {}
+    for name, layer in layers.items():
+        key = (layer.out_features, layer.in_features, layer.k, layer.values.dtype, layer.indices.dtype,
+               str(layer.values.device))
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def isin_sorted_rows(elements: torch.Tensor, sorted_sets: torch.Tensor) -> torch.Tensor:
+    """Row by row, ``isin_sorted(elements[i], sorted_sets[i])`` (``[L, m]`` against ascending ``[L, s]``)."""
+    if sorted_sets.shape[1] == 0 or elements.shape[1] == 0:
+        return torch.zeros(elements.shape, dtype=torch.bool, device=elements.device)
+    sorted_sets = sorted_sets.to(elements.dtype)
+    pos = torch.searchsorted(sorted_sets, elements).clamp_(max=sorted_sets.shape[1] - 1)
+    return sorted_sets.gather(1, pos) == elements
+
+
+def _row_order(scores: torch.Tensor, descending: bool, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Row by row, ``order_by(scores[i], descending)`` as int64 keys sorted ascending; ``exclude``d entries get
+    the key ``_LAST`` (they sort after every other). The position is ``key & _MAGNITUDE``."""
+    positions = torch.arange(scores.shape[1], device=scores.device)
+    key = (_sortable(scores, descending) << 32) | positions
+    if exclude is not None:
+        key = key.masked_fill(exclude, _LAST)
+    return torch.sort(key, dim=1).values
+
+
+def drop_order_rows(values: torch.Tensor, n: int, criterion: str = "magnitude",
+                    references: torch.Tensor | None = None) -> torch.Tensor:
+    """Row by row, ``drop.drop_order(values[i], n, criterion, references[i])``: ``[L, n]`` slots, weakest first."""
+    score = values.detach().float()
+    if criterion == "change":
+        score = score - references.float()
+    return _row_order(score.abs(), descending=False)[:, :n] & _MAGNITUDE
+
+
+def kept_slots(slots: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``[L, k - n]`` slots not in ``slots`` (``[L, n]``, distinct per row), ascending."""
+    dropped = torch.zeros(slots.shape[0], k, dtype=torch.bool, device=slots.device)
+    dropped.scatter_(1, slots, True)
+    key = torch.arange(k, device=slots.device).expand(slots.shape[0], k) + dropped * k
+    return torch.sort(key, dim=1).values[:, : k - slots.shape[1]]
+
+
+def valid_first(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the positions with ``mask`` true in order, then the others in order (a stable compaction)."""
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+
+
+def ag_grow_order_rows(candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor,
+                       n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row by row, ``grow.ag_grow_order(candidates[i], scores[i], staying[i], n)``: ``(chosen [L, m], valid)``
+    with ``m = min(n, K)``; row i's result is ``chosen[i][valid[i]]`` (its valid entries come first)."""
+    eligible = ~isin_sorted_rows(candidates, staying)
+    keys = _row_order(scores, descending=True, exclude=~eligible)[:, :n]
+    valid = keys != _LAST
+    return torch.where(valid, keys & _MAGNITUDE, 0), valid
+
+
+def ma_grow_rows(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.Tensor, n: int,
+                 chunk_elements: int | None = None) -> tuple[torch.Tensor, list[bool]] | None:
+    """Row by row, ``grow.ma_grow_indices(row_acc[i], col_acc[i], active[i], n)`` by its sampled threshold,
+    ``[L, n]``, for the rows where the threshold lets at least ``n`` scores through (``ok[i]``; the caller
+    computes the others one by one, as the per-matrix rule's fallback does). None where the per-matrix rule
+    would not sample a threshold at all, or a sampled threshold is not finite.
+
+    Host round-trips: one for the thresholds, one per chunk (its kept count), one for the per-row counts."""
+    L, out_features = row_acc.shape
+    in_features = col_acc.shape[1]
+    total = out_features * in_features
+    device = row_acc.device
+    sample_size = grow.SAMPLE_SIZE
+    if n <= 0 or 4 * n >= total or total <= sample_size or total >= 1 << 31:
+        return None
+    gen = torch.Generator(device=device).manual_seed(grow.SAMPLE_SEED)
+    sample = torch.randint(total, (sample_size,), generator=gen, device=device)
+    srows = torch.div(sample, in_features, rounding_mode="floor")
+    sample_scores = row_acc[:, srows].float() * col_acc[:, sample - srows * in_features].float()
+    sample_scores.masked_fill_(isin_sorted_rows(sample.expand(L, -1).contiguous(), active.long()), -torch.inf)
+    expected = sample_size * n / total
+    rank = min(sample_size, int(1.25 * expected + 4 * expected**0.5 + 16))
+    threshold = torch.topk(sample_scores, rank, dim=1, sorted=False).values.min(dim=1).values
+    if not all(math.isfinite(v) for v in threshold.tolist()):
+        return None
+    budget = chunk_elements or group_chunk_elements(device)
+    rows_per_chunk = max(1, budget // (L * in_features))
+    owners, positions, scores = [], [], []
+    for r0 in range(0, out_features, rows_per_chunk):
+        r1 = min(out_features, r0 + rows_per_chunk)
+        chunk = (row_acc[:, r0:r1, None].float() * col_acc[:, None, :].float()).view(L, -1)
+        owner, position = (chunk >= threshold[:, None]).nonzero(as_tuple=True)
+        owners.append(owner)
+        positions.append(position + r0 * in_features)
+        scores.append(chunk[owner, position])
+    owner, position, score = torch.cat(owners), torch.cat(positions), torch.cat(scores)
+    # Active positions would have scored -inf (below a finite threshold): drop them from what passed.
+    offset = torch.arange(L, device=device)[:, None] * total  # rows' sets side by side: one ascending set
+    inactive = ~isin_sorted(owner * total + position, (active.long() + offset).view(-1))
+    owner, position, score = owner[inactive], position[inactive], score[inactive]
+    # Per row, best first, ties to the lower position: the per-matrix key, then a stable sort by row.
+    by_key = torch.sort((_sortable(score, True) << 32) | position).indices
+    order = by_key[torch.sort(owner[by_key], stable=True).indices]
+    counts = torch.bincount(owner, minlength=L).tolist()
+    starts = [0]
+    for c in counts[:-1]:
+        starts.append(starts[-1] + c)
+    ok = [c >= n for c in counts]
+    take = torch.tensor([s if good else 0 for s, good in zip(starts, ok, strict=True)], device=device)
+    index = order[(take[:, None] + torch.arange(n, device=device)).clamp_(max=max(0, order.numel() - 1))]
+    grown = position[index] if order.numel() else torch.zeros(L, n, dtype=torch.long, device=device)
+    return grown, ok

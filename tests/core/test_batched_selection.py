@@ -1,0 +1,188 @@
+"""Reselecting the matrices of one shape together gives, bit for bit, what reselecting them one by one gives,
+and each row-wise order is the dense reference order (score, then position)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from spiel.selection import batched, grow
+from spiel.selection.drop import drop_order
+
+
+def reference_order(scores, descending):
+    """Positions by score, equal scores by position ascending (plain Python)."""
+    sign = -1 if descending else 1
+    return sorted(range(scores.numel()), key=lambda i: (sign * float(scores[i]), i))
+
+
+def test_drop_order_rows_is_the_reference_order_with_ties():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 50, generator=g).round(decimals=1)  # many equal magnitudes
+    references = torch.randn(3, 50, generator=g).round(decimals=1)
+    for criterion, refs in (("magnitude", None), ("change", references)):
+        got = batched.drop_order_rows(values, 20, criterion, refs)
+        for i in range(3):
+            score = (values[i] - (0 if refs is None else refs[i])).abs()
+            assert got[i].tolist() == reference_order(score, False)[:20]
+            assert got[i].tolist() == drop_order(values[i], 20, criterion, None if refs is None else refs[i]).tolist()
+
+
+def test_kept_slots_and_valid_first():
+    slots = torch.tensor([[4, 0, 2], [1, 5, 3]])
+    assert batched.kept_slots(slots, 6).tolist() == [[1, 3, 5], [0, 2, 4]]
+    mask = torch.tensor([[False, True, False, True], [True, True, False, False]])
+    assert batched.valid_first(mask).tolist() == [[1, 3, 0, 2], [0, 1, 2, 3]]
+
+
+def test_ag_grow_order_rows_takes_the_best_eligible_candidates():
+    g = torch.Generator().manual_seed(1)
+    L, K, n = 3, 40, 12
+    candidates = torch.stack([torch.randperm(200, generator=g)[:K].sort().values for _ in range(L)])
+    scores = torch.rand(L, K, generator=g).round(decimals=1)
+    staying = torch.stack([torch.randperm(200, generator=g)[:150].sort().values for _ in range(L)])
+    chosen, valid = batched.ag_grow_order_rows(candidates, scores, staying, n)
+    for i in range(L):
+        eligible = [j for j in range(K) if int(candidates[i, j]) not in set(staying[i].tolist())]
+        expected = [j for j in reference_order(scores[i], True) if j in eligible][:n]
+        assert chosen[i][valid[i]].tolist() == expected
+        assert bool(valid[i, : len(expected)].all()) and not bool(valid[i, len(expected):].any())
+        assert chosen[i][valid[i]].tolist() == grow.ag_grow_order(candidates[i], scores[i], staying[i], n).tolist()
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 3 * 70 * 7])  # one chunk; chunks of 7 rows
+def test_ma_grow_rows_is_the_reference_order_with_ties(monkeypatch, chunk_elements):
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)  # sampling on at test sizes
+    g = torch.Generator().manual_seed(2)
+    L, out_f, in_f, n = 3, 60, 70, 300
+    row = torch.rand(L, out_f, generator=g).round(decimals=1)  # many equal products
+    col = torch.rand(L, in_f, generator=g).round(decimals=1)
+    active = torch.stack([torch.randperm(out_f * in_f, generator=g)[:500].sort().values for _ in range(L)]).int()
+    grown, ok = batched.ma_grow_rows(row, col, active, n, chunk_elements=chunk_elements)
+    assert all(ok)
+    for i in range(L):
+        scores = torch.outer(row[i], col[i]).view(-1).clone()
+        scores[active[i].long()] = -1
+        assert grown[i].tolist() == reference_order(scores, True)[:n]
+        assert grown[i].tolist() == grow.ma_grow_indices(row[i], col[i], active[i], n).tolist()
+
+
+def test_ma_grow_rows_leaves_a_far_off_sample_to_the_per_matrix_rule(monkeypatch):
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)
+    g = torch.Generator().manual_seed(3)
+    row, col = torch.rand(2, 60, generator=g), torch.rand(2, 70, generator=g)
+    row[1, :] = 0  # every score of row 1 is 0: at the threshold, all pass; so make row 1's threshold too high
+    active = torch.stack([torch.randperm(4200, generator=g)[:100].sort().values for _ in range(2)])
+    real_topk = torch.topk
+
+    def high_threshold_for_row_1(t, k, **kw):  # a sample far off for the second matrix only
+        out = real_topk(t, k, **kw)
+        if t.dim() == 2:
+            out.values[1] = 1.0
+        return out
+
+    monkeypatch.setattr(torch, "topk", high_threshold_for_row_1)
+    grown, ok = batched.ma_grow_rows(row, col, active, 300)
+    assert ok == [True, False]
+
+
+def make_model(method, growth, drop, seed=0):
+    from spiel import SpielConfig, get_spiel_model
+
+    torch.manual_seed(seed)
+    layers = nn.Sequential(*[nn.Linear(32, 32) for _ in range(3)], nn.Linear(32, 48), nn.Linear(48, 32))
+    return get_spiel_model(layers, SpielConfig(method=method, num_tunable=400, reselection_steps=4,
+                                                estimation_steps=2, growth=growth, drop=drop))
+
+
+@pytest.mark.parametrize("method,growth,drop", [("ag", "paper", "magnitude"), ("ag", "normalized", "change"),
+                                                ("ma", "paper", "magnitude"), ("ma", "paper", "change"),
+                                                ("ag", "capped", "magnitude")])
+def test_batched_reselection_equals_one_matrix_at_a_time(monkeypatch, method, growth, drop):
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 256)  # MA's sampled threshold on at test sizes
+    runs = []
+    for batched_on in (True, False):
+        model = make_model(method, growth, drop)
+        opt = model.make_optimizer(lr=1e-2)
+        sel = model.make_selector(opt, total_steps=30)
+        sel.batched = batched_on
+        runs.append((model, opt, sel))
+    offers = []
+    rule = runs[0][2].rule
+    grow_rows = rule.grow_rows
+    monkeypatch.setattr(rule, "grow_rows", lambda *a: offers.append(grow_rows(*a)) or offers[-1])
+    g = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        x = torch.randn(16, 32, generator=g)
+        for model, opt, sel in runs:
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            sel.step()
+        (m1, o1, _), (m2, o2, _) = runs
+        for (name, a), b in zip(m1.deltas.items(), m2.deltas.values(), strict=True):
+            for attr in ("indices", "values", "grown_at"):
+                assert torch.equal(getattr(a, attr), getattr(b, attr)), (name, attr)
+            s1, s2 = o1.state[a.values], o2.state[b.values]
+            assert s1.keys() == s2.keys()
+            for key in s1:
+                assert torch.equal(s1[key], s2[key]), (name, key)
+    together = [offer is not None for offer in offers]
+    assert together and all(together) == (growth != "capped")  # capped ranks under caps, one matrix at a time
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 60])
+def test_streamed_top_candidates_is_the_reference_top_with_ties(rows_per_block):
+    g = torch.Generator().manual_seed(5)
+    dense = torch.randn(60, 70, generator=g).round(decimals=1)  # many equal |g|
+    calls = []
+
+    def block_grad(r0, r1):
+        calls.append((r0, r1))
+        return dense[r0:r1]
+
+    positions, values = grow.streamed_top_candidates(block_grad, 60, 70, 300, rows_per_block)
+    expected = sorted(reference_order(dense.view(-1).abs(), True)[:300])
+    assert positions.tolist() == expected
+    assert torch.equal(values, dense.view(-1)[positions])
+    assert [r0 for r0, _ in calls] == list(range(0, 60, rows_per_block))  # each block once, in order
+
+
+def test_ag_probe_streams_row_blocks_with_the_dense_probe_s_candidates(monkeypatch):
+    """A probe whose dense gradient would be large takes its candidates from row blocks: the same candidates,
+    the same values' gradient (to fp32 rounding), and no transient of the dense gradient's size."""
+    from spiel.delta import SparseDeltaLinear, function
+
+    torch.manual_seed(0)
+    out_f, in_f, k = 512, 256, 3000
+    layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
+    layer.base_layer.requires_grad_(False)
+    x = torch.randn(64, in_f)
+    def run(stream):
+        found = {}
+        monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0 if stream else 1 << 40)
+        monkeypatch.setattr(function, "PROBE_BLOCK_BYTES", 64 * in_f * 4)  # blocks of 64 rows
+        from spiel.selection.rules import AccumulatedGradient
+
+        def on_blocks(block_grad, rows):
+            found["rows"] = rows
+            found["candidates"], found["grad"] = grow.streamed_top_candidates(block_grad, out_f, in_f, k, rows)
+
+        layer.values.grad = None
+        layer.request_grad_blocks(on_blocks)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            layer(x).pow(2).sum().backward()
+        found["largest"] = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+        found["values_grad"] = layer.values.grad.clone()
+        assert AccumulatedGradient.streams_candidates
+        return found
+
+    streamed, whole = run(True), run(False)
+    assert streamed["rows"] == 64 and whole["rows"] == out_f
+    y_grad = 2 * layer(x).detach()
+    dense_grad = y_grad.t() @ x  # the dense reference dL/dW
+    expected = sorted(reference_order(dense_grad.view(-1).abs(), True)[:k])
+    assert streamed["candidates"].tolist() == expected == whole["candidates"].tolist()
+    torch.testing.assert_close(streamed["grad"], dense_grad.view(-1)[streamed["candidates"]])
+    torch.testing.assert_close(streamed["values_grad"], dense_grad.view(-1)[layer.indices.long()])
+    assert whole["largest"] >= out_f * in_f * 4  # the dense gradient
+    assert streamed["largest"] < out_f * in_f * 4 // 3  # blocks of 64 of 512 rows (dY itself is 1/4 of it)
