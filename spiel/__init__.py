@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 
+from spiel.quiet_imports import quiet_offline_kernel_fetch
+
 __version__ = "0.1.0"
+quiet_offline_kernel_fetch()  # bitsandbytes' offline Hub-kernel warnings (see spiel.quiet_imports)
 
 _LAZY = {
     "SpielConfig": "spiel.model.spiel_model",
@@ -17,6 +20,7 @@ _LAZY = {
     "compose": "spiel.model.spiel_model",
     "SpielTrainerMixin": "spiel.integrations.hf_trainer",
     "spiel_trainer": "spiel.integrations.hf_trainer",
+    "AutoSpielModelForCausalLM": "spiel.model.auto",
 }
 
 

@@ -48,8 +48,8 @@ class _Budget:
                                            "(give one of rank_equiv | density | num_tunable; none: 64)")
     density: Optional[float] = knob(None, "budget: a fraction of all model parameters, in (0, 1]")
     num_tunable: Optional[int] = knob(None, "budget: a count of tunable entries")
-    target_modules: Any = knob(None, "null: every linear layer except the output head; a list of name "
-                                     "suffixes; or a regex matched against the full module name")
+    target_modules: Any = knob(None, "null or all-linear: every linear layer except the output head; a list "
+                                     "of name suffixes; or a regex matched against the full module name")
 
 
 @dataclass
@@ -99,7 +99,8 @@ class SpielKnobs(_Storage, SelectionConfig, _Budget):
 class SpielConfig(SpielKnobs, _MethodField):
     """Budget: exactly one of ``rank_equiv`` (``r·Σ(in+out)`` entries, LoRA rank r's count),
     ``density`` (fraction of all model parameters) or ``num_tunable``; none given means
-    ``rank_equiv=64``. ``target_modules``: None (every linear layer except the output head), a list of
+    ``rank_equiv=64``. ``target_modules``: None or ``"all-linear"`` (peft's spelling; every linear layer
+    except the output head), a list of
     name suffixes, or a regex matched against the full module name. ``delta_dtype`` None is float32.
     ``num_deltas`` (per-module k) is filled in by ``get_spiel_model`` and saved with checkpoints.
     ``growth``: how reselection grows (``paper``, the method's rule, is the default; SpIEL-AG also has

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 import torch
 import yaml
 
+from spiel.model.llama import LLAMA2_7B_DIMS, PAPER_RANK, paper_density  # noqa: F401 (re-exported)
 from spiel.paths import CONFIG_DIR
 from spiel.training.config.schema import METHOD_NAMES
 
-PAPER_RANK = 64
 METHOD_CONFIG_DIR = CONFIG_DIR / "method"
 
 
@@ -67,13 +67,8 @@ class LlamaShape:
         return asdict(self)
 
 
-LLAMA2_7B = LlamaShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
+LLAMA2_7B = LlamaShape(**LLAMA2_7B_DIMS)
 CPU_DEFAULT = LlamaShape()
-
-
-def paper_density() -> float:
-    """Tunable entries / target weights of LoRA rank 64 on LLaMA-2-7B's seven projections (≈ 0.0247)."""
-    return PAPER_RANK * LLAMA2_7B.lora_params_per_rank() / LLAMA2_7B.target_numel()
 
 
 def equivalent_rank(shape: LlamaShape, density: float | None = None) -> int:

@@ -120,11 +120,12 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
 
 def _user_errors() -> tuple:
     from spiel.eval.lm_eval import LmEvalError
+    from spiel.extras import MissingExtra
     from spiel.io.model_source import RemoteCodeError, RevisionError
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
     return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,
-            FileNotFoundError, LmEvalError, RemoteCodeError, RevisionError, EvalConfigError)
+            FileNotFoundError, LmEvalError, RemoteCodeError, RevisionError, EvalConfigError, MissingExtra)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

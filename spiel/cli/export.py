@@ -6,8 +6,10 @@
 `ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
 `ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
 cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
-Tülu chat template training used (checked token for token, `spiel.data.chat_template`). Merging into a
-4-bit (NF4) base is refused: it would requantize the weights.
+chat template training used: the one in the checkpoint's own tokenizer (spiel-train writes the template it
+trained with there: the Tülu one, or the model's own with data.template=model), else the Tülu template
+(checked token for token, `spiel.data.chat_template`). Merging into a 4-bit (NF4) base is refused: it would
+requantize the weights.
 
 Nothing but the export's own files is ever deleted: the model is written into a fresh, uniquely named
 directory beside `out` and renamed to `out` at the end; with overwrite=true the old `out` is first
@@ -162,6 +164,17 @@ def _check_loaded(model) -> None:
         raise RuntimeError(f"internal error: the delta of {unmerged[0]} was not merged")
 
 
+def trained_template(tokenizer, info: dict, ckpts: list[str]) -> str | None:
+    """"tulu" or "model" when the tokenizer came with the checkpoint and carries a chat template (the one
+    spiel-train trained with); None when the Tülu template is to be attached."""
+    from spiel.data.template import jinja_chat_template
+
+    from_checkpoint = info.get("kind") == "full" or info.get("tokenizer") in ckpts
+    if not from_checkpoint or not getattr(tokenizer, "chat_template", None):
+        return None
+    return "tulu" if tokenizer.chat_template in (jinja_chat_template(True), jinja_chat_template(False)) else "model"
+
+
 def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", quant: str = "none",
            device: str = "cpu", revision: str | None = None, overwrite: bool = False, ckpt_weights=None) -> Path:
     """Write the merged model of `ckpt` and its chat-template tokenizer to `out`; returns `out`."""
@@ -180,12 +193,15 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
     _check_out_apart(out, _local_inputs(ckpts, model_name, loaded.info))  # Hub snapshots, the recorded base
     model, tokenizer = loaded.model, loaded.tokenizer
     _check_loaded(model)
-    attach_chat_template(tokenizer)
+    template = trained_template(tokenizer, loaded.info, ckpts)
+    if template != "model":  # the Tülu template, set afresh and checked token for token
+        attach_chat_template(tokenizer)
+        template = "tulu"
     model = model.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
     info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
             "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
-            "chat_template": "tulu"}
+            "chat_template": template}
 
     def save(directory: Path) -> None:
         model.save_pretrained(directory)

@@ -37,6 +37,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import spiel.training.config.hydra_config  # noqa: F401  (registers the schemas train.yaml names)
     from spiel.paths import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

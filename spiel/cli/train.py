@@ -71,12 +71,38 @@ def _rank_overrides() -> list[str]:
     return ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
+# command-line choices that need a Hydra plugin from an extra: (prefix, value or None for any) -> module
+PLUGIN_CHOICES = {
+    ("hydra/launcher=", "slurm"): "hydra_plugins.hydra_submitit_launcher",
+    ("hydra/launcher=", "local_submitit"): "hydra_plugins.hydra_submitit_launcher",
+    ("hydra/launcher=", "local"): "hydra_plugins.hydra_joblib_launcher",
+    ("hparams_search=", None): "hydra_plugins.hydra_optuna_sweeper",
+}
+
+
+def missing_plugin(argv: list[str]) -> str | None:
+    """The message for a launcher or sweeper chosen on the command line whose extra is not installed
+    (Hydra itself would only say that the config 'submitit_slurm' was not found)."""
+    from spiel.extras import available, message
+
+    for arg in argv:
+        for (prefix, value), module in PLUGIN_CHOICES.items():
+            chosen = arg.removeprefix("+").removeprefix(prefix) if arg.lstrip("+").startswith(prefix) else None
+            if chosen and chosen != "null" and value in (None, chosen) and not available(module):
+                return message(module, arg.lstrip("+"))
+    return None
+
+
 def main() -> None:
     # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads of torch's
     # pool starve each other (the tiny demo ran 6x slower on 2 loaded cores). Only effective before torch
     # is imported, and only when the user has not chosen a policy.
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    problem = missing_plugin(sys.argv[1:])
+    if problem:
+        print(f"spiel-train: error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     extra = [o for o in _rank_overrides() if o not in sys.argv]
     if extra:
         sys.argv = [sys.argv[0], *sys.argv[1:], *extra]

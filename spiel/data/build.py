@@ -46,9 +46,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:32]
 
 
-def _select_fingerprint(raw: Dataset, indices: list[int], tok_fp: str, max_seq_len: int) -> str:
+def _select_fingerprint(raw: Dataset, indices: list[int], tok_fp: str, max_seq_len: int, template: str = "tulu") -> str:
     h = hashlib.sha256()
-    h.update(f"{TOKENIZE_VERSION}|{raw._fingerprint}|{tok_fp}|{max_seq_len}|".encode())
+    h.update(f"{TOKENIZE_VERSION}|{raw._fingerprint}|{tok_fp}|{max_seq_len}|{template}|".encode())
     h.update(np.asarray(indices, dtype=np.int64).tobytes())
     return h.hexdigest()[:32]
 
@@ -67,7 +67,7 @@ def _count_bad(raw: Dataset, name: str, mode: str) -> tuple[list[int], dict]:
     return good, bad
 
 
-def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc):
+def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc, template="tulu"):
     raw = load_raw(spec, cache_dir)
     good, bad = _count_bad(raw, spec.name, spec.on_bad_record)
     indices = select_indices(good, spec.cap, spec.weight, seed, spec.name)
@@ -80,10 +80,10 @@ def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_pro
     tokenized = selected.map(
         tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len},
+        fn_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len, "template": template},
         remove_columns=selected.column_names,
         num_proc=num_proc if num_proc and num_proc > 1 and len(selected) > 1 else None,
-        new_fingerprint=_select_fingerprint(raw, indices, tok_fp, max_seq_len),
+        new_fingerprint=_select_fingerprint(raw, indices, tok_fp, max_seq_len, template),
         desc=f"tokenizing {spec.name}",
     )
     stats.update(dropped_no_trainable=len(selected) - len(tokenized), examples=len(tokenized))
@@ -115,9 +115,15 @@ def build_train_dataset(data_cfg, tokenizer, max_seq_len: int | None = None, cac
     if max_seq_len < 2:
         raise DataError(f"max_seq_len must be at least 2, got {max_seq_len}")
     tok_fp = tokenizer_fingerprint(tokenizer)
+    if cfg.template == "model":
+        from spiel.data.model_template import check_model_template
+
+        check_model_template(tokenizer)
+        tok_fp = hashlib.sha256(f"{tok_fp}|{tokenizer.chat_template}".encode()).hexdigest()[:32]
     parts, per_source = [], {}
     for spec in cfg.sources:
-        part, per_source[spec.name] = _build_source(spec, cfg.seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc)
+        part, per_source[spec.name] = _build_source(spec, cfg.seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc,
+                                                    cfg.template)
         if part is not None and len(part):
             parts.append(part)
     stats = {

@@ -10,12 +10,18 @@
         cap: null            # at most this many examples from this source
         weight: 1.0          # scale: 0.5 = random half, 2.0 = every record twice
         on_bad_record: null  # overrides the top-level setting for this source
+        columns: null        # your column names: {messages: conversation} | {prompt: q, completion: a} | ...
     seed: 42                 # mixture sampling and shuffling
     on_bad_record: error     # error | skip  (skip: drop and count malformed records)
     shuffle: true
     max_seq_len: 2048        # used when the caller passes none
     template_seed: 42        # seeds the choice of GPT4-Alpaca instruction template per record
+    template: tulu           # the chat format conversations are trained in: tulu | model (the tokenizer's own)
     max_record_bytes: 1048576  # a longer record is a bad record (too_large): refused, or skipped
+
+One source can also be given at the top level (configs/data/own.yaml: ``spiel-train data=own
+data.path=my.jsonl`` or ``data.hub_id=org/name``): ``path``, ``hub_id``, ``revision``, ``split``, ``format``
+and ``columns`` there make the single source named ``name``. Files: JSON / JSONL, CSV, Parquet.
 """
 
 from __future__ import annotations
@@ -41,9 +47,14 @@ KNOWN_SOURCES = {
     "gpt4_alpaca": {"hub_id": None, "path": "data/processed/gpt4_alpaca/gpt4_alpaca_data.jsonl"},
     "demo": {"hub_id": None, "path": str(ASSETS_DIR / "demo" / "train.jsonl")},
 }
-_SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record"}
+_SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record", "columns"}
+_SHORTHAND_KEYS = ("path", "hub_id", "revision", "split", "format", "columns")  # one source at the top level
 _TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description",
-             "max_record_bytes"}
+             "max_record_bytes", "template", *_SHORTHAND_KEYS}
+TEMPLATES = ("tulu", "model")  # data.template: the Tülu format (the paper's) | the tokenizer's chat template
+# columns: the canonical fields a source's own column names can be mapped to
+COLUMN_FIELDS = ("messages", "role", "content", "prompt", "completion", "instruction", "input", "output",
+                 "inputs", "targets")
 BAD_RECORD_MODES = ("error", "skip")
 
 
@@ -60,6 +71,7 @@ class SourceSpec:
     on_bad_record: str = "error"
     template_seed: int = 42
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    columns: tuple[tuple[str, str], ...] = ()  # (canonical field, the source's column name)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class DataConfig:
     on_bad_record: str = "error"
     shuffle: bool = True
     max_seq_len: int = 2048
+    template: str = "tulu"
 
 
 def _as_dict(node, what: str) -> dict:
@@ -98,6 +111,31 @@ def resolve_path(path: str) -> Path:
     return Path.cwd() / p  # does not exist: the reader reports it by this name
 
 
+def _parse_columns(columns, where: str) -> tuple[tuple[str, str], ...]:
+    if columns is None:
+        return ()
+    columns = _as_dict(columns, f"{where}: columns")
+    unknown = sorted(set(columns) - set(COLUMN_FIELDS))
+    if unknown:
+        raise DataError(f"{where}: columns maps the fields {', '.join(COLUMN_FIELDS)} to your column names; "
+                        f"{unknown} is not one of them (write columns: {{prompt: question, completion: answer}})")
+    bad = {k: v for k, v in columns.items() if not isinstance(v, str) or not v}
+    if bad:
+        raise DataError(f"{where}: columns values must be column names (strings), got {bad}")
+    return tuple(sorted(columns.items()))
+
+
+def _shorthand_source(cfg: dict) -> list[dict] | None:
+    """The single source given by top-level path/hub_id (configs/data/own.yaml), or None."""
+    given = {k: cfg.get(k) for k in _SHORTHAND_KEYS if cfg.get(k) is not None}
+    if not given.get("path") and not given.get("hub_id"):
+        return None
+    if cfg.get("sources"):
+        raise DataError("data config: give your data either as data.path / data.hub_id (one source) or as "
+                        "data.sources (several), not both")
+    return [{"name": cfg.get("name") or "own", **given}]
+
+
 def parse_data_config(data_cfg) -> DataConfig:
     cfg = _as_dict(data_cfg, "data config")
     unknown = sorted(set(cfg) - _TOP_KEYS)
@@ -112,8 +150,11 @@ def parse_data_config(data_cfg) -> DataConfig:
     max_record_bytes = DEFAULT_MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
     if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 1:
         raise DataError(f"data config: max_record_bytes must be a whole number of bytes >= 1, got {max_record_bytes!r}")
-    raw_sources = cfg.get("sources")
+    raw_sources = _shorthand_source(cfg) or cfg.get("sources")
     if not raw_sources:
+        if cfg.get("name") == "own":
+            raise DataError("data=own needs your data: data.path=<a JSON/JSONL/CSV/Parquet file> or "
+                            "data.hub_id=<a Hugging Face dataset id>")
         raise DataError("data config: 'sources' must list at least one source")
     specs, names = [], set()
     for i, raw in enumerate(raw_sources):
@@ -156,9 +197,15 @@ def parse_data_config(data_cfg) -> DataConfig:
                 on_bad_record=_check_mode(src.get("on_bad_record") or top_mode, f"source {name!r}"),
                 template_seed=template_seed,
                 max_record_bytes=max_record_bytes,
+                columns=_parse_columns(src.get("columns"), f"source {name!r}"),
             )
         )
+    template = cfg.get("template") or "tulu"
+    if template not in TEMPLATES:
+        raise DataError(f"data config: template must be tulu (the paper's chat format) or model (the tokenizer's "
+                        f"own chat template), got {template!r}")
     return DataConfig(
+        template=template,
         sources=specs,
         seed=int(cfg.get("seed", 42)),
         on_bad_record=top_mode,

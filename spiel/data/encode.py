@@ -110,17 +110,23 @@ def has_trainable(labels: Sequence[int]) -> bool:
     return any(label != IGNORE_INDEX for label in labels)
 
 
-def tokenize_batch(batch: Mapping, tokenizer, max_seq_len: int) -> dict:
+def tokenize_batch(batch: Mapping, tokenizer, max_seq_len: int, template: str = "tulu") -> dict:
     """`datasets.map(batched=True)` function over canonical rows; drops rows with no trainable token.
 
     A row is a conversation when its `messages` list is non-empty, else a prompt/completion pair.
+    Conversations are rendered in the Tülu format (`template="tulu"`) or the tokenizer's own chat template
+    (`"model"`, ``spiel.data.model_template``).
     Returns fewer rows than it was given when some are dropped (allowed because every input column is
     removed); the caller counts the difference.
     """
     rows = range(len(batch["messages"]))
     conv_rows = [i for i in rows if batch["messages"][i]]
-    encoded = dict(zip(conv_rows, encode_many([batch["messages"][i] for i in conv_rows], tokenizer, max_seq_len),
-                       strict=True))
+    if template == "model":
+        from spiel.data.model_template import encode_with_model_template as encode_conversations
+    else:
+        encode_conversations = encode_many
+    encoded = dict(zip(conv_rows, encode_conversations([batch["messages"][i] for i in conv_rows], tokenizer,
+                                                       max_seq_len), strict=True))
     out = {"input_ids": [], "labels": []}
     for i in rows:
         enc = encoded.get(i)

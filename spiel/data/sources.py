@@ -1,5 +1,9 @@
 """Loading one source (a local file or a hub dataset) into an on-disk `datasets.Dataset` of canonical rows.
 
+Files: JSON / JSONL (read record by record with file:line, ``spiel.data.reader``), CSV and Parquet (read
+by `datasets`; a record is a row, named file:row N). A source's ``columns`` maps its own column names onto
+the fields the formats use (``rename_columns``).
+
 Every raw record becomes one row, valid or not: invalid ones carry `error_kind` and `error` (with
 file:line) so the builder can fail on the first or skip and count them, and so a second run reads the
 counts back from the cache instead of re-parsing. The Arrow result is cached by `from_generator`
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from datasets import Dataset, Features, List, Value
 
@@ -51,19 +56,55 @@ def _row(where: str, canonical: dict | None = None, error: tuple[str, str] | Non
     return row
 
 
-def _canonical_rows(records, fmt: str, dataset: str, seed: int):
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # read as chat roles when columns maps `role`
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def rename_columns(record, columns: dict[str, str]):
+    """``record`` with the source's column names (``columns``: field -> its name) renamed to the fields
+    the formats read; ``role`` / ``content`` rename the keys inside each message. A messages column
+    that holds JSON text (a CSV cell) is parsed."""
+    if not columns or not isinstance(record, dict):
+        return record
+    inner = {k: columns[k] for k in ("role", "content") if k in columns}
+    out = dict(record)
+    for field, name in columns.items():
+        if field not in inner and name in record:
+            out.pop(name)
+            out[field] = record[name]
+    messages = out.get("messages")
+    if isinstance(messages, str):
+        try:
+            messages = out["messages"] = json.loads(messages)
+        except json.JSONDecodeError:
+            return out  # the format check reports the field
+    if inner and isinstance(messages, list):
+        renamed = []
+        for m in messages:
+            if isinstance(m, dict):
+                m = {k: v for k, v in m.items() if k not in inner.values()} | {
+                    field: m.get(name) for field, name in inner.items()}
+                if "role" in inner:
+                    m["role"] = SHAREGPT_ROLES.get(m["role"], m["role"])
+            renamed.append(m)
+        out["messages"] = renamed
+    return out
+
+
+def _canonical_rows(records, fmt: str, dataset: str, seed: int, columns: tuple = ()):
+    columns = dict(columns)
     for index, (where, record, error) in enumerate(records):
         if error is None:
             try:
-                yield _row(where, to_canonical(record, fmt, index, dataset, seed))
+                yield _row(where, to_canonical(rename_columns(record, columns), fmt, index, dataset, seed))
                 continue
             except RecordError as e:
                 error = (e.kind, f"{where}: {e}")
         yield _row(where, error=error)
 
 
-def _file_rows(path: str, fmt: str, dataset: str, seed: int, max_record_bytes: int):
-    yield from _canonical_rows(iter_records(path, max_record_bytes), fmt, dataset, seed)
+def _file_rows(path: str, fmt: str, dataset: str, seed: int, max_record_bytes: int, columns: tuple = ()):
+    yield from _canonical_rows(iter_records(path, max_record_bytes), fmt, dataset, seed, columns)
 
 
 def _hub_record(where: str, row: dict, cap: int):
@@ -71,9 +112,16 @@ def _hub_record(where: str, row: dict, cap: int):
     return (where, None, too_large(where, size, cap)) if size > cap else (where, row, None)
 
 
-def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int, max_record_bytes: int):
+def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int, max_record_bytes: int,
+              columns: tuple = ()):
     records = (_hub_record(f"{hub_id}[{i}]", dict(row), max_record_bytes) for i, row in enumerate(hub))
-    yield from _canonical_rows(records, fmt, dataset, seed)
+    yield from _canonical_rows(records, fmt, dataset, seed, columns)
+
+
+def _table_rows(path: str, fmt: str, dataset: str, seed: int, max_record_bytes: int, columns: tuple = ()):
+    table = load_dataset(TABLE_SUFFIXES[Path(path).suffix.lower()], data_files=path, split="train")
+    records = (_hub_record(f"{path}:row {i + 1}", dict(row), max_record_bytes) for i, row in enumerate(table))
+    yield from _canonical_rows(records, fmt, dataset, seed, columns)
 
 
 def _fingerprint(*parts) -> str:
@@ -89,7 +137,7 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
     if spec.hub_id:
         hub = _load_hub(spec)
         fp = _fingerprint("hub", spec.hub_id, hub._fingerprint, spec.format, spec.name, spec.template_seed,
-                          spec.max_record_bytes)
+                          spec.max_record_bytes, spec.columns)
         gen, kwargs = _hub_rows, {"hub": hub, "hub_id": spec.hub_id}
     else:
         path = resolve_path(spec.path)
@@ -99,9 +147,11 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
             hint = " (run scripts/prepare_train_data.py, or set the source's path)" if spec.name != "demo" else ""
             raise DataError(f"source {spec.name!r}: {e}{hint}") from None
         fp = _fingerprint("file", file_signature(path), spec.format, spec.name, spec.template_seed,
-                          spec.max_record_bytes)
-        gen, kwargs = _file_rows, {"path": str(path)}
-    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed, max_record_bytes=spec.max_record_bytes)
+                          spec.max_record_bytes, spec.columns)
+        gen = _table_rows if path.suffix.lower() in TABLE_SUFFIXES else _file_rows
+        kwargs = {"path": str(path)}
+    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed, max_record_bytes=spec.max_record_bytes,
+                  columns=spec.columns)
     try:
         return Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp)
     except Exception as e:  # datasets wraps errors raised in the generator; surface ours plainly
@@ -117,8 +167,11 @@ def _load_hub(spec: SourceSpec) -> Dataset:
     try:
         return load_dataset(spec.hub_id, split=spec.split, revision=spec.revision)
     except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
         raise DataError(
-            f"source {spec.name!r}: could not load hub dataset {spec.hub_id!r} "
-            f"(split {spec.split!r}): {type(e).__name__}: {e}. Without internet, download it elsewhere "
-            f"(scripts/prepare_train_data.py) and set the source's 'path' to the local JSONL."
+            f"source {spec.name!r}: could not load the Hugging Face dataset {spec.hub_id!r} (split {spec.split!r}): "
+            f"{type(e).__name__}: {first}. To get it: on a machine with internet, run `python -c \"import "
+            f"datasets; datasets.load_dataset('{spec.hub_id}', split='{spec.split}')\"` to fill the datasets cache "
+            f"(~/.cache/huggingface/datasets; copy it here), or save it as a JSONL/Parquet file and train with "
+            f"data.path=<that file> instead of the hub id."
         ) from None

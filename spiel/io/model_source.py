@@ -26,8 +26,8 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 # refs/<revision> from its cache, so a path ("../../x") would make it read, and load, outside the cache
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._+\-/]+$")
-HOW = ("choose model=tiny|llama2-7b|llama2-13b, or set model.name_or_path=<a local model directory (with "
-       "config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
+HOW = ("choose model=tiny|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
+       "model directory (with config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
 
 
 def _offline() -> bool:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import types
@@ -27,7 +28,8 @@ from spiel.delta.indices import check_indices
 from spiel.delta.layer import SparseDeltaLinear
 from spiel.delta.weights import is_quantized, weight_shape
 from spiel.model.delta_sets import weighted_sum
-from spiel.model.targets import allocate, find_targets, total_budget
+from spiel.model.peft_names import NO_SPIEL_EQUIVALENT, peft_name_error
+from spiel.model.targets import allocate, find_targets, model_numel, total_budget
 from spiel.selection import Selector, method_spec
 from spiel.selection.global_budget import resize_entries
 from spiel.spiel_config import SpielConfig
@@ -63,6 +65,7 @@ class SpielModel(nn.Module):
         self.training = model.training  # the wrapper starts in the wrapped model's mode
         self._selector_ref = None  # weak: a selector dropped by its owner no longer counts
         self._static_training = False
+        self._deltas_disabled = False  # inside disable_delta()
         self._delta_sets = {}  # name -> spiel.model.delta_sets.DeltaSet, once load_delta is used
         self._active_delta = "default"  # the delta the model was built or loaded with
         self._show_wrapped_signature()
@@ -86,9 +89,13 @@ class SpielModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name in NO_SPIEL_EQUIVALENT:  # not the wrapped model's peft integration: its messages mislead
+                raise peft_name_error(name) from None
             return getattr(super().__getattr__("model"), name)
 
     def forward(self, *args, **kwargs):
+        if self._deltas_disabled:
+            return self.model(*args, **kwargs)  # disable_delta(): the base alone, nothing to select
         if self.training and torch.is_grad_enabled() and not self._static_training and not self.has_selector():
             if any(layer.values.requires_grad for layer in self.deltas.values()):
                 raise RuntimeError(STATIC_TRAINING_MESSAGE)
@@ -113,6 +120,66 @@ class SpielModel(nn.Module):
 
     def num_tunable(self) -> int:
         return sum(layer.k for layer in self.deltas.values())
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, all)`` as peft counts them: the delta entries that train (``values`` requiring
+        grad) and every parameter of the model (4-bit weights at their logical size, deltas included)."""
+        trainable = sum(layer.k for layer in self.deltas.values() if layer.values.requires_grad)
+        return trainable, model_numel(self.model)
+
+    def print_trainable_parameters(self) -> None:
+        """peft's line: ``trainable params: N || all params: M || trainable%: P``."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(1, total):.4f}")
+
+    @contextlib.contextmanager
+    def disable_delta(self):
+        """Within the block every forward runs the base model alone (peft's ``disable_adapter``), e.g. for
+        a reference model's log-probs; the deltas are untouched and apply again after it."""
+        from spiel.model.delta_sets import check_unmerged
+
+        layers = self.deltas
+        check_unmerged(layers, "disable the deltas")
+        for layer in layers.values():
+            layer.restore_base()
+            layer.delta_disabled = True
+        self._deltas_disabled = True
+        try:
+            yield self
+        finally:
+            self._deltas_disabled = False
+            for layer in layers.values():
+                layer.delta_disabled = False
+
+    # peft's names for what a SpielModel does with its deltas
+    disable_adapter = disable_delta
+
+    def set_adapter(self, adapter_name: str) -> SpielModel:
+        """peft's name for :meth:`set_delta`."""
+        return self.set_delta(adapter_name)
+
+    def load_adapter(self, model_id, adapter_name: str, revision: str | None = None,
+                     is_trainable: bool = False, **kwargs) -> SpielModel:
+        """peft's name for :meth:`load_delta` (a loaded delta is for inference: ``is_trainable`` is refused)."""
+        if is_trainable or kwargs:
+            raise TypeError("SpielModel.load_adapter keeps a saved delta for inference (load_delta); it takes "
+                            f"no is_trainable or {sorted(kwargs)}: to train from a checkpoint use "
+                            "SpielModel.from_pretrained(base, path, is_trainable=True)")
+        return self.load_delta(model_id, adapter_name, revision=revision)
+
+    def delete_adapter(self, adapter_name: str) -> SpielModel:
+        """peft's name for :meth:`delete_delta`."""
+        return self.delete_delta(adapter_name)
+
+    @property
+    def active_adapter(self) -> str:
+        """peft's name for :attr:`active_delta`."""
+        return self.active_delta
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped transformers model (with the delta layers in place, as peft's holds its adapters)."""
+        return self.model
 
     def trainable_summary(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())

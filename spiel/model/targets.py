@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from spiel.delta.weights import is_quantized, weight_shape
 
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer but the output head
+
 
 def _is_tunable_linear(module: nn.Module) -> bool:
     # nn.Linear subclasses include bitsandbytes Linear4bit (packed; handled) and Linear8bitLt (not).
@@ -27,9 +29,10 @@ def _output_head_names(model: nn.Module) -> set[str]:
 
 
 def find_targets(model: nn.Module, target_modules: list[str] | str | None) -> dict[str, nn.Module]:
-    """Linear layers to tune, by name (in module order). Default: all except the output head."""
+    """Linear layers to tune, by name (in module order). Default (None, or peft's spelling "all-linear"):
+    all except the output head."""
     linears = {n: m for n, m in model.named_modules() if n and _is_tunable_linear(m)}
-    if target_modules is None:
+    if target_modules is None or target_modules == ALL_LINEAR:
         heads = _output_head_names(model)
         chosen = {n: m for n, m in linears.items() if n not in heads}
     elif isinstance(target_modules, str):

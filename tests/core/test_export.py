@@ -176,12 +176,47 @@ def test_spiel_train_final_tokenizer_carries_the_template_and_exports(tmp_path):
     base = tmp_path / "base"  # the tiny base with another chat template (as LLaMA-2-chat's would be)
     shutil.copytree(TINY_MODEL_DIR, base)
     (base / "chat_template.jinja").write_text("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
-    assert run_cli([f"output_root={tmp_path / 'runs'}", f"model.name_or_path={base}", *SMALL, *SPIEL_FAST]) == 0
+    assert run_cli([f"output_root={tmp_path / 'runs'}", "model=hf", f"model.name_or_path={base}", *SMALL,
+                    *SPIEL_FAST]) == 0
     final = only_run_dir(tmp_path / "runs") / "final"
     assert AutoTokenizer.from_pretrained(final).chat_template == jinja_chat_template(bos=True)
     out = export(final, tmp_path / "exported", dtype="float32")
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)),
                                _logits(SpielModel.from_pretrained(tiny_model(), final)), rtol=1e-5, atol=1e-5)
+
+
+OWN_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_a_checkpoint_trained_in_the_models_own_template_exports_that_template(tmp_path):
+    tok = tiny_tokenizer()
+    tok.chat_template = OWN_TEMPLATE
+    model = get_spiel_model(tiny_model(), SpielConfig(method="ag", rank_equiv=4, seed=3))
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tok)
+    out = export(tmp_path / "ckpt", tmp_path / "out", dtype="float32")
+    assert AutoTokenizer.from_pretrained(out).chat_template == OWN_TEMPLATE  # was replaced by the Tülu one
+    assert json.loads((out / "spiel_export.json").read_text())["chat_template"] == "model"
+
+
+@pytest.mark.slow
+def test_spiel_train_with_the_models_own_template_keeps_it_through_export(tmp_path):
+    import shutil
+
+    from tests.helpers.runs import SMALL, SPIEL_FAST, only_run_dir, run_cli
+
+    base = tmp_path / "base"
+    shutil.copytree(TINY_MODEL_DIR, base)
+    (base / "chat_template.jinja").write_text(OWN_TEMPLATE)
+    assert run_cli([f"output_root={tmp_path / 'runs'}", "model=hf", f"model.name_or_path={base}", "data.template=model",
+                    *SMALL, *SPIEL_FAST]) == 0
+    final = only_run_dir(tmp_path / "runs") / "final"
+    tok = AutoTokenizer.from_pretrained(final)
+    assert tok.chat_template == OWN_TEMPLATE
+    assert "template: model" in (final.parent / "config.yaml").read_text()
+    out = export(final, tmp_path / "exported", dtype="float32")
+    assert AutoTokenizer.from_pretrained(out).chat_template == OWN_TEMPLATE
+    assert json.loads((out / "spiel_export.json").read_text())["chat_template"] == "model"
 
 
 def test_peft_adapter_export_is_the_merged_adapter(tmp_path):

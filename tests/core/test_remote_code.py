@@ -63,7 +63,7 @@ def test_a_checkpoint_whose_tokenizer_has_an_auto_map_is_refused_by_spiel_eval(t
 def test_spiel_train_refuses_a_base_with_an_auto_map_before_its_run_dir_exists(tiny_copy, tmp_path, capsys):
     _with_auto_map(tiny_copy, "config.json", tmp_path / "mark")
     out = tmp_path / "out"
-    code = run_cli([f"output_root={out}", f"model.name_or_path={tiny_copy}", "debug=smoke"])
+    code = run_cli([f"output_root={out}", "model=hf", f"model.name_or_path={tiny_copy}", "debug=smoke"])
     err = capsys.readouterr().err
     assert code == 2 and "model.name_or_path" in err and "config.json has an auto_map" in err, err
     assert not out.exists() and not (tmp_path / "mark").exists()

@@ -193,6 +193,7 @@ def test_hub_failure_is_a_clear_message(tok, tmp_path, monkeypatch):
         raise ConnectionError("Couldn't reach the Hub (offline mode)")
 
     monkeypatch.setattr(sources, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"source 'flan_v2': could not load hub dataset 'ostapeno/tulu_v2_flan_v2_subset'"
-                                        r".*ConnectionError.*set the source's 'path'"):
+    with pytest.raises(DataError, match=r"source 'flan_v2': could not load the Hugging Face dataset "
+                                        r"'ostapeno/tulu_v2_flan_v2_subset'.*ConnectionError.*load_dataset\('ostapeno/"
+                                        r"tulu_v2_flan_v2_subset', split='train'\).*data.path="):
         build_train_dataset({"sources": [{"name": "flan_v2"}]}, tok, 256, cache_dir=str(tmp_path))

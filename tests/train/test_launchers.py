@@ -32,11 +32,17 @@ def slurm_env(monkeypatch, **extra):
 
 
 def test_slurm_task_gets_torchrun_variables(monkeypatch):
-    slurm_env(monkeypatch)
+    slurm_env(monkeypatch, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
     values = launch_env.set_from_submitit()
+    port = values.pop("MASTER_PORT")
     assert values == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8",
-                      "GROUP_RANK": "1", "MASTER_ADDR": "gpu03", "MASTER_PORT": str(20000 + 4711)}
+                      "MASTER_ADDR": "gpu03"}
     assert all(os.environ[k] == v for k, v in values.items())
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"  # cuda:LOCAL_RANK must stay valid
+    slurm_env(monkeypatch, SLURM_PROCID="2", SLURM_NODEID="0", SLURM_LOCALID="2")  # another task of the job
+    assert launch_env.set_from_submitit()["MASTER_PORT"] == port and 20000 <= int(port) <= 60000
+    slurm_env(monkeypatch, SLURM_JOB_ID="4712")
+    assert launch_env.set_from_submitit()["MASTER_PORT"] != port  # another job
 
 
 def test_exported_master_port_and_an_inner_launcher_win(monkeypatch):
@@ -102,3 +108,21 @@ def test_accelerate_launch_gives_the_same_delta_as_torchrun(tmp_path):
     ages = [grown_at_steps(only_run_dir(tmp_path / name)) for name in ("torchrun", "accelerate")]
     assert ages[0] == ages[1]
     assert set(ages[0]) - {"0"}, "no index was regrown: the comparison would miss the selector"
+
+
+def test_the_variables_come_from_submitits_own_helper(monkeypatch):
+    """One implementation of the SLURM -> torch.distributed mapping: submitit's TorchDistributedEnvironment."""
+    import submitit.helpers
+
+    calls = []
+    real = submitit.helpers.TorchDistributedEnvironment
+
+    class Spy(real):
+        def export(self, **kwargs):
+            calls.append(kwargs)
+            return super().export(**kwargs)
+
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Spy)
+    slurm_env(monkeypatch)
+    launch_env.set_from_submitit()
+    assert calls == [{"set_cuda_visible_devices": False, "overwrite": True}]

@@ -58,6 +58,10 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     if not OmegaConf.has_resolver("spiel_dirname"):
         OmegaConf.register_new_resolver("spiel_dirname", dirname_from_overrides)
+    if not OmegaConf.has_resolver("spiel_preset"):  # model=hf: presets from the model's size
+        from spiel.training.config.presets import preset_value
+
+        OmegaConf.register_new_resolver("spiel_preset", preset_value)
 
 
 def dirname_from_overrides(override_dirname: str, run_name: Any = None) -> str:
@@ -74,7 +78,9 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-MODEL_KEYS = ("name_or_path", "dtype", "revision")
+MODEL_KEYS = ("name_or_path", "dtype", "revision", "preset")
+TINY_ALIAS = "tiny"
+OWN_MODEL = "model=hf model.name_or_path=<dir or hub id>"
 QUANT_KEYS = ("name",)
 
 
@@ -160,7 +166,9 @@ def check_model_exists(settings: Settings) -> None:
 
 
 def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
-    """Check the composed config; ConfigError names the first bad key. Nothing heavy is imported."""
+    """Check the composed config; ConfigError names the first bad key. Nothing heavy is imported (but for
+    model=hf, whose presets read the model's config)."""
+    _check_model_preset(cfg)
     _reject_non_finite(cfg)
     try:
         obj: TrainConfig = OmegaConf.to_object(cfg)
@@ -181,7 +189,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
             raise key_error(key, message)
 
     need(bool(model.get("name_or_path")), "model.name_or_path",
-         "no base model: choose model=tiny|llama2-7b|llama2-13b or set model.name_or_path=<dir or hub id>")
+         f"no base model: choose model=tiny|llama2-7b|llama2-13b, or your own with {OWN_MODEL}")
     dtype = str(model.get("dtype") or "auto")
     need(dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
          f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
@@ -192,6 +200,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
          f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}")
     if quant == "nf4":
         dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
+        _require("bitsandbytes", "quant=nf4", "quant")
 
     for old, new in MOVED_KEYS.items():  # one key each: method.lr, method.weight_decay
         value = getattr(obj, old)
@@ -239,6 +248,44 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         raise key_error("data", str(e)) from None
     return Settings(cfg=obj, method=method, quant=quant, dtype=dtype, world_size=world_size,
                     grad_accum=obj.batch_size // per_step)
+
+
+def _require(module: str, what: str, key: str) -> None:
+    from spiel.extras import MissingExtra, require
+
+    try:
+        require(module, what)
+    except MissingExtra as e:
+        raise ConfigError(str(e), key=key) from None
+
+
+def _check_model_preset(cfg: DictConfig) -> None:
+    """model=tiny's presets (lr, rank 4, float32, batch 16) are for the 3M-parameter demo model: pointing
+    model.name_or_path elsewhere would train another model with them, silently. model=hf needs a model."""
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig):
+        return
+    preset, name = model.get("preset"), model.get("name_or_path")
+    if preset == "tiny" and name not in (None, TINY_ALIAS):
+        from spiel.io.model_source import MODEL_ALIASES
+
+        if Path(str(name)).resolve() != MODEL_ALIASES[TINY_ALIAS].resolve():
+            raise key_error("model.name_or_path", f"{name} with model=tiny would train it with the tiny demo "
+                            "model's presets (method.lr, rank_equiv 4, float32, batch 16); train your own model "
+                            f"with model=hf model.name_or_path={name} (presets derived from its size, printed "
+                            "at start)")
+    if preset == "hf":  # its presets read the model's config: the model must be there first
+        if not name:
+            raise key_error("model.name_or_path", f"model=hf trains your own model: {OWN_MODEL}")
+        from spiel.io.model_source import RemoteCodeError, check_model_source, refuse_remote_code
+
+        try:
+            check_model_source(name, revision=model.get("revision"))
+            refuse_remote_code(name, revision=model.get("revision"))
+        except RemoteCodeError as e:
+            raise ConfigError(f"model.name_or_path: {e}", key="model.name_or_path") from None
+        except ValueError as e:
+            raise ConfigError(str(e), key="model.name_or_path") from None
 
 
 def _check_parallel(obj: TrainConfig, method, quant: str, world_size: int) -> None:

@@ -138,10 +138,13 @@ METHOD_CONFIGS = {**dict.fromkeys(SPIEL_METHODS, SpielMethodConfig), "lora": Lor
 
 
 # -- logger -----------------------------------------------------------------------------------------------
-def _tensorboard_available() -> bool:
-    import importlib.util
+def _check_logger_package(name: str) -> None:
+    from spiel.extras import MissingExtra, require
 
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+    try:
+        require(name, f"logger={name}")
+    except MissingExtra as e:
+        raise ConfigError(str(e), key="logger") from None
 
 
 @dataclass
@@ -156,8 +159,8 @@ class LoggerConfig:
     def __post_init__(self):
         if self.name not in ("none", "wandb", "tensorboard"):
             raise key_error("logger.name", f"must be none, wandb or tensorboard, got {self.name!r}")
-        if self.name == "tensorboard" and not _tensorboard_available():
-            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard", key="logger")
+        if self.name in ("wandb", "tensorboard"):
+            _check_logger_package(self.name)
         if self.mode not in ("auto", "online", "offline", "disabled"):
             raise key_error("logger.mode", f"must be auto, online, offline or disabled, got {self.mode!r}")
 

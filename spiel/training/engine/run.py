@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +84,11 @@ def _finished(checkpoint: Path) -> bool:
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 
-def _save_final(method, model, tokenizer, run_dir: Path) -> Path:
+def _save_final(method, model, tokenizer, run_dir: Path, template: str = "tulu") -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
-    attach_chat_template_or_warn(tokenizer)  # final/'s tokenizer renders the Tülu format training used
+    if template == "tulu":  # final/'s tokenizer renders the format training used (data.template=model: its own)
+        attach_chat_template_or_warn(tokenizer)
     try:
         with writing(run_dir / FINAL_DIR, f"saving {FINAL_DIR}/: cannot write"):
             staged.mkdir(parents=True)
@@ -167,6 +169,12 @@ def check_config(run: Run) -> None:
         raise ConfigError(f"model.name_or_path: could not load the config of {model['name_or_path']!r}: {e}. "
                           f"{HOW}") from None
     run.method.check_on_meta(meta_model, run.settings.method)
+    if model.get("preset") == "hf" and int(os.environ.get("RANK", "0")) == 0:  # presets from the model's size
+        from spiel.training.config.presets import preset_line, presets
+
+        line = preset_line(run.cfg, presets(str(model["name_or_path"]), run.settings.method.name, model.get("revision")))
+        log.info(line)
+        print(line, flush=True)
     run.args = training_arguments(run.settings, run.run_dir, run.method.trainer_optim(run.settings.method),
                                   run.use_wandb, run.run_name)
 
@@ -279,7 +287,9 @@ def train(run: Run) -> None:
 def save_and_summarize(run: Run) -> dict:
     """Rank 0: final/, the method's extras, summary.json, the logger's summary, and the closing lines."""
     c, method, model, run_dir = run.c, run.method, run.model, run.run_dir
-    final_dir = _save_final(method, model, run.tokenizer, run_dir)
+    from spiel.data import parse_data_config
+
+    final_dir = _save_final(method, model, run.tokenizer, run_dir, parse_data_config(c.data).template)
     extras = method.after_training(model, run_dir, run.trainer.state.max_steps, plot=c.plot_ages)
     extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
                                                                                  run_dir / LOSS_PNG)))

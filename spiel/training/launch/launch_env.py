@@ -2,9 +2,11 @@
 
 torchrun and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` for each process; a SLURM job with one task per GPU (``hydra/launcher=slurm`` with
-``tasks_per_node`` = GPUs per node, ``nodes`` = N) has only submitit's job environment. This derives the same
+``tasks_per_node`` = GPUs per node, ``nodes`` = N) has only submitit's job environment. submitit's ``TorchDistributedEnvironment`` derives the same
 variables from it, so every task joins one process group: rank = the task's global rank, the master is the
-job's first host, and the port comes from the job id (or ``MASTER_PORT`` when exported).
+job's first host, and the port comes from the job id (or ``MASTER_PORT`` when exported). Its option to set
+``CUDA_VISIBLE_DEVICES`` to the local rank is left off: each rank picks ``cuda:LOCAL_RANK`` (transformers'
+rule), which would not exist once every process sees a single GPU.
 """
 
 from __future__ import annotations
@@ -14,27 +16,7 @@ import os
 
 log = logging.getLogger("spiel.cli.train")
 
-DIST_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def port_for_job(job_id: str) -> int:
-    """A port in [20000, 60000) that is the same on every task of a job and differs between most jobs."""
-    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
-    return 20000 + int(digits) % 40000
-
-
-def distributed_env(job_env) -> dict[str, str]:
-    """The torchrun-style variables for one task of a submitit job environment."""
-    nodes = max(1, job_env.num_nodes)
-    return {
-        "RANK": str(job_env.global_rank),
-        "WORLD_SIZE": str(job_env.num_tasks),
-        "LOCAL_RANK": str(job_env.local_rank),
-        "LOCAL_WORLD_SIZE": str(job_env.num_tasks // nodes),
-        "GROUP_RANK": str(job_env.node),
-        "MASTER_ADDR": job_env.hostnames[0],
-        "MASTER_PORT": os.environ.get("MASTER_PORT") or str(port_for_job(job_env.job_id)),
-    }
+DIST_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def set_from_submitit() -> dict[str, str] | None:
@@ -43,11 +25,12 @@ def set_from_submitit() -> dict[str, str] | None:
     if not os.environ.get("SUBMITIT_EXECUTOR") or "RANK" in os.environ:
         return None
     import submitit
+    from submitit.helpers import TorchDistributedEnvironment
 
     job_env = submitit.JobEnvironment()
     if job_env.num_tasks <= 1:
         return None
-    values = distributed_env(job_env)
-    os.environ.update(values)
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    values = {key: os.environ[key] for key in DIST_KEYS}
     log.info("distributed environment from %s: %s", job_env, values)
     return values

@@ -26,9 +26,11 @@ def eval_split(dataset, c, tokenizer, data_cfg, build):
     """`(train, eval or None)` from the settings `c` (eval_fraction / eval_data); `build` is
     spiel.data.build_train_dataset (tokenizes a file with the training pipeline)."""
     if c.eval_data:
-        sources = [{"name": "eval", "path": str(c.eval_data)}]
-        cfg = {"name": "eval", "sources": sources, "seed": data_cfg.get("seed", 42), "shuffle": False,
-               "on_bad_record": data_cfg.get("on_bad_record", "error")}
+        source = {"name": "eval", "path": str(c.eval_data)}
+        if data_cfg.get("columns"):  # data=own's column names hold for its held-out file too
+            source["columns"] = data_cfg.get("columns")
+        cfg = {"name": "eval", "sources": [source], "seed": data_cfg.get("seed", 42), "shuffle": False,
+               "on_bad_record": data_cfg.get("on_bad_record", "error"), "template": data_cfg.get("template") or "tulu"}
         held_out, _ = build(cfg, tokenizer, max_seq_len=c.max_seq_len, cache_dir=c.data_cache_dir,
                             num_proc=c.data_num_proc)
         return dataset, held_out
