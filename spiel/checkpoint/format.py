@@ -30,12 +30,14 @@ def _is_int(value) -> bool:
 
 @dataclass
 class ModuleEntry:
-    """One target module: its entry count, its weight's ``[out_features, in_features]`` and the base-weight
-    fingerprint (required to load, unless the reader lifts that)."""
+    """One target module: its entry count, its weight's ``[out_features, in_features]``, the base-weight
+    fingerprint (required to load, unless the reader lifts that) and, for a float32/bfloat16 base, the SHA-256
+    of sampled base entries (``fingerprint.base_sample_digest``; absent in older checkpoints)."""
 
     k: int
     shape: list[int]
     fingerprint: Optional[list[float]] = None
+    base_sample_sha256: Optional[str] = None
 
     def check(self, where: str, bad: Callable[[str], Exception]) -> None:
         shape = self.shape
@@ -49,6 +51,9 @@ class ModuleEntry:
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                         for v in fingerprint)):
             raise bad(f"{where}.fingerprint must be {FINGERPRINT_SIZE} finite numbers")
+        digest = self.base_sample_sha256
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+            raise bad(f"{where}.base_sample_sha256 must be a 64-character hex digest, got {digest!r}")
 
 
 @dataclass(kw_only=True)
@@ -66,8 +71,9 @@ class CheckpointHeader:
     def to_dict(self) -> dict:
         out = asdict(self)
         for entry in out["modules"].values():
-            if entry["fingerprint"] is None:
-                del entry["fingerprint"]
+            for key in ("fingerprint", "base_sample_sha256"):
+                if entry[key] is None:
+                    del entry[key]
         if out["delta_sha256"] is None:
             del out["delta_sha256"]
         return out
@@ -101,6 +107,10 @@ class CheckpointHeader:
         for name, entry in modules.items():
             if not isinstance(entry, dict):
                 raise bad(f"modules[{name!r}] must be an object, got {entry!r}")
+            for key in ("fingerprint", "base_sample_sha256"):  # absent is allowed (and refused elsewhere), null not
+                if key in entry and entry[key] is None:
+                    raise bad(f"modules[{name!r}].{key} is null; give what spiel wrote, or remove the key (and load "
+                              "with the unverified-base override)")
             ModuleEntry(**{f.name: entry.get(f.name) for f in fields(ModuleEntry)}).check(f"modules[{name!r}]", bad)
 
 

@@ -7,7 +7,10 @@ base-weight ``fingerprint`` per module is required: without it the checkpoint co
 of the same shape; ``allow_unverified_base`` lifts that, and the message names the override); the delta file
 against the header's SHA-256 (so a truncated file or one flipped bit is caught even where it would still
 parse); then each module's tensors in one of ``codec``'s forms (a compact form checked and decoded there), of
-shape ``[k]``, indices integer, sorted, unique and inside the weight, values floating point and finite.
+shape ``[k]``, indices integer, sorted, unique and inside the weight, values floating point, stored in the
+header's ``delta_dtype`` or a dtype it widens into losslessly, and, after the cast to ``delta_dtype``, finite
+and within ``spiel.delta.bounds``. A header without ``delta_sha256`` is refused unless
+``allow_unverified_delta`` (named in the message).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from spiel.checkpoint.codec import (
 )
 from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, CheckpointHeader, InvalidCheckpointError
 from spiel.checkpoint.kind import DESCRIPTIONS, detect_kind
+from spiel.delta.bounds import delta_value_problem, lossless_into
 
 __all__ = ["InvalidCheckpointError", "read_checkpoint", "read_spiel_config", "sha256_hex"]
 
 UNVERIFIED_BASE_OVERRIDE = "allow_unverified_base=True"
+UNVERIFIED_DELTA_OVERRIDE = "allow_unverified_delta=True"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -64,11 +69,15 @@ def read_spiel_config(directory) -> dict:
 
 
 def read_checkpoint(directory, *, allow_unverified_base: bool = False,
-                    override: str | None = UNVERIFIED_BASE_OVERRIDE) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    """(config, {module: {"indices", "values"[, "grown_at"]}}) of a checkpoint that passed every check.
+                    override: str | None = UNVERIFIED_BASE_OVERRIDE, allow_unverified_delta: bool = False,
+                    delta_override: str | None = UNVERIFIED_DELTA_OVERRIDE,
+                    ) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """(config, {module: {"indices", "values"[, "grown_at"]}}) of a checkpoint that passed every check;
+    the values in the checkpoint's ``delta_dtype``.
 
-    ``override``: how the caller's user lifts the fingerprint requirement (named in the message), or
-    None where there is no such choice (resume: spiel always writes fingerprints)."""
+    ``override`` / ``delta_override``: how the caller's user lifts the fingerprint / ``delta_sha256``
+    requirement (named in the message), or None where there is no such choice (resume: spiel always
+    writes both)."""
     from safetensors.torch import load
 
     directory = Path(directory)
@@ -90,6 +99,12 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     def bad(problem: str) -> InvalidCheckpointError:
         return InvalidCheckpointError(f"{path}: {problem}")
 
+    if "delta_sha256" not in config and not allow_unverified_delta:
+        how = (f"if you trust the file as it is, pass {delta_override}" if delta_override else
+               "spiel writes it into every checkpoint, so this one was altered")
+        raise InvalidCheckpointError(
+            f"{directory / CONFIG_NAME}: no delta_sha256, so {DELTA_NAME} cannot be checked for damage (a "
+            f"flipped bit or a truncation); {how}")
     data = path.read_bytes()
     if "delta_sha256" in config and sha256_hex(data) != config["delta_sha256"]:
         raise bad(f"the file is damaged (truncated or altered): its SHA-256 differs from the one recorded in "
@@ -99,6 +114,7 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     except Exception as e:  # safetensors raises its own error type (and others) on a damaged file
         raise bad(f"not a readable safetensors file ({type(e).__name__}: {e})") from None
 
+    delta_dtype = getattr(torch, config["spiel_config"].get("delta_dtype") or "float32")
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         name, _, field = key.rpartition(".")
@@ -131,10 +147,12 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
             at = int((steps <= 0).nonzero()[0])
             problem = "duplicated" if int(steps[at]) == 0 else "not sorted"
             raise bad(f"'{name}.indices' {problem} at position {at + 1} ({int(idx[at])} then {int(idx[at + 1])})")
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):
-            bad_count = int((~finite).sum())
-            first = int((~finite).nonzero()[0])
-            raise bad(f"'{name}.values' has {bad_count} non-finite value(s) of {k} (NaN/Inf; first at position "
-                      f"{first}: {float(values[first])})")
+        if not lossless_into(values.dtype, delta_dtype):
+            raise bad(f"'{name}.values' are {str(values.dtype).replace('torch.', '')} but the checkpoint's "
+                      f"delta_dtype is {config['spiel_config'].get('delta_dtype') or 'float32'}: casting could "
+                      "overflow or round them (store them in delta_dtype, or a dtype it widens losslessly)")
+        fields["values"] = values = values.to(delta_dtype)  # checked after the cast: what readers get
+        problem = delta_value_problem(values)
+        if problem:
+            raise bad(f"'{name}.values' has {problem}")
     return config, tensors

@@ -17,12 +17,13 @@ from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, CheckpointHeader, M
 
 def checkpoint_header(spiel_config, base_model, deltas: dict, fingerprints: dict) -> CheckpointHeader:
     """The header of a delta: ``spiel_config`` (a SpielConfig), the ``base_model`` it was trained on, per
-    module (``deltas``: name -> SparseDeltaLinear) its k, shape and base-weight fingerprint."""
+    module (``deltas``: name -> SparseDeltaLinear) its k, shape and base-weight fingerprint (``fingerprints``:
+    name -> ``fingerprint.base_fingerprint``)."""
     from spiel import __version__
 
     return CheckpointHeader(
         spiel_version=__version__, spiel_config=spiel_config.to_dict(), base_model=base_identity(base_model),
-        modules={n: ModuleEntry(layer.k, [layer.out_features, layer.in_features], fingerprints[n])
+        modules={n: ModuleEntry(layer.k, [layer.out_features, layer.in_features], **fingerprints[n])
                  for n, layer in deltas.items()})
 
 

@@ -74,6 +74,7 @@ def load_model(cfg: DictConfig) -> LoadedModel:
         _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
                                     quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"),
                                     allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)),
+                                    allow_unverified_delta=bool(cfg.eval.get("allow_unverified_delta", False)),
                                     ckpt_weights=weights)
     return _CACHE[key]
 

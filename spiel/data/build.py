@@ -68,11 +68,11 @@ def _count_bad(raw: Dataset, name: str, mode: str) -> tuple[list[int], dict]:
 
 
 def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc, template="tulu"):
-    raw = load_raw(spec, cache_dir)
+    raw, content = load_raw(spec, cache_dir)
     good, bad = _count_bad(raw, spec.name, spec.on_bad_record)
     indices = select_indices(good, spec.cap, spec.weight, seed, spec.name)
-    stats = {"origin": describe(spec), "records": len(raw), "bad_records": bad, "valid": len(good),
-             "selected": len(indices)}
+    stats = {"origin": describe(spec), "content": content, "records": len(raw), "bad_records": bad,
+             "valid": len(good), "selected": len(indices)}
     if not indices:
         stats.update(dropped_no_trainable=0, examples=0)
         return None, stats
@@ -106,7 +106,7 @@ def build_train_dataset(data_cfg, tokenizer, max_seq_len: int | None = None, cac
                         num_proc: int = 1):
     """Build the tokenized training set; returns `(Dataset[input_ids, labels], stats)`.
 
-    `stats`: {"sources": {name: {origin, records, bad_records{kind: n}, valid, selected,
+    `stats`: {"sources": {name: {origin, content (its fingerprint), records, bad_records{kind: n}, valid, selected,
     dropped_no_trainable, examples}}, "examples", "dropped": {"bad_records", "no_trainable_tokens"},
     "seed", "max_seq_len"}. Also logged (logger "spiel.data.build") at INFO.
     """

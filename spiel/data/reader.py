@@ -11,8 +11,8 @@ it can be trusted), so it always fails. An empty (or whitespace-only) file is a 
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -171,7 +171,11 @@ def _iter_array(path: Path, cap: int):
             fail(pos, "expected ',' or ']' between records")
 
 
-def file_signature(path) -> str:
-    """What identifies a file's contents for caching: absolute path, size and modification time."""
-    st = os.stat(path)
-    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+def file_sha256(path) -> str:
+    """What identifies a file's contents (for the cache and the run's data fingerprint): the SHA-256 of its
+    bytes. Path, size and mtime do not: ``cp -p`` or ``rsync -t`` rewrite a file keeping all three."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

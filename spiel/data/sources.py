@@ -7,7 +7,8 @@ the fields the formats use (``rename_columns``).
 Every raw record becomes one row, valid or not: invalid ones carry `error_kind` and `error` (with
 file:line) so the builder can fail on the first or skip and count them, and so a second run reads the
 counts back from the cache instead of re-parsing. The Arrow result is cached by `from_generator`
-under a fingerprint of (file path, size, mtime) or (hub dataset fingerprint), format and template seed.
+under a fingerprint of the source's content (a file's SHA-256, a hub dataset's fingerprint), its format
+and template seed; that content fingerprint is also what a run records to notice changed data on resume.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datasets import Dataset, Features, List, Value
 
 from spiel.data.config import SourceSpec, resolve_path
 from spiel.data.errors import DataError
-from spiel.data.reader import check_file, file_signature, iter_records, too_large
+from spiel.data.reader import check_file, file_sha256, iter_records, too_large
 from spiel.data.records import RecordError, to_canonical
 
 RAW_FORMAT_VERSION = "2"  # bump when the canonical rows a given file produces change
@@ -132,12 +133,12 @@ def describe(spec: SourceSpec) -> str:
     return f"hub:{spec.hub_id}" if spec.hub_id else str(resolve_path(spec.path))
 
 
-def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
-    """All records of a source as canonical rows (with error columns); see the module docstring."""
+def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> tuple[Dataset, str]:
+    """All records of a source as canonical rows (with error columns), and the content fingerprint they
+    were read under (see the module docstring)."""
     if spec.hub_id:
         hub = _load_hub(spec)
-        fp = _fingerprint("hub", spec.hub_id, hub._fingerprint, spec.format, spec.name, spec.template_seed,
-                          spec.max_record_bytes, spec.columns)
+        content = f"hub:{hub._fingerprint}"
         gen, kwargs = _hub_rows, {"hub": hub, "hub_id": spec.hub_id}
     else:
         path = resolve_path(spec.path)
@@ -146,14 +147,16 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> Dataset:
         except DataError as e:
             hint = " (run scripts/prepare_train_data.py, or set the source's path)" if spec.name != "demo" else ""
             raise DataError(f"source {spec.name!r}: {e}{hint}") from None
-        fp = _fingerprint("file", file_signature(path), spec.format, spec.name, spec.template_seed,
-                          spec.max_record_bytes, spec.columns)
+        content = f"sha256:{file_sha256(path)}"
         gen = _table_rows if path.suffix.lower() in TABLE_SUFFIXES else _file_rows
         kwargs = {"path": str(path)}
+    fp = _fingerprint(content, spec.hub_id or "file", spec.format, spec.name, spec.template_seed, spec.max_record_bytes,
+                      spec.columns)
     kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed, max_record_bytes=spec.max_record_bytes,
                   columns=spec.columns)
     try:
-        return Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp)
+        return (Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp),
+                content)
     except Exception as e:  # datasets wraps errors raised in the generator; surface ours plainly
         cause = e
         while cause is not None and not isinstance(cause, DataError):

@@ -54,7 +54,8 @@ def _need(ok: bool, key: str, message: str, value) -> None:
 
 
 def _check_eval(section: dict) -> None:
-    known = {"data_dir", "batch_size", "device", "limit", "progress", "output_dir", "allow_unverified_base"}
+    known = {"data_dir", "batch_size", "device", "limit", "progress", "output_dir", "allow_unverified_base",
+             "allow_unverified_delta"}
     _unknown("eval", section, known)
     _need(isinstance(section.get("data_dir"), str) and bool(section["data_dir"]), "eval.data_dir",
           "must be a directory path", section.get("data_dir"))
@@ -66,7 +67,7 @@ def _check_eval(section: dict) -> None:
     limit = section.get("limit")
     _need(limit is None or (_is_int(limit) and limit >= 1), "eval.limit",
           "must be a whole number >= 1 (items per subject/task/language, or in all), or null for every item", limit)
-    for key in ("progress", "allow_unverified_base"):
+    for key in ("progress", "allow_unverified_base", "allow_unverified_delta"):
         _need(isinstance(section.get(key), bool), f"eval.{key}", "must be true or false", section.get(key))
     out = section.get("output_dir")
     _need(out is None or (isinstance(out, str) and bool(out)), "eval.output_dir", "must be a path or null", out)

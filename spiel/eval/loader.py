@@ -30,6 +30,7 @@ __all__ = ["CheckpointError", "LoadedModel", "checkpoint_kind", "load_for_eval",
 log = logging.getLogger(__name__)
 
 UNVERIFIED_BASE_OVERRIDE = "eval.allow_unverified_base=true"
+UNVERIFIED_DELTA_OVERRIDE = "eval.allow_unverified_delta=true"
 
 
 @dataclass
@@ -117,9 +118,10 @@ def upcast_unquantized(model) -> list[str]:
 
 def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
                   device=None, revision: str | None = None, allow_unverified_base: bool = False,
-                  ckpt_weights=None) -> LoadedModel:
+                  ckpt_weights=None, allow_unverified_delta: bool = False) -> LoadedModel:
     """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`.
-    `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints. `ckpt_weights`:
+    `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints;
+    `allow_unverified_delta`: without the SHA-256 of their delta file. `ckpt_weights`:
     compose the SpIEL checkpoints as the sum of each delta times its weight."""
     from spiel.model.spiel_model import check_weights
 
@@ -136,7 +138,9 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     quant = "none" if quant in (None, False) else str(quant)
     kinds = [checkpoint_kind(c) for c in ckpts]
     # every check of the SpIEL checkpoint files, once each, before the base model loads
-    checked = {c: read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE)
+    checked = {c: read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE,
+                                  allow_unverified_delta=allow_unverified_delta,
+                                  delta_override=UNVERIFIED_DELTA_OVERRIDE)
                for c, k in zip(ckpts, kinds, strict=True) if k == "spiel"}
     info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
             "dtype": str(resolve_dtype(dtype, device))}

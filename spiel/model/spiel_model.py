@@ -21,9 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from spiel.checkpoint.fingerprint import CheckpointMismatchError, check_against_base, weight_fingerprint
+from spiel.checkpoint.fingerprint import (
+    CheckpointMismatchError,
+    DeltaValueError,
+    base_fingerprint,
+    check_against_base,
+)
 from spiel.checkpoint.read import InvalidCheckpointError, read_checkpoint, read_spiel_config
 from spiel.checkpoint.write import checkpoint_header, delta_tensors, write_checkpoint
+from spiel.delta.bounds import delta_value_problem
 from spiel.delta.indices import check_indices
 from spiel.delta.layer import SparseDeltaLinear
 from spiel.delta.weights import is_quantized, weight_shape
@@ -209,13 +215,13 @@ class SpielModel(nn.Module):
 
     def freeze_fingerprints(self) -> None:
         """Take the base-weight fingerprints now and save those (before the base is sharded, e.g. FSDP)."""
-        self._fingerprints = {n: weight_fingerprint(layer) for n, layer in self.deltas.items()}
+        self._fingerprints = {n: base_fingerprint(layer) for n, layer in self.deltas.items()}
 
     def restore_delta(self, directory) -> None:
         """Load the delta of a training checkpoint into this model in place (resume), after every check of
         ``read_checkpoint`` (no override: spiel writes fingerprints into every checkpoint) and against this
         model's base weights."""
-        saved, tensors = read_checkpoint(directory, override=None)
+        saved, tensors = read_checkpoint(directory, override=None, delta_override=None)
         check_against_base(directory, saved, self.model, getattr(self, "_fingerprints", None))
         self.load_delta_tensors(tensors, str(directory))
 
@@ -225,7 +231,7 @@ class SpielModel(nn.Module):
         form resume needs (with ``grown_at``)."""
         deltas = self.deltas
         self.spiel_config.num_deltas = {n: layer.k for n, layer in deltas.items()}  # a global budget moves them
-        fingerprints = getattr(self, "_fingerprints", None) or {n: weight_fingerprint(layer) for n, layer in deltas.items()}
+        fingerprints = getattr(self, "_fingerprints", None) or {n: base_fingerprint(layer) for n, layer in deltas.items()}
         header = checkpoint_header(self.spiel_config, self.model, deltas, fingerprints)
         return write_checkpoint(directory, header, delta_tensors(deltas, compact), tokenizer)
 
@@ -245,16 +251,19 @@ class SpielModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False,
-                        revision: str | None = None, allow_unverified_base: bool = False) -> SpielModel:
+                        revision: str | None = None, allow_unverified_base: bool = False,
+                        allow_unverified_delta: bool = False) -> SpielModel:
         """Wrap ``base_model`` with the deltas saved in ``directory`` (checked, and checked against the
-        base). ``allow_unverified_base``: accept a checkpoint without base-weight fingerprints.
+        base). ``allow_unverified_base``: accept a checkpoint without base-weight fingerprints;
+        ``allow_unverified_delta``: one without the SHA-256 of its delta file.
 
         ``directory``: a local checkpoint directory, or a Hub repo id (``revision``: branch, tag or
         commit), fetched through huggingface_hub (its cache and ``HF_HUB_OFFLINE`` apply)."""
         from spiel.io.hub import resolve_checkpoint
 
         directory = resolve_checkpoint(directory, revision)
-        checked = read_checkpoint(directory, allow_unverified_base=allow_unverified_base)
+        checked = read_checkpoint(directory, allow_unverified_base=allow_unverified_base,
+                                  allow_unverified_delta=allow_unverified_delta)
         return cls.from_checked(base_model, directory, checked, is_trainable)
 
     @classmethod
@@ -294,6 +303,9 @@ class SpielModel(nn.Module):
             layer.indices.copy_(entry["indices"])
             layer.values.copy_(entry["values"])
             layer.grown_at.copy_(entry.get("grown_at", torch.zeros_like(layer.grown_at)))
+            problem = delta_value_problem(layer.values)  # after the cast to delta_dtype
+            if problem:
+                raise DeltaValueError(f"{source}: {name} has, in {self.spiel_config.delta_dtype}, {problem}")
 
     # -- several named deltas over one base (spiel.model.delta_sets) ---------------------------------------
     @property
@@ -305,7 +317,7 @@ class SpielModel(nn.Module):
         return list(self._delta_sets) or [self._active_delta]
 
     def load_delta(self, path_or_repo, name: str, revision: str | None = None,
-                   allow_unverified_base: bool = False) -> SpielModel:
+                   allow_unverified_base: bool = False, allow_unverified_delta: bool = False) -> SpielModel:
         """Keep the checkpoint ``path_or_repo`` (a directory or Hub repo id) as the delta ``name``, checked
         as ``from_pretrained`` checks it, without activating it. The delta this model was built or loaded
         with is ``"default"``. It must target the same modules; its k may differ."""
@@ -315,7 +327,8 @@ class SpielModel(nn.Module):
             raise ValueError(f"a delta name must be a non-empty string, got {name!r}")
         if name in self.delta_names:
             raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
-        delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base)
+        delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base,
+                               allow_unverified_delta)
         self._named_sets()[name] = delta
         return self
 
@@ -429,7 +442,7 @@ def _get(model: nn.Module, name: str):
 
 
 def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False,
-            weights=None) -> nn.Module:
+            weights=None, allow_unverified_delta: bool = False) -> nn.Module:
     """``θ0 + Σ wᵢ φᵢ``: the base model with the deltas of several checkpoints summed (Table 1's
     "Tülu v2 ⊕ GPT4-Alpaca"), each scaled by its entry of ``weights`` (default: all 1). Full-precision
     bases get the sum merged in and come back plain; 4-bit bases come back as a SpielModel holding the
@@ -443,7 +456,8 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
-    members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base) for d in ckpt_dirs]
+    members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base,
+                               allow_unverified_delta=allow_unverified_delta) for d in ckpt_dirs]
     return compose_checked(ckpt_dirs, members, base_model, weights)
 
 

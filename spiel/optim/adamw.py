@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from spiel.optim.slot_state import SlotStateOptimizer
+from spiel.optim.slot_state import SlotStateOptimizer, decay_problem
 
 EPS_PLACEMENTS = ("torch", "hf")
 
@@ -49,6 +49,8 @@ class SparseAdamW(SlotStateOptimizer):
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         if eps_placement not in EPS_PLACEMENTS:
             raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
+        if decay_problem(lr, weight_decay):
+            raise ValueError(decay_problem(lr, weight_decay))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       eps_placement=eps_placement))
         self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}

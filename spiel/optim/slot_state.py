@@ -6,6 +6,17 @@ from __future__ import annotations
 import torch
 
 
+def decay_problem(lr: float, weight_decay: float) -> str | None:
+    """Why a (rate, decay) pair cannot train, or None. Decoupled decay multiplies every value by
+    ``1 − lr·λ`` per step: at ``lr·λ ≥ 1`` that zeroes or flips the sign of every value each step (past 2 it
+    grows them geometrically) instead of shrinking them. The peak ``lr`` is the one to check (schedules
+    only lower it)."""
+    if lr * weight_decay >= 1:
+        return (f"lr·weight_decay = {lr:g}·{weight_decay:g} = {lr * weight_decay:g} >= 1: decoupled decay multiplies "
+                f"every value by (1 − lr·weight_decay) = {1 - lr * weight_decay:g} each step, flipping or exploding "
+                f"them; use weight_decay < 1/lr = {1 / lr:g}")
+    return None
+
 class SlotStateOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses list their per-slot state keys (tensors shaped like the parameter) in
     ``SLOT_KEYS``."""

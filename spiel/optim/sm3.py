@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from spiel.delta.indices import rows_cols
-from spiel.optim.slot_state import SlotStateOptimizer
+from spiel.optim.slot_state import SlotStateOptimizer, decay_problem
 
 
 class SparseSM3(SlotStateOptimizer):
@@ -41,6 +41,8 @@ class SparseSM3(SlotStateOptimizer):
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if decay_problem(lr, weight_decay):
+            raise ValueError(decay_problem(lr, weight_decay))
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay))
         self.layouts = dict(layouts)
         missing = [p for g in self.param_groups for p in g["params"] if p not in self.layouts]

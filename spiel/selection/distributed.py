@@ -1,9 +1,11 @@
 """Keeping SpIEL's decisions identical on every rank of a data-parallel run.
 
 Growth candidates come from rank-local gradients, so without care each rank would grow different
-indices and the replicas would drift apart. The selector therefore broadcasts rank 0's candidate set,
-averages the candidate statistics over ranks (so they are the statistics of the all-reduced gradient
-the optimizer sees) and, after every reselection, checks that all ranks hold rank 0's indices.
+indices and the replicas would drift apart. SpIEL-AG therefore chooses its candidates from the global
+gradient (:func:`global_mean`: the phase's first dense gradient, averaged over ranks, the gradient one
+process would see with the whole batch), averages the candidate statistics over ranks the same way, and
+the selector checks after every reselection that all ranks hold rank 0's indices. So 2 ranks × batch b
+make the decisions 1 process × batch 2b makes, at the same steps (up to float rounding of the sums).
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ def all_reduce_mean_(tensor: torch.Tensor, group=None) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
         tensor.div_(n)
     return tensor
+
+
+def global_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """The mean of ``tensor`` over ranks as a new float32 tensor (``tensor`` itself is left alone); every
+    rank gets the same bits. Costs one all-reduce of ``tensor``'s size."""
+    return all_reduce_mean_(tensor.to(torch.float32, copy=True), group)
+
+
+def global_block_grad(block_grad, group=None):
+    """A streamed gradient's ``block_grad(r0, r1)`` (its rows ``r0:r1``) averaged over ranks block by block: every
+    rank asks for the same blocks in the same order (the shapes are the same), so each is one all-reduce."""
+    return lambda r0, r1: global_mean(block_grad(r0, r1), group)
 
 
 def check_same_on_all_ranks(tensor: torch.Tensor, what: str, group=None) -> None:

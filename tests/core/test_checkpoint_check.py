@@ -121,6 +121,24 @@ def float_grown_at(t):
     t[f"{MODULE}.grown_at"] = t[f"{MODULE}.grown_at"].float()
 
 
+NO_HASH = r"no delta_sha256, so spiel_delta.safetensors cannot be checked for damage"
+PAST_BOUND = torch.nextafter(torch.tensor(1e4), torch.tensor(2e4))  # the next float32 after the bound
+
+
+def as_float64_holding(value):
+    def change(t):
+        t[f"{MODULE}.values"] = t[f"{MODULE}.values"].double()
+        t[f"{MODULE}.values"][0] = value  # finite in float64, inf in float32
+    return change
+
+
+def fp32_values_for_float16_delta(path):
+    rewrite_tensors(path, set_value(f"{MODULE}.values", 1, 1e6))  # finite in float32, inf in float16
+    config = config_of(path)
+    config["spiel_config"]["delta_dtype"] = "float16"
+    write_config(path, config)
+
+
 def drop_fingerprints(path):
     config = config_of(path)
     for entry in config["modules"].values():
@@ -194,10 +212,11 @@ CASES = [
     ("float-grown-at", tensors(float_grown_at), r"grown_at' must hold integers"),
     ("no-fingerprints", drop_fingerprints, r"no base-weight fingerprint for \d+ of \d+ module.*pass allow_unverified_base=True"),
     ("truncated", truncate, r"damaged \(truncated or altered\)"),
-    ("truncated-no-hash", without_hash(truncate), r"not a readable safetensors file"),
+    ("truncated-no-hash", without_hash(truncate), NO_HASH),
     ("value-bit-flip", flip_a_value_bit, r"damaged \(truncated or altered\)"),
     ("header-bit-flip", flip_a_header_bit, r"damaged \(truncated or altered\)"),
-    ("header-bit-flip-no-hash", without_hash(flip_a_header_bit), r"not a readable safetensors file"),
+    ("header-bit-flip-no-hash", without_hash(flip_a_header_bit), NO_HASH),
+    ("no-hash", without_hash(lambda path: None), NO_HASH),
     ("invalid-json", text_config('{"format_version": 1,'), r"not valid JSON \(.* line 1 column"),
     ("list-json", text_config("[1, 2]"), r"expected a JSON object, got a list"),
     ("bad-spiel-config", edit_config(lambda c: c["spiel_config"].update(method="rigl")), r"spiel_config: .*method"),
@@ -208,6 +227,16 @@ CASES = [
     ("bad-hash", edit_config(lambda c: c.update(delta_sha256=12)), r"delta_sha256 must be a 64-character"),
     ("nan-fingerprint", edit_config(lambda c: c["modules"][MODULE]["fingerprint"].__setitem__(0, float("nan"))),
      r"fingerprint must be 32 finite numbers"),
+    ("null-fingerprint", edit_config(lambda c: c["modules"][MODULE].update(fingerprint=None)),
+     rf"modules\['{MODULE}'\]\.fingerprint is null"),
+    # values are checked in the dtype readers get (delta_dtype), not only in the file's
+    ("float64-1e300", tensors(as_float64_holding(1e300)), r"values' are float64 but the checkpoint's delta_dtype is "
+                                                           r"float32: casting could overflow"),
+    ("fp32-into-float16", fp32_values_for_float16_delta, r"values' are float32 but the checkpoint's delta_dtype is "
+                                                         r"float16"),
+    ("finite-3e38", tensors(set_value(f"{MODULE}.values", 2, 3e38)),
+     r"1 value\(s\) of \d+ beyond ±10000 \(first at position 2: 3e\+38\)"),
+    ("one-past-the-bound", tensors(set_value(f"{MODULE}.values", 3, float(PAST_BOUND))), r"beyond ±10000"),
 ]
 
 
@@ -275,6 +304,35 @@ def test_the_fingerprint_override_loads_the_same_model(good, tmp_path):
     composed = compose([bad], tiny_model(), allow_unverified_base=True)
     with torch.no_grad():
         torch.testing.assert_close(composed(IDS).logits, reference(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_the_delta_hash_override_loads_the_same_model_and_still_reads_the_file(good, tmp_path):
+    unhashed = corrupted(good, tmp_path / "a", without_hash(lambda path: None))
+    loaded = SpielModel.from_pretrained(tiny_model(), unhashed, allow_unverified_delta=True)
+    reference = SpielModel.from_pretrained(tiny_model(), good)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, reference(IDS).logits)
+    truncated = corrupted(good, tmp_path / "b", without_hash(truncate))
+    with pytest.raises(InvalidCheckpointError, match="not a readable safetensors file"):
+        SpielModel.from_pretrained(tiny_model(), truncated, allow_unverified_delta=True)
+    with pytest.raises(InvalidCheckpointError, match=NO_HASH):
+        compose([unhashed], tiny_model())
+    compose([unhashed], tiny_model(), allow_unverified_delta=True)
+
+
+def test_values_exactly_at_the_bound_load_and_widen_losslessly(good, tmp_path):
+    """The bound is inclusive (1e4 loads, the next float32 does not: CASES); bfloat16 values in a float32
+    delta are a lossless widening and load as float32."""
+    at_bound = corrupted(good, tmp_path / "a", tensors(set_value(f"{MODULE}.values", 0, -1e4)))
+    assert float(SpielModel.from_pretrained(tiny_model(), at_bound).deltas[MODULE].values[0]) == -1e4
+
+    def to_bfloat16(t):
+        t[f"{MODULE}.values"] = t[f"{MODULE}.values"].bfloat16()
+
+    path = corrupted(good, tmp_path / "b", tensors(to_bfloat16))
+    values = SpielModel.from_pretrained(tiny_model(), path).deltas[MODULE].values
+    stored = load_file(str(path / DELTA_NAME))[f"{MODULE}.values"]
+    assert values.dtype == torch.float32 and torch.equal(values, stored.float())
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16, None])
@@ -349,3 +407,6 @@ def test_spiel_eval_checks_every_checkpoint_before_loading_the_base(good, tmp_pa
     unverified = corrupted(good, tmp_path / "u", drop_fingerprints)
     with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_base=true$"):
         loader.load_for_eval([str(unverified)], device="cpu")
+    unhashed = corrupted(good, tmp_path / "h", without_hash(lambda path: None))
+    with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_delta=true$"):
+        loader.load_for_eval([str(unhashed)], device="cpu")

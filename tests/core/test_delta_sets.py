@@ -252,6 +252,38 @@ def test_compose_refuses_bad_weights(ckpts, weights, message):
         compose([ckpts["a"][0], ckpts["b"][0]], tiny_llama(), weights=weights)
 
 
+# The result is checked, not only the weights: finite weights can overflow float32 or sum past what a
+# delta can be (spiel.delta.bounds); nothing is kept or written then.
+@pytest.mark.parametrize("weights, message", [
+    ([1e39, 1.0], r"in model\.layers\.\d\.\S+, \d+ non-finite value\(s\) of \d+ \(NaN/Inf"),
+    ([3e5, 0.0], r"beyond ±10000"),
+])
+def test_weighted_results_past_the_bound_are_refused_everywhere(ckpts, tmp_path, weights, message):
+    from spiel.checkpoint.fingerprint import DeltaValueError
+    from spiel.cli.export import export
+
+    (a_dir, _), (b_dir, _) = ckpts["a"], ckpts["b"]
+    with pytest.raises(DeltaValueError, match=message):
+        compose([a_dir, b_dir], tiny_llama(), weights=weights)
+    model = SpielModel.from_pretrained(tiny_llama(), a_dir).load_delta(b_dir, "b")
+    with pytest.raises(DeltaValueError, match=message):
+        model.add_weighted_delta(["default", "b"], weights, "mix")
+    assert model.delta_names == ["default", "b"]
+    a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
+    with pytest.raises(DeltaValueError, match=message):
+        export([str(a), str(b)], tmp_path / "out", dtype="float32", ckpt_weights=weights)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_weighted_result_exactly_at_the_bound_is_kept(ckpts):
+    (a_dir, a) = ckpts["a"]
+    largest = max(float(values.abs().max()) for _, values in a.values())
+    model = SpielModel.from_pretrained(tiny_llama(), a_dir)
+    model.add_weighted_delta(["default"], [1e4 / largest * (1 - 1e-6)], "scaled")
+    with pytest.raises(CheckpointMismatchError, match=r"beyond ±10000"):
+        model.add_weighted_delta(["default"], [1e4 / largest * (1 + 1e-6)], "past")
+
+
 # -- spiel-eval ckpt=[a,b] ckpt_weights=[...] ----------------------------------------------------------------
 def test_eval_ckpt_weights_gives_the_weighted_dense_sum(tmp_path):
 

@@ -10,7 +10,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from spiel import SpielConfig, compose, get_spiel_model
 from spiel.checkpoint.format import FORMAT_VERSION
 from spiel.delta import SparseDeltaLinear
-from spiel.model.spiel_model import CheckpointMismatchError, SpielModel, read_spiel_config
+from spiel.model.spiel_model import (
+    CheckpointMismatchError,
+    InvalidCheckpointError,
+    SpielModel,
+    read_spiel_config,
+)
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -111,7 +116,9 @@ def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
     config = json.loads(config_path.read_text())
     del config["delta_sha256"]
     config_path.write_text(json.dumps(config))
-    loaded = SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt")
+    with pytest.raises(InvalidCheckpointError, match="no delta_sha256"):  # unhashed: only when asked
+        SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt")
+    loaded = SpielModel.from_pretrained(tiny_llama(), tmp_path / "ckpt", allow_unverified_delta=True)
     for layer in loaded.deltas.values():
         assert layer.grown_at.dtype == torch.int32 and bool((layer.grown_at == 7).all())
 

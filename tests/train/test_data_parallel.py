@@ -6,11 +6,10 @@
 - parallel=fsdp: the frozen base sharded per decoder layer, the deltas replicated. Compared with DDP (same
   SpIEL decisions: bit for bit), with one process (SpIEL-MA: same indices, values within float rounding;
   with activation checkpointing) and with itself after a SIGKILL and resume=auto (bit for bit).
-
-Why SpIEL-AG is compared with DDP and not with one process: with several ranks, rank 0's growth
-candidates are broadcast at the start of each estimation phase and the statistics start one step later on
-every rank (spiel.selection.distributed), so a 2-rank AG run chooses from one step fewer than a 1-process
-run, by design; the delta differs after the first reselection.
+- 2 ranks against 1 process with the same global batch (library: tests/workers/global_batch_worker.py;
+  spiel-train: ddp and fsdp): the same positions after every reselection, and values within float
+  rounding (|Δ| ≤ 1e-6, the values being ~0.1), for SpIEL-AG (its candidates come from the global gradient,
+  at a single process's phase steps) and SpIEL-MA.
 """
 
 import json
@@ -51,6 +50,29 @@ def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, 
     # The first reselection replaced every random slot: the indices did move.
     first = r0["history"][0]
     assert any(not torch.equal(first[n], r0["history"][-1][n]) for n in first)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ag", "ma", "ag:normalized", "ag+rows"])
+def test_two_ranks_choose_what_one_process_with_the_global_batch_chooses(tmp_path, method):
+    def run(world):
+        out = tmp_path / f"world{world}"
+        out.mkdir()
+        port = free_port()
+        procs = [subprocess.Popen([sys.executable, str(WORKERS / "global_batch_worker.py"), method, str(rank),
+                                   str(world), str(port), str(out)], env=subprocess_env()) for rank in range(world)]
+        assert [p.wait(timeout=300) for p in procs] == [0] * world
+        return torch.load(out / "rank0.pt")
+
+    one, two = run(1), run(2)
+    assert len(one["history"]) == len(two["history"]) == 6
+    for a, b in zip(one["history"], two["history"], strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    for name in one["values"]:
+        torch.testing.assert_close(two["values"][name], one["values"][name], rtol=0, atol=1e-6)
+    first = one["history"][0]
+    assert any(not torch.equal(first[n], one["history"][-1][n]) for n in first), "nothing was regrown"
 
 
 # --- spiel-train: parallel=ddp and parallel=fsdp
@@ -94,6 +116,28 @@ def ag_ddp(tmp_path_factory):
 def ag_fsdp(tmp_path_factory):
     root = tmp_path_factory.mktemp("ag") / "fsdp"
     return train(root, 2, "method=ag", "batch_size=4", "parallel=fsdp")
+
+
+@pytest.fixture(scope="module")
+def ag_single(tmp_path_factory):
+    """One process, each micro-batch the two examples the two ranks' micro-batches hold together."""
+    root = tmp_path_factory.mktemp("ag") / "single"
+    return train(root, 1, "method=ag", "batch_size=4", "micro_batch_size=2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ag_ddp", "ag_fsdp"])
+def test_two_ranks_match_one_process_spiel_ag(ag_single, parallel, request):
+    ranks = request.getfixturevalue(parallel)
+    a, b = delta(ranks), delta(ag_single)
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith(".values"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a[key], b[key]), key
+    assert grown_at_steps(ranks) == grown_at_steps(ag_single)
+    assert set(grown_at_steps(ranks)) - {"0"}, "no reselection grew anything"
 
 
 @pytest.mark.slow

@@ -185,7 +185,7 @@ def test_a_missing_model_names_the_key_what_was_looked_for_and_how_to_get_it(tmp
             check_model_source(name)
         assert message in str(error.value), str(error.value)
         if "HF_HUB_OFFLINE" in message or "no model directory" in message:
-            assert "model=tiny|llama2-7b|llama2-13b" in str(error.value)
+            assert "model=tiny|smollm2-135m|llama2-7b|llama2-13b" in str(error.value)
     monkeypatch.setitem(MODEL_ALIASES, "tiny", tmp_path / "gone")
     with pytest.raises(ValueError, match="the alias 'tiny' is the model in .*gone, which is missing"):
         check_model_source("tiny")

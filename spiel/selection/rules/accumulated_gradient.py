@@ -1,7 +1,7 @@
 """SpIEL-AG's growth: gradients accumulated at candidate positions over an estimation phase, and its variants.
 
 Paper rule (``paper``): at each phase start the ``k`` largest ``|g|`` of the first micro-batch's dense gradient
-become the candidates; over the phase's γ steps the step gradients at the candidates are summed (and squared);
+(under data parallelism, its mean over ranks: the global gradient) become the candidates; over the phase's γ steps the step gradients at the candidates are summed (and squared);
 at the reselection the best candidates by ``|mean gradient|`` not staying active are grown, their Adam moments
 seeded with the phase's mean and mean square.
 
@@ -35,7 +35,7 @@ import torch
 
 from spiel.delta.indices import rows_cols
 from spiel.selection.batched import ag_grow_order_rows
-from spiel.selection.distributed import all_reduce_mean_, broadcast_from_rank0, world_size
+from spiel.selection.distributed import all_reduce_mean_, global_block_grad, global_mean, world_size
 from spiel.selection.grow import (
     admit_under_caps,
     ag_grow_order,
@@ -65,7 +65,6 @@ class Phase:
         self.grad_sum = None  # sum over completed steps of the step gradient
         self.grad_sq_sum = None  # ... and of its square
         self.steps = 0
-        self.synced = False  # candidates agreed across ranks
 
 
 class AccumulatedGradient(GrowthRule):
@@ -75,15 +74,10 @@ class AccumulatedGradient(GrowthRule):
 
     def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
         super().__init__(layers, optimizer, schedule, config, seed, process_group)
-        data_parallel = world_size(process_group) > 1
-        if data_parallel and schedule.estimation_steps < 2:
-            raise ValueError("SpIEL-AG under data parallelism needs estimation_steps >= 2: the first step of each "
-                             "phase is spent agreeing on rank 0's growth candidates")
         self.phases = {name: Phase() for name in layers}
         # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
-        # age of the phase's step count, γ (γ − 1 under data parallelism, whose first phase step agrees on
-        # candidates).
-        self.head_start = self.seed_age(schedule.estimation_steps - (1 if data_parallel else 0))
+        # age of the phase's step count, γ.
+        self.head_start = self.seed_age(schedule.estimation_steps)
         link_ages(optimizer, layers, self.head_start)
 
     def seed_age(self, steps: int) -> int:
@@ -127,7 +121,10 @@ class AccumulatedGradient(GrowthRule):
     def _on_first_dense_grad(self, name):
         def callback(dense_grad: torch.Tensor) -> None:
             layer, phase = self.layers[name], self.phases[name]
-            candidates, phase.scale = self.candidates(layer, dense_grad)
+            # candidates from the global gradient (every rank gets the same); the step statistics stay local
+            # until after_step averages them
+            chosen_from = global_mean(dense_grad, self.group) if world_size(self.group) > 1 else dense_grad
+            candidates, phase.scale = self.candidates(layer, chosen_from)
             phase.step_grad = dense_grad.reshape(-1)[candidates].float()
             # in the index dtype: the probe takes this very tensor, no second copy (int32: half of int64's bytes)
             phase.candidates = candidates.to(layer.indices.dtype)
@@ -141,6 +138,8 @@ class AccumulatedGradient(GrowthRule):
     def _on_first_grad_blocks(self, name):
         def callback(block_grad, rows_per_block: int) -> None:
             layer, phase = self.layers[name], self.phases[name]
+            if world_size(self.group) > 1:  # each block averaged over ranks: candidates from the global gradient
+                block_grad = global_block_grad(block_grad, self.group)
             if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
                 dense = block_grad(0, layer.out_features)
                 candidates = top_candidates(dense, layer.k)
@@ -163,16 +162,6 @@ class AccumulatedGradient(GrowthRule):
         for phase in self.phases.values():
             if phase.candidates is None:
                 continue
-            if not phase.synced and world_size(self.group) > 1:
-                # Rank 0's candidates for everyone; this step's local statistics at other ranks'
-                # candidates are unusable, so every rank starts the statistics from the next step.
-                broadcast_from_rank0(phase.candidates, self.group)
-                if phase.scale is not None:
-                    broadcast_from_rank0(phase.scale, self.group)
-                phase.step_grad.zero_()
-                phase.synced = True
-                continue
-            phase.synced = True
             step_grad = all_reduce_mean_(phase.step_grad, self.group)
             if phase.grad_sum is None:
                 phase.grad_sum = torch.zeros_like(step_grad)
@@ -250,7 +239,7 @@ class AccumulatedGradient(GrowthRule):
         phases = {}
         for name, phase in self.phases.items():
             entry = {key: getattr(phase, key) for key in PHASE_KEYS if getattr(phase, key) is not None}
-            entry.update(steps=phase.steps, synced=phase.synced)
+            entry.update(steps=phase.steps)
             phases[name] = entry
         return phases
 
@@ -261,7 +250,7 @@ class AccumulatedGradient(GrowthRule):
             for key in PHASE_KEYS:
                 if key in entry:
                     setattr(phase, key, entry[key].clone())
-            phase.steps, phase.synced = int(entry["steps"]), bool(entry["synced"])
+            phase.steps = int(entry["steps"])
             self.phases[name] = phase
 
 

@@ -189,7 +189,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
             raise key_error(key, message)
 
     need(bool(model.get("name_or_path")), "model.name_or_path",
-         f"no base model: choose model=tiny|llama2-7b|llama2-13b, or your own with {OWN_MODEL}")
+         f"no base model: choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own with {OWN_MODEL}")
     dtype = str(model.get("dtype") or "auto")
     need(dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
          f"must be auto, float32, bfloat16 or float16, got {dtype!r}")

@@ -2,10 +2,16 @@
 resolved) is compared with the current one on every key that changes what is trained.
 
     check_resume_config(checkpoint, cfg, allow_changes=False)   # RunDirError naming what differs
+    record_training_data(run_dir, stats, checkpoint, allow_changes)  # ... and the training data's content
+
+The data is compared by content (each source's SHA-256, or a hub dataset's fingerprint), recorded in
+``<run>/data_fingerprint.json`` when the run starts: a file edited in place keeps its path, and so its
+config, but trains another run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from spiel.training.engine.rundir import RunDirError
 
 log = logging.getLogger("spiel.cli.train")
 SAVED_CONFIG = "config.yaml"
+DATA_FINGERPRINT = "data_fingerprint.json"
 # Keys that say where and how a run is written or shown, not what is trained; the same list keeps them out
 # of run dir names (hydra.job.config.override_dirname.exclude_keys in configs/train.yaml).
 NEUTRAL_KEYS = ("resume", "resume_allow_config_changes", "overwrite", "output_root", "run_name", "progress_bar",
@@ -80,3 +87,31 @@ def check_resume_config(checkpoint: Path, cfg: DictConfig, allow_changes: bool =
         f"resume: {checkpoint} was trained with a different config ({saved_path}): {listed}. Resuming would "
         f"continue one run with another run's settings. Rerun with the saved values, start a new run "
         f"(run_name=<name> or overwrite=true), or pass {ALLOW} to continue with the new values.")
+
+
+def record_training_data(run_dir: Path, stats: dict, checkpoint: Path | None, allow_changes: bool = False) -> None:
+    """Write the training data's content fingerprint (``stats`` of ``build_train_dataset``) into the run dir;
+    when resuming ``checkpoint``, first refuse (RunDirError) data that differs from the one its run recorded."""
+    current = {name: source["content"] for name, source in stats["sources"].items()}
+    path = Path(checkpoint).parent / DATA_FINGERPRINT if checkpoint is not None else None
+    if checkpoint is not None:
+        try:
+            saved = json.loads(path.read_text())["sources"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            saved = None
+            if not allow_changes:
+                raise RunDirError(f"resume: cannot check that the training data is the one this run was trained "
+                                  f"on: {path} is missing or unreadable ({type(e).__name__}); pass {ALLOW} to "
+                                  "resume anyway") from None
+        changed = sorted(n for n in set(current) | set(saved or {}) if (saved or {}).get(n) != current.get(n))
+        if saved is not None and changed:
+            origins = {n: stats["sources"][n]["origin"] for n in changed if n in stats["sources"]}
+            listed = ", ".join(f"{n} ({origins.get(n, 'no longer a source')})" for n in changed)
+            if not allow_changes:
+                raise RunDirError(
+                    f"resume: the training data changed since this run started (recorded in {path}): the content "
+                    f"of source(s) {listed} differs. Resuming would continue one run on another run's data. "
+                    f"Restore the data, start a new run (run_name=<name> or overwrite=true), or pass {ALLOW} to "
+                    "continue on the new data.")
+            log.warning("resuming with changed training data (%s): %s", ALLOW, listed)
+    (Path(run_dir) / DATA_FINGERPRINT).write_text(json.dumps({"sources": current}, indent=1) + "\n")

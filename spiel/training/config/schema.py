@@ -55,6 +55,11 @@ class MethodConfig:
     def _check_rates(self) -> None:
         self._check(self.lr == MISSING or self.lr >= 0, "lr", f"must be >= 0, got {self.lr}")
         self._check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.lr != MISSING:
+            from spiel.optim.slot_state import decay_problem  # every method's optimizer decays decoupled
+
+            problem = decay_problem(self.lr, self.weight_decay)
+            self._check(problem is None, "weight_decay", f"with method.lr={self.lr:g}, {problem}")
 
 
 @dataclass

@@ -5,6 +5,8 @@ are flushed to disk, a marker listing every file and its size is written last, a
 directory renamed into place (``os.rename`` is atomic within a filesystem). A process killed during a
 save therefore leaves at most a staging directory, which the next start deletes; a ``checkpoint-N/`` in
 the run dir is always complete, and :func:`is_complete` re-checks the marker before resuming from one.
+The marker is also the checkpoint's manifest: the SHA-256 of every file, which a resume compares
+(``rundir.checkpoint_damage``: a flipped bit in ``optimizer.pt`` would otherwise resume into another result).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import re
 import shutil
 from pathlib import Path
+
+from spiel.data.reader import file_sha256
 
 MARKER = "checkpoint_complete.json"
 STAGING = ".staging"
@@ -55,8 +59,9 @@ def seal(directory: Path, **info) -> None:
         _fsync_path(directory / name)
     for sub in [p for p in directory.rglob("*") if p.is_dir()] + [directory]:
         _fsync_path(sub)
+    digests = {name: file_sha256(directory / name) for name in files}
     tmp = directory / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"files": files, **info}, indent=1))
+    tmp.write_text(json.dumps({"files": files, "sha256": digests, **info}, indent=1))
     _fsync_path(tmp)
     os.replace(tmp, directory / MARKER)
     _fsync_path(directory)

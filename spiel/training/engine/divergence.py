@@ -8,6 +8,9 @@ micro-batch and per optimizer step.
 The guard raises :class:`TrainingDiverged` from inside ``Trainer.train`` *before* the optimizer step
 (bad loss or gradients) or right after it (bad weights), so the step is neither logged nor saved:
 no ``final/`` is written and the newest ``checkpoint-N/`` stays the last good one.
+
+Weights can also be finite and still useless (values of 1e26 after a decay that flipped them each step):
+:func:`check_final_logits` runs the trained model on one training batch before ``final/`` is written.
 """
 
 from __future__ import annotations
@@ -82,3 +85,24 @@ class DivergenceGuard(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._hook.remove()
+
+
+def check_final_logits(model: torch.nn.Module, batch: dict, lr: float) -> None:
+    """Raise TrainingDiverged unless the trained model's logits on ``batch`` (one training micro-batch, on
+    the model's device) are finite. Every rank calls it (a sharded model forwards on all of them)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    finally:
+        model.train(was_training)
+    if _all_finite([logits], logits.device):
+        return
+    trained = [p.detach() for p in model.parameters() if p.requires_grad and p.numel()]
+    largest = max((float(p.abs().max()) for p in trained), default=float("nan"))
+    raise TrainingDiverged(
+        f"the trained model's logits on a training batch are not finite ({int((~torch.isfinite(logits)).sum())} "
+        f"of {logits.numel()}; the largest trained weight is {largest:.3g}): no final checkpoint is written (the "
+        f"newest checkpoint-N/ in the run dir, if any, is kept). Lower method.lr (now {lr:g}) or "
+        "method.weight_decay and start again.")

@@ -7,6 +7,10 @@ means), then optional gradient clipping, the optimizer step, the learning-rate s
 over the first 3% of the steps, then linear decay to 0, the Trainer's ``linear`` schedule), ``zero_grad``
 and, for SpIEL, ``selector.step()`` (after the optimizer step, as the paper's Algorithm 1 orders them).
 ``spiel-train`` keeps the HF Trainer; this loop is for scripts that want every line in view.
+
+``label_logits_only``: the output head runs only at positions that predict a label (short answers after
+long prompts: a fraction of the tokens), and the loss is the same mean cross-entropy over label tokens.
+On a model with a large vocabulary (SmolLM2: 49,152 words) the head is a large part of a CPU step.
 """
 
 from __future__ import annotations
@@ -53,10 +57,38 @@ def warmup_linear_decay(steps: int, warmup_ratio: float = WARMUP_RATIO) -> Calla
     return factor
 
 
+def _output_head(model) -> torch.nn.Module:
+    heads = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "lm_head"]
+    if len(heads) != 1:
+        raise ValueError(f"label_logits_only needs exactly one module named lm_head, found {len(heads)}")
+    return heads[0]
+
+
+def label_position_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the label tokens (labels != -100) of a batch, with the output head (a module
+    named ``lm_head``) applied only to the hidden states that predict a label: a forward pre-hook hands it
+    those rows (position p predicts token p + 1), so the model's logits are one row per label token."""
+    labels = batch["labels"]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != -100
+    if not predicts.any():
+        raise ValueError("a batch without label tokens has no loss")
+
+    def keep_label_rows(_module, args):
+        return (args[0][predicts],)
+
+    handle = _output_head(model).register_forward_pre_hook(keep_label_rows)
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        handle.remove()
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][predicts[:, :-1]])
+
+
 def train_steps(model, optimizer, examples: Sequence[dict], *, steps: int, batch_size: int, seed: int,
                 pad_token_id: int, micro_batch_size: int | None = None, selector=None,
                 max_grad_norm: float | None = None, warmup_ratio: float = WARMUP_RATIO,
-                on_step: Callable[[int, float], None] | None = None) -> list[float]:
+                label_logits_only: bool = False, on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps of ``batch_size`` encoded examples (``input_ids`` and
     ``labels``); returns each step's loss (the mean of its micro-batch losses). ``micro_batch_size`` must
     divide ``batch_size`` (None: one micro-batch). ``on_step(step, loss)`` is called after every step."""
@@ -72,7 +104,8 @@ def train_steps(model, optimizer, examples: Sequence[dict], *, steps: int, batch
     for step, idx in enumerate(shuffled_batches(len(examples), steps, batch_size, seed)):
         total = 0.0
         for start in range(0, batch_size, micro):
-            loss = model(**collate([examples[i] for i in idx[start:start + micro]])).loss / accum
+            batch = collate([examples[i] for i in idx[start:start + micro]])
+            loss = (label_position_loss(model, batch) if label_logits_only else model(**batch).loss) / accum
             loss.backward()
             total += float(loss.detach())
         if max_grad_norm is not None:

@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from spiel.data.chat_template import attach_chat_template_or_warn
 from spiel.io.model_source import HOW
 from spiel.training.config.hydra_config import ConfigError, check_model_exists, validate
-from spiel.training.config.resume_check import check_resume_config
+from spiel.training.config.resume_check import check_resume_config, record_training_data
 from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.engine import run_lock
-from spiel.training.engine.divergence import DivergenceGuard
+from spiel.training.engine.divergence import DivergenceGuard, check_final_logits
 from spiel.training.engine.failures import OutputError, writing
 from spiel.training.engine.rundir import FINAL_DIR, prepare_run_dir
 from spiel.training.launch.distributed import (
@@ -213,6 +213,9 @@ def load_data(run: Run) -> None:
                                              cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
         dataset, eval_dataset = eval_split(dataset, c, run.tokenizer, c.data, build_train_dataset)
     log.info("training data: %d examples", len(dataset))
+    if run.is_main:  # resume: the data must be the content the run started on
+        record_training_data(run.run_dir, stats, None if run.resume_from is None else Path(run.resume_from),
+                             c.resume_allow_config_changes)
     run.data = (dataset, eval_dataset, stats)
 
 
@@ -260,8 +263,8 @@ def build_trainer(run: Run) -> None:
 
 
 def train(run: Run) -> None:
-    """Train (or only load a checkpoint of the last step), evaluate at the end, and check that every rank
-    ended with the same trained weights."""
+    """Train (or only load a checkpoint of the last step), evaluate at the end, check that the trained model
+    gives finite logits on one training batch and that every rank ended with the same trained weights."""
     trainer, resume_from = run.trainer, run.resume_from
     train_start = time.time()
     if resume_from is not None and _finished(Path(resume_from)):
@@ -277,6 +280,10 @@ def train(run: Run) -> None:
     if run.data[1] is not None and not (eval_steps and trainer.state.global_step % eval_steps == 0):
         trainer.evaluate()  # the end of the run, unless eval_steps just did
     start_step = checkpoints.checkpoint_step(Path(resume_from)) or 0 if resume_from else 0
+    dataset = run.data[0]
+    first = [dataset[i] for i in range(min(len(dataset), run.c.micro_batch_size))]
+    # finite weights can still give inf logits: one training batch before final/ is written
+    check_final_logits(run.model, trainer._prepare_inputs(trainer.data_collator(first)), run.settings.method.lr)
     digests = gather_objects(trainable_digest(run.model))
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")

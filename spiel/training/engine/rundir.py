@@ -2,6 +2,7 @@
 
     <run>/.hydra/            resolved config (Hydra), <run>/train.log
     <run>/config.yaml        the resolved training config (also what the summary refers to)
+    <run>/data_fingerprint.json  the training data's content, compared on resume
     <run>/metrics.jsonl      every log event
     <run>/checkpoint-N/      intermediate checkpoints (complete or absent)
     <run>/final/             the final checkpoint (SpIEL delta | peft adapter | transformers model)
@@ -14,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from spiel.data.reader import file_sha256
 from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.loggers.metrics import METRICS_FILE
 
@@ -64,7 +66,8 @@ def checkpoint_damage(directory: Path) -> tuple[str, str] | None:
     if not marker.exists():
         return checkpoints.MARKER, "missing (a save or a rotation that was interrupted)"
     try:
-        files = json.loads(marker.read_text())["files"]
+        manifest = json.loads(marker.read_text())
+        files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return checkpoints.MARKER, f"unreadable ({e})"
     for name, size in files.items():
@@ -73,6 +76,11 @@ def checkpoint_damage(directory: Path) -> tuple[str, str] | None:
             return name, "missing"
         if path.stat().st_size != size:
             return name, f"{path.stat().st_size:,} bytes, the marker records {size:,} (truncated or altered)"
+    digests = manifest.get("sha256")  # absent in checkpoints sealed before the manifest carried hashes
+    for name, digest in (digests.items() if isinstance(digests, dict) else ()):
+        if file_sha256(directory / name) != digest:
+            return name, (f"damaged: its SHA-256 differs from the one {checkpoints.MARKER} recorded when it was "
+                          "saved (same size, other bytes)")
     for pattern in PICKLED:
         for path in sorted(directory.glob(pattern)):
             why = _unpickle_damage(path)
