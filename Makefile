@@ -9,8 +9,8 @@ setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
 
-# The README's test command, and exactly what CI runs.
-test:
+# The README's test command, and exactly what CI runs: lint first, then every test.
+test: lint
 	$(PYTHON) -m pytest -q
 
 test-fast:

@@ -31,9 +31,8 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet the profiler used for memory figures
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.delta import gather_grad, random_subset  # noqa: E402
-from spiel.delta.grad_paths import calibrated_choices, calibration_key  # noqa: E402
+from spiel.delta import gather_grad, random_subset
+from spiel.delta.grad_paths import calibrated_choices, calibration_key
 
 FULL_SHAPES = [(4096, 4096), (11008, 4096)]
 QUICK_SHAPES = [(1024, 1024), (2752, 1024)]
@@ -45,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--crossover", action="store_true", help="sweep densities on one shape")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="default: bfloat16 on CUDA, float32 on CPU (CPU bf16 GEMMs say nothing, see README)")
+                   help="default: bfloat16 on CUDA, float32 on CPU (CPU bf16 GEMMs say little)")
     p.add_argument("--ranks", default="8,16,64")
     p.add_argument("--tokens", default=None, help="comma list; default 512,2048 (quick: 256,512)")
     p.add_argument("--repeats", type=int, default=5)
@@ -54,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="CUDA: time each Triton kernel at several block configurations (4096x4096, 2048 tokens)")
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--markdown", default=None, help="write the table as markdown here (for the README)")
+    p.add_argument("--markdown", default=None, help="write the table as markdown here")
     return p.parse_args(argv)
 
 

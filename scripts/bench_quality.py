@@ -34,11 +34,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spiel.bench.models import LlamaShape, equivalent_rank  # noqa: E402
+from spiel.bench.models import LlamaShape, equivalent_rank  # noqa: E402  (after OMP_WAIT_POLICY)
 from spiel.bench.quality import (  # noqa: E402
     DECAY_FACTORS,
     GRID_SHAPES,

@@ -33,18 +33,15 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from spiel.bench.models import (  # noqa: E402
+from spiel.bench.models import (
     CPU_DEFAULT,
     LLAMA2_7B,
     LlamaShape,
     equivalent_rank,
     paper_density,
-    registry_method,  # noqa: E402
+    registry_method,
 )
-from spiel.bench.report import (  # noqa: E402
+from spiel.bench.report import (
     combine_rounds,
     cpu_table,
     label,
@@ -53,7 +50,9 @@ from spiel.bench.report import (  # noqa: E402
     step_chart,
     step_table,
 )
-from spiel.bench.step import STEP_METHODS, VARIANTS, StepSpec  # noqa: E402
+from spiel.bench.step import STEP_METHODS, VARIANTS, StepSpec
+
+REPO = Path(__file__).resolve().parents[1]
 
 OOM_EXIT = 3
 QUICK_SHAPE = LlamaShape(hidden=512, intermediate=1376, layers=2, heads=4, kv_heads=4, vocab=1024)
@@ -119,7 +118,7 @@ def base_spec(args) -> StepSpec:
 def run_worker(spec: StepSpec, out_dir: str, tag: str) -> tuple[int, dict | None, str]:
     """Run one spec in a fresh process; (exit code, result or None, stderr tail)."""
     out = Path(out_dir) / f"{tag}.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(spec)),
                            "--out", str(out)], env=env, capture_output=True, text=True)

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from spiel.delta import SparseDeltaLinear, random_subset  # noqa: E402
+from spiel.delta import SparseDeltaLinear, random_subset
 
 
 def check(device: str, dtype: torch.dtype, out_features: int, in_features: int, tokens: int) -> list[str]:

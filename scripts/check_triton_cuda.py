@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.delta import gather_grad, random_subset, sparse_delta_linear  # noqa: E402
+from spiel.delta import gather_grad, random_subset, sparse_delta_linear
 
 CASES = [(37, 29, 150, 7), (4096, 4096, 64 * 8192, 2048), (11008, 4096, 8 * 15104, 512), (4096, 11008, 16 * 15104, 300)]
 

@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.eval.benchmark import benchmarks  # noqa: E402
-from spiel.eval.runner import headline  # noqa: E402
+from spiel.eval.benchmark import benchmarks
+from spiel.eval.runner import headline
 
 COLUMNS = [(b.name, b.title) for b in benchmarks().values() if b.column is not None and b.in_average]
 EXTRA = [(b.name, b.title) for b in benchmarks().values() if b.column is not None and not b.in_average]

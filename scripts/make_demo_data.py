@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_skills import SKILLS, instruction, sample_input, solve  # noqa: E402
+from demo_skills import SKILLS, instruction, sample_input, solve
 
 REPO = Path(__file__).resolve().parents[1]
 

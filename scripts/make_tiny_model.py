@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
+from demo_skills import RECORD_SHARE, SKILLS, plain_text, sample_input, solve
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_skills import RECORD_SHARE, SKILLS, plain_text, sample_input, solve  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.data.template import jinja_chat_template  # noqa: E402
+from spiel.data.template import jinja_chat_template
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3

@@ -7,7 +7,7 @@ Needs internet (run it on a connected machine, then copy data/ over):
     python scripts/prepare_train_data.py --only gpt4_alpaca    # one of tulu2, flan_v2, gpt4_alpaca
     python scripts/prepare_train_data.py --flan-raw            # Flan from the raw 50K inputs/targets file
 
-Sources (notes/reference_instruct_eval.md §1.2):
+Sources (the SpIEL paper's three instruction-tuning sets, as open-instruct prepares them):
 * tulu2       hub allenai/tulu-v2-sft-mixture (326,154 conversations, already canonical)
 * flan_v2     hub ostapeno/tulu_v2_flan_v2_subset (canonical), or with --flan-raw the raw resample
               flan_v2_resampled_50k.jsonl from the hub dataset repo hamishivi/tulu_mix_store, converted

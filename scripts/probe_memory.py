@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiel.bench.step import MemoryMeter  # noqa: E402
-from spiel.delta import SparseDeltaLinear, function  # noqa: E402
-from spiel.selection.rules import AccumulatedGradient  # noqa: E402
+from spiel.bench.step import MemoryMeter
+from spiel.delta import SparseDeltaLinear, function
+from spiel.selection.rules import AccumulatedGradient
+from spiel.selection.rules.accumulated_gradient import Phase
 
 
 def peak_mb(stream: bool | None, args) -> float:
@@ -41,10 +40,8 @@ def peak_mb(stream: bool | None, args) -> float:
         def __init__(self):
             self.layers, self.phases = {"layer": layer}, {}
 
-    from spiel.selection.rules.accumulated_gradient import _Phase
-
     rule = Rule()
-    rule.phases["layer"] = _Phase()
+    rule.phases["layer"] = Phase()
     if stream is not None:
         layer.request_grad_blocks(rule._on_first_grad_blocks("layer"))  # taken by the next forward
     y = layer(x)

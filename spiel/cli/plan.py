@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
     parser.add_argument("--parallel", choices=("none", "ddp", "fsdp"), default=None,
                         help="default: the config's parallel, else ddp for several GPUs")
-    parser.add_argument("--table", action="store_true", help="the README's LLaMA-2 7B/13B/70B table")
+    parser.add_argument("--table", action="store_true", help="the LLaMA-2 7B/13B/70B table")
     parser.add_argument("overrides", nargs="*", help="spiel-train overrides (model=llama2-7b method=ag ...)")
     args = parser.parse_args(argv)
     from spiel.training.config.schema import ConfigError

@@ -17,7 +17,9 @@ def test_the_scripts_are_found():
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_script_imports(path):
+def test_script_imports(path, monkeypatch):
+    # As `python scripts/x.py` runs it: the script's own directory first on sys.path (its sibling imports).
+    monkeypatch.syspath_prepend(str(path.parent))
     name = f"_script_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -326,16 +326,3 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
     assert compact < flat / 2
     assert compact <= 1.5 * adapter
 
-
-def test_the_architecture_doc_states_the_code_s_format_and_header_fields():
-    """docs/architecture.md describes the checkpoint; its format version and header fields must be the code's."""
-    import re
-
-    from spiel.checkpoint.format import HEADER_FIELDS, MODULE_FIELDS
-    from tests.helpers.paths import REPO
-
-    doc = (REPO / "docs" / "architecture.md").read_text()
-    section = doc[doc.index("## Checkpoint formats"):]
-    section = section[:section.index("\n## ", 3)]
-    assert re.findall(r"Checkpoint format version: (\d+)\.", section) == [str(FORMAT_VERSION)]
-    assert all(f"`{name}`" in section for name in HEADER_FIELDS + MODULE_FIELDS)

@@ -49,7 +49,7 @@ def delta_tensors(model: SpielModel) -> dict[str, torch.Tensor]:
 
 def test_trainer_matches_the_plain_loop_and_reselects(tmp_path):
     """One batch = the whole dataset per step, so the Trainer's shuffling cannot change the loss: the
-    Trainer run must equal the README's plain PyTorch loop step for step."""
+    Trainer run must equal a plain PyTorch loop (the README's) step for step."""
     data = lm_dataset(BATCH)
     model = spiel_tiny()
     start = delta_tensors(model)

@@ -55,7 +55,7 @@ RELEASED_COUNTER_LIMIT = 256  # a bf16 counter: 256 + 1 rounds to 256
 PHASE_KEYS = ("candidates", "step_grad", "grad_sum", "grad_sq_sum", "scale")
 
 
-class _Phase:
+class Phase:
     """One layer's estimation statistics at its growth candidates (all fp32)."""
 
     def __init__(self):
@@ -74,7 +74,7 @@ class AccumulatedGradient(GrowthRule):
 
     def __init__(self, layers, optimizer, schedule, config, seed, process_group=None):
         super().__init__(layers, optimizer, schedule, config, seed, process_group)
-        self.phases = {name: _Phase() for name in layers}
+        self.phases = {name: Phase() for name in layers}
         # Adam ages derived from grown_at (no per-slot age counter): every grown slot is seeded with the
         # age of the phase's step count, γ.
         self.head_start = self.seed_age(schedule.estimation_steps)
@@ -94,11 +94,11 @@ class AccumulatedGradient(GrowthRule):
         """(sorted candidate positions, per-candidate score factor or None) from the first dense gradient."""
         return top_candidates(dense_grad, layer.k), None
 
-    def scores(self, phase: _Phase, mean: torch.Tensor) -> torch.Tensor:
+    def scores(self, phase: Phase, mean: torch.Tensor) -> torch.Tensor:
         """Each candidate's growth score from its mean step gradient (higher grows first)."""
         return mean.abs()
 
-    def order(self, layer, phase: _Phase, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+    def order(self, layer, phase: Phase, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
         """Positions (into the candidates) of the ``n`` best candidates not in ``staying``, best first."""
         return ag_grow_order(phase.candidates, scores, staying, n)
 
@@ -172,7 +172,7 @@ class AccumulatedGradient(GrowthRule):
             step_grad.zero_()
 
     def end_period(self) -> None:
-        self.phases = {name: _Phase() for name in self.layers}
+        self.phases = {name: Phase() for name in self.layers}
 
     def close(self) -> None:
         for layer in self.layers.values():
@@ -196,7 +196,7 @@ class AccumulatedGradient(GrowthRule):
         if len({p.steps for p in phases}) > 1 or len({p.candidates.numel() for p in phases}) > 1 or len(betas) > 1:
             return None
         steps = phases[0].steps
-        stacked = _Phase()
+        stacked = Phase()
         stacked.candidates = torch.stack([p.candidates.long() for p in phases])
         if phases[0].scale is not None:
             stacked.scale = torch.stack([p.scale for p in phases])
@@ -246,7 +246,7 @@ class AccumulatedGradient(GrowthRule):
     def load_state_dict(self, phases: dict[str, dict]) -> None:
         self.phases = {}
         for name, entry in phases.items():
-            phase = _Phase()
+            phase = Phase()
             for key in PHASE_KEYS:
                 if key in entry:
                     setattr(phase, key, entry[key].clone())

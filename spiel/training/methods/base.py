@@ -68,7 +68,7 @@ class Method:
         return "adamw_torch"
 
     def save(self, model: nn.Module, directory: Path, tokenizer=None) -> None:
-        """The final checkpoint in this method's format (the checkpoint formats are described in the README)."""
+        """The final checkpoint in this method's format (docs/checkpoint-format.md)."""
         model.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
