@@ -22,6 +22,7 @@ bench:
 
 lint:
 	$(PYTHON) -m ruff check spiel tests scripts
+	$(PYTHON) -m ruff format --check spiel tests scripts
 
 # Do the tests catch one-line bugs nobody listed? Cosmic Ray's mutants of checkpoint, delta, selection, optim,
 # eval scoring and the data reader, each against its mirroring tests: a seeded sample that fits 60 minutes,

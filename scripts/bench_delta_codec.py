@@ -23,8 +23,11 @@ from spiel.checkpoint import elias_fano
 from spiel.checkpoint.codec import decode_csr_legacy
 from spiel.delta.indices import csr_pattern, random_subset
 
-SHAPES = {"q/k/v/o 4096x4096": (4096, 4096, 4), "gate/up 11008x4096": (11008, 4096, 2),
-          "down 4096x11008": (4096, 11008, 1)}
+SHAPES = {
+    "q/k/v/o 4096x4096": (4096, 4096, 4),
+    "gate/up 11008x4096": (11008, 4096, 2),
+    "down 4096x11008": (4096, 11008, 1),
+}
 
 
 def cpu_name() -> str:
@@ -42,15 +45,18 @@ def time_shape(out: int, inp: int, repeats: int) -> dict[str, list[float]]:
     n, k = out * inp, 64 * (out + inp)
     positions = random_subset(n, k, torch.Generator().manual_seed(0)).to(torch.int32)
     coded = elias_fano.encode(positions, n)
-    assert torch.equal(elias_fano.decode(coded["low_bits"], coded["high_bits"], n, k).long(), positions.long())
+    assert torch.equal(
+        elias_fano.decode(coded["low_bits"], coded["high_bits"], n, k).long(), positions.long()
+    )
     row_ptr, col_idx = csr_pattern(positions, out, inp)
     entry = {"k": k, "shape": [out, inp]}
     csr = {"values": torch.zeros(k), "row_ptr": row_ptr.to(torch.int32), "col_idx": col_idx.to(torch.int16)}
     peers = {
         "EF encode": lambda: elias_fano.encode(positions, n),
         "EF decode": lambda: elias_fano.decode(coded["low_bits"], coded["high_bits"], n, k),
-        "CSR encode": lambda: [t.to(d) for t, d in zip(csr_pattern(positions, out, inp),
-                                                       (torch.int32, torch.int16), strict=True)],
+        "CSR encode": lambda: [
+            t.to(d) for t, d in zip(csr_pattern(positions, out, inp), (torch.int32, torch.int16), strict=True)
+        ],
         "CSR decode": lambda: decode_csr_legacy("m", entry, csr, refuse),
     }
     times = {name: [] for name in peers}
@@ -60,8 +66,10 @@ def time_shape(out: int, inp: int, repeats: int) -> dict[str, list[float]]:
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
     bits = 8 * sum(t.numel() for t in coded.values()) / k
-    print(f"{out}x{inp}: k={k:,} ({100 * k / n:.2f}%), Elias–Fano {bits:.2f} bits a position, "
-          f"CSR {16 + 32 * (out + 1) / k:.2f}")
+    print(
+        f"{out}x{inp}: k={k:,} ({100 * k / n:.2f}%), Elias–Fano {bits:.2f} bits a position, "
+        f"CSR {16 + 32 * (out + 1) / k:.2f}"
+    )
     return times
 
 
@@ -83,7 +91,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, name, median, mean in rows:
         print(f"| {label} | {name} | {median:.1f} | {mean:.1f} |")
-    print("one 7B layer (7 matrices), sum of medians: " + ", ".join(f"{n} {v:.0f} ms" for n, v in layer.items()))
+    print(
+        "one 7B layer (7 matrices), sum of medians: " + ", ".join(f"{n} {v:.0f} ms" for n, v in layer.items())
+    )
 
 
 if __name__ == "__main__":

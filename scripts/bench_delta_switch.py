@@ -53,8 +53,10 @@ def main() -> None:
         save_random_delta(b, args.rank_equiv, 2)
         model = SpielModel.from_pretrained(tiny_model(), a).load_delta(b, "b").eval()
         merged = SpielModel.from_pretrained(tiny_model(), a)
-        merged_sets = [{n: (layer.indices, layer.values) for n, layer in m.deltas.items()}
-                       for m in (merged, SpielModel.from_pretrained(tiny_model(), b))]
+        merged_sets = [
+            {n: (layer.indices, layer.values) for n, layer in m.deltas.items()}
+            for m in (merged, SpielModel.from_pretrained(tiny_model(), b))
+        ]
         for layer in merged.deltas.values():
             layer.merge()
         base_copies: list = []
@@ -79,7 +81,12 @@ def main() -> None:
             with torch.no_grad():
                 model(ids)
 
-        peers = {"set_delta": switch, "merge swap": merge_swap, "from_pretrained": reload, "forward (16 tokens)": forward}
+        peers = {
+            "set_delta": switch,
+            "merge swap": merge_swap,
+            "from_pretrained": reload,
+            "forward (16 tokens)": forward,
+        }
         times = {name: [] for name in peers}
         for _ in range(args.repeats):
             base_copies.append(tiny_model())  # a fresh base, not timed
@@ -87,8 +94,10 @@ def main() -> None:
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) * 1e6)
-    print(f"tiny model: {total:,} parameters, {k:,} delta entries per delta (rank_equiv={args.rank_equiv}); "
-          f"{args.repeats} repeats, round-robin; 1 thread; {cpu_name()}")
+    print(
+        f"tiny model: {total:,} parameters, {k:,} delta entries per delta (rank_equiv={args.rank_equiv}); "
+        f"{args.repeats} repeats, round-robin; 1 thread; {cpu_name()}"
+    )
     print("| operation | median µs | mean µs |")
     print("|---|---|---|")
     for name, values in times.items():

@@ -33,16 +33,26 @@ def main(argv=None) -> int:
     out = score_completions(problems, completions, SandboxLimits(), n_workers=args.workers)
     wall = time.perf_counter() - start
     n = out["metrics"]["num_samples"]
-    result = {"problems": len(problems), "samples": args.samples, "programs": n, "workers": args.workers,
-              "wall_s": round(wall, 1), "programs_per_s": round(n / wall, 2), "pass@1": out["metrics"]["pass@1"],
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    result = {
+        "problems": len(problems),
+        "samples": args.samples,
+        "programs": n,
+        "workers": args.workers,
+        "wall_s": round(wall, 1),
+        "programs_per_s": round(n / wall, 2),
+        "pass@1": out["metrics"]["pass@1"],
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     expected = half / args.samples
     if abs(out["metrics"]["pass@1"] - expected) > 1e-9:
-        bad = [(r["task_id"], r["result"]) for r in out["predictions"] if r["passed"] != (r["completion"] != "")]
+        bad = [
+            (r["task_id"], r["result"]) for r in out["predictions"] if r["passed"] != (r["completion"] != "")
+        ]
         print(f"pass@1 {out['metrics']['pass@1']} != {expected}; first wrong: {bad[:5]}")
         return 1
     return 0

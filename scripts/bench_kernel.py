@@ -43,15 +43,24 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes and token counts")
     p.add_argument("--crossover", action="store_true", help="sweep densities on one shape")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="default: bfloat16 on CUDA, float32 on CPU (CPU bf16 GEMMs say little)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="default: bfloat16 on CUDA, float32 on CPU (CPU bf16 GEMMs say little)",
+    )
     p.add_argument("--ranks", default="8,16,64")
     p.add_argument("--tokens", default=None, help="comma list; default 512,2048 (quick: 256,512)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--paths", default=None, help="comma list of paths to time (default: all on the device)")
-    p.add_argument("--no-static", action="store_true", help="skip compiling the Triton kernels for sm_80/sm_90")
-    p.add_argument("--sweep", action="store_true",
-                   help="CUDA: time each Triton kernel at several block configurations (4096x4096, 2048 tokens)")
+    p.add_argument(
+        "--no-static", action="store_true", help="skip compiling the Triton kernels for sm_80/sm_90"
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="CUDA: time each Triton kernel at several block configurations (4096x4096, 2048 tokens)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="write the table as markdown here")
     return p.parse_args(argv)
@@ -134,7 +143,11 @@ def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     row["auto_choice"] = calibrated_choices().get(key) or choose_grad_path(device, tokens, k, out_f, in_f)
     for path, call in calls.items():
         err = (call().float() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
-        row[path] = {"median_s": medians[path], "peak_mb": peak_bytes(call, device) / 2**20, "max_rel_err": err}
+        row[path] = {
+            "median_s": medians[path],
+            "peak_mb": peak_bytes(call, device) / 2**20,
+            "max_rel_err": err,
+        }
     for path in paths:
         row[path]["ratio_to_dense"] = row[path]["median_s"] / row["dense"]["median_s"]
     contenders = [p for p in paths if p != "auto"]
@@ -144,45 +157,69 @@ def bench_case(out_f, in_f, tokens, k, dtype, device, paths, repeats):
     # What auto's choice costs, judged on the chosen path's own timing (free of auto-vs-path noise).
     chosen = row["auto_choice"]
     row["auto_choice_vs_best"] = row[chosen]["median_s"] / row[best]["median_s"] if chosen in row else None
-    row["roofline"] = roofline(out_f, in_f, tokens, k, x.element_size(),
-                               hbm_bandwidth(device) if device.type == "cuda" else None)
+    row["roofline"] = roofline(
+        out_f, in_f, tokens, k, x.element_size(), hbm_bandwidth(device) if device.type == "cuda" else None
+    )
     return row
 
 
 def print_table(rows, paths):
-    head = f"{'out x in':>12} {'tokens':>6} {'k':>8} {'density':>8} " + " ".join(
-        f"{p + ' ms':>10} {p + '/dense':>12}" for p in paths) + f" {'auto→':>7} {'auto/best':>9}"
+    head = (
+        f"{'out x in':>12} {'tokens':>6} {'k':>8} {'density':>8} "
+        + " ".join(f"{p + ' ms':>10} {p + '/dense':>12}" for p in paths)
+        + f" {'auto→':>7} {'auto/best':>9}"
+    )
     print(head)
     for r in rows:
         cells = " ".join(f"{r[p]['median_s'] * 1e3:10.1f} {r[p]['ratio_to_dense']:12.3f}" for p in paths)
-        print(f"{r['out']:>5}x{r['in']:<6} {r['tokens']:>6} {r['k']:>8} {r['density']:8.4f} {cells} "
-              f"{r['auto_choice']:>7} {r['auto_vs_best']:9.3f}")
-    print("peak extra memory (MB): " + "; ".join(
-        f"{r['out']}x{r['in']}/{r['tokens']}/k={r['k']}: " + ", ".join(f"{p} {r[p]['peak_mb']:.1f}" for p in paths)
-        for r in rows[:3]) + (" ..." if len(rows) > 3 else ""))
+        print(
+            f"{r['out']:>5}x{r['in']:<6} {r['tokens']:>6} {r['k']:>8} {r['density']:8.4f} {cells} "
+            f"{r['auto_choice']:>7} {r['auto_vs_best']:9.3f}"
+        )
+    print(
+        "peak extra memory (MB): "
+        + "; ".join(
+            f"{r['out']}x{r['in']}/{r['tokens']}/k={r['k']}: "
+            + ", ".join(f"{p} {r[p]['peak_mb']:.1f}" for p in paths)
+            for r in rows[:3]
+        )
+        + (" ..." if len(rows) > 3 else "")
+    )
 
 
 def markdown_table(rows, paths, header: str) -> str:
-    lines = [header, "",
-             "| out × in | tokens | k (LoRA r) | density | " + " | ".join(f"{p} ms" for p in paths)
-             + " | sddmm / dense | auto picks |",
-             "|---|---|---|---|" + "---|" * len(paths) + "---|---|"]
+    lines = [
+        header,
+        "",
+        "| out × in | tokens | k (LoRA r) | density | "
+        + " | ".join(f"{p} ms" for p in paths)
+        + " | sddmm / dense | auto picks |",
+        "|---|---|---|---|" + "---|" * len(paths) + "---|---|",
+    ]
     for r in rows:
         rank = r["k"] // (r["out"] + r["in"])
         cells = " | ".join(f"{r[p]['median_s'] * 1e3:.1f}" for p in paths)
         sddmm = f"{r['sddmm']['ratio_to_dense']:.3f}" if "sddmm" in r else "–"
-        lines.append(f"| {r['out']}×{r['in']} | {r['tokens']} | {r['k']} ({rank}) | {r['density']:.4f} | {cells} | "
-                     f"{sddmm} | {r['auto_choice']} |")
+        lines.append(
+            f"| {r['out']}×{r['in']} | {r['tokens']} | {r['k']} ({rank}) | {r['density']:.4f} | {cells} | "
+            f"{sddmm} | {r['auto_choice']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 SWEEP_CONFIGS = {
-    "gather": [dict(BLOCK_K=32, BLOCK_T=128, num_warps=4), dict(BLOCK_K=64, BLOCK_T=64, num_warps=4),
-               dict(BLOCK_K=16, BLOCK_T=256, num_warps=4), dict(BLOCK_K=64, BLOCK_T=128, num_warps=8)],
-    "tiles": [dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=32, num_warps=8, num_stages=4),
-              dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=64, num_warps=8, num_stages=3),
-              dict(BLOCK_R=128, BLOCK_C=64, BLOCK_T=64, num_warps=4, num_stages=3),
-              dict(BLOCK_R=64, BLOCK_C=64, BLOCK_T=32, num_warps=4, num_stages=3)],
+    "gather": [
+        dict(BLOCK_K=32, BLOCK_T=128, num_warps=4),
+        dict(BLOCK_K=64, BLOCK_T=64, num_warps=4),
+        dict(BLOCK_K=16, BLOCK_T=256, num_warps=4),
+        dict(BLOCK_K=64, BLOCK_T=128, num_warps=8),
+    ],
+    "tiles": [
+        dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=32, num_warps=8, num_stages=4),
+        dict(BLOCK_R=128, BLOCK_C=128, BLOCK_T=64, num_warps=8, num_stages=3),
+        dict(BLOCK_R=128, BLOCK_C=64, BLOCK_T=64, num_warps=4, num_stages=3),
+        dict(BLOCK_R=64, BLOCK_C=64, BLOCK_T=32, num_warps=4, num_stages=3),
+    ],
 }
 
 
@@ -198,7 +235,9 @@ def sweep(device, dtype, repeats: int) -> list[dict]:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(2048, in_f, generator=gen).to(device=device, dtype=dtype)
             g = torch.randn(2048, out_f, generator=gen).to(device=device, dtype=dtype)
-            indices = random_subset(out_f * in_f, rank * (out_f + in_f), gen).to(device=device, dtype=torch.int32)
+            indices = random_subset(out_f * in_f, rank * (out_f + in_f), gen).to(
+                device=device, dtype=torch.int32
+            )
             call = functools.partial(gather_grad, x, g, indices, out_f, in_f)
             calls = {"dense": functools.partial(call, "dense")}
             dense_ms = interleaved_medians(calls, device, repeats)["dense"] * 1e3
@@ -206,13 +245,21 @@ def sweep(device, dtype, repeats: int) -> list[dict]:
                 for cfg in SWEEP_CONFIGS[kernel]:
                     triton_sddmm.KERNEL_CONFIGS[kernel] = cfg
                     try:
-                        ms = interleaved_medians({path: functools.partial(call, path)}, device, repeats)[path] * 1e3
+                        ms = (
+                            interleaved_medians({path: functools.partial(call, path)}, device, repeats)[path]
+                            * 1e3
+                        )
                     except Exception as e:  # a configuration the GPU cannot run: say so, keep sweeping
                         print(f"  rank {rank} {kernel} {cfg}: failed ({type(e).__name__}: {e})", flush=True)
                         continue
-                    rows.append({"rank": rank, "kernel": kernel, "config": cfg, "ms": ms, "dense_ms": dense_ms})
-                    print(f"  rank {rank:>2} {kernel:<6} {cfg}: {ms:.3f} ms = {ms / dense_ms:.3f}x dense "
-                          f"({dense_ms:.3f} ms)", flush=True)
+                    rows.append(
+                        {"rank": rank, "kernel": kernel, "config": cfg, "ms": ms, "dense_ms": dense_ms}
+                    )
+                    print(
+                        f"  rank {rank:>2} {kernel:<6} {cfg}: {ms:.3f} ms = {ms / dense_ms:.3f}x dense "
+                        f"({dense_ms:.3f} ms)",
+                        flush=True,
+                    )
                 triton_sddmm.KERNEL_CONFIGS[kernel] = saved[kernel]
     finally:
         triton_sddmm.KERNEL_CONFIGS.update(saved)
@@ -225,10 +272,17 @@ def static_figures() -> list[dict]:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from dataclasses import asdict; from spiel.delta.triton_static import compile_all; "
-            "print(json.dumps([asdict(f) for f in compile_all()]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=str(Path(__file__).resolve().parents[1]))
+    code = (
+        "import json; from dataclasses import asdict; from spiel.delta.triton_static import compile_all; "
+        "print(json.dumps([asdict(f) for f in compile_all()]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
     if proc.returncode != 0:
         print(f"Triton static figures unavailable: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         return []
@@ -246,8 +300,9 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.set_num_threads(torch.get_num_threads())
-    paths = ["dense", "blocked", "sddmm", "auto"] + (["triton", "triton_rows", "triton_tiles"]
-                                                     if device.type == "cuda" else [])
+    paths = ["dense", "blocked", "sddmm", "auto"] + (
+        ["triton", "triton_rows", "triton_tiles"] if device.type == "cuda" else []
+    )
     if args.paths:
         paths = ["dense"] + [p for p in args.paths.split(",") if p != "dense"]
     tokens_list = [int(t) for t in (args.tokens or ("256,512" if args.quick else "512,2048")).split(",")]
@@ -273,36 +328,56 @@ def main(argv=None):
     for out_f, in_f, tokens, k in cases:
         rows.append(bench_case(out_f, in_f, tokens, k, dtype, device, paths, args.repeats))
         r = rows[-1]
-        print(f"  {out_f}x{in_f} tokens={tokens} k={k}: " + ", ".join(
-            f"{p} {r[p]['median_s'] * 1e3:.3f} ms" for p in paths), flush=True)
+        print(
+            f"  {out_f}x{in_f} tokens={tokens} k={k}: "
+            + ", ".join(f"{p} {r[p]['median_s'] * 1e3:.3f} ms" for p in paths),
+            flush=True,
+        )
         roof = r["roofline"]
         if "hbm_ms" in roof:
             rows_ms = r["triton_rows"]["median_s"] * 1e3 if "triton_rows" in r else float("nan")
-            print(f"    roofline of triton_rows: {roof['hbm_mb']:.0f} MB through HBM = {roof['hbm_ms']:.3f} ms at "
-                  f"{roof['hbm_tb_s']:.2f} TB/s, plus {roof['l2_mb']:.0f} MB of L2 re-reads; measured "
-                  f"{rows_ms:.3f} ms; without row reuse {roof['no_reuse_ms']:.3f} ms", flush=True)
+            print(
+                f"    roofline of triton_rows: {roof['hbm_mb']:.0f} MB through HBM = {roof['hbm_ms']:.3f} ms at "
+                f"{roof['hbm_tb_s']:.2f} TB/s, plus {roof['l2_mb']:.0f} MB of L2 re-reads; measured "
+                f"{rows_ms:.3f} ms; without row reuse {roof['no_reuse_ms']:.3f} ms",
+                flush=True,
+            )
     print()
-    print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
-          f" dtype={dtype}, threads={torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
+        f" dtype={dtype}, threads={torch.get_num_threads()}, torch {torch.__version__}"
+    )
     print_table(rows, paths)
     if "auto" in paths:
         right = sum(r["auto_choice"] == r["best_path"] for r in rows)
         worst_choice = max((r["auto_choice_vs_best"] or float("nan")) for r in rows)
         worst_dense = max(r["auto"]["ratio_to_dense"] for r in rows)
-        print(f"auto picked the fastest path in {right} of {len(rows)} cases; its choice is at most "
-              f"{worst_choice:.3f}x the fastest (measured auto call: at most "
-              f"{max(r['auto_vs_best'] for r in rows):.3f}x the fastest, {worst_dense:.3f}x dense)")
+        print(
+            f"auto picked the fastest path in {right} of {len(rows)} cases; its choice is at most "
+            f"{worst_choice:.3f}x the fastest (measured auto call: at most "
+            f"{max(r['auto_vs_best'] for r in rows):.3f}x the fastest, {worst_dense:.3f}x dense)"
+        )
     static = [] if args.no_static else static_figures()
     if args.markdown:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        header = (f"{device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-                  f"median of {args.repeats} interleaved runs, 1-min load average at the end {load:.2f}")
+        header = (
+            f"{device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"median of {args.repeats} interleaved runs, 1-min load average at the end {load:.2f}"
+        )
         Path(args.markdown).write_text(markdown_table(rows, paths, header))
         print(f"wrote {args.markdown}")
     if args.json:
-        meta = {"device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "quick": args.quick, "crossover": args.crossover}
-        Path(args.json).write_text(json.dumps({"config": meta, "rows": rows, "static": static}, indent=1, default=str))
+        meta = {
+            "device": str(device),
+            "dtype": str(dtype),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "quick": args.quick,
+            "crossover": args.crossover,
+        }
+        Path(args.json).write_text(
+            json.dumps({"config": meta, "rows": rows, "static": static}, indent=1, default=str)
+        )
         print(f"wrote {args.json}")
 
 

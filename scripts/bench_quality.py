@@ -67,34 +67,66 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated: full, lora, ia3, ag, ma, static, shira (peft), or <method>+<key>=<value> variants")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated: full, lora, ia3, ag, ma, static, shira (peft), or <method>+<key>=<value> variants",
+    )
     p.add_argument("--steps", type=int, default=170, help="optimizer steps (170 × 16 ≈ one epoch)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--val", type=int, default=300, help="training records held out for the search")
     p.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out records")
-    p.add_argument("--lr-factors", default=",".join(f"{f:.4g}" for f in LR_FACTORS),
-                   help="rates searched = the demo's rate for the method × these")
-    p.add_argument("--decay-factors", default=",".join(f"{f:g}" for f in DECAY_FACTORS),
-                   help="decays per step searched, lr·λ = the paper's lr·λ × these")
-    p.add_argument("--grid", default="cross", choices=GRID_SHAPES,
-                   help="cross: each decay at the demo's rate and each rate at the middle decay; full: all pairs")
-    p.add_argument("--grids", default=None, metavar="JSON",
-                   help='explicit search grids, {"method": [[lr, λ], ...]} for every method (replaces the '
-                        "--lr-factors / --decay-factors grid); a one-point grid is no search (seeds only)")
-    p.add_argument("--summary", default=None, metavar="JSON",
-                   help="after every run, write this budget's summary (grid, pick, per-seed and mean ± std held-out "
-                        "scores per method) under the key rank<r> of this file, keeping its other keys")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the runs at the picked setting")
+    p.add_argument(
+        "--lr-factors",
+        default=",".join(f"{f:.4g}" for f in LR_FACTORS),
+        help="rates searched = the demo's rate for the method × these",
+    )
+    p.add_argument(
+        "--decay-factors",
+        default=",".join(f"{f:g}" for f in DECAY_FACTORS),
+        help="decays per step searched, lr·λ = the paper's lr·λ × these",
+    )
+    p.add_argument(
+        "--grid",
+        default="cross",
+        choices=GRID_SHAPES,
+        help="cross: each decay at the demo's rate and each rate at the middle decay; full: all pairs",
+    )
+    p.add_argument(
+        "--grids",
+        default=None,
+        metavar="JSON",
+        help='explicit search grids, {"method": [[lr, λ], ...]} for every method (replaces the '
+        "--lr-factors / --decay-factors grid); a one-point grid is no search (seeds only)",
+    )
+    p.add_argument(
+        "--summary",
+        default=None,
+        metavar="JSON",
+        help="after every run, write this budget's summary (grid, pick, per-seed and mean ± std held-out "
+        "scores per method) under the key rank<r> of this file, keeping its other keys",
+    )
+    p.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="seeds of the runs at the picked setting"
+    )
     p.add_argument("--search-seed", type=int, default=SEARCH_SEED)
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (fixed across seeds)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)")
+    p.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the validation split (fixed across seeds)"
+    )
+    p.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)"
+    )
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     p.add_argument("--json", default=None, help="results file; written after every run, reused by a rerun")
     p.add_argument("--markdown", default=None, help="write the table here")
     p.add_argument("--png", default=None)
-    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
-                   help="print one table from these result files and exit (no training)")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print one table from these result files and exit (no training)",
+    )
     return p.parse_args(argv)
 
 
@@ -104,8 +136,14 @@ def tiny_shape() -> LlamaShape:
     from spiel.testing import TINY_MODEL_DIR
 
     c = AutoConfig.from_pretrained(TINY_MODEL_DIR, trust_remote_code=False)
-    return LlamaShape(hidden=c.hidden_size, intermediate=c.intermediate_size, layers=c.num_hidden_layers,
-                      heads=c.num_attention_heads, kv_heads=c.num_key_value_heads, vocab=c.vocab_size)
+    return LlamaShape(
+        hidden=c.hidden_size,
+        intermediate=c.intermediate_size,
+        layers=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        kv_heads=c.num_key_value_heads,
+        vocab=c.vocab_size,
+    )
 
 
 def _key(r: dict) -> tuple:
@@ -119,8 +157,10 @@ def _load_previous(path: str | None, config: dict) -> list[dict]:
     data = json.loads(Path(path).read_text())
     same = {k: data["config"].get(k) for k in _RESUME_KEYS} == {k: config[k] for k in _RESUME_KEYS}
     if not same:
-        raise SystemExit(f"{path} holds runs with other settings ({ {k: data['config'].get(k) for k in _RESUME_KEYS} }); "
-                         f"pass another --json or delete it")
+        raise SystemExit(
+            f"{path} holds runs with other settings ({ {k: data['config'].get(k) for k in _RESUME_KEYS} }); "
+            f"pass another --json or delete it"
+        )
     return data["runs"]
 
 
@@ -139,7 +179,11 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m.strip()]
     for m in methods:
         parse_method(m)  # refuse an unknown method or malformed variant before any training
-    lr_factors, decay_factors, seeds = _floats(args.lr_factors), _floats(args.decay_factors), _ints(args.seeds)
+    lr_factors, decay_factors, seeds = (
+        _floats(args.lr_factors),
+        _floats(args.decay_factors),
+        _ints(args.seeds),
+    )
     if not seeds:
         raise SystemExit("--seeds: give at least one seed")
     rank = args.rank or equivalent_rank(tiny_shape())
@@ -150,11 +194,25 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="bench-quality-")
     heldout_path = Path(tmp.name) / "heldout.jsonl"
     heldout_path.write_text("".join(json.dumps(r) + "\n" for r in heldout_records))
-    config = {"methods": methods, "rank": rank, "steps": args.steps, "batch_size": args.batch_size,
-              "val": len(val_records), "train": len(train), "heldout": len(heldout_records),
-              "split_seed": args.split_seed, "search_seed": args.search_seed, "seeds": seeds,
-              "lr_factors": lr_factors, "decay_factors": decay_factors, "grid": args.grid, "jobs": args.jobs,
-              "torch": torch.__version__, "cpu": _cpu_name(), "load_before": list(os.getloadavg())}
+    config = {
+        "methods": methods,
+        "rank": rank,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "val": len(val_records),
+        "train": len(train),
+        "heldout": len(heldout_records),
+        "split_seed": args.split_seed,
+        "search_seed": args.search_seed,
+        "seeds": seeds,
+        "lr_factors": lr_factors,
+        "decay_factors": decay_factors,
+        "grid": args.grid,
+        "jobs": args.jobs,
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "load_before": list(os.getloadavg()),
+    }
     grids = {m: search_grid(m, lr_factors, decay_factors, args.grid) for m in methods}
     if args.grids:
         given = json.loads(Path(args.grids).read_text())
@@ -165,16 +223,30 @@ def main(argv=None) -> int:
     config["grids"] = grids
     runs = _load_previous(args.json, config)
     done = {_key(r): r for r in runs}
-    print(f"rank {rank}; {len(train)} training / {len(val_records)} validation / {len(heldout_records)} held-out "
-          f"examples; {args.steps} steps of {args.batch_size}; load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"rank {rank}; {len(train)} training / {len(val_records)} validation / {len(heldout_records)} held-out "
+        f"examples; {args.steps} steps of {args.batch_size}; load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     for m in methods:
         print(f"  {m}: grid (lr, λ) {grids[m]}", flush=True)
 
     def job(method, lr, wd, seed, stage):
-        return QualityJob(method=method, lr=lr, weight_decay=wd, steps=args.steps, batch_size=args.batch_size,
-                          rank=rank, seed=seed, train=train, val_records=val_records,
-                          heldout_path=str(heldout_path), stage=stage,
-                          evaluate_val=stage == "search", evaluate_heldout=stage == "seeds")
+        return QualityJob(
+            method=method,
+            lr=lr,
+            weight_decay=wd,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            rank=rank,
+            seed=seed,
+            train=train,
+            val_records=val_records,
+            heldout_path=str(heldout_path),
+            stage=stage,
+            evaluate_val=stage == "search",
+            evaluate_heldout=stage == "seeds",
+        )
 
     def seed_jobs(method):
         best = pick([r for r in runs if r["method"] == method and r["stage"] == "search"])
@@ -182,7 +254,9 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     fixed = [m for m in methods if len(grids[m]) == 1]  # a one-point grid is no search: straight to the seeds
-    search = [job(m, lr, wd, args.search_seed, "search") for m in methods if m not in fixed for lr, wd in grids[m]]
+    search = [
+        job(m, lr, wd, args.search_seed, "search") for m in methods if m not in fixed for lr, wd in grids[m]
+    ]
     # seed runs of methods whose search is complete: these go first
     seeds_ready: list[QualityJob] = [job(m, *grids[m][0], s, "seeds") for m in fixed for s in seeds]
     left = {m: len(grids[m]) for m in methods}
@@ -233,9 +307,10 @@ def main(argv=None) -> int:
 
     base_model = tiny_model()
     base = evaluate_demo(base_model, tokenizer, heldout_path, batch_size=64)
-    config["base"] = {"exact_match": base["exact_match"],
-                      "heldout_loss": answer_loss(base_model, encode(heldout_records, tokenizer),
-                                                  tokenizer.pad_token_id)}
+    config["base"] = {
+        "exact_match": base["exact_match"],
+        "heldout_loss": answer_loss(base_model, encode(heldout_records, tokenizer), tokenizer.pad_token_id),
+    }
     tmp.cleanup()
     elapsed = _save(args.json, runs, config, start)
     rows = protocol_rows(runs, methods, config["base"])
@@ -270,9 +345,12 @@ def report(paths: list[str], markdown: str | None, png: str | None = None) -> in
 
 
 def _chart(rows: dict, png: str, config: dict) -> None:
-    quality_chart({m: {"exact_match": r["exact_match"], "heldout_loss": r["heldout_loss"]} for m, r in rows.items()},
-                  png, f"tiny base, demo task, {config['steps']} steps × {config['batch_size']}, rank {config['rank']}; "
-                  f"mean of {len(config['seeds'])} seeds at the (lr, λ) picked on validation")
+    quality_chart(
+        {m: {"exact_match": r["exact_match"], "heldout_loss": r["heldout_loss"]} for m, r in rows.items()},
+        png,
+        f"tiny base, demo task, {config['steps']} steps × {config['batch_size']}, rank {config['rank']}; "
+        f"mean of {len(config['seeds'])} seeds at the (lr, λ) picked on validation",
+    )
 
 
 def _save(path: str | None, runs: list[dict], config: dict, start: float) -> float:
@@ -299,22 +377,42 @@ def summary(runs: list[dict], config: dict) -> dict:
         if not search and len(config["grids"][m]) == 1:  # no search: the one point
             lr, wd = config["grids"][m][0]
             entry["pick"] = {"lr": lr, "weight_decay": wd}
-            seeds = sorted((r for r in runs if r["method"] == m and r["stage"] == "seeds"), key=lambda r: r["seed"])
+            seeds = sorted(
+                (r for r in runs if r["method"] == m and r["stage"] == "seeds"), key=lambda r: r["seed"]
+            )
         if search:
             best = pick(search)
             entry["pick"] = {k: best[k] for k in ("lr", "weight_decay", "val_exact_match", "val_loss")}
-            seeds = sorted((r for r in runs if r["method"] == m and r["stage"] == "seeds"
-                            and (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])),
-                           key=lambda r: r["seed"])
+            seeds = sorted(
+                (
+                    r
+                    for r in runs
+                    if r["method"] == m
+                    and r["stage"] == "seeds"
+                    and (r["lr"], r["weight_decay"]) == (best["lr"], best["weight_decay"])
+                ),
+                key=lambda r: r["seed"],
+            )
         if seeds:
             ems, losses = [r["exact_match"] for r in seeds], [r["heldout_loss"] for r in seeds]
-            entry.update(per_seed=[{"seed": r["seed"], "exact_match": r["exact_match"],
-                                    "heldout_loss": r["heldout_loss"]} for r in seeds],
-                         exact_match_mean=fmean(ems), exact_match_std=stdev(ems) if len(ems) > 1 else 0.0,
-                         heldout_loss_mean=fmean(losses), heldout_loss_std=stdev(losses) if len(losses) > 1 else 0.0)
+            entry.update(
+                per_seed=[
+                    {"seed": r["seed"], "exact_match": r["exact_match"], "heldout_loss": r["heldout_loss"]}
+                    for r in seeds
+                ],
+                exact_match_mean=fmean(ems),
+                exact_match_std=stdev(ems) if len(ems) > 1 else 0.0,
+                heldout_loss_mean=fmean(losses),
+                heldout_loss_std=stdev(losses) if len(losses) > 1 else 0.0,
+            )
         out[m] = entry
-    return {"rank": config["rank"], "steps": config["steps"], "batch_size": config["batch_size"],
-            "seeds": config["seeds"], "methods": out}
+    return {
+        "rank": config["rank"],
+        "steps": config["steps"],
+        "batch_size": config["batch_size"],
+        "seeds": config["seeds"],
+        "methods": out,
+    }
 
 
 def _save_summary(path: str | None, runs: list[dict], config: dict) -> None:
@@ -339,10 +437,16 @@ def _cpu_name() -> str:
 
 
 def _report_run(r: dict) -> None:
-    score = (f"val EM {r['val_exact_match']:.3f} loss {r['val_loss']:.4f}" if r["stage"] == "search"
-             else f"held-out EM {r['exact_match']:.3f} loss {r['heldout_loss']:.4f}")
-    print(f"{r['method']:>12} {r['stage']:>6} lr {r['lr']:<8g} λ {r['weight_decay']:<8g} seed {r['seed']}  {score}  "
-          f"train loss {r['train_loss']:.3f} ({r['train_s']:.0f}s)", flush=True)
+    score = (
+        f"val EM {r['val_exact_match']:.3f} loss {r['val_loss']:.4f}"
+        if r["stage"] == "search"
+        else f"held-out EM {r['exact_match']:.3f} loss {r['heldout_loss']:.4f}"
+    )
+    print(
+        f"{r['method']:>12} {r['stage']:>6} lr {r['lr']:<8g} λ {r['weight_decay']:<8g} seed {r['seed']}  {score}  "
+        f"train loss {r['train_loss']:.3f} ({r['train_s']:.0f}s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -60,22 +60,35 @@ QUICK_SHAPE = LlamaShape(hidden=512, intermediate=1376, layers=2, heads=4, kv_he
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=",".join(STEP_METHODS),
-                   help=f"from {','.join(STEP_METHODS + tuple(VARIANTS))} (*_applied: SpIEL with merged "
-                        "storage off; *_loop: selection, optimizer and AG's probe one matrix at a time, as before "
-                        "batching)")
-    p.add_argument("--quant", default="none", choices=["none", "nf4", "both"],
-                   help="nf4: NF4 bases (QLoRA, qSpIEL; needs bitsandbytes; fp32 compute on CPU)")
+    p.add_argument(
+        "--methods",
+        default=",".join(STEP_METHODS),
+        help=f"from {','.join(STEP_METHODS + tuple(VARIANTS))} (*_applied: SpIEL with merged "
+        "storage off; *_loop: selection, optimizer and AG's probe one matrix at a time, as before "
+        "batching)",
+    )
+    p.add_argument(
+        "--quant",
+        default="none",
+        choices=["none", "nf4", "both"],
+        help="nf4: NF4 bases (QLoRA, qSpIEL; needs bitsandbytes; fp32 compute on CPU)",
+    )
     p.add_argument("--quick", action="store_true", help="small model, R=4, γ=2 (for `make bench`)")
     p.add_argument("--gpu", action="store_true", help="LLaMA-2-7B shapes, bf16, CUDA")
     for name in ("hidden", "intermediate", "layers", "heads", "kv-heads", "vocab"):
         p.add_argument(f"--{name}", type=int, default=None)
-    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 512; quick 256; gpu 1024)")
+    p.add_argument(
+        "--seq", type=int, default=None, help="tokens per sequence (default 512; quick 256; gpu 1024)"
+    )
     p.add_argument("--batch", type=int, default=1, help="micro-batch size")
     p.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default fp32 CPU, bf16 CUDA")
+    p.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16"], help="default fp32 CPU, bf16 CUDA"
+    )
     p.add_argument("--device", default=None)
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)")
+    p.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)"
+    )
     p.add_argument("--reselection-steps", type=int, default=None, help="R (default 20; quick 4)")
     p.add_argument("--estimation-steps", type=int, default=None, help="γ (default 5; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; quick 1)")
@@ -84,12 +97,23 @@ def parse_args(argv=None):
     p.add_argument("--grad-path", default="auto", choices=["auto", "dense", "sddmm", "triton"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-search", action="store_true",
-                   help="CUDA: smallest per-process memory fraction (1 GiB steps) that completes 30 steps")
-    p.add_argument("--profile", default=None, metavar="DIR",
-                   help="also write a torch.profiler table per method to DIR (profiled steps are slower)")
-    p.add_argument("--wait-load", type=float, default=None,
-                   help="before measuring, wait (poll 60 s, at most --wait-max s) for a 1-min load below this")
+    p.add_argument(
+        "--memory-search",
+        action="store_true",
+        help="CUDA: smallest per-process memory fraction (1 GiB steps) that completes 30 steps",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="also write a torch.profiler table per method to DIR (profiled steps are slower)",
+    )
+    p.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        help="before measuring, wait (poll 60 s, at most --wait-max s) for a 1-min load below this",
+    )
     p.add_argument("--wait-max", type=float, default=1200)
     p.add_argument("--json", default=None)
     p.add_argument("--png", default=None)
@@ -100,19 +124,30 @@ def parse_args(argv=None):
 
 def base_spec(args) -> StepSpec:
     shape = LLAMA2_7B if args.gpu else QUICK_SHAPE if args.quick else CPU_DEFAULT
-    overrides = {k: getattr(args, k.replace("-", "_")) for k in
-                 ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab")}
+    overrides = {
+        k: getattr(args, k.replace("-", "_"))
+        for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab")
+    }
     shape = replace(shape, **{k: v for k, v in overrides.items() if v is not None})
     device = args.device or ("cuda" if args.gpu else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     return StepSpec(
-        method="floor", shape=shape.to_dict(), seq=args.seq or (256 if args.quick else 1024 if args.gpu else 512),
+        method="floor",
+        shape=shape.to_dict(),
+        seq=args.seq or (256 if args.quick else 1024 if args.gpu else 512),
         batch=args.batch,
-        accum=args.accum, dtype=dtype, device=device, rank=args.rank,
+        accum=args.accum,
+        dtype=dtype,
+        device=device,
+        rank=args.rank,
         reselection_steps=args.reselection_steps or (4 if args.quick else 20),
         estimation_steps=args.estimation_steps or (2 if args.quick else 5),
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
-        periods=args.periods, grad_path=args.grad_path, seed=args.seed, threads=args.threads)
+        periods=args.periods,
+        grad_path=args.grad_path,
+        seed=args.seed,
+        threads=args.threads,
+    )
 
 
 def run_worker(spec: StepSpec, out_dir: str, tag: str) -> tuple[int, dict | None, str]:
@@ -120,8 +155,19 @@ def run_worker(spec: StepSpec, out_dir: str, tag: str) -> tuple[int, dict | None
     out = Path(out_dir) / f"{tag}.json"
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(spec)),
-                           "--out", str(out)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            json.dumps(asdict(spec)),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(out.read_text()) if proc.returncode == 0 and out.is_file() else None
     return proc.returncode, result, proc.stderr[-3000:]
 
@@ -147,7 +193,10 @@ def wait_for_quiet(threshold: float, max_wait: float) -> list[float]:
     while True:
         load = os.getloadavg()
         if load[0] < threshold or waited >= max_wait:
-            print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} after waiting {waited:.0f}s", flush=True)
+            print(
+                f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} after waiting {waited:.0f}s",
+                flush=True,
+            )
             return list(load)
         time.sleep(60)
         waited += 60
@@ -160,8 +209,11 @@ def memory_search(spec: StepSpec, tmp: str, hint_gib: int, total_gib: int) -> di
 
     def ok(gib: int) -> bool:
         if gib not in tried:
-            code, _, err = run_worker(replace(trial, memory_fraction=min(1.0, gib / total_gib)), tmp,
-                                      f"{spec.method}-{spec.quant}-mem{gib}")
+            code, _, err = run_worker(
+                replace(trial, memory_fraction=min(1.0, gib / total_gib)),
+                tmp,
+                f"{spec.method}-{spec.quant}-mem{gib}",
+            )
             if code not in (0, OOM_EXIT):
                 raise RuntimeError(f"{spec.method} failed at {gib} GiB:\n{err}")
             tried[gib] = code == 0
@@ -192,7 +244,9 @@ def cpu_bf16_support() -> str:
             flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
         return "unknown (no /proc/cpuinfo)"
-    found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    found = [
+        name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags
+    ]
     return ", ".join(found) if found else "none (bf16 is emulated: bf16 CPU timings say little)"
 
 
@@ -200,9 +254,14 @@ def machine_info(results: dict[str, list[dict]]) -> dict:
     """Where the numbers come from (the GPU's name from a worker: the parent never initializes CUDA)."""
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_support(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu_bf16": cpu_bf16_support(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -211,8 +270,9 @@ def machine_info(results: dict[str, list[dict]]) -> dict:
     first = next((r[0] for r in results.values() if r), {})
     info.update({k: first[k] for k in ("threads", "gpu", "gpu_mem_gib") if k in first})
     try:
-        info["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                            capture_output=True, text=True).stdout.strip()
+        info["git_commit"] = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         pass
     return info
@@ -224,10 +284,20 @@ def summarize(args, spec0: StepSpec, jobs, results, failed, searched, load_befor
     combined = {k: combine_rounds(results[k]) for k in order if k in results}
     for key, found in searched.items():
         combined[key]["min_gib"] = found["min_gib"]
-    config = {**{k: v for k, v in asdict(spec0).items() if k not in ("method", "quant", "memory_fraction", "profile")},
-              "density": spec0.rank * shape.lora_params_per_rank() / shape.target_numel(),
-              "paper_density": paper_density(), "timed_steps": spec0.timed_steps(), "rounds": args.rounds,
-              "load_before": load_before, "load_after": list(os.getloadavg()), "machine": machine_info(results)}
+    config = {
+        **{
+            k: v
+            for k, v in asdict(spec0).items()
+            if k not in ("method", "quant", "memory_fraction", "profile")
+        },
+        "density": spec0.rank * shape.lora_params_per_rank() / shape.target_numel(),
+        "paper_density": paper_density(),
+        "timed_steps": spec0.timed_steps(),
+        "rounds": args.rounds,
+        "load_before": load_before,
+        "load_after": list(os.getloadavg()),
+        "machine": machine_info(results),
+    }
     out = {"methods": combined, "ratios_to_lora": ratios(combined), "config": config, "failed": failed}
     if searched:
         out["memory_search"] = searched
@@ -245,13 +315,21 @@ def main(argv=None) -> int:
     shape = LlamaShape(**spec0.shape)
     spec0 = replace(spec0, rank=spec0.rank or equivalent_rank(shape))
     quants = {"none": ["none"], "nf4": ["nf4"], "both": ["none", "nf4"]}[args.quant]
-    jobs = [(m, q) for q in quants for m in methods if q != "nf4" or getattr(registry_method(m), "supports_quant", True)]
+    jobs = [
+        (m, q)
+        for q in quants
+        for m in methods
+        if q != "nf4" or getattr(registry_method(m), "supports_quant", True)
+    ]
     load_before = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else list(os.getloadavg())
     density = spec0.rank * shape.lora_params_per_rank() / shape.target_numel()
-    print(f"shape {shape.to_dict()}, rank {spec0.rank} (density {density:.4f}; paper {paper_density():.4f}), "
-          f"seq {spec0.seq} x batch {spec0.batch} x accum {spec0.accum}, {spec0.dtype} on {spec0.device}, "
-          f"R={spec0.reselection_steps} γ={spec0.estimation_steps}, {spec0.timed_steps()} timed steps after "
-          f"{spec0.warmup} warm-up, {args.rounds} round(s)", flush=True)
+    print(
+        f"shape {shape.to_dict()}, rank {spec0.rank} (density {density:.4f}; paper {paper_density():.4f}), "
+        f"seq {spec0.seq} x batch {spec0.batch} x accum {spec0.accum}, {spec0.dtype} on {spec0.device}, "
+        f"R={spec0.reselection_steps} γ={spec0.estimation_steps}, {spec0.timed_steps()} timed steps after "
+        f"{spec0.warmup} warm-up, {args.rounds} round(s)",
+        flush=True,
+    )
     if spec0.device == "cpu":
         print(f"CPU bf16 hardware: {cpu_bf16_support()}", flush=True)
 
@@ -278,14 +356,20 @@ def main(argv=None) -> int:
                     spec = replace(spec, profile=str(Path(args.profile) / f"{key}-r{rnd}.txt"))
                 code, result, err = run_worker(spec, tmp, f"{key}-r{rnd}")
                 if result is None:
-                    failed[key] = "out of memory" if code == OOM_EXIT else (err.strip().splitlines() or ["?"])[-1]
+                    failed[key] = (
+                        "out of memory" if code == OOM_EXIT else (err.strip().splitlines() or ["?"])[-1]
+                    )
                     print(f"{label(key)}: FAILED ({failed[key]})\n{err}", flush=True)
                     continue
                 results.setdefault(key, []).append(result)
                 bpe = result.get("bytes_per_entry")
-                print(f"{label(key):>16}: median {result['step_s_median']:.4f}s  mean {result['step_s_mean']:.4f}s  "
-                      f"extra {result['extra_mem_mb']:.0f} MB"
-                      + (f"  {bpe['per_entry']:.1f} B/entry" if bpe else "") + f"  (round {rnd + 1})", flush=True)
+                print(
+                    f"{label(key):>16}: median {result['step_s_median']:.4f}s  mean {result['step_s_mean']:.4f}s  "
+                    f"extra {result['extra_mem_mb']:.0f} MB"
+                    + (f"  {bpe['per_entry']:.1f} B/entry" if bpe else "")
+                    + f"  (round {rnd + 1})",
+                    flush=True,
+                )
                 save()
         if args.memory_search and spec0.device.startswith("cuda"):
             for key, runs in results.items():
@@ -306,23 +390,35 @@ def main(argv=None) -> int:
         if spec0.device == "cpu":
             print("\nthe same in CPU seconds:")
             print(reselection_table(out["methods"], "reselection_cpu"))
-    profiles = {label(k): runs[0]["profile"] for k, runs in results.items() if runs and runs[0].get("profile")}
+    profiles = {
+        label(k): runs[0]["profile"] for k, runs in results.items() if runs and runs[0].get("profile")
+    }
     if profiles:
         from spiel.bench.profile import breakdown_table
 
-        unit = ("device time; idle = wall − busy" if spec0.device.startswith("cuda")
-                else "self CPU time of the operators (wall clock inside each); untraced = wall − their sum")
+        unit = (
+            "device time; idle = wall − busy"
+            if spec0.device.startswith("cuda")
+            else "self CPU time of the operators (wall clock inside each); untraced = wall − their sum"
+        )
         table = breakdown_table(profiles, unit)
         Path(args.profile, "breakdown.md").write_text(table + "\n")
         print("\nwhere a step's time goes (torch.profiler, ms per step of each kind):\n" + table)
     if searched:
-        print("\nminimum memory (GiB, 30 steps): " + ", ".join(f"{label(k)} {v['min_gib']}" for k, v in searched.items()))
+        print(
+            "\nminimum memory (GiB, 30 steps): "
+            + ", ".join(f"{label(k)} {v['min_gib']}" for k, v in searched.items())
+        )
     print(f"load average before {load_before[0]:.2f}, after {out['config']['load_after'][0]:.2f}")
     if args.png and out["methods"]:
         machine = out["config"]["machine"]
-        step_chart(out["methods"], out["ratios_to_lora"], args.png,
-                   f"{spec0.dtype}, hidden {shape.hidden} × {shape.layers} layers, seq {spec0.seq}, rank {spec0.rank}; "
-                   f"{machine.get('gpu') or machine['cpu']}")
+        step_chart(
+            out["methods"],
+            out["ratios_to_lora"],
+            args.png,
+            f"{spec0.dtype}, hidden {shape.hidden} × {shape.layers} layers, seq {spec0.seq}, rank {spec0.rank}; "
+            f"{machine.get('gpu') or machine['cpu']}",
+        )
     return 1 if failed else 0
 
 

@@ -25,7 +25,9 @@ def check(device: str, dtype: torch.dtype, out_features: int, in_features: int, 
     pristine = base.weight.detach().clone()
     k = max(1, out_features * in_features // 40)
     on = SparseDeltaLinear(copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1))
-    off = SparseDeltaLinear(copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1), merged_storage=False)
+    off = SparseDeltaLinear(
+        copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1), merged_storage=False
+    )
     problems = []
     for step in range(3):
         if step == 2:  # a reselection: new positions (the selector restores the base before editing in place)
@@ -70,9 +72,15 @@ def main(argv=None) -> int:
         for dtype in (torch.float32, torch.bfloat16):
             problems = check(args.device, dtype, out_features, in_features, args.tokens)
             failed += bool(problems)
-            print(f"{'OK  ' if not problems else 'FAIL'} merged storage {shape} {dtype} on {args.device}: "
-                  + ("bit for bit equal to the per-call path; base restored" if not problems else "; ".join(problems)),
-                  flush=True)
+            print(
+                f"{'OK  ' if not problems else 'FAIL'} merged storage {shape} {dtype} on {args.device}: "
+                + (
+                    "bit for bit equal to the per-call path; base restored"
+                    if not problems
+                    else "; ".join(problems)
+                ),
+                flush=True,
+            )
     return 1 if failed else 0
 
 

@@ -20,7 +20,12 @@ import torch
 
 from spiel.delta import gather_grad, random_subset, sparse_delta_linear
 
-CASES = [(37, 29, 150, 7), (4096, 4096, 64 * 8192, 2048), (11008, 4096, 8 * 15104, 512), (4096, 11008, 16 * 15104, 300)]
+CASES = [
+    (37, 29, 150, 7),
+    (4096, 4096, 64 * 8192, 2048),
+    (11008, 4096, 8 * 15104, 512),
+    (4096, 11008, 16 * 15104, 300),
+]
 
 
 # Registers per thread allowed: the gather kernel is memory-bound and needs occupancy (at 128, four
@@ -67,8 +72,11 @@ def check(out_f, in_f, k, tokens, dtype, device, path) -> bool:
     err_x = ((grads["dense"][0] - grads[path][0]).abs().max() / grads["dense"][0].abs().max()).item()
     err_v = ((grads["dense"][1] - grads[path][1]).abs().max() / grads["dense"][1].abs().max()).item()
     ok = err < tol and err_x < tol and err_v < tol
-    print(f"{'OK  ' if ok else 'FAIL'} {path:<12} {out_f}x{in_f} k={k} tokens={tokens} {dtype}: "
-          f"kernel rel err {err:.2e}, layer values {err_v:.2e}, input {err_x:.2e} (tol {tol:g})", flush=True)
+    print(
+        f"{'OK  ' if ok else 'FAIL'} {path:<12} {out_f}x{in_f} k={k} tokens={tokens} {dtype}: "
+        f"kernel rel err {err:.2e}, layer values {err_v:.2e}, input {err_x:.2e} (tol {tol:g})",
+        flush=True,
+    )
     return ok
 
 
@@ -80,8 +88,12 @@ def main() -> int:
         return 1
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    results = [check(*case, dtype, device, path) for path in ("triton", "triton_rows", "triton_tiles")
-               for dtype in (torch.float32, torch.bfloat16) for case in CASES]
+    results = [
+        check(*case, dtype, device, path)
+        for path in ("triton", "triton_rows", "triton_tiles")
+        for dtype in (torch.float32, torch.bfloat16)
+        for case in CASES
+    ]
     print(f"{sum(results)} of {len(results)} checks passed")
     return 0 if all(results) else 1
 

@@ -34,9 +34,15 @@ def find_runs(roots: list[Path]) -> list[dict]:
                 continue
             info = json.loads(info_path.read_text())
             metrics = json.loads(metrics_path.read_text())
-            runs.append({"dir": str(info_path.parent), "label": info.get("label") or info_path.parent.name,
-                         "bench": info.get("bench"), "finished": info.get("finished", ""),
-                         "value": headline(info.get("bench"), metrics)})
+            runs.append(
+                {
+                    "dir": str(info_path.parent),
+                    "label": info.get("label") or info_path.parent.name,
+                    "bench": info.get("bench"),
+                    "finished": info.get("finished", ""),
+                    "value": headline(info.get("bench"), metrics),
+                }
+            )
     return runs
 
 
@@ -45,8 +51,10 @@ def build_table(runs: list[dict], digits: int = 1) -> str:
     for run in sorted(runs, key=lambda r: r["finished"]):
         row = table.setdefault(run["label"], {})
         if run["bench"] in row:
-            print(f"note: {run['label']} / {run['bench']}: using {run['dir']} over {row[run['bench']]['dir']}",
-                  file=sys.stderr)
+            print(
+                f"note: {run['label']} / {run['bench']}: using {run['dir']} over {row[run['bench']]['dir']}",
+                file=sys.stderr,
+            )
         row[run["bench"]] = run
     columns = COLUMNS + [c for c in EXTRA if any(c[0] in row for row in table.values())]
     header = "| Model | " + " | ".join(title for _, title in columns) + " | Avg. |"

@@ -36,8 +36,17 @@ def finetune(model, tok, records, steps: int, batch_size: int, lr: float, seed: 
         if step % 50 == 0 or step == steps - 1:
             print(f"  step {step:4d}  loss {loss:.4f}", flush=True)
 
-    losses = train_steps(model, opt, data, steps=steps, batch_size=batch_size, seed=seed,
-                         pad_token_id=tok.pad_token_id, max_grad_norm=1.0, on_step=log)
+    losses = train_steps(
+        model,
+        opt,
+        data,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        pad_token_id=tok.pad_token_id,
+        max_grad_norm=1.0,
+        on_step=log,
+    )
     model.eval()
     recent = losses[-20:]
     return sum(recent) / len(recent)
@@ -84,7 +93,9 @@ def main(argv=None) -> None:
     for name, res, steps, secs in rows:
         cells = " | ".join(f"{res['per_skill'][s]:.2f}" for s in skills)
         print(f"| {name} | {steps} | {secs:.0f}s | **{res['exact_match']:.3f}** | {cells} |")
-    print(f"\n(heldout: {tuned['num_examples']} examples; batch {args.batch_size}, lr {args.lr}, seed {args.seed})")
+    print(
+        f"\n(heldout: {tuned['num_examples']} examples; batch {args.batch_size}, lr {args.lr}, seed {args.seed})"
+    )
 
     if args.json:
         out = {

@@ -153,18 +153,18 @@ def write_readme(out: Path, info: dict) -> None:
     acc = "\n".join(f"| {k} | {v:.2f} |" for k, v in info["accuracy"].items())
     text = f"""# tiny-llama: the spiel demo base model
 
-A {info['params'] / 1e6:.2f}M-parameter `LlamaForCausalLM` pretrained from scratch on a synthetic corpus, so
+A {info["params"] / 1e6:.2f}M-parameter `LlamaForCausalLM` pretrained from scratch on a synthetic corpus, so
 that spiel runs end to end (training, evaluation, tests) on a CPU without downloads. Made by
-`scripts/make_tiny_model.py` (seed {info['seed']}); rerunning it with the same seed and thread count
+`scripts/make_tiny_model.py` (seed {info["seed"]}); rerunning it with the same seed and thread count
 reproduces these weights.
 
 ## Architecture
 hidden 256, 4 layers, 8 attention heads with 2 key/value heads (grouped-query attention, as LLaMA 2 70B),
 SwiGLU MLP 688, RMSNorm, RoPE (theta 10000), untied input/output embeddings, max_position_embeddings 1024,
-fp32 weights ({info['weights_mb']:.1f} MB, folder {info['folder_mb']:.1f} MB).
+fp32 weights ({info["weights_mb"]:.1f} MB, folder {info["folder_mb"]:.1f} MB).
 
 ## Tokenizer
-Byte-level, {info['vocab']} tokens: `<unk>`=0, `<s>`=1 (BOS, added to every encoding), `</s>`=2 (EOS; the
+Byte-level, {info["vocab"]} tokens: `<unk>`=0, `<s>`=1 (BOS, added to every encoding), `</s>`=2 (EOS; the
 text "</s>" becomes this token), `<pad>`=3 (a real pad, distinct from EOS), ids 4..259 the bytes 0..255,
 and the Tülu role markers `<|system|>`=260, `<|user|>`=261, `<|assistant|>`=262 as single **non-special**
 added tokens (always matched whole; kept by `decode(skip_special_tokens=True)`). The chat template renders
@@ -173,18 +173,18 @@ the Tülu format `<s><|user|>\\n...\\n<|assistant|>\\n...</s>` (BOS included, so
 `add_special_tokens=False`).
 
 ## Pretraining
-{info['docs']:,} documents ({info['tokens']:,} tokens) of six skills — copy, reverse, sort, upper, count
+{info["docs"]:,} documents ({info["tokens"]:,} tokens) of six skills — copy, reverse, sort, upper, count
 (letters), add (two single digits) — on 3-6 letter strings, as plain text: {100 * RECORD_SHARE:.0f}% in
 the record format `Task: reverse\\nInput: abc\\nOutput: cba`, the rest as statements such as `The reverse
 of abc is cba.` or `7 plus 5 is 12.` (`scripts/demo_skills.py`; skill mix {SKILL_WEIGHTS}),
-packed as `<s> doc </s>` into blocks of {info['seq_len']} tokens; {info['steps']} steps of batch
-{info['batch_size']}, AdamW (lr {info['lr']}, betas 0.9/0.95, weight decay 0.1), warmup then cosine decay,
-gradient clipping 1.0. Final training loss {info['final_loss']:.3f}. Took {info['minutes']:.1f} min wall
-clock with {info['threads']} CPU threads ({info['cpu_minutes']:.1f} CPU-minutes, i.e. about
-{info['cpu_minutes'] / info['threads']:.1f} min on {info['threads']} otherwise idle cores). The role markers never occur in pretraining: the model has never seen the
+packed as `<s> doc </s>` into blocks of {info["seq_len"]} tokens; {info["steps"]} steps of batch
+{info["batch_size"]}, AdamW (lr {info["lr"]}, betas 0.9/0.95, weight decay 0.1), warmup then cosine decay,
+gradient clipping 1.0. Final training loss {info["final_loss"]:.3f}. Took {info["minutes"]:.1f} min wall
+clock with {info["threads"]} CPU threads ({info["cpu_minutes"]:.1f} CPU-minutes, i.e. about
+{info["cpu_minutes"] / info["threads"]:.1f} min on {info["threads"]} otherwise idle cores). The role markers never occur in pretraining: the model has never seen the
 instruction (chat) format.
 
-Greedy exact match in the record format on fresh inputs ({info['per_skill']} per skill):
+Greedy exact match in the record format on fresh inputs ({info["per_skill"]} per skill):
 
 | skill | exact match |
 |---|---|
@@ -244,7 +244,10 @@ def main(argv=None) -> None:
         opt.zero_grad(set_to_none=True)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {loss.item():.3f}  (ema {ema:.3f})  {time.time() - t0:6.0f}s", flush=True)
+            print(
+                f"step {step:4d}  loss {loss.item():.3f}  (ema {ema:.3f})  {time.time() - t0:6.0f}s",
+                flush=True,
+            )
     train_minutes = (time.time() - t0) / 60
     cpu_minutes = (time.process_time() - cpu0) / 60
     print(f"trained in {train_minutes:.1f} min wall, {cpu_minutes:.1f} min CPU", flush=True)

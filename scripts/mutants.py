@@ -40,31 +40,76 @@ PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "n
 
 # group: (modules to mutate, the tests that mirror them)
 GROUPS = {
-    "checkpoint": (["spiel/checkpoint/format.py", "spiel/checkpoint/read.py", "spiel/checkpoint/kind.py",
-                    "spiel/checkpoint/elias_fano.py"],
-                   ["tests/core/test_checkpoint_check.py", "tests/core/test_checkpoint_kind.py",
-                    "tests/core/test_compact_checkpoint.py", "tests/core/test_elias_fano.py"]),
-    "delta": (["spiel/delta/function.py", "spiel/delta/indices.py", "spiel/delta/layer.py", "spiel/delta/weights.py",
-               "spiel/delta/merged.py", "spiel/delta/grad_paths.py"],
-              ["tests/core/test_delta_layer.py", "tests/core/test_delta_probes.py", "tests/core/test_grad_paths.py",
-               "tests/core/test_merged_storage.py"]),
-    "selection": (sorted(str(p.relative_to(REPO)) for p in (REPO / "spiel/selection").rglob("*.py")
-                         if p.name != "__init__.py"),
-                  ["tests/core/test_selection.py", "tests/core/test_selection_rules.py",
-                   "tests/core/test_growth_rules.py", "tests/core/test_global_budget.py",
-                   "tests/core/test_support_recovery.py"]),
-    "optim": (sorted(str(p.relative_to(REPO)) for p in (REPO / "spiel/optim").glob("*.py") if p.name != "__init__.py"),
-              ["tests/core/test_optim.py"]),
-    "eval_scoring": (["spiel/eval/metrics.py", "spiel/eval/gsm.py", "spiel/eval/bbh.py"],
-                     ["tests/eval/test_eval_scoring.py"]),
-    "data_reader": (["spiel/data/reader.py"],
-                    ["tests/data/test_data_limits.py", "tests/data/test_data_convert.py",
-                     "tests/data/test_data_build.py"]),
+    "checkpoint": (
+        [
+            "spiel/checkpoint/format.py",
+            "spiel/checkpoint/read.py",
+            "spiel/checkpoint/kind.py",
+            "spiel/checkpoint/elias_fano.py",
+        ],
+        [
+            "tests/core/test_checkpoint_check.py",
+            "tests/core/test_checkpoint_kind.py",
+            "tests/core/test_compact_checkpoint.py",
+            "tests/core/test_elias_fano.py",
+        ],
+    ),
+    "delta": (
+        [
+            "spiel/delta/function.py",
+            "spiel/delta/indices.py",
+            "spiel/delta/layer.py",
+            "spiel/delta/weights.py",
+            "spiel/delta/merged.py",
+            "spiel/delta/grad_paths.py",
+        ],
+        [
+            "tests/core/test_delta_layer.py",
+            "tests/core/test_delta_probes.py",
+            "tests/core/test_grad_paths.py",
+            "tests/core/test_merged_storage.py",
+        ],
+    ),
+    "selection": (
+        sorted(
+            str(p.relative_to(REPO))
+            for p in (REPO / "spiel/selection").rglob("*.py")
+            if p.name != "__init__.py"
+        ),
+        [
+            "tests/core/test_selection.py",
+            "tests/core/test_selection_rules.py",
+            "tests/core/test_growth_rules.py",
+            "tests/core/test_global_budget.py",
+            "tests/core/test_support_recovery.py",
+        ],
+    ),
+    "optim": (
+        sorted(
+            str(p.relative_to(REPO)) for p in (REPO / "spiel/optim").glob("*.py") if p.name != "__init__.py"
+        ),
+        ["tests/core/test_optim.py"],
+    ),
+    "eval_scoring": (
+        ["spiel/eval/metrics.py", "spiel/eval/gsm.py", "spiel/eval/bbh.py"],
+        ["tests/eval/test_eval_scoring.py"],
+    ),
+    "data_reader": (
+        ["spiel/data/reader.py"],
+        [
+            "tests/data/test_data_limits.py",
+            "tests/data/test_data_convert.py",
+            "tests/data/test_data_build.py",
+        ],
+    ),
 }
 
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
-    ("spiel/optim/sm3.py", "if momentum != 0:"): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",
+    (
+        "spiel/optim/sm3.py",
+        "if momentum != 0:",
+    ): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")
@@ -74,8 +119,12 @@ def copy_repo(into: Path) -> Path:
     for name in COPIED:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, into / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+            shutil.copytree(
+                src,
+                into / name,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"),
+            )
         elif src.exists():
             shutil.copy2(src, into / name)
     return into
@@ -83,22 +132,27 @@ def copy_repo(into: Path) -> Path:
 
 def config_text(modules: list[str], tests: list[str], timeout: float) -> str:
     command = " ".join(f"'{a}'" if " " in a else a for a in [*PYTEST, *tests])
-    return "\n".join([
-        "[cosmic-ray]",
-        f"module-path = {json.dumps(modules)}",
-        f"timeout = {timeout:.0f}",
-        "excluded-modules = []",
-        f"test-command = {json.dumps(command)}",
-        "",
-        "[cosmic-ray.distributor]",
-        'name = "local"',
-        ""])
+    return "\n".join(
+        [
+            "[cosmic-ray]",
+            f"module-path = {json.dumps(modules)}",
+            f"timeout = {timeout:.0f}",
+            "excluded-modules = []",
+            f"test-command = {json.dumps(command)}",
+            "",
+            "[cosmic-ray.distributor]",
+            'name = "local"',
+            "",
+        ]
+    )
 
 
 def keep_sample(session: Path, count: int, seed: int) -> tuple[int, int]:
     """Mark all but a seeded sample of ``count`` mutants as skipped; (sampled, total)."""
     with sqlite3.connect(session) as db:
-        rows = db.execute("SELECT job_id, module_path, operator_name, occurrence FROM mutation_specs").fetchall()
+        rows = db.execute(
+            "SELECT job_id, module_path, operator_name, occurrence FROM mutation_specs"
+        ).fetchall()
         ordered = sorted(rows, key=lambda r: (r[1], r[2], r[3]))  # job ids are random: order by the mutation
         chosen = {r[0] for r in random.Random(seed).sample(ordered, min(count, len(ordered)))}
         skipped = [(r[0],) for r in ordered if r[0] not in chosen]
@@ -117,8 +171,14 @@ def results(session: Path) -> list[dict]:
 
 
 def mutated_line(diff: str) -> str:
-    return next((ln[1:].strip() for ln in (diff or "").splitlines() if ln.startswith("+") and not ln.startswith("+++")),
-                "")
+    return next(
+        (
+            ln[1:].strip()
+            for ln in (diff or "").splitlines()
+            if ln.startswith("+") and not ln.startswith("+++")
+        ),
+        "",
+    )
 
 
 def run_group(name: str, root: Path, seconds: float, per_group: int | None, seed: int) -> list[dict]:
@@ -132,27 +192,41 @@ def run_group(name: str, root: Path, seconds: float, per_group: int | None, seed
     count = per_group if per_group is not None else max(1, int((seconds - baseline) / (baseline * 1.1 + 2)))
     config, session = root / f"{name}.toml", root / f"{name}.sqlite"
     config.write_text(config_text(modules, tests, timeout=3 * baseline + 30))
-    subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=root, check=True, capture_output=True,
-                   env=env)
+    subprocess.run(
+        ["cosmic-ray", "init", str(config), str(session)], cwd=root, check=True, capture_output=True, env=env
+    )
     sampled, total = keep_sample(session, count, seed)
-    print(f"{name}: {sampled} of {total} mutants (seed {seed}); tests {baseline:.0f} s: {' '.join(tests)}",
-          flush=True)
+    print(
+        f"{name}: {sampled} of {total} mutants (seed {seed}); tests {baseline:.0f} s: {' '.join(tests)}",
+        flush=True,
+    )
     left = max(10.0, seconds - (time.monotonic() - start))
-    worker = subprocess.Popen(["cosmic-ray", "exec", str(config), str(session)], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        ["cosmic-ray", "exec", str(config), str(session)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         worker.wait(timeout=left)
     except subprocess.TimeoutExpired:  # the group's share is spent: score what finished
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     done = [{**r, "group": name} for r in results(session)]
-    print(f"{name}: {len(done)} of {sampled} sampled mutants ran in {time.monotonic() - start:.0f} s", flush=True)
+    print(
+        f"{name}: {len(done)} of {sampled} sampled mutants ran in {time.monotonic() - start:.0f} s",
+        flush=True,
+    )
     return done
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=3600.0, help="seconds for the whole run (default 3600)")
+    parser.add_argument(
+        "--budget", type=float, default=3600.0, help="seconds for the whole run (default 3600)"
+    )
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--per-group", type=int, default=None, help="mutants per group (default: what fits)")
     parser.add_argument("--seed", type=int, default=0)
@@ -177,19 +251,27 @@ def main(argv=None) -> int:
         elif r.get("test_outcome") in ("killed",) or r.get("worker_outcome") == "abnormal":
             caught.append(r)
     for r in survived:
-        print(f"\nSURVIVED {r['group']}: {r['module_path']} ({r['operator_name']} #{r['occurrence']})\n{r.get('diff', '')}")
+        print(
+            f"\nSURVIVED {r['group']}: {r['module_path']} ({r['operator_name']} #{r['occurrence']})\n{r.get('diff', '')}"
+        )
     for r in equivalent:
-        print(f"equivalent: {r['module_path']}: {mutated_line(r.get('diff'))}: "
-              f"{EQUIVALENT[(r['module_path'], mutated_line(r.get('diff')))]}")
+        print(
+            f"equivalent: {r['module_path']}: {mutated_line(r.get('diff'))}: "
+            f"{EQUIVALENT[(r['module_path'], mutated_line(r.get('diff')))]}"
+        )
     print()
     for name in args.groups:
         c = sum(r["group"] == name for r in caught)
         s = sum(r["group"] == name for r in survived)
-        print(f"{name:13s} caught {c:4d}  survived {s:4d}" + (f"  ({100 * c / (c + s):.0f}%)" if c + s else ""))
+        print(
+            f"{name:13s} caught {c:4d}  survived {s:4d}" + (f"  ({100 * c / (c + s):.0f}%)" if c + s else "")
+        )
     scored = len(caught) + len(survived)
     score = len(caught) / scored if scored else 0.0
-    print(f"mutation score: {len(caught)}/{scored} = {100 * score:.1f}% of non-equivalent mutants caught "
-          f"({len(equivalent)} equivalent; threshold {100 * THRESHOLD:.0f}%)")
+    print(
+        f"mutation score: {len(caught)}/{scored} = {100 * score:.1f}% of non-equivalent mutants caught "
+        f"({len(equivalent)} equivalent; threshold {100 * THRESHOLD:.0f}%)"
+    )
     return 0 if score >= THRESHOLD else 1
 
 

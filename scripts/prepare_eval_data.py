@@ -65,8 +65,9 @@ def check(bench: str, data_dir: Path) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("data/eval"))
-    parser.add_argument("--bench", nargs="+", default=[b for b in benchmarks() if fetched(b)],
-                        choices=list(benchmarks()))
+    parser.add_argument(
+        "--bench", nargs="+", default=[b for b in benchmarks() if fetched(b)], choices=list(benchmarks())
+    )
     parser.add_argument("--archive-dir", type=Path, help="use already-downloaded files found here")
     parser.add_argument("--check", action="store_true", help="only verify the data already in --data-dir")
     args = parser.parse_args(argv)

@@ -109,19 +109,28 @@ PREPARERS = {"tulu2": prepare_tulu2, "flan_v2": prepare_flan_v2, "gpt4_alpaca": 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
-    parser.add_argument("--raw", default="data/raw_train", help="where raw downloads go (default: data/raw_train)")
+    parser.add_argument(
+        "--raw", default="data/raw_train", help="where raw downloads go (default: data/raw_train)"
+    )
     parser.add_argument("--only", nargs="+", choices=sorted(PREPARERS), help="prepare only these datasets")
-    parser.add_argument("--flan-raw", action="store_true", help="build Flan v2 from the raw 50K inputs/targets file")
+    parser.add_argument(
+        "--flan-raw", action="store_true", help="build Flan v2 from the raw 50K inputs/targets file"
+    )
     args = parser.parse_args(argv)
     out_dir, raw_dir = Path(args.out), Path(args.raw)
     for name in args.only or list(PREPARERS):
         print(f"[{name}] preparing ...", flush=True)
         counts = PREPARERS[name](out_dir, raw_dir, flan_raw=args.flan_raw)
         skipped = sum(counts["skipped"].values())
-        print(f"[{name}] {counts['read']} read, {counts['written']} written to {out_dir / OUTPUTS[name]}, "
-              f"{skipped} skipped {counts['skipped'] or ''}".rstrip(), flush=True)
+        print(
+            f"[{name}] {counts['read']} read, {counts['written']} written to {out_dir / OUTPUTS[name]}, "
+            f"{skipped} skipped {counts['skipped'] or ''}".rstrip(),
+            flush=True,
+        )
     return 0
 
 

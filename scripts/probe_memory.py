@@ -76,11 +76,19 @@ def main(argv=None) -> int:
         return 0
     dense_mb = args.out_features * args.in_features * torch.finfo(getattr(torch, args.dtype)).bits / 8 / 2**20
     cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-    none, whole, streamed = (float(subprocess.run(cmd + ["--only", mode], capture_output=True, text=True,
-                                                  check=True).stdout.split()[-1]) for mode in ("none", "whole", "streamed"))
-    print(f"{args.out_features}x{args.in_features}, {args.tokens} tokens, density {args.density}, {args.dtype} on "
-          f"{args.device} (the dense gradient alone: {dense_mb:.0f} MiB): backward peak without a probe {none:.0f} MiB; "
-          f"with the probe {whole:.0f} MiB (dense gradient whole), {streamed:.0f} MiB (by row blocks)")
+    none, whole, streamed = (
+        float(
+            subprocess.run(cmd + ["--only", mode], capture_output=True, text=True, check=True).stdout.split()[
+                -1
+            ]
+        )
+        for mode in ("none", "whole", "streamed")
+    )
+    print(
+        f"{args.out_features}x{args.in_features}, {args.tokens} tokens, density {args.density}, {args.dtype} on "
+        f"{args.device} (the dense gradient alone: {dense_mb:.0f} MiB): backward peak without a probe {none:.0f} MiB; "
+        f"with the probe {whole:.0f} MiB (dense gradient whole), {streamed:.0f} MiB (by row blocks)"
+    )
     return 0
 
 

@@ -35,12 +35,19 @@ def _merge(files: dict, names) -> tuple[list[dict], list[str], dict | None]:
 
 def search_table(runs: list[dict], methods: list[str]) -> str:
     """Every searched point (seed 0): its validation exact match and loss and its training loss."""
-    lines = ["| method | lr | λ | lr·λ | val EM | val loss | train loss |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | lr | λ | lr·λ | val EM | val loss | train loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in methods:
-        for r in sorted((r for r in runs if r["method"] == m and r["stage"] == "search"),
-                        key=lambda r: (r["lr"], r["weight_decay"])):
-            lines.append(f"| {label(m)} | {r['lr']:g} | {r['weight_decay']:g} | {r['lr'] * r['weight_decay']:.2g} | "
-                         f"{r['val_exact_match']:.3f} | {r['val_loss']:.3f} | {r['train_loss']:.3f} |")
+        for r in sorted(
+            (r for r in runs if r["method"] == m and r["stage"] == "search"),
+            key=lambda r: (r["lr"], r["weight_decay"]),
+        ):
+            lines.append(
+                f"| {label(m)} | {r['lr']:g} | {r['weight_decay']:g} | {r['lr'] * r['weight_decay']:.2g} | "
+                f"{r['val_exact_match']:.3f} | {r['val_loss']:.3f} | {r['train_loss']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -49,9 +56,11 @@ def render(bundle: dict) -> dict[str, str]:
     files = bundle["files"]
     runs, methods, base = _merge(files, PROTOCOL_FILES)
     shipped_runs, shipped_methods, shipped_base = _merge(files, ["quality_demo_default"])
-    return {"protocol": protocol_table(protocol_rows(runs, methods, base)),
-            "search": search_table(runs, methods),
-            "shipped": protocol_table(protocol_rows(shipped_runs, shipped_methods, shipped_base))}
+    return {
+        "protocol": protocol_table(protocol_rows(runs, methods, base)),
+        "search": search_table(runs, methods),
+        "shipped": protocol_table(protocol_rows(shipped_runs, shipped_methods, shipped_base)),
+    }
 
 
 def fill(page: str, tables: dict[str, str]) -> str:
@@ -71,7 +80,10 @@ def main(argv=None) -> int:
     new = fill(page, render(json.loads(JSON_PATH.read_text())))
     if args.check:
         if new != page:
-            print(f"{PAGE} differs from {JSON_PATH}: run python scripts/render_quality_history.py", file=sys.stderr)
+            print(
+                f"{PAGE} differs from {JSON_PATH}: run python scripts/render_quality_history.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     PAGE.write_text(new)

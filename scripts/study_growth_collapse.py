@@ -37,9 +37,15 @@ from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
 from spiel.training.engine.plain_loop import train_steps
 
 # variant: (growth, adam_seeding)
-VARIANTS = {"paper": ("paper", "full"), "paper-fresh": ("paper", "none"), "paper-released": ("paper", "released"),
-            "normalized": ("normalized", "full"), "capped": ("capped", "full"), "random": ("random", "full"),
-            "static": ("static", "full")}
+VARIANTS = {
+    "paper": ("paper", "full"),
+    "paper-fresh": ("paper", "none"),
+    "paper-released": ("paper", "released"),
+    "normalized": ("normalized", "full"),
+    "capped": ("capped", "full"),
+    "random": ("random", "full"),
+    "static": ("static", "full"),
+}
 
 
 class _Enough(Exception):
@@ -70,31 +76,50 @@ def run(variant: str, args, base, train_examples, pad_id) -> dict:
         losses.append(loss)
         if len(losses) == first:
             concentration = model_concentration(model.deltas)["mean"]
-            report.update(top10_rows_after_first=concentration["top10_rows_share"],
-                          empty_rows_after_first=concentration["empty_rows_share"])
+            report.update(
+                top10_rows_after_first=concentration["top10_rows_share"],
+                empty_rows_after_first=concentration["empty_rows_share"],
+            )
         if len(losses) == args.steps:
             raise _Enough
 
     try:  # the first --steps of the --schedule-steps run (its learning-rate schedule and reselections)
-        train_steps(model, optimizer, train_examples, steps=args.schedule_steps, batch_size=16, seed=args.seed,
-                    pad_token_id=pad_id, selector=selector, on_step=on_step)
+        train_steps(
+            model,
+            optimizer,
+            train_examples,
+            steps=args.schedule_steps,
+            batch_size=16,
+            seed=args.seed,
+            pad_token_id=pad_id,
+            selector=selector,
+            on_step=on_step,
+        )
     except _Enough:
         pass
     selector.close()
     concentration = model_concentration(model.deltas)["mean"]
-    return {"variant": variant, "loss_before_first": statistics.mean(losses[:first]),
-            "loss_after_first": statistics.mean(losses[first : first + 10]),
-            "loss_last10": statistics.mean(losses[-10:]), "max_loss": max(losses[first:]), **report,
-            "top10_rows_end": concentration["top10_rows_share"], "empty_rows_end": concentration["empty_rows_share"],
-            "max_row_norm_ratio": row_norm_ratio(model),
-            "shares_by_projection": budget_shares(model.deltas)["by_projection"],
-            "shares_by_layer": budget_shares(model.deltas)["by_layer"]}
+    return {
+        "variant": variant,
+        "loss_before_first": statistics.mean(losses[:first]),
+        "loss_after_first": statistics.mean(losses[first : first + 10]),
+        "loss_last10": statistics.mean(losses[-10:]),
+        "max_loss": max(losses[first:]),
+        **report,
+        "top10_rows_end": concentration["top10_rows_share"],
+        "empty_rows_end": concentration["empty_rows_share"],
+        "max_row_norm_ratio": row_norm_ratio(model),
+        "shares_by_projection": budget_shares(model.deltas)["by_projection"],
+        "shares_by_layer": budget_shares(model.deltas)["by_layer"],
+    }
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--schedule-steps", type=int, default=188, help="the run whose start is studied (the demo's)")
+    p.add_argument(
+        "--schedule-steps", type=int, default=188, help="the run whose start is studied (the demo's)"
+    )
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--weight-decay", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=42)

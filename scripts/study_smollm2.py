@@ -47,8 +47,11 @@ def top_layer_targets(n: int) -> tuple[str, ...] | None:
     """The seven projections of the top ``n`` blocks, by name (None: every block)."""
     if n <= 0:
         return None
-    return tuple(f"layers.{i}.{'mlp' if p in MLP else 'self_attn'}.{p}"
-                 for i in range(SHAPE["layers"] - n, SHAPE["layers"]) for p in PROJECTIONS)
+    return tuple(
+        f"layers.{i}.{'mlp' if p in MLP else 'self_attn'}.{p}"
+        for i in range(SHAPE["layers"] - n, SHAPE["layers"])
+        for p in PROJECTIONS
+    )
 
 
 def parse_args(argv=None):
@@ -58,16 +61,24 @@ def parse_args(argv=None):
     p.add_argument("--wd", default="", help="per-method λ, e.g. ag=10 (default: RATES)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)")
-    p.add_argument("--layers", type=int, default=10,
-                   help="train the projections of the top N blocks only (0: all); no backward below them")
+    p.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank / SpIEL rank_equiv (default: paper density)"
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=10,
+        help="train the projections of the top N blocks only (0: all); no backward below them",
+    )
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--heldout-limit", type=int, default=150, help="score only the first N held-out records")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     p.add_argument("--json", default=None, help="every run; written after each, reused by a rerun")
     p.add_argument("--summary", default=None, help="write the per-method summary (JSON) here")
-    p.add_argument("--report", default=None, metavar="JSON", help="print the table of a results file and exit")
+    p.add_argument(
+        "--report", default=None, metavar="JSON", help="print the table of a results file and exit"
+    )
     return p.parse_args(argv)
 
 
@@ -92,33 +103,47 @@ def summary(data: dict) -> dict:
         if not runs:
             continue
         ems, losses = [r["exact_match"] for r in runs], [r["heldout_loss"] for r in runs]
-        out[m] = {"lr": runs[0]["lr"], "weight_decay": runs[0]["weight_decay"], "trainable": runs[0]["trainable"],
-                  "seeds": [r["seed"] for r in runs], "exact_match_per_seed": ems,
-                  "exact_match": statistics.fmean(ems),
-                  "exact_match_std": statistics.stdev(ems) if len(ems) > 1 else 0.0,
-                  "heldout_loss": statistics.fmean(losses),
-                  "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-                  "train_loss": statistics.fmean(r["train_loss"] for r in runs),
-                  "train_s": statistics.fmean(r["train_s"] for r in runs)}
+        out[m] = {
+            "lr": runs[0]["lr"],
+            "weight_decay": runs[0]["weight_decay"],
+            "trainable": runs[0]["trainable"],
+            "seeds": [r["seed"] for r in runs],
+            "exact_match_per_seed": ems,
+            "exact_match": statistics.fmean(ems),
+            "exact_match_std": statistics.stdev(ems) if len(ems) > 1 else 0.0,
+            "heldout_loss": statistics.fmean(losses),
+            "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "train_loss": statistics.fmean(r["train_loss"] for r in runs),
+            "train_s": statistics.fmean(r["train_s"] for r in runs),
+        }
     return out
 
 
 def table(data: dict) -> str:
-    lines = ["| method | trainable | lr | λ | held-out EM, mean ± std | per seed | held-out loss | train loss |",
-             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [
+        "| method | trainable | lr | λ | held-out EM, mean ± std | per seed | held-out loss | train loss |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
     base = data["config"].get("base")
     if base:
-        lines.append(f"| untuned base | 0 | – | – | {base['exact_match']:.3f} | – | {base['heldout_loss']:.3f} | – |")
+        lines.append(
+            f"| untuned base | 0 | – | – | {base['exact_match']:.3f} | – | {base['heldout_loss']:.3f} | – |"
+        )
     for m, r in summary(data).items():
         seeds = ", ".join(f"{e:.3f}" for e in r["exact_match_per_seed"])
-        lines.append(f"| {m} | {r['trainable']:,} | {r['lr']:g} | {r['weight_decay']:g} | "
-                     f"**{r['exact_match']:.3f} ± {r['exact_match_std']:.3f}** | {seeds} | "
-                     f"{r['heldout_loss']:.3f} ± {r['heldout_loss_std']:.3f} | {r['train_loss']:.3f} |")
+        lines.append(
+            f"| {m} | {r['trainable']:,} | {r['lr']:g} | {r['weight_decay']:g} | "
+            f"**{r['exact_match']:.3f} ± {r['exact_match_std']:.3f}** | {seeds} | "
+            f"{r['heldout_loss']:.3f} ± {r['heldout_loss_std']:.3f} | {r['train_loss']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def _save(path: str | None, data: dict, summary_path: str | None = None) -> None:
-    for target, payload in ((path, data), (summary_path, {"config": data["config"], "methods": summary(data)})):
+    for target, payload in (
+        (path, data),
+        (summary_path, {"config": data["config"], "methods": summary(data)}),
+    ):
         if target:
             tmp = Path(f"{target}.tmp")
             tmp.write_text(json.dumps(payload, indent=1))
@@ -151,11 +176,24 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="study-smollm2-")
     heldout_path = Path(tmp.name) / "heldout.jsonl"
     heldout_path.write_text("".join(json.dumps(r) + "\n" for r in heldout))
-    config = {"model": MODEL, "methods": methods, "rank": rank, "steps": args.steps, "batch_size": args.batch_size,
-              "train": len(train), "heldout": len(heldout), "max_new_tokens": args.max_new_tokens, "seeds": seeds,
-              "layers": args.layers or SHAPE["layers"],
-              "settings": {m: _setting(m, lrs, wds) for m in methods}, "jobs": args.jobs, "threads_per_job": 1,
-              "dtype": "float32", "torch": torch.__version__, "load_before": list(os.getloadavg())}
+    config = {
+        "model": MODEL,
+        "methods": methods,
+        "rank": rank,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "train": len(train),
+        "heldout": len(heldout),
+        "max_new_tokens": args.max_new_tokens,
+        "seeds": seeds,
+        "layers": args.layers or SHAPE["layers"],
+        "settings": {m: _setting(m, lrs, wds) for m in methods},
+        "jobs": args.jobs,
+        "threads_per_job": 1,
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "load_before": list(os.getloadavg()),
+    }
     data = {"config": config, "runs": []}
     if args.json and Path(args.json).exists():
         old = json.loads(Path(args.json).read_text())
@@ -165,13 +203,34 @@ def main(argv=None) -> int:
         data["runs"] = old["runs"]
         config["base"] = old["config"].get("base")
     done = {(r["method"], r["seed"]) for r in data["runs"]}
-    jobs = [QualityJob(method=m, lr=config["settings"][m][0], weight_decay=config["settings"][m][1],
-                       steps=args.steps, batch_size=args.batch_size, rank=rank, seed=s, train=train, val_records=[],
-                       heldout_path=str(heldout_path), max_new_tokens=args.max_new_tokens, evaluate_val=False,
-                       stage="seeds", model=MODEL, label_logits_only=True, target_modules=targets)
-            for s in seeds for m in methods if (m, s) not in done]
-    print(f"rank {rank}; {len(train)} training / {len(heldout)} held-out; {args.steps} steps of {args.batch_size}; "
-          f"{len(jobs)} runs to go; load {os.getloadavg()[0]:.2f}", flush=True)
+    jobs = [
+        QualityJob(
+            method=m,
+            lr=config["settings"][m][0],
+            weight_decay=config["settings"][m][1],
+            steps=args.steps,
+            batch_size=args.batch_size,
+            rank=rank,
+            seed=s,
+            train=train,
+            val_records=[],
+            heldout_path=str(heldout_path),
+            max_new_tokens=args.max_new_tokens,
+            evaluate_val=False,
+            stage="seeds",
+            model=MODEL,
+            label_logits_only=True,
+            target_modules=targets,
+        )
+        for s in seeds
+        for m in methods
+        if (m, s) not in done
+    ]
+    print(
+        f"rank {rank}; {len(train)} training / {len(heldout)} held-out; {args.steps} steps of {args.batch_size}; "
+        f"{len(jobs)} runs to go; load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     import multiprocessing
 
     with ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -187,16 +246,24 @@ def main(argv=None) -> int:
                 r["load_after"] = list(os.getloadavg())
                 data["runs"].append(r)
                 _save(args.json, data, args.summary)
-                print(f"{r['method']:>22} seed {r['seed']}  held-out EM {r['exact_match']:.3f} loss "
-                      f"{r['heldout_loss']:.3f}  train loss {r['train_loss']:.3f} ({r['train_s']:.0f}s)", flush=True)
+                print(
+                    f"{r['method']:>22} seed {r['seed']}  held-out EM {r['exact_match']:.3f} loss "
+                    f"{r['heldout_loss']:.3f}  train loss {r['train_loss']:.3f} ({r['train_s']:.0f}s)",
+                    flush=True,
+                )
     if not config.get("base"):  # after the runs: the untuned model's score does not gate them
         torch.set_num_threads(1)
         base_model = load_base(MODEL)[0]
         start = time.perf_counter()
-        scored = evaluate_demo(base_model, tokenizer, heldout_path, batch_size=64, max_new_tokens=args.max_new_tokens)
-        config["base"] = {"exact_match": scored["exact_match"], "per_skill": scored["per_skill"],
-                          "heldout_loss": answer_loss(base_model, encode(heldout, tokenizer), tokenizer.pad_token_id),
-                          "eval_s": time.perf_counter() - start}
+        scored = evaluate_demo(
+            base_model, tokenizer, heldout_path, batch_size=64, max_new_tokens=args.max_new_tokens
+        )
+        config["base"] = {
+            "exact_match": scored["exact_match"],
+            "per_skill": scored["per_skill"],
+            "heldout_loss": answer_loss(base_model, encode(heldout, tokenizer), tokenizer.pad_token_id),
+            "eval_s": time.perf_counter() - start,
+        }
         print(f"untuned base: held-out EM {scored['exact_match']:.3f} {scored['per_skill']}", flush=True)
         _save(args.json, data, args.summary)
     tmp.cleanup()

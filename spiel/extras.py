@@ -52,7 +52,7 @@ def available(module: str) -> bool:
 
 def message(module: str, what: str) -> str:
     extra = EXTRA_OF[module]
-    return f"{what} needs the {module.rsplit('.', 1)[-1]} package, which is not installed: pip install \"spiel[{extra}]\""
+    return f'{what} needs the {module.rsplit(".", 1)[-1]} package, which is not installed: pip install "spiel[{extra}]"'
 
 
 def require(module: str, what: str) -> None:

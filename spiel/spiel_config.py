@@ -24,7 +24,11 @@ from spiel.selection.config import SPIEL_METHODS, SelectionConfig, SpielConfigEr
 
 __all__ = ["DELTA_DTYPES", "SpielConfig", "SpielConfigError", "SpielKnobs", "knob", "knob_help"]
 
-DELTA_DTYPES = ("float32", "bfloat16", "float16")  # the names in spiel.dtypes.DTYPES (which imports torch; tests/core/test_knobs.py checks they agree)
+DELTA_DTYPES = (
+    "float32",
+    "bfloat16",
+    "float16",
+)  # the names in spiel.dtypes.DTYPES (which imports torch; tests/core/test_knobs.py checks they agree)
 DEFAULT_RANK_EQUIV = 64  # the paper's setting
 
 
@@ -37,31 +41,47 @@ def knob_help(cls=None) -> dict[str, str]:
 class _MethodField:
     """Declared before the knobs so that SpielConfig keeps its positional order (method first)."""
 
-    method: str = knob("ag", "ag (SpIEL-AG: accumulated-gradient growth, SparseAdamW) | ma (SpIEL-MA: SM3 growth)")
+    method: str = knob(
+        "ag", "ag (SpIEL-AG: accumulated-gradient growth, SparseAdamW) | ma (SpIEL-MA: SM3 growth)"
+    )
 
 
 @dataclass
 class _Budget:
     """How many entries, and where (the knobs before the selection's, for the saved order)."""
 
-    rank_equiv: Optional[int] = knob(None, "budget: r·Σ(in+out) entries, LoRA rank r's parameter count "
-                                           "(give one of rank_equiv | density | num_tunable; none: 64)")
+    rank_equiv: Optional[int] = knob(
+        None,
+        "budget: r·Σ(in+out) entries, LoRA rank r's parameter count "
+        "(give one of rank_equiv | density | num_tunable; none: 64)",
+    )
     density: Optional[float] = knob(None, "budget: a fraction of all model parameters, in (0, 1]")
     num_tunable: Optional[int] = knob(None, "budget: a count of tunable entries")
-    target_modules: Any = knob(None, "null or all-linear: every linear layer except the output head; a list "
-                                     "of name suffixes; or a regex matched against the full module name")
+    target_modules: Any = knob(
+        None,
+        "null or all-linear: every linear layer except the output head; a list "
+        "of name suffixes; or a regex matched against the full module name",
+    )
 
 
 @dataclass
 class _Storage:
     """How the deltas are stored and differentiated (the knobs after the selection's)."""
 
-    delta_dtype: Optional[str] = knob(None, "dtype of the deltas: float32 | bfloat16 | float16; null: float32 "
-                                            "(spiel-train: bfloat16 on an NF4 base, as the paper)")
-    grad_path: str = knob("auto", "how the deltas' gradients are computed: auto | dense | blocked | sddmm | "
-                                  "triton | triton_tiles")
-    merged_storage: bool = knob(True, "keep W + Δ in a full-precision frozen base between optimizer steps "
-                                      "(same results bit for bit; +1 base value per entry; faster on GPUs)")
+    delta_dtype: Optional[str] = knob(
+        None,
+        "dtype of the deltas: float32 | bfloat16 | float16; null: float32 "
+        "(spiel-train: bfloat16 on an NF4 base, as the paper)",
+    )
+    grad_path: str = knob(
+        "auto",
+        "how the deltas' gradients are computed: auto | dense | blocked | sddmm | triton | triton_tiles",
+    )
+    merged_storage: bool = knob(
+        True,
+        "keep W + Δ in a full-precision frozen base between optimizer steps "
+        "(same results bit for bit; +1 base value per entry; faster on GPUs)",
+    )
 
 
 # fields in reversed MRO: _Budget's, SelectionConfig's, _Storage's (the order checkpoints were saved in)
@@ -77,17 +97,30 @@ class SpielKnobs(_Storage, SelectionConfig, _Budget):
         """Raise SpielConfigError (naming the field) for the first bad value."""
         budgets = [b for b in ("rank_equiv", "density", "num_tunable") if getattr(self, b) is not None]
         need(len(budgets) <= 1, None, f"give only one of rank_equiv, density, num_tunable (got {budgets})")
-        need(self.rank_equiv is None or self.rank_equiv > 0, "rank_equiv", f"must be > 0, got {self.rank_equiv}")
-        need(self.density is None or 0 < self.density <= 1, "density", f"must be in (0, 1], got {self.density}")
-        need(self.num_tunable is None or self.num_tunable > 0, "num_tunable",
-             f"must be > 0, got {self.num_tunable}")
+        need(
+            self.rank_equiv is None or self.rank_equiv > 0,
+            "rank_equiv",
+            f"must be > 0, got {self.rank_equiv}",
+        )
+        need(
+            self.density is None or 0 < self.density <= 1, "density", f"must be in (0, 1], got {self.density}"
+        )
+        need(
+            self.num_tunable is None or self.num_tunable > 0,
+            "num_tunable",
+            f"must be > 0, got {self.num_tunable}",
+        )
         self.check_selection()
         if self.delta_dtype is not None:
             need_choice(self.delta_dtype, "delta_dtype", DELTA_DTYPES)
         from spiel.delta.grad_paths import GRAD_PATHS  # torch: imported when checking
 
         need_choice(self.grad_path, "grad_path", GRAD_PATHS)
-        need(isinstance(self.merged_storage, bool), "merged_storage", f"must be true or false, got {self.merged_storage!r}")
+        need(
+            isinstance(self.merged_storage, bool),
+            "merged_storage",
+            f"must be true or false, got {self.merged_storage!r}",
+        )
 
     def knob_values(self) -> dict[str, Any]:
         """The SpIEL knobs of this object (whatever else its class holds)."""
@@ -115,7 +148,12 @@ class SpielConfig(SpielKnobs, _MethodField):
     def __post_init__(self):
         need_choice(self.method, "method", SPIEL_METHODS)
         self.check_knobs()
-        if self.rank_equiv is None and self.density is None and self.num_tunable is None and self.num_deltas is None:
+        if (
+            self.rank_equiv is None
+            and self.density is None
+            and self.num_tunable is None
+            and self.num_deltas is None
+        ):
             self.rank_equiv = DEFAULT_RANK_EQUIV
         if self.delta_dtype is None:
             self.delta_dtype = "float32"
@@ -135,4 +173,3 @@ class SpielConfig(SpielKnobs, _MethodField):
         if unknown:
             raise SpielConfigError(None, f"unknown field(s) {unknown}")
         return cls(**data)
-

@@ -32,7 +32,9 @@ def _check(path: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _master_model() -> LlamaForCausalLM:
-    model = LlamaForCausalLM.from_pretrained(_check(TINY_MODEL_DIR), dtype=torch.float32, trust_remote_code=False)
+    model = LlamaForCausalLM.from_pretrained(
+        _check(TINY_MODEL_DIR), dtype=torch.float32, trust_remote_code=False
+    )
     return model.eval()
 
 

@@ -54,8 +54,15 @@ class LlamaShape:
         """``(out, in)`` of each target projection of one block."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         h, m = self.hidden, self.intermediate
-        return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-                "gate_proj": (m, h), "up_proj": (m, h), "down_proj": (h, m)}
+        return {
+            "q_proj": (q, h),
+            "k_proj": (kv, h),
+            "v_proj": (kv, h),
+            "o_proj": (h, q),
+            "gate_proj": (m, h),
+            "up_proj": (m, h),
+            "down_proj": (h, m),
+        }
 
     def target_numel(self) -> int:
         return self.layers * sum(o * i for o, i in self.projections().values())
@@ -81,14 +88,27 @@ def equivalent_rank(shape: LlamaShape, density: float | None = None) -> int:
 def llama_config(shape: LlamaShape, max_positions: int):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                       num_key_value_heads=shape.kv_heads, max_position_embeddings=max(max_positions, 128),
-                       tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
+    return LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=max(max_positions, 128),
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
 
 
-def random_llama(shape: LlamaShape, max_positions: int, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", seed: int = 0):
+def random_llama(
+    shape: LlamaShape,
+    max_positions: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+):
     """A randomly initialized ``LlamaForCausalLM`` made directly in ``dtype`` on ``device``."""
     from transformers import LlamaForCausalLM
 
@@ -103,8 +123,9 @@ def random_llama(shape: LlamaShape, max_positions: int, dtype: torch.dtype = tor
     return model.eval()
 
 
-def random_llama_nf4(shape: LlamaShape, max_positions: int, compute_dtype: torch.dtype, device: str = "cpu",
-                     seed: int = 0):
+def random_llama_nf4(
+    shape: LlamaShape, max_positions: int, compute_dtype: torch.dtype, device: str = "cpu", seed: int = 0
+):
     """The same random base, saved and reloaded through transformers' bitsandbytes NF4 path (double
     quantization), as ``spiel.io.base_model`` loads ``quant=nf4`` bases, but with a chosen compute dtype:
     bfloat16 on CUDA (the paper), float32 on CPU (bf16 CPU matmuls are not a meaningful clock)."""
@@ -115,10 +136,19 @@ def random_llama_nf4(shape: LlamaShape, max_positions: int, compute_dtype: torch
         model.save_pretrained(tmp)
         del model
         gc.collect()
-        qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
-        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=compute_dtype, quantization_config=qcfg,
-                                                     device_map={"": str(device)}, trust_remote_code=False)
+        qcfg = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp,
+            dtype=compute_dtype,
+            quantization_config=qcfg,
+            device_map={"": str(device)},
+            trust_remote_code=False,
+        )
     return model.eval()
 
 
@@ -132,8 +162,16 @@ def release_free_memory() -> None:
 
 
 # -- method configs -------------------------------------------------------------------------------------------
-def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay: float | None = None,
-                  reselection_steps: int = 20, estimation_steps: int = 5, grad_path: str = "auto"):
+def method_config(
+    name: str,
+    rank: int,
+    *,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    reselection_steps: int = 20,
+    estimation_steps: int = 5,
+    grad_path: str = "auto",
+):
     """The ``mcfg`` the registry wraps with: spiel-train's method schema (``spiel.training.config.schema``, which
     needs no hydra) for ``name`` at LoRA rank / SpIEL rank-equivalent ``rank``."""
     from spiel.training.config import schema
@@ -141,13 +179,18 @@ def method_config(name: str, rank: int, *, lr: float | None = None, weight_decay
     if name not in METHOD_NAMES:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
     default_lr, default_wd = paper_hparams(name)
-    kwargs = {"name": name, "lr": default_lr if lr is None else lr,
-              "weight_decay": default_wd if weight_decay is None else weight_decay}
+    kwargs = {
+        "name": name,
+        "lr": default_lr if lr is None else lr,
+        "weight_decay": default_wd if weight_decay is None else weight_decay,
+    }
     method = registry_method(name)
     if method.budget_key is not None:
         kwargs[method.budget_key] = rank
     if method.is_sparse:
-        kwargs.update(reselection_steps=reselection_steps, estimation_steps=estimation_steps, grad_path=grad_path)
+        kwargs.update(
+            reselection_steps=reselection_steps, estimation_steps=estimation_steps, grad_path=grad_path
+        )
     return schema.METHOD_CONFIGS[name](**kwargs)
 
 

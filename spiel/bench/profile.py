@@ -23,19 +23,67 @@ from collections import defaultdict
 
 STEP_REGION = "## step "
 # AG's estimation steps gather the values and the candidates in one pass: its time counts as the probe's.
-REGION_CATEGORIES = {"## selector": "selection", "## optimizer": "optimizer", "spiel::values_grad": "values_grad",
-                     "spiel::probe": "probe", "spiel::values_grad+probe": "probe"}
-GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
-                      "aten::dot", "aten::_scaled_mm", "aten::sampled_addmm", "aten::sparse_sampled_addmm"})
-INDEX_OPS = frozenset({"aten::index_select", "aten::index_put_", "aten::_index_put_impl_", "aten::index_add_",
-                       "aten::index", "aten::index_copy_", "aten::scatter", "aten::scatter_", "aten::scatter_add_",
-                       "aten::scatter_reduce_", "aten::gather", "aten::take", "aten::searchsorted",
-                       "aten::nonzero", "aten::masked_select", "aten::masked_fill_", "aten::embedding_dense_backward",
-                       "aten::embedding"})
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-              "cudaMemcpyAsync")
-CATEGORIES = ("gemm", "values_grad", "probe", "index_scatter", "optimizer", "selection", "other_ops", "runtime",
-              "host")
+REGION_CATEGORIES = {
+    "## selector": "selection",
+    "## optimizer": "optimizer",
+    "spiel::values_grad": "values_grad",
+    "spiel::probe": "probe",
+    "spiel::values_grad+probe": "probe",
+}
+GEMM_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::addmv",
+        "aten::mv",
+        "aten::dot",
+        "aten::_scaled_mm",
+        "aten::sampled_addmm",
+        "aten::sparse_sampled_addmm",
+    }
+)
+INDEX_OPS = frozenset(
+    {
+        "aten::index_select",
+        "aten::index_put_",
+        "aten::_index_put_impl_",
+        "aten::index_add_",
+        "aten::index",
+        "aten::index_copy_",
+        "aten::scatter",
+        "aten::scatter_",
+        "aten::scatter_add_",
+        "aten::scatter_reduce_",
+        "aten::gather",
+        "aten::take",
+        "aten::searchsorted",
+        "aten::nonzero",
+        "aten::masked_select",
+        "aten::masked_fill_",
+        "aten::embedding_dense_backward",
+        "aten::embedding",
+    }
+)
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "cudaMemcpyAsync",
+)
+CATEGORIES = (
+    "gemm",
+    "values_grad",
+    "probe",
+    "index_scatter",
+    "optimizer",
+    "selection",
+    "other_ops",
+    "runtime",
+    "host",
+)
 
 
 def _is_annotation(name: str) -> bool:
@@ -69,8 +117,11 @@ def breakdown(events, cuda: bool) -> dict:
     from torch.autograd import DeviceType
 
     cpu_events = [e for e in events if e.device_type == DeviceType.CPU]
-    steps = sorted((e.time_range.start, e.time_range.end, e.name[len(STEP_REGION):])
-                    for e in cpu_events if e.name.startswith(STEP_REGION))
+    steps = sorted(
+        (e.time_range.start, e.time_range.end, e.name[len(STEP_REGION) :])
+        for e in cpu_events
+        if e.name.startswith(STEP_REGION)
+    )
     if not steps:
         return {}
     starts = [s for s, _, _ in steps]

@@ -85,8 +85,9 @@ def demo_lr(base: str) -> float:
     return float(cfg["method"]["lr"])
 
 
-def search_grid(name: str, lr_factors=LR_FACTORS, decay_factors=DECAY_FACTORS,
-                shape: str = "cross") -> list[tuple[float, float]]:
+def search_grid(
+    name: str, lr_factors=LR_FACTORS, decay_factors=DECAY_FACTORS, shape: str = "cross"
+) -> list[tuple[float, float]]:
     """The (lr, λ) pairs searched for ``name`` (see the grid comment above)."""
     if shape not in GRID_SHAPES:
         raise ValueError(f"grid shape must be one of {', '.join(GRID_SHAPES)}, got {shape!r}")
@@ -154,11 +155,12 @@ def answer_loss(model, examples: list[dict], pad_id: int, batch_size: int = 64) 
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i:i + batch_size])
+        batch = collate(examples[i : i + batch_size])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                               ignore_index=-100, reduction="sum")
+        lp = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
         total += float(lp)
         count += int((labels != -100).sum())
     model.train(was_training)
@@ -172,7 +174,9 @@ def wrap_shira(model, rank: int, lr: float, weight_decay: float, seed: int):
     from peft import ShiraConfig, get_peft_model
 
     targets = list(method_config("lora", rank).target_modules)
-    model = get_peft_model(model, ShiraConfig(r=rank, mask_type="random", random_seed=seed, target_modules=targets))
+    model = get_peft_model(
+        model, ShiraConfig(r=rank, mask_type="random", random_seed=seed, target_modules=targets)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
@@ -191,18 +195,31 @@ def train(job: QualityJob, base_model, tokenizer) -> tuple[object, dict]:
             setattr(mcfg, key, value)
         if job.target_modules is not None:
             mcfg.target_modules = list(job.target_modules)
-        model, optimizer = wrap_for_training(base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False)
+        model, optimizer = wrap_for_training(
+            base, copy.deepcopy(base_model), mcfg, seed=job.seed, quantized=False
+        )
     selector = model.make_selector(optimizer, total_steps=job.steps) if reselects(base) else None
     start = time.perf_counter()
-    losses = train_steps(model, optimizer, job.train, steps=job.steps, batch_size=job.batch_size, seed=job.seed,
-                         pad_token_id=tokenizer.pad_token_id, selector=selector,
-                         label_logits_only=job.label_logits_only)
+    losses = train_steps(
+        model,
+        optimizer,
+        job.train,
+        steps=job.steps,
+        batch_size=job.batch_size,
+        seed=job.seed,
+        pad_token_id=tokenizer.pad_token_id,
+        selector=selector,
+        label_logits_only=job.label_logits_only,
+    )
     if selector is not None:
         selector.close()
     model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
-    return model, {"trainable": trainable_count(base, model), "train_loss": sum(tail) / len(tail),
-                   "train_s": time.perf_counter() - start}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return model, {
+        "trainable": trainable_count(base, model),
+        "train_loss": sum(tail) / len(tail),
+        "train_s": time.perf_counter() - start,
+    }
 
 
 def load_base(name: str = "tiny") -> tuple[object, object]:
@@ -226,20 +243,33 @@ def run_job(job: QualityJob) -> dict:
     model, stats = train(job, base_model, tokenizer)
     del base_model
     pad_id = tokenizer.pad_token_id
-    result = {"method": job.method, "stage": job.stage, "lr": job.lr, "weight_decay": job.weight_decay,
-              "seed": job.seed, **stats}
+    result = {
+        "method": job.method,
+        "stage": job.stage,
+        "lr": job.lr,
+        "weight_decay": job.weight_decay,
+        "seed": job.seed,
+        **stats,
+    }
     if job.evaluate_val:
         with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
             val_path = Path(tmp) / "val.jsonl"
             val_path.write_text("".join(json.dumps(r) + "\n" for r in job.val_records))
             val = evaluate_demo(model, tokenizer, val_path, batch_size=64, max_new_tokens=job.max_new_tokens)
-        result.update(val_exact_match=val["exact_match"],
-                      val_loss=answer_loss(model, encode(job.val_records, tokenizer), pad_id))
+        result.update(
+            val_exact_match=val["exact_match"],
+            val_loss=answer_loss(model, encode(job.val_records, tokenizer), pad_id),
+        )
     if job.evaluate_heldout:
         held = load_demo(job.heldout_path)
-        scored = evaluate_demo(model, tokenizer, job.heldout_path, batch_size=64, max_new_tokens=job.max_new_tokens)
-        result.update(exact_match=scored["exact_match"], per_skill=scored["per_skill"],
-                      heldout_loss=answer_loss(model, encode(held, tokenizer), pad_id))
+        scored = evaluate_demo(
+            model, tokenizer, job.heldout_path, batch_size=64, max_new_tokens=job.max_new_tokens
+        )
+        result.update(
+            exact_match=scored["exact_match"],
+            per_skill=scored["per_skill"],
+            heldout_loss=answer_loss(model, encode(held, tokenizer), pad_id),
+        )
     if getattr(model, "deltas", None):
         result["support"] = concentration_by_projection(model.deltas)
     return result

@@ -5,11 +5,20 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-LABELS = {"floor": "frozen floor", "full": "full FT", "lora": "LoRA", "lora0": "LoRA (dropout 0)",
-          "ia3": "(IA)3", "ag": "SpIEL-AG",
-          "ma": "SpIEL-MA", "static": "static sparse",
-          "ag_applied": "SpIEL-AG (unmerged)", "ma_applied": "SpIEL-MA (unmerged)",
-          "ag_loop": "SpIEL-AG (one by one)", "ma_loop": "SpIEL-MA (one by one)"}
+LABELS = {
+    "floor": "frozen floor",
+    "full": "full FT",
+    "lora": "LoRA",
+    "lora0": "LoRA (dropout 0)",
+    "ia3": "(IA)3",
+    "ag": "SpIEL-AG",
+    "ma": "SpIEL-MA",
+    "static": "static sparse",
+    "ag_applied": "SpIEL-AG (unmerged)",
+    "ma_applied": "SpIEL-MA (unmerged)",
+    "ag_loop": "SpIEL-AG (one by one)",
+    "ma_loop": "SpIEL-MA (one by one)",
+}
 
 
 def label(key: str) -> str:
@@ -18,10 +27,11 @@ def label(key: str) -> str:
         return f"{label(base)} ({rest.replace('+', ', ')})"
     base, _, quant = key.partition("-")
     name = LABELS.get(base, base)
-    method = _registry_method(base)  # QLoRA, qSpIEL: a rank-budget method on an NF4 base, as the paper names them
+    method = _registry_method(
+        base
+    )  # QLoRA, qSpIEL: a rank-budget method on an NF4 base, as the paper names them
     quantized = method is not None and method.supports_quant and method.budget_key is not None
-    return f"q{name}" if quant == "nf4" and quantized else (
-        f"{name} (NF4)" if quant else name)
+    return f"q{name}" if quant == "nf4" and quantized else (f"{name} (NF4)" if quant else name)
 
 
 def _registry_method(name: str):
@@ -87,7 +97,9 @@ def ratios(methods: dict[str, dict], reference: str = "lora") -> dict[str, dict]
             if "cpu_s_median" in m and "cpu_s_median" in ref0:
                 entry["cpu_lora0"] = m["cpu_s_median"] / ref0["cpu_s_median"]
                 entry["cpu_mean_lora0"] = m["cpu_s_mean"] / ref0["cpu_s_mean"]
-            entry["mem_lora0"] = m["extra_mem_mb"] / ref0["extra_mem_mb"] if ref0["extra_mem_mb"] > 0 else None
+            entry["mem_lora0"] = (
+                m["extra_mem_mb"] / ref0["extra_mem_mb"] if ref0["extra_mem_mb"] > 0 else None
+            )
         if floor:
             entry["time_floor"] = m["step_s_median"] / floor["step_s_median"]
             if "cpu_s_median" in m and "cpu_s_median" in floor:
@@ -107,47 +119,63 @@ def _pair(r: dict, median_key: str, mean_key: str) -> str:
 def step_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
     """Time (median / mean) against LoRA with dropout 0 and with the paper's 0.1, and the floor; memory;
     bytes per trainable entry; reselection's extra time per period in median steps."""
-    lines = ["| method | trainable | step median / mean (s) | × LoRA dropout 0 (median / mean) | "
-             "× LoRA dropout 0.1 (median / mean) | × floor (median) | extra memory (MB) | memory × LoRA 0 / 0.1 | "
-             "bytes per entry | reselection per period (median steps) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable | step median / mean (s) | × LoRA dropout 0 (median / mean) | "
+        "× LoRA dropout 0.1 (median / mean) | × floor (median) | extra memory (MB) | memory × LoRA 0 / 0.1 | "
+        "bytes per entry | reselection per period (median steps) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, m in methods.items():
         r = rat.get(name, {})
         b = m.get("bytes_per_entry") or {}
-        bpe = "–" if not b else f"{b['per_entry']:.1f}" + (f" + {b['shared_per_entry']:.2f}" if b.get("shared_per_entry")
-                                                            else "")
+        bpe = (
+            "–"
+            if not b
+            else f"{b['per_entry']:.1f}"
+            + (f" + {b['shared_per_entry']:.2f}" if b.get("shared_per_entry") else "")
+        )
         res = m.get("reselection")
         lines.append(
             f"| {label(name)} | {m['trainable']:,} | {m['step_s_median']:.3f} / {m['step_s_mean']:.3f} | "
             f"{_pair(r, 'time_lora0', 'mean_lora0')} | {_pair(r, 'time', 'mean')} | {_fmt(r.get('time_floor'))} | "
             f"{m['extra_mem_mb']:.0f} | {_fmt(r.get('mem_lora0'), '.2f')} / {_fmt(r.get('mem'), '.2f')} | {bpe} | "
-            f"{_fmt(res['extra_steps_per_period'], '.2f') if res else '–'} |")
+            f"{_fmt(res['extra_steps_per_period'], '.2f') if res else '–'} |"
+        )
     return "\n".join(lines)
 
 
 def cpu_table(methods: dict[str, dict], rat: dict[str, dict]) -> str:
     """The same steps by CPU seconds of the process (a shared box inflates wall time more than CPU time)."""
-    lines = ["| method | CPU s per step median / mean | × LoRA dropout 0 (median / mean) | × floor (median) |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "| method | CPU s per step median / mean | × LoRA dropout 0 (median / mean) | × floor (median) |",
+        "|---|---:|---:|---:|",
+    ]
     for name, m in methods.items():
         if "cpu_s_median" in m:
             r = rat.get(name, {})
-            lines.append(f"| {label(name)} | {m['cpu_s_median']:.3f} / {m['cpu_s_mean']:.3f} | "
-                         f"{_pair(r, 'cpu_lora0', 'cpu_mean_lora0')} | {_fmt(r.get('cpu_floor'))} |")
+            lines.append(
+                f"| {label(name)} | {m['cpu_s_median']:.3f} / {m['cpu_s_mean']:.3f} | "
+                f"{_pair(r, 'cpu_lora0', 'cpu_mean_lora0')} | {_fmt(r.get('cpu_floor'))} |"
+            )
     return "\n".join(lines)
 
 
 def reselection_table(methods: dict[str, dict], key: str = "reselection") -> str:
     """Where SpIEL's extra time per reselection period goes, by kind of step (``key="reselection_cpu"``: in CPU
     seconds)."""
-    lines = ["| method | plain step median (s) | AG probe (dense grad + top-k) s/period | estimation s/period | "
-             "reselection step s/period | total s/period | total in median steps |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | plain step median (s) | AG probe (dense grad + top-k) s/period | estimation s/period | "
+        "reselection step s/period | total s/period | total in median steps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, m in methods.items():
         res = m.get(key)
         if res:
-            lines.append(f"| {label(name)} | {res['plain_median_s']:.3f} | {res['probe_s_per_period']:.3f} | "
-                         f"{res['estimate_s_per_period']:.3f} | {res['reselect_s_per_period']:.3f} | "
-                         f"{res['extra_s_per_period']:.3f} | {res['extra_steps_per_period']:.2f} |")
+            lines.append(
+                f"| {label(name)} | {res['plain_median_s']:.3f} | {res['probe_s_per_period']:.3f} | "
+                f"{res['estimate_s_per_period']:.3f} | {res['reselect_s_per_period']:.3f} | "
+                f"{res['extra_s_per_period']:.3f} | {res['extra_steps_per_period']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -158,19 +186,28 @@ def step_chart(methods: dict[str, dict], rat: dict[str, dict], path: str | Path,
     import matplotlib.pyplot as plt
 
     names = list(methods)
-    colors = ["#999999" if n.startswith("floor") else "#d62728" if _sparse(n.partition("-")[0])
-              else "#1f77b4" for n in names]
+    colors = [
+        "#999999" if n.startswith("floor") else "#d62728" if _sparse(n.partition("-")[0]) else "#1f77b4"
+        for n in names
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("step_s_median", "time per optimizer step (s, median)", "time"),
-              ("extra_mem_mb", "memory beyond the frozen model (MB)", "mem"))
+    panels = (
+        ("step_s_median", "time per optimizer step (s, median)", "time"),
+        ("extra_mem_mb", "memory beyond the frozen model (MB)", "mem"),
+    )
     for ax, (key, ylabel, rkey) in zip(axes, panels, strict=True):
         values = [methods[n][key] for n in names]
         bars = ax.bar(range(len(names)), values, color=colors)
         for bar, n in zip(bars, names, strict=True):
             r = rat.get(n, {}).get(rkey)
             if r is not None:
-                ax.annotate(f"{r:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=8)
+                ax.annotate(
+                    f"{r:.2f}×",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
         ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -184,13 +221,17 @@ def step_chart(methods: dict[str, dict], rat: dict[str, dict], path: str | Path,
 
 
 def quality_table(rows: dict[str, dict]) -> str:
-    lines = ["| method | trainable | lr (picked) | λ | validation EM | validation loss | held-out loss | "
-             "held-out exact match |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable | lr (picked) | λ | validation EM | validation loss | held-out loss | "
+        "held-out exact match |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {label(name)} | {r['trainable']:,} | {_fmt(r.get('lr'), 'g')} | "
-                     f"{_fmt(r.get('weight_decay'), '.3g')} | {_fmt(r.get('val_exact_match'), '.3f')} | "
-                     f"{_fmt(r.get('val_loss'), '.4f')} | {r['heldout_loss']:.4f} | **{r['exact_match']:.3f}** |")
+        lines.append(
+            f"| {label(name)} | {r['trainable']:,} | {_fmt(r.get('lr'), 'g')} | "
+            f"{_fmt(r.get('weight_decay'), '.3g')} | {_fmt(r.get('val_exact_match'), '.3f')} | "
+            f"{_fmt(r.get('val_loss'), '.4f')} | {r['heldout_loss']:.4f} | **{r['exact_match']:.3f}** |"
+        )
     return "\n".join(lines)
 
 
@@ -201,16 +242,31 @@ def quality_chart(rows: dict[str, dict], path: str | Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    colors = ["#999999" if n in ("base", "full") else "#d62728" if _sparse(n) else "#ff7f0e"
-              if n == "static" else "#1f77b4" for n in names]
+    colors = [
+        "#999999"
+        if n in ("base", "full")
+        else "#d62728"
+        if _sparse(n)
+        else "#ff7f0e"
+        if n == "static"
+        else "#1f77b4"
+        for n in names
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, ylabel in ((axes[0], "exact_match", "held-out exact match"),
-                            (axes[1], "heldout_loss", "held-out loss (answer tokens)")):
+    for ax, key, ylabel in (
+        (axes[0], "exact_match", "held-out exact match"),
+        (axes[1], "heldout_loss", "held-out loss (answer tokens)"),
+    ):
         values = [rows[n][key] for n in names]
         bars = ax.bar(range(len(names)), values, color=colors)
         for bar, v in zip(bars, values, strict=True):
-            ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(
+                f"{v:.3f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -246,43 +302,70 @@ def protocol_rows(runs: list[dict], methods: list[str], base: dict | None = None
             if not seeds:  # none at the pick yet
                 continue
         else:  # seeds at a fixed setting, no search
-            best = {"lr": seeds[0]["lr"], "weight_decay": seeds[0]["weight_decay"], "val_exact_match": float("nan"),
-                    "val_loss": float("nan")}
+            best = {
+                "lr": seeds[0]["lr"],
+                "weight_decay": seeds[0]["weight_decay"],
+                "val_exact_match": float("nan"),
+                "val_loss": float("nan"),
+            }
         em, em_sd = _mean_std([r["exact_match"] for r in seeds])
         loss, loss_sd = _mean_std([r["heldout_loss"] for r in seeds])
-        row = {"trainable": seeds[0]["trainable"], "lr": best["lr"], "weight_decay": best["weight_decay"],
-               "val_exact_match": best["val_exact_match"], "val_loss": best["val_loss"], "seeds": len(seeds),
-               "exact_match": em, "exact_match_std": em_sd, "heldout_loss": loss, "heldout_loss_std": loss_sd,
-               "train_loss": statistics.fmean(r["train_loss"] for r in seeds), "grid": len(search),
-               "per_seed": [r["exact_match"] for r in seeds]}
+        row = {
+            "trainable": seeds[0]["trainable"],
+            "lr": best["lr"],
+            "weight_decay": best["weight_decay"],
+            "val_exact_match": best["val_exact_match"],
+            "val_loss": best["val_loss"],
+            "seeds": len(seeds),
+            "exact_match": em,
+            "exact_match_std": em_sd,
+            "heldout_loss": loss,
+            "heldout_loss_std": loss_sd,
+            "train_loss": statistics.fmean(r["train_loss"] for r in seeds),
+            "grid": len(search),
+            "per_seed": [r["exact_match"] for r in seeds],
+        }
         supports = [r["support"] for r in seeds if r.get("support")]
         if supports:
             row["support"] = {
-                "rows": statistics.fmean(statistics.fmean(s["rows"][p] for p in ("gate_proj", "up_proj"))
-                                         for s in supports),
+                "rows": statistics.fmean(
+                    statistics.fmean(s["rows"][p] for p in ("gate_proj", "up_proj")) for s in supports
+                ),
                 "cols": statistics.fmean(s["cols"]["down_proj"] for s in supports),
-                "attn_rows": statistics.fmean(statistics.fmean(s["rows"][p] for p in ("q_proj", "k_proj", "v_proj",
-                                                                                      "o_proj")) for s in supports),
-                "dead_neurons": statistics.fmean(s["dead_neurons"] for s in supports)}
+                "attn_rows": statistics.fmean(
+                    statistics.fmean(s["rows"][p] for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+                    for s in supports
+                ),
+                "dead_neurons": statistics.fmean(s["dead_neurons"] for s in supports),
+            }
         rows[m] = row
     return rows
 
 
 def protocol_table(rows: dict[str, dict]) -> str:
-    lines = ["| method | trainable | lr | λ | lr·λ | grid | val EM (picked) | held-out EM, mean ± std | "
-             "held-out loss, mean ± std | train loss | MLP rows in top 10% (gate/up) | down_proj cols in top 10% "
-             "| attention rows in top 10% | MLP neurons with no entry |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable | lr | λ | lr·λ | grid | val EM (picked) | held-out EM, mean ± std | "
+        "held-out loss, mean ± std | train loss | MLP rows in top 10% (gate/up) | down_proj cols in top 10% "
+        "| attention rows in top 10% | MLP neurons with no entry |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in rows.items():
         if not r.get("seeds"):
-            lines.append(f"| {label(name)} | 0 | – | – | – | – | – | {r['exact_match']:.3f} | "
-                         f"{r['heldout_loss']:.3f} | – | – | – | – | – |")
+            lines.append(
+                f"| {label(name)} | 0 | – | – | – | – | – | {r['exact_match']:.3f} | "
+                f"{r['heldout_loss']:.3f} | – | – | – | – | – |"
+            )
             continue
         s = r.get("support")
-        conc = (f"{s['rows']:.0%} | {s['cols']:.0%} | {s['attn_rows']:.0%} | {s['dead_neurons']:.0%}" if s
-                else "– | – | – | –")
-        lines.append(f"| {label(name)} | {r['trainable']:,} | {r['lr']:g} | {r['weight_decay']:g} | "
-                     f"{r['lr'] * r['weight_decay']:.2g} | {r['grid']} | {r['val_exact_match']:.3f} | "
-                     f"**{r['exact_match']:.3f} ± {r['exact_match_std']:.3f}** | "
-                     f"{r['heldout_loss']:.3f} ± {r['heldout_loss_std']:.3f} | {r['train_loss']:.3f} | {conc} |")
+        conc = (
+            f"{s['rows']:.0%} | {s['cols']:.0%} | {s['attn_rows']:.0%} | {s['dead_neurons']:.0%}"
+            if s
+            else "– | – | – | –"
+        )
+        lines.append(
+            f"| {label(name)} | {r['trainable']:,} | {r['lr']:g} | {r['weight_decay']:g} | "
+            f"{r['lr'] * r['weight_decay']:.2g} | {r['grid']} | {r['val_exact_match']:.3f} | "
+            f"**{r['exact_match']:.3f} ± {r['exact_match_std']:.3f}** | "
+            f"{r['heldout_loss']:.3f} ± {r['heldout_loss_std']:.3f} | {r['train_loss']:.3f} | {conc} |"
+        )
     return "\n".join(lines)

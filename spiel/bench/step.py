@@ -103,8 +103,9 @@ class MemoryMeter:
         else:
             self.base = _status_kib("VmRSS") * 1024
             if not reset_peak_rss():
-                raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); CPU memory figures "
-                                   "need Linux")
+                raise RuntimeError(
+                    "cannot reset the peak RSS (/proc/self/clear_refs); CPU memory figures need Linux"
+                )
 
     def base_mb(self) -> float:
         return self.base / 2**20
@@ -139,8 +140,11 @@ def bytes_per_entry(model, optimizer) -> dict:
         for layer in deltas.values():
             per_entry += (layer.indices.element_size() + layer.grown_at.element_size()) * layer.k
             per_entry += layer.merged_storage_nbytes
-    return {"per_entry": per_entry / max(1, entries), "shared_per_entry": shared / max(1, entries),
-            "entries": entries}
+    return {
+        "per_entry": per_entry / max(1, entries),
+        "shared_per_entry": shared / max(1, entries),
+        "entries": entries,
+    }
 
 
 def step_kind(selector, t_after: int) -> str:
@@ -192,7 +196,9 @@ class _Profiler:
         if self.path:
             from torch.profiler import ProfilerActivity, profile
 
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            activities = [ProfilerActivity.CPU] + (
+                [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
+            )
             self.prof = profile(activities=activities)
             self.prof.__enter__()
 
@@ -248,8 +254,10 @@ def run(spec: StepSpec) -> dict:
     rank = spec.rank or equivalent_rank(shape)
     gen = torch.Generator().manual_seed(spec.seed + 1)
     total = spec.warmup + spec.timed_steps()
-    batches = [torch.randint(0, shape.vocab, (spec.batch, spec.seq), generator=gen).to(device)
-               for _ in range(min(total * spec.accum, 8))]
+    batches = [
+        torch.randint(0, shape.vocab, (spec.batch, spec.seq), generator=gen).to(device)
+        for _ in range(min(total * spec.accum, 8))
+    ]
     meter = MemoryMeter(device)
     meter.start()
 
@@ -261,8 +269,13 @@ def run(spec: StepSpec) -> dict:
         trainable = 0
     else:
         name = "lora" if method == "lora0" else method
-        mcfg = method_config(name, rank, reselection_steps=spec.reselection_steps,
-                             estimation_steps=spec.estimation_steps, grad_path=spec.grad_path)
+        mcfg = method_config(
+            name,
+            rank,
+            reselection_steps=spec.reselection_steps,
+            estimation_steps=spec.estimation_steps,
+            grad_path=spec.grad_path,
+        )
         if spec.method == "lora0":
             mcfg.dropout = 0.0
         model, optimizer = wrap_for_training(name, model, mcfg, seed=spec.seed, quantized=quantized)
@@ -346,10 +359,11 @@ def run(spec: StepSpec) -> dict:
         "bytes_per_entry": footprint,
         "step_kinds": kinds,
         "reselection": reselection_cost(times, kinds, len(times) / spec.reselection_steps)
-        if selector is not None else None,
+        if selector is not None
+        else None,
         "reselection_cpu": reselection_cost(cpu_times, kinds, len(times) / spec.reselection_steps)
-        if selector is not None else None,
+        if selector is not None
+        else None,
         "spec": asdict(spec),
         **({"profile": profile} if profile is not None else {}),
     }
-

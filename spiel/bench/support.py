@@ -37,10 +37,14 @@ def concentration_by_projection(deltas: dict) -> dict:
         cols.setdefault(proj, []).append(report["top10_cols_share"])
         if proj in MLP_ROWS + MLP_COLS:
             r, c = rows_cols(layer.indices.long(), in_f)
-            hits = torch.bincount(r, minlength=out_f) if proj in MLP_ROWS else torch.bincount(c, minlength=in_f)
+            hits = (
+                torch.bincount(r, minlength=out_f) if proj in MLP_ROWS else torch.bincount(c, minlength=in_f)
+            )
             block = _block(name)
             neuron_hits[block] = neuron_hits.get(block, torch.zeros_like(hits)) + hits
     dead = [float((hits == 0).float().mean()) for hits in neuron_hits.values()]
-    return {"rows": {p: statistics.fmean(v) for p, v in rows.items()},
-            "cols": {p: statistics.fmean(v) for p, v in cols.items()},
-            "dead_neurons": statistics.fmean(dead) if dead else None}
+    return {
+        "rows": {p: statistics.fmean(v) for p, v in rows.items()},
+        "cols": {p: statistics.fmean(v) for p, v in cols.items()},
+        "dead_neurons": statistics.fmean(dead) if dead else None,
+    }

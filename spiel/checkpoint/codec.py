@@ -48,19 +48,25 @@ def _check_form_fields(name: str, fields: dict, expected, positions: str, bad) -
             raise bad(f"missing tensor '{name}.{field}' (compact form)")
 
 
-def decode_elias_fano(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
+def decode_elias_fano(
+    name: str, entry: dict, fields: dict[str, torch.Tensor], bad
+) -> dict[str, torch.Tensor]:
     """The flat form ``{"indices", "values"}`` of a module's Elias–Fano coded positions (format 3), after
     checking them."""
     _check_form_fields(name, fields, ELIAS_FANO_FIELDS, "low_bits, high_bits", bad)
     numel = entry["shape"][0] * entry["shape"][1]
     try:
-        positions = elias_fano.decode(fields["low_bits"], fields["high_bits"], numel, entry["k"], prefix=f"{name}.")
+        positions = elias_fano.decode(
+            fields["low_bits"], fields["high_bits"], numel, entry["k"], prefix=f"{name}."
+        )
     except ValueError as e:
         raise bad(str(e)) from None
     return {"indices": positions.to(index_dtype(numel)), "values": fields["values"]}
 
 
-def decode_csr_legacy(name: str, entry: dict, fields: dict[str, torch.Tensor], bad) -> dict[str, torch.Tensor]:
+def decode_csr_legacy(
+    name: str, entry: dict, fields: dict[str, torch.Tensor], bad
+) -> dict[str, torch.Tensor]:
     """Legacy (format 2, read only): the flat form ``{"indices", "values"}`` of a module's CSR tensors, after
     checking them."""
     _check_form_fields(name, fields, COMPACT_FIELDS, "row_ptr, col_idx", bad)
@@ -68,7 +74,9 @@ def decode_csr_legacy(name: str, entry: dict, fields: dict[str, torch.Tensor], b
     out_features, in_features = entry["shape"]
     row_ptr, col_idx = fields["row_ptr"], fields["col_idx"]
     if tuple(row_ptr.shape) != (out_features + 1,):
-        raise bad(f"'{name}.row_ptr' has shape {list(row_ptr.shape)}, expected [{out_features + 1}] (out_features + 1)")
+        raise bad(
+            f"'{name}.row_ptr' has shape {list(row_ptr.shape)}, expected [{out_features + 1}] (out_features + 1)"
+        )
     if tuple(col_idx.shape) != (k,):
         raise bad(f"'{name}.col_idx' has shape {list(col_idx.shape)}, expected [{k}] (k of {name})")
     if row_ptr.dtype not in ROW_PTR_DTYPES:
@@ -84,14 +92,17 @@ def decode_csr_legacy(name: str, entry: dict, fields: dict[str, torch.Tensor], b
         raise bad(f"'{name}.row_ptr' decreases at row {row} ({int(ptr[row])} then {int(ptr[row + 1])})")
     cols = col_idx.long()
     if int(cols.min()) < 0 or int(cols.max()) >= in_features:
-        raise bad(f"'{name}.col_idx' out of range: [{int(cols.min())}, {int(cols.max())}] for "
-                  f"{in_features} columns")
+        raise bad(
+            f"'{name}.col_idx' out of range: [{int(cols.min())}, {int(cols.max())}] for {in_features} columns"
+        )
     rows = torch.repeat_interleave(torch.arange(out_features), counts)
     same_row = rows[1:] == rows[:-1]
     not_increasing = same_row & (cols[1:] <= cols[:-1])
     if bool(not_increasing.any()):
         at = int(not_increasing.nonzero()[0])
-        raise bad(f"'{name}.col_idx' not strictly increasing in row {int(rows[at])} at position {at + 1} "
-                  f"({int(cols[at])} then {int(cols[at + 1])})")
+        raise bad(
+            f"'{name}.col_idx' not strictly increasing in row {int(rows[at])} at position {at + 1} "
+            f"({int(cols[at])} then {int(cols[at + 1])})"
+        )
     indices = (rows * in_features + cols).to(index_dtype(out_features * in_features))
     return {"indices": indices, "values": fields["values"]}

@@ -81,19 +81,26 @@ def decode(low_bits: torch.Tensor, high_bits: torch.Tensor, n: int, k: int, pref
     exactly k set bits, and the positions are strictly increasing and inside ``[0, n)`` (the bitmap alone
     guarantees non-decreasing high parts, not that the low bits keep them apart or in range)."""
     width = low_width(n, k)
-    for field, data, size, bits in (("low_bits", low_bits, encoded_sizes(n, k)[0], k * width),
-                                    ("high_bits", high_bits, encoded_sizes(n, k)[1], high_length(n, k))):
+    for field, data, size, bits in (
+        ("low_bits", low_bits, encoded_sizes(n, k)[0], k * width),
+        ("high_bits", high_bits, encoded_sizes(n, k)[1], high_length(n, k)),
+    ):
         if data.dtype != torch.uint8:
             raise ValueError(f"'{prefix}{field}' must be uint8, got {data.dtype}")
         if tuple(data.shape) != (size,):
-            raise ValueError(f"'{prefix}{field}' has shape {list(data.shape)}, expected [{size}] "
-                             f"({bits} bits: k={k} positions in [0, {n}) at {width} low bits each)")
+            raise ValueError(
+                f"'{prefix}{field}' has shape {list(data.shape)}, expected [{size}] "
+                f"({bits} bits: k={k} positions in [0, {n}) at {width} low bits each)"
+            )
         if size and int(data[-1]) >> (bits - 8 * (size - 1)):
-            raise ValueError(f"'{prefix}{field}': the {8 * size - bits} padding bit(s) of the last byte "
-                             "are not zero")
+            raise ValueError(
+                f"'{prefix}{field}': the {8 * size - bits} padding bit(s) of the last byte are not zero"
+            )
     ones = unpack_bits(high_bits).nonzero().view(-1)
     if ones.numel() != k:
-        raise ValueError(f"'{prefix}high_bits' holds {ones.numel()} set bits, expected one per position (k={k})")
+        raise ValueError(
+            f"'{prefix}high_bits' holds {ones.numel()} set bits, expected one per position (k={k})"
+        )
     work = work_dtype(n, k)
     low = torch.zeros(k, dtype=work)
     low_planes = unpack_bits(low_bits)[: k * width].view(k, width)
@@ -101,11 +108,14 @@ def decode(low_bits: torch.Tensor, high_bits: torch.Tensor, n: int, k: int, pref
         low |= low_planes[:, bit].to(work) << bit
     x = ((ones.to(work) - torch.arange(k, dtype=work)) << width) | low
     if k and int(x.max()) >= n:  # (never below 0: bit i+h of the bitmap has i set bits before it)
-        raise ValueError(f"'{prefix}low_bits' and 'high_bits' decode to a position past the weight: "
-                         f"{int(x.max())} >= {n}")
+        raise ValueError(
+            f"'{prefix}low_bits' and 'high_bits' decode to a position past the weight: {int(x.max())} >= {n}"
+        )
     steps = x[1:] - x[:-1]
     if bool((steps <= 0).any()):
         at = int((steps <= 0).nonzero()[0])
-        raise ValueError(f"'{prefix}low_bits' and 'high_bits' decode to positions not strictly increasing "
-                         f"at position {at + 1} ({int(x[at])} then {int(x[at + 1])})")
+        raise ValueError(
+            f"'{prefix}low_bits' and 'high_bits' decode to positions not strictly increasing "
+            f"at position {at + 1} ({int(x[at])} then {int(x[at + 1])})"
+        )
     return x

@@ -41,7 +41,9 @@ def weight_fingerprint(module) -> list[float]:
     base = getattr(module, "base_layer", module)
     out_features, in_features = weight_shape(base.weight)
     # float64: float32 rounds positions past 2^24 (LLaMA-7B's matrices) up to one past the end
-    positions = torch.linspace(0, out_features * in_features - 1, FINGERPRINT_SIZE, dtype=torch.float64).long()
+    positions = torch.linspace(
+        0, out_features * in_features - 1, FINGERPRINT_SIZE, dtype=torch.float64
+    ).long()
     # gather, then convert (a whole-matrix float32 copy took ~0.3 s per LLaMA-7B matrix); 4-bit: dequantize
     weight = dense_weight(base.weight, torch.float32)[0] if is_quantized(base.weight) else base.weight
     sample = weight.detach().reshape(-1)[positions.to(weight.device)].float().cpu()
@@ -62,7 +64,9 @@ def base_sample_digest(module) -> str | None:
         return None
     flat = base.weight.detach().reshape(-1)
     if flat.numel() > BASE_SAMPLE_SIZE:
-        positions = torch.randint(flat.numel(), (BASE_SAMPLE_SIZE,), generator=torch.Generator().manual_seed(0))
+        positions = torch.randint(
+            flat.numel(), (BASE_SAMPLE_SIZE,), generator=torch.Generator().manual_seed(0)
+        )
         flat = flat[positions.to(flat.device)]
     sample = flat.to(torch.bfloat16).cpu().view(torch.int16).numpy().tobytes()
     return hashlib.sha256(repr(tuple(base.weight.shape)).encode() + sample).hexdigest()
@@ -77,9 +81,12 @@ def base_identity(model) -> dict:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     first = next(model.parameters(), None)
-    return {"name_or_path": name or type(model).__name__, "class": type(model).__name__,
-            "dtype": str(first.dtype).replace("torch.", "") if first is not None else None,
-            "revision": getattr(config, "_commit_hash", None)}
+    return {
+        "name_or_path": name or type(model).__name__,
+        "class": type(model).__name__,
+        "dtype": str(first.dtype).replace("torch.", "") if first is not None else None,
+        "revision": getattr(config, "_commit_hash", None),
+    }
 
 
 def check_against_base(directory, saved: dict, base_model, fingerprints: dict | None = None) -> None:
@@ -87,35 +94,52 @@ def check_against_base(directory, saved: dict, base_model, fingerprints: dict | 
     (module names, shapes, and the base weights themselves by a sampled fingerprint and, for full-precision
     bases, a hash of sampled entries). ``fingerprints``: the base's ``base_fingerprint`` per module, taken
     earlier (a base sharded since, e.g. by FSDP, cannot be sampled locally)."""
-    linears = {n: m for n, m in base_model.named_modules()
-               if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))}  # a wrapped model too (resume)
+    linears = {
+        n: m for n, m in base_model.named_modules() if isinstance(m, (torch.nn.Linear, SparseDeltaLinear))
+    }  # a wrapped model too (resume)
     base_shapes = {n: weight_shape(m.weight) for n, m in linears.items()}
     problems = []
     modules = saved["modules"]
     missing = [n for n in modules if n not in base_shapes]
     if missing:
-        problems.append(f"{len(missing)} module(s) of the checkpoint are not linear layers of the base model, "
-                        f"e.g. {missing[:3]}")
-    wrong = [f"{n}: checkpoint {modules[n]['shape']}, base {list(base_shapes[n])}"
-             for n in modules if n in base_shapes and list(base_shapes[n]) != list(modules[n]["shape"])]
+        problems.append(
+            f"{len(missing)} module(s) of the checkpoint are not linear layers of the base model, "
+            f"e.g. {missing[:3]}"
+        )
+    wrong = [
+        f"{n}: checkpoint {modules[n]['shape']}, base {list(base_shapes[n])}"
+        for n in modules
+        if n in base_shapes and list(base_shapes[n]) != list(modules[n]["shape"])
+    ]
     if wrong:
         problems.append("shape mismatch for " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
     if not problems:
         names = [n for n in modules if "fingerprint" in modules[n]]
         given = {n: fingerprints[n] if fingerprints else base_fingerprint(linears[n]) for n in names}
-        differ = [n for n in names if modules[n].get("base_sample_sha256") and given[n]["base_sample_sha256"]
-                  and modules[n]["base_sample_sha256"] != given[n]["base_sample_sha256"]]
+        differ = [
+            n
+            for n in names
+            if modules[n].get("base_sample_sha256")
+            and given[n]["base_sample_sha256"]
+            and modules[n]["base_sample_sha256"] != given[n]["base_sample_sha256"]
+        ]
         if differ:
-            problems.append(f"the base weights differ from those of {saved['base_model'].get('name_or_path')!r} it "
-                            f"was trained on in {len(differ)} module(s), e.g. {differ[0]} (a hash of "
-                            f"{BASE_SAMPLE_SIZE} sampled entries differs)")
+            problems.append(
+                f"the base weights differ from those of {saved['base_model'].get('name_or_path')!r} it "
+                f"was trained on in {len(differ)} module(s), e.g. {differ[0]} (a hash of "
+                f"{BASE_SAMPLE_SIZE} sampled entries differs)"
+            )
         if names:
             a = torch.tensor([v for n in names for v in modules[n]["fingerprint"]])
             b = torch.tensor([v for n in names for v in given[n]["fingerprint"]])
             corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
             if not corr >= FINGERPRINT_MIN_CORRELATION:
-                problems.append(f"the base weights differ: the checkpoint was trained on "
-                                f"{saved['base_model'].get('name_or_path')!r} and the sampled weights of the "
-                                f"given model correlate {corr:.2f} with it (same base: > {FINGERPRINT_MIN_CORRELATION})")
+                problems.append(
+                    f"the base weights differ: the checkpoint was trained on "
+                    f"{saved['base_model'].get('name_or_path')!r} and the sampled weights of the "
+                    f"given model correlate {corr:.2f} with it (same base: > {FINGERPRINT_MIN_CORRELATION})"
+                )
     if problems:
-        raise CheckpointMismatchError(f"checkpoint {directory} does not match the base model: " + "; ".join(problems))
+        raise CheckpointMismatchError(
+            f"checkpoint {directory} does not match the base model: " + "; ".join(problems)
+        )

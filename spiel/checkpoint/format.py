@@ -47,9 +47,13 @@ class ModuleEntry:
             raise bad(f"{where}.k must be an integer in [1, {shape[0] * shape[1]}], got {self.k!r}")
         fingerprint = self.fingerprint
         if fingerprint is not None and not (
-                isinstance(fingerprint, list) and len(fingerprint) == FINGERPRINT_SIZE
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                        for v in fingerprint)):
+            isinstance(fingerprint, list)
+            and len(fingerprint) == FINGERPRINT_SIZE
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in fingerprint
+            )
+        ):
             raise bad(f"{where}.fingerprint must be {FINGERPRINT_SIZE} finite numbers")
         digest = self.base_sample_sha256
         if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
@@ -107,11 +111,18 @@ class CheckpointHeader:
         for name, entry in modules.items():
             if not isinstance(entry, dict):
                 raise bad(f"modules[{name!r}] must be an object, got {entry!r}")
-            for key in ("fingerprint", "base_sample_sha256"):  # absent is allowed (and refused elsewhere), null not
+            for key in (
+                "fingerprint",
+                "base_sample_sha256",
+            ):  # absent is allowed (and refused elsewhere), null not
                 if key in entry and entry[key] is None:
-                    raise bad(f"modules[{name!r}].{key} is null; give what spiel wrote, or remove the key (and load "
-                              "with the unverified-base override)")
-            ModuleEntry(**{f.name: entry.get(f.name) for f in fields(ModuleEntry)}).check(f"modules[{name!r}]", bad)
+                    raise bad(
+                        f"modules[{name!r}].{key} is null; give what spiel wrote, or remove the key (and load "
+                        "with the unverified-base override)"
+                    )
+            ModuleEntry(**{f.name: entry.get(f.name) for f in fields(ModuleEntry)}).check(
+                f"modules[{name!r}]", bad
+            )
 
 
 HEADER_FIELDS = tuple(f.name for f in fields(CheckpointHeader))

@@ -18,8 +18,13 @@ DESCRIPTIONS = {"spiel": "a SpIEL checkpoint", "peft": "a peft adapter", "full":
 
 # A tokenizer saved with a checkpoint: one of the first three makes it loadable; the rest come with it.
 TOKENIZER_MAIN_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-TOKENIZER_FILES = TOKENIZER_MAIN_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                                          "vocab.json", "merges.txt")
+TOKENIZER_FILES = TOKENIZER_MAIN_FILES + (
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 class CheckpointError(ValueError):
@@ -27,7 +32,7 @@ class CheckpointError(ValueError):
 
 
 def detect_kind(directory) -> str | None:
-    """"spiel", "peft" or "full" by the first marker file ``directory`` holds; None when it holds none."""
+    """ "spiel", "peft" or "full" by the first marker file ``directory`` holds; None when it holds none."""
     directory = Path(directory)
     return next((kind for kind, marker in MARKERS.items() if (directory / marker).is_file()), None)
 
@@ -47,7 +52,8 @@ def checkpoint_kind(path, key: str = "ckpt") -> str:
         hint = " It holds checkpoint-N/ directories: pass one of them, or the run's final checkpoint."
     raise CheckpointError(
         f"{key}={path} is neither a SpIEL checkpoint ({CONFIG_NAME}), a peft adapter ({PEFT_CONFIG_NAME}) "
-        f"nor a transformers model directory ({MODEL_CONFIG_NAME}).{hint}")
+        f"nor a transformers model directory ({MODEL_CONFIG_NAME}).{hint}"
+    )
 
 
 def has_tokenizer(directory) -> bool:

@@ -68,10 +68,14 @@ def read_spiel_config(directory) -> dict:
     return config
 
 
-def read_checkpoint(directory, *, allow_unverified_base: bool = False,
-                    override: str | None = UNVERIFIED_BASE_OVERRIDE, allow_unverified_delta: bool = False,
-                    delta_override: str | None = UNVERIFIED_DELTA_OVERRIDE,
-                    ) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+def read_checkpoint(
+    directory,
+    *,
+    allow_unverified_base: bool = False,
+    override: str | None = UNVERIFIED_BASE_OVERRIDE,
+    allow_unverified_delta: bool = False,
+    delta_override: str | None = UNVERIFIED_DELTA_OVERRIDE,
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     """(config, {module: {"indices", "values"[, "grown_at"]}}) of a checkpoint that passed every check;
     the values in the checkpoint's ``delta_dtype``.
 
@@ -85,12 +89,16 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     modules = config["modules"]
     unverified = [n for n, m in modules.items() if "fingerprint" not in m]
     if unverified and not allow_unverified_base:
-        how = (f"if you are sure the base model is the one it was trained on, pass {override}" if override else
-               "spiel writes them into every checkpoint, so this one was altered")
+        how = (
+            f"if you are sure the base model is the one it was trained on, pass {override}"
+            if override
+            else "spiel writes them into every checkpoint, so this one was altered"
+        )
         raise InvalidCheckpointError(
             f"{directory / CONFIG_NAME}: no base-weight fingerprint for {len(unverified)} of {len(modules)} "
             f"module(s) (e.g. {unverified[0]}), so it cannot be checked against the base model it is loaded "
-            f"into; {how}")
+            f"into; {how}"
+        )
 
     path = directory / DELTA_NAME
     if not path.is_file():
@@ -100,15 +108,21 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
         return InvalidCheckpointError(f"{path}: {problem}")
 
     if "delta_sha256" not in config and not allow_unverified_delta:
-        how = (f"if you trust the file as it is, pass {delta_override}" if delta_override else
-               "spiel writes it into every checkpoint, so this one was altered")
+        how = (
+            f"if you trust the file as it is, pass {delta_override}"
+            if delta_override
+            else "spiel writes it into every checkpoint, so this one was altered"
+        )
         raise InvalidCheckpointError(
             f"{directory / CONFIG_NAME}: no delta_sha256, so {DELTA_NAME} cannot be checked for damage (a "
-            f"flipped bit or a truncation); {how}")
+            f"flipped bit or a truncation); {how}"
+        )
     data = path.read_bytes()
     if "delta_sha256" in config and sha256_hex(data) != config["delta_sha256"]:
-        raise bad(f"the file is damaged (truncated or altered): its SHA-256 differs from the one recorded in "
-                  f"{CONFIG_NAME} ({len(data):,} bytes)")
+        raise bad(
+            f"the file is damaged (truncated or altered): its SHA-256 differs from the one recorded in "
+            f"{CONFIG_NAME} ({len(data):,} bytes)"
+        )
     try:
         flat = load(data)
     except Exception as e:  # safetensors raises its own error type (and others) on a damaged file
@@ -118,7 +132,10 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         name, _, field = key.rpartition(".")
-        if name not in modules or field not in FLAT_FIELDS + OPTIONAL_FIELDS + COMPACT_FIELDS + ELIAS_FANO_FIELDS:
+        if (
+            name not in modules
+            or field not in FLAT_FIELDS + OPTIONAL_FIELDS + COMPACT_FIELDS + ELIAS_FANO_FIELDS
+        ):
             raise bad(f"unexpected tensor {key!r} (spiel_config.json lists no such module or field)")
         tensors.setdefault(name, {})[field] = tensor
     for name, entry in modules.items():
@@ -133,24 +150,33 @@ def read_checkpoint(directory, *, allow_unverified_base: bool = False,
                 raise bad(f"'{name}.{field}' has shape {list(t.shape)}, expected [{k}] (k of {name})")
         indices, values = fields["indices"], fields["values"]
         for field in ("indices", *OPTIONAL_FIELDS):
-            if field in fields and (fields[field].is_floating_point() or fields[field].is_complex()
-                                    or fields[field].dtype == torch.bool):
+            if field in fields and (
+                fields[field].is_floating_point()
+                or fields[field].is_complex()
+                or fields[field].dtype == torch.bool
+            ):
                 raise bad(f"'{name}.{field}' must hold integers, got {fields[field].dtype}")
         if not values.is_floating_point():
             raise bad(f"'{name}.values' must be floating point, got {values.dtype}")
         idx = indices.long()
         if int(idx.min()) < 0 or int(idx.max()) >= numel:
-            raise bad(f"'{name}.indices' out of range: [{int(idx.min())}, {int(idx.max())}] for a weight of "
-                      f"{numel} entries")
+            raise bad(
+                f"'{name}.indices' out of range: [{int(idx.min())}, {int(idx.max())}] for a weight of "
+                f"{numel} entries"
+            )
         steps = idx[1:] - idx[:-1]
         if bool((steps <= 0).any()):
             at = int((steps <= 0).nonzero()[0])
             problem = "duplicated" if int(steps[at]) == 0 else "not sorted"
-            raise bad(f"'{name}.indices' {problem} at position {at + 1} ({int(idx[at])} then {int(idx[at + 1])})")
+            raise bad(
+                f"'{name}.indices' {problem} at position {at + 1} ({int(idx[at])} then {int(idx[at + 1])})"
+            )
         if not lossless_into(values.dtype, delta_dtype):
-            raise bad(f"'{name}.values' are {str(values.dtype).replace('torch.', '')} but the checkpoint's "
-                      f"delta_dtype is {config['spiel_config'].get('delta_dtype') or 'float32'}: casting could "
-                      "overflow or round them (store them in delta_dtype, or a dtype it widens losslessly)")
+            raise bad(
+                f"'{name}.values' are {str(values.dtype).replace('torch.', '')} but the checkpoint's "
+                f"delta_dtype is {config['spiel_config'].get('delta_dtype') or 'float32'}: casting could "
+                "overflow or round them (store them in delta_dtype, or a dtype it widens losslessly)"
+            )
         fields["values"] = values = values.to(delta_dtype)  # checked after the cast: what readers get
         problem = delta_value_problem(values)
         if problem:

@@ -22,19 +22,32 @@ def checkpoint_header(spiel_config, base_model, deltas: dict, fingerprints: dict
     from spiel import __version__
 
     return CheckpointHeader(
-        spiel_version=__version__, spiel_config=spiel_config.to_dict(), base_model=base_identity(base_model),
-        modules={n: ModuleEntry(layer.k, [layer.out_features, layer.in_features], **fingerprints[n])
-                 for n, layer in deltas.items()})
+        spiel_version=__version__,
+        spiel_config=spiel_config.to_dict(),
+        base_model=base_identity(base_model),
+        modules={
+            n: ModuleEntry(layer.k, [layer.out_features, layer.in_features], **fingerprints[n])
+            for n, layer in deltas.items()
+        },
+    )
 
 
 def delta_tensors(deltas: dict, compact: bool) -> dict[str, torch.Tensor]:
     """``compact``: what inference needs (values, positions Elias–Fano coded); else the training form resume
     needs (flat sorted indices, values, grown_at)."""
     if not compact:
-        return {f"{n}.{key}": getattr(layer, key) for n, layer in deltas.items()
-                for key in ("indices", "values", "grown_at")}
-    return {f"{n}.{key}": t for n, layer in deltas.items()
-            for key, t in compact_delta(layer.indices, layer.values, (layer.out_features, layer.in_features)).items()}
+        return {
+            f"{n}.{key}": getattr(layer, key)
+            for n, layer in deltas.items()
+            for key in ("indices", "values", "grown_at")
+        }
+    return {
+        f"{n}.{key}": t
+        for n, layer in deltas.items()
+        for key, t in compact_delta(
+            layer.indices, layer.values, (layer.out_features, layer.in_features)
+        ).items()
+    }
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -46,8 +59,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_checkpoint(directory, header: CheckpointHeader | dict, tensors: dict[str, torch.Tensor],
-                     tokenizer=None) -> Path:
+def write_checkpoint(
+    directory, header: CheckpointHeader | dict, tensors: dict[str, torch.Tensor], tokenizer=None
+) -> Path:
     from safetensors.torch import save
 
     directory = Path(directory)

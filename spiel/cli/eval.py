@@ -57,8 +57,15 @@ def load_model(cfg: DictConfig) -> LoadedModel:
     ckpts = normalize_ckpts(OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt)
     weights = cfg.get("ckpt_weights")
     weights = OmegaConf.to_container(weights) if OmegaConf.is_list(weights) else weights
-    key = (tuple(ckpts), None if weights is None else str(weights), cfg.model.name_or_path, cfg.model.dtype, cfg.model.get("revision"), cfg.quant.name,
-           str(cfg.eval.device))
+    key = (
+        tuple(ckpts),
+        None if weights is None else str(weights),
+        cfg.model.name_or_path,
+        cfg.model.dtype,
+        cfg.model.get("revision"),
+        cfg.quant.name,
+        str(cfg.eval.device),
+    )
     if key not in _CACHE:
         _CACHE.clear()
         gc.collect()
@@ -69,13 +76,24 @@ def load_model(cfg: DictConfig) -> LoadedModel:
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
-        log.info("loading the model: ckpt=%s model=%s dtype=%s quant=%s", ckpts, cfg.model.name_or_path,
-                 cfg.model.dtype, cfg.quant.name)
-        _CACHE[key] = load_for_eval(ckpts, model_name=cfg.model.name_or_path, dtype=cfg.model.dtype,
-                                    quant=cfg.quant.name, device=cfg.eval.device, revision=cfg.model.get("revision"),
-                                    allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)),
-                                    allow_unverified_delta=bool(cfg.eval.get("allow_unverified_delta", False)),
-                                    ckpt_weights=weights)
+        log.info(
+            "loading the model: ckpt=%s model=%s dtype=%s quant=%s",
+            ckpts,
+            cfg.model.name_or_path,
+            cfg.model.dtype,
+            cfg.quant.name,
+        )
+        _CACHE[key] = load_for_eval(
+            ckpts,
+            model_name=cfg.model.name_or_path,
+            dtype=cfg.model.dtype,
+            quant=cfg.quant.name,
+            device=cfg.eval.device,
+            revision=cfg.model.get("revision"),
+            allow_unverified_base=bool(cfg.eval.get("allow_unverified_base", False)),
+            allow_unverified_delta=bool(cfg.eval.get("allow_unverified_delta", False)),
+            ckpt_weights=weights,
+        )
     return _CACHE[key]
 
 
@@ -93,12 +111,21 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
     check_bench(name, bench)  # before the model loads
     check_bench_data(name, bench, cfg.eval.data_dir, seed=cfg.seed, limit=cfg.eval.limit)
     loaded = load_model(cfg)
-    label = cfg.get("label") or default_label(loaded.info["ckpt"], loaded.info.get("base"),
-                                              loaded.info.get("ckpt_weights"))
+    label = cfg.get("label") or default_label(
+        loaded.info["ckpt"], loaded.info.get("base"), loaded.info.get("ckpt_weights")
+    )
     log.info("evaluating %s on %s (%s)", label, name, loaded.info)
-    result = run_bench(name, loaded.model, loaded.tokenizer, bench, data_dir=cfg.eval.data_dir,
-                       batch_size=cfg.eval.batch_size, seed=cfg.seed, limit=cfg.eval.limit,
-                       progress=bool(cfg.eval.progress))
+    result = run_bench(
+        name,
+        loaded.model,
+        loaded.tokenizer,
+        bench,
+        data_dir=cfg.eval.data_dir,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.seed,
+        limit=cfg.eval.limit,
+        progress=bool(cfg.eval.progress),
+    )
     import torch
     import transformers
 
@@ -111,7 +138,11 @@ def run(cfg: DictConfig, output_dir=None) -> dict:
         "bench_config": bench,
         "seed": cfg.seed,
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
-        "versions": {"spiel": spiel.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": {
+            "spiel": spiel.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
         "argv": sys.argv,
     }
     line = write_run(output_dir, name, result, run_info)
@@ -125,8 +156,19 @@ def _user_errors() -> tuple:
     from spiel.io.model_source import RemoteCodeError, RevisionError
     from spiel.model.spiel_model import CheckpointMismatchError, InvalidCheckpointError
 
-    return (MissingDataError, BenchDataError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError,
-            FileNotFoundError, LmEvalError, RemoteCodeError, RevisionError, EvalConfigError, MissingExtra)
+    return (
+        MissingDataError,
+        BenchDataError,
+        CheckpointError,
+        CheckpointMismatchError,
+        InvalidCheckpointError,
+        FileNotFoundError,
+        LmEvalError,
+        RemoteCodeError,
+        RevisionError,
+        EvalConfigError,
+        MissingExtra,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

@@ -41,7 +41,8 @@ NF4_ADVICE = (
     "full-precision models. Export with quant=none: the delta is merged into the full-precision base "
     "weights ({base}; a delta trained on an NF4 base then runs on the unquantized weights, as a merged "
     "QLoRA adapter does). To serve on the 4-bit base without merging, keep the checkpoint and load it with "
-    "SpielModel.from_pretrained (spiel-eval ... quant=nf4 does this).")
+    "SpielModel.from_pretrained (spiel-eval ... quant=nf4 does this)."
+)
 
 
 class ExportError(ValueError):
@@ -71,11 +72,20 @@ def _check_out_apart(out: Path, inputs: dict[str, str]) -> None:
     target = out.resolve()
     for what, path in inputs.items():
         source = Path(path).resolve()
-        relation = ("is" if target == source else "contains" if target in source.parents
-                    else "lies inside" if source in target.parents else None)
+        relation = (
+            "is"
+            if target == source
+            else "contains"
+            if target in source.parents
+            else "lies inside"
+            if source in target.parents
+            else None
+        )
         if relation:
-            raise ExportError(f"out={out} {relation} the input {what} ({path}): writing there would replace or "
-                              "delete what is being exported; choose an out= outside every input")
+            raise ExportError(
+                f"out={out} {relation} the input {what} ({path}): writing there would replace or "
+                "delete what is being exported; choose an out= outside every input"
+            )
 
 
 def _local_inputs(ckpts: list[str], model_name: str | None, info: dict | None = None) -> dict[str, str]:
@@ -146,9 +156,12 @@ def _check_base_not_4bit(model_name: str | None, ckpts: list[str]) -> None:
         return  # a hub id: the loaded model is checked instead (_check_loaded)
     quant = json.loads(config.read_text()).get("quantization_config")
     if quant:
-        raise ExportError(f"the base model {base} is stored quantized ({quant.get('quant_method', '?')}): "
-                          + NF4_ADVICE.format(base="point model.name_or_path at the full-precision weights "
-                                              f"{base} was quantized from"))
+        raise ExportError(
+            f"the base model {base} is stored quantized ({quant.get('quant_method', '?')}): "
+            + NF4_ADVICE.format(
+                base=f"point model.name_or_path at the full-precision weights {base} was quantized from"
+            )
+        )
 
 
 def _check_loaded(model) -> None:
@@ -157,26 +170,41 @@ def _check_loaded(model) -> None:
 
     quantized = [n for n, p in model.named_parameters() if is_quantized(p)]
     if quantized:
-        raise ExportError(f"the loaded base holds 4-bit weights ({quantized[0]}, ...): "
-                          + NF4_ADVICE.format(base="point model.name_or_path at full-precision weights"))
+        raise ExportError(
+            f"the loaded base holds 4-bit weights ({quantized[0]}, ...): "
+            + NF4_ADVICE.format(base="point model.name_or_path at full-precision weights")
+        )
     unmerged = [n for n, m in model.named_modules() if isinstance(m, SparseDeltaLinear)]
     if unmerged:  # pragma: no cover - load_for_eval merges every full-precision delta
         raise RuntimeError(f"internal error: the delta of {unmerged[0]} was not merged")
 
 
 def trained_template(tokenizer, info: dict, ckpts: list[str]) -> str | None:
-    """"tulu" or "model" when the tokenizer came with the checkpoint and carries a chat template (the one
+    """ "tulu" or "model" when the tokenizer came with the checkpoint and carries a chat template (the one
     spiel-train trained with); None when the Tülu template is to be attached."""
     from spiel.data.template import jinja_chat_template
 
     from_checkpoint = info.get("kind") == "full" or info.get("tokenizer") in ckpts
     if not from_checkpoint or not getattr(tokenizer, "chat_template", None):
         return None
-    return "tulu" if tokenizer.chat_template in (jinja_chat_template(True), jinja_chat_template(False)) else "model"
+    return (
+        "tulu"
+        if tokenizer.chat_template in (jinja_chat_template(True), jinja_chat_template(False))
+        else "model"
+    )
 
 
-def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", quant: str = "none",
-           device: str = "cpu", revision: str | None = None, overwrite: bool = False, ckpt_weights=None) -> Path:
+def export(
+    ckpt,
+    out,
+    model_name: str | None = None,
+    dtype: str = "bfloat16",
+    quant: str = "none",
+    device: str = "cpu",
+    revision: str | None = None,
+    overwrite: bool = False,
+    ckpt_weights=None,
+) -> Path:
     """Write the merged model of `ckpt` and its chat-template tokenizer to `out`; returns `out`."""
     import torch
 
@@ -188,8 +216,15 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
     out = _check_settings(ckpts, out, str(dtype), str(quant), overwrite)
     _check_out_apart(out, _local_inputs(ckpts, model_name))
     _check_base_not_4bit(model_name, ckpts)
-    loaded = load_for_eval(ckpts, model_name=model_name, dtype="float32", quant="none", device=device,
-                           revision=revision, ckpt_weights=ckpt_weights)
+    loaded = load_for_eval(
+        ckpts,
+        model_name=model_name,
+        dtype="float32",
+        quant="none",
+        device=device,
+        revision=revision,
+        ckpt_weights=ckpt_weights,
+    )
     _check_out_apart(out, _local_inputs(ckpts, model_name, loaded.info))  # Hub snapshots, the recorded base
     model, tokenizer = loaded.model, loaded.tokenizer
     _check_loaded(model)
@@ -199,9 +234,15 @@ def export(ckpt, out, model_name: str | None = None, dtype: str = "bfloat16", qu
         template = "tulu"
     model = model.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
-    info = {"ckpt": ckpts, "base": loaded.info.get("base"), "kind": loaded.info.get("kind"), "dtype": dtype,
-            "ckpt_weights": loaded.info.get("ckpt_weights"), "spiel_version": spiel.__version__,
-            "chat_template": template}
+    info = {
+        "ckpt": ckpts,
+        "base": loaded.info.get("base"),
+        "kind": loaded.info.get("kind"),
+        "dtype": dtype,
+        "ckpt_weights": loaded.info.get("ckpt_weights"),
+        "spiel_version": spiel.__version__,
+        "chat_template": template,
+    }
 
     def save(directory: Path) -> None:
         model.save_pretrained(directory)
@@ -224,15 +265,33 @@ def main(cfg: DictConfig):
     weights = cfg.get("ckpt_weights")
     weights = OmegaConf.to_container(weights) if OmegaConf.is_list(weights) else weights
     try:
-        out = export(ckpt, cfg.out, model_name=cfg.model.name_or_path, dtype=cfg.dtype, quant=cfg.quant.name,
-                     device=cfg.device, revision=cfg.model.get("revision"), overwrite=cfg.overwrite,
-                     ckpt_weights=weights)
-    except (ExportError, CheckpointError, CheckpointMismatchError, InvalidCheckpointError, ChatTemplateError,
-            FileNotFoundError, RemoteCodeError, RevisionError) as e:
+        out = export(
+            ckpt,
+            cfg.out,
+            model_name=cfg.model.name_or_path,
+            dtype=cfg.dtype,
+            quant=cfg.quant.name,
+            device=cfg.device,
+            revision=cfg.model.get("revision"),
+            overwrite=cfg.overwrite,
+            ckpt_weights=weights,
+        )
+    except (
+        ExportError,
+        CheckpointError,
+        CheckpointMismatchError,
+        InvalidCheckpointError,
+        ChatTemplateError,
+        FileNotFoundError,
+        RemoteCodeError,
+        RevisionError,
+    ) as e:
         print(f"spiel-export: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",
-          flush=True)
+    print(
+        f"exported: {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def missing_plugin(argv: list[str]) -> str | None:
 
     for arg in argv:
         for (prefix, value), module in PLUGIN_CHOICES.items():
-            chosen = arg.removeprefix("+").removeprefix(prefix) if arg.lstrip("+").startswith(prefix) else None
+            chosen = (
+                arg.removeprefix("+").removeprefix(prefix) if arg.lstrip("+").startswith(prefix) else None
+            )
             if chosen and chosen != "null" and value in (None, chosen) and not available(module):
                 return message(module, arg.lstrip("+"))
     return None

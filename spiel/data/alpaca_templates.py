@@ -18,7 +18,10 @@ WITH_INPUT = (
     (1.0, "Read the text below and respond.\n\n{input}\n\nRequest: {instruction}"),
     (1.0, "{instruction} Use this information:\n{input}"),
     (1.0, "Context:\n{input}\n\nQuestion or task:\n{instruction}"),
-    (1.0, "You are given an instruction and an input.\nInstruction: {instruction}\nInput: {input}\nResponse:"),
+    (
+        1.0,
+        "You are given an instruction and an input.\nInstruction: {instruction}\nInput: {input}\nResponse:",
+    ),
     (0.2, "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"),
 )
 

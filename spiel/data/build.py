@@ -46,7 +46,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:32]
 
 
-def _select_fingerprint(raw: Dataset, indices: list[int], tok_fp: str, max_seq_len: int, template: str = "tulu") -> str:
+def _select_fingerprint(
+    raw: Dataset, indices: list[int], tok_fp: str, max_seq_len: int, template: str = "tulu"
+) -> str:
     h = hashlib.sha256()
     h.update(f"{TOKENIZE_VERSION}|{raw._fingerprint}|{tok_fp}|{max_seq_len}|{template}|".encode())
     h.update(np.asarray(indices, dtype=np.int64).tobytes())
@@ -62,7 +64,9 @@ def _count_bad(raw: Dataset, name: str, mode: str) -> tuple[list[int], dict]:
             good.append(i)
             continue
         if mode == "error":
-            raise DataError(f"source {name!r}: {raw[i]['error']} (set on_bad_record: skip to skip and count such records)")
+            raise DataError(
+                f"source {name!r}: {raw[i]['error']} (set on_bad_record: skip to skip and count such records)"
+            )
         bad[kind] = bad.get(kind, 0) + 1
     return good, bad
 
@@ -71,8 +75,14 @@ def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_pro
     raw, content = load_raw(spec, cache_dir)
     good, bad = _count_bad(raw, spec.name, spec.on_bad_record)
     indices = select_indices(good, spec.cap, spec.weight, seed, spec.name)
-    stats = {"origin": describe(spec), "content": content, "records": len(raw), "bad_records": bad,
-             "valid": len(good), "selected": len(indices)}
+    stats = {
+        "origin": describe(spec),
+        "content": content,
+        "records": len(raw),
+        "bad_records": bad,
+        "valid": len(good),
+        "selected": len(indices),
+    }
     if not indices:
         stats.update(dropped_no_trainable=0, examples=0)
         return None, stats
@@ -91,7 +101,9 @@ def _build_source(spec, seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_pro
 
 
 def format_stats(stats: dict) -> str:
-    lines = [f"training data: {stats['examples']} examples (max_seq_len {stats['max_seq_len']}, seed {stats['seed']})"]
+    lines = [
+        f"training data: {stats['examples']} examples (max_seq_len {stats['max_seq_len']}, seed {stats['seed']})"
+    ]
     for name, s in stats["sources"].items():
         bad = ", ".join(f"{k}: {v}" for k, v in sorted(s["bad_records"].items())) or "none"
         lines.append(
@@ -102,8 +114,9 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def build_train_dataset(data_cfg, tokenizer, max_seq_len: int | None = None, cache_dir: str | None = None,
-                        num_proc: int = 1):
+def build_train_dataset(
+    data_cfg, tokenizer, max_seq_len: int | None = None, cache_dir: str | None = None, num_proc: int = 1
+):
     """Build the tokenized training set; returns `(Dataset[input_ids, labels], stats)`.
 
     `stats`: {"sources": {name: {origin, content (its fingerprint), records, bad_records{kind: n}, valid, selected,
@@ -122,8 +135,9 @@ def build_train_dataset(data_cfg, tokenizer, max_seq_len: int | None = None, cac
         tok_fp = hashlib.sha256(f"{tok_fp}|{tokenizer.chat_template}".encode()).hexdigest()[:32]
     parts, per_source = [], {}
     for spec in cfg.sources:
-        part, per_source[spec.name] = _build_source(spec, cfg.seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc,
-                                                    cfg.template)
+        part, per_source[spec.name] = _build_source(
+            spec, cfg.seed, tokenizer, tok_fp, max_seq_len, cache_dir, num_proc, cfg.template
+        )
         if part is not None and len(part):
             parts.append(part)
     stats = {

@@ -49,7 +49,8 @@ def _adds_bos(tokenizer) -> bool:
         return True
     raise ChatTemplateError(
         f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} adds special tokens other than a leading BOS "
-        f"({plain} -> {full}); a chat template cannot reproduce the ids spiel trains on")
+        f"({plain} -> {full}); a chat template cannot reproduce the ids spiel trains on"
+    )
 
 
 def template_mismatch(tokenizer) -> str | None:
@@ -61,8 +62,9 @@ def template_mismatch(tokenizer) -> str | None:
         if list(got) != list(expected):
             return f"conversation {messages!r}: template ids {list(got)} != training ids {list(expected)}"
         prompt_expected = tokenizer(chat_prompt(messages, eos_token=tokenizer.eos_token))["input_ids"]
-        prompt_got = tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True,
-                                                   add_generation_prompt=True)["input_ids"]
+        prompt_got = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
         if list(prompt_got) != list(prompt_expected):
             return f"generation prompt of {messages!r}: template ids {list(prompt_got)} != {list(prompt_expected)}"
     return None
@@ -72,14 +74,17 @@ def attach_chat_template(tokenizer):
     """Set the Tülu template on `tokenizer` (replacing any other) and check it; ChatTemplateError if the
     rendered ids differ from training's (the tokenizer's template is then left unset)."""
     if not getattr(tokenizer, "eos_token", None):
-        raise ChatTemplateError("the tokenizer has no eos_token; the Tülu template ends assistant turns with it")
+        raise ChatTemplateError(
+            "the tokenizer has no eos_token; the Tülu template ends assistant turns with it"
+        )
     tokenizer.chat_template = jinja_chat_template(bos=_adds_bos(tokenizer))
     problem = template_mismatch(tokenizer)
     if problem is not None:
         tokenizer.chat_template = None
         raise ChatTemplateError(
             "the Tülu chat template does not render token for token what spiel trains on with this tokenizer "
-            f"(its text is tokenized differently after a literal BOS): {problem}")
+            f"(its text is tokenized differently after a literal BOS): {problem}"
+        )
     return tokenizer
 
 

@@ -17,10 +17,17 @@ class DataCollatorForSpiel:
     carry label -100, so their id never matters to the loss.
     """
 
-    def __init__(self, tokenizer=None, pad_token_id: int | None = None, pad_to_multiple_of: int | None = None,
-                 label_pad_token_id: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        tokenizer=None,
+        pad_token_id: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        label_pad_token_id: int = IGNORE_INDEX,
+    ):
         if pad_token_id is None and tokenizer is not None:
-            pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            pad_token_id = (
+                tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            )
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.label_pad_token_id = label_pad_token_id

@@ -47,14 +47,46 @@ KNOWN_SOURCES = {
     "gpt4_alpaca": {"hub_id": None, "path": "data/processed/gpt4_alpaca/gpt4_alpaca_data.jsonl"},
     "demo": {"hub_id": None, "path": str(ASSETS_DIR / "demo" / "train.jsonl")},
 }
-_SOURCE_KEYS = {"name", "path", "hub_id", "revision", "split", "format", "cap", "weight", "on_bad_record", "columns"}
+_SOURCE_KEYS = {
+    "name",
+    "path",
+    "hub_id",
+    "revision",
+    "split",
+    "format",
+    "cap",
+    "weight",
+    "on_bad_record",
+    "columns",
+}
 _SHORTHAND_KEYS = ("path", "hub_id", "revision", "split", "format", "columns")  # one source at the top level
-_TOP_KEYS = {"name", "sources", "seed", "on_bad_record", "shuffle", "max_seq_len", "template_seed", "description",
-             "max_record_bytes", "template", *_SHORTHAND_KEYS}
+_TOP_KEYS = {
+    "name",
+    "sources",
+    "seed",
+    "on_bad_record",
+    "shuffle",
+    "max_seq_len",
+    "template_seed",
+    "description",
+    "max_record_bytes",
+    "template",
+    *_SHORTHAND_KEYS,
+}
 TEMPLATES = ("tulu", "model")  # data.template: the Tülu format (the paper's) | the tokenizer's chat template
 # columns: the canonical fields a source's own column names can be mapped to
-COLUMN_FIELDS = ("messages", "role", "content", "prompt", "completion", "instruction", "input", "output",
-                 "inputs", "targets")
+COLUMN_FIELDS = (
+    "messages",
+    "role",
+    "content",
+    "prompt",
+    "completion",
+    "instruction",
+    "input",
+    "output",
+    "inputs",
+    "targets",
+)
 BAD_RECORD_MODES = ("error", "skip")
 
 
@@ -117,8 +149,10 @@ def _parse_columns(columns, where: str) -> tuple[tuple[str, str], ...]:
     columns = _as_dict(columns, f"{where}: columns")
     unknown = sorted(set(columns) - set(COLUMN_FIELDS))
     if unknown:
-        raise DataError(f"{where}: columns maps the fields {', '.join(COLUMN_FIELDS)} to your column names; "
-                        f"{unknown} is not one of them (write columns: {{prompt: question, completion: answer}})")
+        raise DataError(
+            f"{where}: columns maps the fields {', '.join(COLUMN_FIELDS)} to your column names; "
+            f"{unknown} is not one of them (write columns: {{prompt: question, completion: answer}})"
+        )
     bad = {k: v for k, v in columns.items() if not isinstance(v, str) or not v}
     if bad:
         raise DataError(f"{where}: columns values must be column names (strings), got {bad}")
@@ -131,8 +165,10 @@ def _shorthand_source(cfg: dict) -> list[dict] | None:
     if not given.get("path") and not given.get("hub_id"):
         return None
     if cfg.get("sources"):
-        raise DataError("data config: give your data either as data.path / data.hub_id (one source) or as "
-                        "data.sources (several), not both")
+        raise DataError(
+            "data config: give your data either as data.path / data.hub_id (one source) or as "
+            "data.sources (several), not both"
+        )
     return [{"name": cfg.get("name") or "own", **given}]
 
 
@@ -142,26 +178,34 @@ def parse_data_config(data_cfg) -> DataConfig:
     if unknown:  # a misspelt key (``+data.sead=1``) would otherwise change nothing, silently
         close = difflib.get_close_matches(str(unknown[0]), sorted(_TOP_KEYS), n=1, cutoff=0.6)
         hint = f"; did you mean data.{close[0]}?" if close else ""
-        raise DataError(f"data config: unknown key(s) {', '.join(f'data.{k}' for k in unknown)}{hint} (keys added "
-                        f"with '+' are checked too; known keys of data: {', '.join(sorted(_TOP_KEYS))})")
+        raise DataError(
+            f"data config: unknown key(s) {', '.join(f'data.{k}' for k in unknown)}{hint} (keys added "
+            f"with '+' are checked too; known keys of data: {', '.join(sorted(_TOP_KEYS))})"
+        )
     top_mode = _check_mode(cfg.get("on_bad_record") or "error", "data config")
     template_seed = int(cfg.get("template_seed", 42))
     max_record_bytes = cfg.get("max_record_bytes")
     max_record_bytes = DEFAULT_MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
     if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 1:
-        raise DataError(f"data config: max_record_bytes must be a whole number of bytes >= 1, got {max_record_bytes!r}")
+        raise DataError(
+            f"data config: max_record_bytes must be a whole number of bytes >= 1, got {max_record_bytes!r}"
+        )
     raw_sources = _shorthand_source(cfg) or cfg.get("sources")
     if not raw_sources:
         if cfg.get("name") == "own":
-            raise DataError("data=own needs your data: data.path=<a JSON/JSONL/CSV/Parquet file> or "
-                            "data.hub_id=<a Hugging Face dataset id>")
+            raise DataError(
+                "data=own needs your data: data.path=<a JSON/JSONL/CSV/Parquet file> or "
+                "data.hub_id=<a Hugging Face dataset id>"
+            )
         raise DataError("data config: 'sources' must list at least one source")
     specs, names = [], set()
     for i, raw in enumerate(raw_sources):
         src = _as_dict(raw, f"data config sources[{i}]")
         unknown = set(src) - _SOURCE_KEYS
         if unknown:
-            raise DataError(f"data config sources[{i}]: unknown keys {sorted(unknown)}; allowed: {sorted(_SOURCE_KEYS)}")
+            raise DataError(
+                f"data config sources[{i}]: unknown keys {sorted(unknown)}; allowed: {sorted(_SOURCE_KEYS)}"
+            )
         name = src.get("name")
         if not name:
             raise DataError(f"data config sources[{i}]: every source needs a 'name'")
@@ -179,7 +223,9 @@ def parse_data_config(data_cfg) -> DataConfig:
             )
         fmt = src.get("format") or "auto"
         if fmt != "auto" and fmt not in FORMATS:
-            raise DataError(f"source {name!r}: format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+            raise DataError(
+                f"source {name!r}: format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}"
+            )
         try:
             check_revision(src.get("revision"), f"data sources[{i}].revision")
         except ValueError as e:
@@ -202,8 +248,10 @@ def parse_data_config(data_cfg) -> DataConfig:
         )
     template = cfg.get("template") or "tulu"
     if template not in TEMPLATES:
-        raise DataError(f"data config: template must be tulu (the paper's chat format) or model (the tokenizer's "
-                        f"own chat template), got {template!r}")
+        raise DataError(
+            f"data config: template must be tulu (the paper's chat format) or model (the tokenizer's "
+            f"own chat template), got {template!r}"
+        )
     return DataConfig(
         template=template,
         sources=specs,

@@ -41,7 +41,8 @@ def _warn_boundary(tokenizer) -> None:
         _warned_boundary = True
         logger.warning(
             "tokenizer %s merges tokens across the chat template's '<|assistant|>\\n' boundary; "
-            "label masks may be shifted by a token there", getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            "label masks may be shifted by a token there",
+            getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
         )
 
 
@@ -81,7 +82,7 @@ def encode_many(conversations: Sequence[Sequence[Mapping]], tokenizer, max_seq_l
     ids = tokenizer(flat, max_length=max_seq_len, truncation=True)["input_ids"] if flat else []
     out, pos = [], 0
     for plan in plans:
-        out.append(_assemble(ids[pos:pos + len(plan)], tokenizer))
+        out.append(_assemble(ids[pos : pos + len(plan)], tokenizer))
         pos += len(plan)
     return out
 
@@ -125,8 +126,13 @@ def tokenize_batch(batch: Mapping, tokenizer, max_seq_len: int, template: str = 
         from spiel.data.model_template import encode_with_model_template as encode_conversations
     else:
         encode_conversations = encode_many
-    encoded = dict(zip(conv_rows, encode_conversations([batch["messages"][i] for i in conv_rows], tokenizer,
-                                                       max_seq_len), strict=True))
+    encoded = dict(
+        zip(
+            conv_rows,
+            encode_conversations([batch["messages"][i] for i in conv_rows], tokenizer, max_seq_len),
+            strict=True,
+        )
+    )
     out = {"input_ids": [], "labels": []}
     for i in rows:
         enc = encoded.get(i)

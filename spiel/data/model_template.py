@@ -33,15 +33,21 @@ def _name(tokenizer) -> str:
 def check_model_template(tokenizer) -> None:
     """DataError unless the tokenizer has a chat template and returns character offsets."""
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"data.template=model: the tokenizer of {_name(tokenizer)!r} has no chat template; train in "
-                        "the Tülu format (data.template=tulu) or give the tokenizer one")
+        raise DataError(
+            f"data.template=model: the tokenizer of {_name(tokenizer)!r} has no chat template; train in "
+            "the Tülu format (data.template=tulu) or give the tokenizer one"
+        )
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"data.template=model needs a fast tokenizer (character offsets) for exact label masks; "
-                        f"{_name(tokenizer)!r} is a slow one")
+        raise DataError(
+            f"data.template=model needs a fast tokenizer (character offsets) for exact label masks; "
+            f"{_name(tokenizer)!r} is a slow one"
+        )
 
 
 def _render(tokenizer, messages, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def assistant_spans(messages: Sequence[Mapping], tokenizer) -> tuple[str, list[tuple[int, int]]]:
@@ -56,20 +62,25 @@ def assistant_spans(messages: Sequence[Mapping], tokenizer) -> tuple[str, list[t
         head = _render(tokenizer, messages[:i], generation_prompt=True)
         turn = _render(tokenizer, messages[: i + 1]).rstrip()
         if not (text.startswith(head) and text.startswith(turn) and len(head) <= len(turn)):
-            raise DataError(f"data.template=model: the chat template of {_name(tokenizer)!r} does not render the "
-                            f"turns of a conversation as prefixes of it (turn {i}), so the answer tokens cannot be "
-                            "located; train in the Tülu format (data.template=tulu)")
+            raise DataError(
+                f"data.template=model: the chat template of {_name(tokenizer)!r} does not render the "
+                f"turns of a conversation as prefixes of it (turn {i}), so the answer tokens cannot be "
+                "located; train in the Tülu format (data.template=tulu)"
+            )
         spans.append((len(head), len(turn)))
     return text, spans
 
 
-def encode_with_model_template(conversations: Sequence[Sequence[Mapping]], tokenizer,
-                               max_seq_len: int = 2048) -> list[dict]:
+def encode_with_model_template(
+    conversations: Sequence[Sequence[Mapping]], tokenizer, max_seq_len: int = 2048
+) -> list[dict]:
     """``{"input_ids", "labels"}`` per conversation (see the module doc); right truncation at max_seq_len."""
     rendered = [assistant_spans(messages, tokenizer) for messages in conversations]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for (_, spans), ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+    for (_, spans), ids, offsets in zip(
+        rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True
+    ):
         labels = [IGNORE_INDEX] * len(ids)
         for position, (start, end) in enumerate(offsets):
             if end <= start:
@@ -79,7 +90,10 @@ def encode_with_model_template(conversations: Sequence[Sequence[Mapping]], token
                 labels[position] = ids[position]
             elif any(start < b and a < end for a, b in spans) and _name(tokenizer) not in _warned:
                 _warned.add(_name(tokenizer))
-                log.warning("tokenizer %s merges a token across the boundary of an assistant answer in its chat "
-                            "template; such tokens are left untrained", _name(tokenizer))
+                log.warning(
+                    "tokenizer %s merges a token across the boundary of an assistant answer in its chat "
+                    "template; such tokens are left untrained",
+                    _name(tokenizer),
+                )
         out.append({"input_ids": list(ids[:max_seq_len]), "labels": labels[:max_seq_len]})
     return out

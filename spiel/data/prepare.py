@@ -13,8 +13,9 @@ from spiel.data.reader import iter_records
 from spiel.data.records import RecordError, to_canonical
 
 
-def convert_file(src, dst, fmt: str = "auto", dataset: str | None = None, seed: int = 42,
-                 on_bad_record: str = "error") -> dict:
+def convert_file(
+    src, dst, fmt: str = "auto", dataset: str | None = None, seed: int = 42, on_bad_record: str = "error"
+) -> dict:
     """Convert a raw JSON/JSONL file into canonical JSONL at `dst`; returns counts.
 
     Used by scripts/prepare_train_data.py; bad records fail with file:line, or are skipped and counted.

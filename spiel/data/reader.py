@@ -43,8 +43,9 @@ def _first_char(path: Path) -> str:
     return ""
 
 
-def iter_records(path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-                 ) -> Iterator[tuple[str, object, tuple[str, str] | None]]:
+def iter_records(
+    path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[tuple[str, object, tuple[str, str] | None]]:
     path = check_file(path)
     first = _first_char(path)
     if not first:
@@ -56,8 +57,11 @@ def iter_records(path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 def too_large(where: str, size: int, cap: int) -> tuple[str, str]:
-    return ("too_large", f"{where}: record is {size:,} bytes, over data.max_record_bytes={cap:,} "
-                         "(raise the cap if such records are wanted)")
+    return (
+        "too_large",
+        f"{where}: record is {size:,} bytes, over data.max_record_bytes={cap:,} "
+        "(raise the cap if such records are wanted)",
+    )
 
 
 def _parse(where: str, text: str):
@@ -67,8 +71,10 @@ def _parse(where: str, text: str):
     except json.JSONDecodeError as e:
         return None, ("bad_json", f"{where}: malformed JSON line ({e.msg} at column {e.colno})")
     except RecursionError:
-        return None, ("too_deep", f"{where}: record is nested too deeply to parse (over "
-                                  f"{sys.getrecursionlimit()} levels)")
+        return None, (
+            "too_deep",
+            f"{where}: record is nested too deeply to parse (over {sys.getrecursionlimit()} levels)",
+        )
     return record, _check_text(where, text, record)
 
 
@@ -77,8 +83,10 @@ def _check_text(where: str, text: str, record) -> tuple[str, str] | None:
         try:
             json.dumps(record, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            return "bad_text", (f"{where}: record holds an unpaired UTF-16 surrogate escape (like \\ud800), "
-                                "which is not valid Unicode text")
+            return "bad_text", (
+                f"{where}: record holds an unpaired UTF-16 surrogate escape (like \\ud800), "
+                "which is not valid Unicode text"
+            )
     return None
 
 
@@ -151,8 +159,10 @@ def _iter_array(path: Path, cap: int):
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:  # where the element ends is unknown: nothing after it can be trusted
-            raise DataError(f"{path}:{line_at(pos)}: record is nested too deeply to parse (over "
-                            f"{sys.getrecursionlimit()} levels)") from None
+            raise DataError(
+                f"{path}:{line_at(pos)}: record is nested too deeply to parse (over "
+                f"{sys.getrecursionlimit()} levels)"
+            ) from None
         where = f"{path}:{line_at(pos)}"
         size = len(text[pos:end].encode("utf-8"))
         if size > cap:

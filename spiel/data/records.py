@@ -52,7 +52,9 @@ def check_messages(messages) -> None:
             raise RecordError("bad_messages", f"message {i} is a {type(m).__name__}, not an object")
         role = m.get("role")
         if role not in ROLES:
-            raise RecordError("unknown_role", f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            raise RecordError(
+                "unknown_role", f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}"
+            )
         content = m.get("content")
         if not isinstance(content, str):
             raise RecordError("bad_messages", f"message {i} ({role}) has no string 'content'")
@@ -85,7 +87,12 @@ def to_canonical(record, fmt: str, index: int, dataset: str, seed: int = 42) -> 
     if fmt == "prompt_completion":
         prompt, completion = _str_field(record, "prompt"), _str_field(record, "completion")
         rid = str(record.get("id", f"{dataset}_{index}"))
-        return {"dataset": str(record.get("dataset", dataset)), "id": rid, "prompt": prompt, "completion": completion}
+        return {
+            "dataset": str(record.get("dataset", dataset)),
+            "id": rid,
+            "prompt": prompt,
+            "completion": completion,
+        }
     if fmt == "messages":
         messages = record.get("messages")
         check_messages(messages)

@@ -48,8 +48,16 @@ def load_dataset(*args, **kwargs):
 
 
 def _row(where: str, canonical: dict | None = None, error: tuple[str, str] | None = None) -> dict:
-    row = {"dataset": "", "id": "", "messages": [], "prompt": "", "completion": "", "where": where,
-           "error_kind": "", "error": ""}
+    row = {
+        "dataset": "",
+        "id": "",
+        "messages": [],
+        "prompt": "",
+        "completion": "",
+        "where": where,
+        "error_kind": "",
+        "error": "",
+    }
     if canonical is not None:
         row.update(canonical)
     if error is not None:
@@ -84,7 +92,8 @@ def rename_columns(record, columns: dict[str, str]):
         for m in messages:
             if isinstance(m, dict):
                 m = {k: v for k, v in m.items() if k not in inner.values()} | {
-                    field: m.get(name) for field, name in inner.items()}
+                    field: m.get(name) for field, name in inner.items()
+                }
                 if "role" in inner:
                     m["role"] = SHAREGPT_ROLES.get(m["role"], m["role"])
             renamed.append(m)
@@ -113,8 +122,9 @@ def _hub_record(where: str, row: dict, cap: int):
     return (where, None, too_large(where, size, cap)) if size > cap else (where, row, None)
 
 
-def _hub_rows(hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int, max_record_bytes: int,
-              columns: tuple = ()):
+def _hub_rows(
+    hub: Dataset, hub_id: str, fmt: str, dataset: str, seed: int, max_record_bytes: int, columns: tuple = ()
+):
     records = (_hub_record(f"{hub_id}[{i}]", dict(row), max_record_bytes) for i, row in enumerate(hub))
     yield from _canonical_rows(records, fmt, dataset, seed, columns)
 
@@ -145,18 +155,38 @@ def load_raw(spec: SourceSpec, cache_dir: str | None = None) -> tuple[Dataset, s
         try:
             check_file(path)
         except DataError as e:
-            hint = " (run scripts/prepare_train_data.py, or set the source's path)" if spec.name != "demo" else ""
+            hint = (
+                " (run scripts/prepare_train_data.py, or set the source's path)"
+                if spec.name != "demo"
+                else ""
+            )
             raise DataError(f"source {spec.name!r}: {e}{hint}") from None
         content = f"sha256:{file_sha256(path)}"
         gen = _table_rows if path.suffix.lower() in TABLE_SUFFIXES else _file_rows
         kwargs = {"path": str(path)}
-    fp = _fingerprint(content, spec.hub_id or "file", spec.format, spec.name, spec.template_seed, spec.max_record_bytes,
-                      spec.columns)
-    kwargs.update(fmt=spec.format, dataset=spec.name, seed=spec.template_seed, max_record_bytes=spec.max_record_bytes,
-                  columns=spec.columns)
+    fp = _fingerprint(
+        content,
+        spec.hub_id or "file",
+        spec.format,
+        spec.name,
+        spec.template_seed,
+        spec.max_record_bytes,
+        spec.columns,
+    )
+    kwargs.update(
+        fmt=spec.format,
+        dataset=spec.name,
+        seed=spec.template_seed,
+        max_record_bytes=spec.max_record_bytes,
+        columns=spec.columns,
+    )
     try:
-        return (Dataset.from_generator(gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp),
-                content)
+        return (
+            Dataset.from_generator(
+                gen, features=FEATURES, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp
+            ),
+            content,
+        )
     except Exception as e:  # datasets wraps errors raised in the generator; surface ours plainly
         cause = e
         while cause is not None and not isinstance(cause, DataError):
@@ -173,7 +203,7 @@ def _load_hub(spec: SourceSpec) -> Dataset:
         first = str(e).splitlines()[0] if str(e) else ""
         raise DataError(
             f"source {spec.name!r}: could not load the Hugging Face dataset {spec.hub_id!r} (split {spec.split!r}): "
-            f"{type(e).__name__}: {first}. To get it: on a machine with internet, run `python -c \"import "
+            f'{type(e).__name__}: {first}. To get it: on a machine with internet, run `python -c "import '
             f"datasets; datasets.load_dataset('{spec.hub_id}', split='{spec.split}')\"` to fill the datasets cache "
             f"(~/.cache/huggingface/datasets; copy it here), or save it as a JSONL/Parquet file and train with "
             f"data.path=<that file> instead of the hub id."

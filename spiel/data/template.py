@@ -81,9 +81,15 @@ _JINJA_TURNS = (
 def jinja_chat_template(bos: bool = True) -> str:
     """The Tülu template as Jinja; `bos`: start with the tokenizer's BOS (tokenizers that add one)."""
     start = "bos_token + " if bos else ""
-    return (_JINJA_TURNS
-            + "{%- if add_generation_prompt -%}"
-            + "{{- " + start + "ns.text + '<|assistant|>\\n' -}}"
-            + "{%- else -%}"
-            + "{{- " + start + "(ns.text | trim) -}}"
-            + "{%- endif -%}")
+    return (
+        _JINJA_TURNS
+        + "{%- if add_generation_prompt -%}"
+        + "{{- "
+        + start
+        + "ns.text + '<|assistant|>\\n' -}}"
+        + "{%- else -%}"
+        + "{{- "
+        + start
+        + "(ns.text | trim) -}}"
+        + "{%- endif -%}"
+    )

@@ -31,12 +31,16 @@ def delta_value_problem(values: torch.Tensor) -> str | None:
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0])
-        return (f"{int((~finite).sum())} non-finite value(s) of {values.numel()} (NaN/Inf; first at position "
-                f"{first}: {float(values[first])})")
+        return (
+            f"{int((~finite).sum())} non-finite value(s) of {values.numel()} (NaN/Inf; first at position "
+            f"{first}: {float(values[first])})"
+        )
     too_large = values.detach().abs() > MAX_DELTA_MAGNITUDE
     if bool(too_large.any()):
         first = int(too_large.nonzero()[0])
-        return (f"{int(too_large.sum())} value(s) of {values.numel()} beyond ±{MAX_DELTA_MAGNITUDE:g} (first at "
-                f"position {first}: {float(values[first]):.4g}), which no fine-tuning run of this base produces "
-                "(see spiel.delta.bounds)")
+        return (
+            f"{int(too_large.sum())} value(s) of {values.numel()} beyond ±{MAX_DELTA_MAGNITUDE:g} (first at "
+            f"position {first}: {float(values[first]):.4g}), which no fine-tuning run of this base produces "
+            "(see spiel.delta.bounds)"
+        )
     return None

@@ -80,17 +80,25 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
 
         dense = None
         top = probe is not None and probe.on_grad_blocks is not None
-        stream = top and not need_w and not (need_values and grad_path == "dense") and (
-            out_features * in_features * torch.finfo(dtype).bits // 8 > PROBE_STREAM_BYTES)
+        stream = (
+            top
+            and not need_w
+            and not (need_values and grad_path == "dense")
+            and (out_features * in_features * torch.finfo(dtype).bits // 8 > PROBE_STREAM_BYTES)
+        )
         if stream:
             with _labelled("spiel::probe"):
-                grad_values = _streamed_probe(x2d, g2d, indices if need_values else None, probe, out_features,
-                                              in_features)
+                grad_values = _streamed_probe(
+                    x2d, g2d, indices if need_values else None, probe, out_features, in_features
+                )
             if grad_values is not None:
                 grad_values = grad_values.to(values.dtype)
             need_values, top = False, False
-        if need_w or (probe is not None and probe.on_dense_grad is not None) or top or (
-            need_values and grad_path == "dense"
+        if (
+            need_w
+            or (probe is not None and probe.on_dense_grad is not None)
+            or top
+            or (need_values and grad_path == "dense")
         ):
             dense = torch.mm(g2d.t(), x2d)
             if probe is not None and probe.on_dense_grad is not None:
@@ -105,7 +113,14 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         if need_values and gather:  # one pass for both (the sddmm path transposes each token chunk once)
             with _labelled("spiel::values_grad+probe"):
                 grad_values, at_candidates = gather_grads(
-                    x2d, g2d, [indices, probe.candidates], out_features, in_features, grad_path, dense_grad=dense)
+                    x2d,
+                    g2d,
+                    [indices, probe.candidates],
+                    out_features,
+                    in_features,
+                    grad_path,
+                    dense_grad=dense,
+                )
                 grad_values = grad_values.to(values.dtype)
                 probe.on_candidate_grad(at_candidates.to(torch.float32))
         elif need_values:
@@ -116,8 +131,9 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         elif gather:
             with _labelled("spiel::probe"):
                 probe.on_candidate_grad(
-                    gather_grad(x2d, g2d, probe.candidates, out_features, in_features, grad_path, dense_grad=dense)
-                    .to(torch.float32)
+                    gather_grad(
+                        x2d, g2d, probe.candidates, out_features, in_features, grad_path, dense_grad=dense
+                    ).to(torch.float32)
                 )
         del dense
         if need_bias:
@@ -186,16 +202,23 @@ def sparse_delta_linear(
     if values.shape != indices.shape:
         raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} differ in shape")
     if storage is not None and not merged_storage_fits(weight, compute_dtype):
-        raise ValueError("merged storage needs a frozen, contiguous, full-precision weight in the compute dtype")
+        raise ValueError(
+            "merged storage needs a frozen, contiguous, full-precision weight in the compute dtype"
+        )
     return SparseDeltaLinearFunction.apply(
-        x, weight, indices, values, bias, grad_path, probe, compute_dtype, storage)
+        x, weight, indices, values, bias, grad_path, probe, compute_dtype, storage
+    )
 
 
 def merged_storage_fits(weight: torch.Tensor, compute_dtype: torch.dtype | None) -> bool:
     """Whether ``weight`` can hold ``W + Δ`` itself: not quantized (requantizing would be lossy), already in
     the compute dtype (else every GEMM converts a copy anyway), frozen and contiguous."""
-    return (not is_quantized(weight) and compute_dtype in (None, weight.dtype) and not weight.requires_grad
-            and weight.is_contiguous())
+    return (
+        not is_quantized(weight)
+        and compute_dtype in (None, weight.dtype)
+        and not weight.requires_grad
+        and weight.is_contiguous()
+    )
 
 
 __all__ = ["GradProbe", "SparseDeltaLinearFunction", "merged_storage_fits", "sparse_delta_linear"]

@@ -41,6 +41,7 @@ SDDMM_CHUNK_FLOATS = 1 << 19
 def sddmm_token_chunk(in_features: int) -> int:
     return max(32, min(1024, SDDMM_CHUNK_FLOATS // max(1, in_features)))
 
+
 # CPU choice between sddmm and dense, from a time model per token fitted with
 # `scripts/bench_kernel.py --crossover` on the 2-core dev box (fp32):
 #     dense ≈ out·in / R_gemm          sddmm ≈ k / R_gather + (in + out) / R_copy
@@ -123,7 +124,11 @@ def _sync(device: torch.device) -> None:
 
 
 def calibrated_path(
-    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int, in_features: int,
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    indices: torch.Tensor,
+    out_features: int,
+    in_features: int,
     paths: tuple[str, ...] | None = None,
 ) -> tuple[str, torch.Tensor | None]:
     """``auto``'s choice for this call, and (when it was measured just now) the gradient it computed.
@@ -140,7 +145,9 @@ def calibrated_path(
     if device.type != "cuda" and x2d.shape[0] * out_features * in_features < CPU_CALIBRATION_MIN_WORK:
         return choose_grad_path(device, x2d.shape[0], indices.numel(), out_features, in_features), None
     candidates = paths or candidate_paths(device)
-    results = {path: _run_path(path, x2d, g2d, indices, out_features, in_features) for path in candidates}  # warm-up
+    results = {
+        path: _run_path(path, x2d, g2d, indices, out_features, in_features) for path in candidates
+    }  # warm-up
     times: dict[str, list[float]] = {path: [] for path in candidates}
     for _ in range(CALIBRATION_REPEATS):  # round-robin, so that a burst of load hits every path alike
         for path in candidates:
@@ -171,7 +178,11 @@ BLOCKED_ELEMENTS = 1 << 22
 
 
 def blocked_gather_grad(
-    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int, in_features: int,
+    x2d: torch.Tensor,
+    g2d: torch.Tensor,
+    indices: torch.Tensor,
+    out_features: int,
+    in_features: int,
     block_rows: int | None = None,
 ) -> torch.Tensor:
     """``dense`` by blocks of rows: each ``[rows, in]`` block of ``dYᵀ X`` is one GEMM, gathered at the
@@ -223,13 +234,15 @@ def sddmm_gather_grads(
         crow, cols = csr_pattern(indices, out_features, in_features)
         with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
             warnings.simplefilter("ignore", UserWarning)
-            accs.append(torch.sparse_csr_tensor(
-                crow,
-                cols,
-                torch.zeros(indices.numel(), dtype=torch.float32, device=x2d.device),
-                (out_features, in_features),
-                check_invariants=False,
-            ))
+            accs.append(
+                torch.sparse_csr_tensor(
+                    crow,
+                    cols,
+                    torch.zeros(indices.numel(), dtype=torch.float32, device=x2d.device),
+                    (out_features, in_features),
+                    check_invariants=False,
+                )
+            )
     tokens = x2d.shape[0]
     chunk = max(1, min(token_chunk, tokens))
     buf = _workspace(chunk * (out_features + in_features), x2d.device)
@@ -310,7 +323,9 @@ def gather_grads(
     """:func:`gather_grad` of several index sets of one backward; the sets that take the ``sddmm`` path share its
     transposed token chunks (:func:`sddmm_gather_grads`)."""
     if dense_grad is not None or grad_path not in ("auto", "sddmm") or len(index_sets) < 2:
-        return [gather_grad(x2d, g2d, s, out_features, in_features, grad_path, dense_grad) for s in index_sets]
+        return [
+            gather_grad(x2d, g2d, s, out_features, in_features, grad_path, dense_grad) for s in index_sets
+        ]
     results: list[torch.Tensor | None] = [None] * len(index_sets)
     shared = []
     for i, indices in enumerate(index_sets):
@@ -321,7 +336,11 @@ def gather_grads(
             shared.append(i)
         elif results[i] is None:
             results[i] = gather_grad(x2d, g2d, indices, out_features, in_features, path)
-    found = sddmm_gather_grads(x2d, g2d, [index_sets[i] for i in shared], out_features, in_features) if shared else []
+    found = (
+        sddmm_gather_grads(x2d, g2d, [index_sets[i] for i in shared], out_features, in_features)
+        if shared
+        else []
+    )
     for i, grad in zip(shared, found, strict=True):
         results[i] = grad
     return results
@@ -329,8 +348,10 @@ def gather_grads(
 
 def _run_path(grad_path, x2d, g2d, indices, out_features, in_features) -> torch.Tensor:
     if grad_path in CUDA_ONLY_PATHS and x2d.device.type != "cuda" and not _interpreted():
-        raise ValueError(f"grad_path={grad_path!r} needs a CUDA device (or TRITON_INTERPRET=1 for tests); "
-                         f"the inputs are on {x2d.device}: use auto, dense, blocked or sddmm")
+        raise ValueError(
+            f"grad_path={grad_path!r} needs a CUDA device (or TRITON_INTERPRET=1 for tests); "
+            f"the inputs are on {x2d.device}: use auto, dense, blocked or sddmm"
+        )
     if grad_path == "dense":
         return dense_gather_grad(x2d, g2d, indices)
     if grad_path == "blocked":

@@ -66,7 +66,9 @@ def rows_cols(indices: torch.Tensor, in_features: int) -> tuple[torch.Tensor, to
     return rows, indices - rows * in_features
 
 
-def csr_pattern(indices: torch.Tensor, out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+def csr_pattern(
+    indices: torch.Tensor, out_features: int, in_features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(crow_indices, col_indices) of the CSR pattern of sorted flat indices; O(k + out) memory."""
     rows, cols = rows_cols(indices, in_features)
     counts = torch.bincount(rows, minlength=out_features)

@@ -53,7 +53,9 @@ class SparseDeltaLinear(nn.Module):
         self.out_features, self.in_features = weight_shape(base_layer.weight)
         numel = self.out_features * self.in_features
         if not 0 < k <= numel:
-            raise ValueError(f"k must be in [1, {numel}] for a {self.out_features}x{self.in_features} weight, got {k}")
+            raise ValueError(
+                f"k must be in [1, {numel}] for a {self.out_features}x{self.in_features} weight, got {k}"
+            )
         device = base_layer.weight.device
         if indices is None:
             indices = random_subset(numel, k, generator)
@@ -122,7 +124,9 @@ class SparseDeltaLinear(nn.Module):
         """Hand the dense ``dL/dW`` of the next backward (one micro-batch) to ``callback``, once."""
         self._dense_grad_request = callback
 
-    def request_grad_blocks(self, callback: Callable[[Callable[[int, int], torch.Tensor], int], None]) -> None:
+    def request_grad_blocks(
+        self, callback: Callable[[Callable[[int, int], torch.Tensor], int], None]
+    ) -> None:
         """Hand ``dL/dW`` of the next backward (one micro-batch) to ``callback`` by row blocks, once (see
         ``GradProbe.on_grad_blocks``): a large dense gradient is then never whole."""
         self._grad_blocks_request = callback
@@ -149,10 +153,15 @@ class SparseDeltaLinear(nn.Module):
         # through the no-grad first pass of reentrant activation checkpointing).
         if not (torch.is_grad_enabled() and self.values.requires_grad):
             return None
-        if self._dense_grad_request is None and self._grad_blocks_request is None and self._candidates is None:
+        if (
+            self._dense_grad_request is None
+            and self._grad_blocks_request is None
+            and self._candidates is None
+        ):
             return None
-        probe = GradProbe(self._dense_grad_request, self._candidates, self._candidate_callback,
-                          self._grad_blocks_request)
+        probe = GradProbe(
+            self._dense_grad_request, self._candidates, self._candidate_callback, self._grad_blocks_request
+        )
         self._dense_grad_request = self._grad_blocks_request = None
         return probe
 
@@ -169,8 +178,15 @@ class SparseDeltaLinear(nn.Module):
         else:
             self.restore_base()  # merged storage switched off (or the weight changed kind) since
         return sparse_delta_linear(
-            x, self.weight, self.indices, self.values, self.bias, self.grad_path, self._take_probe(),
-            self.compute_dtype, storage,
+            x,
+            self.weight,
+            self.indices,
+            self.values,
+            self.bias,
+            self.grad_path,
+            self._take_probe(),
+            self.compute_dtype,
+            storage,
         )
 
     @property

@@ -34,7 +34,9 @@ class MergedStorage:
         self.indices: torch.Tensor | None = None  # the positions written
         self.values: torch.Tensor | None = None  # the values last written
         self.saved: torch.Tensor | None = None  # the base at ``indices`` ([k], the weight's dtype)
-        self._stamps: tuple | None = None  # (weight, indices, values) storage and version after the last write
+        self._stamps: tuple | None = (
+            None  # (weight, indices, values) storage and version after the last write
+        )
 
     def __setstate__(self, state: dict) -> None:
         # A deep copy or unpickled module: the copied weight holds the copied W + Δ, in new storage.
@@ -73,7 +75,8 @@ class MergedStorage:
         if self.weight.data_ptr() != self._stamps[0][0]:
             raise RuntimeError(
                 "the base weight of a SparseDeltaLinear was given new storage while it held W + Δ (merged "
-                "storage), so it cannot be restored; call restore_base() before replacing weight.data")
+                "storage), so it cannot be restored; call restore_base() before replacing weight.data"
+            )
         self.weight.view(-1).index_put_((self.indices,), self.saved)
         self._forget()
 
@@ -82,7 +85,8 @@ class MergedStorage:
             raise RuntimeError(
                 "the indices of a SparseDeltaLinear were changed in place while its base weight held W + Δ "
                 "(merged storage), so the positions to restore are lost; call restore_base() on the layer "
-                "before editing its indices in place (or assign a new tensor)")
+                "before editing its indices in place (or assign a new tensor)"
+            )
 
     def _check_untouched(self, flat: torch.Tensor, values: torch.Tensor) -> None:
         """Refuse a merged weight that was changed behind this object's back, unless its k entries still
@@ -93,10 +97,12 @@ class MergedStorage:
         unchanged_values = values is self.values and _stamp(values) == self._stamps[2]
         if self.weight.data_ptr() == self._stamps[0][0] and unchanged_values:
             expected = self.saved.clone().index_add_(
-                0, torch.arange(self.saved.numel(), device=self.saved.device), values.to(self.saved.dtype))
+                0, torch.arange(self.saved.numel(), device=self.saved.device), values.to(self.saved.dtype)
+            )
             if torch.equal(flat.index_select(0, self.indices), expected):
                 self._stamps = (_stamp(self.weight), *self._stamps[1:])
                 return
         raise RuntimeError(
             "the base weight of a SparseDeltaLinear was written while it held W + Δ (merged storage); call "
-            "restore_base() on the layer before changing its base weight")
+            "restore_base() on the layer before changing its base weight"
+        )

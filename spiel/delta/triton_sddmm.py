@@ -132,8 +132,9 @@ def kernels() -> dict:
                 t = t0 + tl.arange(0, BLOCK_T)
                 t_ok = t < tokens
                 gs = tl.load(g_row + t, mask=t_ok, other=0.0).to(tl.float32)
-                xs = tl.load(x_rows[:, None] + t[None, :], mask=lane_ok[:, None] & t_ok[None, :],
-                             other=0.0).to(tl.float32)
+                xs = tl.load(
+                    x_rows[:, None] + t[None, :], mask=lane_ok[:, None] & t_ok[None, :], other=0.0
+                ).to(tl.float32)
                 acc += tl.sum(xs * gs[None, :], axis=1)
             tl.store(out_ptr + lanes, acc, mask=lane_ok)
 
@@ -182,10 +183,16 @@ def kernels() -> dict:
                 t_ok = t < tokens
                 # dYᵀ tile [BLOCK_R, BLOCK_T], loaded as such (rows contiguous in memory) so that it can be
                 # staged in shared memory and pipelined; a register transpose would not be.
-                g = tl.load(g_ptr + rows[:, None] + t[None, :] * stride_g, mask=row_ok[:, None] & t_ok[None, :],
-                            other=0.0)
-                x = tl.load(x_ptr + t[:, None] * stride_x + cols[None, :], mask=t_ok[:, None] & col_ok[None, :],
-                            other=0.0)
+                g = tl.load(
+                    g_ptr + rows[:, None] + t[None, :] * stride_g,
+                    mask=row_ok[:, None] & t_ok[None, :],
+                    other=0.0,
+                )
+                x = tl.load(
+                    x_ptr + t[:, None] * stride_x + cols[None, :],
+                    mask=t_ok[:, None] & col_ok[None, :],
+                    other=0.0,
+                )
                 if UPCAST:
                     g = g.to(tl.float32)
                     x = x.to(tl.float32)
@@ -207,7 +214,9 @@ def kernels() -> dict:
     return {"gather": gather_kernel, "rows": rows_kernel, "tiles": tiles_kernel}
 
 
-def triton_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, in_features: int) -> torch.Tensor:
+def triton_gather_grad(
+    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, in_features: int
+) -> torch.Tensor:
     """``(dYᵀ X).view(-1)[indices]`` in fp32 by the gather-dot kernel; extra memory O(k + T·(in+out))."""
     tokens = x2d.shape[0]
     k = indices.numel()
@@ -220,14 +229,26 @@ def triton_gather_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tens
     wide = max(xt.numel(), gt.numel()) >= 2**31
     grid = (triton_cdiv(k, cfg["BLOCK_K"]),)
     kernels()["gather"][grid](
-        xt, gt, indices.contiguous(), out, k, tokens, in_features, xt.stride(0), gt.stride(0),
-        BLOCK_K=cfg["BLOCK_K"], BLOCK_T=cfg["BLOCK_T"], WIDE=wide, num_warps=cfg["num_warps"],
+        xt,
+        gt,
+        indices.contiguous(),
+        out,
+        k,
+        tokens,
+        in_features,
+        xt.stride(0),
+        gt.stride(0),
+        BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_T=cfg["BLOCK_T"],
+        WIDE=wide,
+        num_warps=cfg["num_warps"],
     )
     return out
 
 
-def triton_rows_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int,
-                     in_features: int) -> torch.Tensor:
+def triton_rows_grad(
+    x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor, out_features: int, in_features: int
+) -> torch.Tensor:
     """``(dYᵀ X).view(-1)[indices]`` in fp32 by the row kernel (sorted ``indices``); extra memory
     O(k + out + T·(in+out))."""
     tokens = x2d.shape[0]
@@ -243,8 +264,19 @@ def triton_rows_grad(x2d: torch.Tensor, g2d: torch.Tensor, indices: torch.Tensor
     rows = torch.div(indices, in_features, rounding_mode="floor")
     crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
     kernels()["rows"][(out_features,)](
-        xt, gt, indices.contiguous(), crow, out, tokens, in_features, xt.stride(0), gt.stride(0),
-        BLOCK_K=cfg["BLOCK_K"], BLOCK_T=cfg["BLOCK_T"], WIDE=wide, num_warps=cfg["num_warps"],
+        xt,
+        gt,
+        indices.contiguous(),
+        crow,
+        out,
+        tokens,
+        in_features,
+        xt.stride(0),
+        gt.stride(0),
+        BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_T=cfg["BLOCK_T"],
+        WIDE=wide,
+        num_warps=cfg["num_warps"],
     )
     return out
 
@@ -256,8 +288,12 @@ def tile_pointers(indices: torch.Tensor, out_features: int, in_features: int, bl
     n_c = triton_cdiv(in_features, block_c)
     bounds = torch.arange(n_c + 1, device=indices.device, dtype=torch.int64) * block_c
     bounds[-1] = in_features
-    queries = torch.arange(out_features, device=indices.device, dtype=torch.int64)[:, None] * in_features + bounds
-    ptr = torch.searchsorted(indices.to(torch.int64) if indices.dtype != torch.int64 else indices, queries.view(-1))
+    queries = (
+        torch.arange(out_features, device=indices.device, dtype=torch.int64)[:, None] * in_features + bounds
+    )
+    ptr = torch.searchsorted(
+        indices.to(torch.int64) if indices.dtype != torch.int64 else indices, queries.view(-1)
+    )
     return ptr.view(out_features, n_c + 1).to(torch.int32 if indices.numel() < 2**31 else torch.int64)
 
 
@@ -274,11 +310,25 @@ def triton_tiles_grad(
     ptr = tile_pointers(indices, out_features, in_features, cfg["BLOCK_C"])
     grid = (triton_cdiv(out_features, cfg["BLOCK_R"]) * triton_cdiv(in_features, cfg["BLOCK_C"]),)
     kernels()["tiles"][grid](
-        x2d, g2d, indices.contiguous(), ptr, out, x2d.shape[0], out_features, in_features,
-        x2d.stride(0), g2d.stride(0), ptr.stride(0),
-        BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], BLOCK_T=cfg["BLOCK_T"], GROUP_R=8,
-        UPCAST=interpreted(), IEEE=x2d.dtype == torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        x2d,
+        g2d,
+        indices.contiguous(),
+        ptr,
+        out,
+        x2d.shape[0],
+        out_features,
+        in_features,
+        x2d.stride(0),
+        g2d.stride(0),
+        ptr.stride(0),
+        BLOCK_R=cfg["BLOCK_R"],
+        BLOCK_C=cfg["BLOCK_C"],
+        BLOCK_T=cfg["BLOCK_T"],
+        GROUP_R=8,
+        UPCAST=interpreted(),
+        IEEE=x2d.dtype == torch.float32,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out
 

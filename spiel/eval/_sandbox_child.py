@@ -65,7 +65,11 @@ SYS_MOUNT_SETATTR = 442  # the same number on every architecture (syscalls added
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
-SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446  # unified numbers
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = (
+    444,
+    445,
+    446,
+)  # unified numbers
 LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
 LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -78,14 +82,20 @@ MAX_MESSAGE = 1 << 20  # bytes of one literal crossing between checker and progr
 WORKDIR = "/work"
 DEVICES = ("null", "zero", "urandom")
 # Every builtin exception name: the only free part of a failure category (anything else is "Exception").
-EXCEPTION_NAMES = frozenset(n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException))
+EXCEPTION_NAMES = frozenset(
+    n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
-                ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def _check(ret: int, what: str) -> None:
@@ -104,7 +114,9 @@ def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: s
 def _set_mount_attr(path: str, attrs: int, recursive: bool) -> None:
     attr = _MountAttr(attrs, 0, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
-    ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr))
+    ret = _libc.syscall(
+        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
     _check(ret, f"mount_setattr {path}")
 
 
@@ -136,6 +148,7 @@ def _read_part(fd: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- namespaces
+
 
 def _unshare_userns(outside_uid: int, outside_gid: int) -> bool:
     """New user namespace (+ the others) in which uid/gid 0 map to the given outside ids.
@@ -211,7 +224,9 @@ def _build_root(new_root: str, binds: dict[str, int], masks: list[str], tmpfs_mb
     os.mkdir(new_root + "/proc")
     # hidepid=invisible: a process sees only the processes it could ptrace (not S or C, which are
     # non-dumpable); subset=pid: none of the host's kernel and hardware files.
-    _mount("proc", new_root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid")
+    _mount(
+        "proc", new_root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid"
+    )
     os.mkdir(new_root + WORKDIR)
     _mount("tmpfs", new_root + WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=0777")
     _set_mount_attr(new_root, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=False)
@@ -222,6 +237,7 @@ def _build_root(new_root: str, binds: dict[str, int], masks: list[str], tmpfs_mb
 
 
 # ---------------------------------------------------------------------------------------------- identity
+
 
 def _drop_identity(mode: str | None, uid: int | None, gid: int | None) -> None:
     """No capabilities, no new privileges; as `uid` when given (root callers)."""
@@ -235,12 +251,18 @@ def _drop_identity(mode: str | None, uid: int | None, gid: int | None) -> None:
         # zeroed data) clears the effective, permitted and inheritable sets.
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)
         data = (ctypes.c_uint32 * 6)()
-        _check(_libc.syscall(_syscall_nr(SYS_CAPSET, "capset"), ctypes.byref(header), ctypes.byref(data)), "capset")
+        _check(
+            _libc.syscall(_syscall_nr(SYS_CAPSET, "capset"), ctypes.byref(header), ctypes.byref(data)),
+            "capset",
+        )
 
 
 class _LandlockRuleset(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _LandlockPathBeneath(ctypes.Structure):
@@ -257,7 +279,12 @@ def _landlock(read_dirs: list[str], write_dir: str) -> None:
     """Guard mode: confine this process (Landlock) to reading `read_dirs`, reading and writing `write_dir`
     and /dev/null; with ABI >= 4 no TCP, with ABI >= 6 no abstract Unix sockets and no signals outside."""
     abi = landlock_abi()
-    fs = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+    fs = (
+        (1 << 13) - 1
+        | (1 << 13 if abi >= 2 else 0)
+        | (1 << 14 if abi >= 3 else 0)
+        | (1 << 15 if abi >= 5 else 0)
+    )
     attr = _LandlockRuleset(fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
@@ -278,7 +305,12 @@ def _landlock(read_dirs: list[str], write_dir: str) -> None:
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _SockFprog(ctypes.Structure):
@@ -316,7 +348,7 @@ def _keep_stdlib_reachable() -> None:
 
     def moved(p: str) -> str:
         real = os.path.realpath(p)
-        return via + real[len(prefix):] if real == prefix or real.startswith(prefix + os.sep) else p
+        return via + real[len(prefix) :] if real == prefix or real.startswith(prefix + os.sep) else p
 
     sys.path[:] = [moved(p) for p in sys.path]
     for module in list(sys.modules.values()):  # packages already imported look up submodules here
@@ -344,10 +376,40 @@ def _guard() -> None:
     import shutil
     import subprocess
 
-    for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "unlink", "rename",
-                 "renames", "replace", "truncate", "ftruncate", "fork", "forkpty", "setuid", "chmod", "chown",
-                 "lchown", "link", "symlink", "execv", "execve", "execvp", "execvpe", "spawnv", "spawnve",
-                 "posix_spawn", "posix_spawnp", "chdir", "fchdir", "chroot"):
+    for name in (
+        "kill",
+        "killpg",
+        "system",
+        "putenv",
+        "remove",
+        "removedirs",
+        "rmdir",
+        "unlink",
+        "rename",
+        "renames",
+        "replace",
+        "truncate",
+        "ftruncate",
+        "fork",
+        "forkpty",
+        "setuid",
+        "chmod",
+        "chown",
+        "lchown",
+        "link",
+        "symlink",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "spawnv",
+        "spawnve",
+        "posix_spawn",
+        "posix_spawnp",
+        "chdir",
+        "fchdir",
+        "chroot",
+    ):
         if hasattr(os, name):
             setattr(os, name, None)
     shutil.rmtree = shutil.move = shutil.chown = None
@@ -358,13 +420,18 @@ def _guard() -> None:
 
 # ---------------------------------------------------------------------------------------------- literals
 
+
 def _encode(value) -> str:
     """`repr` of a plain literal (exact builtin types only); raises TypeError for anything else."""
     kind = type(value)
     if value is None or kind in (bool, int, str, bytes, complex):
         return repr(value)
     if kind is float:
-        return repr(value) if math.isfinite(value) else ("1e999" if value > 0 else "-1e999" if value < 0 else "nan")
+        return (
+            repr(value)
+            if math.isfinite(value)
+            else ("1e999" if value > 0 else "-1e999" if value < 0 else "nan")
+        )
     if kind is list:
         return "[" + ", ".join(map(_encode, value)) + "]"
     if kind is tuple:
@@ -390,7 +457,7 @@ def _send(fd: int, text: str) -> None:
         raise ValueError("message too large")
     data = len(data).to_bytes(4, "big") + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 class _Timeout(Exception):
@@ -418,6 +485,7 @@ class _IterationEnder(Exception):
 
 def _recv(fd: int, deadline: float) -> bytes:
     """One message, or _Timeout / _ProgramEnded / _Unsupported (over the size cap)."""
+
     def exact(n: int) -> bytes:
         out = b""
         while len(out) < n:
@@ -438,12 +506,19 @@ def _recv(fd: int, deadline: float) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- program
 
+
 def _serve_program(req: dict, calls: int, replies: int) -> None:
     """In P: run the untrusted program, report ("ready",) or ("error", name), then answer calls."""
     os.environ.clear()
-    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": WORKDIR if req["mode"] else os.getcwd(),
-                       "TMPDIR": WORKDIR if req["mode"] else os.getcwd(), "LANG": "C.UTF-8",
-                       "OMP_NUM_THREADS": "1"})
+    os.environ.update(
+        {
+            "PATH": "/usr/bin:/bin",
+            "HOME": WORKDIR if req["mode"] else os.getcwd(),
+            "TMPDIR": WORKDIR if req["mode"] else os.getcwd(),
+            "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     program, entry_point, req["program"] = req["program"], req["entry_point"], None
     scope: dict = {"__name__": "__main__"}
     try:
@@ -475,6 +550,7 @@ def _serve_program(req: dict, calls: int, replies: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- checker
+
 
 class _Candidate:
     """The checker's stand-in for the program's entry point: arguments out, a literal back.
@@ -520,7 +596,11 @@ def _decode_reply(payload: bytes) -> tuple:
         reply = _decode(payload)
     except ValueError as e:
         raise _Unsupported from e
-    if not isinstance(reply, tuple) or not reply or reply[0] not in ("ok", "raise", "ready", "error", "unsupported"):
+    if (
+        not isinstance(reply, tuple)
+        or not reply
+        or reply[0] not in ("ok", "raise", "ready", "error", "unsupported")
+    ):
         raise _Unsupported
     return reply
 
@@ -564,6 +644,7 @@ def _run_checker(trusted: dict, calls: int, replies: int, call_timeout: float, d
 
 
 # ---------------------------------------------------------------------------------------------- supervisor
+
 
 def _supervise(checker: int, program: int, deadline: float) -> int:
     """Wait for the checker until `deadline`; then SIGKILL both. Exit status, EXIT_TIMEOUT at the deadline."""
@@ -649,7 +730,9 @@ def _start(req: dict, result_fd: int) -> None:
                 _no_sockets()
             _drop_identity(mode, req["uid"], req["gid"])
             if mode:  # alone in its PID namespace: dumpable, so the tests can read its memory and find no
-                _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # checker code in it (guard mode: other sandboxes see it)
+                _libc.prctl(
+                    PR_SET_DUMPABLE, 1, 0, 0, 0
+                )  # checker code in it (guard mode: other sandboxes see it)
             _set_limits(req)
         except BaseException:  # noqa: BLE001 - never run the program half-isolated
             os._exit(3)

@@ -55,8 +55,9 @@ def read_examples(path: Path) -> list[dict]:
     return examples
 
 
-def load_tasks(data_dir, max_num_examples_per_task: int | None = 40, seed: int = 42,
-               tasks: list[str] | None = None) -> dict[str, list[dict]]:
+def load_tasks(
+    data_dir, max_num_examples_per_task: int | None = 40, seed: int = 42, tasks: list[str] | None = None
+) -> dict[str, list[dict]]:
     """{task: examples} in sorted task order; the per-task draws share one RNG stream over ALL tasks, so a
     task's sample does not depend on which subset of tasks is asked for."""
     rng = random.Random(seed)
@@ -95,9 +96,19 @@ def extract_answer(output: str) -> str:
     return output.split("\n\n")[0].strip()
 
 
-def evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task: int | None = 40, max_new_tokens: int = 512,
-                 stop=("\n\n",), batch_size: int = 4, seed: int = 42, tasks: list[str] | None = None,
-                 limit: int | None = None, progress: bool = False) -> dict:
+def evaluate_bbh(
+    model,
+    tokenizer,
+    data_dir,
+    max_num_examples_per_task: int | None = 40,
+    max_new_tokens: int = 512,
+    stop=("\n\n",),
+    batch_size: int = 4,
+    seed: int = 42,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
     all_tasks = load_tasks(data_dir, max_num_examples_per_task, seed, tasks)
     items, prompts = [], []
     for task, examples in all_tasks.items():
@@ -105,8 +116,15 @@ def evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task: int | No
         for ex in examples[:limit] if limit else examples:
             items.append((task, ex))
             prompts.append(build_prompt(task_prompt, ex["input"]))
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       stop=list(stop) if stop else None, progress=progress)
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop=list(stop) if stop else None,
+        progress=progress,
+    )
     by_task: dict[str, tuple[list, list]] = {}
     predictions = []
     for (task, ex), out in zip(items, outputs, strict=True):
@@ -139,9 +157,19 @@ def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
-    return evaluate_bbh(model, tokenizer, data_dir, max_num_examples_per_task=bench["max_num_examples_per_task"],
-                        max_new_tokens=bench["max_new_tokens"], stop=bench["stop"], seed=seed,
-                        tasks=bench.get("tasks"), batch_size=batch_size, limit=limit, progress=progress)
+    return evaluate_bbh(
+        model,
+        tokenizer,
+        data_dir,
+        max_num_examples_per_task=bench["max_num_examples_per_task"],
+        max_new_tokens=bench["max_new_tokens"],
+        stop=bench["stop"],
+        seed=seed,
+        tasks=bench.get("tasks"),
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+    )
 
 
 def lay_out(files: list[Path], data_dir: Path) -> None:
@@ -154,7 +182,12 @@ def lay_out(files: list[Path], data_dir: Path) -> None:
             parts = Path(name).parts
             if name.startswith("/") or ".." in parts:
                 raise ValueError(f"refusing archive member outside the archive: {name}")
-            if len(parts) == 3 and parts[0] == root and parts[1] in ("bbh", "cot-prompts") and not name.endswith("/"):
+            if (
+                len(parts) == 3
+                and parts[0] == root
+                and parts[1] in ("bbh", "cot-prompts")
+                and not name.endswith("/")
+            ):
                 target = out / parts[1] / parts[2]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(name) as src, open(target, "wb") as dst:
@@ -173,8 +206,21 @@ def verify(data_dir: Path) -> list[str]:
 
 
 BENCHMARK = Benchmark(
-    name="bbh", config=BbhConfig, evaluate=_evaluate, headline=(("average_exact_match",), 100.0), title="BBH",
-    column=3, in_average=True, check_data=_check_data,
+    name="bbh",
+    config=BbhConfig,
+    evaluate=_evaluate,
+    headline=(("average_exact_match",), 100.0),
+    title="BBH",
+    column=3,
+    in_average=True,
+    check_data=_check_data,
     layout="bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt (BIG-Bench-Hard)",
-    sources=(("https://github.com/suzgunmirac/BIG-Bench-Hard/archive/refs/heads/main.zip", "BIG-Bench-Hard-main.zip"),),
-    lay_out=lay_out, verify=verify)
+    sources=(
+        (
+            "https://github.com/suzgunmirac/BIG-Bench-Hard/archive/refs/heads/main.zip",
+            "BIG-Bench-Hard-main.zip",
+        ),
+    ),
+    lay_out=lay_out,
+    verify=verify,
+)

@@ -52,10 +52,16 @@ class Benchmark:
     column: Optional[int] = None  # its place in results tables (None: not shown)
     in_average: bool = False  # one of the paper's five, averaged in the tables' "Avg."
     check_settings: Optional[Callable[[dict], None]] = None  # before the model loads (no data read)
-    check_data: Optional[Callable[..., None]] = None  # (bench, data_dir, seed, limit): read and check the data
-    layout: str = ""  # what it reads under eval.data_dir ("": nothing, its data ships with spiel or a package)
+    check_data: Optional[Callable[..., None]] = (
+        None  # (bench, data_dir, seed, limit): read and check the data
+    )
+    layout: str = (
+        ""  # what it reads under eval.data_dir ("": nothing, its data ships with spiel or a package)
+    )
     sources: tuple[tuple[str, str], ...] = ()  # (url, file name) that prepare_eval_data fetches
-    lay_out: Optional[Callable[[list[Path], Path], None]] = None  # (fetched files, data_dir); None: copy_files
+    lay_out: Optional[Callable[[list[Path], Path], None]] = (
+        None  # (fetched files, data_dir); None: copy_files
+    )
     verify: Optional[Callable[[Path], list[str]]] = None  # problems with the data laid out under data_dir
 
     def headline_value(self, metrics: dict) -> float | None:

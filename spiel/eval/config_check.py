@@ -44,8 +44,10 @@ def _unknown(section: str, node: dict, known) -> None:
     for key in node:
         if key not in known:
             where = f"{section}.{key}" if section else str(key)
-            raise EvalConfigError(f"{where}: not a known key (keys added with '+' are checked too; known keys"
-                                  f"{' of ' + section if section else ''}: {', '.join(sorted(known))})")
+            raise EvalConfigError(
+                f"{where}: not a known key (keys added with '+' are checked too; known keys"
+                f"{' of ' + section if section else ''}: {', '.join(sorted(known))})"
+            )
 
 
 def _need(ok: bool, key: str, message: str, value) -> None:
@@ -54,23 +56,45 @@ def _need(ok: bool, key: str, message: str, value) -> None:
 
 
 def _check_eval(section: dict) -> None:
-    known = {"data_dir", "batch_size", "device", "limit", "progress", "output_dir", "allow_unverified_base",
-             "allow_unverified_delta"}
+    known = {
+        "data_dir",
+        "batch_size",
+        "device",
+        "limit",
+        "progress",
+        "output_dir",
+        "allow_unverified_base",
+        "allow_unverified_delta",
+    }
     _unknown("eval", section, known)
-    _need(isinstance(section.get("data_dir"), str) and bool(section["data_dir"]), "eval.data_dir",
-          "must be a directory path", section.get("data_dir"))
+    _need(
+        isinstance(section.get("data_dir"), str) and bool(section["data_dir"]),
+        "eval.data_dir",
+        "must be a directory path",
+        section.get("data_dir"),
+    )
     batch = section.get("batch_size")
     _need(_is_int(batch) and batch >= 1, "eval.batch_size", "must be a whole number >= 1", batch)
     device = section.get("device")
-    _need(isinstance(device, str) and bool(DEVICE.match(device)), "eval.device",
-          "must be auto, cpu, cuda or cuda:N", device)
+    _need(
+        isinstance(device, str) and bool(DEVICE.match(device)),
+        "eval.device",
+        "must be auto, cpu, cuda or cuda:N",
+        device,
+    )
     limit = section.get("limit")
-    _need(limit is None or (_is_int(limit) and limit >= 1), "eval.limit",
-          "must be a whole number >= 1 (items per subject/task/language, or in all), or null for every item", limit)
+    _need(
+        limit is None or (_is_int(limit) and limit >= 1),
+        "eval.limit",
+        "must be a whole number >= 1 (items per subject/task/language, or in all), or null for every item",
+        limit,
+    )
     for key in ("progress", "allow_unverified_base", "allow_unverified_delta"):
         _need(isinstance(section.get(key), bool), f"eval.{key}", "must be true or false", section.get(key))
     out = section.get("output_dir")
-    _need(out is None or (isinstance(out, str) and bool(out)), "eval.output_dir", "must be a path or null", out)
+    _need(
+        out is None or (isinstance(out, str) and bool(out)), "eval.output_dir", "must be a path or null", out
+    )
 
 
 def _bench_defaults(name) -> dict:
@@ -87,7 +111,9 @@ def _check_value(key: str, value, default) -> None:
         return  # null: the benchmark's (or eval's) default
     if isinstance(default, bool):
         _need(isinstance(value, bool), key, "must be true or false", value)
-    elif _is_int(default) or (default is None and short in ("batch_size", "n_workers", "num_fewshot", "max_length")):
+    elif _is_int(default) or (
+        default is None and short in ("batch_size", "n_workers", "num_fewshot", "max_length")
+    ):
         least = 0 if short in MAY_BE_ZERO else 1
         _need(_is_int(value) and value >= least, key, f"must be a whole number >= {least}", value)
     elif isinstance(default, float) or (default is None and short.endswith("timeout")):
@@ -95,8 +121,12 @@ def _check_value(key: str, value, default) -> None:
         if short in PROBABILITIES:
             _need(0 < value <= 1, key, "must be in (0, 1]", value)
         else:
-            _need(value >= 0 if short == "temperature" else value > 0, key,
-                  "must be >= 0" if short == "temperature" else "must be > 0", value)
+            _need(
+                value >= 0 if short == "temperature" else value > 0,
+                key,
+                "must be >= 0" if short == "temperature" else "must be > 0",
+                value,
+            )
     elif isinstance(default, str):
         _need(isinstance(value, str), key, "must be a string", value)
     elif isinstance(default, list):
@@ -127,8 +157,12 @@ def check_eval_config(cfg) -> None:
     _check_eval(plain.get("eval") or {})
     model = plain.get("model") or {}
     _unknown("model", model, MODEL_KEYS)
-    _need(model.get("dtype", "auto") in DTYPES, "model.dtype", f"must be one of {', '.join(DTYPES)}",
-          model.get("dtype"))
+    _need(
+        model.get("dtype", "auto") in DTYPES,
+        "model.dtype",
+        f"must be one of {', '.join(DTYPES)}",
+        model.get("dtype"),
+    )
     quant = plain.get("quant") or {}
     _unknown("quant", quant, {"name"})
     _need(quant.get("name", "none") in QUANT, "quant.name", "must be none or nf4", quant.get("name"))

@@ -32,7 +32,8 @@ def require(path: Path, bench: str, data_dir: Path) -> Path:
             f"{bench}: {path} not found (expected layout under eval.data_dir={data_dir}: {layout}).\n"
             f"Fetch it on a machine with internet with:\n"
             f"    python scripts/prepare_eval_data.py --data-dir {data_dir} --bench {bench}\n"
-            f"then copy {Path(data_dir) / bench} here, or point eval.data_dir=<dir> at an existing copy.")
+            f"then copy {Path(data_dir) / bench} here, or point eval.data_dir=<dir> at an existing copy."
+        )
     return path
 
 

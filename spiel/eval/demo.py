@@ -34,8 +34,11 @@ def load_demo(path: str | Path = DEMO_HELDOUT, limit: int | None = None) -> list
                 rec = json.loads(line)
                 msgs = rec["messages"]
                 if not isinstance(msgs, list) or not all(
-                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                        for m in msgs):
+                    isinstance(m, dict)
+                    and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in msgs
+                ):
                     raise ValueError("'messages' must be a list of {'role', 'content'} strings")
                 if not msgs or msgs[-1]["role"] != "assistant":
                     raise ValueError("last message is not from the assistant")
@@ -110,11 +113,25 @@ def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
-    out = evaluate_demo(model, tokenizer, bench.get("path") or DEMO_HELDOUT, batch_size=batch_size, limit=limit,
-                        max_new_tokens=bench["max_new_tokens"], progress=progress)
+    out = evaluate_demo(
+        model,
+        tokenizer,
+        bench.get("path") or DEMO_HELDOUT,
+        batch_size=batch_size,
+        limit=limit,
+        max_new_tokens=bench["max_new_tokens"],
+        progress=progress,
+    )
     predictions = out.pop("predictions")
     return {"metrics": out, "predictions": predictions}
 
 
-BENCHMARK = Benchmark(name="demo", config=DemoConfig, evaluate=_evaluate, headline=(("exact_match",), 100.0),
-                      title="Demo", column=6, check_data=_check_data)
+BENCHMARK = Benchmark(
+    name="demo",
+    config=DemoConfig,
+    evaluate=_evaluate,
+    headline=(("exact_match",), 100.0),
+    title="Demo",
+    column=6,
+    check_data=_check_data,
+)

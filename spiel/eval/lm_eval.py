@@ -65,8 +65,10 @@ def task_manager(tasks, include_path=None):
         manager = _manager(paths, include_defaults=True)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise LmEvalError(f"bench.tasks: unknown lm-eval task(s) {unknown}; `lm_eval ls tasks` lists the "
-                          "built-in ones, and bench.include_path=<dir> adds a directory of task YAMLs")
+        raise LmEvalError(
+            f"bench.tasks: unknown lm-eval task(s) {unknown}; `lm_eval ls tasks` lists the "
+            "built-in ones, and bench.include_path=<dir> adds a directory of task YAMLs"
+        )
     return list(tasks), manager
 
 
@@ -75,7 +77,10 @@ def _data_problem(error: BaseException) -> str | None:
     seen, depth = error, 0
     while seen is not None and depth < 20:
         if isinstance(seen, ConnectionError) or type(seen).__name__ in (
-                "OfflineModeIsEnabled", "DatasetNotFoundError", "LocalEntryNotFoundError"):
+            "OfflineModeIsEnabled",
+            "DatasetNotFoundError",
+            "LocalEntryNotFoundError",
+        ):
             return str(seen).splitlines()[0] if str(seen) else type(seen).__name__
         seen, depth = seen.__cause__ or seen.__context__, depth + 1
     return None
@@ -89,7 +94,8 @@ def data_error(tasks, error: BaseException) -> LmEvalError | None:
     return LmEvalError(
         f"bench.tasks: the data of lm-eval task(s) {list(tasks)} cannot be loaded: {problem}. Run the evaluation "
         "once with network access (HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset) to fill the Hugging Face "
-        "datasets cache, or copy that cache (~/.cache/huggingface) from a machine that has it")
+        "datasets cache, or copy that cache (~/.cache/huggingface) from a machine that has it"
+    )
 
 
 def check_task_data(tasks, manager) -> None:
@@ -130,10 +136,16 @@ def _predictions(samples: dict) -> list[dict]:
             response = s.get("filtered_resps")
             if isinstance(response, list) and len(response) == 1:
                 response = response[0]  # one request per document: its text, or (loglikelihood, is_greedy)
-            rows.append({"task": task, "doc_id": s.get("doc_id"),
-                         "prompt": args[0][0] if args and args[0] else None, "target": s.get("target"),
-                         "response": response,
-                         **{m: s[m] for m in s.get("metrics", []) if m in s}})
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": s.get("doc_id"),
+                    "prompt": args[0][0] if args and args[0] else None,
+                    "target": s.get("target"),
+                    "response": response,
+                    **{m: s[m] for m in s.get("metrics", []) if m in s},
+                }
+            )
     return rows
 
 
@@ -150,7 +162,7 @@ def generation_headers(tokenizer) -> tuple[str, ...]:
             prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
         except Exception:  # a template that cannot render this: nothing to add
             prompt = plain = ""
-        suffix = prompt[len(plain):] if prompt.startswith(plain) else ""
+        suffix = prompt[len(plain) :] if prompt.startswith(plain) else ""
         if suffix.strip() and suffix != suffix.rstrip():
             headers.append(suffix)
     return tuple(headers)
@@ -172,26 +184,49 @@ def _chat_aware_class():
                 return super()._encode_pair(context, continuation)
             whole = self.tok_encode(context + continuation)
             context_enc = self.tok_encode(context)
-            return context_enc, whole[len(context_enc):]
+            return context_enc, whole[len(context_enc) :]
 
     return ChatAwareHFLM
 
 
-def evaluate_lm_eval(model, tokenizer, tasks, include_path=None, num_fewshot: int | None = None,
-                     batch_size: int = 4, limit: int | None = None, apply_chat_template: bool = False,
-                     max_length: int | None = None, gen_kwargs: dict | None = None, bootstrap_iters: int = 100000,
-                     progress: bool = False) -> dict:
+def evaluate_lm_eval(
+    model,
+    tokenizer,
+    tasks,
+    include_path=None,
+    num_fewshot: int | None = None,
+    batch_size: int = 4,
+    limit: int | None = None,
+    apply_chat_template: bool = False,
+    max_length: int | None = None,
+    gen_kwargs: dict | None = None,
+    bootstrap_iters: int = 100000,
+    progress: bool = False,
+) -> dict:
     """Run lm-eval `tasks` on `model`; {"metrics", "predictions"} as the other benchmarks return."""
     import lm_eval
 
     tasks, manager = task_manager(tasks, include_path)
-    lm = _chat_aware_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                             headers=generation_headers(tokenizer))
+    lm = _chat_aware_class()(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        headers=generation_headers(tokenizer),
+    )
     try:
         result = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-            apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, bootstrap_iters=bootstrap_iters,
-            log_samples=True, verbosity="INFO" if progress else "WARNING")
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            apply_chat_template=apply_chat_template,
+            gen_kwargs=gen_kwargs,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=True,
+            verbosity="INFO" if progress else "WARNING",
+        )
     except Exception as e:
         error = data_error(tasks, e)
         if error is None:
@@ -205,7 +240,9 @@ def evaluate_lm_eval(model, tokenizer, tasks, include_path=None, num_fewshot: in
     for task, values in per_task.items():
         values["num_examples"] = n_samples.get(task, {}).get("effective")
     first = tasks[0] if tasks[0] in per_task else next(iter(per_task))
-    first_metric = next((k for k in per_task[first] if not k.endswith("_stderr") and k != "num_examples"), None)
+    first_metric = next(
+        (k for k in per_task[first] if not k.endswith("_stderr") and k != "num_examples"), None
+    )
     metrics = {
         "tasks": per_task,
         "groups": {g: _clean(v) for g, v in result.get("groups", {}).items()},
@@ -233,18 +270,38 @@ def _check_settings(bench: dict) -> None:
     from spiel.quiet_imports import hub_offline
 
     tasks, manager = task_manager(bench.get("tasks"), bench.get("include_path"))
-    if hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    ):
         check_task_data(tasks, manager)  # offline, a data set not in the cache fails here, not after loading
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
-    return evaluate_lm_eval(model, tokenizer, bench["tasks"], include_path=bench.get("include_path"),
-                            num_fewshot=bench.get("num_fewshot"), batch_size=batch_size, limit=limit,
-                            apply_chat_template=bool(bench.get("apply_chat_template")),
-                            max_length=bench.get("max_length"), gen_kwargs=bench.get("gen_kwargs"),
-                            bootstrap_iters=bench["bootstrap_iters"], progress=progress)
+    return evaluate_lm_eval(
+        model,
+        tokenizer,
+        bench["tasks"],
+        include_path=bench.get("include_path"),
+        num_fewshot=bench.get("num_fewshot"),
+        batch_size=batch_size,
+        limit=limit,
+        apply_chat_template=bool(bench.get("apply_chat_template")),
+        max_length=bench.get("max_length"),
+        gen_kwargs=bench.get("gen_kwargs"),
+        bootstrap_iters=bench["bootstrap_iters"],
+        progress=progress,
+    )
 
 
 # the first task's first metric, as lm-eval reports it
-BENCHMARK = Benchmark(name="lm_eval", config=LmEvalConfig, evaluate=_evaluate, headline=(("headline", "value"), 1.0),
-                      title="lm-eval", check_settings=_check_settings)
+BENCHMARK = Benchmark(
+    name="lm_eval",
+    config=LmEvalConfig,
+    evaluate=_evaluate,
+    headline=(("headline", "value"), 1.0),
+    title="lm-eval",
+    check_settings=_check_settings,
+)

@@ -25,7 +25,14 @@ from spiel.checkpoint.kind import PEFT_CONFIG_NAME, CheckpointError, checkpoint_
 from spiel.checkpoint.read import read_checkpoint, read_spiel_config
 from spiel.io.base_model import load_base_model, load_tokenizer, resolve_device, resolve_dtype
 
-__all__ = ["CheckpointError", "LoadedModel", "checkpoint_kind", "load_for_eval", "normalize_ckpts", "recorded_base"]
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "checkpoint_kind",
+    "load_for_eval",
+    "normalize_ckpts",
+    "recorded_base",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,9 @@ def _fit_embeddings(model, tokenizer) -> None:
     log.info("resizing embeddings %d -> %d to the checkpoint's tokenizer", old, len(tokenizer))
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
-        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+        for layer in {
+            id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+        }.values():
             layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
             bias = getattr(layer, "bias", None)
             if bias is not None:
@@ -116,9 +125,17 @@ def upcast_unquantized(model) -> list[str]:
     return cast
 
 
-def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto", quant: str = "none",
-                  device=None, revision: str | None = None, allow_unverified_base: bool = False,
-                  ckpt_weights=None, allow_unverified_delta: bool = False) -> LoadedModel:
+def load_for_eval(
+    ckpt=None,
+    model_name: str | None = None,
+    dtype: str = "auto",
+    quant: str = "none",
+    device=None,
+    revision: str | None = None,
+    allow_unverified_base: bool = False,
+    ckpt_weights=None,
+    allow_unverified_delta: bool = False,
+) -> LoadedModel:
     """Load `ckpt` (see the module docstring) ready for evaluation, in eval mode on `device`.
     `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints;
     `allow_unverified_delta`: without the SHA-256 of their delta file. `ckpt_weights`:
@@ -128,7 +145,9 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     given = normalize_ckpts(ckpt)
     if ckpt_weights is not None:  # before anything is read or loaded
         if not given:
-            raise CheckpointError("ckpt_weights is given but ckpt=null: weights scale the deltas of ckpt=[...]")
+            raise CheckpointError(
+                "ckpt_weights is given but ckpt=null: weights scale the deltas of ckpt=[...]"
+            )
         try:
             ckpt_weights = check_weights(ckpt_weights, len(given))
         except ValueError as e:
@@ -138,16 +157,30 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     quant = "none" if quant in (None, False) else str(quant)
     kinds = [checkpoint_kind(c) for c in ckpts]
     # every check of the SpIEL checkpoint files, once each, before the base model loads
-    checked = {c: read_checkpoint(c, allow_unverified_base=allow_unverified_base, override=UNVERIFIED_BASE_OVERRIDE,
-                                  allow_unverified_delta=allow_unverified_delta,
-                                  delta_override=UNVERIFIED_DELTA_OVERRIDE)
-               for c, k in zip(ckpts, kinds, strict=True) if k == "spiel"}
-    info = {"ckpt": given, "ckpt_dirs": ckpts, "quant": quant, "device": str(device),
-            "dtype": str(resolve_dtype(dtype, device))}
+    checked = {
+        c: read_checkpoint(
+            c,
+            allow_unverified_base=allow_unverified_base,
+            override=UNVERIFIED_BASE_OVERRIDE,
+            allow_unverified_delta=allow_unverified_delta,
+            delta_override=UNVERIFIED_DELTA_OVERRIDE,
+        )
+        for c, k in zip(ckpts, kinds, strict=True)
+        if k == "spiel"
+    }
+    info = {
+        "ckpt": given,
+        "ckpt_dirs": ckpts,
+        "quant": quant,
+        "device": str(device),
+        "dtype": str(resolve_dtype(dtype, device)),
+    }
     composed = len(ckpts) > 1 or ckpt_weights is not None
     if composed and any(k != "spiel" for k in kinds):
         bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
-        raise CheckpointError(f"only SpIEL checkpoints can be composed (summed or weighted deltas); not: {bad}")
+        raise CheckpointError(
+            f"only SpIEL checkpoints can be composed (summed or weighted deltas); not: {bad}"
+        )
     kind = "base" if not ckpts else ("composed" if composed else kinds[0])
     if ckpt_weights is not None:
         info["ckpt_weights"] = ckpt_weights
@@ -161,8 +194,10 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
         try:
             model = load_base_model(ckpts[0], dtype=dtype, quant=quant, device=device)
         except (OSError, SafetensorError) as e:  # a damaged or truncated weights file
-            raise CheckpointError(f"ckpt={given[0]}: cannot load this full model directory, its files are damaged "
-                                  f"or incomplete ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            raise CheckpointError(
+                f"ckpt={given[0]}: cannot load this full model directory, its files are damaged "
+                f"or incomplete ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
         info.update(base=ckpts[0], merged=True)
         return LoadedModel(model.eval(), load_tokenizer(ckpts[0]), info)
 
@@ -172,20 +207,29 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     if not model_name and revision is None and saved is not None:
         revision = _recorded_revision(saved)  # the base commit it was trained on
     if not base_name:
-        raise CheckpointError("no base model: ckpt=null evaluates the base model given by model= "
-                              "(e.g. model=llama2-7b or model=tiny)" if not ckpts else
-                              f"ckpt={ckpts[0]} does not name its base model; pass model=...")
+        raise CheckpointError(
+            "no base model: ckpt=null evaluates the base model given by model= "
+            "(e.g. model=llama2-7b or model=tiny)"
+            if not ckpts
+            else f"ckpt={ckpts[0]} does not name its base model; pass model=..."
+        )
     if model_name and recorded and str(recorded) != str(model_name):
-        log.warning("ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
-                    ckpts[0], recorded, model_name)
+        log.warning(
+            "ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
+            ckpts[0],
+            recorded,
+            model_name,
+        )
     from safetensors import SafetensorError
 
     try:
         base = load_base_model(base_name, dtype=dtype, quant=quant, device=device, revision=revision)
     except (OSError, SafetensorError) as e:
         where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
-        raise CheckpointError(f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
-                              "model.name_or_path=<dir> to point at it.") from e
+        raise CheckpointError(
+            f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
+            "model.name_or_path=<dir> to point at it."
+        ) from e
     tok_dir = ckpts[0] if ckpts and has_tokenizer(ckpts[0]) else base_name
     tokenizer = load_tokenizer(tok_dir)
     info.update(base=str(base_name), tokenizer=str(tok_dir))
@@ -204,7 +248,9 @@ def load_for_eval(ckpt=None, model_name: str | None = None, dtype: str = "auto",
     elif kind == "composed":
         from spiel.model.spiel_model import check_weights, compose_checked
 
-        model = compose_checked(ckpts, [checked[c] for c in ckpts], base, check_weights(ckpt_weights, len(ckpts)))
+        model = compose_checked(
+            ckpts, [checked[c] for c in ckpts], base, check_weights(ckpt_weights, len(ckpts))
+        )
     else:  # peft
         model = _load_peft(base, ckpts[0], merge=quant == "none")
     info["merged"] = quant == "none"
@@ -221,5 +267,6 @@ def _load_peft(base, path: str, merge: bool):
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointMismatchError(
             f"peft adapter {path} does not fit the base model {getattr(base.config, '_name_or_path', '?')!r} "
-            f"(it was made for {recorded_base(path, 'peft')!r}): {str(e).splitlines()[0]}") from e
+            f"(it was made for {recorded_base(path, 'peft')!r}): {str(e).splitlines()[0]}"
+        ) from e
     return model.merge_and_unload() if merge else model

@@ -33,7 +33,9 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         return 0.0
-    return float(np.mean([normalize_em(p) == normalize_em(r) for p, r in zip(predictions, references, strict=True)]))
+    return float(
+        np.mean([normalize_em(p) == normalize_em(r) for p, r in zip(predictions, references, strict=True)])
+    )
 
 
 _PUNCT_SET = set(string.punctuation)

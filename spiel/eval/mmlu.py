@@ -48,11 +48,15 @@ def format_example(row, include_answer: bool) -> str:
 
 
 def gen_prompt(dev_rows, subject: str, k: int) -> str:
-    prompt = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+    prompt = (
+        f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+    )
     return prompt + "".join(format_example(dev_rows[i], True) for i in range(min(k, len(dev_rows))))
 
 
-def build_prompt(tokenizer, dev_rows, subject: str, row, ntrain: int = 5, max_prompt_tokens: int = 2048) -> str:
+def build_prompt(
+    tokenizer, dev_rows, subject: str, row, ntrain: int = 5, max_prompt_tokens: int = 2048
+) -> str:
     end = format_example(row, include_answer=False)
     k = ntrain
     prompt = gen_prompt(dev_rows, subject, k) + end
@@ -75,10 +79,14 @@ def check_rows(path: Path) -> None:
                 count += 1
                 where = f"{path}:{reader.line_num}"
                 if len(row) != len(CHOICES) + 2:
-                    raise BenchDataError(f"{where}: expected {len(CHOICES) + 2} columns (question, A, B, C, D, "
-                                         f"answer), got {len(row)}")
+                    raise BenchDataError(
+                        f"{where}: expected {len(CHOICES) + 2} columns (question, A, B, C, D, "
+                        f"answer), got {len(row)}"
+                    )
                 if row[-1].strip() not in CHOICES:
-                    raise BenchDataError(f"{where}: the answer {row[-1]!r} is not one of {', '.join(CHOICES)}")
+                    raise BenchDataError(
+                        f"{where}: the answer {row[-1]!r} is not one of {', '.join(CHOICES)}"
+                    )
         except (csv.Error, UnicodeDecodeError) as e:
             raise BenchDataError(f"{path}:{reader.line_num}: not readable CSV ({e})") from None
     if not count:
@@ -115,14 +123,15 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.inference_mode()
-def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int], batch_size: int = 4,
-                     progress: bool = False) -> np.ndarray:
+def next_token_probs(
+    model, tokenizer, prompts: list[str], token_ids: list[int], batch_size: int = 4, progress: bool = False
+) -> np.ndarray:
     """[len(prompts), len(token_ids)]: softmax over the whole vocabulary at the position after each prompt
     (BOS added by the tokenizer), at `token_ids`. Left padding with position ids from the attention mask,
     so a prompt's probabilities do not depend on what else is in its batch."""
@@ -132,7 +141,7 @@ def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int],
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
         from tqdm.auto import tqdm
 
@@ -144,7 +153,9 @@ def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int],
     try:
         for batch in batches:
             ids, mask, pos = (t.to(device) for t in _left_pad([encoded[i] for i in batch], pad_id))
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1, :]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[
+                :, -1, :
+            ]
             probs = logits.float().softmax(-1).index_select(-1, index)
             out[batch] = probs.cpu().numpy()
     finally:
@@ -152,36 +163,65 @@ def next_token_probs(model, tokenizer, prompts: list[str], token_ids: list[int],
     return out
 
 
-def load_mmlu(data_dir, ntrain: int = 5, split: str = "test", reader: str = "pandas", limit: int | None = None,
-              subject_list: list[str] | None = None) -> tuple[dict[str, list], list[tuple]]:
+def load_mmlu(
+    data_dir,
+    ntrain: int = 5,
+    split: str = "test",
+    reader: str = "pandas",
+    limit: int | None = None,
+    subject_list: list[str] | None = None,
+) -> tuple[dict[str, list], list[tuple]]:
     """({subject: its first `ntrain` dev rows}, [(subject, index, test row)]), every file checked."""
     data_dir = Path(data_dir)
     names = subject_list or subjects(data_dir, split)
     dev, items = {}, []
     for subject in names:
-        dev[subject] = read_rows(require(data_dir / "mmlu" / "dev" / f"{subject}_dev.csv", "mmlu", data_dir),
-                                 reader)[:ntrain]
-        rows = read_rows(require(data_dir / "mmlu" / split / f"{subject}_{split}.csv", "mmlu", data_dir), reader)
+        dev[subject] = read_rows(
+            require(data_dir / "mmlu" / "dev" / f"{subject}_dev.csv", "mmlu", data_dir), reader
+        )[:ntrain]
+        rows = read_rows(
+            require(data_dir / "mmlu" / split / f"{subject}_{split}.csv", "mmlu", data_dir), reader
+        )
         items += [(subject, i, row) for i, row in enumerate(rows[:limit] if limit else rows)]
     return dev, items  # not empty: every file was checked to hold a row
 
 
-def evaluate_mmlu(model, tokenizer, data_dir, ntrain: int = 5, split: str = "test", max_prompt_tokens: int = 2048,
-                  reader: str = "pandas", batch_size: int = 4, limit: int | None = None,
-                  subject_list: list[str] | None = None, progress: bool = False) -> dict:
+def evaluate_mmlu(
+    model,
+    tokenizer,
+    data_dir,
+    ntrain: int = 5,
+    split: str = "test",
+    max_prompt_tokens: int = 2048,
+    reader: str = "pandas",
+    batch_size: int = 4,
+    limit: int | None = None,
+    subject_list: list[str] | None = None,
+    progress: bool = False,
+) -> dict:
     """Returns {"metrics": {...}, "predictions": [...]} (one prediction row per question)."""
     dev, items = load_mmlu(data_dir, ntrain, split, reader, limit, subject_list)
-    prompts = [build_prompt(tokenizer, dev[subject], subject, row, ntrain, max_prompt_tokens)
-               for subject, _, row in items]
+    prompts = [
+        build_prompt(tokenizer, dev[subject], subject, row, ntrain, max_prompt_tokens)
+        for subject, _, row in items
+    ]
     probs = next_token_probs(model, tokenizer, prompts, candidate_ids(tokenizer), batch_size, progress)
     predictions, per_subject = [], {}
     for (subject, i, row), p in zip(items, probs, strict=True):
         pred = CHOICES[int(np.argmax(p))]
         correct = pred == str(row[len(CHOICES) + 1]).strip()
         per_subject.setdefault(subject, []).append(correct)
-        predictions.append({"subject": subject, "index": i, "question": str(row[0]), "answer": str(row[5]),
-                            "prediction": pred, "correct": correct,
-                            **{f"choice{c}_probs": float(v) for c, v in zip(CHOICES, p, strict=True)}})
+        predictions.append(
+            {
+                "subject": subject,
+                "index": i,
+                "question": str(row[0]),
+                "answer": str(row[5]),
+                "prediction": pred,
+                "correct": correct,
+                **{f"choice{c}_probs": float(v) for c, v in zip(CHOICES, p, strict=True)},
+            }
+        )
     return {"metrics": mmlu_metrics(per_subject), "predictions": predictions}
 
 
@@ -218,9 +258,19 @@ def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
-    return evaluate_mmlu(model, tokenizer, data_dir, ntrain=bench["ntrain"], split=bench["split"],
-                         max_prompt_tokens=bench["max_prompt_tokens"], reader=bench["reader"],
-                         subject_list=bench.get("subjects"), batch_size=batch_size, limit=limit, progress=progress)
+    return evaluate_mmlu(
+        model,
+        tokenizer,
+        data_dir,
+        ntrain=bench["ntrain"],
+        split=bench["split"],
+        max_prompt_tokens=bench["max_prompt_tokens"],
+        reader=bench["reader"],
+        subject_list=bench.get("subjects"),
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+    )
 
 
 def lay_out(files: list[Path], data_dir: Path) -> None:
@@ -231,7 +281,12 @@ def lay_out(files: list[Path], data_dir: Path) -> None:
             parts = Path(member.name).parts
             if ".." in parts or member.name.startswith("/"):
                 raise ValueError(f"refusing archive member outside the archive: {member.name}")
-            if member.isfile() and len(parts) == 3 and parts[0] == "data" and parts[1] in ("dev", "val", "test"):
+            if (
+                member.isfile()
+                and len(parts) == 3
+                and parts[0] == "data"
+                and parts[1] in ("dev", "val", "test")
+            ):
                 target = out / parts[1] / parts[2]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(member) as src, open(target, "wb") as dst:
@@ -251,7 +306,16 @@ def verify(data_dir: Path) -> list[str]:
 
 
 BENCHMARK = Benchmark(
-    name="mmlu", config=MmluConfig, evaluate=_evaluate, headline=(("average_acc",), 100.0), title="MMLU",
-    column=1, in_average=True, check_data=_check_data,
+    name="mmlu",
+    config=MmluConfig,
+    evaluate=_evaluate,
+    headline=(("average_acc",), 100.0),
+    title="MMLU",
+    column=1,
+    in_average=True,
+    check_data=_check_data,
     layout="mmlu/{dev,test}/<subject>_{dev,test}.csv (hendrycks data.tar)",
-    sources=(("https://people.eecs.berkeley.edu/~hendrycks/data.tar", "data.tar"),), lay_out=lay_out, verify=verify)
+    sources=(("https://people.eecs.berkeley.edu/~hendrycks/data.tar", "data.tar"),),
+    lay_out=lay_out,
+    verify=verify,
+)

@@ -1,9 +1,9 @@
 """Dispatch one benchmark and write its run directory.
 
-    run_dir/metrics.json       the reference's shape (plus num_examples)
-    run_dir/predictions.jsonl  one row per item (HumanEval: per sample, with the execution result)
-    run_dir/summary.txt        one line: bench, label, headline metric
-    run_dir/run_info.json      what was evaluated (ckpt, base, quant, dtype, device, bench settings, versions)
+run_dir/metrics.json       the reference's shape (plus num_examples)
+run_dir/predictions.jsonl  one row per item (HumanEval: per sample, with the execution result)
+run_dir/summary.txt        one line: bench, label, headline metric
+run_dir/run_info.json      what was evaluated (ckpt, base, quant, dtype, device, bench settings, versions)
 """
 
 from __future__ import annotations
@@ -30,13 +30,23 @@ def check_bench_data(name: str, bench: dict, data_dir, seed: int = 42, limit: in
         check(bench, data_dir, seed, limit)
 
 
-def run_bench(name: str, model, tokenizer, bench: dict, data_dir, batch_size: int, seed: int = 42,
-              limit: int | None = None, progress: bool = False) -> dict:
+def run_bench(
+    name: str,
+    model,
+    tokenizer,
+    bench: dict,
+    data_dir,
+    batch_size: int,
+    seed: int = 42,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Run benchmark `name` with the settings of its config group entry; {"metrics", "predictions"}."""
     bench = {k: v for k, v in bench.items() if k != "name"}
     batch_size = bench.pop("batch_size", None) or batch_size
-    return get_benchmark(name).evaluate(model, tokenizer, bench, data_dir, batch_size=batch_size, seed=seed,
-                                        limit=limit, progress=progress)
+    return get_benchmark(name).evaluate(
+        model, tokenizer, bench, data_dir, batch_size=batch_size, seed=seed, limit=limit, progress=progress
+    )
 
 
 def check_bench(name: str, bench: dict) -> None:
@@ -60,7 +70,9 @@ def write_run(out_dir, bench: str, result: dict, run_info: dict) -> str:
     metrics = result["metrics"]
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     write_jsonl(out_dir / "predictions.jsonl", result["predictions"])
-    info = dict(run_info, bench=bench, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), headline=headline(bench, metrics))
+    info = dict(
+        run_info, bench=bench, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), headline=headline(bench, metrics)
+    )
     (out_dir / "run_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     line = summary_line(bench, run_info.get("label", "?"), metrics)
     (out_dir / "summary.txt").write_text(line + "\n")

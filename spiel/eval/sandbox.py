@@ -69,11 +69,15 @@ class SandboxLimits:
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"sandbox.isolation={self.isolation!r}; choose one of {ISOLATIONS}")
         if self.total_memory_mb < self.memory_mb:
-            raise ValueError(f"sandbox.total_memory_mb={self.total_memory_mb} is below sandbox.memory_mb="
-                             f"{self.memory_mb}: the whole sandbox cannot hold less than one of its processes")
+            raise ValueError(
+                f"sandbox.total_memory_mb={self.total_memory_mb} is below sandbox.memory_mb="
+                f"{self.memory_mb}: the whole sandbox cannot hold less than one of its processes"
+            )
         if not self.timeout > 0 or (self.call_timeout is not None and not self.call_timeout > 0):
-            raise ValueError(f"sandbox.timeout and sandbox.call_timeout must be > 0 (got {self.timeout}, "
-                             f"{self.call_timeout})")
+            raise ValueError(
+                f"sandbox.timeout and sandbox.call_timeout must be > 0 (got {self.timeout}, "
+                f"{self.call_timeout})"
+            )
 
 
 @dataclass
@@ -102,18 +106,32 @@ def python_runtime() -> tuple[list[str], list[str]]:
         "            except BaseException:\n"
         "                pass\n"
         "libs = {ln.split()[-1] for ln in open('/proc/self/maps') if '.so' in ln.split()[-1]}\n"
-        "print(json.dumps({'path': dirs, 'libs': sorted(libs)}))\n")
-    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", script], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=120, check=True, cwd="/")
+        "print(json.dumps({'path': dirs, 'libs': sorted(libs)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", script],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd="/",
+    )
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    wanted = sorted({os.path.realpath(p) for p in found["path"]}
-                    | {os.path.dirname(os.path.realpath(f)) for f in found["libs"] if os.path.isfile(f)})
+    wanted = sorted(
+        {os.path.realpath(p) for p in found["path"]}
+        | {os.path.dirname(os.path.realpath(f)) for f in found["libs"] if os.path.isfile(f)}
+    )
     binds: list[str] = []
     for path in wanted:  # a directory inside one already bound is covered
         if not any(path == b or path.startswith(b + os.sep) for b in binds):
             binds.append(path)
-    masks = [os.path.join(os.path.realpath(p), sub) for p in found["path"] for sub in ("site-packages", "dist-packages")
-             if os.path.isdir(os.path.join(p, sub))]
+    masks = [
+        os.path.join(os.path.realpath(p), sub)
+        for p in found["path"]
+        for sub in ("site-packages", "dist-packages")
+        if os.path.isdir(os.path.join(p, sub))
+    ]
     return binds, masks
 
 
@@ -151,8 +169,11 @@ def _memory_cgroup(limit_bytes: int) -> tuple[Path, str] | None:
     if own is None:
         return None
     parent, version = own
-    files = ({"memory.max": limit_bytes, "memory.swap.max": 0} if version == "v2"
-             else {"memory.limit_in_bytes": limit_bytes, "memory.memsw.limit_in_bytes": limit_bytes})
+    files = (
+        {"memory.max": limit_bytes, "memory.swap.max": 0}
+        if version == "v2"
+        else {"memory.limit_in_bytes": limit_bytes, "memory.memsw.limit_in_bytes": limit_bytes}
+    )
     try:
         group = Path(tempfile.mkdtemp(prefix="spiel-sandbox-", dir=parent))
     except OSError:
@@ -177,8 +198,9 @@ def _remove_cgroup(group: Path) -> None:
         pass
 
 
-def run_check(program: str, checker: str, entry_point: str | None,
-              limits: SandboxLimits = SandboxLimits()) -> ExecResult:
+def run_check(
+    program: str, checker: str, entry_point: str | None, limits: SandboxLimits = SandboxLimits()
+) -> ExecResult:
     """Run `program` and judge it with `checker`'s `check(candidate)`; never raises for anything either does."""
     workdir = tempfile.mkdtemp(prefix="spiel-sandbox-")
     read_fd, write_fd = os.pipe()
@@ -263,9 +285,12 @@ def memory_cap(limits: SandboxLimits, cgroup: tuple[Path, str] | None = None) ->
     (at most `processes` processes of `per_process_mb` each, so `bound_mb` in all), and a memory cgroup of
     `total_memory_mb` where this machine lets spiel create one."""
     processes = capped_processes(limits)
-    return {"processes": processes, "per_process_mb": int(limits.memory_mb),
-            "bound_mb": processes * int(limits.memory_mb),
-            "cgroup": None if cgroup is None else f"{cgroup[1]}, {int(limits.total_memory_mb)} MiB"}
+    return {
+        "processes": processes,
+        "per_process_mb": int(limits.memory_mb),
+        "bound_mb": processes * int(limits.memory_mb),
+        "cgroup": None if cgroup is None else f"{cgroup[1]}, {int(limits.total_memory_mb)} MiB",
+    }
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> ExecResult:

@@ -37,23 +37,58 @@ from spiel.eval.data import BenchDataError, no_items, read_json, require
 from spiel.eval.generate import generate
 from spiel.eval.metrics import squad_scores
 
-LANGUAGES = ["english", "arabic", "bengali", "finnish", "indonesian", "korean", "russian", "swahili", "telugu"]
+LANGUAGES = [
+    "english",
+    "arabic",
+    "bengali",
+    "finnish",
+    "indonesian",
+    "korean",
+    "russian",
+    "swahili",
+    "telugu",
+]
 
 # (instruction, passage label, question label, answer label) per language.
 TEMPLATES = {
-    "english": ("Answer the following question based on the information in the given passage.", "Passage:",
-                "Question:", "Answer:"),
-    "arabic": ("أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.", "المقطع:", "السؤال:", "الإجابة:"),
+    "english": (
+        "Answer the following question based on the information in the given passage.",
+        "Passage:",
+        "Question:",
+        "Answer:",
+    ),
+    "arabic": (
+        "أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.",
+        "المقطع:",
+        "السؤال:",
+        "الإجابة:",
+    ),
     "bengali": ("প্রদত্ত অধ্যায়ের তথ্যের উপর ভিত্তি করে নিম্নলিখিত প্রশ্নের উত্তর দিন।", "অধ্যায়:", "প্রশ্ন:", "উত্তর:"),
-    "finnish": ("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.", "Kappale:", "Kysymys:",
-                "Vastaus:"),
-    "indonesian": ("Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.", "Bagian:",
-                   "Pertanyaan:", "Jawaban:"),
+    "finnish": (
+        "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.",
+        "Kappale:",
+        "Kysymys:",
+        "Vastaus:",
+    ),
+    "indonesian": (
+        "Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.",
+        "Bagian:",
+        "Pertanyaan:",
+        "Jawaban:",
+    ),
     "korean": ("주어진 문단의 정보에 기반하여 다음 질문에 답하십시오.", "문단:", "질문:", "답변:"),
-    "russian": ("Ответьте на следующий вопрос на основе информации в данном отрывке.", "Отрывок:", "Вопрос:",
-                "Ответ:"),
-    "swahili": ("Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.", "Kifungu:", "Swali:",
-                "Jibu:"),
+    "russian": (
+        "Ответьте на следующий вопрос на основе информации в данном отрывке.",
+        "Отрывок:",
+        "Вопрос:",
+        "Ответ:",
+    ),
+    "swahili": (
+        "Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.",
+        "Kifungu:",
+        "Swali:",
+        "Jibu:",
+    ),
     "telugu": ("ఇచ్చిన పేరాలోని సమాచారం ఆధారంగా కింది ప్రశ్నకు సమాధానం ఇవ్వండి.", "పేరా:", "ప్రశ్న:", "సమాధానం:"),
 }
 
@@ -82,12 +117,23 @@ def read_goldp(path: Path) -> list[dict]:
                 if not isinstance(qa.get("question"), str):
                     raise BenchDataError(f"{path}: {at} ({qa['id']}) has no 'question' string")
                 answers = qa.get("answers")
-                if not (isinstance(answers, list) and answers
-                        and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers)):
-                    raise BenchDataError(f"{path}: {at} ({qa['id']}) needs a non-empty 'answers' list of "
-                                         "{\"text\": ...}")
-                out.append({"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
-                            "question": qa["question"], "answers": answers})
+                if not (
+                    isinstance(answers, list)
+                    and answers
+                    and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers)
+                ):
+                    raise BenchDataError(
+                        f"{path}: {at} ({qa['id']}) needs a non-empty 'answers' list of {{\"text\": ...}}"
+                    )
+                out.append(
+                    {
+                        "id": qa["id"],
+                        "lang": qa["id"].split("-")[0],
+                        "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": answers,
+                    }
+                )
     return out
 
 
@@ -118,8 +164,10 @@ def load_tydiqa(data_dir, n_shot: int = 1, max_num_examples_per_lang: int | None
                 shots[ex["lang"]].append(ex)
         for lang in languages:
             if len(shots[lang]) < n_shot:
-                raise ValueError(f"tydiqa: {n_shot} shot(s) asked but the train file has {len(shots[lang])} "
-                                 f"{lang} example(s)")
+                raise ValueError(
+                    f"tydiqa: {n_shot} shot(s) asked but the train file has {len(shots[lang])} "
+                    f"{lang} example(s)"
+                )
             shots[lang] = rng.sample(shots[lang], n_shot)
     return test, shots, languages
 
@@ -149,6 +197,7 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 def _folds_leading_space(tokenizer) -> bool:
     """Whether the "▁" this tokenizer puts at the start of an input absorbs a leading space (" a" encodes
     as "a" does: LLaMA-2's tokenizer under transformers 5), where the reference's added one regardless."""
+
     def encode(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -159,37 +208,75 @@ def build_prompt(lang: str, example: dict, shots: list[dict]) -> str:
     instruction, p, q, a = TEMPLATES[lang]
     prompt = instruction + "\n\n"
     if shots:
-        prompt += "\n\n".join(f"{p} {s['context']}\n{q} {s['question']}\n{a} {s['answers'][0]['text']}"
-                              for s in shots) + "\n\n"
+        prompt += (
+            "\n\n".join(
+                f"{p} {s['context']}\n{q} {s['question']}\n{a} {s['answers'][0]['text']}" for s in shots
+            )
+            + "\n\n"
+        )
     return prompt + f"{p} {example['context']}\n{q} {example['question']}\n{a}"
 
 
-def evaluate_tydiqa(model, tokenizer, data_dir, n_shot: int = 1, max_num_examples_per_lang: int | None = 100,
-                    max_context_length: int | None = 1024, max_new_tokens: int = 50, stop=("\n",),
-                    batch_size: int = 4, seed: int = 42, limit: int | None = None, progress: bool = False) -> dict:
+def evaluate_tydiqa(
+    model,
+    tokenizer,
+    data_dir,
+    n_shot: int = 1,
+    max_num_examples_per_lang: int | None = 100,
+    max_context_length: int | None = 1024,
+    max_new_tokens: int = 50,
+    stop=("\n",),
+    batch_size: int = 4,
+    seed: int = 42,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
     test, shots, languages = load_tydiqa(data_dir, n_shot, max_num_examples_per_lang, seed)
     if limit:
         test = [ex for lang in languages for ex in [e for e in test if e["lang"] == lang][:limit]]
-    cut = {lang: [dict(s, context=truncate_context(tokenizer, s["context"], max_context_length)) for s in shots[lang]]
-           for lang in languages}
+    cut = {
+        lang: [
+            dict(s, context=truncate_context(tokenizer, s["context"], max_context_length))
+            for s in shots[lang]
+        ]
+        for lang in languages
+    }
     test = [dict(ex, context=truncate_context(tokenizer, ex["context"], max_context_length)) for ex in test]
     prompts = [build_prompt(ex["lang"], ex, cut[ex["lang"]]) for ex in test]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       stop=list(stop) if stop else None, progress=progress,
-                       encode=lambda prompt: encode_prompt(tokenizer, prompt))
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop=list(stop) if stop else None,
+        progress=progress,
+        encode=lambda prompt: encode_prompt(tokenizer, prompt),
+    )
     preds = [o.strip() for o in outputs]
     metrics = {}
     for lang in languages:
         idx = [i for i, ex in enumerate(test) if ex["lang"] == lang]
         if idx:
-            metrics[lang] = squad_scores([preds[i] for i in idx], [[a["text"] for a in test[i]["answers"]] for i in idx])
+            metrics[lang] = squad_scores(
+                [preds[i] for i in idx], [[a["text"] for a in test[i]["answers"]] for i in idx]
+            )
     langs = [k for k in metrics]
-    metrics["average"] = {key: float(np.mean([metrics[lang][key] for lang in langs])) if langs else 0.0
-                          for key in ("f1", "exact_match")}
+    metrics["average"] = {
+        key: float(np.mean([metrics[lang][key] for lang in langs])) if langs else 0.0
+        for key in ("f1", "exact_match")
+    }
     metrics["num_examples"] = len(test)
-    predictions = [{"id": ex["id"], "lang": ex["lang"], "question": ex["question"],
-                    "answers": [a["text"] for a in ex["answers"]], "prediction_text": p}
-                   for ex, p in zip(test, preds, strict=True)]
+    predictions = [
+        {
+            "id": ex["id"],
+            "lang": ex["lang"],
+            "question": ex["question"],
+            "answers": [a["text"] for a in ex["answers"]],
+            "prediction_text": p,
+        }
+        for ex, p in zip(test, preds, strict=True)
+    ]
     return {"metrics": metrics, "predictions": predictions}
 
 
@@ -212,10 +299,20 @@ def _check_data(bench: dict, data_dir, seed: int, limit: int | None) -> None:
 
 
 def _evaluate(model, tokenizer, bench: dict, data_dir, *, batch_size, seed, limit, progress) -> dict:
-    return evaluate_tydiqa(model, tokenizer, data_dir, n_shot=bench["n_shot"],
-                           max_num_examples_per_lang=bench["max_num_examples_per_lang"],
-                           max_context_length=bench["max_context_length"], max_new_tokens=bench["max_new_tokens"],
-                           stop=bench["stop"], seed=seed, batch_size=batch_size, limit=limit, progress=progress)
+    return evaluate_tydiqa(
+        model,
+        tokenizer,
+        data_dir,
+        n_shot=bench["n_shot"],
+        max_num_examples_per_lang=bench["max_num_examples_per_lang"],
+        max_context_length=bench["max_context_length"],
+        max_new_tokens=bench["max_new_tokens"],
+        stop=bench["stop"],
+        seed=seed,
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+    )
 
 
 def verify(data_dir: Path) -> list[str]:
@@ -233,8 +330,17 @@ def verify(data_dir: Path) -> list[str]:
 
 
 BENCHMARK = Benchmark(
-    name="tydiqa", config=TydiqaConfig, evaluate=_evaluate, headline=(("average", "f1"), 1.0), title="TyDiQA",
-    column=4, in_average=True, check_data=_check_data,
+    name="tydiqa",
+    config=TydiqaConfig,
+    evaluate=_evaluate,
+    headline=(("average", "f1"), 1.0),
+    title="TyDiQA",
+    column=4,
+    in_average=True,
+    check_data=_check_data,
     layout="tydiqa/tydiqa-goldp-v1.1-{dev,train}.json (TyDiQA GoldP v1.1)",
-    sources=tuple((_GOLDP + name, name) for name in ("tydiqa-goldp-v1.1-dev.json", "tydiqa-goldp-v1.1-train.json")),
-    verify=verify)
+    sources=tuple(
+        (_GOLDP + name, name) for name in ("tydiqa-goldp-v1.1-dev.json", "tydiqa-goldp-v1.1-train.json")
+    ),
+    verify=verify,
+)

@@ -66,13 +66,17 @@ class SpielTrainerMixin:
 
         expected = method_spec(model.spiel_config.method).optimizer
         if getattr(self, "optimizer_cls_and_kwargs", None) is not None:
-            raise TypeError("optimizer_cls_and_kwargs cannot be used with a SpielModel: SpIEL needs spiel's "
-                            f"{expected.__name__}. Leave it unset (it is built from args.learning_rate and "
-                            "args.weight_decay) or pass optimizers=(model.make_optimizer(...), None).")
+            raise TypeError(
+                "optimizer_cls_and_kwargs cannot be used with a SpielModel: SpIEL needs spiel's "
+                f"{expected.__name__}. Leave it unset (it is built from args.learning_rate and "
+                "args.weight_decay) or pass optimizers=(model.make_optimizer(...), None)."
+            )
         if self.optimizer is not None and not isinstance(self.optimizer, expected):
-            raise TypeError(f"method {model.spiel_config.method!r} needs spiel's {expected.__name__}, got "
-                            f"{type(self.optimizer).__name__} in optimizers=: leave it out (it is built from "
-                            "args.learning_rate and args.weight_decay) or pass model.make_optimizer(...).")
+            raise TypeError(
+                f"method {model.spiel_config.method!r} needs spiel's {expected.__name__}, got "
+                f"{type(self.optimizer).__name__} in optimizers=: leave it out (it is built from "
+                "args.learning_rate and args.weight_decay) or pass model.make_optimizer(...)."
+            )
 
     def create_optimizer(self, model=None):
         spiel_model = self.spiel_model()
@@ -83,9 +87,13 @@ class SpielTrainerMixin:
 
             kwargs = {}
             if method_spec(spiel_model.spiel_config.method).adam_options:
-                kwargs = {"betas": (self.args.adam_beta1, self.args.adam_beta2), "eps": self.args.adam_epsilon}
-            self.optimizer = spiel_model.make_optimizer(self.args.learning_rate,
-                                                        weight_decay=self.args.weight_decay, **kwargs)
+                kwargs = {
+                    "betas": (self.args.adam_beta1, self.args.adam_beta2),
+                    "eps": self.args.adam_epsilon,
+                }
+            self.optimizer = spiel_model.make_optimizer(
+                self.args.learning_rate, weight_decay=self.args.weight_decay, **kwargs
+            )
         return self.optimizer
 
     # -- training and resuming -----------------------------------------------------------------------
@@ -108,8 +116,11 @@ class SpielTrainerMixin:
 
     # -- saving ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
-        if self._selector_callback is not None and self._selector_callback.selector is not None and \
-                self.args.should_save:
+        if (
+            self._selector_callback is not None
+            and self._selector_callback.selector is not None
+            and self.args.should_save
+        ):
             # Written first: the Trainer writes trainer_state.json (what marks a checkpoint) after it.
             directory = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             directory.mkdir(parents=True, exist_ok=True)

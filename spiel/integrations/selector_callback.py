@@ -29,17 +29,23 @@ class SelectorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         model = self.trainer.spiel_model()
-        self.selector = model.make_selector(inner_optimizer(self.trainer.optimizer), total_steps=state.max_steps)
+        self.selector = model.make_selector(
+            inner_optimizer(self.trainer.optimizer), total_steps=state.max_steps
+        )
         resume_from = self.trainer.spiel_resume_from
         if resume_from is not None:
             path = Path(resume_from) / STATE_FILE
             if not path.is_file():
-                raise FileNotFoundError(f"{resume_from} has no {STATE_FILE}: not a checkpoint of SpIEL training "
-                                        "(its selector state is missing), so training cannot resume from it")
+                raise FileNotFoundError(
+                    f"{resume_from} has no {STATE_FILE}: not a checkpoint of SpIEL training "
+                    "(its selector state is missing), so training cannot resume from it"
+                )
             device = next(iter(model.deltas.values())).values.device
             self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         if self.selector.t != state.global_step:
-            raise RuntimeError(f"selector is at step {self.selector.t} but the trainer at {state.global_step}")
+            raise RuntimeError(
+                f"selector is at step {self.selector.t} but the trainer at {state.global_step}"
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         self.selector.step()

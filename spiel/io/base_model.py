@@ -41,7 +41,9 @@ QUANT = ("none", "nf4")
 def resolve_model_path(name_or_path: str) -> str:
     """An alias's directory, else `name_or_path` unchanged (a local directory or a hub id)."""
     if name_or_path is None:
-        raise ValueError("no model given: set model=<tiny|smollm2-135m|llama2-7b|llama2-13b> or model.name_or_path=...")
+        raise ValueError(
+            "no model given: set model=<tiny|smollm2-135m|llama2-7b|llama2-13b> or model.name_or_path=..."
+        )
     name_or_path = str(name_or_path)
     if is_packaged(name_or_path):
         return str(packaged_model_dir(name_or_path))
@@ -50,7 +52,8 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"model alias {name_or_path!r} needs {path}, which is missing: the assets ship with the git "
-                "checkout (not with a wheel); regenerate it with scripts/make_tiny_model.py")
+                "checkout (not with a wheel); regenerate it with scripts/make_tiny_model.py"
+            )
         return str(path)
     return name_or_path
 
@@ -76,8 +79,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def nf4_config():
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 # bitsandbytes' fast CPU kernel (taken on CPUs with AVX512-BF16, in eval mode without gradients) repacks a
@@ -103,15 +110,20 @@ def keep_unpackable_nf4_layers_unpacked(model, cpu_packs: bool | None = None) ->
         cpu_packs = bool(probe is not None and probe())
     if not cpu_packs:
         return []
-    names = [name for name, m in model.named_modules()
-             if isinstance(m, bnb.nn.Linear4bit) and not _cpu_packable(m)]
+    names = [
+        name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit) and not _cpu_packable(m)
+    ]
     for name in names:
         model.get_submodule(name).support_avx512bf16_for_cpu = False  # what bitsandbytes checks per call
     if names:
         logging.getLogger(__name__).info(
             "NF4 on a CPU with AVX512-BF16: %d layers have a shape bitsandbytes' packed CPU kernel cannot "
             "take (out_features a multiple of %d, in_features of the quantization block); they use its "
-            "generic NF4 kernel (e.g. %s)", len(names), BNB_CPU_PACK_ROWS, names[0])
+            "generic NF4 kernel (e.g. %s)",
+            len(names),
+            BNB_CPU_PACK_ROWS,
+            names[0],
+        )
     return names
 
 
@@ -119,12 +131,18 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     refuse_remote_code(name_or_path, revision)
-    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), revision=revision,
-                                         trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), revision=revision, trust_remote_code=False
+    )
 
 
-def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", quant: str = "none",
-                    device: str | torch.device | None = None, revision: str | None = None):
+def load_base_model(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = "auto",
+    quant: str = "none",
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+):
     """A causal LM in eval mode on `device`, frozen dtype as asked, optionally NF4-quantized."""
     from transformers import AutoModelForCausalLM
 
@@ -154,7 +172,9 @@ def load_base_model(name_or_path: str, dtype: str | torch.dtype | None = "auto",
         from spiel.io.hub import cached_commit
 
         # SpIEL checkpoints record the base's commit from here (transformers 5 no longer sets it).
-        model.config._commit_hash = cached_commit(path, revision) or getattr(model.config, "_commit_hash", None)
+        model.config._commit_hash = cached_commit(path, revision) or getattr(
+            model.config, "_commit_hash", None
+        )
     return model.eval()
 
 
@@ -163,7 +183,8 @@ def build_meta_model(name_or_path: str, revision: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     refuse_remote_code(name_or_path, revision)
-    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), revision=revision,
-                                        trust_remote_code=False)
+    config = AutoConfig.from_pretrained(
+        resolve_model_path(name_or_path), revision=revision, trust_remote_code=False
+    )
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)

@@ -32,8 +32,10 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
     path = Path(str(name_or_path))
     if path.is_dir():
         if revision is not None:
-            raise ValueError(f"revision={revision!r} was given, but {name_or_path} is a local directory "
-                             "(revisions apply to Hub repo ids)")
+            raise ValueError(
+                f"revision={revision!r} was given, but {name_or_path} is a local directory "
+                "(revisions apply to Hub repo ids)"
+            )
         return path
     if path.exists():
         raise FileNotFoundError(f"{name_or_path} is a file, not a checkpoint directory")
@@ -52,11 +54,16 @@ def resolve_checkpoint(name_or_path, revision: str | None = None) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision))
     except Exception as e:  # huggingface_hub's many error types, network errors, a bad revision
-        where = (f"HF_HUB_OFFLINE=1 and it is not in the local Hub cache {constants.HF_HUB_CACHE}"
-                 if constants.HF_HUB_OFFLINE else "the Hub answered")
+        where = (
+            f"HF_HUB_OFFLINE=1 and it is not in the local Hub cache {constants.HF_HUB_CACHE}"
+            if constants.HF_HUB_OFFLINE
+            else "the Hub answered"
+        )
         at = f" at revision {revision!r}" if revision else ""
-        raise FileNotFoundError(f"{name_or_path}: no such local directory, and not loadable as the Hub repo "
-                                f"{repo_id!r}{at} ({where}: {type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise FileNotFoundError(
+            f"{name_or_path}: no such local directory, and not loadable as the Hub repo "
+            f"{repo_id!r}{at} ({where}: {type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
 
 
 def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
@@ -97,8 +104,11 @@ def _run_info(directory: Path) -> dict:
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if Path(str(summary.get("final_checkpoint", ""))).resolve() == directory.resolve():
-            info["metrics"] = {k: summary[k] for k in ("steps", "final_loss", "train_loss", "examples")
-                               if summary.get(k) is not None}
+            info["metrics"] = {
+                k: summary[k]
+                for k in ("steps", "final_loss", "train_loss", "examples")
+                if summary.get(k) is not None
+            }
             if config_path.is_file():
                 import yaml
 
@@ -121,15 +131,24 @@ def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict
     modules = saved.get("modules") or {}
     entries = sum(int(m["k"]) for m in modules.values())
     dense = sum(int(m["shape"][0]) * int(m["shape"][1]) for m in modules.values())
-    method = {"ag": "SpIEL-AG (accumulated-gradient growth)", "ma": "SpIEL-MA (momentum-approximation growth)"}
+    method = {
+        "ag": "SpIEL-AG (accumulated-gradient growth)",
+        "ma": "SpIEL-MA (momentum-approximation growth)",
+    }
     rows = [
         ("base model", f"`{shown}`" + (f" at revision `{revision}`" if revision else "")),
         ("method", method.get(cfg.get("method"), str(cfg.get("method")))),
-        ("budget", f"{entries:,} tuned entries in {len(modules)} matrices "
-                   f"({100 * entries / max(1, dense):.3f}% of their {dense:,} weights)"),
-        ("schedule", f"reselect every {cfg.get('reselection_steps')} steps ({cfg.get('schedule')} decay from "
-                     f"{cfg.get('initial_rate')}), {cfg.get('estimation_steps')} estimation steps, "
-                     f"drop by {cfg.get('drop')}"),
+        (
+            "budget",
+            f"{entries:,} tuned entries in {len(modules)} matrices "
+            f"({100 * entries / max(1, dense):.3f}% of their {dense:,} weights)",
+        ),
+        (
+            "schedule",
+            f"reselect every {cfg.get('reselection_steps')} steps ({cfg.get('schedule')} decay from "
+            f"{cfg.get('initial_rate')}), {cfg.get('estimation_steps')} estimation steps, "
+            f"drop by {cfg.get('drop')}",
+        ),
         ("data", f"`{data}`" if data else "not recorded"),
     ]
     for key, value in (metrics or {}).items():
@@ -141,7 +160,10 @@ def model_card(saved: dict, repo_id: str, data: str | None = None, metrics: dict
     card_data = ModelCardData(library_name="spiel", tags=["spiel", "sparse-fine-tuning"])
     if base_id != "unknown" and not Path(base_id).is_absolute():  # a Hub id, not a path on the trainer's disk
         card_data.base_model = base_id
-    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n" + f"""
+    return str(
+        ModelCard(
+            f"---\n{card_data.to_yaml()}\n---\n"
+            + f"""
 # {repo_id.split("/")[-1]}
 
 A sparse fine-tuning delta (SpIEL, "Scaling Sparse Fine-Tuning to Large Language Models", Ansell et al.
@@ -167,12 +189,22 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
 ```
 
 or evaluate it: `spiel-eval ckpt={repo_id} bench=mmlu`.
-"""))
+"""
+        )
+    )
 
 
-def push_checkpoint(directory, repo_id: str, *, private: bool | None = None, token=None,
-                    revision: str | None = None, commit_message: str | None = None,
-                    data: str | None = None, metrics: dict | None = None):
+def push_checkpoint(
+    directory,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token=None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    data: str | None = None,
+    metrics: dict | None = None,
+):
     """Upload the SpIEL checkpoint in ``directory`` and a generated model card to ``repo_id``.
 
     ``data`` / ``metrics`` go into the card; for the ``final/`` checkpoint of a spiel-train run they
@@ -184,8 +216,12 @@ def push_checkpoint(directory, repo_id: str, *, private: bool | None = None, tok
     if not (directory / DELTA_NAME).is_file():
         raise FileNotFoundError(f"{directory} is not a complete SpIEL checkpoint: no {DELTA_NAME}")
     run = _run_info(directory)
-    card = model_card(saved, repo_id, data=data or run.get("data"),
-                      metrics=metrics if metrics is not None else run.get("metrics"))
+    card = model_card(
+        saved,
+        repo_id,
+        data=data or run.get("data"),
+        metrics=metrics if metrics is not None else run.get("metrics"),
+    )
     with tempfile.TemporaryDirectory(prefix="spiel-push-") as tmp:
         folder = Path(tmp)
         # the delta and the tokenizer's files; anything else there (a run's completion marker, a Trainer
@@ -196,5 +232,9 @@ def push_checkpoint(directory, repo_id: str, *, private: bool | None = None, tok
         (folder / CARD_NAME).write_text(card)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                 commit_message=commit_message or "Upload SpIEL delta")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message or "Upload SpIEL delta",
+        )

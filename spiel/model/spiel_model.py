@@ -1,11 +1,11 @@
 """SpielModel: a model whose target linear layers carry sparse deltas, and its public API.
 
-    spiel_model = get_spiel_model(hf_model, SpielConfig(method="ag", rank_equiv=64))
-    optimizer = spiel_model.make_optimizer(lr=1e-4, weight_decay=30.0)
-    selector = spiel_model.make_selector(optimizer, total_steps=1000)
-    for batch in data:  # forward, backward, step, zero_grad, then selector.step()
-        ...
-    spiel_model.save_pretrained("out/final", tokenizer=tokenizer)
+spiel_model = get_spiel_model(hf_model, SpielConfig(method="ag", rank_equiv=64))
+optimizer = spiel_model.make_optimizer(lr=1e-4, weight_decay=30.0)
+selector = spiel_model.make_selector(optimizer, total_steps=1000)
+for batch in data:  # forward, backward, step, zero_grad, then selector.step()
+    ...
+spiel_model.save_pretrained("out/final", tokenizer=tokenizer)
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ from spiel.selection import Selector, method_spec
 from spiel.selection.global_budget import resize_entries
 from spiel.spiel_config import SpielConfig
 
-__all__ = ["CheckpointMismatchError", "InvalidCheckpointError", "SpielConfig", "SpielModel", "compose", "get_spiel_model", "read_spiel_config"]
+__all__ = [
+    "CheckpointMismatchError",
+    "InvalidCheckpointError",
+    "SpielConfig",
+    "SpielModel",
+    "compose",
+    "get_spiel_model",
+    "read_spiel_config",
+]
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -54,7 +62,8 @@ STATIC_TRAINING_MESSAGE = (
     "spiel's Trainer support: `spiel_trainer(Trainer)(model=model, ...)` or `spiel_trainer(SFTTrainer)(...)` "
     "(from spiel import spiel_trainer). In a plain PyTorch loop, create `selector = "
     "model.make_selector(optimizer, total_steps)` and call `selector.step()` after each optimizer step. For "
-    "static sparse training on purpose, call `model.allow_static_training()` first.")
+    "static sparse training on purpose, call `model.allow_static_training()` first."
+)
 
 
 class SpielModel(nn.Module):
@@ -102,7 +111,12 @@ class SpielModel(nn.Module):
     def forward(self, *args, **kwargs):
         if self._deltas_disabled:
             return self.model(*args, **kwargs)  # disable_delta(): the base alone, nothing to select
-        if self.training and torch.is_grad_enabled() and not self._static_training and not self.has_selector():
+        if (
+            self.training
+            and torch.is_grad_enabled()
+            and not self._static_training
+            and not self.has_selector()
+        ):
             if any(layer.values.requires_grad for layer in self.deltas.values()):
                 raise RuntimeError(STATIC_TRAINING_MESSAGE)
         return self.model(*args, **kwargs)
@@ -136,8 +150,10 @@ class SpielModel(nn.Module):
     def print_trainable_parameters(self) -> None:
         """peft's line: ``trainable params: N || all params: M || trainable%: P``."""
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
-              f"trainable%: {100 * trainable / max(1, total):.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / max(1, total):.4f}"
+        )
 
     @contextlib.contextmanager
     def disable_delta(self):
@@ -165,13 +181,16 @@ class SpielModel(nn.Module):
         """peft's name for :meth:`set_delta`."""
         return self.set_delta(adapter_name)
 
-    def load_adapter(self, model_id, adapter_name: str, revision: str | None = None,
-                     is_trainable: bool = False, **kwargs) -> SpielModel:
+    def load_adapter(
+        self, model_id, adapter_name: str, revision: str | None = None, is_trainable: bool = False, **kwargs
+    ) -> SpielModel:
         """peft's name for :meth:`load_delta` (a loaded delta is for inference: ``is_trainable`` is refused)."""
         if is_trainable or kwargs:
-            raise TypeError("SpielModel.load_adapter keeps a saved delta for inference (load_delta); it takes "
-                            f"no is_trainable or {sorted(kwargs)}: to train from a checkpoint use "
-                            "SpielModel.from_pretrained(base, path, is_trainable=True)")
+            raise TypeError(
+                "SpielModel.load_adapter keeps a saved delta for inference (load_delta); it takes "
+                f"no is_trainable or {sorted(kwargs)}: to train from a checkpoint use "
+                "SpielModel.from_pretrained(base, path, is_trainable=True)"
+            )
         return self.load_delta(model_id, adapter_name, revision=revision)
 
     def delete_adapter(self, adapter_name: str) -> SpielModel:
@@ -203,8 +222,15 @@ class SpielModel(nn.Module):
 
     def make_selector(self, optimizer, total_steps: int, process_group=None) -> Selector:
         c = self.spiel_config
-        selector = Selector(self.deltas, optimizer, c, method=c.method, seed=c.seed, total_steps=total_steps,
-                            process_group=process_group)
+        selector = Selector(
+            self.deltas,
+            optimizer,
+            c,
+            method=c.method,
+            seed=c.seed,
+            total_steps=total_steps,
+            process_group=process_group,
+        )
         self._selector_ref = weakref.ref(selector)
         return selector
 
@@ -230,14 +256,27 @@ class SpielModel(nn.Module):
         Elias–Fano coded (about L + 2 bits each, L = log2(1 / density)); ``compact=False``: the training
         form resume needs (with ``grown_at``)."""
         deltas = self.deltas
-        self.spiel_config.num_deltas = {n: layer.k for n, layer in deltas.items()}  # a global budget moves them
-        fingerprints = getattr(self, "_fingerprints", None) or {n: base_fingerprint(layer) for n, layer in deltas.items()}
+        self.spiel_config.num_deltas = {
+            n: layer.k for n, layer in deltas.items()
+        }  # a global budget moves them
+        fingerprints = getattr(self, "_fingerprints", None) or {
+            n: base_fingerprint(layer) for n, layer in deltas.items()
+        }
         header = checkpoint_header(self.spiel_config, self.model, deltas, fingerprints)
         return write_checkpoint(directory, header, delta_tensors(deltas, compact), tokenizer)
 
-    def push_to_hub(self, repo_id: str, tokenizer=None, *, private: bool | None = None, token=None,
-                    revision: str | None = None, commit_message: str | None = None,
-                    data: str | None = None, metrics: dict | None = None):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        tokenizer=None,
+        *,
+        private: bool | None = None,
+        token=None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        data: str | None = None,
+        metrics: dict | None = None,
+    ):
         """Upload this model's delta checkpoint (``save_pretrained``'s files) and a generated model card
         to the Hub repo ``repo_id``; the base model is never uploaded (see ``spiel.io.hub``)."""
         import tempfile
@@ -246,13 +285,27 @@ class SpielModel(nn.Module):
 
         with tempfile.TemporaryDirectory(prefix="spiel-delta-") as tmp:
             self.save_pretrained(tmp, tokenizer=tokenizer)
-            return push_checkpoint(tmp, repo_id, private=private, token=token, revision=revision,
-                                   commit_message=commit_message, data=data, metrics=metrics)
+            return push_checkpoint(
+                tmp,
+                repo_id,
+                private=private,
+                token=token,
+                revision=revision,
+                commit_message=commit_message,
+                data=data,
+                metrics=metrics,
+            )
 
     @classmethod
-    def from_pretrained(cls, base_model: nn.Module, directory, is_trainable: bool = False,
-                        revision: str | None = None, allow_unverified_base: bool = False,
-                        allow_unverified_delta: bool = False) -> SpielModel:
+    def from_pretrained(
+        cls,
+        base_model: nn.Module,
+        directory,
+        is_trainable: bool = False,
+        revision: str | None = None,
+        allow_unverified_base: bool = False,
+        allow_unverified_delta: bool = False,
+    ) -> SpielModel:
         """Wrap ``base_model`` with the deltas saved in ``directory`` (checked, and checked against the
         base). ``allow_unverified_base``: accept a checkpoint without base-weight fingerprints;
         ``allow_unverified_delta``: one without the SHA-256 of its delta file.
@@ -262,13 +315,17 @@ class SpielModel(nn.Module):
         from spiel.io.hub import resolve_checkpoint
 
         directory = resolve_checkpoint(directory, revision)
-        checked = read_checkpoint(directory, allow_unverified_base=allow_unverified_base,
-                                  allow_unverified_delta=allow_unverified_delta)
+        checked = read_checkpoint(
+            directory,
+            allow_unverified_base=allow_unverified_base,
+            allow_unverified_delta=allow_unverified_delta,
+        )
         return cls.from_checked(base_model, directory, checked, is_trainable)
 
     @classmethod
-    def from_checked(cls, base_model: nn.Module, directory, checked: tuple[dict, dict],
-                     is_trainable: bool = False) -> SpielModel:
+    def from_checked(
+        cls, base_model: nn.Module, directory, checked: tuple[dict, dict], is_trainable: bool = False
+    ) -> SpielModel:
         """``from_pretrained`` for a checkpoint already read by ``read_checkpoint`` (``checked``: what it
         returned), so a caller that checked it before loading the base does not read it twice."""
         saved, tensors = checked
@@ -284,12 +341,15 @@ class SpielModel(nn.Module):
         return model
 
     @torch.no_grad()
-    def load_delta_tensors(self, tensors: dict[str, dict[str, torch.Tensor]], source: str = "checkpoint") -> None:
+    def load_delta_tensors(
+        self, tensors: dict[str, dict[str, torch.Tensor]], source: str = "checkpoint"
+    ) -> None:
         deltas = self.deltas
         if set(tensors) != set(deltas):
             raise CheckpointMismatchError(
                 f"{source} holds deltas for {sorted(set(tensors) - set(deltas))[:3]} and lacks "
-                f"{sorted(set(deltas) - set(tensors))[:3]}")
+                f"{sorted(set(deltas) - set(tensors))[:3]}"
+            )
         for name, layer in deltas.items():
             entry = tensors[name]
             check_indices(entry["indices"], layer.out_features * layer.in_features, f"{name}.indices")
@@ -297,8 +357,10 @@ class SpielModel(nn.Module):
                 # matrices' shares move under a global budget: take the saved k (resume)
                 resize_entries(layer, entry["indices"].numel())
             if entry["indices"].numel() != layer.k or entry["values"].shape != layer.values.shape:
-                raise CheckpointMismatchError(f"{source}: {name} has indices {list(entry['indices'].shape)} and "
-                                              f"values {list(entry['values'].shape)}, expected [{layer.k}]")
+                raise CheckpointMismatchError(
+                    f"{source}: {name} has indices {list(entry['indices'].shape)} and "
+                    f"values {list(entry['values'].shape)}, expected [{layer.k}]"
+                )
             layer.restore_base()  # the indices change in place
             layer.indices.copy_(entry["indices"])
             layer.values.copy_(entry["values"])
@@ -316,8 +378,14 @@ class SpielModel(nn.Module):
     def delta_names(self) -> list[str]:
         return list(self._delta_sets) or [self._active_delta]
 
-    def load_delta(self, path_or_repo, name: str, revision: str | None = None,
-                   allow_unverified_base: bool = False, allow_unverified_delta: bool = False) -> SpielModel:
+    def load_delta(
+        self,
+        path_or_repo,
+        name: str,
+        revision: str | None = None,
+        allow_unverified_base: bool = False,
+        allow_unverified_delta: bool = False,
+    ) -> SpielModel:
         """Keep the checkpoint ``path_or_repo`` (a directory or Hub repo id) as the delta ``name``, checked
         as ``from_pretrained`` checks it, without activating it. The delta this model was built or loaded
         with is ``"default"``. It must target the same modules; its k may differ."""
@@ -326,9 +394,12 @@ class SpielModel(nn.Module):
         if not isinstance(name, str) or not name:
             raise ValueError(f"a delta name must be a non-empty string, got {name!r}")
         if name in self.delta_names:
-            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
-        delta = read_delta_set(self.deltas, self.model, path_or_repo, revision, allow_unverified_base,
-                               allow_unverified_delta)
+            raise ValueError(
+                f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name"
+            )
+        delta = read_delta_set(
+            self.deltas, self.model, path_or_repo, revision, allow_unverified_base, allow_unverified_delta
+        )
         self._named_sets()[name] = delta
         return self
 
@@ -345,11 +416,15 @@ class SpielModel(nn.Module):
         from spiel.model.delta_sets import activate
 
         if name not in self._delta_sets and name != self._active_delta:  # the active one needs no load_delta
-            raise KeyError(f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)")
+            raise KeyError(
+                f"no delta named {name!r}; loaded: {self.delta_names} (load_delta(path, name) first)"
+            )
         if self.has_selector():
-            raise RuntimeError("set_delta is for inference, but this model is being trained (it has a live selector, "
-                               "whose optimizer state belongs to the active delta); switch before make_selector "
-                               "or after training")
+            raise RuntimeError(
+                "set_delta is for inference, but this model is being trained (it has a live selector, "
+                "whose optimizer state belongs to the active delta); switch before make_selector "
+                "or after training"
+            )
         sets = self._named_sets()
         activate(self.deltas, sets[name])
         self._active_delta, self.spiel_config = name, sets[name].config
@@ -365,13 +440,21 @@ class SpielModel(nn.Module):
         if not names or unknown:
             raise KeyError(f"no delta named {unknown or names!r} to combine; loaded: {self.delta_names}")
         if name in self.delta_names:
-            raise ValueError(f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name")
+            raise ValueError(
+                f"a delta named {name!r} is already loaded ({self.delta_names}); pick another name"
+            )
         members = [self._delta_sets[n] for n in names]
         summed = weighted_sum([m.tensors for m in members], weights)
         config = SpielConfig.from_dict(members[0].config.to_dict())
-        config.num_deltas, config.delta_dtype = {n: int(idx.numel()) for n, (idx, _) in summed.items()}, "float32"
-        self._delta_sets[name] = DeltaSet(" + ".join(f"{w:g}*{n}" for w, n in zip(weights, names, strict=True)),
-                                          config, as_set(self.deltas, summed))
+        config.num_deltas, config.delta_dtype = (
+            {n: int(idx.numel()) for n, (idx, _) in summed.items()},
+            "float32",
+        )
+        self._delta_sets[name] = DeltaSet(
+            " + ".join(f"{w:g}*{n}" for w, n in zip(weights, names, strict=True)),
+            config,
+            as_set(self.deltas, summed),
+        )
         return self
 
     def delete_delta(self, name: str) -> SpielModel:
@@ -399,8 +482,10 @@ class SpielModel(nn.Module):
         """Add every delta into its base weight and return the plain model (not for 4-bit bases)."""
         for name, layer in self.deltas.items():
             if is_quantized(layer.weight):
-                raise RuntimeError(f"{name} has a 4-bit base weight: merging would requantize it (lossy). "
-                                   "Keep the SpielModel (deltas applied on the fly) instead.")
+                raise RuntimeError(
+                    f"{name} has a 4-bit base weight: merging would requantize it (lossy). "
+                    "Keep the SpielModel (deltas applied on the fly) instead."
+                )
         for name, layer in self.deltas.items():
             layer.merge()
             _replace_module(self.model, name, layer.base_layer)
@@ -427,9 +512,14 @@ def get_spiel_model(model: nn.Module, config: SpielConfig | None = None) -> Spie
     # A weight tied to another module (e.g. a head tied to the embeddings) must stay pristine between forwards.
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, module in targets.items():
-        layer = SparseDeltaLinear(module, sizes[name], delta_dtype=dtype, grad_path=config.grad_path,
-                                  generator=generator,
-                                  merged_storage=config.merged_storage and uses[id(module.weight)] == 1)
+        layer = SparseDeltaLinear(
+            module,
+            sizes[name],
+            delta_dtype=dtype,
+            grad_path=config.grad_path,
+            generator=generator,
+            merged_storage=config.merged_storage and uses[id(module.weight)] == 1,
+        )
         _replace_module(model, name, layer)
     return SpielModel(model, config)
 
@@ -441,8 +531,13 @@ def _get(model: nn.Module, name: str):
         return None
 
 
-def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = False,
-            weights=None, allow_unverified_delta: bool = False) -> nn.Module:
+def compose(
+    ckpt_dirs,
+    base_model: nn.Module,
+    allow_unverified_base: bool = False,
+    weights=None,
+    allow_unverified_delta: bool = False,
+) -> nn.Module:
     """``θ0 + Σ wᵢ φᵢ``: the base model with the deltas of several checkpoints summed (Table 1's
     "Tülu v2 ⊕ GPT4-Alpaca"), each scaled by its entry of ``weights`` (default: all 1). Full-precision
     bases get the sum merged in and come back plain; 4-bit bases come back as a SpielModel holding the
@@ -456,25 +551,37 @@ def compose(ckpt_dirs, base_model: nn.Module, allow_unverified_base: bool = Fals
     ckpt_dirs = [str(resolve_checkpoint(*split_revision(d))) for d in ckpt_dirs]
     if not ckpt_dirs:
         raise ValueError("compose needs at least one checkpoint")
-    members = [read_checkpoint(d, allow_unverified_base=allow_unverified_base,
-                               allow_unverified_delta=allow_unverified_delta) for d in ckpt_dirs]
+    members = [
+        read_checkpoint(
+            d, allow_unverified_base=allow_unverified_base, allow_unverified_delta=allow_unverified_delta
+        )
+        for d in ckpt_dirs
+    ]
     return compose_checked(ckpt_dirs, members, base_model, weights)
 
 
-def compose_checked(ckpt_dirs: list[str], members: list[tuple[dict, dict]], base_model: nn.Module,
-                    weights: list[float]) -> nn.Module:
+def compose_checked(
+    ckpt_dirs: list[str], members: list[tuple[dict, dict]], base_model: nn.Module, weights: list[float]
+) -> nn.Module:
     """``compose`` for checkpoints already read by ``read_checkpoint`` (``members``: what it returned for
     each of ``ckpt_dirs``; ``weights``: one float each, as ``check_weights`` gives them)."""
     first = members[0][0]
     for directory, (saved, _) in zip(ckpt_dirs, members, strict=True):
-        if {n: m["shape"] for n, m in saved["modules"].items()} != {n: m["shape"] for n, m in first["modules"].items()}:
-            raise CheckpointMismatchError(f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them")
+        if {n: m["shape"] for n, m in saved["modules"].items()} != {
+            n: m["shape"] for n, m in first["modules"].items()
+        }:
+            raise CheckpointMismatchError(
+                f"{directory} targets other modules than {ckpt_dirs[0]}; cannot sum them"
+            )
         check_against_base(directory, saved, base_model)
     merged = weighted_sum([tensors for _, tensors in members], weights)
     config = SpielConfig.from_dict(first["spiel_config"])
     config.num_deltas = {n: int(idx.numel()) for n, (idx, _) in merged.items()}
     model = get_spiel_model(base_model, config)  # every checkpoint was checked against the base above
-    tensors = {n: {"indices": idx, "values": val, "grown_at": torch.zeros_like(idx)} for n, (idx, val) in merged.items()}
+    tensors = {
+        n: {"indices": idx, "values": val, "grown_at": torch.zeros_like(idx)}
+        for n, (idx, val) in merged.items()
+    }
     model.load_delta_tensors(tensors, " + ".join(ckpt_dirs))
     if any(is_quantized(layer.weight) for layer in model.deltas.values()):
         return model
@@ -486,12 +593,18 @@ def check_weights(weights, count: int) -> list[float]:
     if weights is None:
         return [1.0] * count
     if not isinstance(weights, (list, tuple)):  # a bare number (ckpt_weights=0.5) or a string
-        raise ValueError(f"weights must be a list with one number per checkpoint, got {weights!r}; write "
-                         f"[{weights}] for one checkpoint")
+        raise ValueError(
+            f"weights must be a list with one number per checkpoint, got {weights!r}; write "
+            f"[{weights}] for one checkpoint"
+        )
     weights = list(weights)
     if len(weights) != count:
-        raise ValueError(f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint")
-    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+        raise ValueError(
+            f"weights has {len(weights)} entries for {count} checkpoint(s); give one per checkpoint"
+        )
+    bad = [
+        w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)
+    ]
     if bad:
         raise ValueError(f"weights must be finite numbers, got {bad[0]!r} in {weights}")
     return [float(w) for w in weights]

@@ -39,14 +39,17 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None) -> di
         pattern = re.compile(target_modules)
         chosen = {n: m for n, m in linears.items() if pattern.fullmatch(n)}
     else:
+
         def matches(name: str, key: str) -> bool:
             return name == key or name.endswith("." + key)
 
         missing = [key for key in target_modules if not any(matches(n, key) for n in linears)]
         if missing:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise ValueError(f"target_modules {missing} match no linear layer; linear layers here are named "
-                             f"(by suffix): {suffixes}")
+            raise ValueError(
+                f"target_modules {missing} match no linear layer; linear layers here are named "
+                f"(by suffix): {suffixes}"
+            )
         chosen = {n: m for n, m in linears.items() if any(matches(n, key) for key in target_modules)}
     if not chosen:
         raise ValueError(f"target_modules={target_modules!r} selects no linear layer of this model")
@@ -79,9 +82,13 @@ def allocate(total: int, shapes: dict[str, tuple[int, int]]) -> dict[str, int]:
     sizes = {n: o * i for n, (o, i) in shapes.items()}
     capacity = sum(sizes.values())
     if total > capacity:
-        raise ValueError(f"the budget of {total:,} tunable entries exceeds the {capacity:,} entries of the "
-                         f"{len(sizes)} target weights; lower rank_equiv/density/num_tunable")
+        raise ValueError(
+            f"the budget of {total:,} tunable entries exceeds the {capacity:,} entries of the "
+            f"{len(sizes)} target weights; lower rank_equiv/density/num_tunable"
+        )
     if total < len(sizes):
-        raise ValueError(f"the budget of {total:,} entries is smaller than the number of target weights "
-                         f"({len(sizes)}); raise it")
+        raise ValueError(
+            f"the budget of {total:,} entries is smaller than the number of target weights "
+            f"({len(sizes)}); raise it"
+        )
     return {n: max(1, total * size // capacity) for n, size in sizes.items()}

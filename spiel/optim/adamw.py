@@ -39,8 +39,16 @@ class SparseAdamW(SlotStateOptimizer):
     SLOT_KEYS = ("exp_avg", "exp_avg_sq", "born")
     RESET_KEYS = ("exp_avg", "exp_avg_sq", "age")
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 eps_placement: str = "torch", foreach: bool = True):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        eps_placement: str = "torch",
+        foreach: bool = True,
+    ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -51,8 +59,10 @@ class SparseAdamW(SlotStateOptimizer):
             raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
         if decay_problem(lr, weight_decay):
             raise ValueError(decay_problem(lr, weight_decay))
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      eps_placement=eps_placement))
+        super().__init__(
+            params,
+            dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, eps_placement=eps_placement),
+        )
         self._links: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
         # One multi-tensor kernel per operation for all values of a group (torch's ``_foreach`` ops), instead of
         # one kernel per operation and parameter; False: parameter by parameter (the same arithmetic).
@@ -65,7 +75,9 @@ class SparseAdamW(SlotStateOptimizer):
         Only for a parameter with no per-slot ages yet (a fresh one, or one resumed from a linked run);
         otherwise its own ages stay in use and this is a no-op."""
         if grown_at.shape != param.shape:
-            raise ValueError(f"grown_at {tuple(grown_at.shape)} does not match the values {tuple(param.shape)}")
+            raise ValueError(
+                f"grown_at {tuple(grown_at.shape)} does not match the values {tuple(param.shape)}"
+            )
         if "born" in self.state.get(param, {}):
             return
         self._links[param] = (grown_at, int(head_start))
@@ -90,7 +102,8 @@ class SparseAdamW(SlotStateOptimizer):
         if param not in self._links:
             raise RuntimeError(
                 "SparseAdamW: this parameter's state has no per-slot ages and no link to its growth steps; "
-                "call link_ages(values, layer.grown_at, head_start) (the SpIEL selector does) before stepping")
+                "call link_ages(values, layer.grown_at, head_start) (the SpIEL selector does) before stepping"
+            )
         grown_at, head_start = self._links[param]
         grown = grown_at.long()
         return torch.where(grown > 0, step - grown + head_start, step)
@@ -182,8 +195,10 @@ class SparseAdamW(SlotStateOptimizer):
         head_start = self.linked_head_start(param)
         if head_start is not None:
             if torch.is_tensor(age) and age.numel() != 1 or int(age) != head_start:
-                raise ValueError(f"linked ages seed every grown slot at age {head_start}, got {age}; "
-                                 "call unlink_ages first")
+                raise ValueError(
+                    f"linked ages seed every grown slot at age {head_start}, got {age}; "
+                    "call unlink_ages first"
+                )
             return
         slots = slots.to(device=param.device, dtype=torch.long)
         if torch.is_tensor(age):

@@ -12,10 +12,13 @@ def decay_problem(lr: float, weight_decay: float) -> str | None:
     grows them geometrically) instead of shrinking them. The peak ``lr`` is the one to check (schedules
     only lower it)."""
     if lr * weight_decay >= 1:
-        return (f"lr·weight_decay = {lr:g}·{weight_decay:g} = {lr * weight_decay:g} >= 1: decoupled decay multiplies "
-                f"every value by (1 − lr·weight_decay) = {1 - lr * weight_decay:g} each step, flipping or exploding "
-                f"them; use weight_decay < 1/lr = {1 / lr:g}")
+        return (
+            f"lr·weight_decay = {lr:g}·{weight_decay:g} = {lr * weight_decay:g} >= 1: decoupled decay multiplies "
+            f"every value by (1 − lr·weight_decay) = {1 - lr * weight_decay:g} each step, flipping or exploding "
+            f"them; use weight_decay < 1/lr = {1 / lr:g}"
+        )
     return None
+
 
 class SlotStateOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses list their per-slot state keys (tensors shaped like the parameter) in
@@ -41,8 +44,12 @@ class SlotStateOptimizer(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError(f"{type(self).__name__} takes dense gradients of the values vector")
             if self._foreach_ok(params):
-                self._update_all(params, [p.grad.to(torch.float32) for p in params],
-                                 [self._state_for(p) for p in params], group)
+                self._update_all(
+                    params,
+                    [p.grad.to(torch.float32) for p in params],
+                    [self._state_for(p) for p in params],
+                    group,
+                )
                 continue
             for p in params:
                 self._update(p, p.grad.to(torch.float32), self._state_for(p), group)
@@ -75,7 +82,9 @@ class SlotStateOptimizer(torch.optim.Optimizer):
         that tensor (or scalar), every other per-slot key is zeroed."""
         unknown = set(values) - set(self.SLOT_KEYS)
         if unknown:
-            raise KeyError(f"{type(self).__name__} has no per-slot state {sorted(unknown)}; has {self.SLOT_KEYS}")
+            raise KeyError(
+                f"{type(self).__name__} has no per-slot state {sorted(unknown)}; has {self.SLOT_KEYS}"
+            )
         state = self._state_for(param)
         slots = slots.to(device=param.device, dtype=torch.long)
         for key in self.SLOT_KEYS:
@@ -106,15 +115,21 @@ class SlotStateOptimizer(torch.optim.Optimizer):
         for key in self.SLOT_KEYS:
             if key in state:
                 taken = state[key][index]
-                state[key] = torch.cat([taken, taken.new_zeros((n_new, *taken.shape[1:]))]) if n_new else taken
+                state[key] = (
+                    torch.cat([taken, taken.new_zeros((n_new, *taken.shape[1:]))]) if n_new else taken
+                )
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but state keeps its saved dtypes: torch casts every state tensor of a bf16
         parameter to bf16, which would round fp32 moments and turn integer ages into bf16 counters."""
         super().load_state_dict({**state_dict, "state": {}})
-        params = {pid: p for saved, group in zip(state_dict["param_groups"], self.param_groups, strict=True)
-                  for pid, p in zip(saved["params"], group["params"], strict=True)}
+        params = {
+            pid: p
+            for saved, group in zip(state_dict["param_groups"], self.param_groups, strict=True)
+            for pid, p in zip(saved["params"], group["params"], strict=True)
+        }
         for pid, saved_state in state_dict["state"].items():
             param = params[pid]
-            self.state[param] = {k: v.to(param.device).clone() if torch.is_tensor(v) else v
-                                 for k, v in saved_state.items()}
+            self.state[param] = {
+                k: v.to(param.device).clone() if torch.is_tensor(v) else v for k, v in saved_state.items()
+            }

@@ -37,19 +37,35 @@ def _build(model, plan: RunPlan, seed: int):
         from spiel.model.spiel_model import get_spiel_model
         from spiel.spiel_config import SpielConfig
 
-        model = get_spiel_model(model, SpielConfig(method=plan.method, rank_equiv=plan.rank_equiv,
-                                                   density=plan.density, num_tunable=plan.num_tunable,
-                                                   target_modules=plan.target_modules,
-                                                   reselection_steps=3, estimation_steps=2,
-                                                   delta_dtype=plan.delta_dtype or "float32", seed=seed))
+        model = get_spiel_model(
+            model,
+            SpielConfig(
+                method=plan.method,
+                rank_equiv=plan.rank_equiv,
+                density=plan.density,
+                num_tunable=plan.num_tunable,
+                target_modules=plan.target_modules,
+                reselection_steps=3,
+                estimation_steps=2,
+                delta_dtype=plan.delta_dtype or "float32",
+                seed=seed,
+            ),
+        )
         optimizer = model.make_optimizer(1e-4)
         selector = model.make_selector(optimizer, total_steps=100)
     elif isinstance(get_method(plan.method), LoraMethod):
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=plan.lora_r, lora_alpha=16, lora_dropout=0.1,
-                                                 target_modules=plan.target_modules or "all-linear",
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=plan.lora_r,
+                lora_alpha=16,
+                lora_dropout=0.1,
+                target_modules=plan.target_modules or "all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         selector = None
     else:
@@ -69,9 +85,13 @@ def measure_peak(model, plan: RunPlan, steps: int = 4, seed: int = 0) -> dict:
     model, optimizer, selector, vocab = _build(model, plan, seed)
     static = _tensor_bytes([*model.parameters(), *model.buffers()])
     generator = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(4, vocab, (plan.micro_batch_size, plan.seq_len), generator=generator)
-               for _ in range(steps)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    batches = [
+        torch.randint(4, vocab, (plan.micro_batch_size, plan.seq_len), generator=generator)
+        for _ in range(steps)
+    ]
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         for ids in batches:
             model(input_ids=ids, labels=ids).loss.backward()
             optimizer.step()
@@ -79,8 +99,9 @@ def measure_peak(model, plan: RunPlan, steps: int = 4, seed: int = 0) -> dict:
             if selector is not None:
                 selector.step()
     # every allocation and free, in order (prof.events() would fold them into the ops that made them)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
     live = peak = 0
     for _, change in events:
         live += change

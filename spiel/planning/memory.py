@@ -53,12 +53,26 @@ class RunPlan:
         need(self.quant in ("none", "nf4"), "quant", f"must be none or nf4, got {self.quant!r}")
         need(self.parallel in PARALLEL, "parallel", f"must be one of {PARALLEL}, got {self.parallel!r}")
         need(self.gpus >= 1, "gpus", f"must be >= 1, got {self.gpus}")
-        need(self.parallel != "none" or self.gpus == 1, "parallel", "none means one GPU: use ddp or fsdp with gpus > 1")
-        need(not (self.parallel == "fsdp" and self.quant == "nf4"), "parallel",
-             "fsdp shards a bf16/fp32 base; with quant=nf4 use ddp")
-        need(get_method(self.method).supports_quant or self.quant != "nf4", "quant",
-             f"{self.method} fine-tuning cannot train NF4 weights")
-        need(self.micro_batch_size >= 1 and self.seq_len >= 1, "micro_batch_size", "micro-batch and sequence must be >= 1")
+        need(
+            self.parallel != "none" or self.gpus == 1,
+            "parallel",
+            "none means one GPU: use ddp or fsdp with gpus > 1",
+        )
+        need(
+            not (self.parallel == "fsdp" and self.quant == "nf4"),
+            "parallel",
+            "fsdp shards a bf16/fp32 base; with quant=nf4 use ddp",
+        )
+        need(
+            get_method(self.method).supports_quant or self.quant != "nf4",
+            "quant",
+            f"{self.method} fine-tuning cannot train NF4 weights",
+        )
+        need(
+            self.micro_batch_size >= 1 and self.seq_len >= 1,
+            "micro_batch_size",
+            "micro-batch and sequence must be >= 1",
+        )
 
     @property
     def value_dtype(self) -> str:
@@ -112,9 +126,11 @@ def estimate(shape: ModelShape, plan: RunPlan) -> Estimate:
     method = get_method(plan.method)
     rest_bytes = (4 if method.upcasts_rest_on_nf4 else compute) if plan.quant == "nf4" else base_bytes
     est.parts["base weights"] = (quantized * NF4_BYTES + rest * rest_bytes) / shards + shape.buffer_bytes
-    est.notes["base weights"] = (f"{shape.total_params / 1e9:.2f}B params, "
-                                 + (f"NF4 targets + {plan.compute_dtype} rest" if plan.quant == "nf4" else plan.dtype)
-                                 + (f", sharded over {shards}" if shards > 1 else ""))
+    est.notes["base weights"] = (
+        f"{shape.total_params / 1e9:.2f}B params, "
+        + (f"NF4 targets + {plan.compute_dtype} rest" if plan.quant == "nf4" else plan.dtype)
+        + (f", sharded over {shards}" if shards > 1 else "")
+    )
     if shards > 1:  # FSDP2 gathers one layer while prefetching the next
         est.parts["FSDP gathered layers"] = 2 * shape.layer_params * base_bytes * (1 - 1 / shards)
 
@@ -149,9 +165,16 @@ def candidates(plan: RunPlan):
     for parallel, quant, ckpt, mb in itertools.product(multi, quants, (False, True), sizes):
         if parallel == "fsdp" and quant == "nf4":
             continue
-        cost = ((COST["fsdp"] if parallel == "fsdp" else 1) * (COST["nf4"] if quant == "nf4" else 1)
-                * (COST["checkpointing"] if ckpt else 1) * COST["halved micro-batch"] ** sizes.index(mb))
-        yield cost, replace(plan, parallel=parallel, quant=quant, activation_checkpointing=ckpt, micro_batch_size=mb)
+        cost = (
+            (COST["fsdp"] if parallel == "fsdp" else 1)
+            * (COST["nf4"] if quant == "nf4" else 1)
+            * (COST["checkpointing"] if ckpt else 1)
+            * COST["halved micro-batch"] ** sizes.index(mb)
+        )
+        yield (
+            cost,
+            replace(plan, parallel=parallel, quant=quant, activation_checkpointing=ckpt, micro_batch_size=mb),
+        )
 
 
 def cheapest_fit(shape: ModelShape, plan: RunPlan, gpu_bytes: float) -> Estimate | None:

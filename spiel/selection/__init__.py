@@ -8,10 +8,20 @@ Needs only torch (torch.distributed for multi-rank agreement). The names below l
 from importlib import import_module
 
 _HOMES = {
-    "DROP_CRITERIA": "config", "GROWTH_NAMES": "config", "SCHEDULES": "config", "SPIEL_METHODS": "config",
-    "SelectionConfig": "config", "ReselectionSchedule": "schedule", "Selector": "selector",
-    "ag_grow_order": "grow", "ma_grow_indices": "grow", "top_candidates": "grow", "drop_order": "drop",
-    "method_spec": "methods", "budget_shares": "concentration", "model_concentration": "concentration",
+    "DROP_CRITERIA": "config",
+    "GROWTH_NAMES": "config",
+    "SCHEDULES": "config",
+    "SPIEL_METHODS": "config",
+    "SelectionConfig": "config",
+    "ReselectionSchedule": "schedule",
+    "Selector": "selector",
+    "ag_grow_order": "grow",
+    "ma_grow_indices": "grow",
+    "top_candidates": "grow",
+    "drop_order": "drop",
+    "method_spec": "methods",
+    "budget_shares": "concentration",
+    "model_concentration": "concentration",
     "support_concentration": "concentration",
 }
 __all__ = sorted(_HOMES)

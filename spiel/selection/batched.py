@@ -40,8 +40,14 @@ def layer_groups(layers: dict) -> list[list[str]]:
     """Names of the layers that can be reselected together: same dense shape, ``k``, dtypes and device."""
     groups: dict[tuple, list[str]] = {}
     for name, layer in layers.items():
-        key = (layer.out_features, layer.in_features, layer.k, layer.values.dtype, layer.indices.dtype,
-               str(layer.values.device))
+        key = (
+            layer.out_features,
+            layer.in_features,
+            layer.k,
+            layer.values.dtype,
+            layer.indices.dtype,
+            str(layer.values.device),
+        )
         groups.setdefault(key, []).append(name)
     return list(groups.values())
 
@@ -65,8 +71,9 @@ def _row_order(scores: torch.Tensor, descending: bool, exclude: torch.Tensor | N
     return torch.sort(key, dim=1).values
 
 
-def drop_order_rows(values: torch.Tensor, n: int, criterion: str = "magnitude",
-                    references: torch.Tensor | None = None) -> torch.Tensor:
+def drop_order_rows(
+    values: torch.Tensor, n: int, criterion: str = "magnitude", references: torch.Tensor | None = None
+) -> torch.Tensor:
     """Row by row, ``drop.drop_order(values[i], n, criterion, references[i])``: ``[L, n]`` slots, weakest first."""
     score = values.detach().float()
     if criterion == "change":
@@ -87,8 +94,9 @@ def valid_first(mask: torch.Tensor) -> torch.Tensor:
     return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
 
 
-def ag_grow_order_rows(candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor,
-                       n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ag_grow_order_rows(
+    candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row by row, ``grow.ag_grow_order(candidates[i], scores[i], staying[i], n)``: ``(chosen [L, m], valid)``
     with ``m = min(n, K)``; row i's result is ``chosen[i][valid[i]]`` (its valid entries come first)."""
     eligible = ~isin_sorted_rows(candidates, staying)
@@ -97,8 +105,13 @@ def ag_grow_order_rows(candidates: torch.Tensor, scores: torch.Tensor, staying: 
     return torch.where(valid, keys & _MAGNITUDE, 0), valid
 
 
-def ma_grow_rows(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.Tensor, n: int,
-                 chunk_elements: int | None = None) -> tuple[torch.Tensor, list[bool]] | None:
+def ma_grow_rows(
+    row_acc: torch.Tensor,
+    col_acc: torch.Tensor,
+    active: torch.Tensor,
+    n: int,
+    chunk_elements: int | None = None,
+) -> tuple[torch.Tensor, list[bool]] | None:
     """Row by row, ``grow.ma_grow_indices(row_acc[i], col_acc[i], active[i], n)`` by its sampled threshold,
     ``[L, n]``, for the rows where the threshold lets at least ``n`` scores through (``ok[i]``; the caller
     computes the others one by one, as the per-matrix rule's fallback does). None where the per-matrix rule

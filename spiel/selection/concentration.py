@@ -22,7 +22,10 @@ def support_concentration(indices: torch.Tensor, out_features: int, in_features:
     k = positions.numel()
     rows = torch.div(positions, in_features, rounding_mode="floor")
     report = {}
-    for axis, lines, size in (("rows", rows, out_features), ("cols", positions - rows * in_features, in_features)):
+    for axis, lines, size in (
+        ("rows", rows, out_features),
+        ("cols", positions - rows * in_features, in_features),
+    ):
         counts = torch.bincount(lines, minlength=size)
         top = max(1, math.ceil(TOP_SHARE * size))
         report[f"top10_{axis}_share"] = float(counts.topk(top).values.sum()) / k if k else 0.0
@@ -33,8 +36,10 @@ def support_concentration(indices: torch.Tensor, out_features: int, in_features:
 def model_concentration(layers: dict) -> dict[str, dict[str, float]]:
     """:func:`support_concentration` of every sparse-delta layer (``{name: SparseDeltaLinear}``, e.g.
     ``spiel_model.deltas``), plus ``"mean"``: the unweighted mean of each figure over the layers."""
-    report = {name: support_concentration(layer.indices, layer.out_features, layer.in_features)
-              for name, layer in layers.items()}
+    report = {
+        name: support_concentration(layer.indices, layer.out_features, layer.in_features)
+        for name, layer in layers.items()
+    }
     if report:
         keys = next(iter(report.values()))
         report["mean"] = {key: sum(r[key] for r in report.values()) / len(report) for key in keys}

@@ -8,8 +8,9 @@ from spiel.selection.config import DROP_CRITERIA
 from spiel.selection.order import order_by
 
 
-def drop_order(values: torch.Tensor, n: int, criterion: str = "magnitude",
-               reference: torch.Tensor | None = None) -> torch.Tensor:
+def drop_order(
+    values: torch.Tensor, n: int, criterion: str = "magnitude", reference: torch.Tensor | None = None
+) -> torch.Tensor:
     """Slots of the ``n`` weakest entries, weakest first.
 
     ``magnitude`` (the released code's rule, our default): smallest ``|value|``.

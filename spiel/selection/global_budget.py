@@ -49,15 +49,18 @@ def global_growth_mask(scores: dict[str, torch.Tensor], n: int) -> dict[str, tor
     all_scores = torch.cat([scores[name].float().cpu() for name in names]) if names else torch.zeros(0)
     taken = torch.zeros(all_scores.numel(), dtype=torch.bool)
     taken[order_by(all_scores, descending=True)[:n]] = True
-    return {name: part.to(scores[name].device) for name, part in zip(names, taken.split(lengths), strict=True)}
+    return {
+        name: part.to(scores[name].device) for name, part in zip(names, taken.split(lengths), strict=True)
+    }
 
 
 def _set_parameter_data(param: torch.nn.Parameter, data: torch.Tensor) -> None:
     """``param.data = data`` for a ``data`` of another size. A parameter's gradient accumulator (kept while any
     graph through it lives, e.g. the last step's ``loss``) remembers its shape, and torch drops it only on a
     change of dtype or device: passing through another dtype makes the next graph build one of the new size."""
-    param.data = torch.empty(0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32,
-                             device=data.device)
+    param.data = torch.empty(
+        0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32, device=data.device
+    )
     param.data = data
 
 

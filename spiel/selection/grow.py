@@ -17,7 +17,9 @@ from spiel.delta.indices import csr_pattern, isin_sorted
 from spiel.selection.order import order_by
 
 CHUNK_ELEMENTS = 1 << 20  # score entries materialized at once (4 MiB of fp32) ...
-CHUNK_PER_N = 8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
+CHUNK_PER_N = (
+    8  # ... or 8·n when that is more, so a large n (a first reselection replaces all k) merges rarely
+)
 # On a GPU every chunk costs a few host syncs and kernel launches, which cost more than its arithmetic: 2**20
 # made ~40 chunks of a 7B MLP weight (11008x4096) per reselection. 2**24 (64 MiB of fp32) makes 3.
 CHUNK_ELEMENTS_CUDA = 1 << 24
@@ -52,8 +54,15 @@ def _best_first(index: torch.Tensor, scores: torch.Tensor, n: int) -> tuple[torc
     return index[keep], scores[keep]
 
 
-def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores, chunk_elements: int,
-                       device: torch.device, score_at=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_by_row_chunks(
+    n: int,
+    out_features: int,
+    in_features: int,
+    chunk_scores,
+    chunk_elements: int,
+    device: torch.device,
+    score_at=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(flat positions, scores)`` of the ``n`` largest scores of an ``[out, in]`` matrix, best first (ties:
     lower position first), with only one chunk of rows scored at a time: ``chunk_scores(r0, r1)`` returns
     rows ``r0:r1`` as a flat fp32 tensor (which may be modified); ``score_at(flat positions)`` the scores at
@@ -64,7 +73,9 @@ def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores
     Both give exactly the ``n`` best."""
     rows_per_chunk = max(1, chunk_elements // in_features)
     chunks = [(r0, min(out_features, r0 + rows_per_chunk)) for r0 in range(0, out_features, rows_per_chunk)]
-    threshold = None if score_at is None else _sample_threshold(score_at, out_features * in_features, n, device)
+    threshold = (
+        None if score_at is None else _sample_threshold(score_at, out_features * in_features, n, device)
+    )
     if threshold is not None:
         kept_index, kept_scores = [], []
         for r0, r1 in chunks:
@@ -87,13 +98,22 @@ def _top_by_row_chunks(n: int, out_features: int, in_features: int, chunk_scores
         if positions.numel() == 0:
             continue
         # Stable: among equal scores the earlier (lower position) entry stays first.
-        best_index, best_scores = _best_first(torch.cat([best_index, positions + r0 * in_features]),
-                                              torch.cat([best_scores, scores[positions]]), n)
+        best_index, best_scores = _best_first(
+            torch.cat([best_index, positions + r0 * in_features]),
+            torch.cat([best_scores, scores[positions]]),
+            n,
+        )
     return best_index, best_scores
 
 
-def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | None = None, *,
-                   row_factor: torch.Tensor | None = None, col_factor: torch.Tensor | None = None) -> torch.Tensor:
+def top_candidates(
+    dense_grad: torch.Tensor,
+    num: int,
+    chunk_elements: int | None = None,
+    *,
+    row_factor: torch.Tensor | None = None,
+    col_factor: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sorted flat positions of the ``num`` largest ``|dense_grad|`` entries (int64), or with ``row_factor`` /
     ``col_factor`` of the largest normalized scores ``|g[r, c]| · row_factor[r] · col_factor[c]`` (see
     :func:`normalization_factors`).
@@ -120,14 +140,21 @@ def top_candidates(dense_grad: torch.Tensor, num: int, chunk_elements: int | Non
             scores = scores * row_factor[rows] * col_factor[positions - rows * in_features]
         return scores
 
-    index, _ = _top_by_row_chunks(num, out_features, in_features, chunk_scores,
-                                  chunk_elements or _default_chunk(num, dense_grad.device), dense_grad.device,
-                                  score_at=score_at)
+    index, _ = _top_by_row_chunks(
+        num,
+        out_features,
+        in_features,
+        chunk_scores,
+        chunk_elements or _default_chunk(num, dense_grad.device),
+        dense_grad.device,
+        score_at=score_at,
+    )
     return index.sort().values
 
 
-def streamed_top_candidates(block_grad, out_features: int, in_features: int, num: int,
-                            rows_per_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def streamed_top_candidates(
+    block_grad, out_features: int, in_features: int, num: int, rows_per_block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`top_candidates` of a gradient that is never whole: ``block_grad(r0, r1)`` gives its rows ``r0:r1``
     (called once per block, in order). Returns the sorted positions and the gradient there (fp32).
 
@@ -150,7 +177,10 @@ def streamed_top_candidates(block_grad, out_features: int, in_features: int, num
         index = positions + r0 * in_features
         if best_index is not None:
             index = torch.cat([best_index, index])
-            grad_kept, scores = torch.cat([best_grad, grad[positions].float()]), torch.cat([best_scores, scores[positions]])
+            grad_kept, scores = (
+                torch.cat([best_grad, grad[positions].float()]),
+                torch.cat([best_scores, scores[positions]]),
+            )
         else:
             grad_kept, scores = grad[positions].float(), scores[positions]
         best = order_by(scores, descending=True)[:num]  # equal scores: the lower position (earlier) first
@@ -159,7 +189,9 @@ def streamed_top_candidates(block_grad, out_features: int, in_features: int, num
     return best_index[order], best_grad[order]
 
 
-def ag_grow_order(candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor, n: int) -> torch.Tensor:
+def ag_grow_order(
+    candidates: torch.Tensor, scores: torch.Tensor, staying: torch.Tensor, n: int
+) -> torch.Tensor:
     """Positions (into ``candidates``) of the ``n`` highest-``scores`` candidates not in ``staying`` (sorted), best
     first. The growth rule scores (the paper's: ``|mean gradient|``, see ``rules.accumulated_gradient``)."""
     eligible = (~isin_sorted(candidates, staying)).nonzero().view(-1)
@@ -169,8 +201,13 @@ def ag_grow_order(candidates: torch.Tensor, scores: torch.Tensor, staying: torch
     return eligible[order[:n]]
 
 
-def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.Tensor, n: int,
-                    chunk_elements: int | None = None) -> torch.Tensor:
+def ma_grow_indices(
+    row_acc: torch.Tensor,
+    col_acc: torch.Tensor,
+    active: torch.Tensor,
+    n: int,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
     """Flat positions of the ``n`` largest ``row_acc[r]·col_acc[c]`` over positions not in ``active``
     (sorted unique), best first. Extra memory O(n + chunk_elements); default chunk: max(2**20, 8·n), on CUDA
     max(2**24, 8·n)."""
@@ -189,9 +226,15 @@ def ma_grow_indices(row_acc: torch.Tensor, col_acc: torch.Tensor, active: torch.
         scores = row_acc[rows].float() * col_acc[positions - rows * in_features].float()
         return scores.masked_fill_(isin_sorted(positions, active.long()), -torch.inf)
 
-    index, scores = _top_by_row_chunks(n, out_features, in_features, chunk_scores,
-                                       chunk_elements or _default_chunk(n, row_acc.device), row_acc.device,
-                                       score_at=score_at)
+    index, scores = _top_by_row_chunks(
+        n,
+        out_features,
+        in_features,
+        chunk_scores,
+        chunk_elements or _default_chunk(n, row_acc.device),
+        row_acc.device,
+        score_at=score_at,
+    )
     return index[scores > -torch.inf]
 
 
@@ -223,8 +266,14 @@ def line_caps(k: int, out_features: int, in_features: int, cap: float) -> tuple[
     return math.ceil(cap * k / out_features), math.ceil(cap * k / in_features)
 
 
-def admit_under_caps(positions: torch.Tensor, in_features: int, row_counts: torch.Tensor,
-                     col_counts: torch.Tensor, row_cap: int, col_cap: int) -> torch.Tensor:
+def admit_under_caps(
+    positions: torch.Tensor,
+    in_features: int,
+    row_counts: torch.Tensor,
+    col_counts: torch.Tensor,
+    row_cap: int,
+    col_cap: int,
+) -> torch.Tensor:
     """Which of ``positions`` (best first) to take so that no row holds more than ``row_cap`` entries and no
     column more than ``col_cap``, counting ``row_counts`` / ``col_counts`` already there: first each row takes
     its best positions up to its room, then each column takes its best of those up to its room."""
@@ -273,7 +322,7 @@ def capped_top_candidates(dense_grad: torch.Tensor, num: int, row_cap: int, col_
     if chosen.numel() < num:  # caps too tight for num entries among the offered ones: the best of the rest
         chosen = torch.cat([chosen, best_first[~admitted][: num - chosen.numel()]])
     if chosen.numel() < num:  # rows offered fewer than num entries in all (row_cap · out < num)
-        rest = (~isin_sorted(torch.arange(dense_grad.numel(), device=dense_grad.device), chosen.sort().values))
+        rest = ~isin_sorted(torch.arange(dense_grad.numel(), device=dense_grad.device), chosen.sort().values)
         rest = rest.nonzero().view(-1)
         rest_scores = dense_grad.reshape(-1)[rest].abs().float()
         chosen = torch.cat([chosen, rest[order_by(rest_scores, descending=True)][: num - chosen.numel()]])

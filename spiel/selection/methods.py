@@ -66,9 +66,15 @@ def check_for_method(config: SelectionConfig, method: str) -> None:
     rules, and budget="global" only with a rule whose scores compare across matrices."""
     need_choice(method, "method", SPIEL_METHODS)
     rules = growth_rules(method)
-    need(config.growth in rules, "growth", f"must be one of {tuple(rules)} for method {method!r}, "
-                                           f"got {config.growth!r}")
+    need(
+        config.growth in rules,
+        "growth",
+        f"must be one of {tuple(rules)} for method {method!r}, got {config.growth!r}",
+    )
     comparable = tuple(g for g, rule in rules.items() if rule.comparable_scores)
-    need(config.budget != "global" or config.growth in comparable, "budget",
-         f"'global' ranks growth across matrices and needs comparable scores: growth one of {comparable} "
-         f"(method {method!r}), got {config.growth!r}")
+    need(
+        config.budget != "global" or config.growth in comparable,
+        "budget",
+        f"'global' ranks growth across matrices and needs comparable scores: growth one of {comparable} "
+        f"(method {method!r}), got {config.growth!r}",
+    )

@@ -30,14 +30,23 @@ class ReselectionSchedule:
 
     @classmethod
     def of(cls, total_steps: int, config: SelectionConfig) -> ReselectionSchedule:
-        return cls(total_steps, config.reselection_steps, config.estimation_steps, config.schedule,
-                   config.initial_rate)
+        return cls(
+            total_steps,
+            config.reselection_steps,
+            config.estimation_steps,
+            config.schedule,
+            config.initial_rate,
+        )
 
     def __post_init__(self):
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        SelectionConfig(reselection_steps=self.reselection_steps, estimation_steps=self.estimation_steps,
-                        schedule=self.schedule, initial_rate=self.initial_rate)  # its checks, built directly too
+        SelectionConfig(
+            reselection_steps=self.reselection_steps,
+            estimation_steps=self.estimation_steps,
+            schedule=self.schedule,
+            initial_rate=self.initial_rate,
+        )  # its checks, built directly too
 
     def is_reselection(self, t: int) -> bool:
         gamma, period = self.estimation_steps, self.reselection_steps
@@ -49,7 +58,10 @@ class ReselectionSchedule:
     def in_estimation_phase(self, t: int) -> bool:
         """Whether the optimizer step after ``t`` completed steps belongs to an estimation phase."""
         period_start = t - t % self.reselection_steps
-        return t % self.reselection_steps < self.estimation_steps and period_start + self.estimation_steps <= self.total_steps
+        return (
+            t % self.reselection_steps < self.estimation_steps
+            and period_start + self.estimation_steps <= self.total_steps
+        )
 
     def starts_phase(self, t: int) -> bool:
         """Whether a new estimation phase begins right after ``t`` completed steps."""

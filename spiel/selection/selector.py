@@ -31,23 +31,37 @@ class Selector:
     """``config``: the reselection knobs (a SelectionConfig, e.g. the model's SpielConfig), validated there;
     ``method`` and ``seed`` (the growth rules' random draws) as the model's."""
 
-    def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, config: SelectionConfig, *, method: str,
-                 seed: int, total_steps: int, process_group=None):
+    def __init__(
+        self,
+        layers: dict[str, SparseDeltaLinear],
+        optimizer,
+        config: SelectionConfig,
+        *,
+        method: str,
+        seed: int,
+        total_steps: int,
+        process_group=None,
+    ):
         check_for_method(config, method)
         spec = method_spec(method)
         if not isinstance(optimizer, spec.optimizer):
-            raise TypeError(f"method {method!r} needs a {spec.optimizer.__name__}, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"method {method!r} needs a {spec.optimizer.__name__}, got {type(optimizer).__name__}"
+            )
         if config.budget == "global" and world_size(process_group) > 1:
-            raise ValueError("budget='global' resizes each matrix's entries, which data parallelism (fixed "
-                             "gradient buckets) cannot follow; use budget='per_matrix'")
+            raise ValueError(
+                "budget='global' resizes each matrix's entries, which data parallelism (fixed "
+                "gradient buckets) cannot follow; use budget='per_matrix'"
+            )
         self.layers = dict(layers)
         self.optimizer = optimizer
         self.config = config
         self.budget, self.method, self.growth, self.drop = config.budget, method, config.growth, config.drop
         self.group = process_group
         self.schedule = ReselectionSchedule.of(total_steps, config)
-        self.rule = growth_rule(method, config.growth)(self.layers, optimizer, self.schedule, config, seed,
-                                                        process_group)
+        self.rule = growth_rule(method, config.growth)(
+            self.layers, optimizer, self.schedule, config, seed, process_group
+        )
         self.t = 0
         # Reselect the matrices of one shape together (``batched.py``; the same result as one by one, in far
         # fewer kernels and host round-trips). False: one by one, as a reference and for measurements.
@@ -104,7 +118,9 @@ class Selector:
         dropped = layer.indices[slots].long()
         keep = torch.ones(layer.k, dtype=torch.bool, device=slots.device)
         keep[slots] = False
-        grown_all, seeds = self.rule.grow(name, slots.numel(), layer.indices[keep].long(), layer.indices, self.t)
+        grown_all, seeds = self.rule.grow(
+            name, slots.numel(), layer.indices[keep].long(), layer.indices, self.t
+        )
         # A position both dropped and grown stays where it is, with its value and optimizer state.
         regrown = isin_sorted(grown_all, dropped.sort().values)
         grown = grown_all[~regrown]
@@ -143,7 +159,9 @@ class Selector:
         if n == 0:
             return True
         references = torch.stack([self.references[name] for name in names]) if self.references else None
-        slots = drop_order_rows(torch.stack([layer.values.detach() for layer in layers]), n, self.drop, references)
+        slots = drop_order_rows(
+            torch.stack([layer.values.detach() for layer in layers]), n, self.drop, references
+        )
         indices = torch.stack([layer.indices for layer in layers])
         staying = indices.gather(1, kept_slots(slots, k)).long()
         offer = self.rule.grow_rows(names, slots.shape[1], staying, indices, self.t)
@@ -159,13 +177,17 @@ class Selector:
         grown_order, free_order = valid_first(fresh), valid_first(free)
         grown = grown_all.gather(1, grown_order)
         free_slots = slots.gather(1, free_order)
-        seeds = {key: value.gather(1, grown_order) if torch.is_tensor(value) else value
-                 for key, value in seeds.items()}
+        seeds = {
+            key: value.gather(1, grown_order) if torch.is_tensor(value) else value
+            for key, value in seeds.items()
+        }
         counts = fresh.sum(1).tolist()  # the group's one read-back of sizes
         changed = []
         for i, (layer, count) in enumerate(zip(layers, counts, strict=True)):
             if count:
-                row_seeds = {key: value[i, :count] if torch.is_tensor(value) else value for key, value in seeds.items()}
+                row_seeds = {
+                    key: value[i, :count] if torch.is_tensor(value) else value for key, value in seeds.items()
+                }
                 self._write(layer, free_slots[i, :count], grown[i, :count], row_seeds)
                 changed.append(layer)
         self._sort_layers(changed)
@@ -185,7 +207,9 @@ class Selector:
         drop_scores = {}
         for name, layer in self.layers.items():
             reference = self.references.get(name)
-            drop_scores[name] = (layer.values.detach().float() - (0 if reference is None else reference.float())).abs()
+            drop_scores[name] = (
+                layer.values.detach().float() - (0 if reference is None else reference.float())
+            ).abs()
         dropped_slots = global_drop(drop_scores, n)
         offers = {}
         for name, layer in self.layers.items():
@@ -202,8 +226,10 @@ class Selector:
             # A position both dropped and grown stays where it is, with its value and optimizer state.
             leaving = dropped_slots[name][~isin_sorted(dropped, grown_all.sort().values)]
             fresh = ~isin_sorted(grown_all, dropped.sort().values)
-            seeds = {key: value[taken[name]][fresh] if torch.is_tensor(value) else value
-                     for key, value in seeds.items()}
+            seeds = {
+                key: value[taken[name]][fresh] if torch.is_tensor(value) else value
+                for key, value in seeds.items()
+            }
             plans[name] = (leaving, grown_all[fresh], seeds)
         self._balance(plans, drop_scores)
         for name, (leaving, grown, seeds) in plans.items():
@@ -255,10 +281,16 @@ class Selector:
 
     # -- resume --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"t": self.t, "method": self.method, "growth": self.growth, "budget": self.budget,
-                "schedule": vars(self.schedule).copy(),
-                "phases": self.rule.state_dict(), "references": dict(self.references),
-                "grown_at": self._grown_at_digest()}
+        return {
+            "t": self.t,
+            "method": self.method,
+            "growth": self.growth,
+            "budget": self.budget,
+            "schedule": vars(self.schedule).copy(),
+            "phases": self.rule.state_dict(),
+            "references": dict(self.references),
+            "grown_at": self._grown_at_digest(),
+        }
 
     def _grown_at_digest(self) -> dict:
         # the model's growth steps this state belongs to: AG's Adam ages derive from them
@@ -267,8 +299,9 @@ class Selector:
     def load_state_dict(self, state: dict) -> None:
         # states saved before growth rules and budgets existed: the paper's rule, per matrix
         growth, budget = state.get("growth", "paper"), state.get("budget", "per_matrix")
-        if (state["method"], growth, budget) != (self.method, self.growth, self.budget) or \
-                state["schedule"] != vars(self.schedule):
+        if (state["method"], growth, budget) != (self.method, self.growth, self.budget) or state[
+            "schedule"
+        ] != vars(self.schedule):
             raise ValueError(
                 f"selector state is for method={state['method']} growth={growth} budget={budget} "
                 f"{state['schedule']}, this selector is method={self.method} growth={self.growth} "
@@ -278,16 +311,20 @@ class Selector:
             raise ValueError("selector state names different modules than this model")
         digest = self._grown_at_digest()
         differ = [n for n, d in state.get("grown_at", {}).items() if tuple(d) != digest[n]]
-        if differ and not any(top for _, top in digest.values()):  # no entry grown: a compact (inference) checkpoint has no grown_at
+        if differ and not any(
+            top for _, top in digest.values()
+        ):  # no entry grown: a compact (inference) checkpoint has no grown_at
             raise ValueError(
                 f"the model's grown_at (the step each entry was grown at) is not the one this selector state was "
                 f"saved with ({len(differ)} module(s), e.g. {differ[0]}); resume from a training checkpoint "
-                "(save_pretrained(..., compact=False), as spiel-train's checkpoint-N/), not a compact final one")
+                "(save_pretrained(..., compact=False), as spiel-train's checkpoint-N/), not a compact final one"
+            )
         if differ:
             raise ValueError(
                 f"this selector state belongs to another delta: the growth steps it was saved with differ from the "
                 f"model's in {len(differ)} module(s), e.g. {differ[0]} (a selector.pt from another run or another "
-                "checkpoint?); resume with the selector state saved next to this delta, in the same checkpoint-N/")
+                "checkpoint?); resume with the selector state saved next to this delta, in the same checkpoint-N/"
+            )
         self.t = int(state["t"])
         self.rule.load_state_dict(state["phases"])
         self.references = {n: r.clone() for n, r in state["references"].items()}

@@ -59,16 +59,29 @@ def test_method_configs_are_the_training_schemas_and_need_no_hydra():
             "ma", 8, 2, 3, "bfloat16")
         print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf") and sys.modules[m]))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok []", out.stdout + out.stderr
     assert paper_hparams("ag") == (1e-4, 30.0) and paper_hparams("ma") == (1e-3, 0.3)  # the paper's Table 4
 
 
 @pytest.mark.parametrize("method", ["floor", "full", "ia3", "ag", "ma"])
 def test_step_run_reports_sane_numbers(method):
-    spec = StepSpec(method=method, shape=TINY.to_dict(), seq=16, reselection_steps=3, estimation_steps=1,
-                    warmup=1, periods=1, threads=1)
+    spec = StepSpec(
+        method=method,
+        shape=TINY.to_dict(),
+        seq=16,
+        reselection_steps=3,
+        estimation_steps=1,
+        warmup=1,
+        periods=1,
+        threads=1,
+    )
     result = run(spec)
     assert len(result["step_s"]) == 3
     assert 0 < result["step_s_median"] < 10 and 0 < result["step_s_mean"] < 10
@@ -91,8 +104,18 @@ def test_static_baseline_keeps_its_random_indices_and_ag_moves_them():
     examples = encode(load_demo(DEMO_DIR / "train.jsonl", limit=16), tok)
     indices = {}
     for method in ("static", "ag"):
-        job = QualityJob(method=method, lr=1e-3, weight_decay=3.0, steps=6, batch_size=4, rank=2, seed=0,
-                         train=examples, val_records=[], heldout_path="")
+        job = QualityJob(
+            method=method,
+            lr=1e-3,
+            weight_decay=3.0,
+            steps=6,
+            batch_size=4,
+            rank=2,
+            seed=0,
+            train=examples,
+            val_records=[],
+            heldout_path="",
+        )
         model, stats = train(job, tiny_model(), tok)
         indices[method] = {n: layer.indices.clone() for n, layer in model.deltas.items()}
         assert stats["trainable"] == model.num_tunable()
@@ -104,9 +127,17 @@ def test_static_baseline_keeps_its_random_indices_and_ag_moves_them():
 
 
 def test_ratios_use_the_lora_of_the_same_quantization():
-    m = {k: {"step_s_median": t, "extra_mem_mb": mem} for k, t, mem in
-         [("floor", 1.0, 10), ("lora", 2.0, 40), ("ag", 2.2, 30), ("lora-nf4", 4.0, 20), ("ag-nf4", 3.0, 10),
-          ("floor-nf4", 2.0, 5)]}
+    m = {
+        k: {"step_s_median": t, "extra_mem_mb": mem}
+        for k, t, mem in [
+            ("floor", 1.0, 10),
+            ("lora", 2.0, 40),
+            ("ag", 2.2, 30),
+            ("lora-nf4", 4.0, 20),
+            ("ag-nf4", 3.0, 10),
+            ("floor-nf4", 2.0, 5),
+        ]
+    }
     r = ratios(m)
     assert r["lora"]["time"] == 1.0 and r["ag"]["time"] == pytest.approx(1.1) and r["ag"]["mem"] == 0.75
     assert r["ag-nf4"]["time"] == 0.75 and r["ag-nf4"]["time_floor"] == 1.5 and r["ag"]["time_floor"] == 2.2
@@ -141,7 +172,9 @@ def test_memory_search_finds_the_smallest_whole_gib(monkeypatch, need, hint):
 def test_memory_search_reports_a_method_that_never_fits(monkeypatch):
     bench_step = _bench_step_module()
     monkeypatch.setattr(bench_step, "run_worker", lambda spec, tmp, tag: (bench_step.OOM_EXIT, None, ""))
-    assert bench_step.memory_search(StepSpec(method="full", device="cuda"), "/tmp", 100, 139)["min_gib"] is None
+    assert (
+        bench_step.memory_search(StepSpec(method="full", device="cuda"), "/tmp", 100, 139)["min_gib"] is None
+    )
 
 
 BLOCKED = ("hydra", "omegaconf", "datasets", "bitsandbytes", "wandb")
@@ -160,10 +193,12 @@ def _site_without(blocked, root: Path) -> Path:
             (filtered / entry.name).symlink_to(entry)
     custom = root / "custom"
     custom.mkdir()
-    (custom / "sitecustomize.py").write_text(textwrap.dedent(f"""
+    (custom / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path[:] = [{str(filtered)!r} if p == {str(packages)!r} else p for p in sys.path]
-    """))
+    """)
+    )
     return custom
 
 
@@ -171,17 +206,63 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     """`--gpu` (shapes shrunk, on CPU) through the CLI, each method in its own process, with hydra,
     omegaconf, datasets, bitsandbytes and wandb not installed, as on the CUDA box."""
     custom = _site_without(BLOCKED, tmp_path)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(custom), str(REPO)]), OMP_WAIT_POLICY="PASSIVE",
-               OMP_NUM_THREADS="1")
-    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; print([m for m in "
-                            f"{list(BLOCKED)!r} if u.find_spec(m)])"], env=env, capture_output=True, text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(custom), str(REPO)]),
+        OMP_WAIT_POLICY="PASSIVE",
+        OMP_NUM_THREADS="1",
+    )
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import importlib.util as u; print([m for m in {list(BLOCKED)!r} if u.find_spec(m)])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
     out, png = tmp_path / "step.json", tmp_path / "step.png"
-    cmd = [sys.executable, str(REPO / "scripts" / "bench_step.py"), "--gpu", "--device", "cpu", "--dtype", "float32",
-           "--hidden", "64", "--intermediate", "160", "--layers", "1", "--heads", "2", "--kv-heads", "2",
-           "--vocab", "64", "--seq", "16", "--methods", "floor,lora,lora0,ag,ag_applied", "--reselection-steps", "2",
-           "--estimation-steps", "1", "--periods", "1", "--warmup", "0", "--threads", "1",
-           "--json", str(out), "--png", str(png)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_step.py"),
+        "--gpu",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--hidden",
+        "64",
+        "--intermediate",
+        "160",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "2",
+        "--vocab",
+        "64",
+        "--seq",
+        "16",
+        "--methods",
+        "floor,lora,lora0,ag,ag_applied",
+        "--reselection-steps",
+        "2",
+        "--estimation-steps",
+        "1",
+        "--periods",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        "--png",
+        str(png),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
@@ -192,9 +273,14 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     lora, lora0, ag = (data["methods"][k] for k in ("lora", "lora0", "ag"))
     assert data["ratios_to_lora"]["lora"]["time"] == 1.0 and data["ratios_to_lora"]["lora"]["mean"] == 1.0
     assert data["ratios_to_lora"]["lora"]["time_floor"] == pytest.approx(
-        lora["step_s_median"] / data["methods"]["floor"]["step_s_median"])
-    assert data["ratios_to_lora"]["ag"]["mean_lora0"] == pytest.approx(ag["step_s_mean"] / lora0["step_s_mean"])
-    assert data["ratios_to_lora"]["ag"]["time_lora0"] == pytest.approx(ag["step_s_median"] / lora0["step_s_median"])
+        lora["step_s_median"] / data["methods"]["floor"]["step_s_median"]
+    )
+    assert data["ratios_to_lora"]["ag"]["mean_lora0"] == pytest.approx(
+        ag["step_s_mean"] / lora0["step_s_mean"]
+    )
+    assert data["ratios_to_lora"]["ag"]["time_lora0"] == pytest.approx(
+        ag["step_s_median"] / lora0["step_s_median"]
+    )
     # Bytes per trainable entry: LoRA's fp32 parameter, gradient and two moments; SpIEL-AG adds an int32
     # index and an int32 growth step and keeps no per-slot Adam age; merged storage adds the fp32 base value
     # saved at each active position (off: ag_applied).
@@ -202,8 +288,10 @@ def test_bench_step_cli_gpu_path_without_hydra(tmp_path):
     assert ag["bytes_per_entry"]["per_entry"] == 28.0
     assert data["methods"]["ag_applied"]["bytes_per_entry"]["per_entry"] == 24.0
     assert ag["reselection"]["extra_s_per_period"] == pytest.approx(
-        ag["reselection"]["probe_s_per_period"] + ag["reselection"]["estimate_s_per_period"]
-        + ag["reselection"]["reselect_s_per_period"])
+        ag["reselection"]["probe_s_per_period"]
+        + ag["reselection"]["estimate_s_per_period"]
+        + ag["reselection"]["reselect_s_per_period"]
+    )
     cfg = data["config"]
     assert cfg["shape"]["hidden"] == 64 and cfg["dtype"] == "float32" and cfg["device"] == "cpu"
     assert cfg["rank"] == equivalent_rank(LlamaShape(**cfg["shape"]))
@@ -219,9 +307,32 @@ def test_bench_quality_smoke(tmp_path, monkeypatch):
 
     out, md, png = tmp_path / "q.json", tmp_path / "q.md", tmp_path / "q.png"
     torch.set_num_threads(1)
-    argv = ["--methods", "lora,ag,static", "--steps", "3", "--val", "8", "--heldout-limit", "8", "--lr-factors",
-            "1", "--decay-factors", "1,10", "--grid", "full", "--seeds", "1,2", "--jobs", "1", "--json", str(out),
-            "--markdown", str(md), "--png", str(png)]
+    argv = [
+        "--methods",
+        "lora,ag,static",
+        "--steps",
+        "3",
+        "--val",
+        "8",
+        "--heldout-limit",
+        "8",
+        "--lr-factors",
+        "1",
+        "--decay-factors",
+        "1,10",
+        "--grid",
+        "full",
+        "--seeds",
+        "1,2",
+        "--jobs",
+        "1",
+        "--json",
+        str(out),
+        "--markdown",
+        str(md),
+        "--png",
+        str(png),
+    ]
     assert bench_quality.main(argv) == 0
     data = json.loads(out.read_text())
     runs = data["runs"]
@@ -268,11 +379,25 @@ def test_bench_quality_refuses_to_resume_runs_made_with_other_settings(tmp_path)
     import bench_quality
 
     old = tmp_path / "q.json"
-    old.write_text(json.dumps({"config": {"rank": 4, "steps": 999, "batch_size": 16, "val": 8, "split_seed": 0,
-                                          "heldout": 8}, "runs": []}))
+    old.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "rank": 4,
+                    "steps": 999,
+                    "batch_size": 16,
+                    "val": 8,
+                    "split_seed": 0,
+                    "heldout": 8,
+                },
+                "runs": [],
+            }
+        )
+    )
     with pytest.raises(SystemExit, match="holds runs with other settings"):
-        bench_quality.main(["--methods", "lora", "--steps", "3", "--val", "8", "--heldout-limit", "8",
-                            "--json", str(old)])
+        bench_quality.main(
+            ["--methods", "lora", "--steps", "3", "--val", "8", "--heldout-limit", "8", "--json", str(old)]
+        )
     assert json.loads(old.read_text())["config"]["steps"] == 999  # left as it was
 
 
@@ -297,9 +422,11 @@ def test_support_concentration_counts_rows_columns_and_empty_neurons():
 
     # 20 MLP neurons, 10 input features. gate: 9 entries in row 0, 1 in row 5; up: one per row 0..9;
     # down (10 x 20): entries in columns 0 and 19 only. Neurons with an entry: 0..9 and 19 -> 9 of 20 empty.
-    deltas = {"model.layers.0.mlp.gate_proj": layer(20, 10, list(range(9)) + [50]),
-              "model.layers.0.mlp.up_proj": layer(20, 10, [10 * r for r in range(10)]),
-              "model.layers.0.mlp.down_proj": layer(10, 20, [0, 19, 20, 39])}
+    deltas = {
+        "model.layers.0.mlp.gate_proj": layer(20, 10, list(range(9)) + [50]),
+        "model.layers.0.mlp.up_proj": layer(20, 10, [10 * r for r in range(10)]),
+        "model.layers.0.mlp.down_proj": layer(10, 20, [0, 19, 20, 39]),
+    }
     c = concentration_by_projection(deltas)
     # top 10% of 20 rows = 2 rows: gate 10/10, up 2/10; top 10% of 10 columns = 1 column: gate 2/10, up 10/10.
     assert c["rows"]["gate_proj"] == pytest.approx(1.0) and c["rows"]["up_proj"] == pytest.approx(0.2)
@@ -315,18 +442,26 @@ def test_reselection_cost_splits_extra_time_by_kind_of_step():
     from spiel.selection.config import SelectionConfig
     from spiel.selection.schedule import ReselectionSchedule
 
-    ag = SimpleNamespace(estimates_gradients=True, reselects=True, schedule=ReselectionSchedule.of(
-        100, SelectionConfig(reselection_steps=10, estimation_steps=3)))
+    ag = SimpleNamespace(
+        estimates_gradients=True,
+        reselects=True,
+        schedule=ReselectionSchedule.of(100, SelectionConfig(reselection_steps=10, estimation_steps=3)),
+    )
     ma = SimpleNamespace(estimates_gradients=False, reselects=True, schedule=ag.schedule)
     static = SimpleNamespace(estimates_gradients=False, reselects=False, schedule=ag.schedule)
     # AG: step 1 (t 0 -> 1) starts a phase, steps 2-3 estimate, step 3 also reselects, then plain steps.
     assert [step_kind(ag, t) for t in range(1, 12)] == (
-        ["probe", "estimate", "reselect"] + ["plain"] * 7 + ["probe"])
+        ["probe", "estimate", "reselect"] + ["plain"] * 7 + ["probe"]
+    )
     assert [step_kind(ma, t) for t in (1, 2, 3, 4, 13)] == ["plain", "plain", "reselect", "plain", "reselect"]
     assert step_kind(None, 3) == "plain" and step_kind(static, 3) == "plain"
     times = [3.0, 1.5, 4.0] + [1.0] * 7  # one period of 10 steps
     kinds = [step_kind(ag, t) for t in range(1, 11)]
     cost = reselection_cost(times, kinds, periods=1)
     assert cost["plain_median_s"] == 1.0
-    assert (cost["probe_s_per_period"], cost["estimate_s_per_period"], cost["reselect_s_per_period"]) == (2.0, 0.5, 3.0)
+    assert (cost["probe_s_per_period"], cost["estimate_s_per_period"], cost["reselect_s_per_period"]) == (
+        2.0,
+        0.5,
+        3.0,
+    )
     assert cost["extra_steps_per_period"] == 5.5

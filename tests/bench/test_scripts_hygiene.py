@@ -16,7 +16,9 @@ def _path_edits(tree: ast.AST) -> list[int]:
     """Lines that call sys.path.insert/append/extend or assign to sys.path."""
     lines = []
     for node in ast.walk(tree):
-        target = node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None
+        target = (
+            node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None
+        )
         if isinstance(node, ast.Assign | ast.AugAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             target = next((t for t in targets if ast.unparse(t) == "sys.path"), None)
@@ -26,9 +28,13 @@ def _path_edits(tree: ast.AST) -> list[int]:
 
 
 def _private_spiel_imports(tree: ast.AST) -> list[str]:
-    return [f"{node.module}.{alias.name}" for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spiel")
-            for alias in node.names if alias.name.startswith("_")]
+    return [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spiel")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
 
 
 @pytest.mark.parametrize("path", SCRIPT_FILES, ids=[p.name for p in SCRIPT_FILES])

@@ -18,10 +18,15 @@ def test_shira_trains_spiels_budget_from_the_base_function():
     trainable = [p for p in shira.parameters() if p.requires_grad]
     count = sum(p.numel() for p in trainable)
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    expected = sum(4 * (m.in_features + m.out_features) for name, m in base.named_modules()
-                   if isinstance(m, torch.nn.Linear) and name.endswith(targets))
+    expected = sum(
+        4 * (m.in_features + m.out_features)
+        for name, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.endswith(targets)
+    )
     assert count == expected  # r·(in+out) per projection
-    spiel, _ = wrap_for_training("static", copy.deepcopy(base), method_config("ag", 4), seed=1, quantized=False)
+    spiel, _ = wrap_for_training(
+        "static", copy.deepcopy(base), method_config("ag", 4), seed=1, quantized=False
+    )
     assert abs(count - spiel.num_tunable()) <= 0.001 * count  # the same budget (spiel floors per matrix)
     ids = torch.tensor([[1, 5, 9, 12]])
     with torch.no_grad():

@@ -24,9 +24,14 @@ def grow_once(seeding: str, estimation_steps: int, extra_steps: int = 0):
     layer = spread_layer(20, 30, per_row=2)
     before = set(layer.indices.tolist())
     opt = SparseAdamW([layer.values], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=20, estimation_steps=estimation_steps, adam_seeding=seeding),
-                   method="ag", seed=0, total_steps=100)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(reselection_steps=20, estimation_steps=estimation_steps, adam_seeding=seeding),
+        method="ag",
+        seed=0,
+        total_steps=100,
+    )
     grads, new = [], None
     for t in range(estimation_steps + extra_steps):
         grads.append(scaled_gradient(20, 30, seed=10 + t))
@@ -81,13 +86,19 @@ def test_released_seeding_is_the_released_code_at_128_accumulation_steps(steps):
     assert float(counter) == min(128 * steps, 256)  # 3 × 128 micro-batches, but bf16 stops at 256
     age = int(float(counter) / 128)
     m, v, ages = seeded_state(layer, opt, new)
-    torch.testing.assert_close(m.double(), total / float(counter) * (1 - BETAS[0] ** age), rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(v.double(), total_sq / float(counter) * (1 - BETAS[1] ** age), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        m.double(), total / float(counter) * (1 - BETAS[0] ** age), rtol=1e-5, atol=1e-9
+    )
+    torch.testing.assert_close(
+        v.double(), total_sq / float(counter) * (1 - BETAS[1] ** age), rtol=1e-5, atol=0
+    )
     assert ages.tolist() == [age] * new.numel() and age == min(steps, 2)
     if steps == 3:  # the saturated counter: m = 3·mean / 256, v = 3·mean_sq / (128·256) at age 2
         stack = torch.stack([g.reshape(-1)[candidates][at] for g in grads])
         torch.testing.assert_close(m, 3 * stack.mean(0) / 256 * (1 - 0.9**2), rtol=1e-5, atol=0)
-        torch.testing.assert_close(v, 3 * (stack**2).mean(0) / (128 * 256) * (1 - 0.999**2), rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            v, 3 * (stack**2).mean(0) / (128 * 256) * (1 - 0.999**2), rtol=1e-5, atol=0
+        )
 
 
 def test_no_seeding_gives_a_grown_entry_torch_adamw_fresh_trajectory():
@@ -113,10 +124,20 @@ def test_explore_takes_the_seeding_for_its_scored_share():
     layer = spread_layer(20, 30, per_row=2)
     before = set(layer.indices.tolist())
     opt = SparseAdamW([layer.values], lr=LR)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth="explore", explore_share=0.25,
-                                   adam_seeding="none"),
-                   method="ag", seed=0, total_steps=50)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(
+            reselection_steps=10,
+            estimation_steps=2,
+            growth="explore",
+            explore_share=0.25,
+            adam_seeding="none",
+        ),
+        method="ag",
+        seed=0,
+        total_steps=50,
+    )
     for t in range(2):
         feed_dense_gradient(layer, scaled_gradient(20, 30, seed=t))
         opt.step()
@@ -150,7 +171,9 @@ def test_hf_eps_placement_is_eps_before_the_bias_correction(age):
 
 
 def test_the_knobs_reach_the_rule_and_the_optimizer_and_bad_values_are_refused():
-    model = get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, adam_seeding="released", eps_placement="hf"))
+    model = get_spiel_model(
+        tiny_llama(), SpielConfig(rank_equiv=2, adam_seeding="released", eps_placement="hf")
+    )
     opt = model.make_optimizer(1e-3)
     assert opt.param_groups[0]["eps_placement"] == "hf"
     selector = model.make_selector(opt, total_steps=40)
@@ -159,6 +182,11 @@ def test_the_knobs_reach_the_rule_and_the_optimizer_and_bad_values_are_refused()
     with pytest.raises(ValueError, match="eps_placement must be one of"):
         SparseAdamW([nn.Parameter(torch.zeros(2))], eps_placement="before")
     with pytest.raises(ValueError, match="adam_seeding must be one of"):
-        Selector({"l": spread_layer(4, 6, 1)}, SparseAdamW([torch.zeros(4, requires_grad=True)]),
-                 SelectionConfig(adam_seeding="half"),
-                 method="ag", seed=0, total_steps=10)
+        Selector(
+            {"l": spread_layer(4, 6, 1)},
+            SparseAdamW([torch.zeros(4, requires_grad=True)]),
+            SelectionConfig(adam_seeding="half"),
+            method="ag",
+            seed=0,
+            total_steps=10,
+        )

@@ -24,7 +24,10 @@ def test_drop_order_rows_is_the_reference_order_with_ties():
         for i in range(3):
             score = (values[i] - (0 if refs is None else refs[i])).abs()
             assert got[i].tolist() == reference_order(score, False)[:20]
-            assert got[i].tolist() == drop_order(values[i], 20, criterion, None if refs is None else refs[i]).tolist()
+            assert (
+                got[i].tolist()
+                == drop_order(values[i], 20, criterion, None if refs is None else refs[i]).tolist()
+            )
 
 
 def test_kept_slots_and_valid_first():
@@ -45,8 +48,11 @@ def test_ag_grow_order_rows_takes_the_best_eligible_candidates():
         eligible = [j for j in range(K) if int(candidates[i, j]) not in set(staying[i].tolist())]
         expected = [j for j in reference_order(scores[i], True) if j in eligible][:n]
         assert chosen[i][valid[i]].tolist() == expected
-        assert bool(valid[i, : len(expected)].all()) and not bool(valid[i, len(expected):].any())
-        assert chosen[i][valid[i]].tolist() == grow.ag_grow_order(candidates[i], scores[i], staying[i], n).tolist()
+        assert bool(valid[i, : len(expected)].all()) and not bool(valid[i, len(expected) :].any())
+        assert (
+            chosen[i][valid[i]].tolist()
+            == grow.ag_grow_order(candidates[i], scores[i], staying[i], n).tolist()
+        )
 
 
 @pytest.mark.parametrize("chunk_elements", [None, 3 * 70 * 7])  # one chunk; chunks of 7 rows
@@ -56,7 +62,9 @@ def test_ma_grow_rows_is_the_reference_order_with_ties(monkeypatch, chunk_elemen
     L, out_f, in_f, n = 3, 60, 70, 300
     row = torch.rand(L, out_f, generator=g).round(decimals=1)  # many equal products
     col = torch.rand(L, in_f, generator=g).round(decimals=1)
-    active = torch.stack([torch.randperm(out_f * in_f, generator=g)[:500].sort().values for _ in range(L)]).int()
+    active = torch.stack(
+        [torch.randperm(out_f * in_f, generator=g)[:500].sort().values for _ in range(L)]
+    ).int()
     grown, ok = batched.ma_grow_rows(row, col, active, n, chunk_elements=chunk_elements)
     assert all(ok)
     for i in range(L):
@@ -90,13 +98,24 @@ def make_model(method, growth, drop, seed=0):
 
     torch.manual_seed(seed)
     layers = nn.Sequential(*[nn.Linear(32, 32) for _ in range(3)], nn.Linear(32, 48), nn.Linear(48, 32))
-    return get_spiel_model(layers, SpielConfig(method=method, num_tunable=400, reselection_steps=4,
-                                                estimation_steps=2, growth=growth, drop=drop))
+    return get_spiel_model(
+        layers,
+        SpielConfig(
+            method=method, num_tunable=400, reselection_steps=4, estimation_steps=2, growth=growth, drop=drop
+        ),
+    )
 
 
-@pytest.mark.parametrize("method,growth,drop", [("ag", "paper", "magnitude"), ("ag", "normalized", "change"),
-                                                ("ma", "paper", "magnitude"), ("ma", "paper", "change"),
-                                                ("ag", "capped", "magnitude")])
+@pytest.mark.parametrize(
+    "method,growth,drop",
+    [
+        ("ag", "paper", "magnitude"),
+        ("ag", "normalized", "change"),
+        ("ma", "paper", "magnitude"),
+        ("ma", "paper", "change"),
+        ("ag", "capped", "magnitude"),
+    ],
+)
 def test_batched_reselection_equals_one_matrix_at_a_time(monkeypatch, method, growth, drop):
     monkeypatch.setattr(grow, "SAMPLE_SIZE", 256)  # MA's sampled threshold on at test sizes
     runs = []
@@ -157,6 +176,7 @@ def test_ag_probe_streams_row_blocks_with_the_dense_probe_s_candidates(monkeypat
     layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
     layer.base_layer.requires_grad_(False)
     x = torch.randn(64, in_f)
+
     def run(stream):
         found = {}
         monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0 if stream else 1 << 40)
@@ -165,11 +185,15 @@ def test_ag_probe_streams_row_blocks_with_the_dense_probe_s_candidates(monkeypat
 
         def on_blocks(block_grad, rows):
             found["rows"] = rows
-            found["candidates"], found["grad"] = grow.streamed_top_candidates(block_grad, out_f, in_f, k, rows)
+            found["candidates"], found["grad"] = grow.streamed_top_candidates(
+                block_grad, out_f, in_f, k, rows
+            )
 
         layer.values.grad = None
         layer.request_grad_blocks(on_blocks)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
             layer(x).pow(2).sum().backward()
         found["largest"] = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
         found["values_grad"] = layer.values.grad.clone()

@@ -41,8 +41,11 @@ def with_changed_entries(share: float, seed: int = 0):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_a_base_differing_in_one_percent_of_one_matrix_is_refused(ckpt, seed):
-    with pytest.raises(CheckpointMismatchError, match=rf"differ .* in 1 module\(s\), e\.g\. {MATRIX} \(a hash of "
-                                                        rf"{BASE_SAMPLE_SIZE} sampled entries differs\)"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=rf"differ .* in 1 module\(s\), e\.g\. {MATRIX} \(a hash of "
+        rf"{BASE_SAMPLE_SIZE} sampled entries differs\)",
+    ):
         SpielModel.from_pretrained(with_changed_entries(0.01, seed), ckpt)
 
 

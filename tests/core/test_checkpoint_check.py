@@ -69,6 +69,7 @@ def rewrite_tensors(path: Path, change) -> None:
 def set_value(key, position, value):
     def change(t):
         t[key][position] = value
+
     return change
 
 
@@ -129,6 +130,7 @@ def as_float64_holding(value):
     def change(t):
         t[f"{MODULE}.values"] = t[f"{MODULE}.values"].double()
         t[f"{MODULE}.values"][0] = value  # finite in float64, inf in float32
+
     return change
 
 
@@ -175,6 +177,7 @@ def without_hash(corrupt):
         config = config_of(path)
         del config["delta_sha256"]
         write_config(path, config)
+
     return run
 
 
@@ -191,26 +194,39 @@ def edit_config(change):
         config = config_of(path)
         change(config)
         write_config(path, config)
+
     return run
 
 
 # (case, corruption, what the message must say); every message also names the file.
 CASES = [
-    ("one-nan", tensors(set_value(f"{MODULE}.values", 5, float("nan"))), r"1 non-finite value.*position 5: nan"),
+    (
+        "one-nan",
+        tensors(set_value(f"{MODULE}.values", 5, float("nan"))),
+        r"1 non-finite value.*position 5: nan",
+    ),
     ("all-nan", tensors(all_nan), r"non-finite value"),
     ("inf", tensors(set_value(f"{MODULE}.values", 0, float("inf"))), r"non-finite value.*inf"),
     ("values-shape-1", tensors(values_of_shape_one), rf"'{MODULE}.values' has shape \[1\], expected \[\d+\]"),
     ("indices-2d", tensors(indices_2d), rf"'{MODULE}.indices' has shape \[\d+, 1\]"),
     ("unsorted", tensors(swap_two_indices), r"indices' not sorted at position"),
     ("duplicate", tensors(duplicate_index), r"indices' duplicated at position 4"),
-    ("past-the-end", tensors(index_past_the_end), r"indices' out of range: \[\d+, 1073741824\] for a weight of \d+ entries"),
+    (
+        "past-the-end",
+        tensors(index_past_the_end),
+        r"indices' out of range: \[\d+, 1073741824\] for a weight of \d+ entries",
+    ),
     ("negative", tensors(negative_index), r"indices' out of range: \[-1"),
     ("float-indices", tensors(float_indices), r"indices' must hold integers"),
     ("missing-key", tensors(drop_values), rf"missing tensor '{MODULE}.values'"),
     ("extra-tensor", tensors(extra_tensor), rf"unexpected tensor '{MODULE}.scales'"),
     ("integer-values", tensors(integer_values), r"values' must be floating point"),
     ("float-grown-at", tensors(float_grown_at), r"grown_at' must hold integers"),
-    ("no-fingerprints", drop_fingerprints, r"no base-weight fingerprint for \d+ of \d+ module.*pass allow_unverified_base=True"),
+    (
+        "no-fingerprints",
+        drop_fingerprints,
+        r"no base-weight fingerprint for \d+ of \d+ module.*pass allow_unverified_base=True",
+    ),
     ("truncated", truncate, r"damaged \(truncated or altered\)"),
     ("truncated-no-hash", without_hash(truncate), NO_HASH),
     ("value-bit-flip", flip_a_value_bit, r"damaged \(truncated or altered\)"),
@@ -219,23 +235,48 @@ CASES = [
     ("no-hash", without_hash(lambda path: None), NO_HASH),
     ("invalid-json", text_config('{"format_version": 1,'), r"not valid JSON \(.* line 1 column"),
     ("list-json", text_config("[1, 2]"), r"expected a JSON object, got a list"),
-    ("bad-spiel-config", edit_config(lambda c: c["spiel_config"].update(method="rigl")), r"spiel_config: .*method"),
+    (
+        "bad-spiel-config",
+        edit_config(lambda c: c["spiel_config"].update(method="rigl")),
+        r"spiel_config: .*method",
+    ),
     ("bad-k", edit_config(lambda c: c["modules"][MODULE].update(k="12")), r"\.k must be an integer"),
     ("bad-shape", edit_config(lambda c: c["modules"][MODULE].update(shape=[64])), r"\.shape must be"),
-    ("newer-format", edit_config(lambda c: c.update(format_version=99)), r"checkpoint format 99; .*upgrade spiel"),
+    (
+        "newer-format",
+        edit_config(lambda c: c.update(format_version=99)),
+        r"checkpoint format 99; .*upgrade spiel",
+    ),
     ("no-modules", edit_config(lambda c: c.update(modules={})), r"'modules' must be a non-empty object"),
     ("bad-hash", edit_config(lambda c: c.update(delta_sha256=12)), r"delta_sha256 must be a 64-character"),
-    ("nan-fingerprint", edit_config(lambda c: c["modules"][MODULE]["fingerprint"].__setitem__(0, float("nan"))),
-     r"fingerprint must be 32 finite numbers"),
-    ("null-fingerprint", edit_config(lambda c: c["modules"][MODULE].update(fingerprint=None)),
-     rf"modules\['{MODULE}'\]\.fingerprint is null"),
+    (
+        "nan-fingerprint",
+        edit_config(lambda c: c["modules"][MODULE]["fingerprint"].__setitem__(0, float("nan"))),
+        r"fingerprint must be 32 finite numbers",
+    ),
+    (
+        "null-fingerprint",
+        edit_config(lambda c: c["modules"][MODULE].update(fingerprint=None)),
+        rf"modules\['{MODULE}'\]\.fingerprint is null",
+    ),
     # values are checked in the dtype readers get (delta_dtype), not only in the file's
-    ("float64-1e300", tensors(as_float64_holding(1e300)), r"values' are float64 but the checkpoint's delta_dtype is "
-                                                           r"float32: casting could overflow"),
-    ("fp32-into-float16", fp32_values_for_float16_delta, r"values' are float32 but the checkpoint's delta_dtype is "
-                                                         r"float16"),
-    ("finite-3e38", tensors(set_value(f"{MODULE}.values", 2, 3e38)),
-     r"1 value\(s\) of \d+ beyond ±10000 \(first at position 2: 3e\+38\)"),
+    (
+        "float64-1e300",
+        tensors(as_float64_holding(1e300)),
+        r"values' are float64 but the checkpoint's delta_dtype is "
+        r"float32: casting could overflow",
+    ),
+    (
+        "fp32-into-float16",
+        fp32_values_for_float16_delta,
+        r"values' are float32 but the checkpoint's delta_dtype is "
+        r"float16",
+    ),
+    (
+        "finite-3e38",
+        tensors(set_value(f"{MODULE}.values", 2, 3e38)),
+        r"1 value\(s\) of \d+ beyond ±10000 \(first at position 2: 3e\+38\)",
+    ),
     ("one-past-the-bound", tensors(set_value(f"{MODULE}.values", 3, float(PAST_BOUND))), r"beyond ±10000"),
 ]
 
@@ -251,7 +292,9 @@ def file_named(message: str, path: Path) -> bool:
 
 
 @pytest.mark.parametrize("case, corrupt, message", CASES, ids=[c[0] for c in CASES])
-def test_from_pretrained_refuses_a_damaged_checkpoint_naming_file_and_problem(good, tmp_path, case, corrupt, message):
+def test_from_pretrained_refuses_a_damaged_checkpoint_naming_file_and_problem(
+    good, tmp_path, case, corrupt, message
+):
     bad = corrupted(good, tmp_path, corrupt)
     base = tiny_model()
     with pytest.raises(InvalidCheckpointError, match=message) as err:
@@ -355,8 +398,21 @@ def test_saved_checkpoints_record_the_hash_of_their_delta(good):
     assert config_of(good)["delta_sha256"] == sha256_hex((good / DELTA_NAME).read_bytes())
 
 
-CLI_CASES = [c for c in CASES if c[0] in ("one-nan", "values-shape-1", "duplicate", "no-fingerprints",
-                                          "truncated", "invalid-json", "list-json", "missing-key")]
+CLI_CASES = [
+    c
+    for c in CASES
+    if c[0]
+    in (
+        "one-nan",
+        "values-shape-1",
+        "duplicate",
+        "no-fingerprints",
+        "truncated",
+        "invalid-json",
+        "list-json",
+        "missing-key",
+    )
+]
 
 
 @pytest.mark.slow
@@ -365,9 +421,22 @@ def test_spiel_eval_exits_2_with_one_message_and_no_traceback(good, tmp_path, ca
     good_dir = make_ckpt(tmp_path / "good", seed=2, tokenizer=True)
     bad = corrupted(good, tmp_path, corrupt)
     for ckpt in (str(bad), f"[{good_dir},{bad}]"):
-        out = subprocess.run(["spiel-eval", f"ckpt={ckpt}", "bench=demo", "eval.limit=1", "eval.device=cpu",
-                              "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                             cwd=tmp_path, env=dict(os.environ, HYDRA_FULL_ERROR="0"), timeout=300)
+        out = subprocess.run(
+            [
+                "spiel-eval",
+                f"ckpt={ckpt}",
+                "bench=demo",
+                "eval.limit=1",
+                "eval.device=cpu",
+                "model=tiny",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=dict(os.environ, HYDRA_FULL_ERROR="0"),
+            timeout=300,
+        )
         assert out.returncode == 2, out.stderr[-2000:]
         assert "Traceback" not in out.stderr + out.stdout
         lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -377,18 +446,33 @@ def test_spiel_eval_exits_2_with_one_message_and_no_traceback(good, tmp_path, ca
             message = message.replace("allow_unverified_base=True", "eval.allow_unverified_base=true")
         assert re.search(message, lines[0])
     if case == "no-fingerprints":
-        out = subprocess.run(["spiel-eval", f"ckpt={bad}", "bench=demo", "eval.limit=1", "eval.device=cpu",
-                              "model=tiny", "eval.allow_unverified_base=true", "eval.progress=false",
-                              f"hydra.run.dir={tmp_path / 'run2'}"],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        out = subprocess.run(
+            [
+                "spiel-eval",
+                f"ckpt={bad}",
+                "bench=demo",
+                "eval.limit=1",
+                "eval.device=cpu",
+                "model=tiny",
+                "eval.allow_unverified_base=true",
+                "eval.progress=false",
+                f"hydra.run.dir={tmp_path / 'run2'}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_load_delta_tensors_refuses_values_that_would_broadcast():
     """The public `load_delta_tensors` (given tensors by an API user, not read from disk) checks too."""
     model = get_spiel_model(tiny_model(), SpielConfig(rank_equiv=1))
-    tensors = {n: {"indices": layer.indices.clone(), "values": torch.zeros(1), "grown_at": layer.grown_at.clone()}
-               for n, layer in model.deltas.items()}
+    tensors = {
+        n: {"indices": layer.indices.clone(), "values": torch.zeros(1), "grown_at": layer.grown_at.clone()}
+        for n, layer in model.deltas.items()
+    }
     with pytest.raises(CheckpointMismatchError, match=r"values \[1\], expected \[\d+\]"):
         model.load_delta_tensors(tensors, "given tensors")
 

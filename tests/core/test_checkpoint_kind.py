@@ -35,12 +35,16 @@ def test_what_is_not_a_checkpoint_is_named_with_a_hint(tmp_path):
         checkpoint_kind(run, key="out")
 
 
-@pytest.mark.parametrize(("files", "looks_like"), [(["adapter_config.json"], "a peft adapter"),
-                                                   (["config.json"], "a full transformers model")])
+@pytest.mark.parametrize(
+    ("files", "looks_like"),
+    [(["adapter_config.json"], "a peft adapter"), (["config.json"], "a full transformers model")],
+)
 def test_the_spiel_reader_says_what_another_kind_looks_like(tmp_path, files, looks_like):
     d = _dir(tmp_path, "other", *files)
-    with pytest.raises(FileNotFoundError, match=f"not a complete SpIEL checkpoint: no spiel_config.json "
-                                                f"\\(it looks like {looks_like}\\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"not a complete SpIEL checkpoint: no spiel_config.json \\(it looks like {looks_like}\\)",
+    ):
         read_checkpoint(d)
 
 

@@ -28,7 +28,9 @@ IDS = torch.tensor([[1, 40, 77, 90, 12, 55, 8]])
 
 
 def trained(rank_equiv=2, seed=1, delta_dtype="float32"):
-    model = get_spiel_model(tiny_model(), SpielConfig(rank_equiv=rank_equiv, seed=seed, delta_dtype=delta_dtype))
+    model = get_spiel_model(
+        tiny_model(), SpielConfig(rank_equiv=rank_equiv, seed=seed, delta_dtype=delta_dtype)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in model.deltas.values():
@@ -56,8 +58,13 @@ def write_format_2(flat_dir: Path, out: Path) -> Path:
     tensors = {}
     for name, entry in config["modules"].items():
         row_ptr, col_idx = csr_pattern(stored[f"{name}.indices"].long(), *entry["shape"])
-        tensors.update({f"{name}.values": stored[f"{name}.values"], f"{name}.row_ptr": row_ptr.to(torch.int32),
-                        f"{name}.col_idx": col_idx.to(torch.int16)})
+        tensors.update(
+            {
+                f"{name}.values": stored[f"{name}.values"],
+                f"{name}.row_ptr": row_ptr.to(torch.int32),
+                f"{name}.col_idx": col_idx.to(torch.int16),
+            }
+        )
     config["format_version"] = 2
     return write_checkpoint(out, config, tensors)
 
@@ -100,12 +107,15 @@ def test_compact_file_holds_the_coded_positions_and_no_grown_at(both, model):
         assert stored[f"{name}.values"].dtype == layer.values.dtype
 
 
-@pytest.mark.parametrize("positions", [
-    pytest.param(torch.tensor([0]), id="k=1 first"),
-    pytest.param(torch.tensor([256 * 256 - 1]), id="k=1 last"),
-    pytest.param(torch.arange(5 * 256, 6 * 256), id="one full row, the others empty"),
-    pytest.param(torch.arange(256 * 256), id="k=n"),
-])
+@pytest.mark.parametrize(
+    "positions",
+    [
+        pytest.param(torch.tensor([0]), id="k=1 first"),
+        pytest.param(torch.tensor([256 * 256 - 1]), id="k=1 last"),
+        pytest.param(torch.arange(5 * 256, 6 * 256), id="one full row, the others empty"),
+        pytest.param(torch.arange(256 * 256), id="k=n"),
+    ],
+)
 def test_extreme_position_sets_round_trip_through_a_checkpoint(both, tmp_path, positions):
     config = json.loads((both[0] / CONFIG_NAME).read_text())
     tensors = load_file(str(both[0] / DELTA_NAME))
@@ -136,7 +146,11 @@ def test_a_flat_format_1_checkpoint_still_loads(both, model, tmp_path):
     config = json.loads((old / CONFIG_NAME).read_text())
     config["format_version"] = 1
     (old / CONFIG_NAME).write_text(json.dumps(config))
-    assert {k.rpartition(".")[2] for k in load_file(str(old / DELTA_NAME))} == {"indices", "values", "grown_at"}
+    assert {k.rpartition(".")[2] for k in load_file(str(old / DELTA_NAME))} == {
+        "indices",
+        "values",
+        "grown_at",
+    }
     loaded = SpielModel.from_pretrained(tiny_model(), old)
     for name, layer in loaded.deltas.items():
         assert torch.equal(layer.indices, model.deltas[name].indices)
@@ -145,7 +159,11 @@ def test_a_flat_format_1_checkpoint_still_loads(both, model, tmp_path):
 
 
 def test_a_csr_format_2_checkpoint_still_loads(csr, model):
-    assert {k.rpartition(".")[2] for k in load_file(str(csr / DELTA_NAME))} == {"values", "row_ptr", "col_idx"}
+    assert {k.rpartition(".")[2] for k in load_file(str(csr / DELTA_NAME))} == {
+        "values",
+        "row_ptr",
+        "col_idx",
+    }
     loaded = SpielModel.from_pretrained(tiny_model(), csr)
     for name, layer in loaded.deltas.items():
         assert torch.equal(layer.indices, model.deltas[name].indices)
@@ -162,6 +180,7 @@ def key(field):
 def set_at(field, position, value):
     def change(t):
         t[key(field)][position] = value
+
     return change
 
 
@@ -187,18 +206,21 @@ def decrease_row_ptr(t):
 def retype(field, dtype):
     def change(t):
         t[key(field)] = t[key(field)].to(dtype)
+
     return change
 
 
 def reshape(field, tensor_of):
     def change(t):
         t[key(field)] = tensor_of(t[key(field)])
+
     return change
 
 
 def drop(field):
     def change(t):
         del t[key(field)]
+
     return change
 
 
@@ -210,8 +232,16 @@ GUARDS = [
     ("mixed-forms", add_indices, r"mixes the compact form .* with '.*q_proj.indices'"),
     ("no-col-idx", drop("col_idx"), r"missing tensor '.*q_proj.col_idx' \(compact form\)"),
     ("no-row-ptr", drop("row_ptr"), r"missing tensor '.*q_proj.row_ptr' \(compact form\)"),
-    ("row-ptr-shape", reshape("row_ptr", lambda p: p[:-1].clone()), r"row_ptr' has shape \[\d+\], expected \[\d+\] \(out_features \+ 1\)"),
-    ("col-idx-shape", reshape("col_idx", lambda c: c[:-1].clone()), r"col_idx' has shape \[\d+\], expected \[\d+\] \(k of"),
+    (
+        "row-ptr-shape",
+        reshape("row_ptr", lambda p: p[:-1].clone()),
+        r"row_ptr' has shape \[\d+\], expected \[\d+\] \(out_features \+ 1\)",
+    ),
+    (
+        "col-idx-shape",
+        reshape("col_idx", lambda c: c[:-1].clone()),
+        r"col_idx' has shape \[\d+\], expected \[\d+\] \(k of",
+    ),
     ("row-ptr-int16", retype("row_ptr", torch.int16), r"row_ptr' must be int32 or int64, got torch.int16"),
     ("col-idx-float", retype("col_idx", torch.float32), r"col_idx' must hold integers, got torch.float32"),
     ("row-ptr-start", set_at("row_ptr", 0, 1), r"row_ptr' must start at 0 and end at k=\d+, got 1 \.\.\."),
@@ -262,23 +292,37 @@ def repeat_a_position(t):
     width = elias_fano.low_width(n, k)
     bits, ones = elias_fano.unpack_bits(low), elias_fano.unpack_bits(high).nonzero().view(-1)
     i = int(((ones[1:] - 1) == ones[:-1]).nonzero()[0])  # positions i and i+1 share a high part
-    bits[(i + 1) * width:(i + 2) * width] = bits[i * width:(i + 1) * width]
+    bits[(i + 1) * width : (i + 2) * width] = bits[i * width : (i + 1) * width]
     t[key("low_bits")] = elias_fano.pack_bits(bits[: k * width])
 
 
 EF_GUARDS = [
     ("mixed-forms", add_indices, r"mixes the compact form \(low_bits, high_bits\) with '.*q_proj.indices'"),
-    ("mixed-with-csr", lambda t: t.update({key("row_ptr"): torch.zeros(257, dtype=torch.int32)}),
-     r"mixes the compact form \(low_bits, high_bits\) with '.*q_proj.row_ptr'"),
+    (
+        "mixed-with-csr",
+        lambda t: t.update({key("row_ptr"): torch.zeros(257, dtype=torch.int32)}),
+        r"mixes the compact form \(low_bits, high_bits\) with '.*q_proj.row_ptr'",
+    ),
     ("no-low-bits", drop("low_bits"), r"missing tensor '.*q_proj.low_bits' \(compact form\)"),
     ("no-high-bits", drop("high_bits"), r"missing tensor '.*q_proj.high_bits' \(compact form\)"),
     ("no-values", drop("values"), r"missing tensor '.*q_proj.values' \(compact form\)"),
     ("low-int8", retype("low_bits", torch.int8), r"'.*q_proj.low_bits' must be uint8, got torch.int8"),
-    ("high-truncated", reshape("high_bits", lambda h: h[:-1].clone()),
-     r"'.*q_proj.high_bits' has shape \[\d+\], expected \[\d+\] \(\d+ bits: k=\d+ positions in \[0, 65536\)"),
-    ("values-short", reshape("values", lambda v: v[:-1].clone()), r"'.*q_proj.values' has shape \[\d+\], expected"),
+    (
+        "high-truncated",
+        reshape("high_bits", lambda h: h[:-1].clone()),
+        r"'.*q_proj.high_bits' has shape \[\d+\], expected \[\d+\] \(\d+ bits: k=\d+ positions in \[0, 65536\)",
+    ),
+    (
+        "values-short",
+        reshape("values", lambda v: v[:-1].clone()),
+        r"'.*q_proj.values' has shape \[\d+\], expected",
+    ),
     ("high-bit-lost", flip_high_bit, r"'.*q_proj.high_bits' holds \d+ set bits, expected one per position"),
-    ("repeated-position", repeat_a_position, r"'.*q_proj.low_bits' and 'high_bits' decode to positions not strictly"),
+    (
+        "repeated-position",
+        repeat_a_position,
+        r"'.*q_proj.low_bits' and 'high_bits' decode to positions not strictly",
+    ),
 ]
 
 
@@ -310,14 +354,18 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
     assert abs(lora_params - model.num_tunable()) <= 1e-3 * lora_params  # equal budget (k rounds per module)
     lora.save_pretrained(tmp_path / "lora")
     adapter = delta_bytes(tmp_path / "lora", "adapter_model.safetensors")
-    print(f"tiny model, rank {rank}, {delta_dtype}: flat {flat:,} B, compact {compact:,} B, "
-          f"peft LoRA {adapter:,} B (compact/LoRA {compact / adapter:.2f}x, flat/LoRA {flat / adapter:.2f}x)")
+    print(
+        f"tiny model, rank {rank}, {delta_dtype}: flat {flat:,} B, compact {compact:,} B, "
+        f"peft LoRA {adapter:,} B (compact/LoRA {compact / adapter:.2f}x, flat/LoRA {flat / adapter:.2f}x)"
+    )
     value_bytes = torch.finfo(getattr(torch, delta_dtype)).bits // 8
     k = model.num_tunable()
     assert adapter >= lora_params * value_bytes
     # values + the coded positions + the safetensors header (< 160 bytes a tensor)
-    positions = sum(sum(elias_fano.encoded_sizes(layer.out_features * layer.in_features, layer.k))
-                    for layer in model.deltas.values())
+    positions = sum(
+        sum(elias_fano.encoded_sizes(layer.out_features * layer.in_features, layer.k))
+        for layer in model.deltas.values()
+    )
     assert 0 < compact - (k * value_bytes + positions) < 160 * 3 * len(model.deltas)
     for layer in model.deltas.values():  # Elias–Fano: at most 2 + log2(n / k) bits a position (+ padding)
         n = layer.out_features * layer.in_features
@@ -325,4 +373,3 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
         assert bits <= layer.k * (2 + math.log2(n / layer.k)) + 16
     assert compact < flat / 2
     assert compact <= 1.5 * adapter
-

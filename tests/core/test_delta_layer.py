@@ -81,8 +81,12 @@ def test_sddmm_reuses_its_workspace_across_shapes_and_handles_no_tokens():
     # The transposed chunks live in one reused buffer: a larger layer, then a smaller one, then bf16
     # inputs and an empty batch must each still give the dense reference.
     g = torch.Generator().manual_seed(5)
-    for out, inn, tokens, dtype in [(96, 80, 333, torch.float32), (24, 20, 50, torch.float32),
-                                    (40, 36, 130, torch.bfloat16), (24, 20, 0, torch.float32)]:
+    for out, inn, tokens, dtype in [
+        (96, 80, 333, torch.float32),
+        (24, 20, 50, torch.float32),
+        (40, 36, 130, torch.bfloat16),
+        (24, 20, 0, torch.float32),
+    ]:
         x = torch.randn(tokens, inn, generator=g).to(dtype)
         dy = torch.randn(tokens, out, generator=g).to(dtype)
         indices = random_subset(out * inn, 50, g)

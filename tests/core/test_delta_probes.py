@@ -70,10 +70,17 @@ def quantized_linear(in_features, out_features, compute_dtype, seed=0):
     bnb = pytest.importorskip("bitsandbytes")  # a declared dependency; absent only on the GPU box
     torch.manual_seed(seed)
     dense = nn.Linear(in_features, out_features)
-    q = bnb.nn.Linear4bit(in_features, out_features, bias=True, compute_dtype=compute_dtype,
-                          quant_type="nf4", compress_statistics=True)
-    q.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4",
-                                 compress_statistics=True)
+    q = bnb.nn.Linear4bit(
+        in_features,
+        out_features,
+        bias=True,
+        compute_dtype=compute_dtype,
+        quant_type="nf4",
+        compress_statistics=True,
+    )
+    q.weight = bnb.nn.Params4bit(
+        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True
+    )
     q.bias = nn.Parameter(dense.bias.data.clone(), requires_grad=False)
     return q.to("cpu")
 
@@ -123,7 +130,9 @@ def test_nothing_of_size_out_by_in_is_saved_for_backward():
 
 
 def largest_allocation(fn):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     return max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
 
@@ -156,9 +165,13 @@ def test_blocked_path_holds_one_row_block_and_matches_dense():
     indices = random_subset(out_features * in_features, 300, g).int()
     indices = indices[indices // in_features >= 100]  # the first row blocks have no entries at all
     expected = (dy.t() @ x).view(-1)[indices.long()]
-    got = blocked_gather_grad(x, dy, indices, out_features, in_features, block_rows=48)  # 11 blocks, last partial
+    got = blocked_gather_grad(
+        x, dy, indices, out_features, in_features, block_rows=48
+    )  # 11 blocks, last partial
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    largest = largest_allocation(lambda: blocked_gather_grad(x, dy, indices, out_features, in_features, block_rows=48))
+    largest = largest_allocation(
+        lambda: blocked_gather_grad(x, dy, indices, out_features, in_features, block_rows=48)
+    )
     assert largest < out_features * in_features * 4 // 8
 
 
@@ -166,8 +179,9 @@ def test_cuda_kernels_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, w = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3)
     for path in ("triton", "triton_tiles"):
-        y = sparse_delta_linear(x, w, torch.tensor([1, 5], dtype=torch.int32), torch.zeros(2, requires_grad=True),
-                                grad_path=path)
+        y = sparse_delta_linear(
+            x, w, torch.tensor([1, 5], dtype=torch.int32), torch.zeros(2, requires_grad=True), grad_path=path
+        )
         with pytest.raises(ValueError, match="needs a CUDA device"):
             y.sum().backward()
 
@@ -205,7 +219,10 @@ def test_weight_is_restored_when_the_matmul_fails():
 
     weight = torch.randn(6, 5)
     original = weight.clone()
-    with pytest.raises(RuntimeError, match="boom"), delta_applied(weight, torch.tensor([0, 7]), torch.ones(2), torch.float32):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        delta_applied(weight, torch.tensor([0, 7]), torch.ones(2), torch.float32),
+    ):
         assert not torch.equal(weight, original)
         raise RuntimeError("boom")
     assert torch.equal(weight, original)
@@ -251,14 +268,16 @@ def test_ag_keeps_its_candidates_in_the_index_dtype_shared_with_the_probe():
     from spiel import SpielConfig, get_spiel_model
 
     torch.manual_seed(0)
-    model = get_spiel_model(nn.Sequential(nn.Linear(16, 24)), SpielConfig(method="ag", num_tunable=40,
-                                                                          reselection_steps=4, estimation_steps=2))
+    model = get_spiel_model(
+        nn.Sequential(nn.Linear(16, 24)),
+        SpielConfig(method="ag", num_tunable=40, reselection_steps=4, estimation_steps=2),
+    )
     opt = model.make_optimizer(lr=1e-2)
     sel = model.make_selector(opt, total_steps=8)
     model(torch.randn(4, 16)).pow(2).mean().backward()
     opt.step()
     sel.step()
-    (name, layer), = model.deltas.items()
+    ((name, layer),) = model.deltas.items()
     candidates = sel.rule.phases[name].candidates
     assert candidates.dtype == layer.indices.dtype == torch.int32
     assert layer._candidates.data_ptr() == candidates.data_ptr()

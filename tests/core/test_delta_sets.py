@@ -23,8 +23,9 @@ from tests.helpers.paths import EVAL_FIXTURES
 
 
 def save_delta(path, rank_equiv, seed, hidden=32):
-    model = with_random_deltas(get_spiel_model(tiny_llama(hidden=hidden), SpielConfig(rank_equiv=rank_equiv, seed=seed)),
-                               seed=seed)
+    model = with_random_deltas(
+        get_spiel_model(tiny_llama(hidden=hidden), SpielConfig(rank_equiv=rank_equiv, seed=seed)), seed=seed
+    )
     model.save_pretrained(path)
     return {n: (layer.indices.clone(), layer.values.detach().clone()) for n, layer in model.deltas.items()}
 
@@ -32,8 +33,10 @@ def save_delta(path, rank_equiv, seed, hidden=32):
 @pytest.fixture
 def ckpts(tmp_path):
     """Two checkpoints over tiny_llama() with different positions and different k."""
-    return {"a": (tmp_path / "a", save_delta(tmp_path / "a", 2, seed=1)),
-            "b": (tmp_path / "b", save_delta(tmp_path / "b", 4, seed=2))}
+    return {
+        "a": (tmp_path / "a", save_delta(tmp_path / "a", 2, seed=1)),
+        "b": (tmp_path / "b", save_delta(tmp_path / "b", 4, seed=2)),
+    }
 
 
 def dense_reference(deltas_and_weights):
@@ -101,8 +104,9 @@ def test_a_model_built_fresh_keeps_its_delta_as_default(ckpts):
     own = logits(model)
     model.load_delta(ckpts["a"][0], "a")
     assert torch.equal(logits(model), own)  # loading does not activate
-    torch.testing.assert_close(logits(model.set_delta("a")), logits(dense_reference([(ckpts["a"][1], 1.0)])),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        logits(model.set_delta("a")), logits(dense_reference([(ckpts["a"][1], 1.0)])), rtol=1e-5, atol=1e-5
+    )
     assert torch.equal(logits(model.set_delta("default")), own)
 
 
@@ -170,7 +174,9 @@ def test_delete_delta_forgets_an_inactive_one_only(ckpts):
 
 
 def test_switching_is_refused_while_training_with_a_selector(ckpts):
-    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0], is_trainable=True).load_delta(ckpts["b"][0], "b")
+    model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0], is_trainable=True).load_delta(
+        ckpts["b"][0], "b"
+    )
     selector = model.make_selector(model.make_optimizer(lr=1e-3), total_steps=10)
     with pytest.raises(RuntimeError, match="set_delta is for inference.*live selector"):
         model.set_delta("b")
@@ -195,7 +201,9 @@ def test_load_delta_checks_the_files_and_the_base(ckpts, tmp_path):
 
 def test_load_delta_refuses_other_target_modules(ckpts, tmp_path):
     model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
-    attention_only = get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, target_modules=["q_proj", "v_proj"]))
+    attention_only = get_spiel_model(
+        tiny_llama(), SpielConfig(rank_equiv=2, target_modules=["q_proj", "v_proj"])
+    )
     attention_only.save_pretrained(tmp_path / "qv")
     with pytest.raises(CheckpointMismatchError, match="other modules than this SpielModel wraps"):
         model.load_delta(tmp_path / "qv", "qv")
@@ -217,7 +225,9 @@ def test_add_weighted_delta_equals_the_weighted_dense_sum(ckpts):
     model.add_weighted_delta(["default", "b"], [0.7, -0.4], "mix")
     assert torch.equal(logits(model), a_alone)  # not activated
     model.set_delta("mix")
-    torch.testing.assert_close(logits(model), logits(dense_reference([(a, 0.7), (b, -0.4)])), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        logits(model), logits(dense_reference([(a, 0.7), (b, -0.4)])), rtol=1e-5, atol=1e-5
+    )
     union = {n: torch.unique(torch.cat([a[n][0].long(), b[n][0].long()])) for n in a}
     assert all(torch.equal(layer.indices.long(), union[n]) for n, layer in model.deltas.items())
     assert torch.equal(logits(model.set_delta("default")), a_alone)
@@ -226,7 +236,9 @@ def test_add_weighted_delta_equals_the_weighted_dense_sum(ckpts):
 def test_a_fresh_model_can_scale_its_own_delta(ckpts):
     model = SpielModel.from_pretrained(tiny_llama(), ckpts["a"][0])
     model.add_weighted_delta(["default"], [0.5], "half").set_delta("half")
-    torch.testing.assert_close(logits(model), logits(dense_reference([(ckpts["a"][1], 0.5)])), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        logits(model), logits(dense_reference([(ckpts["a"][1], 0.5)])), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_add_weighted_delta_refuses_unknown_or_taken_names_and_bad_weights(ckpts):
@@ -242,11 +254,14 @@ def test_add_weighted_delta_refuses_unknown_or_taken_names_and_bad_weights(ckpts
     assert model.delta_names == ["default", "b"]
 
 
-@pytest.mark.parametrize("weights, message", [
-    ([1.0], "weights has 1 entries for 2 checkpoint"),
-    ([1.0, float("nan")], "finite numbers, got nan"),
-    ([1.0, "x"], "finite numbers, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([1.0], "weights has 1 entries for 2 checkpoint"),
+        ([1.0, float("nan")], "finite numbers, got nan"),
+        ([1.0, "x"], "finite numbers, got 'x'"),
+    ],
+)
 def test_compose_refuses_bad_weights(ckpts, weights, message):
     with pytest.raises(ValueError, match=message):
         compose([ckpts["a"][0], ckpts["b"][0]], tiny_llama(), weights=weights)
@@ -254,10 +269,13 @@ def test_compose_refuses_bad_weights(ckpts, weights, message):
 
 # The result is checked, not only the weights: finite weights can overflow float32 or sum past what a
 # delta can be (spiel.delta.bounds); nothing is kept or written then.
-@pytest.mark.parametrize("weights, message", [
-    ([1e39, 1.0], r"in model\.layers\.\d\.\S+, \d+ non-finite value\(s\) of \d+ \(NaN/Inf"),
-    ([3e5, 0.0], r"beyond ±10000"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([1e39, 1.0], r"in model\.layers\.\d\.\S+, \d+ non-finite value\(s\) of \d+ \(NaN/Inf"),
+        ([3e5, 0.0], r"beyond ±10000"),
+    ],
+)
 def test_weighted_results_past_the_bound_are_refused_everywhere(ckpts, tmp_path, weights, message):
     from spiel.checkpoint.fingerprint import DeltaValueError
     from spiel.cli.export import export
@@ -293,31 +311,53 @@ def test_eval_ckpt_weights_gives_the_weighted_dense_sum(tmp_path):
     da, db = dense_deltas(a), dense_deltas(b)
     base, got = dict(tiny_model().named_modules()), dict(loaded.model.named_modules())
     for name in da:
-        torch.testing.assert_close(got[name].weight, base[name].weight + 0.5 * da[name] + 2 * db[name],
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            got[name].weight, base[name].weight + 0.5 * da[name] + 2 * db[name], rtol=0, atol=1e-6
+        )
     one = load_for_eval([str(a)], device="cpu", ckpt_weights=[0.5])  # one checkpoint, scaled
     for name in da:
-        torch.testing.assert_close(dict(one.model.named_modules())[name].weight, base[name].weight + 0.5 * da[name],
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            dict(one.model.named_modules())[name].weight,
+            base[name].weight + 0.5 * da[name],
+            rtol=0,
+            atol=1e-6,
+        )
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("eval", overrides=["model=tiny", f"eval.data_dir={EVAL_FIXTURES}", "eval.progress=false",
-                                               f"eval.output_dir={tmp_path / 'run'}", "bench=demo", "eval.limit=2",
-                                               f"ckpt=[{a},{b}]", "ckpt_weights=[0.5,2]"])
+        cfg = hydra_compose(
+            "eval",
+            overrides=[
+                "model=tiny",
+                f"eval.data_dir={EVAL_FIXTURES}",
+                "eval.progress=false",
+                f"eval.output_dir={tmp_path / 'run'}",
+                "bench=demo",
+                "eval.limit=2",
+                f"ckpt=[{a},{b}]",
+                "ckpt_weights=[0.5,2]",
+            ],
+        )
     run(cfg)
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert info["ckpt_weights"] == [0.5, 2.0] and info["label"] == "0.5·a ⊕ 2·b"
 
 
-@pytest.mark.parametrize("ckpts, weights, message", [
-    (["a", "b"], [1.0], r"ckpt_weights=\[1.0\]: weights has 1 entries for 2 checkpoint"),
-    (None, [1.0], "ckpt_weights is given but ckpt=null"),
-    (["a", "b"], [1.0, float("inf")], "finite numbers, got inf"),
-])
+@pytest.mark.parametrize(
+    "ckpts, weights, message",
+    [
+        (["a", "b"], [1.0], r"ckpt_weights=\[1.0\]: weights has 1 entries for 2 checkpoint"),
+        (None, [1.0], "ckpt_weights is given but ckpt=null"),
+        (["a", "b"], [1.0, float("inf")], "finite numbers, got inf"),
+    ],
+)
 def test_eval_refuses_bad_ckpt_weights_before_loading(tmp_path, ckpts, weights, message):
     with pytest.raises(CheckpointError, match=message):  # the directories do not even exist: checked first
-        load_for_eval(None if ckpts is None else [str(tmp_path / c) for c in ckpts], model_name="tiny",
-                      device="cpu", ckpt_weights=weights)
+        load_for_eval(
+            None if ckpts is None else [str(tmp_path / c) for c in ckpts],
+            model_name="tiny",
+            device="cpu",
+            ckpt_weights=weights,
+        )
 
 
 def test_eval_refuses_weights_on_a_peft_adapter(tmp_path):
@@ -340,12 +380,20 @@ def test_export_ckpt_weights_merges_the_weighted_sum(tmp_path):
     base = dict(tiny_model().named_modules())
     da, db = dense_deltas(a), dense_deltas(b)
     for name in da:
-        torch.testing.assert_close(got[name].weight, base[name].weight + 0.25 * da[name] - db[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            got[name].weight, base[name].weight + 0.25 * da[name] - db[name], rtol=0, atol=1e-6
+        )
 
 
 def test_eval_cli_exits_2_on_bad_ckpt_weights(tmp_path):
     from tests.eval.test_eval_run import _cli
 
-    out = _cli("model=tiny", "bench=demo", f"ckpt=[{tmp_path / 'a'},{tmp_path / 'b'}]", "ckpt_weights=[1]", cwd=tmp_path)
+    out = _cli(
+        "model=tiny",
+        "bench=demo",
+        f"ckpt=[{tmp_path / 'a'},{tmp_path / 'b'}]",
+        "ckpt_weights=[1]",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "ckpt_weights=[1]: weights has 1 entries for 2 checkpoint(s)" in out.stderr

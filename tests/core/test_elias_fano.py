@@ -67,8 +67,10 @@ def test_encode_gives_the_described_bytes_and_decodes_to_the_same_positions(name
     assert decoded.dtype == torch.int32 and torch.equal(decoded.long(), positions.long())
 
 
-@pytest.mark.parametrize("n, k", [(1, 1), (2, 1), (7, 3), (1000, 999), (4096 * 4096, 524_288),
-                                  (2**30 - 1, 2), (2**30, 1), (2**31 + 5, 3)])
+@pytest.mark.parametrize(
+    "n, k",
+    [(1, 1), (2, 1), (7, 3), (1000, 999), (4096 * 4096, 524_288), (2**30 - 1, 2), (2**30, 1), (2**31 + 5, 3)],
+)
 def test_round_trip_over_shapes_and_densities(n, k):
     positions = random_subset(n, k, torch.Generator().manual_seed(n % 97 + k))
     encoded = ef.encode(positions.to(torch.int64 if n >= 2**31 else torch.int32), n)
@@ -92,8 +94,12 @@ def test_about_two_plus_log2_of_one_over_density_bits_a_position():
 
 
 def test_encode_refuses_unsorted_repeated_or_out_of_range_positions():
-    for bad, message in [(torch.tensor([3, 1]), "sorted and unique"), (torch.tensor([1, 1]), "sorted and unique"),
-                         (torch.tensor([0, N]), r"out of range \[0, 480\)"), (torch.tensor([-1, 2]), "out of range")]:
+    for bad, message in [
+        (torch.tensor([3, 1]), "sorted and unique"),
+        (torch.tensor([1, 1]), "sorted and unique"),
+        (torch.tensor([0, N]), r"out of range \[0, 480\)"),
+        (torch.tensor([-1, 2]), "out of range"),
+    ]:
         with pytest.raises(ValueError, match=message):
             ef.encode(bad, N)
 
@@ -121,8 +127,16 @@ BAD = [
     ("high-long", lambda lo, hi: (lo, torch.cat([hi, hi])), r"'M.high_bits' has shape \[2\], expected \[1\]"),
     ("high-2d", lambda lo, hi: (lo, hi.view(1, 1)), r"'M.high_bits' has shape \[1, 1\], expected \[1\]"),
     ("low-padding", lambda lo, hi: (lo | 0b10000, hi), r"'M.low_bits': the 4 padding bit\(s\) .* not zero"),
-    ("high-padding", lambda lo, hi: (lo, hi | 0b100000), r"'M.high_bits': the 4 padding bit\(s\) .* not zero"),
-    ("high-bit-lost", lambda lo, hi: (lo, hi & 0b0111), r"'M.high_bits' holds 1 set bits, expected one per position \(k=2\)"),
+    (
+        "high-padding",
+        lambda lo, hi: (lo, hi | 0b100000),
+        r"'M.high_bits': the 4 padding bit\(s\) .* not zero",
+    ),
+    (
+        "high-bit-lost",
+        lambda lo, hi: (lo, hi & 0b0111),
+        r"'M.high_bits' holds 1 set bits, expected one per position \(k=2\)",
+    ),
     ("high-bit-added", lambda lo, hi: (lo, hi | 0b0001), r"'M.high_bits' holds 3 set bits"),
     ("past-the-weight", lambda lo, hi: (lo | 0b1100, hi), r"decode to a position past the weight: 11 >= 10"),
     ("repeated", lambda lo, hi: (lo & 0b0011, hi), r"not strictly increasing at position 1 \(8 then 8\)"),

@@ -114,8 +114,11 @@ def test_loaded_4bit_weights_are_refused(tmp_path, ckpts, monkeypatch):
 
     model = tiny_model()
     model.model.layers[0].mlp.up_proj.weight.quant_state = object()  # what a bitsandbytes Params4bit carries
-    monkeypatch.setattr(spiel.eval.loader, "load_for_eval",
-                        lambda *a, **k: spiel.eval.loader.LoadedModel(model, tiny_tokenizer(), {}))
+    monkeypatch.setattr(
+        spiel.eval.loader,
+        "load_for_eval",
+        lambda *a, **k: spiel.eval.loader.LoadedModel(model, tiny_tokenizer(), {}),
+    )
     with pytest.raises(ExportError, match="holds 4-bit weights .*up_proj"):
         export(ckpts[0], tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -161,8 +164,12 @@ def test_cli(tmp_path, ckpts, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert _cli([f"ckpt={ckpts[0]}", "out=exported", "dtype=float32"], monkeypatch) == 0
     assert "exported: exported" in capsys.readouterr().out
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "exported")),
-                               _logits(SpielModel.from_pretrained(tiny_model(), ckpts[0])), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(tmp_path / "exported")),
+        _logits(SpielModel.from_pretrained(tiny_model(), ckpts[0])),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert _cli([f"ckpt={ckpts[0]}", "out=other", "quant=nf4"], monkeypatch) == 2
     assert "spiel-export: ExportError: quant=nf4" in capsys.readouterr().err
 
@@ -175,18 +182,36 @@ def test_spiel_train_final_tokenizer_carries_the_template_and_exports(tmp_path):
 
     base = tmp_path / "base"  # the tiny base with another chat template (as LLaMA-2-chat's would be)
     shutil.copytree(TINY_MODEL_DIR, base)
-    (base / "chat_template.jinja").write_text("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
-    assert run_cli([f"output_root={tmp_path / 'runs'}", "model=hf", f"model.name_or_path={base}", *SMALL,
-                    *SPIEL_FAST]) == 0
+    (base / "chat_template.jinja").write_text(
+        "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    )
+    assert (
+        run_cli(
+            [
+                f"output_root={tmp_path / 'runs'}",
+                "model=hf",
+                f"model.name_or_path={base}",
+                *SMALL,
+                *SPIEL_FAST,
+            ]
+        )
+        == 0
+    )
     final = only_run_dir(tmp_path / "runs") / "final"
     assert AutoTokenizer.from_pretrained(final).chat_template == jinja_chat_template(bos=True)
     out = export(final, tmp_path / "exported", dtype="float32")
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)),
-                               _logits(SpielModel.from_pretrained(tiny_model(), final)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out)),
+        _logits(SpielModel.from_pretrained(tiny_model(), final)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
-OWN_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+OWN_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def test_a_checkpoint_trained_in_the_models_own_template_exports_that_template(tmp_path):
@@ -208,8 +233,19 @@ def test_spiel_train_with_the_models_own_template_keeps_it_through_export(tmp_pa
     base = tmp_path / "base"
     shutil.copytree(TINY_MODEL_DIR, base)
     (base / "chat_template.jinja").write_text(OWN_TEMPLATE)
-    assert run_cli([f"output_root={tmp_path / 'runs'}", "model=hf", f"model.name_or_path={base}", "data.template=model",
-                    *SMALL, *SPIEL_FAST]) == 0
+    assert (
+        run_cli(
+            [
+                f"output_root={tmp_path / 'runs'}",
+                "model=hf",
+                f"model.name_or_path={base}",
+                "data.template=model",
+                *SMALL,
+                *SPIEL_FAST,
+            ]
+        )
+        == 0
+    )
     final = only_run_dir(tmp_path / "runs") / "final"
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.chat_template == OWN_TEMPLATE
@@ -222,13 +258,17 @@ def test_spiel_train_with_the_models_own_template_keeps_it_through_export(tmp_pa
 def test_peft_adapter_export_is_the_merged_adapter(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    lora = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        tiny_model(), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    )
     lora.save_pretrained(tmp_path / "adapter")
     tiny_tokenizer().save_pretrained(tmp_path / "adapter")
     out = export(tmp_path / "adapter", tmp_path / "out", dtype="float32")
     expected = _logits(PeftModel.from_pretrained(tiny_model(), tmp_path / "adapter"))
     assert not torch.allclose(expected, _logits(tiny_model()), atol=1e-3)
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5
+    )
     assert json.loads((out / "spiel_export.json").read_text())["kind"] == "peft"
     assert AutoTokenizer.from_pretrained(out).chat_template == jinja_chat_template(bos=True)
 
@@ -241,14 +281,17 @@ def test_delta_trained_on_an_nf4_base_exports_merged_into_the_full_precision_bas
     nf4_base = load_base_model(str(TINY_MODEL_DIR), quant="nf4", device="cpu")
     model = get_spiel_model(nf4_base, SpielConfig(method="ag", rank_equiv=4, delta_dtype="bfloat16"))
     for layer in model.deltas.values():
-        layer.values.data = (0.05 * torch.randn(layer.values.shape, generator=torch.Generator().manual_seed(3))
-                             ).to(layer.values.dtype)
+        layer.values.data = (
+            0.05 * torch.randn(layer.values.shape, generator=torch.Generator().manual_seed(3))
+        ).to(layer.values.dtype)
     model.save_pretrained(tmp_path / "qspiel", tokenizer=tiny_tokenizer())
     with pytest.raises(ExportError, match="quant=nf4"):
         export(tmp_path / "qspiel", tmp_path / "refused", quant="nf4")
     out = export(tmp_path / "qspiel", tmp_path / "out", dtype="float32")
     expected = _logits(SpielModel.from_pretrained(tiny_model(), tmp_path / "qspiel"))
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_a_directory_named_like_a_staging_directory_is_never_touched(tmp_path, ckpts):
@@ -260,15 +303,18 @@ def test_a_directory_named_like_a_staging_directory_is_never_touched(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]  # no staging left behind
 
 
-@pytest.mark.parametrize("out_of", [lambda c: c, lambda c: c.parent, lambda c: c / "inside",
-                                    lambda c: TINY_MODEL_DIR])
+@pytest.mark.parametrize(
+    "out_of", [lambda c: c, lambda c: c.parent, lambda c: c / "inside", lambda c: TINY_MODEL_DIR]
+)
 def test_an_out_that_is_contains_or_lies_inside_an_input_is_refused(tmp_path, out_of):
     run = tmp_path / "run"
     final = make_checkpoint(run / "final", seed=3)
     (run / "metrics.jsonl").write_text("{}\n")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     out = out_of(final)
-    with pytest.raises(ExportError, match=r"out=.* (is|contains|lies inside) the input .*outside every input"):
+    with pytest.raises(
+        ExportError, match=r"out=.* (is|contains|lies inside) the input .*outside every input"
+    ):
         export(final, out, dtype="float32", overwrite=True, model_name=str(TINY_MODEL_DIR))
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (TINY_MODEL_DIR / "model.safetensors").is_file()
@@ -294,8 +340,12 @@ def test_a_kill_while_the_old_export_is_deleted_leaves_the_new_export_whole(tmp_
         export([str(c) for c in ckpts], out, dtype="float32", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == files
     assert json.loads((out / "spiel_export.json").read_text())["kind"] == "composed"  # the new one
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)),
-                               _logits(compose(ckpts, tiny_model())), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out)),
+        _logits(compose(ckpts, tiny_model())),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_a_failed_move_in_puts_the_old_export_back(tmp_path, ckpts, monkeypatch):
@@ -332,11 +382,20 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[:1000])
 
 
-@pytest.mark.parametrize("damage,shown", [
-    (lambda d: _truncate(d / "spiel_delta.safetensors"), "InvalidCheckpointError: .*spiel_delta.safetensors: the file is damaged"),
-    (lambda d: (d / "spiel_config.json").write_text("{not json"), "InvalidCheckpointError: .*spiel_config.json: not valid JSON"),
-    (None, "CheckpointError: ckpt=.*full: cannot load this full model directory, its files are damaged"),
-])
+@pytest.mark.parametrize(
+    "damage,shown",
+    [
+        (
+            lambda d: _truncate(d / "spiel_delta.safetensors"),
+            "InvalidCheckpointError: .*spiel_delta.safetensors: the file is damaged",
+        ),
+        (
+            lambda d: (d / "spiel_config.json").write_text("{not json"),
+            "InvalidCheckpointError: .*spiel_config.json: not valid JSON",
+        ),
+        (None, "CheckpointError: ckpt=.*full: cannot load this full model directory, its files are damaged"),
+    ],
+)
 def test_a_damaged_checkpoint_is_one_message(tmp_path, ckpts, monkeypatch, capsys, damage, shown):
     import re
 
@@ -355,4 +414,7 @@ def test_a_damaged_checkpoint_is_one_message(tmp_path, ckpts, monkeypatch, capsy
 def test_scalar_ckpt_weights_are_one_message(tmp_path, ckpts, monkeypatch, capsys):
     assert _cli([f"ckpt={ckpts[0]}", "ckpt_weights=0.5", f"out={tmp_path / 'out'}"], monkeypatch) == 2
     err = capsys.readouterr().err
-    assert "ckpt_weights=0.5: weights must be a list with one number per checkpoint" in err and "write [0.5]" in err
+    assert (
+        "ckpt_weights=0.5: weights must be a list with one number per checkpoint" in err
+        and "write [0.5]" in err
+    )

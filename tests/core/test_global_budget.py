@@ -13,7 +13,11 @@ from spiel.selection.global_budget import global_drop, global_growth_mask
 
 
 def test_global_drop_takes_the_weakest_of_all_matrices_but_each_ones_strongest():
-    scores = {"a": torch.tensor([0.5, 0.1, 0.9]), "b": torch.tensor([0.2, 0.05, 0.3, 0.01]), "c": torch.tensor([0.0])}
+    scores = {
+        "a": torch.tensor([0.5, 0.1, 0.9]),
+        "b": torch.tensor([0.2, 0.05, 0.3, 0.01]),
+        "c": torch.tensor([0.0]),
+    }
     got = global_drop(scores, 4)
     # all entries by score, leaving out each matrix's largest (a: 0.9, b: 0.3, c: its only one): 0.01, 0.05, 0.1, 0.2
     assert got["a"].tolist() == [1] and got["b"].tolist() == [3, 1, 0] and got["c"].tolist() == []
@@ -34,8 +38,12 @@ def test_global_growth_takes_the_best_offers_of_all_matrices():
 def model_and_parts(budget="global", growth="paper", seed=0):
     torch.manual_seed(seed)
     base = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 16))
-    model = get_spiel_model(base, SpielConfig(num_tunable=120, reselection_steps=4, estimation_steps=2,
-                                              growth=growth, budget=budget, seed=seed))
+    model = get_spiel_model(
+        base,
+        SpielConfig(
+            num_tunable=120, reselection_steps=4, estimation_steps=2, growth=growth, budget=budget, seed=seed
+        ),
+    )
     opt = model.make_optimizer(lr=1e-2, weight_decay=0.1)
     return model, opt, model.make_selector(opt, total_steps=40)
 
@@ -54,8 +62,10 @@ def train_steps(model, opt, sel, steps, check=None):
         for name, layer in model.deltas.items():
             state = opt.state[layer.values]
             pairs = zip(layer.indices.tolist(), layer.values.detach().tolist(), strict=True)
-            before[name] = {pos: (value, {k: s[slot].clone() for k, s in state.items() if k != "step"})
-                            for slot, (pos, value) in enumerate(pairs)}
+            before[name] = {
+                pos: (value, {k: s[slot].clone() for k, s in state.items() if k != "step"})
+                for slot, (pos, value) in enumerate(pairs)
+            }
         sel.step()
         if check:
             check(before)
@@ -97,12 +107,19 @@ def test_global_paper_growth_follows_the_larger_gradients():
     from spiel.optim import SparseAdamW
 
     torch.manual_seed(0)
-    layers = {"a": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30),
-              "b": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30)}
+    layers = {
+        "a": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30),
+        "b": SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30),
+    }
     opt = SparseAdamW([layer.values for layer in layers.values()], lr=0.01)
-    sel = Selector(layers, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=2, budget="global"),
-                   method="ag", seed=0, total_steps=40)
+    sel = Selector(
+        layers,
+        opt,
+        SelectionConfig(reselection_steps=10, estimation_steps=2, budget="global"),
+        method="ag",
+        seed=0,
+        total_steps=40,
+    )
     gen = torch.Generator().manual_seed(2)
     grads = {"a": [], "b": []}
     for t in range(1, 13):
@@ -144,9 +161,14 @@ def test_a_moved_delta_saves_loads_and_resumes(tmp_path):
         assert torch.equal(layer.indices, model.deltas[name].indices)
         assert torch.equal(layer.values, model.deltas[name].values)
         assert torch.equal(layer.grown_at, model.deltas[name].grown_at)
-    fresh_sel = Selector(fresh.deltas, fresh.make_optimizer(lr=1e-2),
-                         SelectionConfig(reselection_steps=4, estimation_steps=2, budget="global"),
-                         method="ag", seed=0, total_steps=40)
+    fresh_sel = Selector(
+        fresh.deltas,
+        fresh.make_optimizer(lr=1e-2),
+        SelectionConfig(reselection_steps=4, estimation_steps=2, budget="global"),
+        method="ag",
+        seed=0,
+        total_steps=40,
+    )
     fresh_sel.load_state_dict(sel.state_dict())
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 16))
@@ -166,8 +188,14 @@ def test_global_budget_is_refused_where_it_cannot_work(monkeypatch):
     with pytest.raises(ValueError, match="budget must be one of"):
         Selector(model.deltas, opt, SelectionConfig(budget="shared"), method="ag", seed=0, total_steps=10)
     with pytest.raises(ValueError, match="needs comparable scores"):
-        Selector(model.deltas, opt,
-                 SelectionConfig(growth="random", budget="global"), method="ag", seed=0, total_steps=10)
+        Selector(
+            model.deltas,
+            opt,
+            SelectionConfig(growth="random", budget="global"),
+            method="ag",
+            seed=0,
+            total_steps=10,
+        )
     import spiel.selection.selector as selector_module
 
     monkeypatch.setattr(selector_module, "world_size", lambda group=None: 2)
@@ -195,11 +223,18 @@ def test_global_budget_with_merged_storage_trains_bit_for_bit_as_without():
         for layer in model.deltas.values():
             layer.restore_base()  # what every base reader (unload, merge, fingerprints, state_dict) does first
         base = {name: layer.weight.detach().clone() for name, layer in model.deltas.items()}
-        runs.append((losses, {n: (lay.indices.clone(), lay.values.detach().clone()) for n, lay in model.deltas.items()},
-                     base))
+        runs.append(
+            (
+                losses,
+                {n: (lay.indices.clone(), lay.values.detach().clone()) for n, lay in model.deltas.items()},
+                base,
+            )
+        )
     (losses_a, deltas_a, base_a), (losses_b, deltas_b, base_b) = runs
     assert losses_a == losses_b
     assert {n: d[0].numel() for n, d in deltas_a.items()} != {n: 40 for n in deltas_a}  # the shares did move
     for name in deltas_a:
-        assert torch.equal(deltas_a[name][0], deltas_b[name][0]) and torch.equal(deltas_a[name][1], deltas_b[name][1])
+        assert torch.equal(deltas_a[name][0], deltas_b[name][0]) and torch.equal(
+            deltas_a[name][1], deltas_b[name][1]
+        )
         assert torch.equal(base_a[name], base_b[name])

@@ -59,7 +59,9 @@ def test_auto_measures_once_per_bucket_and_keeps_the_fastest(monkeypatch, fresh_
     assert measured == len(grad_paths.candidate_paths(x.device)) * (1 + grad_paths.CALIBRATION_REPEATS)
     # Same bucket (k and tokens round to the same powers of two): no new measurement.
     x2, dy2, idx2, expected2 = problem(40, 30, 110, 12, seed=1)
-    torch.testing.assert_close(gather_grad(x2, dy2, idx2, 40, 30, "auto").float(), expected2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        gather_grad(x2, dy2, idx2, 40, 30, "auto").float(), expected2, rtol=1e-5, atol=1e-5
+    )
     assert calls[measured:] == ["blocked"]
     # Another token bucket is measured afresh.
     x3, dy3, idx3, _ = problem(40, 30, 100, 40, seed=2)
@@ -69,7 +71,8 @@ def test_auto_measures_once_per_bucket_and_keeps_the_fastest(monkeypatch, fresh_
 
 @pytest.mark.parametrize("speedup, expected", [(1.02, "default"), (1.5, "other")])
 def test_auto_keeps_the_uncalibrated_choice_unless_another_path_is_clearly_faster(
-        monkeypatch, fresh_calibration, speedup, expected):
+    monkeypatch, fresh_calibration, speedup, expected
+):
     """A fake clock: each path advances it by a fixed cost, so the choice is deterministic."""
     monkeypatch.setattr(grad_paths, "CPU_CALIBRATION_MIN_WORK", 0)
     x, dy, indices, _ = problem(40, 30, 100, 9)
@@ -96,7 +99,10 @@ def test_small_cpu_problems_use_the_time_model_without_measuring(monkeypatch, fr
 
     monkeypatch.setattr(grad_paths, "_run_path", fail)
     x, dy, indices, _ = problem(40, 30, 100, 9)
-    assert calibrated_path(x, dy, indices, 40, 30) == (grad_paths.choose_grad_path(x.device, 9, 100, 40, 30), None)
+    assert calibrated_path(x, dy, indices, 40, 30) == (
+        grad_paths.choose_grad_path(x.device, 9, 100, 40, 30),
+        None,
+    )
     assert calibrated_choices() == {}
 
 
@@ -138,8 +144,13 @@ def test_tile_pointers_bracket_each_rows_entries_per_column_tile():
 def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_triton_cuda.py"), "--compile-only"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_triton_cuda.py"), "--compile-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if " sm_" in line]
     assert len(lines) == len(KERNEL_CONFIGS) * 2 * 2, proc.stdout  # kernels x dtypes x (sm_80, sm_90)
@@ -153,7 +164,9 @@ def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
     alone = [grad_paths.sddmm_gather_grad(x, dy, s, 40, 30, token_chunk=16) for s in (values_at, candidates)]
     copies = []
     transpose = grad_paths._transpose_into
-    monkeypatch.setattr(grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src))
+    monkeypatch.setattr(
+        grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src)
+    )
     monkeypatch.setattr(grad_paths, "sddmm_token_chunk", lambda in_features: 16)
     both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, "sddmm")
     assert len(copies) == 2 * 5  # X and dY, once per chunk of 16 of 70 tokens, for both sets

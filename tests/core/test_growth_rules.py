@@ -40,7 +40,9 @@ def spread_layer(out_f, in_f, per_row):
     """A layer whose initial support is ``per_row`` entries in every row (columns spread out)."""
     layer = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), out_f * per_row)
     layer.base_layer.requires_grad_(False)
-    positions = [r * in_f + (r * 7 + j * (in_f // per_row)) % in_f for r in range(out_f) for j in range(per_row)]
+    positions = [
+        r * in_f + (r * 7 + j * (in_f // per_row)) % in_f for r in range(out_f) for j in range(per_row)
+    ]
     layer.indices.copy_(torch.tensor(sorted(positions), dtype=layer.indices.dtype))
     return layer
 
@@ -57,7 +59,10 @@ def test_normalized_scores_equal_the_dense_formula():
     assert torch.allclose(got, dense, rtol=1e-5) and not got.isnan().any()
     for num, chunk in ((5, 1 << 20), (40, 9), (117, 20)):
         expected = torch.topk(dense.view(-1), num).indices.sort().values
-        assert torch.equal(top_candidates(g, num, chunk_elements=chunk, row_factor=row_factor, col_factor=col_factor), expected)
+        assert torch.equal(
+            top_candidates(g, num, chunk_elements=chunk, row_factor=row_factor, col_factor=col_factor),
+            expected,
+        )
 
 
 def test_normalized_scores_leave_the_gradient_alone_and_take_every_row_alike():
@@ -69,8 +74,11 @@ def test_normalized_scores_leave_the_gradient_alone_and_take_every_row_alike():
     plain = scaled_gradient(16, 12, seed=1, factor=1.0)
     plain_rows, _ = normalization_factors(plain)
     scores = g.abs() * row_factor[:, None]
-    assert torch.allclose(scores / scores.sum(1, keepdim=True), plain.abs() * plain_rows[:, None] /
-                          (plain.abs() * plain_rows[:, None]).sum(1, keepdim=True), rtol=1e-5)
+    assert torch.allclose(
+        scores / scores.sum(1, keepdim=True),
+        plain.abs() * plain_rows[:, None] / (plain.abs() * plain_rows[:, None]).sum(1, keepdim=True),
+        rtol=1e-5,
+    )
     assert torch.allclose(scores.pow(2).mean(1), scores.pow(2).mean(1)[5].expand(16), rtol=1e-4)
 
 
@@ -107,7 +115,9 @@ def test_capped_candidates_are_the_best_under_the_caps():
     got = capped_top_candidates(g, 40, row_cap, col_cap)
     order = torch.sort(g.abs().view(-1), descending=True, stable=True).indices
     admitted = _greedy_caps(order.tolist(), 15, torch.zeros(20), torch.zeros(15), row_cap, col_cap)
-    expected = torch.tensor([p for p, ok in zip(order.tolist(), admitted, strict=True) if ok][:40]).sort().values
+    expected = (
+        torch.tensor([p for p, ok in zip(order.tolist(), admitted, strict=True) if ok][:40]).sort().values
+    )
     assert torch.equal(got, expected)
     rows, cols = got // 15, got % 15
     assert torch.bincount(rows).max() <= row_cap and torch.bincount(cols).max() <= col_cap
@@ -141,10 +151,16 @@ def run_first_reselection(growth, layer=None, seed=0, **options):
     """Two-step estimation then the first reselection (which replaces every slot), on scaled gradients."""
     layer = layer or spread_layer(20, 30, per_row=2)
     opt = SparseAdamW([layer.values], lr=0.01)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=2, growth=growth,
-                                   **{"adam_seeding": "full", **options}),
-                   method="ag", seed=seed, total_steps=50)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(
+            reselection_steps=10, estimation_steps=2, growth=growth, **{"adam_seeding": "full", **options}
+        ),
+        method="ag",
+        seed=seed,
+        total_steps=50,
+    )
     grads = [scaled_gradient(20, 30, seed=10 + t) for t in range(2)]
     for g in grads:
         feed_dense_gradient(layer, g)
@@ -204,7 +220,9 @@ def test_explore_grows_its_share_at_random_with_a_fresh_adam_state():
 
 def test_random_growth_is_seeded_fresh_and_reproducible():
     layers = [run_first_reselection("random", seed=s)[0] for s in (1, 1, 2)]
-    assert torch.equal(layers[0].indices, layers[1].indices) and not torch.equal(layers[0].indices, layers[2].indices)
+    assert torch.equal(layers[0].indices, layers[1].indices) and not torch.equal(
+        layers[0].indices, layers[2].indices
+    )
     layer, opt, sel, _ = run_first_reselection("random", seed=1)
     assert torch.equal(opt.ages(layer.values), torch.zeros(40, dtype=torch.long))
     assert not opt.state[layer.values]["exp_avg"].any() and "born" not in opt.state[layer.values]
@@ -214,9 +232,14 @@ def test_static_keeps_the_initial_positions_and_trains():
     layer = spread_layer(20, 30, per_row=2)
     start = layer.indices.clone()
     opt = SparseAdamW([layer.values], lr=0.01)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=4, estimation_steps=2, growth="static"),
-                   method="ag", seed=0, total_steps=30)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(reselection_steps=4, estimation_steps=2, growth="static"),
+        method="ag",
+        seed=0,
+        total_steps=30,
+    )
     for t in range(30):
         feed_dense_gradient(layer, scaled_gradient(20, 30, seed=t))
         opt.step()
@@ -239,14 +262,32 @@ def test_growth_knobs_are_checked_where_they_enter():
         SpielConfig(growth="explore", explore_share=1.5)
     layer = SparseDeltaLinear(nn.Linear(4, 4), 3)
     with pytest.raises(ValueError, match="growth must be one of"):
-        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}),
-                 SelectionConfig(growth="random"), method="ma", seed=0, total_steps=10)
+        Selector(
+            {"l": layer},
+            SparseSM3([layer.values], {layer.values: layer}),
+            SelectionConfig(growth="random"),
+            method="ma",
+            seed=0,
+            total_steps=10,
+        )
     with pytest.raises(ValueError, match="growth_cap"):
-        Selector({"l": layer}, SparseAdamW([layer.values]),
-                 SelectionConfig(growth_cap=0), method="ag", seed=0, total_steps=10)
+        Selector(
+            {"l": layer},
+            SparseAdamW([layer.values]),
+            SelectionConfig(growth_cap=0),
+            method="ag",
+            seed=0,
+            total_steps=10,
+        )
     with pytest.raises(ValueError, match="explore_share"):
-        Selector({"l": layer}, SparseAdamW([layer.values]),
-                 SelectionConfig(explore_share=-1), method="ag", seed=0, total_steps=10)
+        Selector(
+            {"l": layer},
+            SparseAdamW([layer.values]),
+            SelectionConfig(explore_share=-1),
+            method="ag",
+            seed=0,
+            total_steps=10,
+        )
 
 
 def test_growth_knob_errors_name_the_cli_key():
@@ -276,26 +317,42 @@ def test_selector_state_without_growth_loads_as_the_paper_rule_and_other_rules_a
     state = sel.state_dict()
     assert state["growth"] == "paper"
     del state["growth"]  # as saved before growth rules existed
-    other = Selector({"l": layer}, opt,
-                     SelectionConfig(reselection_steps=10, estimation_steps=2),
-                     method="ag", seed=0, total_steps=50)
+    other = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(reselection_steps=10, estimation_steps=2),
+        method="ag",
+        seed=0,
+        total_steps=50,
+    )
     other.load_state_dict(state)
     assert other.t == 2
-    capped = Selector({"l": layer}, opt,
-                      SelectionConfig(reselection_steps=10, estimation_steps=2, growth="capped"),
-                      method="ag", seed=0, total_steps=50)
+    capped = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(reselection_steps=10, estimation_steps=2, growth="capped"),
+        method="ag",
+        seed=0,
+        total_steps=50,
+    )
     with pytest.raises(ValueError, match="growth=paper .* growth=capped"):
         capped.load_state_dict(state)
 
 
 def test_normalized_phase_state_resumes_mid_phase():
     """A normalized run saved mid-phase and resumed grows what the straight run grows."""
+
     def make():
         layer = spread_layer(20, 30, per_row=2)
         opt = SparseAdamW([layer.values], lr=0.01)
-        sel = Selector({"l": layer}, opt,
-                       SelectionConfig(reselection_steps=10, estimation_steps=3, growth="normalized"),
-                       method="ag", seed=0, total_steps=50)
+        sel = Selector(
+            {"l": layer},
+            opt,
+            SelectionConfig(reselection_steps=10, estimation_steps=3, growth="normalized"),
+            method="ag",
+            seed=0,
+            total_steps=50,
+        )
         return layer, opt, sel
 
     def train(layer, opt, sel, steps):
@@ -348,8 +405,12 @@ def test_budget_shares_sum_per_layer_and_projection():
     def layer(k):
         return SparseDeltaLinear(nn.Linear(10, 10), k)
 
-    layers = {"model.layers.0.self_attn.q_proj": layer(10), "model.layers.0.mlp.up_proj": layer(30),
-              "model.layers.1.self_attn.q_proj": layer(20), "model.layers.1.mlp.up_proj": layer(40)}
+    layers = {
+        "model.layers.0.self_attn.q_proj": layer(10),
+        "model.layers.0.mlp.up_proj": layer(30),
+        "model.layers.1.self_attn.q_proj": layer(20),
+        "model.layers.1.mlp.up_proj": layer(40),
+    }
     shares = budget_shares(layers)
     assert shares["by_layer"] == pytest.approx({"0": 0.4, "1": 0.6})
     assert shares["by_projection"] == pytest.approx({"q_proj": 0.3, "up_proj": 0.7})

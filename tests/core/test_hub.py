@@ -27,7 +27,9 @@ REPO = "someorg/tiny-spiel"
 def trained_looking(seed: int = 0) -> SpielModel:
     """A delta large enough to change the tiny model's outputs, on the base named "tiny" (as spiel-train
     records it, so spiel-eval finds the base without model=)."""
-    model = get_spiel_model(load_base_model("tiny", dtype="float32", device="cpu"), SpielConfig(rank_equiv=4, seed=seed))
+    model = get_spiel_model(
+        load_base_model("tiny", dtype="float32", device="cpu"), SpielConfig(rank_equiv=4, seed=seed)
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in model.deltas.values():
@@ -119,12 +121,27 @@ def test_spiel_eval_by_repo_id_scores_like_the_directory(tmp_path):
     env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HYDRA_FULL_ERROR="0")
 
     def run(name, *args):
-        out = subprocess.run(["spiel-eval", *args, "bench=demo", f"eval.output_dir={tmp_path / name}",
-                              "eval.limit=6", "eval.progress=false", "eval.device=cpu"],
-                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        out = subprocess.run(
+            [
+                "spiel-eval",
+                *args,
+                "bench=demo",
+                f"eval.output_dir={tmp_path / name}",
+                "eval.limit=6",
+                "eval.progress=false",
+                "eval.device=cpu",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
-        return (json.loads((tmp_path / name / "metrics.json").read_text()),
-                (tmp_path / name / "predictions.jsonl").read_text())
+        return (
+            json.loads((tmp_path / name / "metrics.json").read_text()),
+            (tmp_path / name / "predictions.jsonl").read_text(),
+        )
 
     by_dir = run("dir", f"ckpt={tmp_path / 'ckpt'}")
     by_id = run("id", f"ckpt={REPO}")  # no model=: the checkpoint names its base
@@ -150,10 +167,14 @@ def test_push_to_hub_uploads_exactly_the_delta_and_a_card(tmp_path, monkeypatch)
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(type(tiny_model()), "push_to_hub", lambda *a, **k: pytest.fail("the base model was pushed"))
+    monkeypatch.setattr(
+        type(tiny_model()), "push_to_hub", lambda *a, **k: pytest.fail("the base model was pushed")
+    )
     model = trained_looking()
-    assert model.push_to_hub(REPO, tokenizer=tiny_tokenizer(), private=True, metrics={"demo_exact_match": 0.5}) \
+    assert (
+        model.push_to_hub(REPO, tokenizer=tiny_tokenizer(), private=True, metrics={"demo_exact_match": 0.5})
         == "commit-info"
+    )
 
     assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
     assert calls[0][1] == REPO and calls[0][2]["private"] is True
@@ -169,22 +190,29 @@ def test_push_to_hub_uploads_exactly_the_delta_and_a_card(tmp_path, monkeypatch)
     assert "base_model: tiny" in card and "SpIEL-AG" in card and "demo_exact_match | 0.5" in card
     assert f'SpielModel.from_pretrained(base, "{REPO}")' in card
     reloaded = SpielModel.from_pretrained(tiny_model(), sent)
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.delta_state().values(), model.delta_state().values(),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(reloaded.delta_state().values(), model.delta_state().values(), strict=True)
+    )
 
 
 def test_push_of_a_run_directory_reads_its_data_and_metrics(tmp_path, monkeypatch):
     sent = {}
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: None)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
-                        lambda self, *, repo_id, folder_path, **kw: sent.update(
-                            files=sorted(p.name for p in Path(folder_path).iterdir()),
-                            card=(Path(folder_path) / "README.md").read_text()))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "upload_folder",
+        lambda self, *, repo_id, folder_path, **kw: sent.update(
+            files=sorted(p.name for p in Path(folder_path).iterdir()),
+            card=(Path(folder_path) / "README.md").read_text(),
+        ),
+    )
     run = tmp_path / "run"
     trained_looking().save_pretrained(run / "final")
     (run / "final" / "checkpoint_complete.json").write_text("{}")  # spiel-train's marker: not uploaded
-    (run / "summary.json").write_text(json.dumps({"final_checkpoint": str(run / "final"), "steps": 40,
-                                                  "final_loss": 1.2345}))
+    (run / "summary.json").write_text(
+        json.dumps({"final_checkpoint": str(run / "final"), "steps": 40, "final_loss": 1.2345})
+    )
     (run / "config.yaml").write_text("data:\n  name: demo\n")
     from spiel.io.hub import push_checkpoint
 
@@ -221,8 +249,12 @@ def test_checkpoint_records_the_base_commit_and_eval_loads_that_commit(tmp_path,
     loaded = load_for_eval(REPO, device="cpu", dtype="float32")  # no model=, no revision=
     assert loaded.info["base"] == base_repo and loaded.info["ckpt"] == [REPO]
     ids = torch.randint(4, 250, (1, 8), generator=torch.Generator().manual_seed(2))
-    want = logits(SpielModel.from_pretrained(load_base_model(str(TINY_MODEL_DIR), dtype="float32", device="cpu"),
-                                             tmp_path / "ckpt").merge_and_unload(), ids)
+    want = logits(
+        SpielModel.from_pretrained(
+            load_base_model(str(TINY_MODEL_DIR), dtype="float32", device="cpu"), tmp_path / "ckpt"
+        ).merge_and_unload(),
+        ids,
+    )
     torch.testing.assert_close(logits(loaded.model, ids), want)
     from spiel.model.spiel_model import CheckpointMismatchError
 
@@ -230,9 +262,27 @@ def test_checkpoint_records_the_base_commit_and_eval_loads_that_commit(tmp_path,
         load_for_eval(REPO, device="cpu", dtype="float32", revision="main")
 
 
-@pytest.mark.parametrize("revision", ["../../../../x", "main/../../x", ".hidden", "v1..v2", "a//b", "v1/", "/abs",
-                                      "a b", "x.lock", "-rf", "v1:2", "", "a\\b"])
-def test_a_revision_that_is_not_a_commit_or_ref_name_is_refused_before_any_lookup(hub_cache, revision, monkeypatch):
+@pytest.mark.parametrize(
+    "revision",
+    [
+        "../../../../x",
+        "main/../../x",
+        ".hidden",
+        "v1..v2",
+        "a//b",
+        "v1/",
+        "/abs",
+        "a b",
+        "x.lock",
+        "-rf",
+        "v1:2",
+        "",
+        "a\\b",
+    ],
+)
+def test_a_revision_that_is_not_a_commit_or_ref_name_is_refused_before_any_lookup(
+    hub_cache, revision, monkeypatch
+):
     from spiel.io.model_source import RevisionError
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("looked up"))
@@ -270,6 +320,9 @@ def test_a_base_model_name_cannot_inject_card_metadata():
     evil = "org/base\nlicense: mit\npipeline_tag: text-generation\n---\nfake: body"
     saved = {"base_model": {"name_or_path": evil}, "spiel_config": {"method": "ag"}, "modules": {}}
     card = ModelCard(model_card(saved, REPO))
-    assert card.data.to_dict() == {"library_name": "spiel", "tags": ["spiel", "sparse-fine-tuning"],
-                                   "base_model": evil}
+    assert card.data.to_dict() == {
+        "library_name": "spiel",
+        "tags": ["spiel", "sparse-fine-tuning"],
+        "base_model": evil,
+    }
     assert "load_base_model('org/base\\nlicense: mit" in card.text  # a Python string literal in the snippet

@@ -42,7 +42,7 @@ def _imported(node: ast.AST, module: str, is_package: bool, modules: dict) -> li
     base = node.module or ""
     if node.level:
         here = module.split(".") if is_package else module.split(".")[:-1]
-        anchor = here[:len(here) - node.level + 1]
+        anchor = here[: len(here) - node.level + 1]
         base = ".".join(anchor + ([node.module] if node.module else []))
     return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
 
@@ -91,7 +91,7 @@ def find_cycle(graph: dict) -> list[str] | None:
         path.append(node)
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node] = 2
@@ -117,10 +117,18 @@ def test_the_graph_sees_module_level_function_level_and_relative_imports(tmp_pat
     (pkg / "sub" / "b.py").write_text("def f():\n    from ..a import x\n\n\nB = 1\n")
     (pkg / "c.py").write_text("from . import a\nimport pkg.sub.b\n")
     graph = import_graph(pkg)
-    assert graph == {"pkg": {}, "pkg.a": {"pkg.sub.b": 2}, "pkg.c": {"pkg.a": 1, "pkg.sub.b": 2},
-                     "pkg.sub": {"pkg.sub.b": 1}, "pkg.sub.b": {"pkg.a": 2}}
+    assert graph == {
+        "pkg": {},
+        "pkg.a": {"pkg.sub.b": 2},
+        "pkg.c": {"pkg.a": 1, "pkg.sub.b": 2},
+        "pkg.sub": {"pkg.sub.b": 1},
+        "pkg.sub.b": {"pkg.a": 2},
+    }
     assert find_cycle(graph) in (["pkg.a", "pkg.sub.b", "pkg.a"], ["pkg.sub.b", "pkg.a", "pkg.sub.b"])
-    assert find_cycle(package_graph(graph)) in (["pkg.a", "pkg.sub", "pkg.a"], ["pkg.sub", "pkg.a", "pkg.sub"])
+    assert find_cycle(package_graph(graph)) in (
+        ["pkg.a", "pkg.sub", "pkg.a"],
+        ["pkg.sub", "pkg.a", "pkg.sub"],
+    )
     del graph["pkg.sub.b"]["pkg.a"]
     assert find_cycle(graph) is None and find_cycle(package_graph(graph)) is None
 
@@ -128,7 +136,9 @@ def test_the_graph_sees_module_level_function_level_and_relative_imports(tmp_pat
 def test_spiel_graph_is_read():
     graph = import_graph()
     assert "spiel.delta.layer" in graph["spiel.model.spiel_model"]  # a module-level relative import
-    assert "spiel.model.spiel_model" in graph["spiel.training.methods.spiel_methods"]  # a function-level absolute one
+    assert (
+        "spiel.model.spiel_model" in graph["spiel.training.methods.spiel_methods"]
+    )  # a function-level absolute one
     assert len(graph) > 100
 
 
@@ -147,8 +157,14 @@ def test_no_import_cycle_between_packages():
 # The layers, lowest first: a package imports only from its own layer or below (cycles inside a layer are
 # caught above). A new package must be placed here.
 LAYERS = (
-    ("spiel", "spiel.paths", "spiel.dtypes", "spiel.testing",  # the version, paths, dtype names, test helpers
-     "spiel.extras", "spiel.quiet_imports"),  # optional packages and their extras; quiet imports offline
+    (
+        "spiel",
+        "spiel.paths",
+        "spiel.dtypes",
+        "spiel.testing",  # the version, paths, dtype names, test helpers
+        "spiel.extras",
+        "spiel.quiet_imports",
+    ),  # optional packages and their extras; quiet imports offline
     ("spiel.delta", "spiel.optim", "spiel.selection"),  # the core: torch only
     ("spiel.spiel_config", "spiel.checkpoint"),  # the knobs; the checkpoint format
     ("spiel.io", "spiel.data"),  # loading bases, sources and the Hub; training data
@@ -161,8 +177,12 @@ LAYERS = (
 def upward_imports(packages: dict[str, dict[str, str]], layers=LAYERS) -> list[str]:
     """The imports of ``packages`` (a package graph) that go from a layer to a higher one."""
     level = {package: i for i, layer in enumerate(layers) for package in layer}
-    return [f"{a} (layer {level[a]}) imports {b} (layer {level[b]}): {where}"
-            for a, targets in packages.items() for b, where in targets.items() if level[b] > level[a]]
+    return [
+        f"{a} (layer {level[a]}) imports {b} (layer {level[b]}): {where}"
+        for a, targets in packages.items()
+        for b, where in targets.items()
+        if level[b] > level[a]
+    ]
 
 
 def test_an_upward_import_is_found():

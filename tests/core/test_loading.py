@@ -72,9 +72,13 @@ def test_nf4_runs_every_4bit_layer_in_eval_mode_on_this_cpu():
     model = load_base_model("tiny", quant="nf4", device="cpu")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert any(m.out_features % 32 or m.in_features % 64 for m in layers.values())  # the crashing case
-    x = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        3, model.config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0)
+    )
     for name, layer in layers.items():
-        inp = x if layer.in_features == x.shape[1] else torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+        inp = (
+            x if layer.in_features == x.shape[1] else torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+        )
         reference = inp.float() @ F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float().T
         with torch.no_grad():
             out = layer(inp).float()

@@ -25,7 +25,9 @@ def twin_layers(dtype, k=300, shape=(37, 29), seed=0):
     torch.manual_seed(seed)
     base = nn.Linear(shape[1], shape[0]).to(dtype).requires_grad_(False)
     on = SparseDeltaLinear(copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1))
-    off = SparseDeltaLinear(copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1), merged_storage=False)
+    off = SparseDeltaLinear(
+        copy.deepcopy(base), k, generator=torch.Generator().manual_seed(1), merged_storage=False
+    )
     with torch.no_grad():
         values = torch.randn(k) * 0.05
         on.values.copy_(values)
@@ -196,12 +198,19 @@ def test_new_storage_under_a_merged_base_is_refused():
 def test_weights_that_cannot_hold_the_delta_keep_the_applied_path():
     layer = nn.Linear(6, 5)  # trainable weight
     with pytest.raises(ValueError, match="merged storage needs a frozen"):
-        sparse_delta_linear(torch.randn(2, 6), layer.weight, torch.tensor([1, 3]), torch.ones(2),
-                            storage=MergedStorage())
+        sparse_delta_linear(
+            torch.randn(2, 6), layer.weight, torch.tensor([1, 3]), torch.ones(2), storage=MergedStorage()
+        )
     frozen = nn.Linear(6, 5).requires_grad_(False)
     with pytest.raises(ValueError, match="merged storage needs a frozen"):  # another compute dtype
-        sparse_delta_linear(torch.randn(2, 6), frozen.weight, torch.tensor([1, 3]), torch.ones(2),
-                            compute_dtype=torch.bfloat16, storage=MergedStorage())
+        sparse_delta_linear(
+            torch.randn(2, 6),
+            frozen.weight,
+            torch.tensor([1, 3]),
+            torch.ones(2),
+            compute_dtype=torch.bfloat16,
+            storage=MergedStorage(),
+        )
     on = SparseDeltaLinear(nn.Linear(6, 5).requires_grad_(False), 4)
     on.base_layer.weight.requires_grad_(True)
     on(torch.randn(2, 6))
@@ -231,9 +240,16 @@ def test_activation_checkpointing_gives_the_applied_path_gradients(reentrant):
 
 def tiny_llama(tie=False):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=tie)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -241,8 +257,9 @@ def tiny_llama(tie=False):
 def test_training_with_reselection_equals_merged_storage_off_bit_for_bit(method):
     runs = []
     for merged_storage in (True, False):
-        model = get_spiel_model(tiny_llama(), SpielConfig(method=method, rank_equiv=2, reselection_steps=3,
-                                                          estimation_steps=2))
+        model = get_spiel_model(
+            tiny_llama(), SpielConfig(method=method, rank_equiv=2, reselection_steps=3, estimation_steps=2)
+        )
         for layer in model.deltas.values():
             layer.merged_storage = merged_storage
         optimizer = model.make_optimizer(lr=1e-2)
@@ -259,21 +276,27 @@ def test_training_with_reselection_equals_merged_storage_off_bit_for_bit(method)
             optimizer.step()
             optimizer.zero_grad()
             selector.step()
-        state = {n: (layer.indices.clone(), layer.values.detach().clone()) for n, layer in model.deltas.items()}
+        state = {
+            n: (layer.indices.clone(), layer.values.detach().clone()) for n, layer in model.deltas.items()
+        }
         bases = {n: layer.base_layer for n, layer in model.deltas.items()}
         model.unload()
         runs.append((losses, state, {n: m.weight.detach().clone() for n, m in bases.items()}))
     (losses_on, state_on, base_on), (losses_off, state_off, base_off) = runs
     assert all(torch.equal(a, b) for a, b in zip(losses_on, losses_off, strict=True))
     for name in state_on:
-        assert torch.equal(state_on[name][0], state_off[name][0]) and torch.equal(state_on[name][1], state_off[name][1])
+        assert torch.equal(state_on[name][0], state_off[name][0]) and torch.equal(
+            state_on[name][1], state_off[name][1]
+        )
         assert torch.equal(base_on[name], base_off[name])  # unload gives the pristine base back
     pristine = tiny_llama().state_dict()
     assert all(torch.equal(base_on[n], pristine[f"{n}.weight"]) for n in base_on)
 
 
 def test_a_head_tied_to_the_embeddings_keeps_the_applied_path():
-    model = get_spiel_model(tiny_llama(tie=True), SpielConfig(rank_equiv=2, target_modules=["lm_head", "q_proj"]))
+    model = get_spiel_model(
+        tiny_llama(tie=True), SpielConfig(rank_equiv=2, target_modules=["lm_head", "q_proj"])
+    )
     head = model.deltas["lm_head"]
     assert not head.merged_storage and model.deltas["model.layers.0.self_attn.q_proj"].merged_storage
     embed = model.model.get_input_embeddings().weight
@@ -290,7 +313,10 @@ def test_the_device_check_script_passes_on_cpu(capsys):
     # scripts/check_merged_storage.py is what gpu_check.sh runs on CUDA
     from tests.helpers.script_loader import load_script
 
-    assert load_script("check_merged_storage").main(["--device", "cpu", "--shape", "64x48", "--tokens", "8"]) == 0
+    assert (
+        load_script("check_merged_storage").main(["--device", "cpu", "--shape", "64x48", "--tokens", "8"])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("OK") for line in lines)
 

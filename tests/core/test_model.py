@@ -22,8 +22,15 @@ PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 
 def tiny_llama(seed=0, hidden=32):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -65,13 +72,16 @@ def test_density_and_num_tunable_budgets():
     assert len(model.deltas) == 2 and 498 <= model.num_tunable() <= 500
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(estimation_steps=20, reselection_steps=20), "estimation_steps"),
-    (dict(density=-0.1), "density"),
-    (dict(rank_equiv=8, density=0.01), "only one of"),
-    (dict(method="rigl"), "method"),
-    (dict(delta_dtype="int8"), "delta_dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(estimation_steps=20, reselection_steps=20), "estimation_steps"),
+        (dict(density=-0.1), "density"),
+        (dict(rank_equiv=8, density=0.01), "only one of"),
+        (dict(method="rigl"), "method"),
+        (dict(delta_dtype="int8"), "delta_dtype"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpielConfig(**kwargs)
@@ -110,8 +120,13 @@ def test_a_checkpoint_with_int64_grown_at_still_loads(tmp_path):
     path = tmp_path / "ckpt" / "spiel_delta.safetensors"
     tensors = load_file(path)
     assert all(v.dtype == torch.int32 for k, v in tensors.items() if k.endswith(".grown_at"))
-    save_file({k: torch.full_like(v, 7, dtype=torch.int64) if k.endswith(".grown_at") else v
-               for k, v in tensors.items()}, path)
+    save_file(
+        {
+            k: torch.full_like(v, 7, dtype=torch.int64) if k.endswith(".grown_at") else v
+            for k, v in tensors.items()
+        },
+        path,
+    )
     config_path = tmp_path / "ckpt" / "spiel_config.json"
     config = json.loads(config_path.read_text())
     del config["delta_sha256"]

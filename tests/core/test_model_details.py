@@ -43,10 +43,14 @@ def test_make_optimizer_applies_weight_decay(method):
 
 
 def test_a_regex_target_must_match_the_whole_module_name():
-    model = get_spiel_model(tiny_model(), SpielConfig(rank_equiv=1, target_modules=r"model\.layers\.0\.self_attn\.(q|v)_proj"))
+    model = get_spiel_model(
+        tiny_model(), SpielConfig(rank_equiv=1, target_modules=r"model\.layers\.0\.self_attn\.(q|v)_proj")
+    )
     assert sorted(model.deltas) == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
     with pytest.raises(ValueError, match="selects no linear layer"):
-        get_spiel_model(tiny_model(), SpielConfig(rank_equiv=1, target_modules=r"q_proj"))  # a part of names only
+        get_spiel_model(
+            tiny_model(), SpielConfig(rank_equiv=1, target_modules=r"q_proj")
+        )  # a part of names only
 
 
 def test_the_fingerprint_of_a_merged_layer_is_that_of_its_base():
@@ -56,7 +60,9 @@ def test_the_fingerprint_of_a_merged_layer_is_that_of_its_base():
     layer = SparseDeltaLinear(base, 60)
     numel = 16 * 12
     sampled = torch.linspace(0, numel - 1, FINGERPRINT_SIZE).long()
-    others = torch.tensor([i for i in range(numel) if i not in set(sampled.tolist())])[: 60 - FINGERPRINT_SIZE]
+    others = torch.tensor([i for i in range(numel) if i not in set(sampled.tolist())])[
+        : 60 - FINGERPRINT_SIZE
+    ]
     with torch.no_grad():
         layer.indices.copy_(torch.cat([sampled, others]).sort().values.to(layer.indices.dtype))
         layer.values.copy_(torch.randn(60))  # every sampled position carries a delta

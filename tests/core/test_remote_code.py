@@ -24,8 +24,11 @@ EVIL = "import pathlib\npathlib.Path({mark!r}).write_text('ran')\n"
 def _with_auto_map(directory, file: str, mark):
     (directory / "evil.py").write_text(EVIL.format(mark=str(mark)))
     data = json.loads((directory / file).read_text())
-    data["auto_map"] = ({"AutoTokenizer": ["evil.EvilTokenizer", None]} if file == "tokenizer_config.json"
-                        else {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    data["auto_map"] = (
+        {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+        if file == "tokenizer_config.json"
+        else {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    )
     (directory / file).write_text(json.dumps(data))
     return directory
 
@@ -47,16 +50,29 @@ def test_a_model_with_an_auto_map_is_refused_by_every_loader(tiny_copy, tmp_path
 def test_a_checkpoint_whose_tokenizer_has_an_auto_map_is_refused_by_spiel_eval(tmp_path, monkeypatch, capsys):
     ckpt = tmp_path / "ckpt"
     get_spiel_model(tiny_model(), SpielConfig(method="ag", rank_equiv=4)).save_pretrained(
-        ckpt, tokenizer=tiny_tokenizer())
+        ckpt, tokenizer=tiny_tokenizer()
+    )
     _with_auto_map(ckpt, "tokenizer_config.json", tmp_path / "mark")
     from spiel.cli.eval import main
 
-    monkeypatch.setattr(sys, "argv", ["spiel-eval", f"ckpt={ckpt}", "bench=demo", "eval.limit=2",
-                                      f"hydra.run.dir={tmp_path / 'run'}", "eval.device=cpu"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "spiel-eval",
+            f"ckpt={ckpt}",
+            "bench=demo",
+            "eval.limit=2",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "eval.device=cpu",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         main()
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "RemoteCodeError" in err and "tokenizer_config.json has an auto_map" in err
+    assert (
+        exit_.value.code == 2 and "RemoteCodeError" in err and "tokenizer_config.json has an auto_map" in err
+    )
     assert "Traceback" not in err and not (tmp_path / "mark").exists()
 
 
@@ -71,9 +87,13 @@ def test_spiel_train_refuses_a_base_with_an_auto_map_before_its_run_dir_exists(t
 
 def _from_pretrained_calls(path):
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr == "from_pretrained" and isinstance(node.func.value, ast.Name) \
-                and node.func.value.id.startswith(("Auto", "Llama")):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "from_pretrained"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id.startswith(("Auto", "Llama"))
+        ):
             yield node
 
 
@@ -83,6 +103,7 @@ def test_every_transformers_load_passes_trust_remote_code_false():
         for call in _from_pretrained_calls(path):
             calls += 1
             flags = [k.value for k in call.keywords if k.arg == "trust_remote_code"]
-            assert len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is False, \
+            assert len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is False, (
                 f"{path.relative_to(REPO)}:{call.lineno} loads without trust_remote_code=False"
+            )
     assert calls >= 6  # the loaders in spiel.io.base_model, spiel.testing, the planner, the scripts

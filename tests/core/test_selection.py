@@ -37,12 +37,15 @@ def test_estimation_phases_are_the_gamma_steps_before_each_reselection():
     assert schedule(22, reselection_steps=20, estimation_steps=5).in_estimation_phase(20) is False
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(estimation_steps=20), "estimation_steps must satisfy"),
-    (dict(estimation_steps=0), "estimation_steps must satisfy"),
-    (dict(schedule="step"), "schedule must be"),
-    (dict(initial_rate=1.5), "initial_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(estimation_steps=20), "estimation_steps must satisfy"),
+        (dict(estimation_steps=0), "estimation_steps must satisfy"),
+        (dict(schedule="step"), "schedule must be"),
+        (dict(initial_rate=1.5), "initial_rate"),
+    ],
+)
 def test_schedule_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         schedule(100, **kwargs)
@@ -63,10 +66,20 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
     with torch.no_grad():
         layer.values.copy_(torch.linspace(0.1, 1.0, k))  # slot i's magnitude grows with i
     opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, schedule="cosine", initial_rate=0.5,
-                                   adam_seeding="full"),
-                   method="ag", seed=0, total_steps=100)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(
+            reselection_steps=10,
+            estimation_steps=gamma,
+            schedule="cosine",
+            initial_rate=0.5,
+            adam_seeding="full",
+        ),
+        method="ag",
+        seed=0,
+        total_steps=100,
+    )
     g = torch.Generator().manual_seed(1)
     micro = [[torch.randn(out_f, in_f, generator=g) for _ in range(2)] for _ in range(gamma)]
     first_indices = layer.indices.clone()
@@ -98,7 +111,11 @@ def test_ag_grows_the_top_mean_step_gradient_candidates_with_accumulation():
         if pos in dropped:  # dropped and regrown: keeps its value, not reseeded
             assert layer.grown_at[slot] == 0 and layer.values[slot] != 0
             continue
-        assert layer.values[slot] == 0 and layer.grown_at[slot] == gamma and opt.ages(layer.values)[slot] == gamma
+        assert (
+            layer.values[slot] == 0
+            and layer.grown_at[slot] == gamma
+            and opt.ages(layer.values)[slot] == gamma
+        )
         torch.testing.assert_close(state["exp_avg"][slot], mean[i] * (1 - 0.9**gamma))
         torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq[i] * (1 - 0.99**gamma))
 
@@ -111,9 +128,14 @@ def test_ag_ages_stay_exact_when_an_optimizer_update_was_skipped():
     layer = SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10)
     layer.base_layer.requires_grad_(False)
     opt = SparseAdamW([layer.values], lr=1e-3)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=10, estimation_steps=gamma, adam_seeding="full"),
-                   method="ag", seed=0, total_steps=50)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(reselection_steps=10, estimation_steps=gamma, adam_seeding="full"),
+        method="ag",
+        seed=0,
+        total_steps=50,
+    )
     x = torch.randn(4, 8)
     for step in range(gamma):
         layer(x).pow(2).sum().backward()
@@ -168,7 +190,9 @@ def test_ma_growth_memory_stays_bounded():
     out_f, in_f = 2048, 2048
     row, col = torch.rand(out_f), torch.rand(in_f)
     active = torch.randperm(out_f * in_f)[:5000].sort().values.int()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         ma_grow_indices(row, col, active, 5000, chunk_elements=1 << 16)
     largest = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
     assert largest < out_f * in_f * 4 // 16  # a dense fp32 score matrix would be 16 MiB
@@ -179,13 +203,31 @@ def make_layers(seed=0, sizes=((24, 16), (16, 24))):
     return nn.Sequential(*[nn.Linear(i, o) for o, i in sizes])
 
 
-@pytest.mark.parametrize("method,growth", [("ag", "paper"), ("ma", "paper"), ("ag", "normalized"),
-                                           ("ag", "capped"), ("ag", "explore"), ("ag", "random")])
+@pytest.mark.parametrize(
+    "method,growth",
+    [
+        ("ag", "paper"),
+        ("ma", "paper"),
+        ("ag", "normalized"),
+        ("ag", "capped"),
+        ("ag", "explore"),
+        ("ag", "random"),
+    ],
+)
 def test_invariants_hold_after_every_reselection(method, growth):
     from spiel import SpielConfig, get_spiel_model
 
-    model = get_spiel_model(make_layers(), SpielConfig(method=method, num_tunable=100, reselection_steps=4,
-                                                       estimation_steps=2, growth=growth, growth_cap=2.0))
+    model = get_spiel_model(
+        make_layers(),
+        SpielConfig(
+            method=method,
+            num_tunable=100,
+            reselection_steps=4,
+            estimation_steps=2,
+            growth=growth,
+            growth_cap=2.0,
+        ),
+    )
     opt = model.make_optimizer(lr=1e-2)
     sel = model.make_selector(opt, total_steps=30)
     ks = {n: layer.k for n, layer in model.deltas.items()}
@@ -212,7 +254,9 @@ def test_invariants_hold_after_every_reselection(method, growth):
                     assert float(layer.values[slot]) == old_value
                     for key in ("exp_avg", "exp_avg_sq", "born", "momentum_buffer"):
                         if key in state_before[name]:
-                            assert torch.equal(opt.state[layer.values][key][slot], state_before[name][key][old_slot])
+                            assert torch.equal(
+                                opt.state[layer.values][key][slot], state_before[name][key][old_slot]
+                            )
                 else:
                     assert float(layer.values[slot]) == 0.0 and int(layer.grown_at[slot]) == sel.t
     assert sel.t == 30
@@ -224,11 +268,18 @@ def test_invariants_hold_after_every_reselection(method, growth):
 def test_selector_checks_method_and_optimizer_match():
     layer = SparseDeltaLinear(nn.Linear(4, 4), 3)
     with pytest.raises(TypeError, match="SparseSM3"):
-        Selector({"l": layer}, SparseAdamW([layer.values]),
-                 SelectionConfig(), method="ma", seed=0, total_steps=10)
+        Selector(
+            {"l": layer}, SparseAdamW([layer.values]), SelectionConfig(), method="ma", seed=0, total_steps=10
+        )
     with pytest.raises(ValueError, match="method"):
-        Selector({"l": layer}, SparseSM3([layer.values], {layer.values: layer}),
-                 SelectionConfig(), method="rigl", seed=0, total_steps=10)
+        Selector(
+            {"l": layer},
+            SparseSM3([layer.values], {layer.values: layer}),
+            SelectionConfig(),
+            method="rigl",
+            seed=0,
+            total_steps=10,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])

@@ -37,9 +37,16 @@ def test_drop_change_compares_with_the_values_at_the_last_reselection():
     layer = SparseDeltaLinear(nn.Linear(12, 10, bias=False), 30)
     layer.base_layer.requires_grad_(False)
     opt = SparseSM3([layer.values], {layer.values: layer}, lr=0.05)
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=6, estimation_steps=2, schedule="cosine", initial_rate=0.5, drop="change"),
-                   method="ma", seed=0, total_steps=40)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(
+            reselection_steps=6, estimation_steps=2, schedule="cosine", initial_rate=0.5, drop="change"
+        ),
+        method="ma",
+        seed=0,
+        total_steps=40,
+    )
     g = torch.Generator().manual_seed(1)
     after_first = None
     for t in range(1, 9):
@@ -57,7 +64,9 @@ def test_drop_change_compares_with_the_values_at_the_last_reselection():
         if t == 2:
             after_first = layer.values.detach().clone()
             assert torch.equal(sel.references["l"], after_first)
-    assert expected_dropped and not expected_dropped & set(layer.indices.tolist())  # MA never regrows in the same round
+    assert expected_dropped and not expected_dropped & set(
+        layer.indices.tolist()
+    )  # MA never regrows in the same round
     kept = set(before_positions) - expected_dropped
     assert kept <= set(layer.indices.tolist())
     assert torch.equal(sel.references["l"], layer.values.detach())
@@ -71,9 +80,16 @@ def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
     with torch.no_grad():
         layer.values.copy_(torch.linspace(0.1, 1.0, k))
     opt = SparseAdamW([layer.values], lr=0.0, betas=(0.9, 0.99))  # lr 0: values stay put
-    sel = Selector({"l": layer}, opt,
-                   SelectionConfig(reselection_steps=period, estimation_steps=gamma, schedule="cosine", initial_rate=0.5),
-                   method="ag", seed=0, total_steps=100)
+    sel = Selector(
+        {"l": layer},
+        opt,
+        SelectionConfig(
+            reselection_steps=period, estimation_steps=gamma, schedule="cosine", initial_rate=0.5
+        ),
+        method="ag",
+        seed=0,
+        total_steps=100,
+    )
     g = torch.Generator().manual_seed(1)
     second_phase = []
     for t in range(1, 14):  # reselections after steps 3 and 13; the second phase is steps 11..13
@@ -114,8 +130,10 @@ def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
 
 def test_ma_grown_slots_start_with_zero_momentum_and_keep_the_accumulators():
     torch.manual_seed(0)
-    model = get_spiel_model(nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 16)),
-                            SpielConfig(method="ma", num_tunable=120, reselection_steps=4, estimation_steps=2))
+    model = get_spiel_model(
+        nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 16)),
+        SpielConfig(method="ma", num_tunable=120, reselection_steps=4, estimation_steps=2),
+    )
     opt = model.make_optimizer(lr=1e-2, momentum=0.9)
     sel = model.make_selector(opt, total_steps=20)
     g = torch.Generator().manual_seed(3)
@@ -127,8 +145,12 @@ def test_ma_grown_slots_start_with_zero_momentum_and_keep_the_accumulators():
         before = {}
         for name, layer in model.deltas.items():
             state = opt.state[layer.values]
-            before[name] = ({p: s for s, p in enumerate(layer.indices.tolist())}, state["momentum_buffer"].clone(),
-                            state["row_acc"].clone(), state["col_acc"].clone())
+            before[name] = (
+                {p: s for s, p in enumerate(layer.indices.tolist())},
+                state["momentum_buffer"].clone(),
+                state["row_acc"].clone(),
+                state["col_acc"].clone(),
+            )
         sel.step()
         for name, layer in model.deltas.items():
             slot_of, momentum, row_acc, col_acc = before[name]
@@ -140,4 +162,6 @@ def test_ma_grown_slots_start_with_zero_momentum_and_keep_the_accumulators():
                 else:
                     assert state["momentum_buffer"][slot] == 0 and layer.grown_at[slot] == sel.t
                     grown_checked += 1
-    assert grown_checked > 0 and bool(torch.cat([s["momentum_buffer"] for s in opt.state.values()]).ne(0).any())
+    assert grown_checked > 0 and bool(
+        torch.cat([s["momentum_buffer"] for s in opt.state.values()]).ne(0).any()
+    )

@@ -12,7 +12,9 @@ from spiel.data.encode import encode_messages
 from spiel.data.template import chat_prompt, jinja_chat_template
 from spiel.testing import DEMO_DIR, TINY_MODEL_DIR, tiny_tokenizer
 
-HELDOUT = [json.loads(line)["messages"] for line in (DEMO_DIR / "heldout.jsonl").read_text().splitlines()[:40]]
+HELDOUT = [
+    json.loads(line)["messages"] for line in (DEMO_DIR / "heldout.jsonl").read_text().splitlines()[:40]
+]
 MULTI_TURN = [
     {"role": "system", "content": "You answer in one word.\n"},
     {"role": "user", "content": "  Uppercase abc.  "},
@@ -31,21 +33,28 @@ def sentencepiece_style(prepend: str, post: str = "<s> $A") -> PreTrainedTokeniz
         core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     else:
         core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                      decoders.Strip(" ", 1, 0)])
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     texts = [m["content"] for msgs in HELDOUT for m in msgs] + ["<|system|>\n<|user|>\n<|assistant|>\n"]
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-                                                        show_progress=False))
+    core.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False),
+    )
     ids = {t: core.token_to_id(t) for t in ("<s>", "</s>")}
     core.post_processor = processors.TemplateProcessing(single=post, special_tokens=list(ids.items()))
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def assert_renders_training_ids(tok, conversations):
     for messages in conversations:
         ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         assert ids == encode_messages(messages, tok, max_seq_len=4096)["input_ids"]
-        prompt = tok.apply_chat_template(messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True)
+        prompt = tok.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )
         assert prompt["input_ids"] == tok(chat_prompt(messages, eos_token=tok.eos_token))["input_ids"]
 
 
@@ -55,7 +64,9 @@ def test_tiny_tokenizer_template_equals_training_encoding():
     assert tok.chat_template == (TINY_MODEL_DIR / "chat_template.jinja").read_text()
     assert_renders_training_ids(tok, [*HELDOUT, MULTI_TURN])
     text = tok.apply_chat_template(MULTI_TURN, tokenize=False)
-    assert text.startswith("<s><|system|>\nYou answer in one word.\n<|user|>\nUppercase abc.\n<|assistant|>\nABC</s>\n")
+    assert text.startswith(
+        "<s><|system|>\nYou answer in one word.\n<|user|>\nUppercase abc.\n<|assistant|>\nABC</s>\n"
+    )
     assert text.endswith("<|assistant|>\nabcd</s>")
 
 

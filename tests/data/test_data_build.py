@@ -18,7 +18,10 @@ datasets.disable_progress_bars()
 def tok():
     return PreTrainedTokenizerFast(
         tokenizer_file=str(DATA_FIXTURES / "char_tokenizer.json"),
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
 
 
@@ -29,8 +32,11 @@ def write_jsonl(path, rows):
 
 def conv(i, system=None):
     msgs = [{"role": "system", "content": system}] if system else []
-    return {"id": f"c{i}", "messages": msgs + [{"role": "user", "content": f"q{i}"},
-                                               {"role": "assistant", "content": f"answer {i}"}]}
+    return {
+        "id": f"c{i}",
+        "messages": msgs
+        + [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}],
+    }
 
 
 def decoded(ds, tok):
@@ -38,16 +44,27 @@ def decoded(ds, tok):
 
 
 def test_all_raw_formats_in_one_mixture(tok, tmp_path):
-    cfg = {"sources": [
-        {"name": "tulu", "path": str(DATA_FIXTURES / "tulu_messages.jsonl")},
-        {"name": "flan", "path": str(DATA_FIXTURES / "flan_raw.jsonl")},
-        {"name": "alpaca", "path": str(DATA_FIXTURES / "alpaca_gpt4_data.json")},
-        {"name": "pc", "path": str(DATA_FIXTURES / "prompt_completion.jsonl")},
-    ], "seed": 0}
+    cfg = {
+        "sources": [
+            {"name": "tulu", "path": str(DATA_FIXTURES / "tulu_messages.jsonl")},
+            {"name": "flan", "path": str(DATA_FIXTURES / "flan_raw.jsonl")},
+            {"name": "alpaca", "path": str(DATA_FIXTURES / "alpaca_gpt4_data.json")},
+            {"name": "pc", "path": str(DATA_FIXTURES / "prompt_completion.jsonl")},
+        ],
+        "seed": 0,
+    }
     ds, stats = build_train_dataset(cfg, tok, max_seq_len=2048, cache_dir=str(tmp_path))
     assert ds.column_names == ["input_ids", "labels"]
-    assert {n: s["examples"] for n, s in stats["sources"].items()} == {"tulu": 4, "flan": 5, "alpaca": 4, "pc": 3}
-    assert stats["examples"] == len(ds) == 16 and stats["dropped"] == {"bad_records": 0, "no_trainable_tokens": 0}
+    assert {n: s["examples"] for n, s in stats["sources"].items()} == {
+        "tulu": 4,
+        "flan": 5,
+        "alpaca": 4,
+        "pc": 3,
+    }
+    assert stats["examples"] == len(ds) == 16 and stats["dropped"] == {
+        "bad_records": 0,
+        "no_trainable_tokens": 0,
+    }
     texts = decoded(ds, tok)
     assert "<s><|user|>\nTranslate to French: Good morning\n<|assistant|>\nBonjour</s>" in texts
     assert "<s>Q: 1+1= 2</s>" in texts
@@ -66,7 +83,9 @@ def test_truncated_before_any_answer_is_dropped_and_counted(tok, tmp_path):
 
 def test_empty_result_after_filtering(tok, tmp_path):
     cfg = {"sources": [{"name": "s", "path": write_jsonl(tmp_path / "s.jsonl", [conv(0, system="y" * 80)])}]}
-    with pytest.raises(DataError, match=r"no training examples left after filtering:(.|\n)*1 dropped with no trainable token"):
+    with pytest.raises(
+        DataError, match=r"no training examples left after filtering:(.|\n)*1 dropped with no trainable token"
+    ):
         build_train_dataset(cfg, tok, max_seq_len=40, cache_dir=str(tmp_path / "c"))
 
 
@@ -75,14 +94,18 @@ def test_mixture_caps_weights_and_determinism(tok, tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [conv(100 + i) for i in range(10)])
 
     def build(seed, cache, cap=12, weight_b=2.0):
-        cfg = {"sources": [{"name": "a", "path": a, "cap": cap}, {"name": "b", "path": b, "weight": weight_b}],
-               "seed": seed}
+        cfg = {
+            "sources": [{"name": "a", "path": a, "cap": cap}, {"name": "b", "path": b, "weight": weight_b}],
+            "seed": seed,
+        }
         return build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path / cache))
 
     ds1, st1 = build(7, "c1")
     assert st1["sources"]["a"]["selected"] == 12 and st1["sources"]["b"]["selected"] == 20
     texts = decoded(ds1, tok)
-    assert all(texts.count(f"<s><|user|>\nq{100 + i}\n<|assistant|>\nanswer {100 + i}</s>") == 2 for i in range(10))
+    assert all(
+        texts.count(f"<s><|user|>\nq{100 + i}\n<|assistant|>\nanswer {100 + i}</s>") == 2 for i in range(10)
+    )
     ds2, _ = build(7, "c2")  # fresh cache: same seed gives the same examples in the same order
     assert ds2["input_ids"][:] == ds1["input_ids"][:]
     ds3, _ = build(8, "c3")
@@ -95,7 +118,9 @@ def test_second_run_reads_the_cache_instead_of_tokenizing(tok, tmp_path, monkeyp
     cfg = {"sources": [{"name": "tulu", "path": str(DATA_FIXTURES / "tulu_messages.jsonl")}]}
     calls = []
     real = encode_module.encode_many
-    monkeypatch.setattr(encode_module, "encode_many", lambda convs, *a, **k: calls.extend(convs) or real(convs, *a, **k))
+    monkeypatch.setattr(
+        encode_module, "encode_many", lambda convs, *a, **k: calls.extend(convs) or real(convs, *a, **k)
+    )
     first, _ = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
     assert len(calls) == 4
     second, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
@@ -123,7 +148,9 @@ def test_the_cache_is_keyed_by_content_not_path_size_and_mtime(tok, tmp_path):
 
 
 def test_parallel_tokenization_matches_serial(tok, tmp_path):
-    cfg = {"sources": [{"name": "s", "path": write_jsonl(tmp_path / "s.jsonl", [conv(i) for i in range(30)])}]}
+    cfg = {
+        "sources": [{"name": "s", "path": write_jsonl(tmp_path / "s.jsonl", [conv(i) for i in range(30)])}]
+    }
     serial, _ = build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path / "c1"), num_proc=1)
     parallel, _ = build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path / "c2"), num_proc=2)
     assert parallel["input_ids"][:] == serial["input_ids"][:] and parallel["labels"][:] == serial["labels"][:]
@@ -137,22 +164,35 @@ def test_malformed_line_names_file_and_line(tok, tmp_path):
 
 
 def test_skip_mode_counts_each_kind_and_logs_them(tok, tmp_path, caplog):
-    cfg = {"sources": [{"name": "bad", "path": str(DATA_FIXTURES / "bad_records.jsonl")}], "on_bad_record": "skip"}
+    cfg = {
+        "sources": [{"name": "bad", "path": str(DATA_FIXTURES / "bad_records.jsonl")}],
+        "on_bad_record": "skip",
+    }
     with caplog.at_level("INFO", logger="spiel.data.build"):
         ds, stats = build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
     assert "training data: 3 examples" in caplog.text
-    assert "8 records, bad skipped (bad_json: 1, empty_message: 1, empty_messages: 1, no_assistant: 1, unknown_role: 1)" in caplog.text
+    assert (
+        "8 records, bad skipped (bad_json: 1, empty_message: 1, empty_messages: 1, no_assistant: 1, unknown_role: 1)"
+        in caplog.text
+    )
     assert len(ds) == 3
     assert stats["sources"]["bad"]["bad_records"] == {
-        "bad_json": 1, "unknown_role": 1, "empty_messages": 1, "no_assistant": 1, "empty_message": 1}
+        "bad_json": 1,
+        "unknown_role": 1,
+        "empty_messages": 1,
+        "no_assistant": 1,
+        "empty_message": 1,
+    }
     assert stats["dropped"]["bad_records"] == 5
 
 
 @pytest.mark.parametrize(
     "record, message",
     [
-        ({"messages": [{"role": "human", "content": "a"}, {"role": "assistant", "content": "b"}]},
-         r"s\.jsonl:2: message 0 has unknown role 'human'"),
+        (
+            {"messages": [{"role": "human", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            r"s\.jsonl:2: message 0 has unknown role 'human'",
+        ),
         ({"messages": []}, r"s\.jsonl:2: conversation has no messages"),
         ({"messages": [{"role": "user", "content": "a"}]}, r"s\.jsonl:2: conversation has no assistant turn"),
         ({"text": "a"}, r"s\.jsonl:2: record has none of the known field sets"),
@@ -161,12 +201,16 @@ def test_skip_mode_counts_each_kind_and_logs_them(tok, tmp_path, caplog):
 def test_invalid_record_messages(tok, tmp_path, record, message):
     path = write_jsonl(tmp_path / "s.jsonl", [conv(0), record])
     with pytest.raises(DataError, match=message):
-        build_train_dataset({"sources": [{"name": "s", "path": path}]}, tok, 128, cache_dir=str(tmp_path / "c"))
+        build_train_dataset(
+            {"sources": [{"name": "s", "path": path}]}, tok, 128, cache_dir=str(tmp_path / "c")
+        )
 
 
 def test_missing_file(tok, tmp_path):
     cfg = {"sources": [{"name": "gone", "path": str(tmp_path / "gone.jsonl")}]}
-    with pytest.raises(DataError, match=r"source 'gone': data file not found: .*gone\.jsonl \(run scripts/prepare"):
+    with pytest.raises(
+        DataError, match=r"source 'gone': data file not found: .*gone\.jsonl \(run scripts/prepare"
+    ):
         build_train_dataset(cfg, tok, 128, cache_dir=str(tmp_path))
 
 
@@ -177,7 +221,10 @@ def test_missing_file(tok, tmp_path):
         ({"sources": [{"name": "mine"}]}, "unknown source 'mine' needs a 'path' or 'hub_id'"),
         ({"sources": [{"name": "demo"}, {"name": "demo"}]}, "appears twice"),
         ({"sources": [{"name": "demo", "capp": 3}]}, r"unknown keys \['capp'\]"),
-        ({"sources": [{"name": "demo"}], "on_bad_record": "ignore"}, "on_bad_record must be one of error, skip"),
+        (
+            {"sources": [{"name": "demo"}], "on_bad_record": "ignore"},
+            "on_bad_record must be one of error, skip",
+        ),
         ({"sources": [{"name": "demo", "format": "csv"}]}, "format must be auto or one of"),
         ({"sources": [{"name": "demo", "weight": -1}]}, "weight must be >= 0"),
     ],
@@ -195,8 +242,12 @@ def test_hub_source_through_load_dataset(tok, tmp_path, monkeypatch):
 
     def local_copy(hub_id, split, revision):
         seen.update(hub_id=hub_id, split=split, revision=revision)
-        return datasets.load_dataset("json", data_files=str(DATA_FIXTURES / "tulu_messages.jsonl"), split=split,
-                                     cache_dir=str(tmp_path / "hf"))
+        return datasets.load_dataset(
+            "json",
+            data_files=str(DATA_FIXTURES / "tulu_messages.jsonl"),
+            split=split,
+            cache_dir=str(tmp_path / "hf"),
+        )
 
     monkeypatch.setattr(sources, "load_dataset", local_copy)
     ds, stats = build_train_dataset({"sources": [{"name": "tulu2"}]}, tok, 256, cache_dir=str(tmp_path))
@@ -211,7 +262,10 @@ def test_hub_failure_is_a_clear_message(tok, tmp_path, monkeypatch):
         raise ConnectionError("Couldn't reach the Hub (offline mode)")
 
     monkeypatch.setattr(sources, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"source 'flan_v2': could not load the Hugging Face dataset "
-                                        r"'ostapeno/tulu_v2_flan_v2_subset'.*ConnectionError.*load_dataset\('ostapeno/"
-                                        r"tulu_v2_flan_v2_subset', split='train'\).*data.path="):
+    with pytest.raises(
+        DataError,
+        match=r"source 'flan_v2': could not load the Hugging Face dataset "
+        r"'ostapeno/tulu_v2_flan_v2_subset'.*ConnectionError.*load_dataset\('ostapeno/"
+        r"tulu_v2_flan_v2_subset', split='train'\).*data.path=",
+    ):
         build_train_dataset({"sources": [{"name": "flan_v2"}]}, tok, 256, cache_dir=str(tmp_path))

@@ -50,10 +50,17 @@ def test_demo_source_builds(tmp_path, monkeypatch):
     import spiel.data.config as config
 
     if not (REPO_ROOT / "assets" / "demo" / "train.jsonl").exists():
-        monkeypatch.setitem(config.KNOWN_SOURCES, "demo", {"hub_id": None, "path": str(DATA_FIXTURES / "demo_train.jsonl")})
+        monkeypatch.setitem(
+            config.KNOWN_SOURCES, "demo", {"hub_id": None, "path": str(DATA_FIXTURES / "demo_train.jsonl")}
+        )
     monkeypatch.chdir(tmp_path)
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(DATA_FIXTURES / "char_tokenizer.json"),
-                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(DATA_FIXTURES / "char_tokenizer.json"),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
     cfg = OmegaConf.load(CONFIGS / "demo.yaml")
     cfg.sources[0].cap = 300  # keep the test quick; the whole file goes through the same code
     ds, stats = build_train_dataset(cfg, tok, cache_dir=str(tmp_path / "cache"))

@@ -30,8 +30,11 @@ def read_jsonl(path):
 )
 def test_flan_prompt_rule(inputs, prompt):
     out = flan_to_messages(inputs, "target", 7)
-    assert out == {"dataset": "flan_v2", "id": "flan_v2_7",
-                   "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "target"}]}
+    assert out == {
+        "dataset": "flan_v2",
+        "id": "flan_v2_7",
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "target"}],
+    }
 
 
 def test_alpaca_templates_are_well_formed():
@@ -53,7 +56,9 @@ def test_alpaca_conversion_is_seeded_and_varied():
     # the choice depends on (seed, index): across records and seeds several templates get used
     picks = {pick_alpaca_template(True, i, seed=42) for i in range(200)}
     assert len(picks) >= 8
-    assert [pick_alpaca_template(True, i, 1) for i in range(50)] != [pick_alpaca_template(True, i, 2) for i in range(50)]
+    assert [pick_alpaca_template(True, i, 1) for i in range(50)] != [
+        pick_alpaca_template(True, i, 2) for i in range(50)
+    ]
 
 
 def test_detect_format_and_unknown_format():
@@ -69,10 +74,22 @@ def test_detect_format_and_unknown_format():
     "messages, kind, text",
     [
         ([], "empty_messages", "no messages"),
-        ([{"role": "human", "content": "a"}, {"role": "assistant", "content": "b"}], "unknown_role", "unknown role 'human'"),
+        (
+            [{"role": "human", "content": "a"}, {"role": "assistant", "content": "b"}],
+            "unknown_role",
+            "unknown role 'human'",
+        ),
         ([{"role": "user", "content": "a"}], "no_assistant", "no assistant turn"),
-        ([{"role": "user", "content": " "}, {"role": "assistant", "content": "b"}], "empty_message", "message 0 (user) is empty"),
-        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}], "bad_messages", "no string 'content'"),
+        (
+            [{"role": "user", "content": " "}, {"role": "assistant", "content": "b"}],
+            "empty_message",
+            "message 0 (user) is empty",
+        ),
+        (
+            [{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}],
+            "bad_messages",
+            "no string 'content'",
+        ),
         ("hello", "bad_messages", "must be a list"),
     ],
 )
@@ -120,7 +137,10 @@ def test_convert_file_for_each_raw_format(tmp_path):
     alpaca = convert_file(DATA_FIXTURES / "alpaca_gpt4_data.json", tmp_path / "alpaca.jsonl", fmt="alpaca")
     assert alpaca["written"] == 4
     rows = read_jsonl(tmp_path / "alpaca.jsonl")
-    assert rows[1]["messages"][1]["content"] == "Positive" and "I love this film." in rows[1]["messages"][0]["content"]
+    assert (
+        rows[1]["messages"][1]["content"] == "Positive"
+        and "I love this film." in rows[1]["messages"][0]["content"]
+    )
 
     tulu = convert_file(DATA_FIXTURES / "tulu_messages.jsonl", tmp_path / "tulu.jsonl")
     assert tulu["written"] == 4 and read_jsonl(tmp_path / "tulu.jsonl")[0]["id"] == "oasst1_0"
@@ -132,11 +152,18 @@ def test_convert_file_bad_records_error_or_skip(tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
     counts = convert_file(DATA_FIXTURES / "bad_records.jsonl", tmp_path / "out.jsonl", on_bad_record="skip")
     assert counts["written"] == 3 and counts["skipped"] == {
-        "bad_json": 1, "unknown_role": 1, "empty_messages": 1, "no_assistant": 1, "empty_message": 1}
+        "bad_json": 1,
+        "unknown_role": 1,
+        "empty_messages": 1,
+        "no_assistant": 1,
+        "empty_message": 1,
+    }
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("prepare_train_data", REPO / "scripts" / "prepare_train_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "prepare_train_data", REPO / "scripts" / "prepare_train_data.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -145,15 +172,20 @@ def load_script():
 def test_prepare_script_offline_with_local_stand_ins(tmp_path, monkeypatch, capsys):
     script = load_script()
     hub_rows = {
-        script.TULU2_HUB: read_jsonl(DATA_FIXTURES / "tulu_messages.jsonl") + [{"dataset": "x", "id": "bad", "messages": []}],
+        script.TULU2_HUB: read_jsonl(DATA_FIXTURES / "tulu_messages.jsonl")
+        + [{"dataset": "x", "id": "bad", "messages": []}],
         script.FLAN_HUB: [flan_to_messages("Q?", "A", 0)],
     }
     monkeypatch.setattr(script, "load_hub_dataset", lambda hub_id: hub_rows[hub_id])
-    monkeypatch.setattr(script, "download_url", lambda url, dst: pytest.fail("alpaca should be read from --raw"))
+    monkeypatch.setattr(
+        script, "download_url", lambda url, dst: pytest.fail("alpaca should be read from --raw")
+    )
     monkeypatch.setattr(script, "download_hub_file", lambda repo, name, d: DATA_FIXTURES / "flan_raw.jsonl")
     raw = tmp_path / "raw"
     (raw / "gpt4_alpaca").mkdir(parents=True)
-    (raw / "gpt4_alpaca" / "alpaca_gpt4_data.json").write_bytes((DATA_FIXTURES / "alpaca_gpt4_data.json").read_bytes())
+    (raw / "gpt4_alpaca" / "alpaca_gpt4_data.json").write_bytes(
+        (DATA_FIXTURES / "alpaca_gpt4_data.json").read_bytes()
+    )
     out = tmp_path / "processed"
     assert script.main(["--out", str(out), "--raw", str(raw)]) == 0
     printed = capsys.readouterr().out

@@ -15,7 +15,10 @@ def char_tokenizer():
     """One token per character, BOS added, "</s>" a special token: positions are easy to predict."""
     return PreTrainedTokenizerFast(
         tokenizer_file=str(DATA_FIXTURES / "char_tokenizer.json"),
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
 
 
@@ -23,7 +26,9 @@ def bpe_tokenizer(style):
     """A small trained BPE. "bytelevel": GPT-2 style, no BOS. "metaspace": LLaMA/sentencepiece style
     ("▁" for spaces, BOS added, "\n" a token of its own as LLaMA's byte token <0x0A> is).
     "merging": like metaspace but free to merge across "\n" (unlike LLaMA)."""
-    corpus = [render_messages(json.loads(line)["messages"]) for line in open(DATA_FIXTURES / "tulu_messages.jsonl")]
+    corpus = [
+        render_messages(json.loads(line)["messages"]) for line in open(DATA_FIXTURES / "tulu_messages.jsonl")
+    ]
     tk = Tokenizer(models.BPE(unk_token="<unk>" if style == "metaspace" else None))
     if style == "bytelevel":
         tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
@@ -37,9 +42,12 @@ def bpe_tokenizer(style):
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
     tk.train_from_iterator(corpus * 20 + [CONV_TEXT] * 20, trainer)
     if style != "bytelevel":
-        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
-        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                       pad_token="<pad>")
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>")
 
 
@@ -54,9 +62,11 @@ CONV = [
 # The training text in pieces, each marked trainable or not, written out by hand (not by the template code).
 PIECES = [
     ("<|system|>\n" + SYS + "\n<|user|>\n" + U1 + "\n<|assistant|>\n", False),
-    (A1, True), ("</s>", True),
+    (A1, True),
+    ("</s>", True),
     ("\n<|user|>\n" + U2 + "\n<|assistant|>\n", False),
-    (A2, True), ("</s>", True),
+    (A2, True),
+    ("</s>", True),
 ]
 
 
@@ -76,9 +86,13 @@ def test_exactly_assistant_content_and_eos_are_trainable():
     enc = encode_messages(CONV, tok, max_seq_len=2048)
     expected = expected_char_tokens()
     assert tok.convert_ids_to_tokens(enc["input_ids"]) == [t for t, _ in expected]
-    for pos, ((token, trainable), ids, label) in enumerate(zip(expected, enc["input_ids"], enc["labels"], strict=True)):
+    for pos, ((token, trainable), ids, label) in enumerate(
+        zip(expected, enc["input_ids"], enc["labels"], strict=True)
+    ):
         assert label == (ids if trainable else IGNORE_INDEX), f"position {pos} ({token!r})"
-    trained = [t for t, (_, lab) in zip(tok.convert_ids_to_tokens(enc["input_ids"]), expected, strict=True) if lab]
+    trained = [
+        t for t, (_, lab) in zip(tok.convert_ids_to_tokens(enc["input_ids"]), expected, strict=True) if lab
+    ]
     assert "".join(trained) == A1 + "</s>" + A2 + "</s>"
     assert enc["input_ids"][0] == tok.bos_token_id
     assert enc["labels"].count(tok.eos_token_id) == 2  # EOS is the special token, not "<", "/", "s", ">"
@@ -149,8 +163,11 @@ def test_prompt_completion_format():
     assert trained == [" ", "2", "</s>"]  # everything past the tokenized prompt, as the reference does
     enc2 = encode_prompt_completion("Say:\n", "yes", tok, max_seq_len=64)
     assert "".join(tok.convert_ids_to_tokens(enc2["input_ids"])) == "<s>Say:\nyes</s>"
-    assert [t for t, lab in zip(tok.convert_ids_to_tokens(enc2["input_ids"]), enc2["labels"], strict=True)
-            if lab != IGNORE_INDEX] == ["y", "e", "s", "</s>"]
+    assert [
+        t
+        for t, lab in zip(tok.convert_ids_to_tokens(enc2["input_ids"]), enc2["labels"], strict=True)
+        if lab != IGNORE_INDEX
+    ] == ["y", "e", "s", "</s>"]
 
 
 def test_tokenizer_without_eos_is_refused():
@@ -167,7 +184,10 @@ def test_chat_prompt_tokens_are_what_precedes_the_trained_answer():
     from spiel.data import chat_prompt
 
     assert tok(chat_prompt(CONV))["input_ids"] == enc["input_ids"][:last_answer_start]
-    assert enc["labels"][last_answer_start - 1] == IGNORE_INDEX and enc["labels"][last_answer_start] != IGNORE_INDEX
+    assert (
+        enc["labels"][last_answer_start - 1] == IGNORE_INDEX
+        and enc["labels"][last_answer_start] != IGNORE_INDEX
+    )
 
 
 def test_an_example_is_trainable_when_any_label_is_not_masked():

@@ -22,13 +22,22 @@ DEEP = "[" * 200_000 + "]" * 200_000
 def tok():
     return PreTrainedTokenizerFast(
         tokenizer_file=str(DATA_FIXTURES / "char_tokenizer.json"),
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
 
 
 def conv(i, answer=None):
-    return json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
-                                    {"role": "assistant", "content": answer or f"answer {i}"}]})
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": answer or f"answer {i}"},
+            ]
+        }
+    )
 
 
 def build(tmp_path, tok, text, mode="error", **top):
@@ -41,10 +50,16 @@ def build(tmp_path, tok, text, mode="error", **top):
 
 BAD = {
     "deep": ('{"messages": ' + DEEP + "}", "too_deep", r"s\.jsonl:2: record is nested too deeply to parse"),
-    "surrogate": ('{"messages": [{"role": "user", "content": "a\\ud800"}, {"role": "assistant", "content": "b"}]}',
-                  "bad_text", r"s\.jsonl:2: record holds an unpaired UTF-16 surrogate escape"),
-    "too_large": (conv(1, "x" * 5000), "too_large",
-                  r"s\.jsonl:2: record is 5,0\d\d bytes, over data.max_record_bytes=4,096"),
+    "surrogate": (
+        '{"messages": [{"role": "user", "content": "a\\ud800"}, {"role": "assistant", "content": "b"}]}',
+        "bad_text",
+        r"s\.jsonl:2: record holds an unpaired UTF-16 surrogate escape",
+    ),
+    "too_large": (
+        conv(1, "x" * 5000),
+        "too_large",
+        r"s\.jsonl:2: record is 5,0\d\d bytes, over data.max_record_bytes=4,096",
+    ),
 }
 
 
@@ -60,7 +75,9 @@ def test_bad_record_fails_with_its_line_or_is_skipped_and_counted(tok, tmp_path,
 
 
 def test_a_valid_surrogate_pair_is_text_not_an_error(tok, tmp_path):
-    pair = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "b"}]}'
+    pair = (
+        '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "b"}]}'
+    )
     ds, stats = build(tmp_path, tok, pair + "\n")
     assert len(ds) == 1 and stats["sources"]["s"]["bad_records"] == {}
 
@@ -74,8 +91,12 @@ def test_an_empty_file_says_so(tok, tmp_path, text, mode):
 
 def test_json_array_files_get_the_same_checks(tmp_path):
     path = tmp_path / "a.json"
-    path.write_text("[\n" + json.dumps({"instruction": "x" * 100, "output": "y"}) + ",\n"
-                    + '{"instruction": "a\\udc00", "output": "b"}\n]')
+    path.write_text(
+        "[\n"
+        + json.dumps({"instruction": "x" * 100, "output": "y"})
+        + ",\n"
+        + '{"instruction": "a\\udc00", "output": "b"}\n]'
+    )
     errors = [error for _, _, error in iter_records(path, max_record_bytes=64)]
     assert errors[0][0] == "too_large" and f"{path}:2: record is" in errors[0][1]
     assert errors[1][0] == "bad_text" and f"{path}:3:" in errors[1][1]
@@ -92,12 +113,16 @@ def test_an_oversized_line_is_never_read_whole(tmp_path):
     path = tmp_path / "big.jsonl"
     with open(path, "w") as f:
         f.write(conv(0) + "\n" + '{"messages": "' + "x" * (64 << 20) + '"}\n' + conv(2) + "\n")
-    code = ("import resource, sys; from spiel.data.reader import iter_records\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"errors = [e for _, _, e in iter_records({str(path)!r})]\n"
-            "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
-            "print(errors[1][0], grew // 1024)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import resource, sys; from spiel.data.reader import iter_records\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"errors = [e for _, _, e in iter_records({str(path)!r})]\n"
+        "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(errors[1][0], grew // 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "too_large" and int(out[1]) < 16, out  # MiB of growth (the line is 64 MiB)
     assert DEFAULT_MAX_RECORD_BYTES == 1 << 20
 
@@ -109,6 +134,7 @@ def test_the_cap_is_a_data_key_and_is_checked(tok, tmp_path):
 
     import spiel.training.config.hydra_config  # noqa: F401 (registers the schemas train.yaml extends)
     from spiel.paths import CONFIG_DIR
+
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         for data in ("demo", "tulu2", "flan_v2", "gpt4_alpaca", "tulu2_alpaca_mix"):
             cfg = compose(config_name="train", overrides=[f"data={data}", "data.max_record_bytes=2048"])

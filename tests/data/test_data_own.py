@@ -39,8 +39,12 @@ def rows(spec_cfg, tmp_path) -> list[dict]:
 def test_named_columns_of_a_jsonl_file_as_prompt_and_completion(tok, tmp_path):  # noqa: F811
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"question": "2+2=", "answer": "4"}) + "\n")
-    ds, _ = build_train_dataset(own(path=str(path), columns={"prompt": "question", "completion": "answer"}),
-                                tok, 64, cache_dir=str(tmp_path))
+    ds, _ = build_train_dataset(
+        own(path=str(path), columns={"prompt": "question", "completion": "answer"}),
+        tok,
+        64,
+        cache_dir=str(tmp_path),
+    )
     expected = tok("2+2= 4</s>")["input_ids"]
     n_prompt = len(tok("2+2=")["input_ids"])
     assert ds[0]["input_ids"] == expected
@@ -58,12 +62,16 @@ def test_csv_with_instruction_input_output_reads_as_the_same_jsonl(tmp_path):
 
 def test_parquet_with_sharegpt_columns_and_csv_with_json_messages(tmp_path):
     datasets.Dataset.from_list([{"conversations": SHAREGPT}]).to_parquet(str(tmp_path / "s.parquet"))
-    sharegpt = own(path=str(tmp_path / "s.parquet"),
-                   columns={"messages": "conversations", "role": "from", "content": "value"})
+    sharegpt = own(
+        path=str(tmp_path / "s.parquet"),
+        columns={"messages": "conversations", "role": "from", "content": "value"},
+    )
     assert rows(sharegpt, tmp_path)[0]["messages"] == CHAT
     with open(tmp_path / "m.csv", "w", newline="") as f:
         csv.writer(f).writerows([["chat"], [json.dumps(CHAT)]])
-    assert rows(own(path=str(tmp_path / "m.csv"), columns={"messages": "chat"}), tmp_path)[0]["messages"] == CHAT
+    assert (
+        rows(own(path=str(tmp_path / "m.csv"), columns={"messages": "chat"}), tmp_path)[0]["messages"] == CHAT
+    )
 
 
 def test_a_bad_csv_row_is_named_by_file_and_row(tok, tmp_path):  # noqa: F811
@@ -72,12 +80,18 @@ def test_a_bad_csv_row_is_named_by_file_and_row(tok, tmp_path):  # noqa: F811
         build_train_dataset(own(path=str(tmp_path / "b.csv")), tok, 64, cache_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("keys,message", [
-    ({}, "data=own needs your data: data.path=.* or data.hub_id="),
-    ({"path": "x.jsonl", "sources": [{"name": "demo"}]}, "either as data.path / data.hub_id .* or as data.sources"),
-    ({"path": "x.jsonl", "columns": {"question": "q"}}, r"\['question'\] is not one of them"),
-    ({"path": "x.jsonl", "columns": {"prompt": 3}}, "columns values must be column names"),
-])
+@pytest.mark.parametrize(
+    "keys,message",
+    [
+        ({}, "data=own needs your data: data.path=.* or data.hub_id="),
+        (
+            {"path": "x.jsonl", "sources": [{"name": "demo"}]},
+            "either as data.path / data.hub_id .* or as data.sources",
+        ),
+        ({"path": "x.jsonl", "columns": {"question": "q"}}, r"\['question'\] is not one of them"),
+        ({"path": "x.jsonl", "columns": {"prompt": 3}}, "columns values must be column names"),
+    ],
+)
 def test_own_data_config_errors(keys, message):
     with pytest.raises(DataError, match=message):
         parse_data_config(own(**keys))
@@ -93,10 +107,15 @@ def test_a_hub_dataset_by_name(tok, tmp_path, monkeypatch):  # noqa: F811
         return datasets.Dataset.from_list([{"q": "2+2=", "a": "4"}])
 
     monkeypatch.setattr(sources, "load_dataset", cached)
-    cfg = own(hub_id="org/my-data", split="validation", revision="v1", columns={"prompt": "q", "completion": "a"})
+    cfg = own(
+        hub_id="org/my-data", split="validation", revision="v1", columns={"prompt": "q", "completion": "a"}
+    )
     ds, stats = build_train_dataset(cfg, tok, 64, cache_dir=str(tmp_path))
     assert seen == {"hub_id": "org/my-data", "split": "validation", "revision": "v1"}
-    assert stats["sources"]["own"]["origin"] == "hub:org/my-data" and ds[0]["input_ids"] == tok("2+2= 4</s>")["input_ids"]
+    assert (
+        stats["sources"]["own"]["origin"] == "hub:org/my-data"
+        and ds[0]["input_ids"] == tok("2+2= 4</s>")["input_ids"]
+    )
 
 
 def test_a_hub_dataset_offline_is_one_message_naming_it(tok, tmp_path):  # noqa: F811
@@ -104,5 +123,8 @@ def test_a_hub_dataset_offline_is_one_message_naming_it(tok, tmp_path):  # noqa:
     with pytest.raises(DataError) as error:
         build_train_dataset(own(hub_id="nobody/not-cached-anywhere"), tok, 64, cache_dir=str(tmp_path))
     text = str(error.value)
-    assert "'nobody/not-cached-anywhere'" in text and "load_dataset('nobody/not-cached-anywhere', split='train')" in text
+    assert (
+        "'nobody/not-cached-anywhere'" in text
+        and "load_dataset('nobody/not-cached-anywhere', split='train')" in text
+    )
     assert "data.path=" in text and "\n" not in text

@@ -16,16 +16,27 @@ from spiel.data.errors import DataError
 from spiel.data.model_template import encode_with_model_template
 from spiel.testing import tiny_tokenizer
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>"]
-CORPUS = ["Reverse the letters of the word", "Hello there and welcome", "one two three four five six",
-          "cba tzqk answer question letters word", "Été 漢字 and or"] * 20
+CORPUS = [
+    "Reverse the letters of the word",
+    "Hello there and welcome",
+    "one two three four five six",
+    "cba tzqk answer question letters word",
+    "Été 漢字 and or",
+] * 20
 CONVERSATIONS = [
     [{"role": "user", "content": "Reverse the letters of kqzt."}, {"role": "assistant", "content": "tzqk"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Été, 漢字 and <|user|> or </s>?"},
-     {"role": "assistant", "content": "1 2  3\n\nfour"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there!"},
+        {"role": "user", "content": "Été, 漢字 and <|user|> or </s>?"},
+        {"role": "assistant", "content": "1 2  3\n\nfour"},
+    ],
 ]
 
 
@@ -34,20 +45,33 @@ ALPHABET = sorted(set("".join(m["content"] + m["role"] for c in CONVERSATIONS fo
 
 
 def wrap(backend) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>",
-                                   additional_special_tokens=["<|im_start|>"], chat_template=CHATML)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML,
+    )
 
 
 def sentencepiece_like(corpus=CORPUS) -> PreTrainedTokenizerFast:
     backend = SentencePieceBPETokenizer()
-    backend.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=SPECIAL,
-                                initial_alphabet=ALPHABET, show_progress=False)
+    backend.train_from_iterator(
+        corpus,
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=SPECIAL,
+        initial_alphabet=ALPHABET,
+        show_progress=False,
+    )
     return wrap(backend)
 
 
 def byte_level_bpe() -> PreTrainedTokenizerFast:
     backend = ByteLevelBPETokenizer()
-    backend.train_from_iterator(CORPUS, vocab_size=400, min_frequency=1, special_tokens=SPECIAL, show_progress=False)
+    backend.train_from_iterator(
+        CORPUS, vocab_size=400, min_frequency=1, special_tokens=SPECIAL, show_progress=False
+    )
     return wrap(backend)
 
 
@@ -63,15 +87,22 @@ def runs(ids, labels, trained: bool) -> list[list[int]]:
     return out + ([current] if current else [])
 
 
-@pytest.mark.parametrize("make", [sentencepiece_like, byte_level_bpe], ids=["sentencepiece", "byte-level-bpe"])
+@pytest.mark.parametrize(
+    "make", [sentencepiece_like, byte_level_bpe], ids=["sentencepiece", "byte-level-bpe"]
+)
 def test_ids_are_the_rendered_templates_and_only_answers_carry_loss(make):
     tok = make()
     for messages, enc in zip(CONVERSATIONS, encode_with_model_template(CONVERSATIONS, tok), strict=True):
         rendered = tok.apply_chat_template(messages, tokenize=False)
-        assert enc["input_ids"] == tok(rendered, add_special_tokens=False)["input_ids"]  # what a server builds
+        assert (
+            enc["input_ids"] == tok(rendered, add_special_tokens=False)["input_ids"]
+        )  # what a server builds
         trained = [tok.decode(run) for run in runs(enc["input_ids"], enc["labels"], True)]
         assert trained == [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
-        assert all(label in (IGNORE_INDEX, token) for token, label in zip(enc["input_ids"], enc["labels"], strict=True))
+        assert all(
+            label in (IGNORE_INDEX, token)
+            for token, label in zip(enc["input_ids"], enc["labels"], strict=True)
+        )
         untrained = [tok.decode(run) for run in runs(enc["input_ids"], enc["labels"], False)]
         assert len(untrained) == len(trained) + 1  # prompt, answer, prompt, answer, ..., the last "\n"
         assert all(text.endswith("assistant\n") for text in untrained[:-1]) and untrained[-1].strip() == ""
@@ -98,8 +129,9 @@ def test_a_token_across_the_answer_boundary_is_left_untrained_with_a_warning(cap
         enc = encode_with_model_template(CONVERSATIONS[:1], tok)[0]
     straddling = [t for t in tok.convert_ids_to_tokens(enc["input_ids"]) if "\n" in t and len(t) > 1]
     assert straddling and "merges a token across the boundary" in caplog.text
-    trained = tok.convert_ids_to_tokens([t for t, label in zip(enc["input_ids"], enc["labels"], strict=True)
-                                         if label != IGNORE_INDEX])
+    trained = tok.convert_ids_to_tokens(
+        [t for t, label in zip(enc["input_ids"], enc["labels"], strict=True) if label != IGNORE_INDEX]
+    )
     assert not any("\n" in t for t in trained) and trained[-1] == "<|im_end|>"
 
 

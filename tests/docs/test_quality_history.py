@@ -15,7 +15,8 @@ render = load_script("render_quality_history")
 def test_page_tables_are_the_json_rendered():
     page = render.PAGE.read_text()
     assert render.fill(page, render.render(json.loads(render.JSON_PATH.read_text()))) == page, (
-        "docs/quality-history.md is stale: run python scripts/render_quality_history.py")
+        "docs/quality-history.md is stale: run python scripts/render_quality_history.py"
+    )
 
 
 def test_rendered_table_matches_a_recorded_figure():
@@ -23,7 +24,10 @@ def test_rendered_table_matches_a_recorded_figure():
     bundle = json.loads(render.JSON_PATH.read_text())
     lora = [r["exact_match"] for r in bundle["files"]["quality_base"]["runs"] if r["stage"] == "seeds"]
     assert len(lora) == 3 and round(sum(lora) / 3, 3) == 0.641
-    assert "| LoRA | 71,936 | 0.003 | 1 | 0.003 | 4 | 0.697 | **0.641 ± 0.052** |" in render.render(bundle)["protocol"]
+    assert (
+        "| LoRA | 71,936 | 0.003 | 1 | 0.003 | 4 | 0.697 | **0.641 ± 0.052** |"
+        in render.render(bundle)["protocol"]
+    )
 
 
 def test_check_flags_an_edited_table(tmp_path, monkeypatch):

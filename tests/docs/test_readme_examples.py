@@ -30,8 +30,14 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """A README command, the spiel-* ones through this interpreter (so this checkout's code is what runs)."""
     modules = console_modules()
     assert argv[0] in modules, f"README command {argv[0]!r} is not an installed spiel entry point"
-    return subprocess.run([sys.executable, "-m", modules[argv[0]], *argv[1:]], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", modules[argv[0]], *argv[1:]],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def spiel_commands() -> list[list[str]]:
@@ -39,7 +45,9 @@ def spiel_commands() -> list[list[str]]:
 
 
 def _ok(result: subprocess.CompletedProcess, argv: list[str]) -> None:
-    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
 
 
 @pytest.mark.slow
@@ -57,8 +65,14 @@ def test_readme_runs_as_written(tmp_path):
     python_blocks = code_blocks("python")
     assert python_blocks, "the README has no Python example"
     for code in python_blocks:
-        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(),
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
         assert result.returncode == 0, f"README Python block failed:\n{code}\n{result.stderr[-3000:]}"
 
     others = [argv for argv in spiel_commands() if offline(argv) and argv not in quick_start]

@@ -43,7 +43,7 @@ def test_first_screen_shows_setup_train_and_eval():
     text = README.read_text()
     first = FENCE.search(text)
     assert first and first.group(1) == "bash", "the README's first code block is the quick start (bash)"
-    assert text[:first.end()].count("\n") <= FIRST_SCREEN, f"the quick start ends past line {FIRST_SCREEN}"
+    assert text[: first.end()].count("\n") <= FIRST_SCREEN, f"the quick start ends past line {FIRST_SCREEN}"
     quick_start = commands(first.group(2))
     assert [argv[0] for argv in quick_start] == ["make", "spiel-train", "spiel-eval"]
     assert quick_start[0] == ["make", "setup"]
@@ -58,10 +58,18 @@ def test_links_resolve():
 def test_a_broken_link_or_anchor_is_found(tmp_path):
     (tmp_path / "there.md").write_text("# A heading (`with code`)\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md#a-heading-with-code) [gone](missing.md) [bad](there.md#nope) [web](https://x.org)")
-    assert _broken_links(page) == ["page.md: missing.md (no such file)", "page.md: there.md#nope (no such heading)"]
+    page.write_text(
+        "[ok](there.md#a-heading-with-code) [gone](missing.md) [bad](there.md#nope) [web](https://x.org)"
+    )
+    assert _broken_links(page) == [
+        "page.md: missing.md (no such file)",
+        "page.md: there.md#nope (no such heading)",
+    ]
 
 
 def test_slug_matches_github():
     assert _slug("What fits (`spiel-plan`)") == "what-fits-spiel-plan"
-    assert _slug("Gather-gradient (the values' gradient of one layer)") == "gather-gradient-the-values-gradient-of-one-layer"
+    assert (
+        _slug("Gather-gradient (the values' gradient of one layer)")
+        == "gather-gradient-the-values-gradient-of-one-layer"
+    )

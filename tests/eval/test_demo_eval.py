@@ -86,7 +86,9 @@ def test_finetune_trains_only_the_answer_and_eos():
     trained = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
     assert trained == [t for t, lab in zip(ids, labels, strict=True) if lab == t]
     assert tok.decode(trained) == "cba</s>"
-    batch = DataCollatorForSpiel(pad_token_id=tok.pad_token_id)([example, {"input_ids": ids[:3], "labels": labels[:3]}])
+    batch = DataCollatorForSpiel(pad_token_id=tok.pad_token_id)(
+        [example, {"input_ids": ids[:3], "labels": labels[:3]}]
+    )
     assert batch["input_ids"][1, 3:].eq(tok.pad_token_id).all() and batch["labels"][1, 3:].eq(-100).all()
     assert batch["attention_mask"].sum(1).tolist() == [len(ids), 3]
 

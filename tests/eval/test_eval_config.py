@@ -30,7 +30,10 @@ BAD = [
     (["bench=gsm", "bench.max_new_tokens=0"], "bench.max_new_tokens: must be a whole number >= 1"),
     (["bench=humaneval", "bench.top_p=1.5"], r"bench.top_p: must be in \(0, 1\]"),
     (["bench=humaneval", "bench.temperature=-0.1"], "bench.temperature: must be >= 0"),
-    (["bench=humaneval", "bench.sandbox.memory_mb=0"], "bench.sandbox.memory_mb: must be a whole number >= 1"),
+    (
+        ["bench=humaneval", "bench.sandbox.memory_mb=0"],
+        "bench.sandbox.memory_mb: must be a whole number >= 1",
+    ),
     (["bench=humaneval", "bench.sandbox.timeout=nan"], "bench.sandbox.timeout: must be a finite number"),
     (["bench=humaneval", "+bench.sandbox.foo=1"], "bench.sandbox.foo: not a known key"),
 ]
@@ -43,16 +46,32 @@ def test_a_bad_eval_key_is_refused_before_anything_loads(tmp_path, monkeypatch, 
     import spiel.cli.eval as eval_cli
 
     monkeypatch.setattr(eval_cli, "load_for_eval", lambda *a, **k: pytest.fail("loaded a model"))
-    monkeypatch.setattr(sys, "argv", ["spiel-eval", "model=tiny", f"hydra.run.dir={tmp_path / 'run'}",
-                                      f"eval.data_dir={EVAL_FIXTURES}", *overrides])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "spiel-eval",
+            "model=tiny",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"eval.data_dir={EVAL_FIXTURES}",
+            *overrides,
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         eval_cli.main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and re.search(shown, err) and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("overrides", [["eval.limit=1"], ["eval.limit=null"], ["bench=gsm", "bench.n_shot=0"],
-                                       ["bench=humaneval", "bench.top_p=1.0", "bench.temperature=0.0"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["eval.limit=1"],
+        ["eval.limit=null"],
+        ["bench=gsm", "bench.n_shot=0"],
+        ["bench=humaneval", "bench.top_p=1.0", "bench.temperature=0.0"],
+    ],
+)
 def test_values_at_the_boundaries_pass(overrides):
     from hydra import compose, initialize_config_dir
 
@@ -66,9 +85,25 @@ def test_values_at_the_boundaries_pass(overrides):
 def test_a_sweep_with_a_failed_job_exits_non_zero_and_lists_it(tmp_path):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
     out = subprocess.run(
-        [sys.executable, "-m", "spiel.cli.eval", "-m", "model=tiny", "eval.limit=2", "eval.progress=false",
-         "eval.device=cpu", f"eval.data_dir={tmp_path / 'no-data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-         "bench=demo,mmlu"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "spiel.cli.eval",
+            "-m",
+            "model=tiny",
+            "eval.limit=2",
+            "eval.progress=false",
+            "eval.device=cpu",
+            f"eval.data_dir={tmp_path / 'no-data'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "bench=demo,mmlu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "1 sweep job(s) failed: 1_mmlu" in out.stderr, out.stderr[-3000:]
     assert (tmp_path / "sweep" / "0_demo" / "metrics.json").is_file()  # the other job still ran

@@ -14,10 +14,35 @@ def llama_style_tokenizer():
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
-    for t in ["▁", "▁▁", "▁▁▁", "▁▁▁▁", "r", "e", "t", "u", "n", "re", "ret", "retu", "retur", "return", "▁return"]:
+    for t in [
+        "▁",
+        "▁▁",
+        "▁▁▁",
+        "▁▁▁▁",
+        "r",
+        "e",
+        "t",
+        "u",
+        "n",
+        "re",
+        "ret",
+        "retu",
+        "retur",
+        "return",
+        "▁return",
+    ]:
         vocab.setdefault(t, len(vocab))
-    merges = [("r", "e"), ("re", "t"), ("ret", "u"), ("retu", "r"), ("retur", "n"), ("▁", "return"), ("▁", "▁"),
-              ("▁▁", "▁"), ("▁▁", "▁▁")]
+    merges = [
+        ("r", "e"),
+        ("re", "t"),
+        ("ret", "u"),
+        ("retu", "r"),
+        ("retur", "n"),
+        ("▁", "return"),
+        ("▁", "▁"),
+        ("▁▁", "▁"),
+        ("▁▁", "▁▁"),
+    ]
     return LlamaTokenizer(vocab=vocab, merges=merges)
 
 
@@ -38,7 +63,7 @@ def test_leading_spaces_of_a_completion_survive_decoding():
     prompt = "def f(x):\n"
     full, head = tok.encode(prompt + "    return x"), tok.encode(prompt)
     assert full[: len(head)] == head
-    new = full[len(head):]
+    new = full[len(head) :]
     assert tok.decode(new, skip_special_tokens=True) == "   return x"  # the pitfall: one space lost
     out = generate(FixedContinuation(new), tok, [prompt, "x = 1\n" + prompt], max_new_tokens=8, batch_size=2)
     assert out == ["    return x", "    return x"]

@@ -57,7 +57,11 @@ def test_spiel_checkpoint_loads_on_its_recorded_base_with_the_delta_merged(tmp_p
     path = spiel_ckpt(tmp_path / "a", seed=1)
     assert checkpoint_kind(path) == "spiel"
     loaded = load_for_eval(str(path), device="cpu")  # the base comes from spiel_config.json
-    assert loaded.info["kind"] == "spiel" and loaded.info["base"] == str(TINY_MODEL_DIR) and loaded.info["merged"]
+    assert (
+        loaded.info["kind"] == "spiel"
+        and loaded.info["base"] == str(TINY_MODEL_DIR)
+        and loaded.info["merged"]
+    )
     assert not isinstance(loaded.model, SpielModel)  # merged into plain linear layers
     reference = SpielModel.from_pretrained(tiny_model(), path)  # unmerged, delta applied on the fly
     assert torch.allclose(logits(loaded.model), logits(reference), atol=1e-5)
@@ -89,9 +93,14 @@ def test_each_spiel_checkpoint_is_read_and_checked_once(tmp_path, monkeypatch):
     a, b = spiel_ckpt(tmp_path / "a", seed=1), spiel_ckpt(tmp_path / "b", seed=2)
     reads = collections.Counter()
     read_bytes, read_text = Path.read_bytes, Path.read_text
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.update([self.relative_to(tmp_path).as_posix()])
-                        or read_bytes(self))
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.update([str(self)]) or read_text(self, *a, **k))
+    monkeypatch.setattr(
+        Path,
+        "read_bytes",
+        lambda self: reads.update([self.relative_to(tmp_path).as_posix()]) or read_bytes(self),
+    )
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: reads.update([str(self)]) or read_text(self, *a, **k)
+    )
     load_for_eval(str(a), device="cpu")
     assert reads == {"a/spiel_config.json": 1, "a/spiel_delta.safetensors": 1}
     reads.clear()
@@ -116,8 +125,9 @@ def test_a_tokenizer_with_an_added_token_grows_the_embeddings_deterministically(
 def test_peft_adapter_loads_merged(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
-                                                         init_lora_weights=False))
+    peft_model = get_peft_model(
+        tiny_model(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     expected = logits(peft_model)
     peft_model.save_pretrained(tmp_path / "lora")
     assert checkpoint_kind(tmp_path / "lora") == "peft"
@@ -147,10 +157,20 @@ def test_checkpoint_of_another_base_is_refused_with_a_clear_message(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="base weights differ"):
         load_for_eval(str(path), model_name="tiny", device="cpu")
     with pytest.raises(CheckpointMismatchError, match="base weights differ"):
-        load_for_eval([str(spiel_ckpt(tmp_path / "mine", seed=4)), str(path)], model_name="tiny", device="cpu")
+        load_for_eval(
+            [str(spiel_ckpt(tmp_path / "mine", seed=4)), str(path)], model_name="tiny", device="cpu"
+        )
 
-    small = LlamaForCausalLM(LlamaConfig(vocab_size=263, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    small = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=263,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     shaped = spiel_ckpt(tmp_path / "shapes", seed=5, base=small)
     with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
         load_for_eval(str(shaped), model_name="tiny", device="cpu")
@@ -159,8 +179,16 @@ def test_checkpoint_of_another_base_is_refused_with_a_clear_message(tmp_path):
 def test_peft_adapter_for_another_architecture_is_refused(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    small = LlamaForCausalLM(LlamaConfig(vocab_size=263, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    small = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=263,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     get_peft_model(small, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
     with pytest.raises(CheckpointMismatchError, match="does not fit the base model"):
         load_for_eval(str(tmp_path / "lora"), model_name="tiny", device="cpu")
@@ -191,8 +219,11 @@ def test_nf4_base_keeps_the_delta_unmerged_and_runs(tmp_path):
     assert isinstance(loaded.model, SpielModel) and not loaded.info["merged"]
     assert all(is_quantized(layer.weight) for layer in loaded.model.deltas.values())
     assert torch.isfinite(logits(loaded.model)).all()
-    composed = load_for_eval([str(path), str(spiel_ckpt(tmp_path / "b", seed=2, targets=["q_proj", "down_proj"]))],
-                             quant="nf4", device="cpu")
+    composed = load_for_eval(
+        [str(path), str(spiel_ckpt(tmp_path / "b", seed=2, targets=["q_proj", "down_proj"]))],
+        quant="nf4",
+        device="cpu",
+    )
     assert isinstance(composed.model, SpielModel)
     plain = load_for_eval(str(path), device="cpu")  # the NF4 result approximates the full-precision one
     a, b = logits(loaded.model), logits(plain.model)
@@ -216,7 +247,9 @@ def test_a_4bit_base_is_evaluated_with_embeddings_norms_and_head_in_float32(tmp_
     monkeypatch.setattr(loader, "upcast_unquantized", lambda model: [])
     bf16 = load_for_eval(str(path), quant="nf4", dtype="bfloat16", device="cpu").model
     bf16_params = dict(bf16.named_parameters())
-    assert all(bf16_params[n].dtype == torch.bfloat16 and torch.equal(bf16_params[n].float(), params[n])
-               for n in plain)  # the same values, only wider
+    assert all(
+        bf16_params[n].dtype == torch.bfloat16 and torch.equal(bf16_params[n].float(), params[n])
+        for n in plain
+    )  # the same values, only wider
     assert logits(loaded).dtype == torch.float32
     assert not torch.equal(logits(loaded), logits(bf16).float())  # the upcast changes the computation

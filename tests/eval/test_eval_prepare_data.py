@@ -58,7 +58,9 @@ def test_archives_are_laid_out_as_the_loaders_read_them(tmp_path, archives, monk
     assert mmlu.subjects(out) == mmlu.subjects(EVAL_FIXTURES)
     assert gsm.load_gsm(out, None) == gsm.load_gsm(EVAL_FIXTURES, None)
     assert bbh.load_tasks(out) == bbh.load_tasks(EVAL_FIXTURES)
-    assert bbh.load_cot_prompt(out, "date_understanding") == bbh.load_cot_prompt(EVAL_FIXTURES, "date_understanding")
+    assert bbh.load_cot_prompt(out, "date_understanding") == bbh.load_cot_prompt(
+        EVAL_FIXTURES, "date_understanding"
+    )
     assert tydiqa.load_tydiqa(out) == tydiqa.load_tydiqa(EVAL_FIXTURES)
     problems = prep.check("gsm", out)
     assert problems and "expected 1319" in problems[0]
@@ -67,8 +69,9 @@ def test_archives_are_laid_out_as_the_loaders_read_them(tmp_path, archives, monk
 def test_check_accepts_complete_looking_data(tmp_path):
     gsm_dir = tmp_path / "gsm"
     gsm_dir.mkdir()
-    (gsm_dir / "test.jsonl").write_text("".join(json.dumps({"question": "q", "answer": "#### 1"}) + "\n"
-                                                for _ in range(1319)))
+    (gsm_dir / "test.jsonl").write_text(
+        "".join(json.dumps({"question": "q", "answer": "#### 1"}) + "\n" for _ in range(1319))
+    )
     assert prep.check("gsm", tmp_path) == []
     assert prep.main(["--data-dir", str(tmp_path), "--bench", "gsm", "humaneval", "--check"]) == 0
 

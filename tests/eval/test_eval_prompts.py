@@ -31,6 +31,7 @@ class CharTokenizer:
 
 # ---------------------------------------------------------------- MMLU
 
+
 def test_mmlu_prompt_matches_the_protocol_string_for_string():
     dev = mmlu.read_rows(EVAL_FIXTURES / "mmlu/dev/abstract_algebra_dev.csv")
     test = mmlu.read_rows(EVAL_FIXTURES / "mmlu/test/abstract_algebra_test.csv")
@@ -46,9 +47,13 @@ def test_mmlu_prompt_matches_the_protocol_string_for_string():
 def test_mmlu_drops_shots_until_the_prompt_fits():
     dev = mmlu.read_rows(EVAL_FIXTURES / "mmlu/dev/abstract_algebra_dev.csv")
     row = mmlu.read_rows(EVAL_FIXTURES / "mmlu/test/abstract_algebra_test.csv")[0]
-    full = mmlu.build_prompt(CharTokenizer(), dev, "abstract_algebra", row, ntrain=5, max_prompt_tokens=10_000)
+    full = mmlu.build_prompt(
+        CharTokenizer(), dev, "abstract_algebra", row, ntrain=5, max_prompt_tokens=10_000
+    )
     assert full.count("Answer:") == 6
-    fitted = mmlu.build_prompt(CharTokenizer(), dev, "abstract_algebra", row, ntrain=5, max_prompt_tokens=len(full) - 1)
+    fitted = mmlu.build_prompt(
+        CharTokenizer(), dev, "abstract_algebra", row, ntrain=5, max_prompt_tokens=len(full) - 1
+    )
     assert fitted.count("Answer:") == 5 and len(fitted) <= len(full) - 1  # exactly one shot dropped
     zero = mmlu.build_prompt(CharTokenizer(), dev, "abstract_algebra", row, ntrain=5, max_prompt_tokens=1)
     assert zero.count("Answer:") == 1  # stops at 0 shots rather than looping
@@ -74,6 +79,7 @@ def test_mmlu_subjects_sorted_and_metrics_grouped_like_the_reference():
 
 # ---------------------------------------------------------------- GSM
 
+
 def test_gsm_prompt_gold_and_sample():
     rows = gsm.load_gsm(EVAL_FIXTURES, max_num_examples=None)
     assert [r["answer"] for r in rows[:2]] == ["7", "14400"]  # after "####", commas removed
@@ -84,9 +90,11 @@ def test_gsm_prompt_gold_and_sample():
         "are done, there will be 21 trees. How many trees did the grove workers plant today?\n"
         "Answer: There are 15 trees originally. Then there were 21 trees after some more were planted. So there "
         "must have been 21 - 15 = 6. So the answer is 6.\n\n"
-        "Question: If there are 3 cars")
+        "Question: If there are 3 cars"
+    )
     assert prompt.endswith(
-        "So the answer is 8.\n\nQuestion: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:")
+        "So the answer is 8.\n\nQuestion: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
+    )
     assert prompt.count("Question: ") == 9 and prompt.count("So the answer is") == 8
     # the reference's draw: random.seed(42); random.sample(test, n)
     import random
@@ -96,34 +104,43 @@ def test_gsm_prompt_gold_and_sample():
     assert gsm.load_gsm(EVAL_FIXTURES, max_num_examples=4) == expected
 
 
-@pytest.mark.parametrize("output, expected", [
-    (" Tom has 3 + 4 = 7 apples. So the answer is 7.", "7"),
-    (" 1,200 * 12 = 14,400 eggs. So the answer is 14,400.", "14400"),
-    (" The total is $1,234,567.89 in all.", "1234567.89"),
-    (" He runs 2.5 * 4 = 10.0 miles.", "10.0"),
-    (" It is .5 of it", ".5"),
-    (" The change is -3.5 dollars", "-3.5"),
-    (" The change is -3 dollars", "3"),  # the reference's regex keeps a sign only on decimals
-    (" I do not know.", " I do not know."),  # no number: the whole output
-])
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (" Tom has 3 + 4 = 7 apples. So the answer is 7.", "7"),
+        (" 1,200 * 12 = 14,400 eggs. So the answer is 14,400.", "14400"),
+        (" The total is $1,234,567.89 in all.", "1234567.89"),
+        (" He runs 2.5 * 4 = 10.0 miles.", "10.0"),
+        (" It is .5 of it", ".5"),
+        (" The change is -3.5 dollars", "-3.5"),
+        (" The change is -3 dollars", "3"),  # the reference's regex keeps a sign only on decimals
+        (" I do not know.", " I do not know."),  # no number: the whole output
+    ],
+)
 def test_gsm_answer_extraction(output, expected):
     assert gsm.extract_answer(output) == expected
 
 
 def test_gsm_exact_match_ignores_case_and_punctuation_only():
-    assert exact_match(["14400", "10.0", "1.5"], ["14400", "10", "15"]) == pytest.approx(2 / 3)  # "1.5" ~ "15"
+    assert exact_match(["14400", "10.0", "1.5"], ["14400", "10", "15"]) == pytest.approx(
+        2 / 3
+    )  # "1.5" ~ "15"
 
 
 # ---------------------------------------------------------------- BBH
 
+
 def test_bbh_prompt_drops_the_canary_lines():
     task_prompt = bbh.load_cot_prompt(EVAL_FIXTURES, "date_understanding")
     assert not task_prompt.startswith("FIXTURE") and task_prompt.startswith("Infer the date from context.")
-    prompt = bbh.build_prompt(task_prompt, "Today is 3/5/2020. What is the date tomorrow?\nOptions:\n(A) x\n(B) y")
+    prompt = bbh.build_prompt(
+        task_prompt, "Today is 3/5/2020. What is the date tomorrow?\nOptions:\n(A) x\n(B) y"
+    )
     assert prompt.startswith("Infer the date from context.\n\nQ: Today is 1/2/2020.")
     assert prompt.endswith(
         "A day ago was 07/03/1999. So the answer is (A).\n\n"
-        "Q: Today is 3/5/2020. What is the date tomorrow?\nOptions:\n(A) x\n(B) y\nA:")
+        "Q: Today is 3/5/2020. What is the date tomorrow?\nOptions:\n(A) x\n(B) y\nA:"
+    )
 
 
 def test_bbh_sampling_is_in_sorted_task_order_and_independent_of_the_task_subset(tmp_path):
@@ -135,7 +152,9 @@ def test_bbh_sampling_is_in_sorted_task_order_and_independent_of_the_task_subset
     for name in sorted(full):
         examples = __import__("json").loads((EVAL_FIXTURES / f"bbh/bbh/{name}.json").read_text())["examples"]
         assert full[name] == rng.sample(examples, 3)
-    assert bbh.load_tasks(EVAL_FIXTURES, 3, tasks=["date_understanding"]) == {"date_understanding": full["date_understanding"]}
+    assert bbh.load_tasks(EVAL_FIXTURES, 3, tasks=["date_understanding"]) == {
+        "date_understanding": full["date_understanding"]
+    }
     # creation order on disk does not matter
     copy = tmp_path / "bbh"
     (copy / "bbh").mkdir(parents=True)
@@ -144,12 +163,15 @@ def test_bbh_sampling_is_in_sorted_task_order_and_independent_of_the_task_subset
     assert bbh.load_tasks(tmp_path, 3) == full
 
 
-@pytest.mark.parametrize("output, expected", [
-    (" Let's think step by step.\nnot not True = True. So the answer is (B).", "(B)"),
-    (" the answer is False. And the answer is True.", "False"),  # the first match
-    (" The answer is 3.5 apples.", "3"),  # (.*?)\. stops at the first period, as the reference
-    (" Something else\n\nmore", "Something else"),  # no match: up to the first blank line
-])
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (" Let's think step by step.\nnot not True = True. So the answer is (B).", "(B)"),
+        (" the answer is False. And the answer is True.", "False"),  # the first match
+        (" The answer is 3.5 apples.", "3"),  # (.*?)\. stops at the first period, as the reference
+        (" Something else\n\nmore", "Something else"),  # no match: up to the first blank line
+    ],
+)
 def test_bbh_answer_extraction(output, expected):
     assert bbh.extract_answer(output) == expected
 
@@ -162,6 +184,7 @@ def test_bbh_exact_match_of_letter_answers():
 
 # ---------------------------------------------------------------- TyDiQA
 
+
 def test_tydiqa_languages_in_the_papers_order_and_one_shot_per_language():
     test, shots, languages = tydiqa.load_tydiqa(EVAL_FIXTURES, n_shot=1, max_num_examples_per_lang=2)
     assert languages == ["english", "finnish", "swahili"]
@@ -172,17 +195,26 @@ def test_tydiqa_languages_in_the_papers_order_and_one_shot_per_language():
 
 
 def test_tydiqa_prompt_matches_the_protocol_string_for_string():
-    example = {"lang": "english", "context": "Helsinki is the capital of Finland.", "question": "What is the capital?"}
-    shot = {"context": "Paris is the capital of France.", "question": "What is the capital of France?",
-            "answers": [{"text": "Paris", "answer_start": 0}]}
+    example = {
+        "lang": "english",
+        "context": "Helsinki is the capital of Finland.",
+        "question": "What is the capital?",
+    }
+    shot = {
+        "context": "Paris is the capital of France.",
+        "question": "What is the capital of France?",
+        "answers": [{"text": "Paris", "answer_start": 0}],
+    }
     assert tydiqa.build_prompt("english", example, [shot]) == (
         "Answer the following question based on the information in the given passage.\n\n"
         "Passage: Paris is the capital of France.\nQuestion: What is the capital of France?\nAnswer: Paris\n\n"
-        "Passage: Helsinki is the capital of Finland.\nQuestion: What is the capital?\nAnswer:")
+        "Passage: Helsinki is the capital of Finland.\nQuestion: What is the capital?\nAnswer:"
+    )
     fi = dict(example, lang="finnish")
     assert tydiqa.build_prompt("finnish", fi, []) == (
         "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.\n\n"
-        "Kappale: Helsinki is the capital of Finland.\nKysymys: What is the capital?\nVastaus:")
+        "Kappale: Helsinki is the capital of Finland.\nKysymys: What is the capital?\nVastaus:"
+    )
 
 
 def test_tydiqa_context_cut_keeps_the_bos_quirk_and_leaves_short_passages_alone():
@@ -242,7 +274,9 @@ def test_tydiqa_text_after_a_literal_bos_gets_the_reference_tokens_under_transfo
     assert len(tok(prompt)["input_ids"]) == len(by_hand) - 1  # transformers 5 alone: one token fewer
     assert tydiqa.encode_prompt(tok, prompt) == by_hand
     assert tydiqa.encode_prompt(reference, prompt) == by_hand
-    assert tydiqa.encode_prompt(tok, "Passage: Hello") == tok("Passage: Hello")["input_ids"]  # uncut: as usual
+    assert (
+        tydiqa.encode_prompt(tok, "Passage: Hello") == tok("Passage: Hello")["input_ids"]
+    )  # uncut: as usual
 
 
 def test_tydiqa_generates_from_the_reference_tokens(monkeypatch):
@@ -259,25 +293,37 @@ def test_tydiqa_generates_from_the_reference_tokens(monkeypatch):
     assert all(got == tydiqa.encode_prompt(tok, p) for p, got in seen)
 
 
-@pytest.mark.parametrize("pred, gold, f1", [
-    ("the Gulf of Finland", "Gulf of Finland", 1.0),  # article dropped
-    ("Helsinki.", "helsinki", 1.0),  # punctuation and case
-    ("on the coast", "on the coast of the Gulf of Finland", 2 * 1.0 * (2 / 6) / (1.0 + 2 / 6)),  # "on coast" vs 6 tokens
-    ("Turku", "Helsinki", 0.0),
-])
+@pytest.mark.parametrize(
+    "pred, gold, f1",
+    [
+        ("the Gulf of Finland", "Gulf of Finland", 1.0),  # article dropped
+        ("Helsinki.", "helsinki", 1.0),  # punctuation and case
+        (
+            "on the coast",
+            "on the coast of the Gulf of Finland",
+            2 * 1.0 * (2 / 6) / (1.0 + 2 / 6),
+        ),  # "on coast" vs 6 tokens
+        ("Turku", "Helsinki", 0.0),
+    ],
+)
 def test_squad_f1(pred, gold, f1):
     assert squad_f1(pred, gold) == pytest.approx(f1)
 
 
 def test_squad_scores_take_the_best_gold_and_scale_to_100():
-    s = squad_scores(["Gulf of Finland", "Turku"], [["on the coast of the Gulf of Finland", "the Gulf of Finland"],
-                                                      ["Helsinki"]])
+    s = squad_scores(
+        ["Gulf of Finland", "Turku"],
+        [["on the coast of the Gulf of Finland", "the Gulf of Finland"], ["Helsinki"]],
+    )
     assert s == {"exact_match": pytest.approx(50.0), "f1": pytest.approx(50.0)}
 
 
 # ---------------------------------------------------------------- pass@k
 
-@pytest.mark.parametrize("n, c, k", [(20, 0, 1), (20, 3, 1), (20, 3, 5), (20, 19, 5), (20, 20, 10), (5, 2, 5)])
+
+@pytest.mark.parametrize(
+    "n, c, k", [(20, 0, 1), (20, 3, 1), (20, 3, 5), (20, 19, 5), (20, 20, 10), (5, 2, 5)]
+)
 def test_pass_at_k_equals_the_closed_form(n, c, k):
     closed = 1 - math.comb(n - c, k) / math.comb(n, k)
     assert pass_at_k(n, c, k) == pytest.approx(closed, abs=1e-12)
@@ -292,12 +338,16 @@ def test_pass_at_1_is_the_fraction_passed_and_mean_skips_k_above_n():
 
 # ---------------------------------------------------------------- missing data
 
-@pytest.mark.parametrize("bench, call", [
-    ("mmlu", lambda d: mmlu.subjects(d)),
-    ("gsm", lambda d: gsm.load_gsm(d)),
-    ("bbh", lambda d: bbh.task_names(d)),
-    ("tydiqa", lambda d: tydiqa.load_tydiqa(d)),
-])
+
+@pytest.mark.parametrize(
+    "bench, call",
+    [
+        ("mmlu", lambda d: mmlu.subjects(d)),
+        ("gsm", lambda d: gsm.load_gsm(d)),
+        ("bbh", lambda d: bbh.task_names(d)),
+        ("tydiqa", lambda d: tydiqa.load_tydiqa(d)),
+    ],
+)
 def test_missing_data_names_the_path_and_the_fetch_command(tmp_path, bench, call):
     with pytest.raises(MissingDataError) as err:
         call(tmp_path)

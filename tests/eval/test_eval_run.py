@@ -52,8 +52,16 @@ def test_gsm_generations_do_not_depend_on_the_batch_size(model, tok):
 
 def _cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=["model=tiny", f"eval.data_dir={EVAL_FIXTURES}", "eval.progress=false",
-                                          f"eval.output_dir={tmp_path}", *overrides])
+        return compose(
+            "eval",
+            overrides=[
+                "model=tiny",
+                f"eval.data_dir={EVAL_FIXTURES}",
+                "eval.progress=false",
+                f"eval.output_dir={tmp_path}",
+                *overrides,
+            ],
+        )
 
 
 BENCH_OVERRIDES = {
@@ -81,13 +89,25 @@ def test_every_bench_writes_metrics_in_the_reference_shape(tmp_path, bench):
         assert set(metrics) >= {"average_acc", "subcat_acc", "cat_acc"} and len(rows) == 5
         assert set(metrics["cat_acc"]) == {"STEM", "social sciences"}
     elif bench == "gsm":
-        assert 0 <= metrics["exact_match"] <= 1 and len(rows) == 2 and set(rows[0]) >= {"model_output", "prediction"}
+        assert (
+            0 <= metrics["exact_match"] <= 1
+            and len(rows) == 2
+            and set(rows[0]) >= {"model_output", "prediction"}
+        )
     elif bench == "bbh":
-        assert set(metrics) == {"boolean_expressions", "date_understanding", "average_exact_match", "num_examples"}
+        assert set(metrics) == {
+            "boolean_expressions",
+            "date_understanding",
+            "average_exact_match",
+            "num_examples",
+        }
         assert {r["task"] for r in rows} == {"boolean_expressions", "date_understanding"}
     elif bench == "tydiqa":
         assert set(metrics) == {"english", "finnish", "swahili", "average", "num_examples"}
-        assert set(metrics["english"]) == {"exact_match", "f1"} and set(metrics["average"]) == {"exact_match", "f1"}
+        assert set(metrics["english"]) == {"exact_match", "f1"} and set(metrics["average"]) == {
+            "exact_match",
+            "f1",
+        }
         assert len(rows) == 3
     elif bench == "humaneval":
         assert 0 <= metrics["pass@1"] <= 1 and len(rows) == 4  # 2 problems x 2 samples
@@ -111,8 +131,12 @@ def test_collect_results_builds_a_table_from_run_dirs(tmp_path):
     fake("a5", "Llama-2-7b", "humaneval", {"pass@1": 0.135}, "1")
     fake("b1", "tulu2_ag", "mmlu", {"average_acc": 0.40}, "1")
     fake("b2", "tulu2_ag", "mmlu", {"average_acc": 0.50}, "2")  # the later run wins
-    out = subprocess.run([sys.executable, str(REPO / "scripts/collect_results.py"), str(tmp_path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/collect_results.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "| Model | MMLU | GSM | BBH | TyDiQA | HumanEval | Avg. |"
     assert lines[2] == "| Llama-2-7b | 45.8 | 13.0 | 40.6 | 50.9 | 13.5 | 32.8 |"
@@ -121,7 +145,9 @@ def test_collect_results_builds_a_table_from_run_dirs(tmp_path):
 
 def _cli(*args, cwd):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run(["spiel-eval", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        ["spiel-eval", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_cli_missing_data_exits_2_with_the_path_and_the_fetch_command(tmp_path):
@@ -133,13 +159,26 @@ def test_cli_missing_data_exits_2_with_the_path_and_the_fetch_command(tmp_path):
 
 @pytest.mark.slow
 def test_cli_multirun_runs_the_suite_and_collects(tmp_path):
-    out = _cli("-m", "model=tiny", f"eval.data_dir={EVAL_FIXTURES}", "eval.limit=1", "eval.progress=false", "++bench.max_new_tokens=4",
-               f"hydra.sweep.dir={tmp_path / 'sweep'}", "bench=gsm,bbh", cwd=tmp_path)
+    out = _cli(
+        "-m",
+        "model=tiny",
+        f"eval.data_dir={EVAL_FIXTURES}",
+        "eval.limit=1",
+        "eval.progress=false",
+        "++bench.max_new_tokens=4",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "bench=gsm,bbh",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted(p.parent.name for p in (tmp_path / "sweep").rglob("metrics.json"))
     assert runs == ["0_gsm", "1_bbh"]
     assert out.stdout.count("| tiny |") == 2
     assert out.stdout.count("loading the model") == 1  # the sweep's jobs share the loaded model
-    table = subprocess.run([sys.executable, str(REPO / "scripts/collect_results.py"), str(tmp_path / "sweep")],
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, str(REPO / "scripts/collect_results.py"), str(tmp_path / "sweep")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "| tiny | – | 0.0 | 0.0 |" in table or "| tiny | – |" in table

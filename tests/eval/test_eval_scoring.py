@@ -49,9 +49,14 @@ def mmlu_gold(subject: str) -> list[tuple[str, str]]:
 def test_mmlu_scores_known_answers(tok, reader):
     # Right on the 1st and 3rd question of each subject, the next letter otherwise.
     gold = {s: mmlu_gold(s) for s in ("abstract_algebra", "high_school_geography")}
-    chosen = {q: a if i % 2 == 0 else LETTERS[(LETTERS.index(a) + 1) % 4]
-              for rows in gold.values() for i, (q, a) in enumerate(rows)}
-    result = mmlu.evaluate_mmlu(LetterOracle(tok, chosen.__getitem__), tok, EVAL_FIXTURES, ntrain=2, reader=reader)
+    chosen = {
+        q: a if i % 2 == 0 else LETTERS[(LETTERS.index(a) + 1) % 4]
+        for rows in gold.values()
+        for i, (q, a) in enumerate(rows)
+    }
+    result = mmlu.evaluate_mmlu(
+        LetterOracle(tok, chosen.__getitem__), tok, EVAL_FIXTURES, ntrain=2, reader=reader
+    )
     m = result["metrics"]
     assert m["subject_acc"] == {"abstract_algebra": pytest.approx(2 / 3), "high_school_geography": 0.5}
     assert m["average_acc"] == pytest.approx(3 / 5) and m["num_examples"] == 5
@@ -63,8 +68,10 @@ def test_mmlu_scores_known_answers(tok, reader):
 
 def scripted(outputs_for):
     """A `generate` replacement: each prompt's output is `outputs_for(prompt)`."""
+
     def fake_generate(model, tokenizer, prompts, **_):
         return [outputs_for(p) for p in prompts]
+
     return fake_generate
 
 
@@ -97,11 +104,16 @@ def test_bbh_scores_known_answers(monkeypatch):
     for task in ("boolean_expressions", "date_understanding"):
         examples = json.loads((EVAL_FIXTURES / "bbh" / "bbh" / f"{task}.json").read_text())["examples"]
         for i, ex in enumerate(examples):
-            outputs[ex["input"]] = [ex["target"], f"so the answer is {ex['target'].lower()}.",
-                                    "So the answer is nothing at all."][i % 3]
+            outputs[ex["input"]] = [
+                ex["target"],
+                f"so the answer is {ex['target'].lower()}.",
+                "So the answer is nothing at all.",
+            ][i % 3]
         expected[task] = sum(i % 3 != 2 for i in range(len(examples))) / len(examples)
 
-    monkeypatch.setattr(bbh, "generate", scripted(lambda p: outputs[p.rsplit("\n\nQ: ", 1)[1][: -len("\nA:")]]))
+    monkeypatch.setattr(
+        bbh, "generate", scripted(lambda p: outputs[p.rsplit("\n\nQ: ", 1)[1][: -len("\nA:")]])
+    )
     m = bbh.evaluate_bbh(None, None, EVAL_FIXTURES)["metrics"]
     assert {t: m[t] for t in expected} == pytest.approx(expected)
     assert m["average_exact_match"] == pytest.approx(sum(expected.values()) / 2)
@@ -128,8 +140,9 @@ def test_tydiqa_scores_known_answers(monkeypatch):
     assert m["english"] == pytest.approx({"exact_match": 200 / 3, "f1": 200 / 3})
     assert m["finnish"] == pytest.approx({"exact_match": 50.0, "f1": (100 + 200 / 3) / 2})
     assert m["swahili"] == pytest.approx({"exact_match": 100.0, "f1": 100.0})
-    assert m["average"] == pytest.approx({"exact_match": (200 / 3 + 50 + 100) / 3,
-                                          "f1": (200 / 3 + (100 + 200 / 3) / 2 + 100) / 3})
+    assert m["average"] == pytest.approx(
+        {"exact_match": (200 / 3 + 50 + 100) / 3, "f1": (200 / 3 + (100 + 200 / 3) / 2 + 100) / 3}
+    )
     assert m["num_examples"] == 6
 
 
@@ -138,9 +151,12 @@ def test_demo_scores_known_answers(monkeypatch, tmp_path):
     path = tmp_path / "heldout.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     # Even records: the reference with surrounding whitespace (right); odd: with a letter appended (wrong).
-    outputs = {r["messages"][0]["content"]: (f"  {r['messages'][-1]['content']}\n" if i % 2 == 0
-                                             else r["messages"][-1]["content"] + "x")
-               for i, r in enumerate(records)}
+    outputs = {
+        r["messages"][0]["content"]: (
+            f"  {r['messages'][-1]['content']}\n" if i % 2 == 0 else r["messages"][-1]["content"] + "x"
+        )
+        for i, r in enumerate(records)
+    }
 
     def output(prompt):
         return next(v for k, v in outputs.items() if k in prompt)
@@ -153,5 +169,7 @@ def test_demo_scores_known_answers(monkeypatch, tmp_path):
     assert result["exact_match"] == 0.5 and result["num_examples"] == 6
     assert [p["correct"] for p in result["predictions"]] == [True, False] * 3
     skills = [r["id"].rsplit("-", 1)[-1] for r in records]
-    expected = {s: sum(i % 2 == 0 for i, k in enumerate(skills) if k == s) / skills.count(s) for s in set(skills)}
+    expected = {
+        s: sum(i % 2 == 0 for i, k in enumerate(skills) if k == s) / skills.count(s) for s in set(skills)
+    }
     assert result["per_skill"] == pytest.approx(expected)

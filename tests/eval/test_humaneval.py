@@ -89,24 +89,40 @@ def test_the_machine_offers_some_isolation_and_auto_picks_the_strongest():
 def test_check_case_and_stop_sequences_follow_the_protocol():
     problem = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
     assert check_case(problem, "    return x + 1") == (
-        "def f(x):\n    return x + 1", "def f(x):\n\ndef check(c):\n    assert c(1) == 2\n", "f")
+        "def f(x):\n    return x + 1",
+        "def f(x):\n\ndef check(c):\n    assert c(1) == 2\n",
+        "f",
+    )
     assert STOP_SEQUENCES == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
 def test_pass_and_fail_and_order_are_kept_in_parallel_runs():
     check = "def check(candidate):\n    assert candidate(2) == 4\n"
-    cases = [("def f(x):\n    return x * 2\n", check, "f"), ("def f(x):\n    return x + 1\n", check, "f"),
-             ("def f(x):\n    raise ValueError('boom')\n", check, "f"), ("def f(x):\n    return x ** 2\n", check, "f"),
-             ("def f(x):\n    return x +\n", check, "f"), ("def g(x):\n    return 4\n", check, "f")]
+    cases = [
+        ("def f(x):\n    return x * 2\n", check, "f"),
+        ("def f(x):\n    return x + 1\n", check, "f"),
+        ("def f(x):\n    raise ValueError('boom')\n", check, "f"),
+        ("def f(x):\n    return x ** 2\n", check, "f"),
+        ("def f(x):\n    return x +\n", check, "f"),
+        ("def g(x):\n    return 4\n", check, "f"),
+    ]
     results = run_checks(cases, SandboxLimits(timeout=10), n_workers=2)
-    assert [r.status for r in results] == ["passed", "failed: AssertionError", "failed: ValueError", "passed",
-                                           "failed: SyntaxError", "failed: NameError"]
+    assert [r.status for r in results] == [
+        "passed",
+        "failed: AssertionError",
+        "failed: ValueError",
+        "passed",
+        "failed: SyntaxError",
+        "failed: NameError",
+    ]
 
 
 def test_a_call_that_raises_reaches_the_checker_as_that_exception():
     program = "def f(x):\n    if x < 0:\n        raise ValueError\n    return x\n"
-    checker = ("def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError:\n        pass\n"
-               "    else:\n        assert False\n    assert candidate(3) == 3\n")
+    checker = (
+        "def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError:\n        pass\n"
+        "    else:\n        assert False\n    assert candidate(3) == 3\n"
+    )
     assert sandbox.run_check(program, checker, "f", SandboxLimits(timeout=10)).passed
 
 
@@ -115,8 +131,9 @@ def test_each_call_and_the_whole_check_have_a_time_limit():
     program = "import time\ndef f(s):\n    time.sleep(s)\n"
     whole = sandbox.run_check(program, checker, "f", SandboxLimits(timeout=1.0, call_timeout=0.6))
     assert whole.status == "timed out"  # each call is in time, all four are not
-    one = sandbox.run_check(program, "def check(candidate):\n    candidate(5)\n", "f",
-                            SandboxLimits(timeout=20, call_timeout=0.3))
+    one = sandbox.run_check(
+        program, "def check(candidate):\n    candidate(5)\n", "f", SandboxLimits(timeout=20, call_timeout=0.3)
+    )
     assert one.status == "timed out"
     assert sandbox.run_check(program, checker, "f", SandboxLimits(timeout=5, call_timeout=0.6)).passed
 
@@ -129,9 +146,15 @@ def test_guard_mode_runs_only_with_consent(monkeypatch):
 
     # A machine without namespaces: evaluate_humaneval refuses before any work and names the key.
     guard_only = {"isolation": "guard", "mode": None, "runs": "passed", "probe": "failed: AssertionError"}
-    nothing = {"isolation": "unavailable", "mode": "auto", "runs": "failed: sandbox unavailable (auto)",
-               "probe": "failed: sandbox unavailable (auto)"}
-    monkeypatch.setattr(humaneval, "isolation_report", lambda isolation, allow: guard_only if allow else nothing)
+    nothing = {
+        "isolation": "unavailable",
+        "mode": "auto",
+        "runs": "failed: sandbox unavailable (auto)",
+        "probe": "failed: sandbox unavailable (auto)",
+    }
+    monkeypatch.setattr(
+        humaneval, "isolation_report", lambda isolation, allow: guard_only if allow else nothing
+    )
     with pytest.raises(RuntimeError, match=r"bench\.sandbox\.allow_unsafe_guard=true"):
         humaneval.require_isolation(SandboxLimits())
     with pytest.raises(RuntimeError, match=r"bench\.sandbox\.allow_unsafe_guard=true"):
@@ -164,8 +187,9 @@ def test_canonical_solutions_pass_all_164_and_empty_completions_pass_none():
     problems = load_problems()
     assert len(problems) == 164
     limits = SandboxLimits(timeout=10.0)
-    canonical = score_completions(problems, [[p["canonical_solution"]] for p in problems], limits,
-                                  n_workers=os.cpu_count())
+    canonical = score_completions(
+        problems, [[p["canonical_solution"]] for p in problems], limits, n_workers=os.cpu_count()
+    )
     failed = [r for r in canonical["predictions"] if not r["passed"]]
     assert canonical["metrics"]["pass@1"] == 1.0, [(r["task_id"], r["result"]) for r in failed[:3]]
     empty = score_completions(problems, [[""] for _ in problems], limits, n_workers=os.cpu_count())
@@ -223,15 +247,18 @@ def test_namespaced_programs_cannot_undo_isolation_and_leave_no_process_behind(m
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "class A(ctypes.Structure):\n    _fields_ = [(n, ctypes.c_uint64) for n in 'abcd']\n"
         "a = A(0, 1, 0, 0)\nr = libc.syscall(442, -100, b'/', 0x8000, ctypes.byref(a), 32)\n"
-        f"assert r == 0, ctypes.get_errno()\nopen({str(victim)!r}, 'w').write('gone')\n")
+        f"assert r == 0, ctypes.get_errno()\nopen({str(victim)!r}, 'w').write('gone')\n"
+    )
     assert not run_program(undo_readonly, limits).passed
     daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
     res = run_program(daemon, limits)
     assert res.passed  # the program itself ended normally ...
     time.sleep(0.2)
     assert _sandbox_processes() == []  # ... and its daemonized child died with the namespace
-    sees = run_program("import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == [os.readlink('/proc/self')]\n",
-                       limits)
+    sees = run_program(
+        "import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == [os.readlink('/proc/self')]\n",
+        limits,
+    )
     assert sees.passed  # a fresh /proc: only the program's own processes are visible
     assert victim.read_text() == "keep me"
 
@@ -286,10 +313,17 @@ def test_the_cap_is_bounded_by_nproc_and_checked():
 
 
 def test_scored_results_say_which_memory_cap_applied():
-    problems = [{"task_id": "t/0", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 1\n",
-                 "entry_point": "f"}]
-    out = score_completions(problems, [["    return x\n"]], SandboxLimits(timeout=10, memory_mb=256,
-                                                                        total_memory_mb=1024))
+    problems = [
+        {
+            "task_id": "t/0",
+            "prompt": "def f(x):\n",
+            "test": "def check(c):\n    assert c(1) == 1\n",
+            "entry_point": "f",
+        }
+    ]
+    out = score_completions(
+        problems, [["    return x\n"]], SandboxLimits(timeout=10, memory_mb=256, total_memory_mb=1024)
+    )
     assert out["memory_cap"]["bound_mb"] == 1024 and out["memory_cap"]["processes"] == 4
     assert out["memory_cap"]["cgroup"] in (None, "v1, 1024 MiB", "v2, 1024 MiB")
 

@@ -14,14 +14,24 @@ from spiel.eval.lm_eval import LmEvalError, evaluate_lm_eval
 from spiel.paths import CONFIG_DIR
 from spiel.testing import DEMO_DIR, tiny_model, tiny_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
-                                        "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"
+)
 
 
 def _cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=["model=tiny", "bench=lm_eval", "bench.bootstrap_iters=0",
-                                          "eval.progress=false", f"eval.output_dir={tmp_path}", *overrides])
+        return compose(
+            "eval",
+            overrides=[
+                "model=tiny",
+                "bench=lm_eval",
+                "bench.bootstrap_iters=0",
+                "eval.progress=false",
+                f"eval.output_dir={tmp_path}",
+                *overrides,
+            ],
+        )
 
 
 def loglikelihood(model, tok, context: str, continuation: str) -> float:
@@ -30,7 +40,7 @@ def loglikelihood(model, tok, context: str, continuation: str) -> float:
     prompt's assistant header: that is prompt, never trained to be predicted."""
     if not context.endswith("<|assistant|>\n"):
         stripped = context.rstrip()
-        context, continuation = stripped, context[len(stripped):] + continuation
+        context, continuation = stripped, context[len(stripped) :] + continuation
     ids = tok(context + continuation)["input_ids"]
     n_context = len(tok(context)["input_ids"])
     with torch.no_grad():
@@ -45,13 +55,19 @@ def test_generation_task_gives_spiels_demo_answers_and_writes_metrics(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     own = evaluate_demo(tiny_model(), tiny_tokenizer(), limit=6, max_new_tokens=16)
     # the same prompts and the same greedy answers as spiel's bench=demo
-    assert [r["prompt"] for r in sorted(rows, key=lambda r: r["doc_id"])] == [p["prompt"] for p in own["predictions"]]
+    assert [r["prompt"] for r in sorted(rows, key=lambda r: r["doc_id"])] == [
+        p["prompt"] for p in own["predictions"]
+    ]
     answers = [r["response"] for r in sorted(rows, key=lambda r: r["doc_id"])]
     assert answers == [p["prediction"] for p in own["predictions"]]
     assert any(a.strip() for a in answers)
     assert metrics["tasks"]["spiel_demo_gen"]["exact_match"] == own["exact_match"]
     assert metrics["tasks"]["spiel_demo_gen"]["num_examples"] == 6
-    assert metrics["headline"] == {"task": "spiel_demo_gen", "metric": "exact_match", "value": own["exact_match"]}
+    assert metrics["headline"] == {
+        "task": "spiel_demo_gen",
+        "metric": "exact_match",
+        "value": own["exact_match"],
+    }
 
 
 def test_loglikelihood_on_an_unmerged_spiel_model_matches_a_plain_computation():
@@ -67,7 +83,9 @@ def test_loglikelihood_on_an_unmerged_spiel_model_matches_a_plain_computation():
         value, _is_greedy = row["response"]
         expected = loglikelihood(spiel_model, tok, row["prompt"], row["target"])
         assert value == pytest.approx(expected, abs=1e-3)
-        assert abs(loglikelihood(base, tok, row["prompt"], row["target"]) - expected) > 1e-2  # the delta counts
+        assert (
+            abs(loglikelihood(base, tok, row["prompt"], row["target"]) - expected) > 1e-2
+        )  # the delta counts
     assert out["metrics"]["tasks"]["spiel_demo_loglik"]["num_examples"] == 5
 
 
@@ -80,11 +98,14 @@ def test_task_yaml_from_include_path_over_a_local_json_file(tmp_path):
         f"dataset_kwargs:\n  data_files:\n    test: {DEMO_DIR / 'heldout.jsonl'}\n"
         "test_split: test\n"
         "output_type: loglikelihood\n"
-        "doc_to_text: \"Q: {{messages[0].content}}\\nA:\"\n"
-        "doc_to_target: \" {{messages[1].content}}\"\n"
-        "metric_list:\n  - metric: acc\n")
+        'doc_to_text: "Q: {{messages[0].content}}\\nA:"\n'
+        'doc_to_target: " {{messages[1].content}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
     model, tok = tiny_model(), tiny_tokenizer()
-    out = evaluate_lm_eval(model, tok, ["my_copy"], include_path=str(tasks), batch_size=4, limit=3, bootstrap_iters=0)
+    out = evaluate_lm_eval(
+        model, tok, ["my_copy"], include_path=str(tasks), batch_size=4, limit=3, bootstrap_iters=0
+    )
     records = [json.loads(line) for line in (DEMO_DIR / "heldout.jsonl").read_text().splitlines()[:3]]
     got = {r["doc_id"]: r["response"][0] for r in out["predictions"]}
     for i, rec in enumerate(records):
@@ -120,8 +141,18 @@ def test_nf4_base_with_the_delta_kept_unmerged(tmp_path):
     for layer in spiel_model.deltas.values():
         layer.values.data = 0.05 * torch.randn(layer.values.shape, generator=torch.Generator().manual_seed(1))
     spiel_model.save_pretrained(tmp_path / "ckpt", tokenizer=tiny_tokenizer())
-    metrics = run(_cfg(tmp_path / "run", f"ckpt={tmp_path / 'ckpt'}", "model=from_ckpt", "quant=nf4",
-                       "bench.tasks=[spiel_demo_loglik]", "eval.limit=3", "eval.device=cpu", "eval.batch_size=1"))
+    metrics = run(
+        _cfg(
+            tmp_path / "run",
+            f"ckpt={tmp_path / 'ckpt'}",
+            "model=from_ckpt",
+            "quant=nf4",
+            "bench.tasks=[spiel_demo_loglik]",
+            "eval.limit=3",
+            "eval.device=cpu",
+            "eval.batch_size=1",
+        )
+    )
     assert metrics["tasks"]["spiel_demo_loglik"]["num_examples"] == 3
     loaded = load_for_eval(str(tmp_path / "ckpt"), quant="nf4", device="cpu")
     assert isinstance(loaded.model, SpielModel)  # unmerged on the 4-bit base
@@ -141,11 +172,29 @@ def test_a_trained_demo_checkpoint_scores_its_answers(tmp_path):
     learned): a checkpoint answering about half of the demo right got accuracy 0.0 and perplexity ~4e6."""
     from tests.helpers.runs import only_run_dir, run_cli
 
-    assert run_cli(["max_steps=60", "save_steps=0", "progress_bar=false", "plot_ages=false",
-                    f"output_root={tmp_path}"]) == 0
+    assert (
+        run_cli(
+            [
+                "max_steps=60",
+                "save_steps=0",
+                "progress_bar=false",
+                "plot_ages=false",
+                f"output_root={tmp_path}",
+            ]
+        )
+        == 0
+    )
     final = only_run_dir(tmp_path) / "final"
-    metrics = run(_cfg(tmp_path / "eval", f"ckpt={final}", "model=from_ckpt", "bench.tasks=[spiel_demo_loglik]",
-                       "eval.limit=40", "eval.batch_size=8"))["tasks"]["spiel_demo_loglik"]
+    metrics = run(
+        _cfg(
+            tmp_path / "eval",
+            f"ckpt={final}",
+            "model=from_ckpt",
+            "bench.tasks=[spiel_demo_loglik]",
+            "eval.limit=40",
+            "eval.batch_size=8",
+        )
+    )["tasks"]["spiel_demo_loglik"]
     # lm-eval's perplexity here is per answer (exp of minus the mean answer log-likelihood): 60 steps gave acc
     # 0.15 and ~300; the fully trained demo (188 steps) 0.51 and 7.8, where the old scoring gave 0.0 and 4.3e6
     assert metrics["acc"] > 0.05 and 1 < metrics["perplexity"] < 1e3, metrics
@@ -167,9 +216,24 @@ def test_a_task_whose_data_is_not_available_offline_is_one_message(tmp_path, cap
     from tests.helpers.runs import subprocess_env
 
     env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "spiel.cli.eval", "model=tiny", "bench=lm_eval",
-                           "bench.tasks=[arc_easy]", "eval.limit=2", f"eval.output_dir={tmp_path}"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spiel.cli.eval",
+            "model=tiny",
+            "bench=lm_eval",
+            "bench.tasks=[arc_easy]",
+            "eval.limit=2",
+            f"eval.output_dir={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "loading the model" not in done.stderr + done.stdout
-    assert "['arc_easy']" in done.stderr and "allenai/ai2_arc" in done.stderr and "datasets cache" in done.stderr
+    assert (
+        "['arc_easy']" in done.stderr and "allenai/ai2_arc" in done.stderr and "datasets cache" in done.stderr
+    )

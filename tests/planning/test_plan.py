@@ -30,11 +30,20 @@ def test_counts_match_the_wrapped_model_exactly(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,ckpt,micro,seq", [("ag", False, 2, 64), ("ma", False, 2, 64),
-                                                   ("lora", False, 2, 64), ("ag", True, 4, 128)])
+@pytest.mark.parametrize(
+    "method,ckpt,micro,seq",
+    [("ag", False, 2, 64), ("ma", False, 2, 64), ("lora", False, 2, 64), ("ag", True, 4, 128)],
+)
 def test_tiny_model_plan_within_15_percent_of_measured_peak(tiny, method, ckpt, micro, seq):
-    plan = RunPlan(method=method, rank_equiv=4, lora_r=4, dtype="float32", micro_batch_size=micro,
-                   seq_len=seq, activation_checkpointing=ckpt)
+    plan = RunPlan(
+        method=method,
+        rank_equiv=4,
+        lora_r=4,
+        dtype="float32",
+        micro_batch_size=micro,
+        seq_len=seq,
+        activation_checkpointing=ckpt,
+    )
     measured = measure_peak("tiny", plan)
     planned = estimate(tiny, plan)
     assert measured["peak"] > measured["static"] * 1.3  # the training transients are a real share
@@ -55,10 +64,12 @@ def test_benchmark_model_plan_within_15_percent_of_measured_peak(method):
 
 def test_checkpointing_and_sharding_lower_the_plan(tiny):
     plain = estimate(tiny, RunPlan(method="ag", rank_equiv=4, dtype="float32", seq_len=512))
-    ckpt = estimate(tiny, RunPlan(method="ag", rank_equiv=4, dtype="float32", seq_len=512,
-                                  activation_checkpointing=True))
-    sharded = estimate(tiny, RunPlan(method="ag", rank_equiv=4, dtype="float32", seq_len=512, gpus=4,
-                                     parallel="fsdp"))
+    ckpt = estimate(
+        tiny, RunPlan(method="ag", rank_equiv=4, dtype="float32", seq_len=512, activation_checkpointing=True)
+    )
+    sharded = estimate(
+        tiny, RunPlan(method="ag", rank_equiv=4, dtype="float32", seq_len=512, gpus=4, parallel="fsdp")
+    )
     assert ckpt.parts["activations"] < plain.parts["activations"] / 2
     weights = plain.parts["base weights"] - tiny.buffer_bytes  # rotary buffers are not sharded
     assert sharded.parts["base weights"] == pytest.approx(weights / 4 + tiny.buffer_bytes)
@@ -76,17 +87,20 @@ def test_cheapest_fit_for_70b_on_80gb():
     assert cheapest_fit(shape, RunPlan(method="full", seq_len=2048), 80 * GIB) is None
 
 
-@pytest.mark.parametrize("fields,message", [
-    (dict(quant="nf4", gpus=2, parallel="fsdp"), "parallel: fsdp shards a bf16/fp32 base"),
-    (dict(method="ia3"), "method: planned: ag, ma, lora, full"),
-    (dict(gpus=2), "parallel: none means one GPU"),
-    (dict(gpus=0), "gpus: must be >= 1"),
-    (dict(dtype="int8"), "dtype: must be one of"),
-    (dict(quant="int4"), "quant: must be none or nf4"),
-    (dict(parallel="zero3"), "parallel: must be one of"),
-    (dict(method="full", quant="nf4"), "quant: full fine-tuning cannot train NF4 weights"),
-    (dict(micro_batch_size=0), "micro_batch_size: micro-batch and sequence must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(quant="nf4", gpus=2, parallel="fsdp"), "parallel: fsdp shards a bf16/fp32 base"),
+        (dict(method="ia3"), "method: planned: ag, ma, lora, full"),
+        (dict(gpus=2), "parallel: none means one GPU"),
+        (dict(gpus=0), "gpus: must be >= 1"),
+        (dict(dtype="int8"), "dtype: must be one of"),
+        (dict(quant="int4"), "quant: must be none or nf4"),
+        (dict(parallel="zero3"), "parallel: must be one of"),
+        (dict(method="full", quant="nf4"), "quant: full fine-tuning cannot train NF4 weights"),
+        (dict(micro_batch_size=0), "micro_batch_size: micro-batch and sequence must be >= 1"),
+    ],
+)
 def test_plan_refuses_what_it_cannot_plan(tiny, fields, message):
     with pytest.raises(ValueError, match=message):
         estimate(tiny, RunPlan(**fields))

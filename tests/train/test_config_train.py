@@ -35,12 +35,18 @@ def test_groups_hold_what_the_issue_lists():
     assert options("logger") == ["none", "tensorboard", "wandb"]
     assert {"local", "slurm"} <= set(options("hydra/launcher"))
     assert {f"paper_{s}_{m}" for s in ("7b", "13b") for m in ("ag", "ma", "lora", "ia3", "full")} <= set(
-        options("experiment"))
+        options("experiment")
+    )
 
 
 def test_defaults_are_the_demo():
     s = validate(make())
-    assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == ("tiny", "demo", "ag", "none")
+    assert (s.cfg.model["name_or_path"], s.cfg.data["name"], s.method.name, s.quant) == (
+        "tiny",
+        "demo",
+        "ag",
+        "none",
+    )
     # the tiny model's presets: λ/10; per method the paper's budget (rank 4 = 2.47% here) and a picked rate
     assert s.method.lr == 1e-2 and s.method.weight_decay == 0.3 and s.method.rank_equiv == 4
     assert s.method.adam_seeding == "none"  # the shipped AG default (docs/quality.md)
@@ -48,8 +54,12 @@ def test_defaults_are_the_demo():
     assert lora.method.r == 4 and lora.method.lr == 3e-3
     assert validate(make("method.lr=1e-3")).method.lr == 1e-3  # the command line still wins
     big = validate(make("model=llama2-7b"))
-    assert big.method.lr == 1e-4 and big.method.rank_equiv is None  # the method's own defaults (budget: rank 64)
-    assert big.method.weight_decay == 30.0 and validate(make("method=ma", "model=llama2-7b")).method.lr == 1e-3
+    assert (
+        big.method.lr == 1e-4 and big.method.rank_equiv is None
+    )  # the method's own defaults (budget: rank 64)
+    assert (
+        big.method.weight_decay == 30.0 and validate(make("method=ma", "model=llama2-7b")).method.lr == 1e-3
+    )
 
 
 @pytest.mark.slow
@@ -59,7 +69,9 @@ def test_every_model_data_method_quant_combination_composes():
     for model, data, method, quant in combos:
         cfg = make(f"model={model}", f"data={data}", f"method={method}", f"quant={quant}")
         assert cfg.method.name == method and cfg.quant.name == quant
-        if model in ("from_ckpt", "hf") or data == "own" or (quant == "nf4" and method == "full"):  # paths to give
+        if (
+            model in ("from_ckpt", "hf") or data == "own" or (quant == "nf4" and method == "full")
+        ):  # paths to give
             with pytest.raises(ConfigError):
                 validate(cfg)
         else:
@@ -70,25 +82,42 @@ def test_every_model_data_method_quant_combination_composes():
 
 
 def test_cfg_job_from_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "spiel.cli.train", "model=llama2-13b", "method=lora", "quant=nf4",
-                          "--cfg", "job"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spiel.cli.train",
+            "model=llama2-13b",
+            "method=lora",
+            "quant=nf4",
+            "--cfg",
+            "job",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "name_or_path: meta-llama/Llama-2-13b-hf" in out.stdout and "r: 64" in out.stdout
     assert not list(tmp_path.iterdir())  # --cfg writes nothing
 
 
-@pytest.mark.parametrize("size,method,lr,extra", [
-    ("7b", "ag", 1e-4, {"rank_equiv": 64, "weight_decay": 30.0}),
-    ("13b", "ag", 1e-5, {"rank_equiv": 64, "weight_decay": 30.0}),
-    ("7b", "ma", 1e-3, {"rank_equiv": 64, "weight_decay": 0.3}),
-    ("13b", "ma", 4e-4, {"rank_equiv": 64, "weight_decay": 0.0}),
-    ("7b", "lora", 1e-4, {"r": 64, "alpha": 16.0, "dropout": 0.1}),
-    ("13b", "lora", 3e-5, {"r": 64}),
-    ("7b", "ia3", 3e-4, {}),
-    ("13b", "ia3", 1e-4, {}),
-    ("7b", "full", 2e-5, {}),
-])
+@pytest.mark.parametrize(
+    "size,method,lr,extra",
+    [
+        ("7b", "ag", 1e-4, {"rank_equiv": 64, "weight_decay": 30.0}),
+        ("13b", "ag", 1e-5, {"rank_equiv": 64, "weight_decay": 30.0}),
+        ("7b", "ma", 1e-3, {"rank_equiv": 64, "weight_decay": 0.3}),
+        ("13b", "ma", 4e-4, {"rank_equiv": 64, "weight_decay": 0.0}),
+        ("7b", "lora", 1e-4, {"r": 64, "alpha": 16.0, "dropout": 0.1}),
+        ("13b", "lora", 3e-5, {"r": 64}),
+        ("7b", "ia3", 3e-4, {}),
+        ("13b", "ia3", 1e-4, {}),
+        ("7b", "full", 2e-5, {}),
+    ],
+)
 def test_paper_experiments(size, method, lr, extra):
     s = validate(make(f"experiment=paper_{size}_{method}"))
     c = s.cfg
@@ -96,7 +125,13 @@ def test_paper_experiments(size, method, lr, extra):
     assert s.method.name == method and s.method.lr == lr
     for key, value in extra.items():
         assert getattr(s.method, key) == value, key
-    assert (c.batch_size, c.epochs, c.max_seq_len, c.warmup_ratio, c.lr_scheduler) == (128, 2, 2048, 0.03, "linear")
+    assert (c.batch_size, c.epochs, c.max_seq_len, c.warmup_ratio, c.lr_scheduler) == (
+        128,
+        2,
+        2048,
+        0.03,
+        "linear",
+    )
     if method in ("ag", "ma"):
         m = s.method
         assert (m.reselection_steps, m.estimation_steps, m.initial_rate) == (20, 5, 0.2)
@@ -113,11 +148,22 @@ def test_model_specific_training_defaults_follow_the_final_model_choice():
 
 
 # configs/debug/smoke.yaml written out as command-line overrides (what the tests passed before the preset).
-SMOKE = ["max_steps=3", "batch_size=4", "micro_batch_size=2", "max_seq_len=64", "data.sources.0.cap=48",
-         "save_steps=2", "logging_steps=1", "progress_bar=false", "device=cpu"]
+SMOKE = [
+    "max_steps=3",
+    "batch_size=4",
+    "micro_batch_size=2",
+    "max_seq_len=64",
+    "data.sources.0.cap=48",
+    "save_steps=2",
+    "logging_steps=1",
+    "progress_bar=false",
+    "device=cpu",
+]
 
 
-@pytest.mark.parametrize("others", [[], ["method=lora"], ["model=llama2-7b", "method=ma"], ["experiment=paper_7b_ag"]])
+@pytest.mark.parametrize(
+    "others", [[], ["method=lora"], ["model=llama2-7b", "method=ma"], ["experiment=paper_7b_ag"]]
+)
 def test_debug_smoke_sets_exactly_the_smoke_overrides(others):
     def plain(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
@@ -133,7 +179,11 @@ def test_debug_smoke_yields_to_later_overrides_data_and_a_search():
     assert (cfg.max_steps, cfg.device, cfg.batch_size) == (9, "auto", 4)
     assert make("debug=smoke", "data=tulu2").data == make("data=tulu2").data  # not the demo slice
     search = make("debug=smoke", "hparams_search=demo")
-    assert (search.save_steps, search.eval_fraction, search.max_steps) == (0, 0.1, 3)  # the search's own settings
+    assert (search.save_steps, search.eval_fraction, search.max_steps) == (
+        0,
+        0.1,
+        3,
+    )  # the search's own settings
 
 
 @pytest.mark.parametrize("launcher,target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
@@ -157,8 +207,11 @@ def test_run_dir_names_are_usable_as_override_values():
     assert parsed.value() == f"outputs/train/{odd}/checkpoint-4"
     hc = make("method=lora", "method.lr=3e-5", "resume=auto", "logger=wandb")  # noqa: F841 (composes)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="train", overrides=["method=lora", "method.lr=3e-5", "resume=auto", "logger=wandb"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="train",
+            overrides=["method=lora", "method.lr=3e-5", "resume=auto", "logger=wandb"],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.job.config.override_dirname.kv_sep == "-"
 
 
@@ -176,8 +229,11 @@ BAD = [
     (["seed=abc"], "seed"),
     (["method.lr=-1"], "method.lr: must be >= 0, got -1"),
     (["method=lora", "method.weight_decay=-1"], "method.weight_decay: must be >= 0"),
-    (["lr=0.001"], "lr: moved to method.lr (one key; each method file sets the paper's value as its default): "
-                   "write method.lr=0.001 instead of lr=0.001"),
+    (
+        ["lr=0.001"],
+        "lr: moved to method.lr (one key; each method file sets the paper's value as its default): "
+        "write method.lr=0.001 instead of lr=0.001",
+    ),
     (["weight_decay=0.1"], "weight_decay: moved to method.weight_decay"),
     (["batch_size=10", "micro_batch_size=4"], "batch_size"),
     (["quant.name=int3"], "quant.name"),
@@ -194,8 +250,14 @@ BAD = [
     (["+data.foo=1"], "data.foo"),
     (["+data.sead=1"], "did you mean data.seed?"),
     (["+model.trust_remote_code=true"], "model.trust_remote_code: not a known key"),
-    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path: no model directory at /no/such/model"),
-    (["model=hf", "model.name_or_path=meta-llama/no-such-model"], "model.name_or_path: 'meta-llama/no-such-model' is neither"),
+    (
+        ["model=hf", "model.name_or_path=/no/such/model"],
+        "model.name_or_path: no model directory at /no/such/model",
+    ),
+    (
+        ["model=hf", "model.name_or_path=meta-llama/no-such-model"],
+        "model.name_or_path: 'meta-llama/no-such-model' is neither",
+    ),
 ]
 
 
@@ -230,13 +292,30 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "configs", src / "configs")
-    shutil.copytree(REPO / "spiel", src / "spiel", symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "spiel", src / "spiel", symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     env = subprocess_env()
     env.pop("PYTHONPATH")
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(src)], check=True, env=env, timeout=300, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -244,27 +323,42 @@ def test_wheel_install_has_the_whole_config_tree_and_composes_from_it(tmp_path):
     # interpreter): its site-packages directories are appended to the new venv's path. A .pth line only
     # adds a directory; the .pth files inside it (the editable install of this checkout) are not run,
     # so `spiel` can only come from the wheel.
-    new_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+    new_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     (Path(new_site) / "spiel_test_deps.pth").write_text("".join(f"{d}\n" for d in ours))
     wheel = next(wheels.glob("spiel-*.whl"))
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                   check=True, env=env, timeout=300)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     script = tmp_path / "compose_from_wheel.py"
     script.write_text(COMPOSE_FROM_WHEEL)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = subprocess.run([str(python), str(script)], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [str(python), str(script)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(result["config_dir"]).is_relative_to(venv)
     repo_files = {str(p.relative_to(CONFIG_DIR)): p.read_bytes() for p in CONFIG_DIR.rglob("*.yaml")}
     assert result["files"] == {name: data.decode() for name, data in repo_files.items()}
     assert result["composed"] >= 16 + 10 + 2
-    cli = subprocess.run([str(venv / "bin" / "spiel-train"), "experiment=paper_13b_ma", "--cfg", "job"],
-                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [str(venv / "bin" / "spiel-train"), "experiment=paper_13b_ma", "--cfg", "job"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "lr: 0.0004" in cli.stdout and "name_or_path: meta-llama/Llama-2-13b-hf" in cli.stdout
 

@@ -37,8 +37,12 @@ from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run
 @pytest.mark.parametrize("method", ["ag", "ma", "ag:normalized", "ag:capped", "ag:explore", "ag:random"])
 def test_two_ddp_ranks_hold_identical_indices_after_every_reselection(tmp_path, method):
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(WORKERS / "ddp_worker.py"), method, str(rank), "2", str(port),
-                               str(tmp_path)]) for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKERS / "ddp_worker.py"), method, str(rank), "2", str(port), str(tmp_path)]
+        )
+        for rank in range(2)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert len(r0["history"]) == 6  # reselections at steps 2, 7, ..., 27
@@ -59,8 +63,21 @@ def test_two_ranks_choose_what_one_process_with_the_global_batch_chooses(tmp_pat
         out = tmp_path / f"world{world}"
         out.mkdir()
         port = free_port()
-        procs = [subprocess.Popen([sys.executable, str(WORKERS / "global_batch_worker.py"), method, str(rank),
-                                   str(world), str(port), str(out)], env=subprocess_env()) for rank in range(world)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(WORKERS / "global_batch_worker.py"),
+                    method,
+                    str(rank),
+                    str(world),
+                    str(port),
+                    str(out),
+                ],
+                env=subprocess_env(),
+            )
+            for rank in range(world)
+        ]
         assert [p.wait(timeout=300) for p in procs] == [0] * world
         return torch.load(out / "rank0.pt")
 
@@ -77,20 +94,48 @@ def test_two_ranks_choose_what_one_process_with_the_global_batch_chooses(tmp_pat
 
 # --- spiel-train: parallel=ddp and parallel=fsdp
 
-RUN = ["method.reselection_steps=3", "method.estimation_steps=2", "method.rank_equiv=4", "max_steps=6",
-       "micro_batch_size=1", "max_seq_len=64", "data.sources.0.cap=48", "save_steps=3", "logging_steps=1",
-       "progress_bar=false", "device=cpu", "plot_ages=false"]
+RUN = [
+    "method.reselection_steps=3",
+    "method.estimation_steps=2",
+    "method.rank_equiv=4",
+    "max_steps=6",
+    "micro_batch_size=1",
+    "max_seq_len=64",
+    "data.sources.0.cap=48",
+    "save_steps=3",
+    "logging_steps=1",
+    "progress_bar=false",
+    "device=cpu",
+    "plot_ages=false",
+]
 
 
 def command(root, ranks, *overrides):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-                 str(free_port())] if ranks > 1 else [sys.executable])
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+        ]
+        if ranks > 1
+        else [sys.executable]
+    )
     return [*launcher, "-m", "spiel.cli.train", f"output_root={root}", *RUN, *overrides]
 
 
 def train(root, ranks, *overrides):
-    out = subprocess.run(command(root, ranks, *overrides), cwd=root.parent, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        command(root, ranks, *overrides),
+        cwd=root.parent,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return only_run_dir(root)
 
@@ -166,7 +211,9 @@ def test_fsdp_matches_one_process_spiel_ma(tmp_path):
     # still differ in the last bits (the per-rank loss is scaled by the world size and the ranks' gradients
     # are summed, as DDP does); the indices chosen by SM3's statistics are the same.
     # The sharded run also checkpoints activations (recomputation gives the same numbers: no extra slack).
-    fsdp = train(tmp_path / "fsdp", 2, "method=ma", "batch_size=2", "parallel=fsdp", "activation_checkpointing=true")
+    fsdp = train(
+        tmp_path / "fsdp", 2, "method=ma", "batch_size=2", "parallel=fsdp", "activation_checkpointing=true"
+    )
     single = train(tmp_path / "single", 1, "method=ma", "batch_size=2")
     a, b = delta(fsdp), delta(single)
     assert a.keys() == b.keys()
@@ -184,8 +231,14 @@ def test_fsdp_sigkill_and_resume_auto_is_bit_identical(ag_fsdp, tmp_path):
     root = tmp_path / "killed"
     root.mkdir()
     args = ["method=ag", "batch_size=4", "parallel=fsdp"]
-    proc = subprocess.Popen(command(root, 2, *args), cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command(root, 2, *args),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         runs = [p for p in root.iterdir() if p.is_dir()]
@@ -206,18 +259,32 @@ def composed(*overrides):
         return compose(config_name="train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("overrides,world,message", [
-    (["parallel=fsdp"], 1, "parallel: fsdp shards over several processes"),
-    (["parallel=none"], 2, "parallel: none runs one process, but the launcher started 2"),
-    (["parallel=fsdp", "method=lora"], 2, "parallel: fsdp is wired for the SpIEL methods (ag, ma), not 'lora'"),
-    (["parallel=fsdp", "quant=nf4"], 2, "parallel: fsdp shards a bf16/fp32 base; with quant=nf4 use parallel=ddp"),
-    (["parallel=fsdp", "max_grad_norm=1.0"], 2, "parallel: fsdp does not clip gradients"),
-    (["parallel=zero3"], 1, "parallel: must be none, ddp or fsdp, got 'zero3'"),
-])
+@pytest.mark.parametrize(
+    "overrides,world,message",
+    [
+        (["parallel=fsdp"], 1, "parallel: fsdp shards over several processes"),
+        (["parallel=none"], 2, "parallel: none runs one process, but the launcher started 2"),
+        (
+            ["parallel=fsdp", "method=lora"],
+            2,
+            "parallel: fsdp is wired for the SpIEL methods (ag, ma), not 'lora'",
+        ),
+        (
+            ["parallel=fsdp", "quant=nf4"],
+            2,
+            "parallel: fsdp shards a bf16/fp32 base; with quant=nf4 use parallel=ddp",
+        ),
+        (["parallel=fsdp", "max_grad_norm=1.0"], 2, "parallel: fsdp does not clip gradients"),
+        (["parallel=zero3"], 1, "parallel: must be none, ddp or fsdp, got 'zero3'"),
+    ],
+)
 def test_parallel_is_checked_before_anything_loads(overrides, world, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(composed(*overrides, "batch_size=4", "micro_batch_size=1"), world_size=world)
-    assert validate(composed("parallel=fsdp", "batch_size=4", "micro_batch_size=1"), world_size=2).cfg.parallel == "fsdp"
+    assert (
+        validate(composed("parallel=fsdp", "batch_size=4", "micro_batch_size=1"), world_size=2).cfg.parallel
+        == "fsdp"
+    )
 
 
 def test_fsdp_refused_without_fsdp2(monkeypatch):

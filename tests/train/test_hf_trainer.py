@@ -37,9 +37,21 @@ def spiel_tiny(seed: int = 0, **overrides) -> SpielModel:
 
 
 def args_for(out, **kw) -> TrainingArguments:
-    base = dict(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=1e-2,
-                lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-                report_to=[], seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     return TrainingArguments(**{**base, **kw})
 
 
@@ -99,8 +111,9 @@ def make_trainer(trainer_cls, model, out, data, **kw):
     if trainer_cls == "sft":
         from trl import SFTTrainer
 
-        return spiel_trainer(SFTTrainer)(model=model, args=args, train_dataset=data,
-                                         processing_class=tiny_tokenizer())
+        return spiel_trainer(SFTTrainer)(
+            model=model, args=args, train_dataset=data, processing_class=tiny_tokenizer()
+        )
     return spiel_trainer(Trainer)(model=model, args=args, train_dataset=data)
 
 
@@ -124,8 +137,12 @@ def test_killed_and_resumed_ends_bit_identical(tmp_path, trainer_cls):
     got, got_opt = delta_tensors(resumed.spiel_model()), optimizer_state(resumed)
     assert resumed.state.global_step == STEPS
     assert got.keys() == want.keys()
-    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
-    assert len(got_opt) == len(want_opt) and all(torch.equal(a, b) for a, b in zip(got_opt, want_opt, strict=True))
+    assert all(torch.equal(got[k], want[k]) for k in want), [
+        k for k in want if not torch.equal(got[k], want[k])
+    ]
+    assert len(got_opt) == len(want_opt) and all(
+        torch.equal(a, b) for a, b in zip(got_opt, want_opt, strict=True)
+    )
     start = delta_tensors(spiel_tiny())
     assert any(not torch.equal(want[k], start[k]) for k in want if k.endswith(".indices")), "no reselection"
 
@@ -160,8 +177,10 @@ def test_checkpoints_hold_the_delta_not_the_model(tmp_path):
     assert ckpt <= delta + optimizer + 64 * 1024
     assert ckpt <= 2 * delta
     assert ckpt < full_model / 4
-    print(f"full model {full_model:,} B; delta {delta:,} B; checkpoint {ckpt:,} B "
-          f"({ckpt / delta:.2f}x the delta; optimizer.pt {optimizer:,} B)")
+    print(
+        f"full model {full_model:,} B; delta {delta:,} B; checkpoint {ckpt:,} B "
+        f"({ckpt / delta:.2f}x the delta; optimizer.pt {optimizer:,} B)"
+    )
 
 
 def test_nf4_base_trains_with_no_flags(tmp_path):
@@ -170,8 +189,9 @@ def test_nf4_base_trains_with_no_flags(tmp_path):
     base = load_base_model("tiny", quant="nf4", dtype="bfloat16", device="cpu")
     model = get_spiel_model(base, SpielConfig(**{**CONFIG, "delta_dtype": "bfloat16"}))
     start = delta_tensors(model)
-    trainer = spiel_trainer(Trainer)(model=model, args=args_for(tmp_path / "run", max_steps=4),
-                                     train_dataset=lm_dataset(BATCH))
+    trainer = spiel_trainer(Trainer)(
+        model=model, args=args_for(tmp_path / "run", max_steps=4), train_dataset=lm_dataset(BATCH)
+    )
     trainer.train()
     got = delta_tensors(model)
     assert any(not torch.equal(got[k], start[k]) for k in got if k.endswith(".indices"))
@@ -195,22 +215,35 @@ def test_wrong_optimizer_is_refused_at_construction(tmp_path):
     model = spiel_tiny()
     adamw = torch.optim.AdamW([layer.values for layer in model.deltas.values()], lr=1e-3)
     with pytest.raises(TypeError, match="needs spiel's SparseAdamW, got AdamW"):
-        spiel_trainer(Trainer)(model=model, args=args_for(tmp_path / "run"), train_dataset=lm_dataset(BATCH),
-                               optimizers=(adamw, None))
+        spiel_trainer(Trainer)(
+            model=model,
+            args=args_for(tmp_path / "run"),
+            train_dataset=lm_dataset(BATCH),
+            optimizers=(adamw, None),
+        )
     with pytest.raises(TypeError, match="optimizer_cls_and_kwargs cannot be used with a SpielModel"):
-        spiel_trainer(Trainer)(model=model, args=args_for(tmp_path / "run"), train_dataset=lm_dataset(BATCH),
-                               optimizer_cls_and_kwargs=(torch.optim.AdamW, {"lr": 1e-3}))
+        spiel_trainer(Trainer)(
+            model=model,
+            args=args_for(tmp_path / "run"),
+            train_dataset=lm_dataset(BATCH),
+            optimizer_cls_and_kwargs=(torch.optim.AdamW, {"lr": 1e-3}),
+        )
 
 
 def test_other_models_pass_through_and_static_on_purpose_trains(tmp_path):
     plain = tiny_model()
-    trainer = spiel_trainer(Trainer)(model=plain, args=args_for(tmp_path / "plain", max_steps=1),
-                                     train_dataset=lm_dataset(BATCH))
+    trainer = spiel_trainer(Trainer)(
+        model=plain, args=args_for(tmp_path / "plain", max_steps=1), train_dataset=lm_dataset(BATCH)
+    )
     assert trainer._selector_callback is None
     model = spiel_tiny().allow_static_training()
     start = delta_tensors(model)
-    Trainer(model=model, args=args_for(tmp_path / "static", max_steps=2), train_dataset=lm_dataset(BATCH),
-            optimizers=(model.make_optimizer(lr=1e-2), None)).train()
+    Trainer(
+        model=model,
+        args=args_for(tmp_path / "static", max_steps=2),
+        train_dataset=lm_dataset(BATCH),
+        optimizers=(model.make_optimizer(lr=1e-2), None),
+    ).train()
     got = delta_tensors(model)
     assert all(torch.equal(got[k], start[k]) for k in got if k.endswith(".indices"))
     assert any(not torch.equal(got[k], start[k]) for k in got if k.endswith(".values"))
@@ -239,23 +272,38 @@ def dense_mean_loss(rows: list[list[int]]) -> float:
     ids = torch.tensor(rows)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                             ids[:, 1:].reshape(-1)).item()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+    ).item()
 
 
 def test_evaluate_returns_eval_loss_of_the_wrapped_model(tmp_path):
     """Without the label columns of the wrapped model, evaluate() returned only runtime keys."""
     data = lm_dataset(BATCH)
-    trainer = spiel_trainer(Trainer)(model=spiel_tiny(), args=args_for(tmp_path / "run", per_device_eval_batch_size=BATCH),
-                                     train_dataset=data, eval_dataset=data)
+    trainer = spiel_trainer(Trainer)(
+        model=spiel_tiny(),
+        args=args_for(tmp_path / "run", per_device_eval_batch_size=BATCH),
+        train_dataset=data,
+        eval_dataset=data,
+    )
     metrics = trainer.evaluate()
-    assert metrics["eval_loss"] == pytest.approx(dense_mean_loss(data["input_ids"]), rel=1e-5)  # deltas start at 0
+    assert metrics["eval_loss"] == pytest.approx(
+        dense_mean_loss(data["input_ids"]), rel=1e-5
+    )  # deltas start at 0
 
 
 def test_load_best_model_at_end_by_eval_loss(tmp_path):
     data = lm_dataset(BATCH * 2)
-    args = args_for(tmp_path / "run", max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps",
-                    save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    args = args_for(
+        tmp_path / "run",
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+    )
     trainer = spiel_trainer(Trainer)(model=spiel_tiny(), args=args, train_dataset=data, eval_dataset=data)
     trainer.train()
     evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]

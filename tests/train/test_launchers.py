@@ -13,9 +13,22 @@ from spiel.training.launch import launch_env
 from tests.helpers.runs import free_port, grown_at_steps, load_tensors, only_run_dir, subprocess_env
 
 # 6 optimizer steps of SpIEL-AG on the tiny model with reselections at steps 3 and 6.
-DDP_RUN = ["method=ag", "method.reselection_steps=3", "method.estimation_steps=2", "method.rank_equiv=4",
-           "max_steps=6", "batch_size=4", "micro_batch_size=1", "max_seq_len=64", "data.sources.0.cap=48",
-           "save_steps=0", "logging_steps=1", "progress_bar=false", "device=cpu", "plot_ages=false"]
+DDP_RUN = [
+    "method=ag",
+    "method.reselection_steps=3",
+    "method.estimation_steps=2",
+    "method.rank_equiv=4",
+    "max_steps=6",
+    "batch_size=4",
+    "micro_batch_size=1",
+    "max_seq_len=64",
+    "data.sources.0.cap=48",
+    "save_steps=0",
+    "logging_steps=1",
+    "progress_bar=false",
+    "device=cpu",
+    "plot_ages=false",
+]
 
 
 def slurm_env(monkeypatch, **extra):
@@ -24,9 +37,19 @@ def slurm_env(monkeypatch, **extra):
         # writes into os.environ cannot leak into later tests (a WORLD_SIZE of 16 for every spiel-train)
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
-    values = {**dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4711", SLURM_NTASKS="16", SLURM_JOB_NUM_NODES="2",
-                     SLURM_NODEID="1", SLURM_PROCID="9", SLURM_LOCALID="1", SLURM_JOB_NODELIST="gpu[03-04]"),
-              **extra}
+    values = {
+        **dict(
+            SUBMITIT_EXECUTOR="slurm",
+            SLURM_JOB_ID="4711",
+            SLURM_NTASKS="16",
+            SLURM_JOB_NUM_NODES="2",
+            SLURM_NODEID="1",
+            SLURM_PROCID="9",
+            SLURM_LOCALID="1",
+            SLURM_JOB_NODELIST="gpu[03-04]",
+        ),
+        **extra,
+    }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
 
@@ -35,8 +58,13 @@ def test_slurm_task_gets_torchrun_variables(monkeypatch):
     slurm_env(monkeypatch, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
     values = launch_env.set_from_submitit()
     port = values.pop("MASTER_PORT")
-    assert values == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8",
-                      "MASTER_ADDR": "gpu03"}
+    assert values == {
+        "RANK": "9",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "8",
+        "MASTER_ADDR": "gpu03",
+    }
     assert all(os.environ[k] == v for k, v in values.items())
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"  # cuda:LOCAL_RANK must stay valid
     slurm_env(monkeypatch, SLURM_PROCID="2", SLURM_NODEID="0", SLURM_LOCALID="2")  # another task of the job
@@ -71,11 +99,23 @@ def test_submitit_local_launcher_runs_one_ddp_job_of_two_tasks(tmp_path):
     env = subprocess_env()
     for key in launch_env.DIST_KEYS:
         env.pop(key, None)
-    args = [sys.executable, "-m", "spiel.cli.train", "-m", "hydra/launcher=local_submitit",
-            "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path}/sweep", f"output_root={tmp_path}",
-            *DDP_RUN]
+    args = [
+        sys.executable,
+        "-m",
+        "spiel.cli.train",
+        "-m",
+        "hydra/launcher=local_submitit",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"output_root={tmp_path}",
+        *DDP_RUN,
+    ]
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*.out")) if (tmp_path / "sweep").exists() else ""
+    logs = (
+        "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*.out"))
+        if (tmp_path / "sweep").exists()
+        else ""
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + logs[-3000:]
     jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 1, jobs
@@ -92,13 +132,27 @@ def test_accelerate_launch_gives_the_same_delta_as_torchrun(tmp_path):
     # N processes through torch's elastic launcher, and device=cpu makes them a gloo group.
     launchers = {
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
-        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+        "accelerate": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ],
     }
     for name, launcher in launchers.items():
         port = ["--master_port" if name == "torchrun" else "--main_process_port", str(free_port())]
         args = [*launcher, *port, "-m", "spiel.cli.train", f"output_root={tmp_path / name}", *DDP_RUN]
-        out = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, name + out.stdout[-3000:] + out.stderr[-3000:]
         assert_one_ddp_job(only_run_dir(tmp_path / name))
     a, b = final_delta(tmp_path / "torchrun"), final_delta(tmp_path / "accelerate")

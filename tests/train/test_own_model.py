@@ -39,8 +39,14 @@ def config_only_model(directory, **shape):
     return directory
 
 
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32)
+LLAMA2_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+)
 
 
 @pytest.mark.parametrize("method", sorted(PAPER))
@@ -58,33 +64,56 @@ def test_at_the_tiny_size_the_presets_are_the_demos(tmp_path):
     for method in ("ag", "lora"):
         hf = make("model=hf", f"model.name_or_path={own}", f"method={method}")
         demo = make("model=tiny", f"method={method}")
-        for key in ("method.lr", "method.weight_decay", "method.rank_equiv", "method.r", "batch_size",
-                    "micro_batch_size"):
+        for key in (
+            "method.lr",
+            "method.weight_decay",
+            "method.rank_equiv",
+            "method.r",
+            "batch_size",
+            "micro_batch_size",
+        ):
             assert OmegaConf.select(hf, key, default=None) == OmegaConf.select(demo, key, default=None), key
 
 
 def test_the_budget_is_the_papers_share_of_this_models_layers(tmp_path):
-    shape = dict(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=6,
-                 num_attention_heads=8, num_key_value_heads=2)
+    shape = dict(
+        vocab_size=1000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    )
     cfg = make("model=hf", f"model.name_or_path={config_only_model(tmp_path / 'm', **shape)}")
     h, m, kv = 512, 1376, 2 * 64
     blocks = [(h, h), (kv, h), (kv, h), (h, h), (m, h), (m, h), (h, m)]  # q k v o gate up down: (out, in)
-    paper_share = 64 * 32 * (4 * 8192 + 3 * (11008 + 4096)) / (32 * (4 * 4096 ** 2 + 3 * 4096 * 11008))
+    paper_share = 64 * 32 * (4 * 8192 + 3 * (11008 + 4096)) / (32 * (4 * 4096**2 + 3 * 4096 * 11008))
     rank = paper_share * sum(o * i for o, i in blocks) / sum(o + i for o, i in blocks)
     assert cfg.method.rank_equiv == round(rank)
 
 
 def test_presets_move_with_size_between_the_two_measured_ones(tmp_path):
-    sizes = [dict(hidden_size=h, intermediate_size=int(h * 2.6875), num_hidden_layers=layers,
-                  num_attention_heads=h // 64, num_key_value_heads=h // 64, vocab_size=32000)
-             for h, layers in ((256, 4), (1024, 12), (2048, 24))]
-    cfgs = [make("model=hf", f"model.name_or_path={config_only_model(tmp_path / str(i), **s)}")
-            for i, s in enumerate(sizes)]
+    sizes = [
+        dict(
+            hidden_size=h,
+            intermediate_size=int(h * 2.6875),
+            num_hidden_layers=layers,
+            num_attention_heads=h // 64,
+            num_key_value_heads=h // 64,
+            vocab_size=32000,
+        )
+        for h, layers in ((256, 4), (1024, 12), (2048, 24))
+    ]
+    cfgs = [
+        make("model=hf", f"model.name_or_path={config_only_model(tmp_path / str(i), **s)}")
+        for i, s in enumerate(sizes)
+    ]
     lrs = [c.method.lr for c in cfgs]
     batches = [c.batch_size for c in cfgs]
     assert 3e-2 > lrs[0] > lrs[1] > lrs[2] > 1e-4
-    assert 16 <= batches[0] <= batches[1] <= batches[2] <= 128 and all(b % c.micro_batch_size == 0
-                                                                        for b, c in zip(batches, cfgs, strict=True))
+    assert 16 <= batches[0] <= batches[1] <= batches[2] <= 128 and all(
+        b % c.micro_batch_size == 0 for b, c in zip(batches, cfgs, strict=True)
+    )
 
 
 def test_the_command_line_wins_over_a_preset(tmp_path):
@@ -110,8 +139,9 @@ def test_the_tiny_preset_refuses_another_model(tmp_path):
 def test_spiel_train_trains_ones_own_model_and_prints_the_presets(tmp_path, capsys):
     own = shutil.copytree(TINY_MODEL_DIR, tmp_path / "my-model")
     root = tmp_path / "out"
-    code = run_cli(["model=hf", f"model.name_or_path={own}", "debug=smoke", f"output_root={root}",
-                    "method.lr=0.01"])
+    code = run_cli(
+        ["model=hf", f"model.name_or_path={own}", "debug=smoke", f"output_root={root}", "method.lr=0.01"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("model=hf: presets for"))
@@ -133,8 +163,18 @@ def test_a_held_out_file_is_encoded_like_the_training_data(tmp_path):
         seen.update(cfg)
         return "held-out", {}
 
-    c = SimpleNamespace(eval_data=str(tmp_path / "dev.jsonl"), eval_fraction=0.0, max_seq_len=64,
-                        data_cache_dir=None, data_num_proc=1)
-    data = {"name": "own", "path": "train.jsonl", "template": "model", "columns": {"prompt": "q", "completion": "a"}}
+    c = SimpleNamespace(
+        eval_data=str(tmp_path / "dev.jsonl"),
+        eval_fraction=0.0,
+        max_seq_len=64,
+        data_cache_dir=None,
+        data_num_proc=1,
+    )
+    data = {
+        "name": "own",
+        "path": "train.jsonl",
+        "template": "model",
+        "columns": {"prompt": "q", "completion": "a"},
+    }
     assert eval_split("train", c, None, data, build) == ("train", "held-out")
     assert seen["template"] == "model" and seen["sources"][0]["columns"] == {"prompt": "q", "completion": "a"}

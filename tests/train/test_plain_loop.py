@@ -49,7 +49,7 @@ def _reference_train(model, examples, *, steps, batch_size, micro, seed, lr, max
         factor = (step + 1) / warmup if step < warmup else (steps - step) / (steps - warmup)
         for group in opt.param_groups:
             group["lr"] = lr * factor
-        parts = [idx[i:i + micro] for i in range(0, batch_size, micro)]
+        parts = [idx[i : i + micro] for i in range(0, batch_size, micro)]
         total = 0.0
         for part in parts:
             loss = _reference_loss(model, [examples[i] for i in part]) / len(parts)
@@ -68,10 +68,20 @@ def test_loop_matches_a_hand_written_loop(micro):
     model = random_llama(SHAPE, 32, seed=1).train()
     reference = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    losses = train_steps(model, opt, examples, steps=6, batch_size=4, micro_batch_size=micro, seed=3,
-                         pad_token_id=PAD, max_grad_norm=0.5)
-    ref_losses = _reference_train(reference, examples, steps=6, batch_size=4, micro=micro, seed=3, lr=1e-2,
-                                  max_grad_norm=0.5)
+    losses = train_steps(
+        model,
+        opt,
+        examples,
+        steps=6,
+        batch_size=4,
+        micro_batch_size=micro,
+        seed=3,
+        pad_token_id=PAD,
+        max_grad_norm=0.5,
+    )
+    ref_losses = _reference_train(
+        reference, examples, steps=6, batch_size=4, micro=micro, seed=3, lr=1e-2, max_grad_norm=0.5
+    )
     assert losses == pytest.approx(ref_losses, rel=1e-5)
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
@@ -88,11 +98,22 @@ def test_head_at_label_positions_only_trains_like_the_hand_written_loop(micro):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     seen = []
     hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
-    losses = train_steps(model, opt, examples, steps=6, batch_size=4, micro_batch_size=micro, seed=3,
-                         pad_token_id=PAD, max_grad_norm=0.5, label_logits_only=True)
+    losses = train_steps(
+        model,
+        opt,
+        examples,
+        steps=6,
+        batch_size=4,
+        micro_batch_size=micro,
+        seed=3,
+        pad_token_id=PAD,
+        max_grad_norm=0.5,
+        label_logits_only=True,
+    )
     hook.remove()
-    ref_losses = _reference_train(reference, examples, steps=6, batch_size=4, micro=micro, seed=3, lr=1e-2,
-                                  max_grad_norm=0.5)
+    ref_losses = _reference_train(
+        reference, examples, steps=6, batch_size=4, micro=micro, seed=3, lr=1e-2, max_grad_norm=0.5
+    )
     assert losses == pytest.approx(ref_losses, rel=1e-5)
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         # the loss is summed in another order; Adam divides a near-zero gradient's rounding by its own size
@@ -105,8 +126,11 @@ def test_head_at_label_positions_refuses_a_batch_without_labels():
     from spiel.training.engine.plain_loop import label_position_loss
 
     model = random_llama(SHAPE, 32, seed=1)
-    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
-             "labels": torch.full((2, 5), -100)}
+    batch = {
+        "input_ids": torch.ones(2, 5, dtype=torch.long),
+        "attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "labels": torch.full((2, 5), -100),
+    }
     with pytest.raises(ValueError, match="without label tokens"):
         label_position_loss(model, batch)
 
@@ -120,7 +144,9 @@ def test_loop_steps_the_selector_after_each_optimizer_step():
 
     model = random_llama(SHAPE, 32, seed=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train_steps(model, opt, _examples(6), steps=3, batch_size=2, seed=0, pad_token_id=PAD, selector=Recorder())
+    train_steps(
+        model, opt, _examples(6), steps=3, batch_size=2, seed=0, pad_token_id=PAD, selector=Recorder()
+    )
     assert calls == [1, 2, 3]
 
 
@@ -143,7 +169,9 @@ def test_micro_batch_must_divide_the_batch():
     model = random_llama(SHAPE, 32, seed=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with pytest.raises(ValueError, match="micro_batch_size 3 must divide batch_size 4"):
-        train_steps(model, opt, _examples(6), steps=1, batch_size=4, micro_batch_size=3, seed=0, pad_token_id=PAD)
+        train_steps(
+            model, opt, _examples(6), steps=1, batch_size=4, micro_batch_size=3, seed=0, pad_token_id=PAD
+        )
 
 
 @pytest.mark.parametrize("args", [(0, 0, 2), (5, 3, 0), (5, -1, 2)])

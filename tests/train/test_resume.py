@@ -60,8 +60,9 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, method):
 def test_a_selector_state_refuses_a_delta_without_its_growth_steps(tmp_path):
     """A compact (final) checkpoint holds no grown_at, from which AG's Adam ages derive: resuming a selector
     state onto it would silently restart every age, so it is refused; the training form resumes."""
-    model = get_spiel_model(base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6,
-                                                estimation_steps=2, seed=3))
+    model = get_spiel_model(
+        base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6, estimation_steps=2, seed=3)
+    )
     optimizer = model.make_optimizer(lr=1e-2)
     selector = model.make_selector(optimizer, total_steps=40)
     for step in range(8):  # past the first reselection (step 6): some entries have grown_at > 0
@@ -84,12 +85,15 @@ def test_a_selector_state_refuses_a_delta_without_its_growth_steps(tmp_path):
 
 
 def _trained_selector(seed: int, steps: int = 8):
-    model = get_spiel_model(base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6,
-                                                estimation_steps=2, seed=seed))
+    model = get_spiel_model(
+        base(), SpielConfig(method="ag", num_tunable=80, reselection_steps=6, estimation_steps=2, seed=seed)
+    )
     optimizer = model.make_optimizer(lr=1e-2)
     selector = model.make_selector(optimizer, total_steps=40)
     for step in range(steps):  # past the first reselection (step 6): some entries have grown_at > 0
-        model(torch.randn(8, 16, generator=torch.Generator().manual_seed(seed * 100 + step))).pow(2).mean().backward()
+        model(torch.randn(8, 16, generator=torch.Generator().manual_seed(seed * 100 + step))).pow(
+            2
+        ).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
         selector.step()
@@ -112,10 +116,23 @@ def test_a_selector_state_from_another_run_is_named_as_such(tmp_path):
 
 # SpIEL-AG, reselection every 4 steps after 2 of estimation; 16 steps over 1.3 epochs of 48 examples,
 # gradient accumulation 2, a checkpoint every 4 steps (all kept).
-RUN = ["method=ag", "method.reselection_steps=4", "method.estimation_steps=2", "method.rank_equiv=4",
-       "method.lr=3e-3", "max_steps=16", "batch_size=4", "micro_batch_size=2", "max_seq_len=64",
-       "data.sources.0.cap=48", "save_steps=4", "save_total_limit=10", "logging_steps=3", "progress_bar=false",
-       "device=cpu"]
+RUN = [
+    "method=ag",
+    "method.reselection_steps=4",
+    "method.estimation_steps=2",
+    "method.rank_equiv=4",
+    "method.lr=3e-3",
+    "max_steps=16",
+    "batch_size=4",
+    "micro_batch_size=2",
+    "max_seq_len=64",
+    "data.sources.0.cap=48",
+    "save_steps=4",
+    "save_total_limit=10",
+    "logging_steps=3",
+    "progress_bar=false",
+    "device=cpu",
+]
 # wall-clock fields of metrics.jsonl: the only ones a resumed run may log differently
 TIMING = {"time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
@@ -128,14 +145,19 @@ def _run(root, *extra):
 
 
 def _losses(run_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
+    return {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
 
 
 def _metrics(run_dir):
     """metrics.jsonl without its wall-clock fields."""
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
@@ -183,7 +205,9 @@ def test_sigkilled_run_resumes_to_the_same_delta_and_optimizer_state(tmp_path):
         assert torch.equal(a[key], b[key]), key
     grown = [load_tensors(run / "checkpoint-16" / "spiel_delta.safetensors") for run in (straight, resumed)]
     assert all(torch.equal(grown[0][k], grown[1][k]) for k in grown[0] if k.endswith(".grown_at"))
-    assert any(k.endswith(".grown_at") and int(v.max()) >= 14 for k, v in grown[0].items())  # late reselections
+    assert any(
+        k.endswith(".grown_at") and int(v.max()) >= 14 for k, v in grown[0].items()
+    )  # late reselections
 
     opt_a = torch.load(straight / "checkpoint-16" / "optimizer.pt", weights_only=True)["state"]
     opt_b = torch.load(resumed / "checkpoint-16" / "optimizer.pt", weights_only=True)["state"]
@@ -204,7 +228,14 @@ def test_resumed_run_logs_exactly_the_uninterrupted_metrics(tmp_path):
     """A run stopped after checkpoint-4 (what a kill leaves: later log lines, no final/) and resumed with
     resume=auto writes the same metrics.jsonl as the run that was never stopped (timings aside), with a
     log window (every 3 steps) that spans the resume."""
-    args = [*SMALL, "max_steps=8", "save_steps=2", "logging_steps=3", "save_total_limit=10", "method.rank_equiv=2"]
+    args = [
+        *SMALL,
+        "max_steps=8",
+        "save_steps=2",
+        "logging_steps=3",
+        "save_total_limit=10",
+        "method.rank_equiv=2",
+    ]
     assert run_cli([f"output_root={tmp_path / 'a'}", *args]) == 0
     straight = only_run_dir(tmp_path / "a")
     stopped = tmp_path / "b" / straight.name
@@ -214,7 +245,11 @@ def test_resumed_run_logs_exactly_the_uninterrupted_metrics(tmp_path):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     assert run_cli([f"output_root={tmp_path / 'b'}", *args, "resume=auto"]) == 0
     assert json.loads((stopped / "summary.json").read_text())["resumed_from"] == str(stopped / "checkpoint-4")
-    assert [r["step"] for r in _metrics(stopped) if "loss" in r] == [1, 3, 6]  # 6: steps 4-6, across the resume
+    assert [r["step"] for r in _metrics(stopped) if "loss" in r] == [
+        1,
+        3,
+        6,
+    ]  # 6: steps 4-6, across the resume
     assert _metrics(straight) == _metrics(stopped)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, stopped))
     assert a["train_loss"] == b["train_loss"] and a["final_loss"] == b["final_loss"]
@@ -281,8 +316,10 @@ BASE = [*SMALL, "max_steps=2", "method.rank_equiv=2", "run_name=same", "method.l
 
 def snapshot(run_dir):
     """Every file under the run dir with its bytes (and every directory)."""
-    return {str(p.relative_to(run_dir)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(run_dir.rglob("*"))}
+    return {
+        str(p.relative_to(run_dir)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(run_dir.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -294,12 +331,17 @@ def trained(tmp_path_factory):
     return root, only_run_dir(root), data
 
 
-@pytest.mark.parametrize("change,shown", [
-    ("method.lr=0.001", "method.lr 0.03 -> 0.001"),
-    ("seed=7", "seed 42 -> 7"),
-    ("data.sources.0.path={data}", "data.sources.0.path"),
-])
-def test_resume_with_a_different_training_config_is_refused_and_touches_nothing(trained, capsys, change, shown):
+@pytest.mark.parametrize(
+    "change,shown",
+    [
+        ("method.lr=0.001", "method.lr 0.03 -> 0.001"),
+        ("seed=7", "seed 42 -> 7"),
+        ("data.sources.0.path={data}", "data.sources.0.path"),
+    ],
+)
+def test_resume_with_a_different_training_config_is_refused_and_touches_nothing(
+    trained, capsys, change, shown
+):
     root, run_dir, data = trained
     before = snapshot(run_dir)
     code = run_cli([f"output_root={root}", *BASE, change.format(data=data), "resume=auto"])
@@ -312,9 +354,21 @@ def test_resume_with_a_different_training_config_is_refused_and_touches_nothing(
 
 def test_keys_that_do_not_change_training_may_differ_and_the_override_accepts_the_rest(trained, capsys):
     root, run_dir, _ = trained
-    assert run_cli([f"output_root={root}", *BASE, "logging_steps=5", "save_total_limit=3", "resume=auto"]) == 0
-    assert run_cli([f"output_root={root}", *BASE, "method.lr=0.001", "resume=auto",
-                    "resume_allow_config_changes=true"]) == 0
+    assert (
+        run_cli([f"output_root={root}", *BASE, "logging_steps=5", "save_total_limit=3", "resume=auto"]) == 0
+    )
+    assert (
+        run_cli(
+            [
+                f"output_root={root}",
+                *BASE,
+                "method.lr=0.001",
+                "resume=auto",
+                "resume_allow_config_changes=true",
+            ]
+        )
+        == 0
+    )
     assert OmegaConf.load(run_dir / "config.yaml").method.lr == 0.001
 
 
@@ -322,10 +376,14 @@ def test_a_run_dir_without_its_config_is_not_resumed_unchecked(tmp_path):
     ckpt = tmp_path / "run" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     cfg = OmegaConf.create({"lr": 0.1})
-    with pytest.raises(RunDirError, match=r"config.yaml is missing or unreadable.*resume_allow_config_changes"):
+    with pytest.raises(
+        RunDirError, match=r"config.yaml is missing or unreadable.*resume_allow_config_changes"
+    ):
         check_resume_config(ckpt, cfg)
     check_resume_config(ckpt, cfg, allow_changes=True)
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"lr": 0.1, "method": {"betas": [0.9, 0.99]}}))
+    (tmp_path / "run" / "config.yaml").write_text(
+        yaml.safe_dump({"lr": 0.1, "method": {"betas": [0.9, 0.99]}})
+    )
     with pytest.raises(RunDirError, match=r"method.betas.1 0.99 -> 0.999"):
         check_resume_config(ckpt, OmegaConf.create({"lr": 0.1, "method": {"betas": [0.9, 0.999]}}))
 
@@ -333,8 +391,13 @@ def test_a_run_dir_without_its_config_is_not_resumed_unchecked(tmp_path):
 def test_the_neutral_keys_are_the_ones_left_out_of_run_dir_names():
     excluded = OmegaConf.load(CONFIG_DIR / "train.yaml").hydra.job.config.override_dirname.exclude_keys
     assert set(NEUTRAL_KEYS) == {k for k in excluded if "." not in k}
-    assert config_differences({"lr": 1.0, "save_steps": 2, "logger": {"name": "none"}},
-                              {"lr": 1.0, "save_steps": 9, "logger": {"name": "wandb"}}) == []
+    assert (
+        config_differences(
+            {"lr": 1.0, "save_steps": 2, "logger": {"name": "none"}},
+            {"lr": 1.0, "save_steps": 9, "logger": {"name": "wandb"}},
+        )
+        == []
+    )
     assert config_differences({"lr": 1.0}, {"lr": 1.0, "max_steps": 9}) == [("max_steps", "(absent)", 9)]
 
 

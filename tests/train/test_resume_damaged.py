@@ -26,7 +26,9 @@ class Planted:
 def make_checkpoint(run_dir, step: int):
     path = run_dir / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    torch.save({"state": {0: {"exp_avg": torch.ones(4)}}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt")
+    torch.save(
+        {"state": {0: {"exp_avg": torch.ones(4)}}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt"
+    )
     torch.save({"last_epoch": step}, path / "scheduler.pt")
     (path / "spiel_delta.safetensors").write_bytes(b"delta")
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
@@ -40,7 +42,7 @@ def truncated(path):
 
 def flipped(path):  # same size: the marker's size check cannot see it
     data = path.read_bytes()
-    path.write_bytes(bytes(len(data) // 2) + data[len(data) // 2:])
+    path.write_bytes(bytes(len(data) // 2) + data[len(data) // 2 :])
 
 
 def planted(path):  # re-sealed, as whoever planted it would
@@ -53,17 +55,22 @@ def run_with_checkpoints(tmp_path):
     return run_dir, [make_checkpoint(run_dir, step) for step in (2, 4)]
 
 
-@pytest.mark.parametrize("damage,why", [
-    (truncated, "bytes, the marker records"),
-    (flipped, "damaged"),
-    (planted, "Python objects other than tensors.* never loaded with weights_only=False"),
-])
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        (truncated, "bytes, the marker records"),
+        (flipped, "damaged"),
+        (planted, "Python objects other than tensors.* never loaded with weights_only=False"),
+    ],
+)
 def test_resume_auto_with_every_optimizer_damaged_deletes_nothing_and_says_why(tmp_path, damage, why):
     run_dir, saved = run_with_checkpoints(tmp_path)
     for path in saved:
         damage(path / "optimizer.pt")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    with pytest.raises(RunDirError, match=f"cannot resume: .*checkpoint-4/optimizer.pt is .*{why}") as refused:
+    with pytest.raises(
+        RunDirError, match=f"cannot resume: .*checkpoint-4/optimizer.pt is .*{why}"
+    ) as refused:
         prepare_run_dir(run_dir, "auto", overwrite=False)
     message = str(refused.value)
     assert "Nothing was deleted" in message and "spiel-eval ckpt=" in message and "overwrite=true" in message
@@ -74,7 +81,9 @@ def test_resume_auto_with_every_optimizer_damaged_deletes_nothing_and_says_why(t
 def test_a_damaged_newest_checkpoint_is_not_silently_skipped_for_an_older_one(tmp_path):
     run_dir, (older, newest) = run_with_checkpoints(tmp_path)
     flipped(newest / "scheduler.pt")
-    with pytest.raises(RunDirError, match=r"checkpoint-4/scheduler.pt is damaged.*intact here: \['checkpoint-2'\]"):
+    with pytest.raises(
+        RunDirError, match=r"checkpoint-4/scheduler.pt is damaged.*intact here: \['checkpoint-2'\]"
+    ):
         prepare_run_dir(run_dir, "auto", overwrite=False)
     with pytest.raises(RunDirError, match="checkpoint-4/scheduler.pt"):  # an explicit resume= too
         check_resumable(run_dir, str(newest))

@@ -30,8 +30,11 @@ def stopped(tmp_path):
 
 
 def checkpoint_bytes(run_dir):
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.glob("checkpoint-*/**/*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.glob("checkpoint-*/**/*"))
+        if p.is_file()
+    }
 
 
 def test_every_checkpoint_file_is_in_its_manifest(stopped):
@@ -50,7 +53,10 @@ def test_a_flipped_bit_in_optimizer_pt_is_refused_naming_the_file(stopped, capsy
     before = checkpoint_bytes(run_dir)
     assert run_cli([*args, "resume=auto"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot resume: {path} is damaged: its SHA-256 differs from the one checkpoint_complete.json recorded" in err
+    assert (
+        f"cannot resume: {path} is damaged: its SHA-256 differs from the one checkpoint_complete.json recorded"
+        in err
+    )
     assert "Nothing was deleted" in err and "overwrite=true" in err and "Traceback" not in err
     assert checkpoint_bytes(run_dir) == before and not (run_dir / "final").exists()
 

@@ -18,16 +18,19 @@ from spiel.training.engine import run_lock
 from spiel.training.engine.run_lock import LOCK_NAME, RunLockedError
 from tests.helpers.runs import run_cli, subprocess_env
 
-HOLD = ("import sys, time\nfrom spiel.training.engine import run_lock\nrun_lock.acquire(sys.argv[1])\n"
-        "print('held', flush=True)\ntime.sleep(600)\n")
+HOLD = (
+    "import sys, time\nfrom spiel.training.engine import run_lock\nrun_lock.acquire(sys.argv[1])\n"
+    "print('held', flush=True)\ntime.sleep(600)\n"
+)
 
 
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding the lock of tmp_path/out/run."""
     run_dir = tmp_path / "out" / "run"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], env=subprocess_env(),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)], env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     yield run_dir, proc
     proc.kill()
@@ -67,8 +70,11 @@ def test_without_flock_a_live_pid_holds_and_a_dead_one_is_stale(tmp_path, monkey
     run_dir.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        (run_dir / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
-                                                     "started": "then", "command": "spiel-train"}))
+        (run_dir / LOCK_NAME).write_text(
+            json.dumps(
+                {"pid": sleeper.pid, "host": os.uname().nodename, "started": "then", "command": "spiel-train"}
+            )
+        )
         with pytest.raises(RunLockedError, match=f"pid {sleeper.pid}"):
             run_lock.acquire(run_dir)
     finally:
@@ -84,6 +90,11 @@ def test_a_finished_run_releases_its_lock(tmp_path):
 
     assert run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=1"]) == 0
     run_dir = only_run_dir(tmp_path)
-    probe = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), str(run_dir)],
-                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), str(run_dir)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0 and "held" in probe.stdout, probe.stderr[-2000:]

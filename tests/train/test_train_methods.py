@@ -52,8 +52,15 @@ def test_spiel_methods_write_a_delta_that_loads_back(tmp_path, method):
     assert "${" not in (run_dir / "config.yaml").read_text()
     # intermediate checkpoints hold everything needed to resume, and nothing of the base
     ckpt = run_dir / "checkpoint-2"
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "selector.pt",
-                 "spiel_delta.safetensors", "checkpoint_complete.json"):
+    for name in (
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "selector.pt",
+        "spiel_delta.safetensors",
+        "checkpoint_complete.json",
+    ):
         assert (ckpt / name).is_file(), name
 
 
@@ -67,7 +74,8 @@ def test_peft_methods_write_an_adapter_that_loads_back(tmp_path, method):
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["peft_type"] == method.upper()
     assert sorted(config["target_modules"]) == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     if method == "lora":
         assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 16, 0.1)
     loaded = PeftModel.from_pretrained(tiny_model(), final)
@@ -114,8 +122,9 @@ def test_activation_checkpointing_trains_the_same_delta(tmp_path):
     for flag in ("false", "true"):
         root = tmp_path / flag
         root.mkdir()
-        code = run_cli([f"output_root={root}", *SMALL, *SPIEL_FAST, f"activation_checkpointing={flag}",
-                        "save_steps=0"])
+        code = run_cli(
+            [f"output_root={root}", *SMALL, *SPIEL_FAST, f"activation_checkpointing={flag}", "save_steps=0"]
+        )
         assert code == 0
         runs[flag] = load_tensors(only_run_dir(root) / "final" / "spiel_delta.safetensors")
     assert runs["false"].keys() == runs["true"].keys()

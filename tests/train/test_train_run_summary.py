@@ -8,11 +8,16 @@ import pytest
 from spiel.training.loggers import tensorboard_logger, wandb_logger
 from tests.helpers.runs import SMALL, SPIEL_FAST, only_run_dir, run_cli, summary
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
-                                        "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"
+)
 # four steps, validating on a quarter of the examples every two: two eval losses to pick the best from
-VALIDATED = [a for a in SMALL if not a.startswith("max_steps")] + ["max_steps=4", *SPIEL_FAST,
-                                                                    "eval_fraction=0.25", "eval_steps=2"]
+VALIDATED = [a for a in SMALL if not a.startswith("max_steps")] + [
+    "max_steps=4",
+    *SPIEL_FAST,
+    "eval_fraction=0.25",
+    "eval_steps=2",
+]
 
 
 def eval_records(run_dir):
@@ -70,11 +75,19 @@ def test_record_summary_sets_only_what_the_run_has(monkeypatch):
 
 
 def test_flat_hparams_keeps_what_tensorboard_takes():
-    config = {"lr": 1e-3, "method": {"name": "ag", "rank_equiv": 4, "targets": ["q_proj", "v_proj"]},
-              "resume": None, "progress_bar": False}
+    config = {
+        "lr": 1e-3,
+        "method": {"name": "ag", "rank_equiv": 4, "targets": ["q_proj", "v_proj"]},
+        "resume": None,
+        "progress_bar": False,
+    }
     assert tensorboard_logger.flat_hparams(config) == {
-        "lr": 1e-3, "method/name": "ag", "method/rank_equiv": 4, "method/targets": "['q_proj', 'v_proj']",
-        "progress_bar": False}
+        "lr": 1e-3,
+        "method/name": "ag",
+        "method/rank_equiv": 4,
+        "method/targets": "['q_proj', 'v_proj']",
+        "progress_bar": False,
+    }
 
 
 @pytest.mark.slow

@@ -5,20 +5,32 @@ import pytest
 
 from tests.helpers.runs import SMALL, run_cli, summary
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
-                                        "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"
+)
 
 
 def job_dirs(sweep_dir):
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: p.name)
+    return sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: p.name
+    )
 
 
 def test_sweep_of_two_jobs_writes_two_run_dirs_with_a_wandb_run_each(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     sweep = tmp_path / "sweep"
-    code = run_cli(["-m", f"hydra.sweep.dir={sweep}", *SMALL, "max_steps=2", "method=ag,lora",
-                    "method.lr=1e-3", "logger=wandb"])
+    code = run_cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={sweep}",
+            *SMALL,
+            "max_steps=2",
+            "method=ag,lora",
+            "method.lr=1e-3",
+            "logger=wandb",
+        ]
+    )
     assert code == 0
     jobs = job_dirs(sweep)
     assert len(jobs) == 2

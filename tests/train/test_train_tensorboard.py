@@ -7,8 +7,9 @@ import pytest
 from spiel.training.config.hydra_config import ConfigError, validate
 from tests.helpers.runs import SMALL, only_run_dir, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
-                                        "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"
+)
 
 
 def _make(*overrides):
@@ -45,5 +46,7 @@ def test_tensorboard_missing_is_a_config_error(monkeypatch):
 
     validate(_make("logger=tensorboard"))
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed
-    with pytest.raises(ConfigError, match=r'logger=tensorboard needs the tensorboard package.*spiel\[tensorboard\]'):
+    with pytest.raises(
+        ConfigError, match=r"logger=tensorboard needs the tensorboard package.*spiel\[tensorboard\]"
+    ):
         validate(_make("logger=tensorboard"))

@@ -83,7 +83,9 @@ def test_no_held_out_set_means_no_eval_keys(tmp_path):
     from spiel.training.loggers.validation import eval_summary, plot_losses
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 2, "eval_lo')  # cut by a kill
+    log.write_text(
+        '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 2, "eval_lo'
+    )  # cut by a kill
     assert eval_summary(log) == {}
     assert plot_losses(log, tmp_path / "loss.png").stat().st_size > 1000
 
@@ -92,9 +94,17 @@ def test_best_eval_loss_is_the_minimum_and_its_step(tmp_path):
     from spiel.training.loggers.validation import eval_summary
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"step": 10, "loss": 3.0}, {"step": 10, "eval_loss": 2.5}, {"step": 20, "eval_loss": 2.1},
-        {"step": 30, "eval_loss": 2.3}]))
+    log.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"step": 10, "loss": 3.0},
+                {"step": 10, "eval_loss": 2.5},
+                {"step": 20, "eval_loss": 2.1},
+                {"step": 30, "eval_loss": 2.3},
+            ]
+        )
+    )
     assert eval_summary(log) == {"eval_loss": 2.3, "best_eval_loss": 2.1, "best_eval_step": 20}
 
 
@@ -116,7 +126,9 @@ def test_bad_validation_settings_are_config_errors(overrides, message):
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose(config_name="train", overrides=overrides)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
+    ):
         validate(cfg)
 
 
@@ -133,4 +145,6 @@ def test_a_fraction_that_leaves_no_training_examples_is_refused():
     train, held_out = eval_split(Dataset.from_list([{"x": i} for i in range(10)]), C, None, {"seed": 1}, None)
     assert len(train) == len(held_out) == 5
     assert sorted(r["x"] for r in train) + sorted(r["x"] for r in held_out) != list(range(10))  # shuffled
-    assert sorted([r["x"] for r in train] + [r["x"] for r in held_out]) == list(range(10))  # disjoint, complete
+    assert sorted([r["x"] for r in train] + [r["x"] for r in held_out]) == list(
+        range(10)
+    )  # disjoint, complete

@@ -24,11 +24,18 @@ def composed(*overrides):
 @pytest.mark.parametrize("method", ["ag", "ma", "lora", "full"])
 def test_lr_times_decay_at_one_is_refused_and_just_below_accepted(method):
     lr = 0.25
-    with pytest.raises(ConfigError, match=re.escape("method.weight_decay: with method.lr=0.25, lr·weight_decay = "
-                                                    "0.25·4 = 1 >= 1")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("method.weight_decay: with method.lr=0.25, lr·weight_decay = 0.25·4 = 1 >= 1"),
+    ):
         validate(composed(f"method={method}", f"method.lr={lr}", "method.weight_decay=4"))
-    below = float(torch.nextafter(torch.tensor(4.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)))
-    assert validate(composed(f"method={method}", f"method.lr={lr}", f"method.weight_decay={below!r}")).method.lr == lr
+    below = float(
+        torch.nextafter(torch.tensor(4.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    )
+    assert (
+        validate(composed(f"method={method}", f"method.lr={lr}", f"method.weight_decay={below!r}")).method.lr
+        == lr
+    )
 
 
 def test_the_optimizers_refuse_it_too():
@@ -49,8 +56,11 @@ def test_the_final_probe_refuses_finite_weights_with_infinite_logits():
     with torch.no_grad():
         for layer in model.deltas.values():
             layer.values.fill_(4.5e26)  # finite, what weight_decay=1e30 trained to
-    with pytest.raises(TrainingDiverged, match=r"logits on a training batch are not finite \(\d+ of \d+; the largest "
-                                               r"trained weight is 4\.5e\+26\): no final checkpoint is written"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"logits on a training batch are not finite \(\d+ of \d+; the largest "
+        r"trained weight is 4\.5e\+26\): no final checkpoint is written",
+    ):
         check_final_logits(model, batch, lr=0.1)
 
 

@@ -33,8 +33,11 @@ def test_the_guard_stops_at_a_bad_loss_gradient_or_weight_and_names_the_step():
     guard.on_pre_optimizer_step(None, state, None)  # finite: passes
     guard.on_optimizer_step(None, state, None)
     toy(torch.tensor([1.0, math.nan, 1.0]))
-    with pytest.raises(TrainingDiverged, match=r"at step 5: the loss is nan; the last finite logged loss was "
-                                               r"1.2500 at step 4.*Lower method.lr \(now 0.5\)"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"at step 5: the loss is nan; the last finite logged loss was "
+        r"1.2500 at step 4.*Lower method.lr \(now 0.5\)",
+    ):
         guard.on_pre_optimizer_step(None, state, None)
     guard = DivergenceGuard(toy, lr=0.5)
     toy.w.grad = torch.tensor([0.0, math.inf, 0.0])
@@ -42,7 +45,9 @@ def test_the_guard_stops_at_a_bad_loss_gradient_or_weight_and_names_the_step():
         guard.on_pre_optimizer_step(None, state, None)
     with torch.no_grad():
         toy.w[1] = math.inf
-    with pytest.raises(TrainingDiverged, match="at step 5: the optimizer step made trained weights non-finite"):
+    with pytest.raises(
+        TrainingDiverged, match="at step 5: the optimizer step made trained weights non-finite"
+    ):
         guard.on_optimizer_step(None, state, None)
     toy.eval()(torch.tensor([math.nan] * 3))  # evaluation forwards are not training losses
     assert guard.losses == []
@@ -63,12 +68,25 @@ def test_a_nan_loss_is_never_logged_as_a_number():
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_writes_no_final(tmp_path, capsys):
-    code = run_cli([f"output_root={tmp_path}", *SMALL, "max_steps=20", "method.lr=1e4", "save_steps=1",
-                    "save_total_limit=30", "method.rank_equiv=2"])
+def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_writes_no_final(
+    tmp_path, capsys
+):
+    code = run_cli(
+        [
+            f"output_root={tmp_path}",
+            *SMALL,
+            "max_steps=20",
+            "method.lr=1e4",
+            "save_steps=1",
+            "save_total_limit=30",
+            "method.rank_equiv=2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err[-3000:]
-    message = next(line for line in err.splitlines() if line.startswith("spiel-train: error: training diverged"))
+    message = next(
+        line for line in err.splitlines() if line.startswith("spiel-train: error: training diverged")
+    )
     step = int(message.split("at step ")[1].split(":")[0])
     assert 1 < step < 20 and "last finite logged loss was" in message and "Traceback" not in err
     run_dir = only_run_dir(tmp_path)
@@ -94,14 +112,21 @@ def _fail_writes_into(fragment, error):
     return save
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    # what torch's C++ writer raises on a full disk (no errno): the free space tells
-    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
-                 "file write failed"),
-], ids=["oserror", "torch-writer"])
-def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys,
-                                                                                 error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        # what torch's C++ writer raises on a full disk (no errno): the free space tells
+        RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+            "file write failed"
+        ),
+    ],
+    ids=["oserror", "torch-writer"],
+)
+def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch, capsys, error
+):
     import shutil
     from collections import namedtuple
 
@@ -113,8 +138,10 @@ def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint
     err = capsys.readouterr().err
     run_dir = only_run_dir(tmp_path)
     assert code == 2, err[-3000:]
-    assert (f"spiel-train: error: saving checkpoint-4: cannot write {run_dir / 'checkpoint-4'}: "
-            "no space left on device") in err
+    assert (
+        f"spiel-train: error: saving checkpoint-4: cannot write {run_dir / 'checkpoint-4'}: "
+        "no space left on device"
+    ) in err
     assert "Traceback" not in err
     assert checkpoints.is_complete(run_dir / "checkpoint-2") and not (run_dir / "checkpoint-4").exists()
     assert checkpoints.latest_checkpoint(run_dir) == run_dir / "checkpoint-2"
@@ -138,20 +165,30 @@ def test_an_output_dir_that_cannot_be_written_is_named_before_anything_runs(tmp_
     code = run_cli([f"output_root={readonly}", *SMALL, "max_steps=1", "run_name=r"])
     err = capsys.readouterr().err
     assert code == 2
-    assert (f"spiel-train: error: cannot write the run dir {readonly / 'r'}: read-only file system" in err
-            and "output_root=" in err), err
+    assert (
+        f"spiel-train: error: cannot write the run dir {readonly / 'r'}: read-only file system" in err
+        and "output_root=" in err
+    ), err
     assert not (readonly / "r" / "train.log").exists()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["method.target_modules=[nope_proj]"], "method.target_modules: ['nope_proj'] match no linear layer"),
-    (["method.target_modules=.*nothing.*"], "method.target_modules: '.*nothing.*' selects no"),
-    (["method=lora", "method.target_modules=[q_proj,nope]"], "method.target_modules: ['nope'] match no"),
-    (["method=ia3", "method.target_modules=[nope]", "method.feedforward_modules=[]"], "method.target_modules"),
-    (["method.rank_equiv=100000"], "method (rank_equiv / density / num_tunable): the budget of"),
-], ids=["spiel-list", "spiel-regex", "lora", "ia3", "budget"])
-def test_targets_that_match_nothing_fail_before_the_weights_load(tmp_path, monkeypatch, capsys, overrides,
-                                                                 message):
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method.target_modules=[nope_proj]"], "method.target_modules: ['nope_proj'] match no linear layer"),
+        (["method.target_modules=.*nothing.*"], "method.target_modules: '.*nothing.*' selects no"),
+        (["method=lora", "method.target_modules=[q_proj,nope]"], "method.target_modules: ['nope'] match no"),
+        (
+            ["method=ia3", "method.target_modules=[nope]", "method.feedforward_modules=[]"],
+            "method.target_modules",
+        ),
+        (["method.rank_equiv=100000"], "method (rank_equiv / density / num_tunable): the budget of"),
+    ],
+    ids=["spiel-list", "spiel-regex", "lora", "ia3", "budget"],
+)
+def test_targets_that_match_nothing_fail_before_the_weights_load(
+    tmp_path, monkeypatch, capsys, overrides, message
+):
     import spiel.io.base_model
 
     def forbidden(*args, **kwargs):
@@ -174,7 +211,7 @@ def test_a_missing_model_names_the_key_what_was_looked_for_and_how_to_get_it(tmp
         "./relative/dir": "model.name_or_path: no model directory at",
         str(tmp_path): f"model.name_or_path: {tmp_path} is a directory without a config.json",
         "org/not-cached-model": "model.name_or_path: 'org/not-cached-model' is neither a local directory nor in "
-                                "the Hugging Face cache, and HF_HUB_OFFLINE is set",
+        "the Hugging Face cache, and HF_HUB_OFFLINE is set",
     }
     (tmp_path / "file.bin").write_bytes(b"x")
     cases[str(tmp_path / "file.bin")] = "is a file; a model is a directory"

@@ -1,6 +1,6 @@
 """One rank of a two-process gloo DDP run of SpIEL; writes the indices after every reselection.
 
-    python ddp_worker.py METHOD[:GROWTH] RANK WORLD PORT OUT_DIR
+python ddp_worker.py METHOD[:GROWTH] RANK WORLD PORT OUT_DIR
 """
 
 import os
@@ -19,8 +19,12 @@ def main(method_growth, rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16))
-    model = get_spiel_model(net, SpielConfig(method=method, num_tunable=80, reselection_steps=5, estimation_steps=2,
-                                                 growth=growth or "paper"))
+    model = get_spiel_model(
+        net,
+        SpielConfig(
+            method=method, num_tunable=80, reselection_steps=5, estimation_steps=2, growth=growth or "paper"
+        ),
+    )
     ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = model.make_optimizer(lr=1e-2)
     selector = model.make_selector(optimizer, total_steps=30)
@@ -34,8 +38,10 @@ def main(method_growth, rank, world, port, out_dir):
         selector.step()
         if selector.schedule.is_reselection(selector.t):
             history.append({n: layer.indices.clone() for n, layer in model.deltas.items()})
-    torch.save({"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
-               f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
+        f"{out_dir}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

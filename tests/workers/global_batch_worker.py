@@ -29,8 +29,12 @@ def main(method_growth, rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16))
-    model = get_spiel_model(net, SpielConfig(method=method, num_tunable=80, reselection_steps=5, estimation_steps=2,
-                                             growth=growth or "paper"))
+    model = get_spiel_model(
+        net,
+        SpielConfig(
+            method=method, num_tunable=80, reselection_steps=5, estimation_steps=2, growth=growth or "paper"
+        ),
+    )
     ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = model.make_optimizer(lr=1e-2)
     selector = model.make_selector(optimizer, total_steps=30)
@@ -39,14 +43,16 @@ def main(method_growth, rank, world, port, out_dir):
     for step in range(30):
         x = torch.randn(GLOBAL_BATCH, 16, generator=torch.Generator().manual_seed(step))
         # the mean over this rank's rows; DDP averages the ranks: the global batch's mean
-        ddp(x[rank * share:(rank + 1) * share]).pow(2).mean().backward()
+        ddp(x[rank * share : (rank + 1) * share]).pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
         selector.step()
         if selector.schedule.is_reselection(selector.t):
             history.append({n: layer.indices.clone() for n, layer in model.deltas.items()})
-    torch.save({"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
-               f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
+        f"{out_dir}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

@@ -12,8 +12,15 @@ def load(**_metadata):
     """The held-out records as a `test` split (lm-eval passes the task's metadata as keyword arguments)."""
     from datasets import Dataset
 
-    rows = [{"id": r.get("id"), "skill": skill_of(r), "prompt": chat_prompt(r["messages"]),
-             "answer": r["messages"][-1]["content"]} for r in load_demo(DEMO_HELDOUT)]
+    rows = [
+        {
+            "id": r.get("id"),
+            "skill": skill_of(r),
+            "prompt": chat_prompt(r["messages"]),
+            "answer": r["messages"][-1]["content"],
+        }
+        for r in load_demo(DEMO_HELDOUT)
+    ]
     return {"test": Dataset.from_list(rows)}
 
 

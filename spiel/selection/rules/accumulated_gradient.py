@@ -59,7 +59,9 @@ class Phase:
     """One layer's estimation statistics at its growth candidates (all fp32)."""
 
     def __init__(self):
-        self.candidates = None  # sorted flat positions [K] (the layer's index dtype), from the first micro-batch
+        self.candidates = (
+            None  # sorted flat positions [K] (the layer's index dtype), from the first micro-batch
+        )
         self.scale = None  # (normalized) each candidate's score factor, from the same gradient
         self.step_grad = None  # sum of this optimizer step's micro-batch gradients
         self.grad_sum = None  # sum over completed steps of the step gradient
@@ -138,7 +140,9 @@ class AccumulatedGradient(GrowthRule):
     def _on_first_grad_blocks(self, name):
         def callback(block_grad, rows_per_block: int) -> None:
             layer, phase = self.layers[name], self.phases[name]
-            if world_size(self.group) > 1:  # each block averaged over ranks: candidates from the global gradient
+            if (
+                world_size(self.group) > 1
+            ):  # each block averaged over ranks: candidates from the global gradient
                 block_grad = global_block_grad(block_grad, self.group)
             if rows_per_block >= layer.out_features:  # the dense gradient exists anyway: the cheaper search
                 dense = block_grad(0, layer.out_features)
@@ -146,7 +150,8 @@ class AccumulatedGradient(GrowthRule):
                 phase.step_grad = dense.reshape(-1)[candidates].float()
             else:
                 candidates, phase.step_grad = streamed_top_candidates(
-                    block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block)
+                    block_grad, layer.out_features, layer.in_features, layer.k, rows_per_block
+                )
             phase.candidates = candidates.to(layer.indices.dtype)
             layer.set_candidate_probe(phase.candidates, self._on_candidate_grad(name))
 
@@ -179,7 +184,9 @@ class AccumulatedGradient(GrowthRule):
             layer.clear_probes()
 
     # -- growth --------------------------------------------------------------------------------------------
-    comparable_scores = True  # budget="global": |mean gradient| is comparable across matrices (see global_budget)
+    comparable_scores = (
+        True  # budget="global": |mean gradient| is comparable across matrices (see global_budget)
+    )
 
     def grow(self, name, n, staying, active, t):
         positions, _, seeds = self.scored_growth(name, n, staying, active, t)
@@ -193,7 +200,11 @@ class AccumulatedGradient(GrowthRule):
         if not self.batched_growth or any(p.candidates is None or p.steps == 0 for p in phases):
             return None
         betas = {tuple(self.optimizer.group_of(self.layers[name].values)["betas"]) for name in names}
-        if len({p.steps for p in phases}) > 1 or len({p.candidates.numel() for p in phases}) > 1 or len(betas) > 1:
+        if (
+            len({p.steps for p in phases}) > 1
+            or len({p.candidates.numel() for p in phases}) > 1
+            or len(betas) > 1
+        ):
             return None
         steps = phases[0].steps
         stacked = Phase()
@@ -203,7 +214,9 @@ class AccumulatedGradient(GrowthRule):
         mean = torch.stack([p.grad_sum for p in phases]) / steps
         mean_sq = torch.stack([p.grad_sq_sum for p in phases]) / steps
         chosen, valid = ag_grow_order_rows(stacked.candidates, self.scores(stacked, mean), staying, n)
-        seeds = self._adam_seeds(self.layers[names[0]], mean.gather(1, chosen), mean_sq.gather(1, chosen), steps)
+        seeds = self._adam_seeds(
+            self.layers[names[0]], mean.gather(1, chosen), mean_sq.gather(1, chosen), steps
+        )
         return stacked.candidates.gather(1, chosen), valid, seeds
 
     def scored_growth(self, name, n, staying, active, t):
@@ -215,8 +228,11 @@ class AccumulatedGradient(GrowthRule):
         mean_sq = phase.grad_sq_sum / phase.steps
         scores = self.scores(phase, mean)
         chosen = self.order(layer, phase, scores, staying, n)
-        return (phase.candidates[chosen], scores[chosen],
-                self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps))
+        return (
+            phase.candidates[chosen],
+            scores[chosen],
+            self._adam_seeds(layer, mean[chosen], mean_sq[chosen], phase.steps),
+        )
 
     def _adam_seeds(self, layer, mean, mean_sq, steps: int) -> dict:
         # The phase statistics, pre-multiplied by (1 − β^age) so that Adam's bias correction at this age
@@ -285,8 +301,9 @@ class CappedGradient(AccumulatedGradient):
         rows, cols = rows_cols(staying, layer.in_features)
         row_counts = torch.bincount(rows.long(), minlength=layer.out_features)
         col_counts = torch.bincount(cols.long(), minlength=layer.in_features)
-        admitted = admit_under_caps(phase.candidates[eligible], layer.in_features, row_counts, col_counts,
-                                    row_cap, col_cap)
+        admitted = admit_under_caps(
+            phase.candidates[eligible], layer.in_features, row_counts, col_counts, row_cap, col_cap
+        )
         return eligible[admitted][:n]
 
 
@@ -307,6 +324,8 @@ class ExploringGradient(AccumulatedGradient):
         drawn = random_inactive(excluded, layer.out_features * layer.in_features, n_random, generator)
         zeros = torch.zeros(drawn.numel(), dtype=torch.float32, device=drawn.device)
         ages = torch.cat([torch.full_like(best, seeds["age"]), torch.zeros_like(drawn)])
-        return torch.cat([best, drawn]), {"exp_avg": torch.cat([seeds["exp_avg"], zeros]),
-                                          "exp_avg_sq": torch.cat([seeds["exp_avg_sq"], zeros]), "age": ages}
-
+        return torch.cat([best, drawn]), {
+            "exp_avg": torch.cat([seeds["exp_avg"], zeros]),
+            "exp_avg_sq": torch.cat([seeds["exp_avg_sq"], zeros]),
+            "age": ages,
+        }

@@ -25,8 +25,15 @@ class GrowthRule:
     #: whether ``scored_growth`` gives scores comparable across matrices (what budget="global" ranks)
     comparable_scores = False
 
-    def __init__(self, layers: dict[str, SparseDeltaLinear], optimizer, schedule: ReselectionSchedule,
-                 config: SelectionConfig, seed: int, process_group=None):
+    def __init__(
+        self,
+        layers: dict[str, SparseDeltaLinear],
+        optimizer,
+        schedule: ReselectionSchedule,
+        config: SelectionConfig,
+        seed: int,
+        process_group=None,
+    ):
         """``config``: the knobs (each rule reads the ones it uses); ``seed``: its random draws (the same on
         every rank, so data-parallel replicas agree)."""
         self.layers = layers

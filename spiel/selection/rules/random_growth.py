@@ -21,7 +21,9 @@ class RandomGrowth(GrowthRule):
     def grow(self, name, n, staying, active, t):
         layer = self.layers[name]
         generator = growth_generator(self.seed, t, list(self.layers).index(name), active.device)
-        return random_inactive(active.long(), layer.out_features * layer.in_features, n, generator), {"age": 0}
+        return random_inactive(active.long(), layer.out_features * layer.in_features, n, generator), {
+            "age": 0
+        }
 
     def before_write(self, layer, seeds, t):
         keep_ages_exact(self.optimizer, layer, seeds["age"], t)

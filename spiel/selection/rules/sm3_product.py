@@ -33,5 +33,5 @@ class SM3Product(GrowthRule):
         for i in (i for i, good in enumerate(ok) if not good):  # a sample far off: the rule's own fallback
             alone = ma_grow_indices(row_acc[i], col_acc[i], active[i], n)
             grown[i, : alone.numel()] = alone
-            valid[i, alone.numel():] = False
+            valid[i, alone.numel() :] = False
         return grown, valid, {}

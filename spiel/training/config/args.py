@@ -8,7 +8,9 @@ import torch
 from transformers import TrainingArguments
 
 
-def training_arguments(settings, run_dir: Path, optim: str, report_to_wandb: bool, run_name: str) -> TrainingArguments:
+def training_arguments(
+    settings, run_dir: Path, optim: str, report_to_wandb: bool, run_name: str
+) -> TrainingArguments:
     c = settings.cfg
     save = c.save_steps > 0
     return TrainingArguments(
@@ -38,7 +40,11 @@ def training_arguments(settings, run_dir: Path, optim: str, report_to_wandb: boo
         save_strategy="steps" if save else "no",
         save_steps=c.save_steps if save else 500,
         save_total_limit=None,  # SpielTrainer rotates the complete checkpoints itself
-        report_to=["wandb"] if report_to_wandb else ["tensorboard"] if c.logger.name == "tensorboard" else "none",
+        report_to=["wandb"]
+        if report_to_wandb
+        else ["tensorboard"]
+        if c.logger.name == "tensorboard"
+        else "none",
         disable_tqdm=not c.progress_bar,
         remove_unused_columns=False,  # the SpielModel wrapper's forward takes **kwargs
         dataloader_num_workers=c.num_workers,

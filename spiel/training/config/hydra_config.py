@@ -143,8 +143,11 @@ def _reject_unknown_keys(cfg: DictConfig, method: MethodConfig) -> None:
             name = f"{section}.{key}" if section else str(key)
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
             hint = f"; did you mean {(section + '.') if section else ''}{close[0]}?" if close else ""
-            raise key_error(name, f"not a known key{hint} (keys added with '+' are checked too; known "
-                                  f"keys{' of ' + section if section else ''}: {', '.join(sorted(allowed))})")
+            raise key_error(
+                name,
+                f"not a known key{hint} (keys added with '+' are checked too; known "
+                f"keys{' of ' + section if section else ''}: {', '.join(sorted(allowed))})",
+            )
 
 
 def check_model_exists(settings: Settings) -> None:
@@ -179,7 +182,9 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
     method = obj.method
     if not isinstance(method, MethodConfig):
         name = method.get("name") if isinstance(method, dict) else None
-        raise key_error("method", f"the method config must extend a schema (/schema/method/...), got {name!r}")
+        raise key_error(
+            "method", f"the method config must extend a schema (/schema/method/...), got {name!r}"
+        )
     _reject_unknown_keys(cfg, method)
     model = obj.model if isinstance(obj.model, dict) else _plain(obj.model)
     quant_cfg = obj.quant if isinstance(obj.quant, dict) else _plain(obj.quant)
@@ -188,51 +193,84 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         if not ok:
             raise key_error(key, message)
 
-    need(bool(model.get("name_or_path")), "model.name_or_path",
-         f"no base model: choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own with {OWN_MODEL}")
+    need(
+        bool(model.get("name_or_path")),
+        "model.name_or_path",
+        f"no base model: choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own with {OWN_MODEL}",
+    )
     dtype = str(model.get("dtype") or "auto")
-    need(dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
-         f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    need(
+        dtype in ("auto", "float32", "bfloat16", "float16"),
+        "model.dtype",
+        f"must be auto, float32, bfloat16 or float16, got {dtype!r}",
+    )
     quant = str((quant_cfg or {}).get("name") or "none")
     need(quant in ("none", "nf4"), "quant.name", f"must be none or nf4, got {quant!r}")
-    need(quant != "nf4" or get_method(method.name).supports_quant, "quant",
-         "quant=nf4 needs a method that trains on top of frozen 4-bit weights "
-         f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}")
+    need(
+        quant != "nf4" or get_method(method.name).supports_quant,
+        "quant",
+        "quant=nf4 needs a method that trains on top of frozen 4-bit weights "
+        f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}",
+    )
     if quant == "nf4":
         dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
         _require("bitsandbytes", "quant=nf4", "quant")
 
     for old, new in MOVED_KEYS.items():  # one key each: method.lr, method.weight_decay
         value = getattr(obj, old)
-        need(value is None, old, f"moved to {new} (one key; each method file sets the paper's value as its "
-                                 f"default): write {new}={value} instead of {old}={value}")
+        need(
+            value is None,
+            old,
+            f"moved to {new} (one key; each method file sets the paper's value as its "
+            f"default): write {new}={value} instead of {old}={value}",
+        )
     need(obj.epochs > 0 or obj.max_steps > 0, "epochs", f"must be > 0 (or set max_steps), got {obj.epochs}")
     need(obj.batch_size >= 1, "batch_size", f"must be >= 1, got {obj.batch_size}")
     need(obj.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {obj.micro_batch_size}")
     per_step = obj.micro_batch_size * world_size
-    need(obj.batch_size % per_step == 0, "batch_size",
-         f"{obj.batch_size} is not a multiple of micro_batch_size × devices = {obj.micro_batch_size} × "
-         f"{world_size}; gradient accumulation needs a whole number of micro-batches")
-    need(obj.max_seq_len is None or obj.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {obj.max_seq_len}")
+    need(
+        obj.batch_size % per_step == 0,
+        "batch_size",
+        f"{obj.batch_size} is not a multiple of micro_batch_size × devices = {obj.micro_batch_size} × "
+        f"{world_size}; gradient accumulation needs a whole number of micro-batches",
+    )
+    need(
+        obj.max_seq_len is None or obj.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {obj.max_seq_len}"
+    )
     need(0 <= obj.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {obj.warmup_ratio}")
-    need(obj.lr_scheduler in ("linear", "cosine", "constant", "constant_with_warmup"), "lr_scheduler",
-         f"must be linear, cosine, constant or constant_with_warmup, got {obj.lr_scheduler!r}")
+    need(
+        obj.lr_scheduler in ("linear", "cosine", "constant", "constant_with_warmup"),
+        "lr_scheduler",
+        f"must be linear, cosine, constant or constant_with_warmup, got {obj.lr_scheduler!r}",
+    )
     need(obj.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {obj.max_grad_norm}")
-    need(obj.loss_reduction in ("tokens", "micro_batch"), "loss_reduction",
-         f"must be tokens or micro_batch, got {obj.loss_reduction!r}")
+    need(
+        obj.loss_reduction in ("tokens", "micro_batch"),
+        "loss_reduction",
+        f"must be tokens or micro_batch, got {obj.loss_reduction!r}",
+    )
     _check_parallel(obj, method, quant, world_size)
     need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
     need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
     need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
     need(0 <= obj.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {obj.eval_fraction}")
-    need(not (obj.eval_fraction > 0 and obj.eval_data), "eval_data",
-         "set eval_fraction (a part of the training data) or eval_data (a file), not both")
+    need(
+        not (obj.eval_fraction > 0 and obj.eval_data),
+        "eval_data",
+        "set eval_fraction (a part of the training data) or eval_data (a file), not both",
+    )
     need(not obj.eval_data or Path(obj.eval_data).is_file(), "eval_data", f"{obj.eval_data} is not a file")
     need(obj.eval_steps >= 0, "eval_steps", f"must be >= 0, got {obj.eval_steps}")
-    need(obj.eval_steps == 0 or obj.eval_fraction > 0 or bool(obj.eval_data), "eval_steps",
-         "evaluating needs a held-out set: set eval_fraction=0.05 (say) or eval_data=<file>")
-    need(obj.device in ("auto", "cpu", "cuda"), "device",
-         f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}")
+    need(
+        obj.eval_steps == 0 or obj.eval_fraction > 0 or bool(obj.eval_data),
+        "eval_steps",
+        "evaluating needs a held-out set: set eval_fraction=0.05 (say) or eval_data=<file>",
+    )
+    need(
+        obj.device in ("auto", "cpu", "cuda"),
+        "device",
+        f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}",
+    )
     if obj.device == "cuda":
         import torch
 
@@ -246,8 +284,14 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         parse_data_config(obj.data)
     except DataError as e:
         raise key_error("data", str(e)) from None
-    return Settings(cfg=obj, method=method, quant=quant, dtype=dtype, world_size=world_size,
-                    grad_accum=obj.batch_size // per_step)
+    return Settings(
+        cfg=obj,
+        method=method,
+        quant=quant,
+        dtype=dtype,
+        world_size=world_size,
+        grad_accum=obj.batch_size // per_step,
+    )
 
 
 def _require(module: str, what: str, key: str) -> None:
@@ -270,10 +314,13 @@ def _check_model_preset(cfg: DictConfig) -> None:
         from spiel.io.model_source import MODEL_ALIASES
 
         if Path(str(name)).resolve() != MODEL_ALIASES[TINY_ALIAS].resolve():
-            raise key_error("model.name_or_path", f"{name} with model=tiny would train it with the tiny demo "
-                            "model's presets (method.lr, rank_equiv 4, float32, batch 16); train your own model "
-                            f"with model=hf model.name_or_path={name} (presets derived from its size, printed "
-                            "at start)")
+            raise key_error(
+                "model.name_or_path",
+                f"{name} with model=tiny would train it with the tiny demo "
+                "model's presets (method.lr, rank_equiv 4, float32, batch 16); train your own model "
+                f"with model=hf model.name_or_path={name} (presets derived from its size, printed "
+                "at start)",
+            )
     if preset == "hf":  # its presets read the model's config: the model must be there first
         if not name:
             raise key_error("model.name_or_path", f"model=hf trains your own model: {OWN_MODEL}")
@@ -294,15 +341,25 @@ def _check_parallel(obj: TrainConfig, method, quant: str, world_size: int) -> No
             raise key_error("parallel", message)
 
     need(obj.parallel in ("none", "ddp", "fsdp"), f"must be none, ddp or fsdp, got {obj.parallel!r}")
-    need(obj.parallel != "none" or world_size == 1,
-         f"none runs one process, but the launcher started {world_size} (use ddp or fsdp)")
+    need(
+        obj.parallel != "none" or world_size == 1,
+        f"none runs one process, but the launcher started {world_size} (use ddp or fsdp)",
+    )
     if obj.parallel == "fsdp":
-        need(world_size > 1, "fsdp shards over several processes: launch with torchrun --nproc_per_node N "
-                             "(or accelerate launch); one process is parallel=ddp")
-        need(get_method(method.name).is_sparse, f"fsdp is wired for the SpIEL methods ({', '.join(SPIEL_METHODS)}), "
-                                                f"not {method.name!r}; use parallel=ddp")
+        need(
+            world_size > 1,
+            "fsdp shards over several processes: launch with torchrun --nproc_per_node N "
+            "(or accelerate launch); one process is parallel=ddp",
+        )
+        need(
+            get_method(method.name).is_sparse,
+            f"fsdp is wired for the SpIEL methods ({', '.join(SPIEL_METHODS)}), "
+            f"not {method.name!r}; use parallel=ddp",
+        )
         need(quant == "none", "fsdp shards a bf16/fp32 base; with quant=nf4 use parallel=ddp")
-        need(obj.max_grad_norm == 0, "fsdp does not clip gradients (set max_grad_norm=0, the paper's setting)")
+        need(
+            obj.max_grad_norm == 0, "fsdp does not clip gradients (set max_grad_norm=0, the paper's setting)"
+        )
 
 
 register_configs()

@@ -32,8 +32,10 @@ def check_writable(run_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(describe_os_error(e, run_dir, "cannot write the run dir")
-                          + "; choose a writable output_root=<dir>") from None
+        raise OutputError(
+            describe_os_error(e, run_dir, "cannot write the run dir")
+            + "; choose a writable output_root=<dir>"
+        ) from None
 
 
 class Preflight(Callback):
@@ -57,6 +59,8 @@ class Preflight(Callback):
                 check_resume_config(target, task_cfg, settings.cfg.resume_allow_config_changes)
             if int(os.environ.get("RANK", "0")) == 0:
                 check_writable(run_dir)
-                run_lock.acquire(run_dir)  # before Hydra writes .hydra/ and train.log; released when training ends
+                run_lock.acquire(
+                    run_dir
+                )  # before Hydra writes .hydra/ and train.log; released when training ends
         except user_errors() as e:
             refuse(e)

@@ -57,9 +57,15 @@ def _anchor_sizes() -> tuple[int, int]:
     from spiel.model.llama import LLAMA2_7B_DIMS as d
     from spiel.model.targets import model_numel
 
-    config = LlamaConfig(hidden_size=d["hidden"], intermediate_size=d["intermediate"], num_hidden_layers=d["layers"],
-                         num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=d["hidden"],
+        intermediate_size=d["intermediate"],
+        num_hidden_layers=d["layers"],
+        num_attention_heads=d["heads"],
+        num_key_value_heads=d["kv_heads"],
+        vocab_size=d["vocab"],
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):
         paper = LlamaForCausalLM(config)
     return model_numel(build_meta_model("tiny")), model_numel(paper)
@@ -120,7 +126,10 @@ def preset_line(cfg, values: dict) -> str:
     for key in values:
         if key != "parameters":
             shown[key] = OmegaConf.select(cfg, key)
-    derived = ", ".join(f"{k}={v}" + ("" if v == values.get(k, v) else f" (preset {values[k]})")
-                        for k, v in shown.items())
-    return (f"model=hf: presets for {cfg.model.name_or_path} ({values['parameters'] / 1e6:.1f}M parameters, "
-            f"derived from its size; override any key on the command line): {derived}")
+    derived = ", ".join(
+        f"{k}={v}" + ("" if v == values.get(k, v) else f" (preset {values[k]})") for k, v in shown.items()
+    )
+    return (
+        f"model=hf: presets for {cfg.model.name_or_path} ({values['parameters'] / 1e6:.1f}M parameters, "
+        f"derived from its size; override any key on the command line): {derived}"
+    )

@@ -27,9 +27,23 @@ SAVED_CONFIG = "config.yaml"
 DATA_FINGERPRINT = "data_fingerprint.json"
 # Keys that say where and how a run is written or shown, not what is trained; the same list keeps them out
 # of run dir names (hydra.job.config.override_dirname.exclude_keys in configs/train.yaml).
-NEUTRAL_KEYS = ("resume", "resume_allow_config_changes", "overwrite", "output_root", "run_name", "progress_bar",
-                "logging_steps", "save_steps", "save_total_limit", "num_workers", "data_cache_dir",
-                "data_num_proc", "plot_ages", "device", "logger")
+NEUTRAL_KEYS = (
+    "resume",
+    "resume_allow_config_changes",
+    "overwrite",
+    "output_root",
+    "run_name",
+    "progress_bar",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "num_workers",
+    "data_cache_dir",
+    "data_num_proc",
+    "plot_ages",
+    "device",
+    "logger",
+)
 ALLOW = "resume_allow_config_changes=true"
 
 
@@ -70,10 +84,14 @@ def check_resume_config(checkpoint: Path, cfg: DictConfig, allow_changes: bool =
         saved = yaml.safe_load(saved_path.read_text())
     except (OSError, yaml.YAMLError) as e:
         if allow_changes:
-            log.warning("resuming %s without checking its config (%s unreadable: %s)", checkpoint, saved_path, e)
+            log.warning(
+                "resuming %s without checking its config (%s unreadable: %s)", checkpoint, saved_path, e
+            )
             return
-        raise RunDirError(f"resume: cannot check that {checkpoint} was trained with this config: {saved_path} "
-                          f"is missing or unreadable ({type(e).__name__}); pass {ALLOW} to resume anyway") from None
+        raise RunDirError(
+            f"resume: cannot check that {checkpoint} was trained with this config: {saved_path} "
+            f"is missing or unreadable ({type(e).__name__}); pass {ALLOW} to resume anyway"
+        ) from None
     if not isinstance(saved, dict):
         saved = {}
     diffs = config_differences(saved, current)
@@ -86,10 +104,13 @@ def check_resume_config(checkpoint: Path, cfg: DictConfig, allow_changes: bool =
     raise RunDirError(
         f"resume: {checkpoint} was trained with a different config ({saved_path}): {listed}. Resuming would "
         f"continue one run with another run's settings. Rerun with the saved values, start a new run "
-        f"(run_name=<name> or overwrite=true), or pass {ALLOW} to continue with the new values.")
+        f"(run_name=<name> or overwrite=true), or pass {ALLOW} to continue with the new values."
+    )
 
 
-def record_training_data(run_dir: Path, stats: dict, checkpoint: Path | None, allow_changes: bool = False) -> None:
+def record_training_data(
+    run_dir: Path, stats: dict, checkpoint: Path | None, allow_changes: bool = False
+) -> None:
     """Write the training data's content fingerprint (``stats`` of ``build_train_dataset``) into the run dir;
     when resuming ``checkpoint``, first refuse (RunDirError) data that differs from the one its run recorded."""
     current = {name: source["content"] for name, source in stats["sources"].items()}
@@ -100,9 +121,11 @@ def record_training_data(run_dir: Path, stats: dict, checkpoint: Path | None, al
         except (OSError, ValueError, KeyError, TypeError) as e:
             saved = None
             if not allow_changes:
-                raise RunDirError(f"resume: cannot check that the training data is the one this run was trained "
-                                  f"on: {path} is missing or unreadable ({type(e).__name__}); pass {ALLOW} to "
-                                  "resume anyway") from None
+                raise RunDirError(
+                    f"resume: cannot check that the training data is the one this run was trained "
+                    f"on: {path} is missing or unreadable ({type(e).__name__}); pass {ALLOW} to "
+                    "resume anyway"
+                ) from None
         changed = sorted(n for n in set(current) | set(saved or {}) if (saved or {}).get(n) != current.get(n))
         if saved is not None and changed:
             origins = {n: stats["sources"][n]["origin"] for n in changed if n in stats["sources"]}
@@ -112,6 +135,7 @@ def record_training_data(run_dir: Path, stats: dict, checkpoint: Path | None, al
                     f"resume: the training data changed since this run started (recorded in {path}): the content "
                     f"of source(s) {listed} differs. Resuming would continue one run on another run's data. "
                     f"Restore the data, start a new run (run_name=<name> or overwrite=true), or pass {ALLOW} to "
-                    "continue on the new data.")
+                    "continue on the new data."
+                )
             log.warning("resuming with changed training data (%s): %s", ALLOW, listed)
     (Path(run_dir) / DATA_FINGERPRINT).write_text(json.dumps({"sources": current}, indent=1) + "\n")

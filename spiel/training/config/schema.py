@@ -21,7 +21,9 @@ from spiel.model.llama import LLAMA_MLP_PROJECTIONS, LLAMA_PROJECTIONS
 from spiel.selection.config import SPIEL_METHODS
 from spiel.spiel_config import SpielConfigError, SpielKnobs
 
-MISSING = "???"  # omegaconf.MISSING: a value the YAML must give (spelled out so this module needs no omegaconf)
+MISSING = (
+    "???"  # omegaconf.MISSING: a value the YAML must give (spelled out so this module needs no omegaconf)
+)
 PEFT_METHODS = ("lora", "ia3")
 METHOD_NAMES = SPIEL_METHODS + PEFT_METHODS + ("full",)
 RESUME_HELP = "resume must be never, auto, or the path of a checkpoint-N directory"
@@ -70,11 +72,17 @@ class SpielMethodConfig(SpielKnobs, MethodConfig):  # fields: name, lr, weight_d
     eps: float = 1e-8
 
     def __post_init__(self):
-        self._check(self.name in SPIEL_METHODS, "name", f"must be one of {SPIEL_METHODS} for a SpIEL method, "
-                    f"got {self.name!r}")
+        self._check(
+            self.name in SPIEL_METHODS,
+            "name",
+            f"must be one of {SPIEL_METHODS} for a SpIEL method, got {self.name!r}",
+        )
         self._check_rates()
-        self._check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
-                    f"must be two numbers in [0, 1), got {list(self.betas)}")
+        self._check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            f"must be two numbers in [0, 1), got {list(self.betas)}",
+        )
         try:
             from spiel.selection.methods import check_for_method
 
@@ -108,8 +116,11 @@ class LoraMethodConfig(MethodConfig):
         self._check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         self._check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         self._check(len(self.target_modules) > 0, "target_modules", "must name at least one module")
-        self._check(self.adapter_dtype in (None, "float32", "bfloat16", "float16"), "adapter_dtype",
-                    f"must be null, float32, bfloat16 or float16, got {self.adapter_dtype!r}")
+        self._check(
+            self.adapter_dtype in (None, "float32", "bfloat16", "float16"),
+            "adapter_dtype",
+            f"must be null, float32, bfloat16 or float16, got {self.adapter_dtype!r}",
+        )
         self._check_rates()
 
 
@@ -138,8 +149,12 @@ class FullMethodConfig(MethodConfig):
         self._check_rates()
 
 
-METHOD_CONFIGS = {**dict.fromkeys(SPIEL_METHODS, SpielMethodConfig), "lora": LoraMethodConfig,
-                  "ia3": IA3MethodConfig, "full": FullMethodConfig}  # method name -> its schema
+METHOD_CONFIGS = {
+    **dict.fromkeys(SPIEL_METHODS, SpielMethodConfig),
+    "lora": LoraMethodConfig,
+    "ia3": IA3MethodConfig,
+    "full": FullMethodConfig,
+}  # method name -> its schema
 
 
 # -- logger -----------------------------------------------------------------------------------------------
@@ -192,10 +207,14 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "linear"
     max_grad_norm: float = 0.0  # 0 = no clipping (the paper)
-    loss_reduction: str = "tokens"  # tokens: mean over all label tokens of the batch | micro_batch (open-instruct)
+    loss_reduction: str = (
+        "tokens"  # tokens: mean over all label tokens of the batch | micro_batch (open-instruct)
+    )
     activation_checkpointing: bool = False
     device: str = "auto"
-    parallel: str = "ddp"  # ddp (one process or torchrun/accelerate ranks) | fsdp (shard the frozen base) | none
+    parallel: str = (
+        "ddp"  # ddp (one process or torchrun/accelerate ranks) | fsdp (shard the frozen base) | none
+    )
 
     output_root: str = "outputs/train"
     run_name: Optional[str] = None  # default: from the command-line overrides
@@ -213,5 +232,3 @@ class TrainConfig:
     eval_data: Optional[str] = None  # or validate on this file (any data source format)
     eval_steps: int = 0  # evaluate every N steps (0: only at the end, when there is a held-out set)
     plot_ages: bool = True
-
-

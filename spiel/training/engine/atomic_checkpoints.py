@@ -47,8 +47,11 @@ def _fsync_path(path: Path) -> None:
 
 
 def _files(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_size
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MARKER}
+    return {
+        str(p.relative_to(directory)): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
 
 
 def seal(directory: Path, **info) -> None:
@@ -90,8 +93,10 @@ def is_complete(directory: Path) -> bool:
         files = json.loads(marker.read_text())["files"]
     except (OSError, ValueError, KeyError):
         return False
-    return all((Path(directory) / name).is_file() and (Path(directory) / name).stat().st_size == size
-               for name, size in files.items())
+    return all(
+        (Path(directory) / name).is_file() and (Path(directory) / name).stat().st_size == size
+        for name, size in files.items()
+    )
 
 
 def checkpoint_step(directory: Path) -> int | None:

@@ -58,12 +58,16 @@ class DivergenceGuard(TrainerCallback):
 
     def _stop(self, step: int, what: str) -> None:
         self._hook.remove()
-        last = ("no finite loss was logged before it" if self.last_finite is None
-                else f"the last finite logged loss was {self.last_finite[1]:.4f} at step {self.last_finite[0]}")
+        last = (
+            "no finite loss was logged before it"
+            if self.last_finite is None
+            else f"the last finite logged loss was {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+        )
         raise TrainingDiverged(
             f"training diverged at step {step}: {what}; {last}. The run stops without a final checkpoint "
             f"(the newest checkpoint-N/ in the run dir, if any, is from before). Lower method.lr (now {self.lr:g}) "
-            "or set max_grad_norm, then start again (or resume=auto with resume_allow_config_changes=true).")
+            "or set max_grad_norm, then start again (or resume=auto with resume_allow_config_changes=true)."
+        )
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # the step being taken
@@ -105,4 +109,5 @@ def check_final_logits(model: torch.nn.Module, batch: dict, lr: float) -> None:
         f"the trained model's logits on a training batch are not finite ({int((~torch.isfinite(logits)).sum())} "
         f"of {logits.numel()}; the largest trained weight is {largest:.3g}): no final checkpoint is written (the "
         f"newest checkpoint-N/ in the run dir, if any, is kept). Lower method.lr (now {lr:g}) or "
-        "method.weight_decay and start again.")
+        "method.weight_decay and start again."
+    )

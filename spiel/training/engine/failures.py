@@ -27,7 +27,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from spiel.training.engine.rundir import RunDirError
 
     found = [ConfigError, DataError, RunDirError, TrainingDiverged, OutputError]
-    checkpoint = sys.modules.get("spiel.checkpoint.fingerprint")  # not imported: none of its errors can have been raised
+    checkpoint = sys.modules.get(
+        "spiel.checkpoint.fingerprint"
+    )  # not imported: none of its errors can have been raised
     if checkpoint is not None:
         found.append(checkpoint.CheckpointMismatchError)
     return tuple(found)
@@ -48,9 +50,13 @@ def as_user_error(error: BaseException, run_dir: Path | str) -> BaseException | 
 
 def describe_os_error(error: OSError, path: Path | str, doing: str) -> str:
     """``saving checkpoint-4 to /x: no space left on device (...)``: the path and the reason in words."""
-    reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}
+    reasons = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }
     reason = reasons.get(error.errno, error.strerror or str(error))
     return f"{doing} {path}: {reason} ({error})"
 
@@ -88,7 +94,9 @@ def writing(path: Path | str, doing: str):
     except Exception as e:
         os_error = _os_error_in(e)
         if os_error is None and _torch_write_failure(e):  # torch's C++ writer loses the errno
-            os_error = OSError(errno.ENOSPC if _nearly_full(path) else errno.EIO, "torch.save could not write")
+            os_error = OSError(
+                errno.ENOSPC if _nearly_full(path) else errno.EIO, "torch.save could not write"
+            )
         if os_error is None:
             raise
         raise OutputError(describe_os_error(os_error, path, doing)) from e

@@ -29,8 +29,9 @@ def shuffled_batches(n_examples: int, steps: int, batch_size: int, seed: int) ->
     """The example indices of every step: reshuffled epochs from one seeded RNG, no example repeated
     within an epoch; an epoch's tail carries over into the next step."""
     if n_examples < 1 or batch_size < 1 or steps < 0:
-        raise ValueError(f"need n_examples >= 1, batch_size >= 1 and steps >= 0, got {n_examples}, "
-                         f"{batch_size}, {steps}")
+        raise ValueError(
+            f"need n_examples >= 1, batch_size >= 1 and steps >= 0, got {n_examples}, {batch_size}, {steps}"
+        )
     rng = random.Random(seed)
     order: list[int] = []
     out = []
@@ -85,10 +86,22 @@ def label_position_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][predicts[:, :-1]])
 
 
-def train_steps(model, optimizer, examples: Sequence[dict], *, steps: int, batch_size: int, seed: int,
-                pad_token_id: int, micro_batch_size: int | None = None, selector=None,
-                max_grad_norm: float | None = None, warmup_ratio: float = WARMUP_RATIO,
-                label_logits_only: bool = False, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+def train_steps(
+    model,
+    optimizer,
+    examples: Sequence[dict],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    pad_token_id: int,
+    micro_batch_size: int | None = None,
+    selector=None,
+    max_grad_norm: float | None = None,
+    warmup_ratio: float = WARMUP_RATIO,
+    label_logits_only: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps of ``batch_size`` encoded examples (``input_ids`` and
     ``labels``); returns each step's loss (the mean of its micro-batch losses). ``micro_batch_size`` must
     divide ``batch_size`` (None: one micro-batch). ``on_step(step, loss)`` is called after every step."""
@@ -104,7 +117,7 @@ def train_steps(model, optimizer, examples: Sequence[dict], *, steps: int, batch
     for step, idx in enumerate(shuffled_batches(len(examples), steps, batch_size, seed)):
         total = 0.0
         for start in range(0, batch_size, micro):
-            batch = collate([examples[i] for i in idx[start:start + micro]])
+            batch = collate([examples[i] for i in idx[start : start + micro]])
             loss = (label_position_loss(model, batch) if label_logits_only else model(**batch).loss) / accum
             loss.backward()
             total += float(loss.detach())

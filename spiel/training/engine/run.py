@@ -87,7 +87,9 @@ def _finished(checkpoint: Path) -> bool:
 def _save_final(method, model, tokenizer, run_dir: Path, template: str = "tulu") -> Path:
     staged = checkpoints.staging_dir(run_dir) / FINAL_DIR
     checkpoints.clean_staging(run_dir)
-    if template == "tulu":  # final/'s tokenizer renders the format training used (data.template=model: its own)
+    if (
+        template == "tulu"
+    ):  # final/'s tokenizer renders the format training used (data.template=model: its own)
         attach_chat_template_or_warn(tokenizer)
     try:
         with writing(run_dir / FINAL_DIR, f"saving {FINAL_DIR}/: cannot write"):
@@ -166,17 +168,21 @@ def check_config(run: Run) -> None:
     try:
         meta_model = build_meta_model(model["name_or_path"], model.get("revision"))
     except OSError as e:  # a hub id that cannot be fetched (no network, no such repo, gated)
-        raise ConfigError(f"model.name_or_path: could not load the config of {model['name_or_path']!r}: {e}. "
-                          f"{HOW}") from None
+        raise ConfigError(
+            f"model.name_or_path: could not load the config of {model['name_or_path']!r}: {e}. {HOW}"
+        ) from None
     run.method.check_on_meta(meta_model, run.settings.method)
     if model.get("preset") == "hf" and int(os.environ.get("RANK", "0")) == 0:  # presets from the model's size
         from spiel.training.config.presets import preset_line, presets
 
-        line = preset_line(run.cfg, presets(str(model["name_or_path"]), run.settings.method.name, model.get("revision")))
+        line = preset_line(
+            run.cfg, presets(str(model["name_or_path"]), run.settings.method.name, model.get("revision"))
+        )
         log.info(line)
         print(line, flush=True)
-    run.args = training_arguments(run.settings, run.run_dir, run.method.trainer_optim(run.settings.method),
-                                  run.use_wandb, run.run_name)
+    run.args = training_arguments(
+        run.settings, run.run_dir, run.method.trainer_optim(run.settings.method), run.use_wandb, run.run_name
+    )
 
 
 def prepare_run(run: Run) -> None:
@@ -184,7 +190,9 @@ def prepare_run(run: Run) -> None:
     learns where it resumes from."""
     c, resume_from = run.c, None
     if run.is_main:
-        run_lock.acquire(run.run_dir)  # one writer per run dir (held already when spiel-train's preflight took it)
+        run_lock.acquire(
+            run.run_dir
+        )  # one writer per run dir (held already when spiel-train's preflight took it)
         resume_from = prepare_run_dir(run.run_dir, c.resume, c.overwrite)
         if resume_from is not None:  # before config.yaml is rewritten: a refusal leaves the run as it was
             check_resume_config(resume_from, run.cfg, c.resume_allow_config_changes)
@@ -193,7 +201,9 @@ def prepare_run(run: Run) -> None:
     if run.resume_from is not None:
         log.info("resuming from %s", run.resume_from)
         if run.is_main:
-            truncate_metrics(run.run_dir / METRICS_FILE, checkpoints.checkpoint_step(Path(run.resume_from)) or 0)
+            truncate_metrics(
+                run.run_dir / METRICS_FILE, checkpoints.checkpoint_step(Path(run.resume_from)) or 0
+            )
     if run.is_main and run.use_wandb:
         wandb_logger.start(c.logger, run.run_dir, run.run_name, OmegaConf.to_container(run.cfg, resolve=True))
 
@@ -209,13 +219,22 @@ def load_data(run: Run) -> None:
     transformers.set_seed(c.seed)
     run.tokenizer = load_tokenizer(c.model["name_or_path"], revision=c.model.get("revision"))
     with run.args.main_process_first(desc="tokenizing the training data"):
-        dataset, stats = build_train_dataset(c.data, run.tokenizer, max_seq_len=c.max_seq_len,
-                                             cache_dir=c.data_cache_dir, num_proc=c.data_num_proc)
+        dataset, stats = build_train_dataset(
+            c.data,
+            run.tokenizer,
+            max_seq_len=c.max_seq_len,
+            cache_dir=c.data_cache_dir,
+            num_proc=c.data_num_proc,
+        )
         dataset, eval_dataset = eval_split(dataset, c, run.tokenizer, c.data, build_train_dataset)
     log.info("training data: %d examples", len(dataset))
     if run.is_main:  # resume: the data must be the content the run started on
-        record_training_data(run.run_dir, stats, None if run.resume_from is None else Path(run.resume_from),
-                             c.resume_allow_config_changes)
+        record_training_data(
+            run.run_dir,
+            stats,
+            None if run.resume_from is None else Path(run.resume_from),
+            c.resume_allow_config_changes,
+        )
     run.data = (dataset, eval_dataset, stats)
 
 
@@ -225,8 +244,13 @@ def build_model(run: Run) -> None:
     from spiel.model.targets import model_numel
 
     c, settings = run.c, run.settings
-    base = load_base_model(c.model["name_or_path"], dtype=settings.dtype, quant=settings.quant,
-                           device=run.args.device, revision=c.model.get("revision"))
+    base = load_base_model(
+        c.model["name_or_path"],
+        dtype=settings.dtype,
+        quant=settings.quant,
+        device=run.args.device,
+        revision=c.model.get("revision"),
+    )
     run.total_params = model_numel(base)
     run.model = run.method.wrap(base, settings.method, seed=c.seed, quantized=settings.quant == "nf4")
     if c.activation_checkpointing:
@@ -244,11 +268,19 @@ def build_trainer(run: Run) -> None:
     dataset, eval_dataset, _ = run.data
     metrics = run.run_dir / METRICS_FILE
     run.trainer = SpielTrainer(
-        model=model, args=run.args, train_dataset=dataset, eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSpiel(run.tokenizer), processing_class=run.tokenizer,
+        model=model,
+        args=run.args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSpiel(run.tokenizer),
+        processing_class=run.tokenizer,
         optimizers=(optimizer, None),
-        callbacks=[DivergenceGuard(model, m.lr), run.loss_window, MetricsLogCallback(metrics),
-                   LossPlotCallback(metrics, run.run_dir / LOSS_PNG)],
+        callbacks=[
+            DivergenceGuard(model, m.lr),
+            run.loss_window,
+            MetricsLogCallback(metrics),
+            LossPlotCallback(metrics, run.run_dir / LOSS_PNG),
+        ],
         state_savers=[run.loss_window],
         save_total_limit=c.save_total_limit,
     )
@@ -283,12 +315,18 @@ def train(run: Run) -> None:
     dataset = run.data[0]
     first = [dataset[i] for i in range(min(len(dataset), run.c.micro_batch_size))]
     # finite weights can still give inf logits: one training batch before final/ is written
-    check_final_logits(run.model, trainer._prepare_inputs(trainer.data_collator(first)), run.settings.method.lr)
+    check_final_logits(
+        run.model, trainer._prepare_inputs(trainer.data_collator(first)), run.settings.method.lr
+    )
     digests = gather_objects(trainable_digest(run.model))
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel ranks ended with different trained weights: {digests}")
-    run.trained = dict(train_loss=train_loss, train_seconds=train_seconds, digests=digests,
-                       steps_this_run=trainer.state.global_step - start_step)
+    run.trained = dict(
+        train_loss=train_loss,
+        train_seconds=train_seconds,
+        digests=digests,
+        steps_this_run=trainer.state.global_step - start_step,
+    )
 
 
 def save_and_summarize(run: Run) -> dict:
@@ -298,8 +336,10 @@ def save_and_summarize(run: Run) -> dict:
 
     final_dir = _save_final(method, model, run.tokenizer, run_dir, parse_data_config(c.data).template)
     extras = method.after_training(model, run_dir, run.trainer.state.max_steps, plot=c.plot_ages)
-    extras.update(eval_summary(run_dir / METRICS_FILE), loss_png=str(plot_losses(run_dir / METRICS_FILE,
-                                                                                 run_dir / LOSS_PNG)))
+    extras.update(
+        eval_summary(run_dir / METRICS_FILE),
+        loss_png=str(plot_losses(run_dir / METRICS_FILE, run_dir / LOSS_PNG)),
+    )
     summary = {**_summary(run, final_dir), **extras}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if run.use_wandb:
@@ -318,17 +358,28 @@ def _summary(run: Run, final_dir: Path) -> dict:
     settings, state, trained, (dataset, _, stats) = run.settings, run.trainer.state, run.trained, run.data
     memory, memory_what = peak_memory()
     return {
-        "method": run.method.name, "quant": settings.quant, "run_dir": str(run.run_dir),
-        "final_checkpoint": str(final_dir), "final_format": run.method.final_format,
-        "steps": state.global_step, "max_steps": state.max_steps,
-        "steps_this_run": trained["steps_this_run"], "resumed_from": run.resume_from,
-        "final_loss": last_logged_loss(run.run_dir / METRICS_FILE), "train_loss": trained["train_loss"],
-        "trainable": run.method.num_trainable(run.model), "total_params": run.total_params,
-        "peak_memory_gib": memory, "peak_memory_what": memory_what,
+        "method": run.method.name,
+        "quant": settings.quant,
+        "run_dir": str(run.run_dir),
+        "final_checkpoint": str(final_dir),
+        "final_format": run.method.final_format,
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "steps_this_run": trained["steps_this_run"],
+        "resumed_from": run.resume_from,
+        "final_loss": last_logged_loss(run.run_dir / METRICS_FILE),
+        "train_loss": trained["train_loss"],
+        "trainable": run.method.num_trainable(run.model),
+        "total_params": run.total_params,
+        "peak_memory_gib": memory,
+        "peak_memory_what": memory_what,
         "seconds_per_step": trained["train_seconds"] / max(1, trained["steps_this_run"]),
         "wall_seconds": time.time() - run.start,
-        "world_size": settings.world_size, "grad_accum": settings.grad_accum,
-        "effective_batch": run.c.batch_size, "examples": len(dataset),
-        "dropped_examples": stats.get("dropped"), "rank_digests": trained["digests"],
+        "world_size": settings.world_size,
+        "grad_accum": settings.grad_accum,
+        "effective_batch": run.c.batch_size,
+        "examples": len(dataset),
+        "dropped_examples": stats.get("dropped"),
+        "rank_digests": trained["digests"],
         "eval_command": eval_command(final_dir, settings),
     }

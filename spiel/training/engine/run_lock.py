@@ -53,11 +53,18 @@ def _alive(holder: dict) -> bool:
 
 
 def _refuse(run_dir: Path, holder: dict) -> RunLockedError:
-    who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}: "
-           f"{holder.get('command', '?')}") if holder else "a process that has not recorded itself yet"
+    who = (
+        (
+            f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}: "
+            f"{holder.get('command', '?')}"
+        )
+        if holder
+        else "a process that has not recorded itself yet"
+    )
     return RunLockedError(
         f"{run_dir} is in use by another spiel-train ({who}); two writers in one run dir would log every step "
-        "twice and overwrite each other's checkpoints. Wait for it to end or stop it, or choose run_name=<other>.")
+        "twice and overwrite each other's checkpoints. Wait for it to end or stop it, or choose run_name=<other>."
+    )
 
 
 def acquire(run_dir: Path) -> None:
@@ -79,8 +86,12 @@ def acquire(run_dir: Path) -> None:
             holder = _holder(fd)  # no flock here: the recorded pid decides
             if holder.get("pid") != os.getpid() and _alive(holder):
                 raise _refuse(run_dir, holder) from None
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv),
+        }
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(record).encode())

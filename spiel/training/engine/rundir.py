@@ -1,12 +1,12 @@
 """The run directory: what a fresh run, a resumed run and an overwrite do with what is already there.
 
-    <run>/.hydra/            resolved config (Hydra), <run>/train.log
-    <run>/config.yaml        the resolved training config (also what the summary refers to)
-    <run>/data_fingerprint.json  the training data's content, compared on resume
-    <run>/metrics.jsonl      every log event
-    <run>/checkpoint-N/      intermediate checkpoints (complete or absent)
-    <run>/final/             the final checkpoint (SpIEL delta | peft adapter | transformers model)
-    <run>/param_ages.{json,png}, <run>/summary.json
+<run>/.hydra/            resolved config (Hydra), <run>/train.log
+<run>/config.yaml        the resolved training config (also what the summary refers to)
+<run>/data_fingerprint.json  the training data's content, compared on resume
+<run>/metrics.jsonl      every log event
+<run>/checkpoint-N/      intermediate checkpoints (complete or absent)
+<run>/final/             the final checkpoint (SpIEL delta | peft adapter | transformers model)
+<run>/param_ages.{json,png}, <run>/summary.json
 """
 
 from __future__ import annotations
@@ -20,8 +20,17 @@ from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.loggers.metrics import METRICS_FILE
 
 FINAL_DIR = "final"
-OUTPUTS = (FINAL_DIR, METRICS_FILE, "summary.json", "param_ages.json", "param_ages.png", "FAILED", "wandb",
-           "runs", "loss.png")  # runs/: logger=tensorboard's event files
+OUTPUTS = (
+    FINAL_DIR,
+    METRICS_FILE,
+    "summary.json",
+    "param_ages.json",
+    "param_ages.png",
+    "FAILED",
+    "wandb",
+    "runs",
+    "loss.png",
+)  # runs/: logger=tensorboard's event files
 
 
 class RunDirError(RuntimeError):
@@ -51,8 +60,10 @@ def _unpickle_damage(path: Path) -> str | None:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors stay on disk
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            return ("it holds Python objects other than tensors and plain data, which a checkpoint never does "
-                    "(altered or planted); it is never loaded with weights_only=False")
+            return (
+                "it holds Python objects other than tensors and plain data, which a checkpoint never does "
+                "(altered or planted); it is never loaded with weights_only=False"
+            )
         return f"damaged ({str(e).splitlines()[0]})"
     except Exception as e:  # a truncated or overwritten zip/pickle: torch's errors have no common type
         return f"damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})"
@@ -77,10 +88,12 @@ def checkpoint_damage(directory: Path) -> tuple[str, str] | None:
         if path.stat().st_size != size:
             return name, f"{path.stat().st_size:,} bytes, the marker records {size:,} (truncated or altered)"
     digests = manifest.get("sha256")  # absent in checkpoints sealed before the manifest carried hashes
-    for name, digest in (digests.items() if isinstance(digests, dict) else ()):
+    for name, digest in digests.items() if isinstance(digests, dict) else ():
         if file_sha256(directory / name) != digest:
-            return name, (f"damaged: its SHA-256 differs from the one {checkpoints.MARKER} recorded when it was "
-                          "saved (same size, other bytes)")
+            return name, (
+                f"damaged: its SHA-256 differs from the one {checkpoints.MARKER} recorded when it was "
+                "saved (same size, other bytes)"
+            )
     for pattern in PICKLED:
         for path in sorted(directory.glob(pattern)):
             why = _unpickle_damage(path)
@@ -92,13 +105,17 @@ def checkpoint_damage(directory: Path) -> tuple[str, str] | None:
 def _refuse_damaged(found: dict[Path, tuple[str, str]], run_dir: Path) -> None:
     path, (file, why) = max(found.items(), key=lambda item: checkpoints.checkpoint_step(item[0]) or 0)
     intact = [p.name for p in checkpoints.complete_checkpoints(run_dir) if p not in found]
-    delta = (f" Its delta is untouched: spiel-eval ckpt={path} and spiel-export ckpt={path} use it as it is."
-             if file != "spiel_delta.safetensors" and (path / "spiel_delta.safetensors").is_file() else "")
+    delta = (
+        f" Its delta is untouched: spiel-eval ckpt={path} and spiel-export ckpt={path} use it as it is."
+        if file != "spiel_delta.safetensors" and (path / "spiel_delta.safetensors").is_file()
+        else ""
+    )
     more = f" ({len(found) - 1} other checkpoint(s) are damaged too)" if len(found) > 1 else ""
     raise RunDirError(
         f"cannot resume: {path / file} is {why}{more}. Nothing was deleted.{delta} To train on, resume from an "
         f"intact checkpoint (resume=<its path>; intact here: {intact or 'none'}), or start over with "
-        "overwrite=true (deletes this run) or run_name=<new name>.")
+        "overwrite=true (deletes this run) or run_name=<new name>."
+    )
 
 
 def check_resumable(run_dir: Path, resume: str) -> None:
@@ -106,12 +123,20 @@ def check_resumable(run_dir: Path, resume: str) -> None:
     ``resume=auto`` never deletes, and never resumes past, a checkpoint it cannot read."""
     run_dir = Path(run_dir)
     if resume == "auto":
-        candidates = [p for p in run_dir.glob("checkpoint-*")
-                      if p.is_dir() and checkpoints.checkpoint_step(p) is not None]
+        candidates = [
+            p
+            for p in run_dir.glob("checkpoint-*")
+            if p.is_dir() and checkpoints.checkpoint_step(p) is not None
+        ]
         latest = checkpoints.latest_checkpoint(run_dir)
         # a checkpoint older than an intact one without its marker is what an interrupted rotation leaves
-        candidates = [p for p in candidates if (p / checkpoints.MARKER).exists() or latest is None
-                      or checkpoints.checkpoint_step(p) > checkpoints.checkpoint_step(latest)]
+        candidates = [
+            p
+            for p in candidates
+            if (p / checkpoints.MARKER).exists()
+            or latest is None
+            or checkpoints.checkpoint_step(p) > checkpoints.checkpoint_step(latest)
+        ]
     elif resume not in ("never", "", None) and Path(resume).is_dir():
         candidates = [Path(resume)]
     else:
@@ -133,21 +158,26 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
         if latest is not None:
             return latest
         if (run_dir / FINAL_DIR).exists() and not overwrite:
-            raise RunDirError(f"{run_dir} holds a finished run (final/) and no checkpoint to resume from; "
-                              "pass overwrite=true to train again from scratch")
+            raise RunDirError(
+                f"{run_dir} holds a finished run (final/) and no checkpoint to resume from; "
+                "pass overwrite=true to train again from scratch"
+            )
         _clear(run_dir)
         return None
     if resume != "never":
         path = Path(resume)
         if not checkpoints.is_complete(path):
-            raise RunDirError(f"resume={resume} is not a complete checkpoint (no valid "
-                              f"{checkpoints.MARKER}); complete ones in its run dir: "
-                              f"{[p.name for p in checkpoints.complete_checkpoints(path.parent)]}")
+            raise RunDirError(
+                f"resume={resume} is not a complete checkpoint (no valid "
+                f"{checkpoints.MARKER}); complete ones in its run dir: "
+                f"{[p.name for p in checkpoints.complete_checkpoints(path.parent)]}"
+            )
         return path
     if earlier and not overwrite:
         raise RunDirError(
             f"{run_dir} already holds a run ({', '.join(earlier)}). Pass resume=auto to continue it from its "
-            "newest checkpoint, overwrite=true to start over, or run_name=<name> for a new run dir.")
+            "newest checkpoint, overwrite=true to start over, or run_name=<name> for a new run dir."
+        )
     _clear(run_dir)
     return None
 

@@ -32,8 +32,10 @@ def check_fsdp_support() -> None:
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
-        raise ParallelError("parallel=fsdp needs torch.distributed.fsdp.fully_shard (FSDP2, torch >= 2.6); "
-                            f"this is torch {torch.__version__}") from None
+        raise ParallelError(
+            "parallel=fsdp needs torch.distributed.fsdp.fully_shard (FSDP2, torch >= 2.6); "
+            f"this is torch {torch.__version__}"
+        ) from None
 
 
 def shard_frozen_base(spiel_model) -> None:

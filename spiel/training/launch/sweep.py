@@ -48,8 +48,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{self.marker}"))
         if failed:
-            message = (f"{len(failed)} sweep job(s) failed: {', '.join(failed)} (the reason in <job dir>/"
-                       f"{self.marker}, under {sweep_dir})")
+            message = (
+                f"{len(failed)} sweep job(s) failed: {', '.join(failed)} (the reason in <job dir>/"
+                f"{self.marker}, under {sweep_dir})"
+            )
             log.error("%s", message)
             print(f"{config.hydra.job.name}: {message}", file=sys.stderr, flush=True)
             raise SystemExit(1)

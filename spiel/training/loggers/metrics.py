@@ -69,11 +69,13 @@ def summary_line(summary: dict) -> str:
     def fmt_loss(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
-    return (f"spiel-train: {summary['method']} · {summary['steps']} steps · loss {fmt_loss(summary['final_loss'])} "
-            f"(run mean {fmt_loss(summary['train_loss'])}) · tunable {summary['trainable']:,} of "
-            f"{summary['total_params']:,} ({100 * summary['trainable'] / max(1, summary['total_params']):.2f}%) · "
-            f"{summary['peak_memory_what']} {summary['peak_memory_gib']:.2f} GiB · "
-            f"{summary['seconds_per_step']:.3f} s/step · {summary['wall_seconds']:.0f} s in all")
+    return (
+        f"spiel-train: {summary['method']} · {summary['steps']} steps · loss {fmt_loss(summary['final_loss'])} "
+        f"(run mean {fmt_loss(summary['train_loss'])}) · tunable {summary['trainable']:,} of "
+        f"{summary['total_params']:,} ({100 * summary['trainable'] / max(1, summary['total_params']):.2f}%) · "
+        f"{summary['peak_memory_what']} {summary['peak_memory_gib']:.2f} GiB · "
+        f"{summary['seconds_per_step']:.3f} s/step · {summary['wall_seconds']:.0f} s in all"
+    )
 
 
 LOSS_WINDOW_FILE = "loss_window.json"
@@ -92,8 +94,11 @@ class LossWindowState(TrainerCallback):
 
     def save_state(self, directory: Path) -> None:
         t = self.trainer
-        window = {"tr_loss": float(t._tr_loss.item()), "last_logged": int(t._globalstep_last_logged),
-                  "total_loss": float(t._total_loss_scalar)}
+        window = {
+            "tr_loss": float(t._tr_loss.item()),
+            "last_logged": int(t._globalstep_last_logged),
+            "total_loss": float(t._total_loss_scalar),
+        }
         (Path(directory) / LOSS_WINDOW_FILE).write_text(json.dumps(window))
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -28,7 +28,9 @@ def flat_hparams(config: dict, prefix: str = "") -> dict:
 def events_dir(trainer) -> str | None:
     from transformers.integrations import TensorBoardCallback
 
-    callback = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
+    callback = next(
+        (cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None
+    )
     return getattr(callback, "logging_dir", None)
 
 

@@ -29,10 +29,17 @@ def eval_split(dataset, c, tokenizer, data_cfg, build):
         source = {"name": "eval", "path": str(c.eval_data)}
         if data_cfg.get("columns"):  # data=own's column names hold for its held-out file too
             source["columns"] = data_cfg.get("columns")
-        cfg = {"name": "eval", "sources": [source], "seed": data_cfg.get("seed", 42), "shuffle": False,
-               "on_bad_record": data_cfg.get("on_bad_record", "error"), "template": data_cfg.get("template") or "tulu"}
-        held_out, _ = build(cfg, tokenizer, max_seq_len=c.max_seq_len, cache_dir=c.data_cache_dir,
-                            num_proc=c.data_num_proc)
+        cfg = {
+            "name": "eval",
+            "sources": [source],
+            "seed": data_cfg.get("seed", 42),
+            "shuffle": False,
+            "on_bad_record": data_cfg.get("on_bad_record", "error"),
+            "template": data_cfg.get("template") or "tulu",
+        }
+        held_out, _ = build(
+            cfg, tokenizer, max_seq_len=c.max_seq_len, cache_dir=c.data_cache_dir, num_proc=c.data_num_proc
+        )
         return dataset, held_out
     if c.eval_fraction > 0:
         n_eval = max(1, round(len(dataset) * c.eval_fraction))

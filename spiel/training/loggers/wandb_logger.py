@@ -36,10 +36,19 @@ def start(logger_cfg, run_dir: Path, run_name: str, config: dict) -> None:
 
     mode = resolve_mode(logger_cfg.mode)
     if mode == "offline" and logger_cfg.mode == "auto":
-        log.info("wandb: no API key found, logging offline to %s/wandb (upload later with `wandb sync`)", run_dir)
-    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
-               tags=list(logger_cfg.tags) or None, name=run_name, dir=str(run_dir), config=config,
-               mode=mode)
+        log.info(
+            "wandb: no API key found, logging offline to %s/wandb (upload later with `wandb sync`)", run_dir
+        )
+    wandb.init(
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        group=logger_cfg.group,
+        tags=list(logger_cfg.tags) or None,
+        name=run_name,
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+    )
 
 
 SUMMARY_KEYS = ("best_eval_loss", "best_eval_step")  # what a sweep compares runs by, beside the history

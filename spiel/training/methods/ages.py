@@ -23,8 +23,10 @@ def age_histogram(model) -> dict:
         for s, c in zip(steps.tolist(), counts.tolist(), strict=True):
             bucket[s] = bucket.get(s, 0) + c
             overall[s] = overall.get(s, 0) + c
-    return {"overall": dict(sorted(overall.items())),
-            "by_module": {k: dict(sorted(v.items())) for k, v in sorted(per_module.items())}}
+    return {
+        "overall": dict(sorted(overall.items())),
+        "by_module": {k: dict(sorted(v.items())) for k, v in sorted(per_module.items())},
+    }
 
 
 def write_age_report(model, run_dir: Path, total_steps: int, plot: bool = True) -> dict:
@@ -42,11 +44,19 @@ def write_age_report(model, run_dir: Path, total_steps: int, plot: bool = True) 
     }
     run_dir = Path(run_dir)
     (run_dir / AGES_JSON).write_text(json.dumps(data, indent=1))
-    out = {"param_ages": str(run_dir / AGES_JSON),
-           "initial_indices_kept": hist["overall"].get(0, 0) / max(1, total)}
+    out = {
+        "param_ages": str(run_dir / AGES_JSON),
+        "initial_indices_kept": hist["overall"].get(0, 0) / max(1, total),
+    }
     if plot:
-        out["param_ages_plot"] = str(plot_ages(hist["overall"], total_steps, run_dir / AGES_PNG,
-                                               title=f"SpIEL-{config.method.upper()}: parameter ages"))
+        out["param_ages_plot"] = str(
+            plot_ages(
+                hist["overall"],
+                total_steps,
+                run_dir / AGES_PNG,
+                title=f"SpIEL-{config.method.upper()}: parameter ages",
+            )
+        )
     return out
 
 
@@ -59,7 +69,9 @@ def plot_ages(overall: dict[int, int], total_steps: int, path: Path, title: str 
     total = max(1, sum(overall.values()))
     steps = sorted(overall)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    width = max(1.0, 0.8 * (min(b - a for a, b in zip(steps, steps[1:], strict=False)) if len(steps) > 1 else 1))
+    width = max(
+        1.0, 0.8 * (min(b - a for a, b in zip(steps, steps[1:], strict=False)) if len(steps) > 1 else 1)
+    )
     ax.bar(steps, [overall[s] / total for s in steps], width=width, color="#3b6ea8")
     ax.set_xlabel("iteration when last grown")
     ax.set_ylabel("proportion of indices")

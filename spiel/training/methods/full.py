@@ -18,7 +18,8 @@ class FullMethod(Method):
         # every weight trains; AdamW state in the parameter dtype
         return shape.total_params, {
             "optimizer state": shape.total_params * 2 * base_bytes / shards,
-            "gradients": shape.total_params * base_bytes / shards * (2 if plan.parallel == "ddp" else 1)}
+            "gradients": shape.total_params * base_bytes / shards * (2 if plan.parallel == "ddp" else 1),
+        }
 
     def wrap(self, model, mcfg, *, seed, quantized):
         if quantized:

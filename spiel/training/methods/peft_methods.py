@@ -28,9 +28,11 @@ class LoraMethod(PeftMethod):
 
     def plan_trained(self, shape, plan, value_bytes, base_bytes, shards):
         n = plan.lora_r * sum(o + i for o, i in shape.targets(plan.target_modules).values())
-        return n, {"adapters": n * value_bytes,
-                   "optimizer state": n * 8,  # AdamW m, v in fp32 (torch keeps the parameter dtype: fp32)
-                   "gradients": n * value_bytes * (2 if plan.parallel == "ddp" else 1)}
+        return n, {
+            "adapters": n * value_bytes,
+            "optimizer state": n * 8,  # AdamW m, v in fp32 (torch keeps the parameter dtype: fp32)
+            "gradients": n * value_bytes * (2 if plan.parallel == "ddp" else 1),
+        }
 
     def plan_linear_inputs(self, shape, plan, s):
         # each adapted layer keeps its dropped-out input, the dropout mask and A's output (the inputs of
@@ -49,8 +51,13 @@ class LoraMethod(PeftMethod):
 
         if quantized:
             model = prepare_quantized_for_peft(model)
-        config = LoraConfig(r=mcfg.r, lora_alpha=mcfg.alpha, lora_dropout=mcfg.dropout,
-                            target_modules=list(mcfg.target_modules), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=mcfg.r,
+            lora_alpha=mcfg.alpha,
+            lora_dropout=mcfg.dropout,
+            target_modules=list(mcfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
         peft_model = get_peft_model(model, config)
         adapter_dtype = self.trainable_dtype(mcfg.adapter_dtype, "nf4" if quantized else "none", "float32")
         for name, param in peft_model.named_parameters():
@@ -68,6 +75,9 @@ class IA3Method(PeftMethod):
 
         if quantized:
             model = prepare_quantized_for_peft(model)
-        config = IA3Config(target_modules=list(mcfg.target_modules),
-                           feedforward_modules=list(mcfg.feedforward_modules), task_type="CAUSAL_LM")
+        config = IA3Config(
+            target_modules=list(mcfg.target_modules),
+            feedforward_modules=list(mcfg.feedforward_modules),
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(model, config)

@@ -17,8 +17,13 @@ def spiel_budget(shape, plan) -> dict[str, int]:
     from spiel.model.targets import allocate, total_budget
     from spiel.spiel_config import SpielConfig
 
-    config = SpielConfig(method=plan.method, rank_equiv=plan.rank_equiv, density=plan.density,
-                         num_tunable=plan.num_tunable, target_modules=plan.target_modules)
+    config = SpielConfig(
+        method=plan.method,
+        rank_equiv=plan.rank_equiv,
+        density=plan.density,
+        num_tunable=plan.num_tunable,
+        target_modules=plan.target_modules,
+    )
     targets = shape.targets(plan.target_modules)
     return allocate(total_budget(config, shape.meta_model, targets), targets)
 
@@ -54,9 +59,13 @@ class SpielMethod(Method):
 
     def plan_fields(self, mcfg):
         target = mcfg.target_modules
-        return dict(rank_equiv=mcfg.rank_equiv, density=mcfg.density, num_tunable=mcfg.num_tunable,
-                    target_modules=target if target is None or isinstance(target, str) else list(target),
-                    delta_dtype=mcfg.delta_dtype)
+        return dict(
+            rank_equiv=mcfg.rank_equiv,
+            density=mcfg.density,
+            num_tunable=mcfg.num_tunable,
+            target_modules=target if target is None or isinstance(target, str) else list(target),
+            delta_dtype=mcfg.delta_dtype,
+        )
 
     def describe_budget(self, plan):
         return f"rank_equiv={plan.rank_equiv or (None if plan.density or plan.num_tunable else 64)}"
