@@ -13,7 +13,6 @@ benchmarks) the loaded model is reused while ckpt/model/dtype/quant/device stay 
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import traceback
@@ -28,6 +27,7 @@ from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.loader import CheckpointError, LoadedModel, load_for_eval, normalize_ckpts
 from spiel.eval.runner import check_bench, check_bench_data, run_bench, write_run
 from spiel.paths import CONFIG_DIR
+from spiel.training.launch.sweep import free_memory
 
 log = logging.getLogger("spiel.eval")
 register_bench_schemas()  # configs/bench/*.yaml extend them
@@ -68,14 +68,7 @@ def load_model(cfg: DictConfig) -> LoadedModel:
     )
     if key not in _CACHE:
         _CACHE.clear()
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        free_memory()
         log.info(
             "loading the model: ckpt=%s model=%s dtype=%s quant=%s",
             ckpts,

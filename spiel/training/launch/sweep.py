@@ -23,10 +23,9 @@ def record_failure(job_dir: Path, error: BaseException) -> None:
     (Path(job_dir) / FAILED).write_text("".join(traceback.format_exception(error)))
 
 
-def release_job_resources() -> None:
-    from spiel.training.loggers import wandb_logger
-
-    wandb_logger.finish()
+def free_memory() -> None:
+    """Drop what the last job left: unreachable objects, and the CUDA cache's unused blocks (a sweep's next job,
+    or spiel-eval's next model, would otherwise start beside them)."""
     gc.collect()
     try:
         import torch
@@ -35,6 +34,13 @@ def release_job_resources() -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
+
+
+def release_job_resources() -> None:
+    from spiel.training.loggers import wandb_logger
+
+    wandb_logger.finish()
+    free_memory()
 
 
 class SweepReport(Callback):
