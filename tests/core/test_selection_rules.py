@@ -84,7 +84,11 @@ def test_the_second_ag_estimation_phase_uses_only_its_own_statistics():
         {"l": layer},
         opt,
         SelectionConfig(
-            reselection_steps=period, estimation_steps=gamma, schedule="cosine", initial_rate=0.5
+            reselection_steps=period,
+            estimation_steps=gamma,
+            schedule="cosine",
+            initial_rate=0.5,
+            adam_seeding="full",
         ),
         method="ag",
         seed=0,

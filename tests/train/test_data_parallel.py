@@ -178,7 +178,10 @@ def test_two_ranks_match_one_process_spiel_ag(ag_single, parallel, request):
     assert a.keys() == b.keys()
     for key in a:
         if key.endswith(".values"):
-            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+            # grown entries start from a fresh Adam state (the shipped default), whose first steps are about
+            # lr·g/(|g| + eps): where |g| is small the ranks' summation order moves them in the last bits
+            # more than a seeded state did (measured: 2 of 4575 values off by up to 1.7e-6)
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(a[key], b[key]), key
     assert grown_at_steps(ranks) == grown_at_steps(ag_single)

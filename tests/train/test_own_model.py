@@ -140,12 +140,12 @@ def test_spiel_train_trains_ones_own_model_and_prints_the_presets(tmp_path, caps
     own = shutil.copytree(TINY_MODEL_DIR, tmp_path / "my-model")
     root = tmp_path / "out"
     code = run_cli(
-        ["model=hf", f"model.name_or_path={own}", "debug=smoke", f"output_root={root}", "method.lr=0.01"]
+        ["model=hf", f"model.name_or_path={own}", "debug=smoke", f"output_root={root}", "method.lr=0.02"]
     )
     assert code == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("model=hf: presets for"))
-    assert str(own) in line and "method.lr=0.01 (preset 0.03)" in line and "method.rank_equiv=4" in line
+    assert str(own) in line and "method.lr=0.02 (preset 0.01)" in line and "method.rank_equiv=4" in line
     run = only_run_dir(root)
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     assert OmegaConf.load(run / "config.yaml").method.rank_equiv == 4  # resolved in the run's config

@@ -195,6 +195,13 @@ def test_sigkilled_run_resumes_to_the_same_delta_and_optimizer_state(tmp_path):
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out[-4000:]
     straight = only_run_dir(straight_root)
+    # a checkpoint whose files differ from its marker is damage a kill cannot make (saves move in whole):
+    # resume refuses it by name and deletes nothing; once it is removed, the run resumes from the newest
+    refused = popen_cli([f"output_root={killed_root}", *RUN, "resume=auto"], cwd=killed_root)
+    err, _ = refused.communicate(timeout=600)
+    assert refused.returncode == 2 and "checkpoint-99/spiel_delta.safetensors" in err, err[-3000:]
+    assert corrupt.exists() and partial.exists()
+    shutil.rmtree(corrupt)
     resumed = _run(killed_root, "resume=auto")
     assert resumed == killed
     assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == str(newest)

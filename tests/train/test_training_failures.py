@@ -77,6 +77,7 @@ def test_a_diverging_run_stops_at_the_step_keeps_the_last_good_checkpoint_and_wr
             *SMALL,
             "max_steps=20",
             "method.lr=1e4",
+            "method.weight_decay=0",  # lr·λ >= 1 is refused before training; this run must diverge
             "save_steps=1",
             "save_total_limit=30",
             "method.rank_equiv=2",
