@@ -13,7 +13,8 @@ import torch.nn as nn
 from spiel import SpielConfig, get_spiel_model
 
 
-def main(method_growth, rank, world, port, out_dir):
+def start_rank(method_growth, rank, world, port):
+    """Join the gloo group and build the same small SpIEL model on every rank: (model, ddp, optimizer, selector)."""
     method, _, growth = method_growth.partition(":")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -27,7 +28,11 @@ def main(method_growth, rank, world, port, out_dir):
     )
     ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = model.make_optimizer(lr=1e-2)
-    selector = model.make_selector(optimizer, total_steps=30)
+    return model, ddp, optimizer, model.make_selector(optimizer, total_steps=30)
+
+
+def main(method_growth, rank, world, port, out_dir):
+    model, ddp, optimizer, selector = start_rank(method_growth, rank, world, port)
     history = []
     for step in range(30):
         data = torch.Generator().manual_seed(1000 * rank + step)  # each rank sees different data

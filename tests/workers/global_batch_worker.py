@@ -6,14 +6,11 @@ with all of it); writes the indices after every reselection and the final values
 ``+rows``: SpIEL-AG's first gradient streamed one row at a time (never whole), as for large matrices.
 """
 
-import os
 import sys
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-
-from spiel import SpielConfig, get_spiel_model
+from ddp_worker import start_rank  # this script's folder is on sys.path when it runs
 
 GLOBAL_BATCH = 16
 
@@ -24,20 +21,7 @@ def main(method_growth, rank, world, port, out_dir):
         import spiel.delta.function
 
         spiel.delta.function.PROBE_BLOCK_BYTES = 1  # one row per block
-    method, _, growth = method_growth.partition(":")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16))
-    model = get_spiel_model(
-        net,
-        SpielConfig(
-            method=method, num_tunable=80, reselection_steps=5, estimation_steps=2, growth=growth or "paper"
-        ),
-    )
-    ddp = nn.parallel.DistributedDataParallel(model)
-    optimizer = model.make_optimizer(lr=1e-2)
-    selector = model.make_selector(optimizer, total_steps=30)
+    model, ddp, optimizer, selector = start_rank(method_growth, rank, world, port)
     history = []
     share = GLOBAL_BATCH // world
     for step in range(30):
