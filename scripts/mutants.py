@@ -41,17 +41,17 @@ PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "n
 # group: (modules to mutate, the tests that mirror them)
 GROUPS = {
     "checkpoint": (
-        [
-            "spiel/checkpoint/format.py",
-            "spiel/checkpoint/read.py",
-            "spiel/checkpoint/kind.py",
-            "spiel/checkpoint/elias_fano.py",
-        ],
+        sorted(
+            str(p.relative_to(REPO))
+            for p in (REPO / "spiel/checkpoint").glob("*.py")
+            if p.name != "__init__.py"
+        ),
         [
             "tests/core/test_checkpoint_check.py",
             "tests/core/test_checkpoint_kind.py",
             "tests/core/test_compact_checkpoint.py",
             "tests/core/test_elias_fano.py",
+            "tests/core/test_checkpoint_base_fingerprint.py",
         ],
     ),
     "delta": (
@@ -62,8 +62,10 @@ GROUPS = {
             "spiel/delta/weights.py",
             "spiel/delta/merged.py",
             "spiel/delta/grad_paths.py",
+            "spiel/delta/bounds.py",
         ],
         [
+            "tests/core/test_delta_bounds.py",
             "tests/core/test_delta_layer.py",
             "tests/core/test_delta_probes.py",
             "tests/core/test_grad_paths.py",
@@ -81,7 +83,6 @@ GROUPS = {
             "tests/core/test_selection_rules.py",
             "tests/core/test_growth_rules.py",
             "tests/core/test_global_budget.py",
-            "tests/core/test_support_recovery.py",
         ],
     ),
     "optim": (
@@ -92,7 +93,7 @@ GROUPS = {
     ),
     "eval_scoring": (
         ["spiel/eval/metrics.py", "spiel/eval/gsm.py", "spiel/eval/bbh.py"],
-        ["tests/eval/test_eval_scoring.py"],
+        ["tests/eval/test_eval_scoring.py", "tests/eval/test_eval_prompts.py"],
     ),
     "data_reader": (
         ["spiel/data/reader.py"],

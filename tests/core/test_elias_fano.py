@@ -85,6 +85,31 @@ def test_low_width_is_floor_log2_of_n_over_k():
         assert ef.low_width(n, k) == expected, (n, k)
 
 
+def test_int32_work_exactly_while_every_intermediate_fits():
+    """Bitmap offsets reach n + k and a corrupt low part n + n/k: int32 while 2n + k < 2^31, one past int64."""
+    for n, k in [(2**30 - 1, 1), (2**30 - 2, 3), (2**29, 2**30 - 1)]:
+        assert ef.work_dtype(n, k) == torch.int32 and ef.work_dtype(n, k + 1) == torch.int64, (n, k)
+
+
+def test_high_length_and_sizes_at_byte_boundaries():
+    """k + ((n - 1) >> L) bitmap bits and k·L low bits, rounded up to whole bytes (hand-computed; 64, 8
+    fills its 3 low bytes and 9, 8 its 2 high bytes exactly, with no padding bits)."""
+    for n, k, low_bytes, high_bits in [
+        (16, 2, 1, 3),
+        (64, 8, 3, 15),
+        (8, 8, 0, 15),
+        (9, 8, 0, 16),
+        (17, 1, 1, 2),
+    ]:
+        assert ef.high_length(n, k) == high_bits, (n, k)
+        assert ef.encoded_sizes(n, k) == (low_bytes, -(-high_bits // 8)), (n, k)
+        positions = random_subset(n, k, torch.Generator().manual_seed(n + k))
+        low, high = reference_encode(positions.tolist(), n)
+        encoded = ef.encode(positions, n)
+        assert bytes(encoded["low_bits"].tolist()) == low and bytes(encoded["high_bits"].tolist()) == high
+        assert torch.equal(ef.decode(encoded["low_bits"], encoded["high_bits"], n, k).long(), positions)
+
+
 def test_about_two_plus_log2_of_one_over_density_bits_a_position():
     """LLaMA-2-7B rank 64: 4096x4096 at 3.1% and 11008x4096 at 2.1%."""
     for (out, inp), bits in [((4096, 4096), 7.0), ((11008, 4096), 7.46)]:
@@ -139,6 +164,7 @@ BAD = [
     ),
     ("high-bit-added", lambda lo, hi: (lo, hi | 0b0001), r"'M.high_bits' holds 3 set bits"),
     ("past-the-weight", lambda lo, hi: (lo | 0b1100, hi), r"decode to a position past the weight: 11 >= 10"),
+    ("exactly-n", lambda lo, hi: (lo ^ 0b1100, hi), r"decode to a position past the weight: 10 >= 10"),
     ("repeated", lambda lo, hi: (lo & 0b0011, hi), r"not strictly increasing at position 1 \(8 then 8\)"),
     ("decreasing", lambda lo, hi: (lo ^ 0b0101, hi), r"not strictly increasing at position 1 \(9 then 8\)"),
 ]

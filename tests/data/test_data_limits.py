@@ -154,3 +154,51 @@ def test_a_last_record_without_a_newline_is_read_whole_up_to_the_cap(tok, tmp_pa
     else:
         ds, stats = build(tmp_path, tok, text, mode="skip", max_record_bytes=cap)
         assert len(ds) == 1 and stats["sources"]["s"]["bad_records"] == {"too_large": 1}
+
+
+def record_of(size: int) -> str:
+    """A JSON record of exactly ``size`` bytes (ASCII)."""
+    text = '{"k": "' + "x" * (size - 9) + '"}'
+    assert len(text) == size
+    return text
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_the_record_size_boundary_in_jsonl_lines(tmp_path, ending):
+    """Lines of cap - 1, cap, cap + 1, cap + 2, cap + 3 and 5·cap bytes (the line ending not counted): a
+    record is whole up to the cap and too large one byte past it, whatever its line ending, and the line
+    after an oversized one is read from its start with its own line number (a plain-Python reference)."""
+    cap = 64
+    sizes = [cap - 1, cap, cap + 1, cap + 2, cap + 3, 5 * cap, cap]
+    path = tmp_path / "r.jsonl"
+    path.write_bytes("".join(record_of(s) + ending for s in sizes).encode())
+    got = list(iter_records(path, max_record_bytes=cap))
+    assert [where for where, _, _ in got] == [f"{path}:{i}" for i in range(1, len(sizes) + 1)]
+    for (where, record, error), size in zip(got, sizes, strict=True):
+        if size <= cap:
+            assert error is None and record == json.loads(record_of(size)), (size, error)
+        else:
+            assert record is None and error[0] == "too_large", size
+            if ending == "\n":
+                assert f"{where}: record is {size:,} bytes, over data.max_record_bytes={cap:,}" in error[1]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_the_record_size_boundary_in_json_array_elements(tmp_path, extra):
+    """An array element of exactly the cap is a record; one byte past it is too large (its UTF-8 bytes:
+    a two-byte character counts twice)."""
+    element = '{"k": "é' + "x" * 20 + '"}'
+    cap = len(element.encode()) - extra  # extra -1: one to spare, 0: exactly the cap, 1: one byte over
+    assert len(element.encode()) == len(element) + 1
+    path = tmp_path / "a.json"
+    path.write_text("[" + element + ",\n" + record_of(10) + "]", encoding="utf-8")
+    (where, record, error), (_, last, last_error) = iter_records(path, max_record_bytes=cap)
+    assert last == {"k": "x"} and last_error is None
+    if extra <= 0:
+        assert error is None and record == json.loads(element)
+    else:
+        assert record is None and error == (
+            "too_large",
+            f"{path}:1: record is {cap + 1:,} bytes, over data.max_record_bytes={cap:,} "
+            "(raise the cap if such records are wanted)",
+        )

@@ -3,13 +3,14 @@ metrics, and the missing-data message. Fixtures in tests/fixtures/eval/ use the 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
 import pytest
 
 from spiel.eval import bbh, gsm, mmlu, tydiqa
-from spiel.eval.data import MissingDataError
+from spiel.eval.data import BenchDataError, MissingDataError
 from spiel.eval.metrics import exact_match, mean_pass_at_k, pass_at_k, squad_f1, squad_scores
 from tests.helpers.paths import EVAL_FIXTURES
 
@@ -127,6 +128,47 @@ def test_gsm_exact_match_ignores_case_and_punctuation_only():
     )  # "1.5" ~ "15"
 
 
+@pytest.mark.parametrize(
+    "gold, accepted",
+    [
+        ("#### 72", "72"),
+        ("x\n#### 1,234,567", "1234567"),
+        ("#### -5", "-5"),
+        ("#### +3", "+3"),
+        ("#### 2.", "2."),
+        ("#### .25", ".25"),
+        ("#### 0.5", "0.5"),
+        ("#### twelve", None),
+        ("#### 1.2.3", None),
+        ("#### 5 apples", None),
+        ("#### -", None),
+        ("#### ", None),
+    ],
+)
+def test_gsm_gold_answers_must_be_one_number(tmp_path, gold, accepted):
+    """Every form the gold after '####' may take (sign, decimals, thousands commas) loads; anything that is
+    not exactly one number is refused naming the line."""
+    (tmp_path / "gsm").mkdir()
+    lines = [{"question": "q1", "answer": "#### 1"}, {"question": "q2", "answer": gold}]
+    (tmp_path / "gsm" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if accepted is None:
+        with pytest.raises(
+            BenchDataError, match=r"test\.jsonl:2: the answer after '####' is .*, not a number"
+        ):
+            gsm.load_gsm(tmp_path, max_num_examples=None)
+    else:
+        assert gsm.load_gsm(tmp_path, max_num_examples=None)[1]["answer"] == accepted
+
+
+def test_exact_match_is_the_fraction_of_equal_normalized_answers():
+    assert exact_match([], []) == 0.0
+    assert exact_match(["(A)", "yes", "No"], ["(a)", "Yes!", "no."]) == 1.0
+    assert exact_match(["1", "2", "3", "4"], ["1", "2", "3", "5"]) == 0.75
+    assert exact_match(["a b"], ["ab"]) == 0.0  # spaces are kept: only case and punctuation are ignored
+    with pytest.raises(ValueError, match="2 predictions for 3 references"):
+        exact_match(["a", "b"], ["a", "b", "c"])
+
+
 # ---------------------------------------------------------------- BBH
 
 
@@ -170,6 +212,10 @@ def test_bbh_sampling_is_in_sorted_task_order_and_independent_of_the_task_subset
         (" the answer is False. And the answer is True.", "False"),  # the first match
         (" The answer is 3.5 apples.", "3"),  # (.*?)\. stops at the first period, as the reference
         (" Something else\n\nmore", "Something else"),  # no match: up to the first blank line
+        ("  (C)  \n\n", "(C)"),  # no match and nothing after: the stripped output
+        (" The answer is  valid . Then", "valid"),  # capital T; the answer is stripped
+        (" so the answer is (D).", "(D)"),
+        (" the answer is (D)", "the answer is (D)"),  # no period to end it: no match
     ],
 )
 def test_bbh_answer_extraction(output, expected):
@@ -327,6 +373,28 @@ def test_squad_scores_take_the_best_gold_and_scale_to_100():
 def test_pass_at_k_equals_the_closed_form(n, c, k):
     closed = 1 - math.comb(n - c, k) / math.comb(n, k)
     assert pass_at_k(n, c, k) == pytest.approx(closed, abs=1e-12)
+
+
+def test_pass_at_k_boundaries_and_the_mean_over_problems():
+    """k = n is allowed (1 when any passed), k = n + 1 and c outside [0, n] are refused; the mean keeps
+    k equal to the smallest n and drops k one past it (hand-computed)."""
+    assert pass_at_k(4, 1, 4) == 1.0 and pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+    for n, c, k in [(4, 1, 5), (4, -1, 1), (4, 5, 1)]:
+        with pytest.raises(ValueError):
+            pass_at_k(n, c, k)
+    # n = 3 and 4: pass@3 = mean(1 - C(2,3)/C(3,3), 1 - C(3,3)/C(4,3)) = mean(1, 3/4)
+    assert mean_pass_at_k([(3, 1), (4, 1)], ks=(1, 3, 4)) == {
+        "pass@1": pytest.approx((1 / 3 + 1 / 4) / 2),
+        "pass@3": pytest.approx((1 + 3 / 4) / 2),
+    }
+    assert mean_pass_at_k([], ks=(1,)) == {}
+
+
+def test_squad_scores_of_nothing_and_of_mismatched_lengths():
+    assert squad_scores([], []) == {"exact_match": 0.0, "f1": 0.0}
+    assert squad_f1("the", "a") == 0.0  # both only articles: no tokens in common
+    with pytest.raises(ValueError, match="1 predictions for 2 references"):
+        squad_scores(["x"], [["x"], ["y"]])
 
 
 def test_pass_at_1_is_the_fraction_passed_and_mean_skips_k_above_n():
