@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -169,3 +170,69 @@ def test_ma_grown_slots_start_with_zero_momentum_and_keep_the_accumulators():
     assert grown_checked > 0 and bool(
         torch.cat([s["momentum_buffer"] for s in opt.state.values()]).ne(0).any()
     )
+
+
+def test_ag_paper_growth_over_three_reselections_and_two_layers_follows_the_definitions():
+    """Two layers of different shapes and budgets, reselections after steps 2, 7 and 12 (γ = 2, period 5):
+    at each one, per layer, the n weakest |values| go and the best |mean step gradient| of the phase's
+    candidates (top-k |gradient| of its first micro-batch) come in, new ones at 0 and dropped-and-regrown
+    ones with their old value. A plain-Python replay of the definitions, nothing carried between phases."""
+    torch.manual_seed(0)
+    gamma, period, total, rate = 2, 5, 40, 0.6
+    shapes = {"a": (6, 8, 10), "b": (5, 12, 7)}  # out, in, k
+    layers = {}
+    for name, (out_f, in_f, k) in shapes.items():
+        layers[name] = SparseDeltaLinear(nn.Linear(in_f, out_f, bias=False), k)
+        layers[name].base_layer.requires_grad_(False)
+        with torch.no_grad():
+            layers[name].values.copy_(
+                torch.linspace(0.1, 1.0, k).flip(0) if name == "b" else torch.linspace(0.1, 1.0, k)
+            )
+    opt = SparseAdamW([layer.values for layer in layers.values()], lr=0.0)  # lr 0: values stay put
+    config = SelectionConfig(
+        reselection_steps=period, estimation_steps=gamma, schedule="cosine", initial_rate=rate
+    )
+    sel = Selector(layers, opt, config, method="ag", seed=0, total_steps=total)
+    support = {
+        name: dict(zip(layer.indices.tolist(), layer.values.detach().tolist(), strict=True))
+        for name, layer in layers.items()
+    }
+    g = torch.Generator().manual_seed(5)
+    phase = {name: [] for name in layers}
+    for t in range(1, 13):
+        for name, layer in layers.items():
+            out_f, in_f, _ = shapes[name]
+            micro = [torch.randn(out_f, in_f, generator=g) for _ in range(2)]
+            if (gamma - t) % period < gamma:  # the γ steps up to a reselection: its estimation phase
+                phase[name].append(micro)
+            for dense in micro:
+                feed_dense_gradient(layer, dense)
+        opt.step()
+        opt.zero_grad()
+        sel.step()
+        if t not in (2, 7, 12):
+            for name, layer in layers.items():  # no reselection: the support does not move
+                assert layer.indices.tolist() == sorted(support[name])
+            continue
+        for name, layer in layers.items():
+            k = shapes[name][2]
+            assert len(phase[name]) == gamma, (t, name)
+            n = math.floor(rate / 2 * (1 + math.cos(math.pi * t / total)) * k)
+            positions = sorted(support[name])
+            magnitudes = [abs(support[name][p]) for p in positions]
+            dropped = [positions[i] for i in sorted(range(k), key=lambda i: magnitudes[i])[:n]]
+            staying = [p for p in positions if p not in dropped]
+            first = phase[name][0][0].abs().view(-1).tolist()
+            candidates = sorted(range(len(first)), key=lambda p: -first[p])[:k]
+            steps = [sum(step).view(-1).tolist() for step in phase[name]]
+            mean = {p: sum(s[p] for s in steps) / gamma for p in candidates}
+            grown = sorted((p for p in candidates if p not in staying), key=lambda p: -abs(mean[p]))[:n]
+            support[name] = {
+                **{p: support[name][p] for p in staying},
+                **{p: support[name].get(p, 0.0) for p in grown},  # regrown keeps its value, new ones 0
+            }
+            assert layer.indices.tolist() == sorted(support[name]), (t, name)
+            got = dict(zip(layer.indices.tolist(), layer.values.detach().tolist(), strict=True))
+            assert got == pytest.approx(support[name]), (t, name)
+            assert {p for p, v in got.items() if v == 0.0} >= set(grown) - set(dropped)
+            phase[name] = []

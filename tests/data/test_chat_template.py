@@ -95,3 +95,30 @@ def test_tokenizer_that_tokenizes_differently_after_bos_is_refused():
 def test_tokenizer_adding_eos_is_refused():
     with pytest.raises(ChatTemplateError, match="other than a leading BOS"):
         attach_chat_template(sentencepiece_style("every_piece", post="<s> $A </s>"))
+
+
+def test_the_generation_prompt_is_the_training_text_before_the_answer():
+    """The prompt text ends with "<|assistant|>\n" right after the last user turn (no trim, no EOS), with
+    BOS written once; and a template whose generation prompt alone is wrong is caught by the check."""
+    from spiel.data.chat_template import template_mismatch
+
+    tok = attach_chat_template(tiny_tokenizer())
+    text = tok.apply_chat_template(MULTI_TURN[:-1], tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<s><|system|>\nYou answer in one word.\n<|user|>\nUppercase abc.\n<|assistant|>\nABC</s>\n"
+        "<|user|>\nNow sort dcba, please: <|assistant|> is a marker </s>\n<|assistant|>\n"
+    )
+    assert text == "<s>" + chat_prompt(MULTI_TURN, eos_token="</s>")
+    single = [{"role": "user", "content": " Q? "}]
+    assert tok.apply_chat_template(single, tokenize=False, add_generation_prompt=True) == (
+        "<s><|user|>\nQ?\n<|assistant|>\n"
+    )
+    assert template_mismatch(tok) is None
+    right = jinja_chat_template(bos=True)
+    for wrong in (
+        right.replace("ns.text + '<|assistant|>\\n' -}}", "(ns.text | trim) + '<|assistant|>\\n' -}}"),
+        right.replace("ns.text + '<|assistant|>\\n' -}}", "ns.text + '<|assistant|>' -}}"),
+    ):
+        assert wrong != right
+        tok.chat_template = wrong
+        assert template_mismatch(tok).startswith("generation prompt of ")

@@ -53,6 +53,52 @@ def test_the_guard_stops_at_a_bad_loss_gradient_or_weight_and_names_the_step():
     assert guard.losses == []
 
 
+class TwoPart(torch.nn.Module):
+    """A trained vector and a frozen one (NaN: the guard checks only what is trained); dict outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.frozen = torch.nn.Parameter(torch.full((3,), math.nan), requires_grad=False)
+
+    def forward(self, x):
+        return {"loss": (self.w * x).sum()}
+
+
+def test_the_guard_checks_every_micro_batch_once_and_only_what_is_trained():
+    model = TwoPart().train()
+    guard = DivergenceGuard(model, lr=1e-3)
+    state = SimpleNamespace(global_step=0)
+    for x in ([1.0, 2.0, 3.0], [1.0, math.inf, 1.0], [1.0, 1.0, 1.0]):  # three micro-batches, the 2nd bad
+        model(torch.tensor(x))
+    assert len(guard.losses) == 3
+    with pytest.raises(
+        TrainingDiverged, match=r"at step 1: the loss is inf; no finite loss was logged before it\."
+    ):
+        guard.on_pre_optimizer_step(None, state, None)
+    guard = DivergenceGuard(model, lr=1e-3)
+    guard.on_log(None, SimpleNamespace(global_step=6), None, logs={"loss": 0.5})
+    guard.on_log(None, SimpleNamespace(global_step=7), None, logs={"loss": math.nan})  # not a finite loss
+    guard.on_log(None, SimpleNamespace(global_step=8), None, logs={"learning_rate": 1e-3})  # no loss
+    assert guard.last_finite == (6, 0.5)
+    for step in (8, 9):  # each step sees only its own micro-batches: finite, then finite again
+        model(torch.ones(3)).get("loss").backward()
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=step), None)
+        assert guard.losses == []
+        guard.on_optimizer_step(
+            None, SimpleNamespace(global_step=step), None
+        )  # the frozen NaN is not checked
+    model(torch.tensor([math.nan] * 3))
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"at step 10: the loss is nan; the last finite logged loss was "
+        r"0\.5000 at step 6",
+    ):
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=9), None)
+    model(torch.tensor([math.nan] * 3))  # the hook is gone once the guard has stopped the run
+    assert guard.losses == []
+
+
 def test_a_nan_loss_is_never_logged_as_a_number():
     """transformers' logging_nan_inf_filter logs a NaN step as the mean of the steps since the last log,
     0.0 right after one: that is how a diverged run showed `loss 0.0`."""
