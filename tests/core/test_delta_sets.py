@@ -99,6 +99,46 @@ def test_switching_does_not_copy_the_delta_and_keeps_the_active_one_current(ckpt
     assert torch.equal(logits(model.set_delta("default").set_delta("b")), changed)
 
 
+def test_invariants_hold_after_every_switch(ckpts):
+    """A walk over three deltas (two of different k, one weighted mix of them), switching to each from each
+    and to the active one again: after every switch each layer holds exactly the active set's positions
+    (sorted, unique, its k), the model's config and tunable count are that set's, the base weights are the
+    same tensors bit for bit, and the logits equal the dense reference of that delta alone."""
+    (a_dir, a), (b_dir, b) = ckpts["a"], ckpts["b"]
+    model = SpielModel.from_pretrained(tiny_llama(), a_dir).load_delta(b_dir, "b")
+    model.add_weighted_delta(["default", "b"], [0.5, 2.0], "mix")
+    # the mix's positions are the union; its values are checked through the logits
+    mix = {n: (torch.unique(torch.cat([a[n][0].long(), b[n][0].long()])), None) for n in a}
+    expected = {"default": a, "b": b, "mix": mix}
+    references = {
+        "default": logits(dense_reference([(a, 1.0)])),
+        "b": logits(dense_reference([(b, 1.0)])),
+        "mix": logits(dense_reference([(a, 0.5), (b, 2.0)])),
+    }
+    bases = {n: (layer.weight, layer.weight.clone()) for n, layer in model.deltas.items()}
+    for name in ["b", "b", "mix", "default", "mix", "b", "default", "default"]:
+        model.set_delta(name)
+        assert model.active_delta == name and model.delta_names == ["default", "b", "mix"]
+        ks = {n: int(expected[name][n][0].numel()) for n in model.deltas}
+        assert model.spiel_config.num_deltas == ks and model.num_tunable() == sum(ks.values())
+        for n, layer in model.deltas.items():
+            idx = layer.indices
+            assert layer.k == ks[n] == layer.values.numel() == layer.grown_at.numel(), (name, n)
+            assert bool((idx[1:] > idx[:-1]).all()) and torch.equal(idx.long(), expected[name][n][0].long())
+            assert layer.weight is bases[n][0] and torch.equal(layer.weight, bases[n][1]), (name, n)
+        torch.testing.assert_close(logits(model), references[name], rtol=1e-5, atol=1e-5)
+        for n, layer in model.deltas.items():  # the forward (merged storage: W + Δ) leaves a restorable base
+            layer.restore_base()
+            assert torch.equal(layer.weight, bases[n][1])
+    with pytest.raises(ValueError, match="'default' is the active delta"):
+        model.delete_delta("default")
+    model.delete_delta("mix")
+    with pytest.raises(KeyError, match=r"no delta named 'mix'; loaded: \['default', 'b'\]"):
+        model.set_delta("mix")
+    assert model.active_delta == "default"
+    torch.testing.assert_close(logits(model), references["default"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_built_fresh_keeps_its_delta_as_default(ckpts):
     model = with_random_deltas(get_spiel_model(tiny_llama(), SpielConfig(rank_equiv=2, seed=7)), seed=7)
     own = logits(model)
