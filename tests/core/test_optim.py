@@ -206,6 +206,22 @@ def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():
     assert opt.ages(p).tolist() == [2, 5, 1]
 
 
+def test_linked_ages_take_one_seed_age_as_a_number_or_a_one_element_tensor_only():
+    """Linked ages seed every grown slot alike: a per-slot tensor of ages is refused with the message even
+    when each of its ages is the head start (one element, or a 0-d tensor, is that one age)."""
+    p = torch.zeros(3, requires_grad=True)
+    grown_at = torch.zeros(3, dtype=torch.int32)
+    opt = SparseAdamW([p], lr=1e-3)
+    opt.link_ages(p, grown_at, head_start=5)
+    p.grad = torch.ones(3)
+    opt.step()
+    for age in (5, torch.tensor(5), torch.tensor([5])):
+        opt.reset_slots(p, torch.tensor([0]), age=age)
+    for age in (torch.tensor([5, 5]), torch.tensor([], dtype=torch.long), torch.tensor([4]), 6):
+        with pytest.raises(ValueError, match="linked ages seed every grown slot at age 5"):
+            opt.reset_slots(p, torch.tensor([0, 1]), age=age)
+
+
 def test_unlinked_state_without_ages_is_refused():
     p = torch.zeros(3, requires_grad=True)
     opt = SparseAdamW([p], lr=1e-3)
