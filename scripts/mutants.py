@@ -22,6 +22,7 @@ and left out of the score.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
@@ -148,17 +149,60 @@ def config_text(modules: list[str], tests: list[str], timeout: float) -> str:
     )
 
 
-def keep_sample(session: Path, count: int, seed: int) -> tuple[int, int]:
-    """Mark all but a seeded sample of ``count`` mutants as skipped; (sampled, total)."""
+def annotation_spans(root: Path, module: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) as (line, character column) of every annotation in ``module``, if it has
+    ``from __future__ import annotations`` (else none: its annotations are evaluated when defined)."""
+    source = (root / module).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    if not any(
+        isinstance(n, ast.ImportFrom)
+        and n.module == "__future__"
+        and any(a.name == "annotations" for a in n.names)
+        for n in tree.body
+    ):
+        return []
+    lines = source.splitlines()
+
+    def char_col(line: int, col: int) -> int:  # ast counts UTF-8 bytes, Cosmic Ray characters
+        return len(lines[line - 1].encode()[:col].decode(errors="ignore"))
+
+    spans = []
+    for node in ast.walk(tree):
+        notes = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            notes.append(node.returns)
+        elif isinstance(node, ast.arg) and node.annotation is not None:
+            notes.append(node.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            notes.append(node.annotation)
+        for n in notes:
+            start = (n.lineno, char_col(n.lineno, n.col_offset))
+            spans.append((start, (n.end_lineno, char_col(n.end_lineno, n.end_col_offset))))
+    return spans
+
+
+def keep_sample(session: Path, root: Path, count: int, seed: int) -> tuple[int, int, int]:
+    """Mark all but a seeded sample of ``count`` mutants as skipped; (sampled, total, in annotations).
+
+    A mutant inside an annotation (``str | None`` -> ``str << None``) is equivalent in every module here:
+    under ``from __future__ import annotations`` an annotation is a string nothing evaluates. Those are
+    left out of the sample (counted, not scored)."""
     with sqlite3.connect(session) as db:
         rows = db.execute(
-            "SELECT job_id, module_path, operator_name, occurrence FROM mutation_specs"
+            "SELECT job_id, module_path, operator_name, occurrence, start_pos_row, start_pos_col, end_pos_row, "
+            "end_pos_col FROM mutation_specs"
         ).fetchall()
+        spans = {m: annotation_spans(root, m) for m in {r[1] for r in rows}}
+
+        def in_annotation(r) -> bool:
+            return any(a <= (r[4], r[5]) and (r[6], r[7]) <= b for a, b in spans[r[1]])
+
         ordered = sorted(rows, key=lambda r: (r[1], r[2], r[3]))  # job ids are random: order by the mutation
-        chosen = {r[0] for r in random.Random(seed).sample(ordered, min(count, len(ordered)))}
+        candidates = [r for r in ordered if not in_annotation(r)]
+        chosen = {r[0] for r in random.Random(seed).sample(candidates, min(count, len(candidates)))}
         skipped = [(r[0],) for r in ordered if r[0] not in chosen]
         db.executemany("INSERT INTO work_results (job_id, worker_outcome) VALUES (?, 'SKIPPED')", skipped)
-    return len(chosen), len(rows)
+    return len(chosen), len(rows), len(rows) - len(candidates)
 
 
 def results(session: Path) -> list[dict]:
@@ -196,9 +240,10 @@ def run_group(name: str, root: Path, seconds: float, per_group: int | None, seed
     subprocess.run(
         ["cosmic-ray", "init", str(config), str(session)], cwd=root, check=True, capture_output=True, env=env
     )
-    sampled, total = keep_sample(session, count, seed)
+    sampled, total, annotations = keep_sample(session, root, count, seed)
     print(
-        f"{name}: {sampled} of {total} mutants (seed {seed}); tests {baseline:.0f} s: {' '.join(tests)}",
+        f"{name}: {sampled} of {total} mutants (seed {seed}; {annotations} inside annotations left out as "
+        f"equivalent); tests {baseline:.0f} s: {' '.join(tests)}",
         flush=True,
     )
     left = max(10.0, seconds - (time.monotonic() - start))

@@ -373,3 +373,41 @@ def test_compact_delta_size_against_a_peft_lora_adapter_of_equal_budget(tmp_path
         assert bits <= layer.k * (2 + math.log2(n / layer.k)) + 16
     assert compact < flat / 2
     assert compact <= 1.5 * adapter
+
+
+# -- the legacy CSR decoder on hand-written tensors: every value in its messages, and the flat positions -----
+def csr_fields(row_ptr, col_idx):
+    return {
+        "values": torch.ones(len(col_idx)),
+        "row_ptr": torch.tensor(row_ptr, dtype=torch.int32),
+        "col_idx": torch.tensor(col_idx, dtype=torch.int16),
+    }
+
+
+@pytest.mark.parametrize(
+    "row_ptr, col_idx, message",
+    [
+        ([0, 2, 4], [1, 3, 4, 2], "'m.col_idx' not strictly increasing in row 1 at position 3 (4 then 2)"),
+        ([0, 3, 4], [0, 3, 3, 0], "'m.col_idx' not strictly increasing in row 0 at position 2 (3 then 3)"),
+        ([0, 3, 2], [0, 1, 2, 3], "'m.row_ptr' must start at 0 and end at k=4, got 0 ... 2"),
+        ([0, 3, 4], [0, 1, 5, 2], "'m.col_idx' out of range: [0, 5] for 5 columns"),
+        ([0, 3, 4], [0, -1, 2, 2], "'m.col_idx' out of range: [-1, 2] for 5 columns"),
+    ],
+)
+def test_legacy_csr_refusals_name_the_exact_values(row_ptr, col_idx, message):
+    from spiel.checkpoint.codec import decode_csr_legacy
+
+    with pytest.raises(ValueError) as err:
+        decode_csr_legacy("m", {"k": 4, "shape": [2, 5]}, csr_fields(row_ptr, col_idx), ValueError)
+    assert str(err.value) == message
+
+
+def test_legacy_csr_decodes_to_row_times_in_plus_col_with_empty_rows():
+    """Rows 0 and 2 empty, a last column and a first one: positions row·5 + col (hand-computed)."""
+    from spiel.checkpoint.codec import decode_csr_legacy
+
+    fields = csr_fields([0, 0, 2, 2, 3], [0, 4, 4])
+    flat = decode_csr_legacy("m", {"k": 3, "shape": [4, 5]}, fields, ValueError)
+    assert flat["indices"].tolist() == [5, 9, 19] and flat["values"] is fields["values"]
+    with pytest.raises(ValueError, match=r"^'m.row_ptr' decreases at row 1 \(2 then 1\)$"):
+        decode_csr_legacy("m", {"k": 3, "shape": [4, 5]}, csr_fields([0, 2, 1, 2, 3], [0, 4, 4]), ValueError)

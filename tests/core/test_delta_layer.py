@@ -134,6 +134,24 @@ def test_layer_wraps_linear_and_keeps_invariants():
         SparseDeltaLinear(base, 2, grad_path="fast")
 
 
+def test_k_and_given_indices_are_checked_at_their_limits():
+    """k from 1 to out·in exactly (0 and one past refused); given indices must be k of them, not one more or
+    one less, and inside the weight."""
+    base = nn.Linear(3, 2)
+    for k in (1, 6):
+        assert SparseDeltaLinear(base, k).indices.numel() == k
+    for k in (0, 7):
+        with pytest.raises(ValueError, match=rf"k must be in \[1, 6\] for a 2x3 weight, got {k}"):
+            SparseDeltaLinear(base, k)
+    layer = SparseDeltaLinear(base, 3, indices=torch.tensor([0, 2, 5]))
+    assert layer.indices.tolist() == [0, 2, 5] and layer.values.numel() == layer.grown_at.numel() == 3
+    for indices in ([0, 2], [0, 2, 4, 5]):
+        with pytest.raises(ValueError, match=rf"got {len(indices)} indices for k=3"):
+            SparseDeltaLinear(base, 3, indices=torch.tensor(indices))
+    with pytest.raises(ValueError, match="out of range"):
+        SparseDeltaLinear(base, 3, indices=torch.tensor([0, 2, 6]))
+
+
 def test_merge_then_plain_linear_equals_unmerged_layer():
     torch.manual_seed(0)
     base = nn.Linear(29, 37)

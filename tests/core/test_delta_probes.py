@@ -50,6 +50,36 @@ def test_dense_and_candidate_probes_match_the_dense_weight_gradient(grad_path):
     assert seen == {}
 
 
+@pytest.mark.parametrize("grad_path", ["dense", "blocked", "sddmm"])
+def test_a_large_block_probe_streams_unless_the_values_take_the_dense_path(monkeypatch, grad_path):
+    """Over PROBE_STREAM_BYTES the block probe gets row blocks computed on request; when the values'
+    gradient takes the dense path the dense gradient is formed anyway, and the probe gets it as one block.
+    Either way the blocks and the values' gradient are the dense reference's."""
+    from spiel.delta import function
+
+    monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0)  # every gradient counts as large
+    monkeypatch.setattr(function, "PROBE_BLOCK_BYTES", 8 * 29 * 4)  # 8 fp32 rows of 29
+    layer = small_layer()
+    layer.grad_path = grad_path
+    seen = {}
+
+    def on_blocks(block_grad, rows):
+        seen["rows"] = rows
+        seen["grad"] = torch.cat([block_grad(r0, min(r0 + rows, 37)) for r0 in range(0, 37, rows)])
+
+    layer.request_grad_blocks(on_blocks)
+    x, grad_y = torch.randn(3, 6, 29), torch.randn(3, 6, 37)
+    layer(x).backward(grad_y)
+    y_ref, ref = dense_reference(x, layer.weight, layer.indices, layer.values, layer.bias)
+    y_ref.backward(grad_y)
+    dense_ref = ref["merged"].grad
+    assert seen["rows"] == (37 if grad_path == "dense" else 8)
+    torch.testing.assert_close(seen["grad"], dense_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.values.grad, dense_ref.view(-1)[layer.indices.long()], rtol=1e-5, atol=1e-5
+    )
+
+
 def test_probe_is_not_consumed_by_a_no_grad_forward():
     layer = small_layer()
     seen = []
