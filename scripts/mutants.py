@@ -260,6 +260,10 @@ def run_group(name: str, root: Path, seconds: float, per_group: int | None, seed
     except subprocess.TimeoutExpired:  # the group's share is spent: score what finished
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
+        for (
+            module
+        ) in modules:  # a killed worker may leave its mutant in the copy: the next groups need it clean
+            shutil.copy2(REPO / module, root / module)
     done = [{**r, "group": name} for r in results(session)]
     print(
         f"{name}: {len(done)} of {sampled} sampled mutants ran in {time.monotonic() - start:.0f} s",
