@@ -84,6 +84,8 @@ GROUPS = {
             "tests/core/test_selection_rules.py",
             "tests/core/test_growth_rules.py",
             "tests/core/test_global_budget.py",
+            "tests/core/test_batched_selection.py",
+            "tests/core/test_adam_seeding.py",
         ],
     ),
     "optim": (
