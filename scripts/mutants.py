@@ -96,7 +96,12 @@ GROUPS = {
     ),
     "eval_scoring": (
         ["spiel/eval/metrics.py", "spiel/eval/gsm.py", "spiel/eval/bbh.py"],
-        ["tests/eval/test_eval_scoring.py", "tests/eval/test_eval_prompts.py"],
+        [
+            "tests/eval/test_eval_scoring.py",
+            "tests/eval/test_eval_prompts.py",
+            "tests/eval/test_eval_data_checks.py",
+            "tests/eval/test_benchmark_registry.py",
+        ],
     ),
     "data_reader": (
         ["spiel/data/reader.py"],
