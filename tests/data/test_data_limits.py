@@ -202,3 +202,16 @@ def test_the_record_size_boundary_in_json_array_elements(tmp_path, extra):
             f"{path}:1: record is {cap + 1:,} bytes, over data.max_record_bytes={cap:,} "
             "(raise the cap if such records are wanted)",
         )
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_file_sha256_is_the_sha256_of_all_the_bytes(tmp_path, size):
+    """Read in 1 MiB blocks: sizes at a block boundary, one byte either side, and several blocks."""
+    import hashlib
+    import random
+
+    from spiel.data.reader import file_sha256
+
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
