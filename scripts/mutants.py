@@ -119,6 +119,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/optim/sm3.py",
         "if momentum != 0:",
     ): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",
+    (
+        "spiel/optim/adamw.py",
+        "return self.foreach and len(params) > 0 and len({(p.device, p.dtype) for p in params}) == 1",
+    ): "one vector in the multi-tensor step instead of alone: the same arithmetic, bit for bit (tests/core/"
+    "test_optim.py checks the two paths equal), so only which kernel runs changes",
     **{
         ("spiel/data/reader.py", f'for block in iter(lambda: f.read({size}), b""):'): (
             "file_sha256 streams the file into one SHA-256: the digest does not depend on the read size (> 0)"

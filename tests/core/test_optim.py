@@ -256,6 +256,30 @@ def test_state_saved_with_int64_ages_loads_to_the_same_ages():
     assert opt.ages(p).tolist() == [8, 1, 3]
 
 
+def test_two_values_vectors_already_take_the_multi_tensor_step():
+    """From two vectors of one device and dtype on, one multi-tensor step (its result is the per-vector one,
+    bit for bit: see the next test); mixed dtypes go vector by vector."""
+    ours = [torch.zeros(5, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    opt = SparseAdamW(ours, lr=1e-2)
+
+    def one_by_one(*args):
+        raise AssertionError("the multi-tensor step went parameter by parameter")
+
+    opt._update = one_by_one
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    mixed = [torch.zeros(5, requires_grad=True), torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)]
+    opt = SparseAdamW(mixed, lr=1e-2)
+    opt._update_all = one_by_one
+    for p in mixed:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(
+        torch.allclose(p.float(), torch.full_like(p.float(), -1e-2), rtol=1e-2) for p in (*ours, *mixed)
+    )
+
+
 @pytest.mark.parametrize(
     "dtype,eps_placement", [(torch.float32, "torch"), (torch.bfloat16, "torch"), (torch.float32, "hf")]
 )
