@@ -1,5 +1,7 @@
 """SparseAdamW and SparseSM3 against references: torch.optim.AdamW and a hand-written dense SM3."""
 
+import math
+
 import pytest
 import torch
 
@@ -318,3 +320,22 @@ def test_adamw_over_all_values_at_once_equals_torch_adamw_per_tensor(dtype, eps_
         keep = torch.arange(40) != 3
         torch.testing.assert_close(ours[0][keep], theirs[0][keep], rtol=1e-6, atol=1e-7)
         assert int(opt_ours.ages(ours[0])[3]) == 6 and int(opt_ours.ages(ours[0])[0]) == 12
+
+
+def test_decay_problem_at_lr_times_decay_one_and_just_below():
+    """lr·λ exactly 1 is refused with every number of the message (hand-computed), one float step below
+    passes, for both optimizers."""
+    from spiel.optim.slot_state import decay_problem
+
+    assert decay_problem(0.25, 4.0) == (
+        "lr·weight_decay = 0.25·4 = 1 >= 1: decoupled decay multiplies every value by (1 − lr·weight_decay) = 0 "
+        "each step, flipping or exploding them; use weight_decay < 1/lr = 4"
+    )
+    assert "= -4 each step" in decay_problem(0.5, 10.0) and "< 1/lr = 2" in decay_problem(0.5, 10.0)
+    below = math.nextafter(4.0, 0.0)
+    assert decay_problem(0.25, below) is None and decay_problem(0.0, 1e30) is None
+    p = torch.nn.Parameter(torch.zeros(4))
+    SparseAdamW([p], lr=0.25, weight_decay=below)
+    for make in (SparseAdamW, lambda *a, **kw: SparseSM3(a[0], {}, **kw)):
+        with pytest.raises(ValueError, match=r"^lr·weight_decay = 0\.25·4 = 1 >= 1"):
+            make([p], lr=0.25, weight_decay=4.0)
