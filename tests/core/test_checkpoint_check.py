@@ -4,6 +4,7 @@ spiel-eval) refuses a damaged or malformed one with one message naming the file 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -494,3 +495,80 @@ def test_spiel_eval_checks_every_checkpoint_before_loading_the_base(good, tmp_pa
     unhashed = corrupted(good, tmp_path / "h", without_hash(lambda path: None))
     with pytest.raises(InvalidCheckpointError, match=r"pass eval\.allow_unverified_delta=true$"):
         loader.load_for_eval([str(unhashed)], device="cpu")
+
+
+# -- the header's checks at their limits, on a hand-written header (spiel.checkpoint.format) ---------------
+def header(**module):
+    entry = {"k": 6, "shape": [2, 3], "fingerprint": [0.5] * 32, "base_sample_sha256": "a" * 64, **module}
+    return {"format_version": 3, "spiel_config": SpielConfig().to_dict(), "modules": {"m": entry}}
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({}, None),
+        ({"k": 1}, None),
+        ({"k": 7}, "modules['m'].k must be an integer in [1, 6], got 7"),
+        ({"k": 0}, "modules['m'].k must be an integer in [1, 6], got 0"),
+        ({"k": True}, "modules['m'].k must be an integer in [1, 6], got True"),
+        ({"k": 2.0}, "modules['m'].k must be an integer in [1, 6], got 2.0"),
+        (
+            {"shape": [2, 0]},
+            "modules['m'].shape must be [out_features, in_features] (positive integers), got [2, 0]",
+        ),
+        (
+            {"shape": [2, 3, 1]},
+            "modules['m'].shape must be [out_features, in_features] (positive integers), got [2, 3, 1]",
+        ),
+        ({"fingerprint": [0.5] * 31}, "modules['m'].fingerprint must be 32 finite numbers"),
+        ({"fingerprint": [0.5] * 33}, "modules['m'].fingerprint must be 32 finite numbers"),
+        ({"fingerprint": [0.5] * 31 + [True]}, "modules['m'].fingerprint must be 32 finite numbers"),
+        ({"fingerprint": [0.5] * 31 + [math.inf]}, "modules['m'].fingerprint must be 32 finite numbers"),
+        ({"fingerprint": [1] * 32}, None),
+        (
+            {"base_sample_sha256": "a" * 63},
+            "modules['m'].base_sample_sha256 must be a 64-character hex digest, got '" + "a" * 63 + "'",
+        ),
+        (
+            {"base_sample_sha256": "a" * 65},
+            "modules['m'].base_sample_sha256 must be a 64-character hex digest, got '" + "a" * 65 + "'",
+        ),
+    ],
+)
+def test_module_entries_at_their_limits(change, problem):
+    from spiel.checkpoint.format import CheckpointHeader
+
+    if problem is None:
+        CheckpointHeader.check(header(**change), ValueError)
+    else:
+        with pytest.raises(ValueError) as err:
+            CheckpointHeader.check(header(**change), ValueError)
+        assert str(err.value) == problem
+
+
+def test_header_fields_at_their_limits():
+    from spiel.checkpoint.format import FORMAT_VERSION, CheckpointHeader
+
+    def problem(data):
+        try:
+            CheckpointHeader.check(data, ValueError)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    assert problem({**header(), "format_version": FORMAT_VERSION}) is None
+    assert problem({k: v for k, v in header().items() if k != "format_version"}) is None  # 0: the first ones
+    assert problem({**header(), "format_version": FORMAT_VERSION + 1}) == (
+        f"checkpoint format {FORMAT_VERSION + 1}; this spiel reads up to {FORMAT_VERSION}: upgrade spiel"
+    )
+    assert problem({**header(), "format_version": "3"}) == "format_version must be an integer, got '3'"
+    assert problem({**header(), "delta_sha256": "f" * 64}) is None
+    assert problem({**header(), "delta_sha256": "f" * 63}).startswith("delta_sha256 must be a 64-character")
+    assert problem({**header(), "modules": {}}).startswith("'modules' must be a non-empty object")
+    assert problem({**header(), "base_model": 3}) == "base_model must be an object, got 3"
+    assert problem({**header(), "base_model": "org/name"}) is None
+    assert problem([]) == "expected a JSON object, got a list"
+    assert problem({**header(), "spiel_config": None}) == "no 'spiel_config' object"
+    null = header()
+    null["modules"]["m"]["base_sample_sha256"] = None
+    assert problem(null).startswith("modules['m'].base_sample_sha256 is null")
