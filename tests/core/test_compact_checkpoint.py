@@ -411,3 +411,16 @@ def test_legacy_csr_decodes_to_row_times_in_plus_col_with_empty_rows():
     assert flat["indices"].tolist() == [5, 9, 19] and flat["values"] is fields["values"]
     with pytest.raises(ValueError, match=r"^'m.row_ptr' decreases at row 1 \(2 then 1\)$"):
         decode_csr_legacy("m", {"k": 3, "shape": [4, 5]}, csr_fields([0, 2, 1, 2, 3], [0, 4, 4]), ValueError)
+
+
+def test_legacy_csr_positions_past_int32_are_int64():
+    """A weight of 2^31 + 2^16 entries: its last position does not fit int32, the first does (exactly)."""
+    from spiel.checkpoint.codec import decode_csr_legacy
+
+    out_f, in_f = 1 << 16, (1 << 15) + 1
+    row_ptr = [0] + [1] * (out_f - 1) + [2]  # row 0 holds column 0, the last row its last column
+    fields = csr_fields(row_ptr, [0, 0])
+    fields["col_idx"] = torch.tensor([0, in_f - 1], dtype=torch.int32)  # past int16
+    flat = decode_csr_legacy("m", {"k": 2, "shape": [out_f, in_f]}, fields, ValueError)
+    assert flat["indices"].dtype == torch.int64 and flat["indices"].tolist() == [0, out_f * in_f - 1]
+    assert out_f * in_f - 1 > 2**31 - 1
