@@ -50,14 +50,27 @@ def test_dense_and_candidate_probes_match_the_dense_weight_gradient(grad_path):
     assert seen == {}
 
 
-@pytest.mark.parametrize("grad_path", ["dense", "blocked", "sddmm"])
-def test_a_large_block_probe_streams_unless_the_values_take_the_dense_path(monkeypatch, grad_path):
-    """Over PROBE_STREAM_BYTES the block probe gets row blocks computed on request; when the values'
-    gradient takes the dense path the dense gradient is formed anyway, and the probe gets it as one block.
+DENSE_BYTES = 37 * 29 * 4  # small_layer's fp32 dL/dW
+
+
+@pytest.mark.parametrize(
+    "grad_path, limit, streams",
+    [
+        ("blocked", DENSE_BYTES - 1, True),  # one byte under the dense gradient's size: streamed
+        ("blocked", DENSE_BYTES, False),  # exactly its size: formed whole
+        ("sddmm", 0, True),
+        ("dense", 0, False),  # the values' dense path forms it anyway
+    ],
+)
+def test_a_large_block_probe_streams_unless_the_dense_gradient_is_formed_anyway(
+    monkeypatch, grad_path, limit, streams
+):
+    """A dense gradient over PROBE_STREAM_BYTES reaches the block probe as row blocks computed on request;
+    at the limit, or when the values' gradient takes the dense path, it is formed and given as one block.
     Either way the blocks and the values' gradient are the dense reference's."""
     from spiel.delta import function
 
-    monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0)  # every gradient counts as large
+    monkeypatch.setattr(function, "PROBE_STREAM_BYTES", limit)
     monkeypatch.setattr(function, "PROBE_BLOCK_BYTES", 8 * 29 * 4)  # 8 fp32 rows of 29
     layer = small_layer()
     layer.grad_path = grad_path
@@ -73,7 +86,7 @@ def test_a_large_block_probe_streams_unless_the_values_take_the_dense_path(monke
     y_ref, ref = dense_reference(x, layer.weight, layer.indices, layer.values, layer.bias)
     y_ref.backward(grad_y)
     dense_ref = ref["merged"].grad
-    assert seen["rows"] == (37 if grad_path == "dense" else 8)
+    assert seen["rows"] == (8 if streams else 37)
     torch.testing.assert_close(seen["grad"], dense_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(
         layer.values.grad, dense_ref.view(-1)[layer.indices.long()], rtol=1e-5, atol=1e-5
