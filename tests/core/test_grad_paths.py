@@ -106,6 +106,20 @@ def test_small_cpu_problems_use_the_time_model_without_measuring(monkeypatch, fr
     assert calibrated_choices() == {}
 
 
+@pytest.mark.parametrize("tokens, expected", [(15, "dense"), (16, "sddmm")])
+def test_the_time_model_counts_tokens_from_the_sddmm_minimum(
+    monkeypatch, fresh_calibration, tokens, expected
+):
+    """1024x1024 at 0.1% density (sddmm's side of the model, whose limit there is 5.8%): one token under
+    CPU_SDDMM_MIN_TOKENS (16) a dense GEMM, exactly at it sddmm; the tokens are the rows of X, not its width."""
+    monkeypatch.setattr(grad_paths, "_run_path", lambda *a: pytest.fail("measured a small problem"))
+    assert grad_paths.CPU_SDDMM_MIN_TOKENS == 16
+    assert grad_paths.cpu_sddmm_max_density(1024, 1024) == pytest.approx(0.08 * (1 - 140 * 2048 / 1024**2))
+    x, dy, indices, _ = problem(1024, 1024, 1000, tokens)
+    assert grad_paths.choose_grad_path(x.device, tokens, 1000, 1024, 1024) == expected
+    assert calibrated_path(x, dy, indices, 1024, 1024) == (expected, None)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_tile_kernel_matches_dense_across_tiles_and_empty_tiles(dtype):
     block_r, block_c = KERNEL_CONFIGS["tiles"]["BLOCK_R"], KERNEL_CONFIGS["tiles"]["BLOCK_C"]
