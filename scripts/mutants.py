@@ -119,6 +119,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/optim/sm3.py",
         "if momentum != 0:",
     ): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",
+    **{
+        ("spiel/selection/selector.py", line): (
+            "budget is checked to be 'per_matrix' or 'global' (SelectionConfig); 'per_matrix' <= 'global' is "
+            "False, so <= is =="
+        )
+        for line in (
+            'if self.budget <= "global":',
+            'if config.budget <= "global" and world_size(process_group) > 1:',
+        )
+    },
     (
         "spiel/optim/adamw.py",
         "return self.foreach and len(params) > 0 and len({(p.device, p.dtype) for p in params}) == 1",

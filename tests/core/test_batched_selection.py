@@ -210,3 +210,21 @@ def test_ag_probe_streams_row_blocks_with_the_dense_probe_s_candidates(monkeypat
     torch.testing.assert_close(streamed["values_grad"], dense_grad.view(-1)[layer.indices.long()])
     assert whole["largest"] >= out_f * in_f * 4  # the dense gradient
     assert streamed["largest"] < out_f * in_f * 4 // 3  # blocks of 64 of 512 rows (dY itself is 1/4 of it)
+
+
+@pytest.mark.parametrize(
+    "free, expected",
+    [
+        (0, 1 << 20),  # no free memory reported: still a 1 Mi-element floor
+        ((1 << 20) * 128 - 1, 1 << 20),
+        ((1 << 20) * 128 + 128, (1 << 20) + 1),  # an eighth of a free float32 quarter, above the floor
+        ((1 << 26) * 128, 1 << 26),
+        (1 << 50, 1 << 26),  # capped
+    ],
+)
+def test_group_chunks_on_cuda_follow_free_memory_between_floor_and_cap(monkeypatch, free, expected):
+    """A CUDA device's group chunk is free bytes / 32 / 4 elements, within [2^20, 2^26] (free memory is
+    faked: the rule, not the device, is under test); the CPU's is fixed."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 1 << 40))
+    assert batched.group_chunk_elements(torch.device("cuda", 0)) == expected
+    assert batched.group_chunk_elements(torch.device("cpu")) == batched.GROUP_CHUNK_ELEMENTS_CPU == 1 << 22
