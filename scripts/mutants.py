@@ -101,6 +101,7 @@ GROUPS = {
             "tests/eval/test_eval_prompts.py",
             "tests/eval/test_eval_data_checks.py",
             "tests/eval/test_benchmark_registry.py",
+            "tests/eval/test_eval_prepare_data.py",
         ],
     ),
     "data_reader": (
