@@ -97,3 +97,33 @@ def test_load_delta_checks_the_positions_it_keeps(ckpt, monkeypatch):
     with pytest.raises(CheckpointMismatchError, match=rf"{MATRIX}\.indices out of range"):
         model.load_delta(ckpt, "b")
     assert model.delta_names == ["default"]
+
+
+def test_modules_and_shapes_that_differ_are_named_three_at_most(tmp_path):
+    """Hand-made headers against a base of five 3x2 linear layers: up to three wrong shapes are all named,
+    a fourth adds "..."; modules the base lacks are counted and named (three at most); no fingerprint is
+    looked at while names or shapes differ."""
+    from spiel.checkpoint.fingerprint import check_against_base
+
+    base = torch.nn.ModuleDict({n: torch.nn.Linear(2, 3) for n in "abcde"})
+
+    def message(modules):
+        with pytest.raises(CheckpointMismatchError) as err:
+            check_against_base(tmp_path, {"modules": modules, "base_model": {}}, base)
+        return str(err.value).removeprefix(f"checkpoint {tmp_path} does not match the base model: ")
+
+    wrong = {n: {"k": 1, "shape": [2, 3]} for n in "abc"}
+    assert message(wrong) == (
+        "shape mismatch for a: checkpoint [2, 3], base [3, 2]; b: checkpoint [2, 3], base [3, 2]; "
+        "c: checkpoint [2, 3], base [3, 2]"
+    )
+    assert message({**wrong, "d": {"k": 1, "shape": [3, 3]}}).endswith(
+        "c: checkpoint [2, 3], base [3, 2] ..."
+    )
+    assert message({n: {"k": 1, "shape": [3, 2]} for n in ("e", "x", "y", "z", "w")}) == (
+        "4 module(s) of the checkpoint are not linear layers of the base model, e.g. ['x', 'y', 'z']"
+    )
+    assert message({"x": {"k": 1, "shape": [3, 2]}, "a": {"k": 1, "shape": [1, 1]}}) == (
+        "1 module(s) of the checkpoint are not linear layers of the base model, e.g. ['x']; "
+        "shape mismatch for a: checkpoint [1, 1], base [3, 2]"
+    )
