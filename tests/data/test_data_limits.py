@@ -215,3 +215,23 @@ def test_file_sha256_is_the_sha256_of_all_the_bytes(tmp_path, size):
     data = random.Random(size).randbytes(size)
     (tmp_path / "f").write_bytes(data)
     assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_blank_lines_are_skipped_and_the_records_after_them_keep_their_line_numbers(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n   \t\r\n{"a": 2}\n\n{"a": 3}')
+    got = [(where, record, error) for where, record, error in iter_records(path)]
+    assert got == [
+        (f"{path}:1", {"a": 1}, None),
+        (f"{path}:4", {"a": 2}, None),
+        (f"{path}:6", {"a": 3}, None),
+    ]
+
+
+def test_extra_data_after_the_array_is_named_at_its_line(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('[{"a": 1},\n {"a": 2}]\n\n{"a": 3}\n')
+    with pytest.raises(
+        DataError, match=r"x\.json:2: malformed JSON \(extra data after the top-level array\)"
+    ):
+        list(iter_records(path))
