@@ -138,6 +138,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "one vector in the multi-tensor step instead of alone: the same arithmetic, bit for bit (tests/core/"
     "test_optim.py checks the two paths equal), so only which kernel runs changes",
     **{
+        ("spiel/data/reader.py", f"while chunk := f.read( {size}):"): (
+            "_first_char reads until the first non-whitespace byte: which byte that is does not depend on the "
+            "read size (> 0)"
+        )
+        for size in (4095, 4097)
+    },
+    **{
         ("spiel/data/reader.py", f'fail(pos {op} 1, "extra data after the top-level array")'): (
             "the integer pos (op 1) is pos, and text[pos] is the closing ']', not a newline: the line of pos "
             "and of pos + 1 is the same"

@@ -235,3 +235,16 @@ def test_extra_data_after_the_array_is_named_at_its_line(tmp_path):
         DataError, match=r"x\.json:2: malformed JSON \(extra data after the top-level array\)"
     ):
         list(iter_records(path))
+
+
+@pytest.mark.parametrize("blank", [4095, 4096, 4097, 3 * 4096])
+def test_the_file_kind_is_found_after_any_amount_of_leading_whitespace(tmp_path, blank):
+    """Array or lines is decided by the first non-whitespace byte, however far in (across 4 KiB reads)."""
+    array, lines = tmp_path / "a.json", tmp_path / "l.jsonl"
+    array.write_text(" " * (blank - 1) + "\n" + '[{"a": 1}]')
+    lines.write_text("\n" * blank + '{"a": 1}\n')
+    assert [r for _, r, _ in iter_records(array)] == [{"a": 1}]
+    assert list(iter_records(lines)) == [(f"{lines}:{blank + 1}", {"a": 1}, None)]
+    lines.write_text(" \n\t" * blank)
+    with pytest.raises(DataError, match=r"l\.jsonl: file is empty \(no records\)"):
+        list(iter_records(lines))
