@@ -119,6 +119,11 @@ GROUPS = {
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
     (
+        "spiel/checkpoint/elias_fano.py",
+        "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
+    ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
+    "never negative, so != 0 is > 0",
+    (
         "spiel/optim/sm3.py",
         "if momentum != 0:",
     ): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",

@@ -127,3 +127,15 @@ def test_modules_and_shapes_that_differ_are_named_three_at_most(tmp_path):
         "1 module(s) of the checkpoint are not linear layers of the base model, e.g. ['x']; "
         "shape mismatch for a: checkpoint [1, 1], base [3, 2]"
     )
+
+
+def test_a_constant_fingerprint_correlates_zero_and_is_refused(tmp_path):
+    """A checkpoint whose 32 sampled base values are all equal has no correlation with any base: 0.00 in the
+    message (not nan), and refused."""
+    from spiel.checkpoint.fingerprint import FINGERPRINT_MIN_CORRELATION, check_against_base
+
+    base = torch.nn.ModuleDict({"a": torch.nn.Linear(8, 8)})
+    saved = {"modules": {"a": {"k": 1, "shape": [8, 8], "fingerprint": [0.5] * 32}}, "base_model": {}}
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_against_base(tmp_path, saved, base)
+    assert f"correlate 0.00 with it (same base: > {FINGERPRINT_MIN_CORRELATION})" in str(err.value)

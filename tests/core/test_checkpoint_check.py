@@ -513,6 +513,10 @@ def header(**module):
         ({"k": True}, "modules['m'].k must be an integer in [1, 6], got True"),
         ({"k": 2.0}, "modules['m'].k must be an integer in [1, 6], got 2.0"),
         (
+            {"shape": [-2, -3]},
+            "modules['m'].shape must be [out_features, in_features] (positive integers), got [-2, -3]",
+        ),
+        (
             {"shape": [2, 0]},
             "modules['m'].shape must be [out_features, in_features] (positive integers), got [2, 0]",
         ),

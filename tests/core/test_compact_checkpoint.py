@@ -390,6 +390,8 @@ def csr_fields(row_ptr, col_idx):
         ([0, 2, 4], [1, 3, 4, 2], "'m.col_idx' not strictly increasing in row 1 at position 3 (4 then 2)"),
         ([0, 3, 4], [0, 3, 3, 0], "'m.col_idx' not strictly increasing in row 0 at position 2 (3 then 3)"),
         ([0, 3, 2], [0, 1, 2, 3], "'m.row_ptr' must start at 0 and end at k=4, got 0 ... 2"),
+        ([0, 4], [0, 1, 2, 3], "'m.row_ptr' has shape [2], expected [3] (out_features + 1)"),
+        ([0, 2, 4], [0, 1, 2], "'m.col_idx' has shape [3], expected [4] (k of m)"),
         ([0, 3, 4], [0, 1, 5, 2], "'m.col_idx' out of range: [0, 5] for 5 columns"),
         ([0, 3, 4], [0, -1, 2, 2], "'m.col_idx' out of range: [-1, 2] for 5 columns"),
     ],
