@@ -69,6 +69,7 @@ GROUPS = {
         ],
         [
             "tests/core/test_delta_bounds.py",
+            "tests/core/test_delta_indices.py",
             "tests/core/test_delta_layer.py",
             "tests/core/test_delta_probes.py",
             "tests/core/test_grad_paths.py",
@@ -118,6 +119,11 @@ GROUPS = {
 
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (
+        "spiel/delta/grad_paths.py",
+        'if grad_path <= "triton":',
+    ): "only an unknown name could reach it as well, and it cannot: its earlier branches took dense, blocked and "
+    "sddmm, every other name sorts after 'triton' ('triton_rows', 'triton_tiles') or is refused before",
     (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",

@@ -168,3 +168,10 @@ def test_merge_then_plain_linear_equals_unmerged_layer():
     layer.unmerge()
     torch.testing.assert_close(base.weight, original)
     torch.testing.assert_close(layer(x), unmerged)
+
+
+def test_the_repr_states_shape_k_and_density():
+    layer = SparseDeltaLinear(nn.Linear(8, 4), 3, grad_path="dense")
+    assert layer.extra_repr().startswith(
+        "in_features=8, out_features=4, k=3, density=0.09375, grad_path=dense, merged=False"
+    )

@@ -324,3 +324,30 @@ def test_ag_keeps_its_candidates_in_the_index_dtype_shared_with_the_probe():
     candidates = sel.rule.phases[name].candidates
     assert candidates.dtype == layer.indices.dtype == torch.int32
     assert layer._candidates.data_ptr() == candidates.data_ptr()
+
+
+def test_block_probes_at_the_default_sizes_and_a_streamed_values_gradient_is_not_gathered_again(monkeypatch):
+    """16 MiB: a small dense gradient is handed whole (one block of all rows); a streamed one (the limit
+    lowered) comes in blocks of 16 MiB of rows, and the values' gradient is taken from those blocks, not
+    gathered a second time."""
+    from spiel.delta import function
+
+    assert function.PROBE_STREAM_BYTES == function.PROBE_BLOCK_BYTES == 16 << 20
+    for limit, rows in ((None, 37), (0, (16 << 20) // (29 * 4))):
+        if limit is not None:
+            monkeypatch.setattr(function, "PROBE_STREAM_BYTES", limit)
+            monkeypatch.setattr(function, "gather_grad", lambda *a, **kw: pytest.fail("gathered again"))
+        layer = small_layer()
+        layer.grad_path = "sddmm"
+        seen = {}
+        layer.request_grad_blocks(
+            lambda block_grad, r, seen=seen: seen.update(rows=r, grad=block_grad(0, 37))
+        )
+        x, grad_y = torch.randn(3, 29), torch.randn(3, 37)
+        layer(x).backward(grad_y)
+        dense = grad_y.t() @ x
+        assert seen["rows"] == rows
+        torch.testing.assert_close(seen["grad"], dense, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            layer.values.grad, dense.view(-1)[layer.indices.long()], rtol=1e-5, atol=1e-5
+        )

@@ -187,3 +187,36 @@ def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(alone, both, strict=True))
     torch.testing.assert_close(both[0], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(both[1], (dy.t() @ x).view(-1)[candidates.long()], rtol=1e-5, atol=1e-5)
+
+
+def test_sddmm_token_chunks_hold_half_a_million_floats_within_32_and_1024():
+    """2^19 / in_features tokens per chunk, clamped to [32, 1024] (hand-computed)."""
+    for in_features, tokens in [
+        (4096, 128),
+        (1024, 512),
+        (512, 1024),
+        (256, 1024),
+        (1 << 14, 32),
+        (1 << 20, 32),
+    ]:
+        assert grad_paths.sddmm_token_chunk(in_features) == tokens, in_features
+
+
+def test_blocked_path_runs_one_gemm_per_block_that_holds_entries(monkeypatch):
+    """Rows 0 and 5 of 8 hold the entries: with one row per block, two GEMMs (the six empty blocks cost
+    none), and the gradient is the dense reference's."""
+    x, dy, _, _ = problem(8, 6, 1, 4)
+    indices = torch.tensor([0, 5, 30, 35], dtype=torch.int32)  # (0,0) (0,5) (5,0) (5,5)
+    real, calls = torch.mm, []
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append(a.shape) or real(a, b))
+    got = grad_paths.blocked_gather_grad(x, dy, indices, 8, 6, block_rows=1)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    torch.testing.assert_close(got, (dy.t() @ x).view(-1)[indices.long()])
+
+
+def test_an_unknown_path_is_refused_not_run():
+    x, dy, indices, _ = problem(8, 6, 5, 4)
+    for path in ("fast", "tritonx", "auto "):
+        with pytest.raises(ValueError, match=r"grad_path must be one of .*, got '"):
+            gather_grad(x, dy, indices, 8, 6, path)
