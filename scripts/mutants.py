@@ -120,11 +120,6 @@ GROUPS = {
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
     (
-        "spiel/delta/grad_paths.py",
-        'if grad_path <= "triton":',
-    ): "only an unknown name could reach it as well, and it cannot: its earlier branches took dense, blocked and "
-    "sddmm, every other name sorts after 'triton' ('triton_rows', 'triton_tiles') or is refused before",
-    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
