@@ -171,7 +171,10 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
     assert all("0 B local" in line for line in lines), proc.stdout
 
 
-def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
+@pytest.mark.parametrize("grad_path", ["sddmm", "auto"])
+def test_several_index_sets_share_the_sddmm_transposes(monkeypatch, fresh_calibration, grad_path):
+    """Also when auto chooses sddmm (the time model's choice forced here: this problem is small)."""
+    monkeypatch.setattr(grad_paths, "choose_grad_path", lambda *args: "sddmm")
     x, dy, values_at, expected = problem(40, 30, 100, 70)
     g = torch.Generator().manual_seed(9)
     candidates = random_subset(40 * 30, 150, g).int()
@@ -182,7 +185,7 @@ def test_several_index_sets_share_the_sddmm_transposes(monkeypatch):
         grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src)
     )
     monkeypatch.setattr(grad_paths, "sddmm_token_chunk", lambda in_features: 16)
-    both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, "sddmm")
+    both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, grad_path)
     assert len(copies) == 2 * 5  # X and dY, once per chunk of 16 of 70 tokens, for both sets
     assert all(torch.equal(a, b) for a, b in zip(alone, both, strict=True))
     torch.testing.assert_close(both[0], expected, rtol=1e-5, atol=1e-5)
