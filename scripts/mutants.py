@@ -120,6 +120,11 @@ GROUPS = {
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
     (
+        "spiel/selection/rules/accumulated_gradient.py",
+        "if rows_per_block is layer.out_features:  # the dense gradient exists anyway: the cheaper search",
+    ): "only which of two searches runs: streamed_top_candidates gives the whole-matrix top, ties and values "
+    "included (tests/core/test_batched_selection.py), so the candidates and their gradients are the same",
+    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "

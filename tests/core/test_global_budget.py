@@ -238,3 +238,54 @@ def test_global_budget_with_merged_storage_trains_bit_for_bit_as_without():
             deltas_a[name][1], deltas_b[name][1]
         )
         assert torch.equal(base_a[name], base_b[name])
+
+
+def test_global_ag_growth_seeds_adam_with_each_grown_position_s_phase_statistics():
+    """Two layers under one budget, SpIEL-AG with full seeding (lr 0: values stay): every position grown
+    at the reselection after step 2 starts with exp_avg = mean · (1 − β1²) and exp_avg_sq = mean of squares
+    · (1 − β2²) of its step gradients (two micro-batches each), computed here from the fed dense gradients."""
+    from spiel.delta import SparseDeltaLinear
+    from spiel.optim import SparseAdamW
+
+    torch.manual_seed(0)
+    layers = {
+        "a": SparseDeltaLinear(nn.Linear(8, 6, bias=False), 10),
+        "b": SparseDeltaLinear(nn.Linear(5, 7, bias=False), 8),
+    }
+    for layer in layers.values():
+        layer.base_layer.requires_grad_(False)
+        with torch.no_grad():
+            layer.values.copy_(torch.linspace(0.1, 1.0, layer.k))
+    betas = (0.9, 0.99)
+    opt = SparseAdamW([layer.values for layer in layers.values()], lr=0.0, betas=betas)
+    config = SelectionConfig(
+        reselection_steps=10,
+        estimation_steps=2,
+        schedule="cosine",
+        initial_rate=0.5,
+        adam_seeding="full",
+        budget="global",
+    )
+    sel = Selector(layers, opt, config, method="ag", seed=0, total_steps=100)
+    g = torch.Generator().manual_seed(2)
+    steps = {name: [] for name in layers}
+    for _ in range(2):
+        for name, layer in layers.items():
+            micro = [torch.randn(layer.out_features, layer.in_features, generator=g) for _ in range(2)]
+            steps[name].append(sum(micro).view(-1))
+            for dense in micro:
+                layer(torch.eye(layer.in_features)).backward(dense.t().contiguous())
+        opt.step()
+        opt.zero_grad()
+        sel.step()
+    grown = 0
+    for name, layer in layers.items():
+        step_grads = torch.stack(steps[name])
+        state = opt.state[layer.values]
+        for slot in (layer.grown_at == 2).nonzero().view(-1).tolist():
+            pos = int(layer.indices[slot])
+            mean, mean_sq = step_grads[:, pos].mean(), step_grads[:, pos].pow(2).mean()
+            torch.testing.assert_close(state["exp_avg"][slot], mean * (1 - betas[0] ** 2))
+            torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq * (1 - betas[1] ** 2))
+            grown += 1
+    assert grown >= 2
