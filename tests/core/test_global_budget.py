@@ -289,3 +289,19 @@ def test_global_ag_growth_seeds_adam_with_each_grown_position_s_phase_statistics
             torch.testing.assert_close(state["exp_avg_sq"][slot], mean_sq * (1 - betas[1] ** 2))
             grown += 1
     assert grown >= 2
+
+
+def test_when_fewer_grow_than_leave_the_strongest_leaving_entries_stay():
+    """Four entries leave, one grows: the three with the highest drop scores, whichever matrix, stay
+    (hand-computed); with as many growing as leaving nothing changes."""
+    drop_scores = {"a": torch.tensor([0.1, 5.0, 0.9, 5.0, 0.5]), "b": torch.tensor([5.0, 0.7])}
+    plans = {
+        "a": (torch.tensor([0, 2, 4]), torch.tensor([11]), {}),
+        "b": (torch.tensor([1]), torch.empty(0, dtype=torch.long), {}),
+    }
+    Selector._balance(plans, drop_scores)
+    assert plans["a"][0].tolist() == [0] and plans["b"][0].tolist() == []
+    assert plans["a"][1].tolist() == [11]
+    even = {"a": (torch.tensor([0, 2]), torch.tensor([7, 8]), {})}
+    Selector._balance(even, drop_scores)
+    assert even["a"][0].tolist() == [0, 2]

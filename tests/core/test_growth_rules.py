@@ -65,6 +65,24 @@ def test_normalized_scores_equal_the_dense_formula():
         )
 
 
+@pytest.mark.parametrize("rows_per_chunk", [1, 2, 3, 13])
+def test_normalization_factors_by_row_chunks_are_the_whole_matrix_ones(monkeypatch, rows_per_chunk):
+    """The row and column sums of squares are gathered chunk by chunk (a partial last chunk included): the
+    factors are those of the dense formula whatever the chunk size."""
+    from spiel.selection import grow
+
+    g = scaled_gradient(13, 9, seed=3)
+    g[6] = 0
+    monkeypatch.setattr(grow, "CHUNK_ELEMENTS", 9 * rows_per_chunk)
+    row_factor, col_factor = normalization_factors(g)
+    rms = g.pow(2).mean().sqrt()
+    row_rms, col_rms = g.pow(2).mean(1).sqrt(), g.pow(2).mean(0).sqrt()
+    dense = torch.where(row_rms[:, None] > 0, g.abs() * rms / (row_rms[:, None] * col_rms[None, :]), 0.0)
+    torch.testing.assert_close(
+        g.abs() * row_factor[:, None] * col_factor[None, :], dense, rtol=1e-5, atol=1e-6
+    )
+
+
 def test_normalized_scores_leave_the_gradient_alone_and_take_every_row_alike():
     g = scaled_gradient(16, 12, seed=1, hot_rows=(0, 1, 2), factor=50.0)
     before = g.clone()

@@ -311,3 +311,16 @@ def test_order_by_equals_a_stable_float_sort(descending):
         x[torch.randint(500, (5,), generator=g)] = -0.0  # equal to +0.0: ties go by position
         x[torch.randint(500, (5,), generator=g)] = float("nan")
         assert torch.equal(order_by(x, descending), torch.sort(x, descending=descending, stable=True).indices)
+
+
+def test_one_process_needs_no_process_group():
+    """Without torch.distributed set up (one process), rank 0's tensor is this one, and it is the same on
+    all ranks: nothing is sent and nothing is refused."""
+    import torch.distributed as dist
+
+    from spiel.selection.distributed import broadcast_from_rank0, check_same_on_all_ranks
+
+    assert not (dist.is_available() and dist.is_initialized())
+    t = torch.tensor([3, 1, 2])
+    assert broadcast_from_rank0(t) is t and t.tolist() == [3, 1, 2]
+    check_same_on_all_ranks(t, "indices")
