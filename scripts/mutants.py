@@ -130,6 +130,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "world_size is at least 1, and with one process the check compares the tensor with itself (rank 0's "
     "is this one): it passes either way",
     (
+        "spiel/selection/batched.py",
+        "rank = min(sample_size, int(1.25 * expected + 4 * expected%0.5 + 16))",
+    ): "the rank only sets how often a matrix's sampled threshold lets too few through (ok false), and such a "
+    "matrix is grown by the exact per-matrix rule instead: the grown positions are the same",
+    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "

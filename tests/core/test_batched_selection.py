@@ -228,3 +228,38 @@ def test_group_chunks_on_cuda_follow_free_memory_between_floor_and_cap(monkeypat
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 1 << 40))
     assert batched.group_chunk_elements(torch.device("cuda", 0)) == expected
     assert batched.group_chunk_elements(torch.device("cpu")) == batched.GROUP_CHUNK_ELEMENTS_CPU == 1 << 22
+
+
+def test_ma_grow_rows_samples_only_while_four_n_is_under_the_total(monkeypatch):
+    """60x70 = 4200 positions: n = 1049 (4n one under the total) is sampled, n = 1050 (4n exactly the total)
+    is left to the per-matrix rule (None), as grow.ma_grow_indices decides; so is n = 0."""
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)
+    g = torch.Generator().manual_seed(4)
+    row, col = torch.rand(2, 60, generator=g), torch.rand(2, 70, generator=g)
+    active = torch.stack([torch.randperm(4200, generator=g)[:100].sort().values for _ in range(2)])
+    assert batched.ma_grow_rows(row, col, active, 1050) is None
+    assert batched.ma_grow_rows(row, col, active, 0) is None
+    grown, ok = batched.ma_grow_rows(row, col, active, 1049)
+    for i in range(2):
+        if ok[i]:
+            assert grown[i].tolist() == grow.ma_grow_indices(row[i], col[i], active[i], 1049).tolist()
+
+
+def test_ma_grow_rows_with_every_sample_far_off_falls_back_for_every_row(monkeypatch):
+    """Thresholds so high that only a few dozen scores pass in each matrix (fewer than n): every row is
+    left to the per-matrix rule, and nothing indexes past what passed."""
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)
+    g = torch.Generator().manual_seed(5)
+    row, col = torch.rand(2, 60, generator=g), torch.rand(2, 70, generator=g)
+    active = torch.stack([torch.randperm(4200, generator=g)[:100].sort().values for _ in range(2)])
+    real_topk = torch.topk
+
+    def far_off(t, k, **kw):
+        out = real_topk(t, k, **kw)
+        if t.dim() == 2:
+            out.values[:] = 0.9  # products of two uniforms pass 0.9 about 0.5% of the time
+        return out
+
+    monkeypatch.setattr(torch, "topk", far_off)
+    grown, ok = batched.ma_grow_rows(row, col, active, 300)
+    assert ok == [False, False] and grown.shape == (2, 300)
