@@ -135,6 +135,18 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "the rank only sets how often a matrix's sampled threshold lets too few through (ok false), and such a "
     "matrix is grown by the exact per-matrix rule instead: the grown positions are the same",
     (
+        "spiel/optim/slot_state.py",
+        "removed @torch.no_grad() before def permute_slots(self, param: torch.Tensor, perm: torch.Tensor) -> None:",
+    ): "it only indexes optimizer state tensors, which never require grad: no graph is recorded either way",
+    (
+        "spiel/optim/adamw.py",
+        "removed @torch.no_grad() before def ages(self, param: torch.Tensor) -> torch.Tensor:",
+    ): "ages are computed from integer state tensors (step, born, grown_at), which never require grad",
+    (
+        "spiel/optim/sm3.py",
+        'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)',
+    ): "col_acc is 1-D: dimension -1 is dimension 0",
+    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
@@ -286,14 +298,17 @@ def results(session: Path) -> list[dict]:
 
 
 def mutated_line(diff: str) -> str:
-    return next(
-        (
-            ln[1:].strip()
-            for ln in (diff or "").splitlines()
-            if ln.startswith("+") and not ln.startswith("+++")
-        ),
-        "",
-    )
+    """The mutated line as it reads after the mutation; for a mutation that only deletes (a decorator), what
+    was removed and the line it stood before: ``"removed @torch.no_grad() before def f(...):"``."""
+    lines = [ln for ln in (diff or "").splitlines() if not ln.startswith(("+++", "---", "@@"))]
+    added = [ln[1:].strip() for ln in lines if ln.startswith("+")]
+    if added:
+        return added[0]
+    removed = [i for i, ln in enumerate(lines) if ln.startswith("-") and ln[1:].strip()]
+    if not removed:
+        return ""
+    after = next((ln[1:].strip() for ln in lines[removed[-1] + 1 :] if ln[1:].strip()), "")
+    return f"removed {lines[removed[-1]][1:].strip()} before {after}"
 
 
 def run_group(

@@ -339,3 +339,43 @@ def test_decay_problem_at_lr_times_decay_one_and_just_below():
     for make in (SparseAdamW, lambda *a, **kw: SparseSM3(a[0], {}, **kw)):
         with pytest.raises(ValueError, match=r"^lr·weight_decay = 0\.25·4 = 1 >= 1"):
             make([p], lr=0.25, weight_decay=4.0)
+
+
+def test_each_values_vector_finds_its_own_param_group():
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 5e-2, "betas": (0.5, 0.6)}])
+    assert (
+        opt.group_of(a)["lr"] == 1e-3
+        and opt.group_of(b)["lr"] == 5e-2
+        and opt.group_of(b)["betas"] == (0.5, 0.6)
+    )
+    with pytest.raises(KeyError, match="the parameter is not in this SparseAdamW"):
+        opt.group_of(torch.zeros(2, requires_grad=True))
+
+
+def test_a_vector_never_linked_has_no_linked_ages_before_and_after_its_first_step():
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-3)
+    assert not opt.is_linked(p) and opt.linked_head_start(p) is None
+    p.grad = torch.ones(3)
+    opt.step()
+    assert not opt.is_linked(p) and opt.linked_head_start(p) is None and opt.ages(p).tolist() == [1, 1, 1]
+
+
+def test_hyperparameters_at_their_limits():
+    """eps and weight decay 0 allowed, one step below refused; SM3's momentum in [0, 1): 1 refused, the
+    float just below it allowed."""
+    from spiel.delta import SparseDeltaLinear
+
+    layer = SparseDeltaLinear(torch.nn.Linear(3, 2), 4)
+    p = layer.values
+    below_zero = math.nextafter(0.0, -1.0)
+    SparseAdamW([p], lr=1e-3, eps=0.0, weight_decay=0.0)
+    SparseSM3([p], {p: layer}, lr=1e-3, eps=0.0, weight_decay=0.0, momentum=0.0)
+    SparseSM3([p], {p: layer}, lr=1e-3, momentum=math.nextafter(1.0, 0.0))
+    for kw in ({"eps": below_zero}, {"weight_decay": below_zero}, {"weight_decay": -0.5}):
+        with pytest.raises(ValueError, match="eps and weight_decay must be >= 0"):
+            SparseAdamW([p], lr=1e-3, **kw)
+    for momentum in (1.0, below_zero):
+        with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+            SparseSM3([p], {p: layer}, lr=1e-3, momentum=momentum)
