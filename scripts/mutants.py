@@ -147,6 +147,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)',
     ): "col_acc is 1-D: dimension -1 is dimension 0",
     (
+        "spiel/optim/adamw.py",
+        "if full[0] is not params[ -1]:",
+    ): "the multi-tensor step runs on vectors of one dtype: fp32 ones are their own float32 copies (no copy "
+    "is made, copying them onto themselves changes nothing), and other dtypes make both conditions true",
+    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "

@@ -376,6 +376,37 @@ def test_hyperparameters_at_their_limits():
     for kw in ({"eps": below_zero}, {"weight_decay": below_zero}, {"weight_decay": -0.5}):
         with pytest.raises(ValueError, match="eps and weight_decay must be >= 0"):
             SparseAdamW([p], lr=1e-3, **kw)
+    for kw in ({"lr": below_zero}, {"lr": -0.5}, {"eps": below_zero}, {"weight_decay": -0.5}):
+        with pytest.raises(ValueError, match="lr, eps and weight_decay must be >= 0"):
+            SparseSM3([p], {p: layer}, **{"lr": 1e-3, **kw})
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        SparseAdamW([p], lr=-0.5)
     for momentum in (1.0, below_zero):
         with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
             SparseSM3([p], {p: layer}, lr=1e-3, momentum=momentum)
+
+
+def test_one_vector_alone_with_small_betas_equals_torch_adamw():
+    """The per-vector step (one vector, or foreach=False) with β1, β2 under 0.5 (where 1 − β is not what
+    other formulas of it give) against torch.optim.AdamW."""
+    start = torch.randn(6, generator=torch.Generator().manual_seed(3))
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    kw = dict(lr=1e-2, betas=(0.3, 0.4), eps=1e-8, weight_decay=0.1)
+    opt_ours, opt_theirs = SparseAdamW([ours], **kw), torch.optim.AdamW([theirs], **kw, foreach=False)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        grad = torch.randn(6, generator=g)
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            p.grad = grad.clone()
+            opt.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_linked_growth_steps_must_match_the_values_in_shape():
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-3)
+    for grown_at in (torch.zeros(2, dtype=torch.int32), torch.zeros(4, dtype=torch.int32), torch.zeros(1, 3)):
+        with pytest.raises(ValueError, match=r"grown_at \(.*\) does not match the values \(3,\)"):
+            opt.link_ages(p, grown_at, 1)
+    opt.link_ages(p, torch.zeros(3, dtype=torch.int32), 1)
+    assert opt.is_linked(p)
