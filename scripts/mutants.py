@@ -152,6 +152,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "the multi-tensor step runs on vectors of one dtype: fp32 ones are their own float32 copies (no copy "
     "is made, copying them onto themselves changes nothing), and other dtypes make both conditions true",
     (
+        "spiel/eval/gsm.py",
+        "def prompt_prefix(n_shot: int = 9) -> str:",
+    ): "EXEMPLARS holds the 8 shots of the protocol: EXEMPLARS[:9] is EXEMPLARS[:8]",
+    (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
     ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
