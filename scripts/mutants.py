@@ -151,10 +151,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "if full[0] is not params[ -1]:",
     ): "the multi-tensor step runs on vectors of one dtype: fp32 ones are their own float32 copies (no copy "
     "is made, copying them onto themselves changes nothing), and other dtypes make both conditions true",
-    (
-        "spiel/eval/gsm.py",
-        "def prompt_prefix(n_shot: int = 9) -> str:",
-    ): "EXEMPLARS holds the 8 shots of the protocol: EXEMPLARS[:9] is EXEMPLARS[:8]",
+    **{
+        (
+            "spiel/eval/gsm.py",
+            line,
+        ): "EXEMPLARS holds the 8 shots of the protocol: EXEMPLARS[:9] is EXEMPLARS[:8]"
+        for line in (
+            "def prompt_prefix(n_shot: int = 9) -> str:",
+            "def build_prompt(question: str, n_shot: int = 9) -> str:",
+        )
+    },
     (
         "spiel/checkpoint/elias_fano.py",
         "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",

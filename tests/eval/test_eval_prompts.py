@@ -421,3 +421,14 @@ def test_missing_data_names_the_path_and_the_fetch_command(tmp_path, bench, call
         call(tmp_path)
     msg = str(err.value)
     assert str(tmp_path) in msg and "scripts/prepare_eval_data.py" in msg and f"--bench {bench}" in msg
+
+
+def test_bbh_names_unknown_tasks_and_missing_prompts_three_at_most(tmp_path):
+    with pytest.raises(ValueError, match=r"^bbh: unknown task\(s\) \['nope', 'zzz'\]$"):
+        bbh.load_tasks(EVAL_FIXTURES, 3, tasks=["date_understanding", "zzz", "nope"])
+    (tmp_path / "bbh" / "bbh").mkdir(parents=True)
+    (tmp_path / "bbh" / "cot-prompts").mkdir()
+    for name in "abcde":
+        (tmp_path / "bbh" / "bbh" / f"{name}.json").write_text("{}")
+    (tmp_path / "bbh" / "cot-prompts" / "b.txt").write_text("x")
+    assert bbh.verify(tmp_path) == ["bbh: 5 tasks, expected 27", "bbh: no CoT prompt for ['a', 'c', 'd']"]
