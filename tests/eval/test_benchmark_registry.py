@@ -47,3 +47,8 @@ def test_headline_reads_the_benchmark_s_metric_path():
     assert headline("tydiqa", {"average": {"f1": 41.5}}) == 41.5
     assert headline("mmlu", {"average_acc": 0.5}) == 50.0
     assert headline("mmlu", {}) is None and headline("nope", {"average_acc": 1}) is None
+
+
+def test_each_shown_benchmark_has_its_own_column_in_the_paper_s_order():
+    columns = {name: bench.column for name, bench in benchmarks().items() if bench.column is not None}
+    assert columns == {"mmlu": 1, "gsm": 2, "bbh": 3, "tydiqa": 4, "humaneval": 5, "demo": 6}
