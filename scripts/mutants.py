@@ -117,6 +117,9 @@ GROUPS = {
     ),
 }
 
+# Mutants of a 1 MiB read size (1 << 20) that still read > 0 bytes (Cosmic Ray puts a space before a new number)
+READ_SIZES = ("1 << 19", "1 << 21", " 2 << 20", "1 | 20", "1 ** 20")
+
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
     (
@@ -203,12 +206,19 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         ("spiel/data/reader.py", f'for block in iter(lambda: f.read({size}), b""):'): (
             "file_sha256 streams the file into one SHA-256: the digest does not depend on the read size (> 0)"
         )
-        for size in (
-            "1 << 19",
-            "1 << 21",
-            " 2 << 20",
-        )  # Cosmic Ray writes a new number with a space before it
+        for size in READ_SIZES
     },
+    **{
+        ("spiel/data/reader.py", f'while not chunk.endswith(b"\\n") and (chunk := f.readline({size})):'): (
+            "an oversized line is read past in chunks only to count its bytes: the count does not depend on "
+            "the chunk size (> 0)"
+        )
+        for size in READ_SIZES
+    },
+    (
+        "spiel/data/reader.py",
+        "if _skip_ws(text, pos + 1) < len(text):",
+    ): "_skip_ws never returns more than len(text), so != len(text) is < len(text)",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -248,3 +248,34 @@ def test_the_file_kind_is_found_after_any_amount_of_leading_whitespace(tmp_path,
     lines.write_text(" \n\t" * blank)
     with pytest.raises(DataError, match=r"l\.jsonl: file is empty \(no records\)"):
         list(iter_records(lines))
+
+
+def test_a_last_line_ending_in_a_lone_carriage_return_counts_without_it(tmp_path):
+    """The file's last record, exactly at the cap, followed by "\\r" and no "\\n": a whole record."""
+    cap = 64
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes((record_of(10) + "\n" + record_of(cap) + "\r").encode())
+    got = list(iter_records(path, max_record_bytes=cap))
+    assert [error for _, _, error in got] == [None, None] and got[1][1] == json.loads(record_of(cap))
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_record_named_by_its_line(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff\xfe"}\n{"a": 3}\n')
+    got = list(iter_records(path))
+    assert got[0] == (f"{path}:1", {"a": 1}, None) and got[2] == (f"{path}:3", {"a": 3}, None)
+    assert got[1] == (
+        f"{path}:2",
+        None,
+        ("bad_json", f"{path}:2: line is not valid UTF-8 (invalid start byte)"),
+    )
+
+
+def test_an_array_cut_off_after_a_comma_says_so_in_a_long_file(tmp_path):
+    """Past 256 characters (where Python's small-integer cache ends) the end of the text is still found."""
+    path = tmp_path / "cut.json"
+    path.write_text("[" + json.dumps({"a": "x" * 300}) + ",\n  ")
+    with pytest.raises(
+        DataError, match=r"cut\.json:2: malformed JSON \(unexpected end of file inside the top-level array\)"
+    ):
+        list(iter_records(path))
