@@ -5,7 +5,7 @@ micro-batch (forward and input gradient), six O(k) index passes. Here the weight
 forward to the next and the base values at the k active positions wait in a ``[k]`` buffer; the k entries
 are rewritten only when the values or indices changed (once per optimizer step, and at reselection), which
 is noticed lazily in forward from the tensors' identity, storage and autograd version counters. Every
-entry holds exactly what ``delta_applied`` would put there (the same ``index_add_`` on the same base
+entry holds exactly what ``delta_applied`` would put there (the same add, in the weight's dtype, on the same base
 values), so forward and backward are bit for bit today's; ``restore`` gives the pristine base back bit for
 bit (the saved values themselves are written back).
 
@@ -60,8 +60,9 @@ class MergedStorage:
             self._check_untouched(flat, values)
             if values is self.values and _stamp(values) == self._stamps[2]:
                 return weight
-            flat.index_put_((indices,), self.saved)
-        flat.index_add_(0, indices, values.to(weight.dtype))
+        # One scattered write of ``saved + values`` (the same add ``index_add_`` does on the restored entries,
+        # in the weight's dtype): half the random accesses into the weight of a restore and an add.
+        flat.index_put_((indices,), self.saved + values.to(weight.dtype))
         self.weight, self.indices, self.values = weight, indices, values
         self._stamps = (_stamp(weight), _stamp(indices), _stamp(values))
         return weight
