@@ -280,12 +280,12 @@ class Selector:
             perms = sort_rows(torch.stack([layer.indices for layer in layers]), numel)[1]
         else:
             perms = [torch.sort(layer.indices, stable=True).indices for layer in layers]
-        for layer, perm in zip(layers, perms, strict=True):
-            layer.indices.copy_(layer.indices[perm])
-            layer.values.copy_(layer.values[perm])
-            layer.grown_at.copy_(layer.grown_at[perm])
+        for layer, perm in zip(layers, perms, strict=True):  # index_select: t[perm], faster on CPU
+            layer.indices.copy_(layer.indices.index_select(0, perm))
+            layer.values.copy_(layer.values.index_select(0, perm))
+            layer.grown_at.copy_(layer.grown_at.index_select(0, perm))
             if layer.values.grad is not None:
-                layer.values.grad.copy_(layer.values.grad[perm])
+                layer.values.grad.copy_(layer.values.grad.index_select(0, perm))
             self.optimizer.permute_slots(layer.values, perm)
 
     # -- resume --------------------------------------------------------------------------------------------
