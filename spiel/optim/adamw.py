@@ -155,7 +155,11 @@ class SparseAdamW(SlotStateOptimizer):
         steps = torch.arange(top + 1, dtype=torch.float64, device=params[0].device)
         table1 = (1 - torch.pow(beta1, steps)).float()
         table2 = (1 - torch.pow(beta2, steps)).float()
-        return [table1.to(a.device)[a] for a in ages], [table2.to(a.device)[a] for a in ages]
+        # index_select: table[a], several times faster on CPU
+        return (
+            [table1.to(a.device).index_select(0, a) for a in ages],
+            [table2.to(a.device).index_select(0, a) for a in ages],
+        )
 
     def _age_bound(self, p: torch.Tensor) -> int:
         """The largest age ``p``'s slots can have by its update count alone: ages derived from ``grown_at`` are
