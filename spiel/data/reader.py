@@ -166,7 +166,9 @@ def _iter_array(path: Path, cap: int):
                 f"{sys.getrecursionlimit()} levels)"
             ) from None
         except ValueError as e:  # an integer over Python's digit limit; where the element ends is unknown
-            raise DataError(f"{path}:{line_at(pos)}: record holds a number Python will not parse ({e})") from None
+            raise DataError(
+                f"{path}:{line_at(pos)}: record holds a number Python will not parse ({e})"
+            ) from None
         where = f"{path}:{line_at(pos)}"
         size = len(text[pos:end].encode("utf-8"))
         if size > cap:
