@@ -220,7 +220,10 @@ def test_hostile_programs_fail_safely(mode, victim, listener):
         "remove outside file": f"import os\nos.remove({str(victim)!r})\n",
         "rmtree outside dir": f"import shutil\nshutil.rmtree({str(victim.parent)!r})\n",
         "overwrite outside file": f"open({str(victim)!r}, 'w').write('gone')\n",
-        "network": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'leak')\n",
+        "network": (
+            f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "s.sendall(b'leak')\n"
+        ),
         "exit(0) early": "import sys\nsys.exit(0)\nassert False\n",
         "os._exit(0) early": "import os\nos._exit(0)\n",
         "huge file": "open('big', 'w').write('x' * (8 << 20))\n",
