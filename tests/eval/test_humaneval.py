@@ -133,7 +133,10 @@ def test_each_call_and_the_whole_check_have_a_time_limit():
     whole = sandbox.run_check(program, checker, "f", SandboxLimits(timeout=2.5, call_timeout=3.0))
     assert whole.status == "timed out"  # each call is in time, all four are not
     one = sandbox.run_check(
-        program, "def check(candidate):\n    candidate(30)\n", "f", SandboxLimits(timeout=60, call_timeout=1.0)
+        program,
+        "def check(candidate):\n    candidate(30)\n",
+        "f",
+        SandboxLimits(timeout=60, call_timeout=1.0),
     )
     assert one.status == "timed out"
     assert sandbox.run_check(program, checker, "f", SandboxLimits(timeout=60, call_timeout=3.0)).passed
