@@ -115,6 +115,14 @@ def parse_args(argv=None):
         help="before measuring, wait (poll 60 s, at most --wait-max s) for a 1-min load below this",
     )
     p.add_argument("--wait-max", type=float, default=1200)
+    p.add_argument(
+        "--baseline-tree",
+        default=None,
+        metavar="DIR",
+        help="also run --baseline-methods from the spiel tree at DIR (e.g. `git worktree add DIR <rev>`), "
+        "interleaved with the others, as METHOD@base: before and after a change from one run",
+    )
+    p.add_argument("--baseline-methods", default="ag,ma")
     p.add_argument("--json", default=None)
     p.add_argument("--png", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -150,15 +158,22 @@ def base_spec(args) -> StepSpec:
     )
 
 
-def run_worker(spec: StepSpec, out_dir: str, tag: str) -> tuple[int, dict | None, str]:
-    """Run one spec in a fresh process; (exit code, result or None, stderr tail)."""
+def run_worker(
+    spec: StepSpec, out_dir: str, tag: str, tree: str | None = None
+) -> tuple[int, dict | None, str]:
+    """Run one spec in a fresh process (with ``tree``: that spiel tree's own worker and code); (exit code,
+    result or None, stderr tail)."""
     out = Path(out_dir) / f"{tag}.json"
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    script = Path(__file__).resolve()
+    if tree:
+        script = Path(tree).resolve() / "scripts" / "bench_step.py"
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(tree).resolve()), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [
             sys.executable,
-            str(Path(__file__).resolve()),
+            str(script),
             "--worker",
             json.dumps(asdict(spec)),
             "--out",
@@ -321,6 +336,11 @@ def main(argv=None) -> int:
         for m in methods
         if q != "nf4" or getattr(registry_method(m), "supports_quant", True)
     ]
+    if args.baseline_tree:
+        if not (Path(args.baseline_tree) / "scripts" / "bench_step.py").is_file():
+            raise SystemExit(f"--baseline-tree {args.baseline_tree}: no scripts/bench_step.py there")
+        baseline = parse_methods(args.baseline_methods, STEP_METHODS + tuple(VARIANTS))
+        jobs += [(f"{m}@base", q) for q in quants for m in baseline if q == "none"]
     load_before = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else list(os.getloadavg())
     density = spec0.rank * shape.lora_params_per_rank() / shape.target_numel()
     print(
@@ -350,11 +370,14 @@ def main(argv=None) -> int:
                 key = method if quant == "none" else f"{method}-{quant}"
                 if key in failed:
                     continue
-                spec = replace(spec0, method=method, quant=quant)
+                name, _, from_baseline = method.partition("@")
+                spec = replace(spec0, method=name, quant=quant)
                 if args.profile:
                     Path(args.profile).mkdir(parents=True, exist_ok=True)
                     spec = replace(spec, profile=str(Path(args.profile) / f"{key}-r{rnd}.txt"))
-                code, result, err = run_worker(spec, tmp, f"{key}-r{rnd}")
+                code, result, err = run_worker(
+                    spec, tmp, f"{key}-r{rnd}", args.baseline_tree if from_baseline else None
+                )
                 if result is None:
                     failed[key] = (
                         "out of memory" if code == OOM_EXIT else (err.strip().splitlines() or ["?"])[-1]
@@ -373,6 +396,8 @@ def main(argv=None) -> int:
                 save()
         if args.memory_search and spec0.device.startswith("cuda"):
             for key, runs in results.items():
+                if "@" in key:
+                    continue
                 method, _, quant = key.partition("-")
                 spec = replace(spec0, method=method, quant=quant or "none")
                 hint = math.ceil((runs[0]["base_mem_mb"] + runs[0]["extra_mem_mb"]) / 1024)

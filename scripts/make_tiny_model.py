@@ -181,8 +181,8 @@ packed as `<s> doc </s>` into blocks of {info["seq_len"]} tokens; {info["steps"]
 {info["batch_size"]}, AdamW (lr {info["lr"]}, betas 0.9/0.95, weight decay 0.1), warmup then cosine decay,
 gradient clipping 1.0. Final training loss {info["final_loss"]:.3f}. Took {info["minutes"]:.1f} min wall
 clock with {info["threads"]} CPU threads ({info["cpu_minutes"]:.1f} CPU-minutes, i.e. about
-{info["cpu_minutes"] / info["threads"]:.1f} min on {info["threads"]} otherwise idle cores). The role markers never occur in pretraining: the model has never seen the
-instruction (chat) format.
+{info["cpu_minutes"] / info["threads"]:.1f} min on {info["threads"]} otherwise idle cores).
+The role markers never occur in pretraining: the model has never seen the instruction (chat) format.
 
 Greedy exact match in the record format on fresh inputs ({info["per_skill"]} per skill):
 

@@ -22,6 +22,9 @@ LABELS = {
 
 
 def label(key: str) -> str:
+    if "@" in key:  # a method run from another tree (bench_step --baseline-tree)
+        base, _, tree = key.partition("@")
+        return f"{label(base)} @{tree}"
     if "+" in key:  # a SpIEL variant of the quality protocol, e.g. "ag+drop=change"
         base, _, rest = key.partition("+")
         return f"{label(base)} ({rest.replace('+', ', ')})"
@@ -60,6 +63,14 @@ def combine_rounds(results: list[dict]) -> dict:
         "timed_steps": len(steps),
         "rounds": len(results),
         "round_medians": [statistics.median(r["step_s"]) for r in results],
+        **(
+            {
+                "round_cpu_medians": [statistics.median(r["cpu_s"]) for r in results],
+                "round_cpu_means": [statistics.fmean(r["cpu_s"]) for r in results],
+            }
+            if cpu
+            else {}
+        ),
         "final_loss": first["final_loss"],
         "bytes_per_entry": first.get("bytes_per_entry"),
         "reselection": _mean_reselection([r.get("reselection") for r in results]),

@@ -16,7 +16,6 @@ and within ``spiel.delta.bounds``. A header without ``delta_sha256`` is refused 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from spiel.checkpoint.codec import (
 from spiel.checkpoint.format import CONFIG_NAME, DELTA_NAME, CheckpointHeader, InvalidCheckpointError
 from spiel.checkpoint.kind import DESCRIPTIONS, detect_kind
 from spiel.delta.bounds import delta_value_problem, lossless_into
+from spiel.json_text import JSONTextError, parse_json
 
 __all__ = ["InvalidCheckpointError", "read_checkpoint", "read_spiel_config", "sha256_hex"]
 
@@ -59,11 +59,11 @@ def read_spiel_config(directory) -> dict:
         return InvalidCheckpointError(f"{path}: {problem}")
 
     try:
-        config = json.loads(path.read_bytes().decode("utf-8"))
+        config = parse_json(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise bad(f"not UTF-8 text ({e})") from None
-    except json.JSONDecodeError as e:
-        raise bad(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except JSONTextError as e:
+        raise bad(str(e)) from None
     CheckpointHeader.check(config, bad)
     return config
 

@@ -4,12 +4,12 @@
     spiel-export ckpt=[runs/tulu2_ag/final,runs/alpaca_ag/final] out=exported/tulu_alpaca dtype=bfloat16
 
 `ckpt` is anything spiel-eval accepts (a SpIEL checkpoint, a list of them summed, or weighted with
-`ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged into it there (one rounding, at the
-cast to `dtype`), and the result written with `save_pretrained` next to a tokenizer that carries the
-chat template training used: the one in the checkpoint's own tokenizer (spiel-train writes the template it
-trained with there: the Tülu one, or the model's own with data.template=model), else the Tülu template
-(checked token for token, `spiel.data.chat_template`). Merging into a 4-bit (NF4) base is refused: it would
-requantize the weights.
+`ckpt_weights=[...]`, a peft adapter, a full model directory). The base is loaded in float32, the delta merged
+into it there (one rounding, at the cast to `dtype`), and the result written with `save_pretrained` next to a
+tokenizer that carries the chat template training used: the one in the checkpoint's own tokenizer (spiel-train
+writes the template it trained with there: the Tülu one, or the model's own with data.template=model), else
+the Tülu template (checked token for token, `spiel.data.chat_template`). Merging into a 4-bit (NF4) base is
+refused: it would requantize the weights.
 
 Nothing but the export's own files is ever deleted: the model is written into a fresh, uniquely named
 directory beside `out` and renamed to `out` at the end; with overwrite=true the old `out` is first

@@ -75,6 +75,8 @@ def _parse(where: str, text: str):
             "too_deep",
             f"{where}: record is nested too deeply to parse (over {sys.getrecursionlimit()} levels)",
         )
+    except ValueError as e:  # Python refuses integers over sys.get_int_max_str_digits() digits
+        return None, ("bad_number", f"{where}: record holds a number Python will not parse ({e})")
     return record, _check_text(where, text, record)
 
 
@@ -162,6 +164,10 @@ def _iter_array(path: Path, cap: int):
             raise DataError(
                 f"{path}:{line_at(pos)}: record is nested too deeply to parse (over "
                 f"{sys.getrecursionlimit()} levels)"
+            ) from None
+        except ValueError as e:  # an integer over Python's digit limit; where the element ends is unknown
+            raise DataError(
+                f"{path}:{line_at(pos)}: record holds a number Python will not parse ({e})"
             ) from None
         where = f"{path}:{line_at(pos)}"
         size = len(text[pos:end].encode("utf-8"))

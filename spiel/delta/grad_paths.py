@@ -23,6 +23,7 @@ import statistics
 import threading
 import time
 import warnings
+import weakref
 
 import torch
 
@@ -32,14 +33,16 @@ GRAD_PATHS = ("auto", "dense", "blocked", "sddmm", "triton", "triton_rows", "tri
 CUDA_ONLY_PATHS = ("triton", "triton_rows", "triton_tiles")
 
 # Tokens per sampled_addmm call. The kernel reads a row of Xᵀ (one token chunk) per active index, so
-# the chunk of Xᵀ should stay cache-resident: about 2 MiB of fp32 (the dev box has 2 MiB L2 per core).
-# Measured at 4096x4096, 2048 tokens: 64 → 0.38×, 128 → 0.30×, 256 → 0.37× of dense; at 1024x1024,
-# 512 tokens 512 was best. So: 2**19 / in_features tokens, within [32, 1024].
-SDDMM_CHUNK_FLOATS = 1 << 19
+# the chunk of Xᵀ should stay cache-resident: about 1 MiB of fp32, the dev box's L2 per core. Measured (1 thread,
+# 512 tokens, 2.47% density, CPU time): 1024x1024 and 2752x1024, 256 tokens 10% and 17% faster than 512;
+# 1024x2752, 128 tokens 9% faster than 190. At 4096x4096, 2048 tokens, 128 was best (64 → 0.38×, 128 → 0.30×,
+# 256 → 0.37× of dense). So: 2**18 / in_features tokens, within [128, 1024].
+SDDMM_CHUNK_FLOATS = 1 << 18
+SDDMM_MIN_CHUNK = 128
 
 
 def sddmm_token_chunk(in_features: int) -> int:
-    return max(32, min(1024, SDDMM_CHUNK_FLOATS // max(1, in_features)))
+    return max(SDDMM_MIN_CHUNK, min(1024, SDDMM_CHUNK_FLOATS // max(1, in_features)))
 
 
 # CPU choice between sddmm and dense, from a time model per token fitted with
@@ -151,6 +154,7 @@ def calibrated_path(
     times: dict[str, list[float]] = {path: [] for path in candidates}
     for _ in range(CALIBRATION_REPEATS):  # round-robin, so that a burst of load hits every path alike
         for path in candidates:
+            forget_shared_x()  # each timed run transposes its input, as a first backward on it does
             _sync(device)
             start = time.perf_counter()
             _run_path(path, x2d, g2d, indices, out_features, in_features)
@@ -246,28 +250,65 @@ def sddmm_gather_grads(
     tokens = x2d.shape[0]
     chunk = max(1, min(token_chunk, tokens))
     buf = _workspace(chunk * (out_features + in_features), x2d.device)
-    for start in range(0, tokens, chunk):
+    shared = _shared_x_chunks(x2d, chunk)
+    for i, start in enumerate(range(0, tokens, chunk)):
         c = min(chunk, tokens - start)
         # sampled_addmm wants mat1 rows and mat2 columns contiguous: dYᵀ [out, c] and Xᵀ [in, c].
         g_t = buf[: out_features * c].view(out_features, c)
-        x_t = buf[out_features * c : (out_features + in_features) * c].view(in_features, c)
         _transpose_into(g_t, g2d[start : start + c])
-        _transpose_into(x_t, x2d[start : start + c])
+        if shared is not None:
+            x_t = shared[i]
+        else:
+            x_t = buf[out_features * c : (out_features + in_features) * c].view(in_features, c)
+            _transpose_into(x_t, x2d[start : start + c])
         for acc in accs:
             torch.sparse.sampled_addmm(acc, g_t, x_t.t(), beta=1.0, out=acc)
     return [acc.values() for acc in accs]
 
 
-# Tokens per strip of a transposed copy. torch copies a transposed [T, n] matrix by walking the
-# destination, i.e. reading the source with a stride of n floats, which thrashes the TLB; copying
-# 128-token strips one at a time measured 3x faster (512x2752 fp32: 0.84 ms against 2.5 ms).
-TRANSPOSE_STRIP = 128
+# The transposed chunks of the last input X are kept (per thread) when all of Xᵀ is at most this many floats (8 MiB):
+# a transformer block's q/k/v projections read one input and so do gate/up, so the backwards of 3 of its 7
+# projections find Xᵀ already made (saves ~3.6 ms of 1.3 s per step at the CPU benchmark's shape).
+SHARED_XT_FLOATS = 1 << 21
+
+
+def _shared_x_chunks(x2d: torch.Tensor, chunk: int) -> list[torch.Tensor] | None:
+    """The transposed token chunks of ``x2d`` (``[in, c]`` each, fp32): the kept ones when they were made from this
+    very tensor (the same object behind the view, unchanged since: its autograd version), else made now and kept.
+    None when Xᵀ is too large to keep."""
+    tokens, in_features = x2d.shape
+    if tokens * in_features > SHARED_XT_FLOATS:
+        return None
+    owner = x2d._base if x2d._base is not None else x2d
+    key = (x2d.data_ptr(), x2d._version, tuple(x2d.shape), x2d.stride(), x2d.dtype, x2d.device, chunk)
+    kept = _local.__dict__.get("shared_xt")
+    if kept is not None and kept[0]() is owner and kept[1] == key:
+        return kept[2]
+    cache = _local.__dict__.setdefault("shared_xt_buffers", {})
+    buf = cache.get(x2d.device)
+    if buf is None or buf.numel() < tokens * in_features:
+        buf = cache[x2d.device] = torch.empty(tokens * in_features, dtype=torch.float32, device=x2d.device)
+    chunks = []
+    for start in range(0, tokens, chunk):
+        c = min(chunk, tokens - start)
+        x_t = buf[start * in_features : (start + c) * in_features].view(in_features, c)
+        _transpose_into(x_t, x2d[start : start + c])
+        chunks.append(x_t)
+    _local.shared_xt = (weakref.ref(owner), key, chunks)
+    return chunks
+
+
+def forget_shared_x() -> None:
+    """Drop the kept Xᵀ (the next backward transposes its input afresh)."""
+    _local.__dict__.pop("shared_xt", None)
 
 
 def _transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst[:] = src.t()`` for ``src`` [T, n] and contiguous ``dst`` [n, T], by strips of tokens."""
-    for s in range(0, src.shape[0], TRANSPOSE_STRIP):
-        dst[:, s : s + TRANSPOSE_STRIP].copy_(src[s : s + TRANSPOSE_STRIP].t())
+    """``dst[:] = src.t()`` for ``src`` [T, n] and contiguous ``dst`` [n, T].
+
+    One ``copy_`` of the whole chunk: for a contiguous fp32 ``src`` torch takes its blocked-transpose copy
+    (512x1024 fp32, 1 thread: 0.19 ms, against 0.92 ms for the strips of 128 tokens this once copied)."""
+    dst.copy_(src.t())
 
 
 _local = threading.local()

@@ -633,8 +633,8 @@ def _run_checker(trusted: dict, calls: int, replies: int, call_timeout: float, d
         return "passed"
     except _Timeout:
         return "timed out"
-    except _ProgramEnded:
-        return "failed: program ended"
+    except _ProgramEnded:  # at the deadline the supervisor kills the program: that end is the timeout
+        return "timed out" if time.monotonic() >= deadline else "failed: program ended"
     except _Unsupported:
         return "failed: unsupported value"
     except _IterationEnder as e:
@@ -657,7 +657,9 @@ def _supervise(checker: int, program: int, deadline: float) -> int:
             break
         if pid == 0:
             time.sleep(0.002)
-    for pid in (program, checker):
+    # the checker first: killed after the program, a checker still running would see the program end and
+    # could report "program ended" for what was a timeout
+    for pid in (checker, program):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from spiel.json_text import JSONTextError, parse_json
+
 
 class MissingDataError(FileNotFoundError):
     """A benchmark's data is not on disk; the message says where it was looked for and how to get it."""
@@ -45,9 +47,9 @@ def numbered_jsonl(path: Path) -> list[tuple[int, object]]:
         try:
             for lineno, line in enumerate(f, 1):  # noqa: B007 (read in the except clause)
                 if line.strip():
-                    rows.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise BenchDataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+                    rows.append((lineno, parse_json(line)))
+        except JSONTextError as e:
+            raise BenchDataError(f"{path}:{lineno}: {e}") from None
         except UnicodeDecodeError as e:
             raise BenchDataError(f"{path}:{lineno + 1}: not UTF-8 text ({e})") from None
     return rows
@@ -56,9 +58,10 @@ def numbered_jsonl(path: Path) -> list[tuple[int, object]]:
 def read_json(path: Path, bench: str):
     """A whole-file JSON document; a syntax error names its line and column."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchDataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return parse_json(Path(path).read_text(encoding="utf-8"))
+    except JSONTextError as e:
+        where = f"{path}:{e.lineno}" if e.lineno else str(path)
+        raise BenchDataError(f"{where}: {e}") from None
     except UnicodeDecodeError as e:
         raise BenchDataError(f"{path}: not UTF-8 text ({e})") from None
 

@@ -1,9 +1,12 @@
 """The demo benchmark (`bench=demo`): greedy answers to the held-out demo requests, exact match.
 
 Each record of `assets/demo/heldout.jsonl` is one user request and the reference answer. The prompt is the
-Tülu chat format (`spiel.data.template.chat_prompt`: "<|user|>\\n...\\n<|assistant|>\\n", BOS added by the
-tokenizer), generation is greedy and ends at EOS, and a prediction is correct when it equals the
-reference after stripping surrounding whitespace.
+format the checkpoint was trained in: the Tülu chat format (`spiel.data.template.chat_prompt`:
+"<|user|>\\n...\\n<|assistant|>\\n", BOS added by the tokenizer) unless the tokenizer carries a chat
+template other than the Tülu one (spiel-train's final/ keeps the model's own after `data.template=model`),
+which then renders the prompt with its generation prompt, tokenized without added special tokens as in
+training. Generation is greedy and ends at EOS, and a prediction is correct when it equals the reference
+after stripping surrounding whitespace.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from spiel.data.template import chat_prompt
+from spiel.data.template import chat_prompt, jinja_chat_template
 from spiel.eval.benchmark import MISSING, BenchConfig, Benchmark
 from spiel.eval.data import BenchDataError
 from spiel.eval.generate import generate
@@ -57,6 +60,19 @@ def skill_of(record: dict) -> str:
     return str(record.get("id", "")).rsplit("-", 1)[-1]
 
 
+def demo_prompts(records: list[dict], tokenizer) -> tuple[str, list[str], object]:
+    """("tulu" | "model", the prompts, how generate() turns one into ids (None: the tokenizer, adding BOS))."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or template in (jinja_chat_template(True), jinja_chat_template(False)):
+        eos = tokenizer.eos_token or "</s>"
+        return "tulu", [chat_prompt(r["messages"], eos_token=eos) for r in records], None
+    prompts = [
+        tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        for r in records
+    ]
+    return "model", prompts, lambda prompt: tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def evaluate_demo(
     model,
     tokenizer,
@@ -72,9 +88,15 @@ def evaluate_demo(
     "skill", "prompt", "prediction", "reference", "correct"}, ...]}.
     """
     records = load_demo(path, limit)
-    prompts = [chat_prompt(r["messages"], eos_token=tokenizer.eos_token or "</s>") for r in records]
+    prompt_format, prompts, encode = demo_prompts(records, tokenizer)
     outputs = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        encode=encode,
     )
     predictions, by_skill = [], {}
     for rec, prompt, out in zip(records, prompts, outputs, strict=True):
@@ -96,6 +118,7 @@ def evaluate_demo(
     return {
         "exact_match": sum(p["correct"] for p in predictions) / n if n else 0.0,
         "num_examples": n,
+        "prompt_format": prompt_format,
         "per_skill": {k: sum(v) / len(v) for k, v in sorted(by_skill.items())},
         "predictions": predictions,
     }

@@ -140,18 +140,8 @@ def load_for_eval(
     `allow_unverified_base`: accept SpIEL checkpoints without base-weight fingerprints;
     `allow_unverified_delta`: without the SHA-256 of their delta file. `ckpt_weights`:
     compose the SpIEL checkpoints as the sum of each delta times its weight."""
-    from spiel.model.spiel_model import check_weights
-
     given = normalize_ckpts(ckpt)
-    if ckpt_weights is not None:  # before anything is read or loaded
-        if not given:
-            raise CheckpointError(
-                "ckpt_weights is given but ckpt=null: weights scale the deltas of ckpt=[...]"
-            )
-        try:
-            ckpt_weights = check_weights(ckpt_weights, len(given))
-        except ValueError as e:
-            raise CheckpointError(f"ckpt_weights={ckpt_weights}: {e}") from None
+    ckpt_weights = _checked_weights(given, ckpt_weights)  # before anything is read or loaded
     ckpts = resolve_ckpts(given)
     device = resolve_device(device)
     quant = "none" if quant in (None, False) else str(quant)
@@ -168,68 +158,21 @@ def load_for_eval(
         for c, k in zip(ckpts, kinds, strict=True)
         if k == "spiel"
     }
+    kind = _kind(ckpts, kinds, composed=len(ckpts) > 1 or ckpt_weights is not None)
     info = {
         "ckpt": given,
         "ckpt_dirs": ckpts,
         "quant": quant,
         "device": str(device),
         "dtype": str(resolve_dtype(dtype, device)),
+        **({"ckpt_weights": ckpt_weights} if ckpt_weights is not None else {}),
+        "kind": kind,
     }
-    composed = len(ckpts) > 1 or ckpt_weights is not None
-    if composed and any(k != "spiel" for k in kinds):
-        bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
-        raise CheckpointError(
-            f"only SpIEL checkpoints can be composed (summed or weighted deltas); not: {bad}"
-        )
-    kind = "base" if not ckpts else ("composed" if composed else kinds[0])
-    if ckpt_weights is not None:
-        info["ckpt_weights"] = ckpt_weights
-    info["kind"] = kind
-
     if kind == "full":
-        if model_name:
-            log.warning("ckpt=%s is a full model; model=%s is ignored", ckpts[0], model_name)
-        from safetensors import SafetensorError
-
-        try:
-            model = load_base_model(ckpts[0], dtype=dtype, quant=quant, device=device)
-        except (OSError, SafetensorError) as e:  # a damaged or truncated weights file
-            raise CheckpointError(
-                f"ckpt={given[0]}: cannot load this full model directory, its files are damaged "
-                f"or incomplete ({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from e
-        info.update(base=ckpts[0], merged=True)
-        return LoadedModel(model.eval(), load_tokenizer(ckpts[0]), info)
+        return _load_full(ckpts[0], given[0], model_name, dtype, quant, device, info)
 
     saved = checked[ckpts[0]][0] if ckpts and kinds[0] == "spiel" else None
-    recorded = recorded_base(ckpts[0], kinds[0], saved) if ckpts else None
-    base_name = model_name or recorded
-    if not model_name and revision is None and saved is not None:
-        revision = _recorded_revision(saved)  # the base commit it was trained on
-    if not base_name:
-        raise CheckpointError(
-            "no base model: ckpt=null evaluates the base model given by model= "
-            "(e.g. model=llama2-7b or model=tiny)"
-            if not ckpts
-            else f"ckpt={ckpts[0]} does not name its base model; pass model=..."
-        )
-    if model_name and recorded and str(recorded) != str(model_name):
-        log.warning(
-            "ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
-            ckpts[0],
-            recorded,
-            model_name,
-        )
-    from safetensors import SafetensorError
-
-    try:
-        base = load_base_model(base_name, dtype=dtype, quant=quant, device=device, revision=revision)
-    except (OSError, SafetensorError) as e:
-        where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
-        raise CheckpointError(
-            f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
-            "model.name_or_path=<dir> to point at it."
-        ) from e
+    base, base_name = _load_base(ckpts, kinds, saved, model_name, dtype, quant, device, revision)
     tok_dir = ckpts[0] if ckpts and has_tokenizer(ckpts[0]) else base_name
     tokenizer = load_tokenizer(tok_dir)
     info.update(base=str(base_name), tokenizer=str(tok_dir))
@@ -248,13 +191,87 @@ def load_for_eval(
     elif kind == "composed":
         from spiel.model.spiel_model import check_weights, compose_checked
 
-        model = compose_checked(
-            ckpts, [checked[c] for c in ckpts], base, check_weights(ckpt_weights, len(ckpts))
-        )
+        weights = check_weights(ckpt_weights, len(ckpts))  # None: each delta once
+        model = compose_checked(ckpts, [checked[c] for c in ckpts], base, weights)
     else:  # peft
         model = _load_peft(base, ckpts[0], merge=quant == "none")
     info["merged"] = quant == "none"
     return LoadedModel(model.eval(), tokenizer, info)
+
+
+def _checked_weights(given: list[str], ckpt_weights):
+    """``ckpt_weights`` as one float per checkpoint (None: not composed), or a CheckpointError."""
+    from spiel.model.spiel_model import check_weights
+
+    if ckpt_weights is None:
+        return None
+    if not given:
+        raise CheckpointError("ckpt_weights is given but ckpt=null: weights scale the deltas of ckpt=[...]")
+    try:
+        return check_weights(ckpt_weights, len(given))
+    except ValueError as e:
+        raise CheckpointError(f"ckpt_weights={ckpt_weights}: {e}") from None
+
+
+def _kind(ckpts: list[str], kinds: list[str], composed: bool) -> str:
+    """base (no checkpoint) | composed (several deltas, or weighted) | the one checkpoint's kind."""
+    if composed and any(k != "spiel" for k in kinds):
+        bad = [c for c, k in zip(ckpts, kinds, strict=True) if k != "spiel"]
+        raise CheckpointError(
+            f"only SpIEL checkpoints can be composed (summed or weighted deltas); not: {bad}"
+        )
+    return "base" if not ckpts else ("composed" if composed else kinds[0])
+
+
+def _load_full(path: str, given: str, model_name, dtype, quant, device, info: dict) -> LoadedModel:
+    """A full fine-tuned model directory: it is its own base."""
+    from safetensors import SafetensorError
+
+    if model_name:
+        log.warning("ckpt=%s is a full model; model=%s is ignored", path, model_name)
+    try:
+        model = load_base_model(path, dtype=dtype, quant=quant, device=device)
+    except (OSError, SafetensorError) as e:  # a damaged or truncated weights file
+        raise CheckpointError(
+            f"ckpt={given}: cannot load this full model directory, its files are damaged "
+            f"or incomplete ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    info.update(base=path, merged=True)
+    return LoadedModel(model.eval(), load_tokenizer(path), info)
+
+
+def _load_base(ckpts, kinds, saved, model_name, dtype, quant, device, revision):
+    """(base model, its name): model= when given, else the base the first checkpoint records (at the
+    commit it was trained on)."""
+    from safetensors import SafetensorError
+
+    recorded = recorded_base(ckpts[0], kinds[0], saved) if ckpts else None
+    base_name = model_name or recorded
+    if not model_name and revision is None and saved is not None:
+        revision = _recorded_revision(saved)  # the base commit it was trained on
+    if not base_name:
+        raise CheckpointError(
+            "no base model: ckpt=null evaluates the base model given by model= "
+            "(e.g. model=llama2-7b or model=tiny)"
+            if not ckpts
+            else f"ckpt={ckpts[0]} does not name its base model; pass model=..."
+        )
+    if model_name and recorded and str(recorded) != str(model_name):
+        log.warning(
+            "ckpt=%s was trained on %r; evaluating it on model=%r (the weights are checked)",
+            ckpts[0],
+            recorded,
+            model_name,
+        )
+    try:
+        base = load_base_model(base_name, dtype=dtype, quant=quant, device=device, revision=revision)
+    except (OSError, SafetensorError) as e:
+        where = f" (recorded in {ckpts[0]})" if ckpts and not model_name else ""
+        raise CheckpointError(
+            f"cannot load the base model {base_name!r}{where}: {e}. Pass model=<name> or "
+            "model.name_or_path=<dir> to point at it."
+        ) from e
+    return base, base_name
 
 
 def _load_peft(base, path: str, merge: bool):

@@ -41,7 +41,12 @@ class SelectorCallback(TrainerCallback):
                     "(its selector state is missing), so training cannot resume from it"
                 )
             device = next(iter(model.deltas.values())).values.device
-            self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            try:
+                self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            except ValueError as refused:  # one message from spiel-train, not a traceback
+                from spiel.checkpoint.fingerprint import CheckpointMismatchError
+
+                raise CheckpointMismatchError(f"cannot resume from {path}: {refused}") from refused
         if self.selector.t != state.global_step:
             raise RuntimeError(
                 f"selector is at step {self.selector.t} but the trainer at {state.global_step}"

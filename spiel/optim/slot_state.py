@@ -114,7 +114,7 @@ class SlotStateOptimizer(torch.optim.Optimizer):
         index = index.to(device=param.device, dtype=torch.long)
         for key in self.SLOT_KEYS:
             if key in state:
-                taken = state[key][index]
+                taken = state[key].index_select(0, index)  # state[key][index], faster on CPU
                 state[key] = (
                     torch.cat([taken, taken.new_zeros((n_new, *taken.shape[1:]))]) if n_new else taken
                 )

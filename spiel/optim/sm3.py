@@ -70,7 +70,8 @@ class SparseSM3(SlotStateOptimizer):
         rows, cols = rows_cols(layout.indices, layout.dense_shape[1])
         rows, cols = rows.long(), cols.long()
         row_acc, col_acc = state["row_acc"], state["col_acc"]
-        u = torch.minimum(row_acc[rows], col_acc[cols]).addcmul_(grad, grad)
+        # index_select: the same values as row_acc[rows], several times faster on CPU
+        u = torch.minimum(row_acc.index_select(0, rows), col_acc.index_select(0, cols)).addcmul_(grad, grad)
         row_acc.scatter_reduce_(0, rows, u, "amax", include_self=True)
         col_acc.scatter_reduce_(0, cols, u, "amax", include_self=True)
         update = grad / (u + eps).sqrt_()

@@ -82,6 +82,8 @@ def measure_peak(model, plan: RunPlan, steps: int = 4, seed: int = 0) -> dict:
     """``{"static": bytes of parameters and buffers, "peak": static + the highest allocation during
     ``steps`` optimizer steps}`` of one process (``plan.micro_batch_size`` × ``plan.seq_len`` tokens).
     ``model``: a name for ``load_config`` or a transformers config."""
+    if plan.device != "cpu":
+        raise ValueError(f"measure_peak measures on the CPU: plan with device='cpu', not {plan.device!r}")
     model, optimizer, selector, vocab = _build(model, plan, seed)
     static = _tensor_bytes([*model.parameters(), *model.buffers()])
     generator = torch.Generator().manual_seed(seed)

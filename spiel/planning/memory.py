@@ -41,6 +41,7 @@ class RunPlan:
     activation_checkpointing: bool = False
     gpus: int = 1
     parallel: str = "none"  # none (1 GPU) | ddp | fsdp
+    device: str = "cuda"  # cuda | cpu: some work chunks by the device (SpIEL-MA's reselection scores)
 
     def check(self) -> None:
         def need(ok, key, message):
@@ -53,6 +54,7 @@ class RunPlan:
         need(self.quant in ("none", "nf4"), "quant", f"must be none or nf4, got {self.quant!r}")
         need(self.parallel in PARALLEL, "parallel", f"must be one of {PARALLEL}, got {self.parallel!r}")
         need(self.gpus >= 1, "gpus", f"must be >= 1, got {self.gpus}")
+        need(self.device in ("cuda", "cpu"), "device", f"must be cuda or cpu, got {self.device!r}")
         need(
             self.parallel != "none" or self.gpus == 1,
             "parallel",

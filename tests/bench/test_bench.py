@@ -177,6 +177,51 @@ def test_memory_search_reports_a_method_that_never_fits(monkeypatch):
     )
 
 
+def _fake_step_result(step_s: float) -> dict:
+    times = [step_s] * 3
+    return {
+        "threads": 1,
+        "step_s": times,
+        "step_s_median": step_s,
+        "step_s_mean": step_s,
+        "cpu_s": times,
+        "extra_mem_mb": 10.0,
+        "base_mem_mb": 100.0,
+        "trainable": 5,
+        "final_loss": 1.0,
+        "bytes_per_entry": None,
+        "reselection": None,
+        "reselection_cpu": None,
+    }
+
+
+def test_bench_step_runs_the_baseline_methods_from_the_other_tree_interleaved(monkeypatch, tmp_path):
+    bench_step = _bench_step_module()
+    (tmp_path / "old" / "scripts").mkdir(parents=True)
+    (tmp_path / "old" / "scripts" / "bench_step.py").write_text("")
+    calls = []
+
+    def fake_worker(spec, out_dir, tag, tree=None):
+        calls.append((spec.method, tree))
+        return 0, _fake_step_result(1.2 if tree else 1.0), ""
+
+    monkeypatch.setattr(bench_step, "run_worker", fake_worker)
+    out = tmp_path / "out.json"
+    args = ["--quick", "--methods", "lora0,ag", "--baseline-tree", str(tmp_path / "old"), "--rounds", "2"]
+    assert bench_step.main([*args, "--baseline-methods", "ag", "--json", str(out)]) == 0
+    old = str(tmp_path / "old")
+    assert calls == [("lora0", None), ("ag", None), ("ag", old), ("ag", None), ("ag", old), ("lora0", None)]
+    result = json.loads(out.read_text())
+    assert result["ratios_to_lora"]["ag@base"]["cpu_mean_lora0"] == pytest.approx(1.2)
+    assert result["methods"]["ag@base"]["round_cpu_medians"] == [1.2, 1.2]
+
+
+def test_bench_step_refuses_a_baseline_tree_without_the_script(tmp_path):
+    bench_step = _bench_step_module()
+    with pytest.raises(SystemExit, match="no scripts/bench_step.py"):
+        bench_step.main(["--quick", "--methods", "ag", "--baseline-tree", str(tmp_path)])
+
+
 BLOCKED = ("hydra", "omegaconf", "datasets", "bitsandbytes", "wandb")
 
 

@@ -55,9 +55,15 @@ def test_ag_grow_order_rows_takes_the_best_eligible_candidates():
         )
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 3 * 70 * 7])  # one chunk; chunks of 7 rows
+@pytest.mark.parametrize(
+    "chunk_elements", [None, 3 * 70 * 7, "sorted columns"]
+)  # scans in one chunk, in chunks of 7 rows; or only the columns that can pass
 def test_ma_grow_rows_is_the_reference_order_with_ties(monkeypatch, chunk_elements):
     monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)  # sampling on at test sizes
+    if chunk_elements == "sorted columns":
+        chunk_elements = None
+    else:
+        monkeypatch.setattr(batched, "sorted_columns_apply", lambda *a: False)
     g = torch.Generator().manual_seed(2)
     L, out_f, in_f, n = 3, 60, 70, 300
     row = torch.rand(L, out_f, generator=g).round(decimals=1)  # many equal products
@@ -263,3 +269,109 @@ def test_ma_grow_rows_with_every_sample_far_off_falls_back_for_every_row(monkeyp
     monkeypatch.setattr(torch, "topk", far_off)
     grown, ok = batched.ma_grow_rows(row, col, active, 300)
     assert ok == [False, False] and grown.shape == (2, 300)
+
+
+@pytest.mark.parametrize("by_mask", [True, False], ids=["mask", "search"])
+def test_isin_sorted_rows_looks_each_row_up_in_its_own_set(monkeypatch, by_mask):
+    from spiel.delta import indices
+
+    if not by_mask:
+        monkeypatch.setattr(indices, "ISIN_MASK_BYTES", 0)
+    g = torch.Generator().manual_seed(6)
+    elements = torch.randint(0, 90, (4, 30), generator=g)
+    sets = torch.stack([torch.randperm(90, generator=g)[:25].sort().values for _ in range(4)])
+    sets[2, -3:] = torch.iinfo(torch.int64).max  # padding past every position, as the selector pads
+    sets[2] = sets[2].sort().values
+    got = batched.isin_sorted_rows(elements, sets)
+    for i in range(4):
+        assert got[i].tolist() == torch.isin(elements[i], sets[i]).tolist()
+    assert batched.isin_sorted_rows(elements[:, :0], sets).shape == (4, 0)
+
+
+def test_sort_rows_is_the_row_wise_sort():
+    g = torch.Generator().manual_seed(7)
+    values = torch.randint(0, 50, (5, 40), generator=g)  # repeats: a stable sort keeps their order
+    values[3] = 49  # a row of one value (the largest allowed), and an empty shape below
+    got_values, got_order = batched.sort_rows(values, 50)
+    expected = torch.sort(values, dim=1, stable=True)
+    assert torch.equal(got_values, expected.values) and torch.equal(got_order, expected.indices)
+    assert batched.sort_rows(values[:, :0], 50)[0].shape == (5, 0)
+
+
+def test_valid_first_is_a_stable_partition():
+    g = torch.Generator().manual_seed(8)
+    mask = torch.rand(6, 33, generator=g) < 0.4
+    mask[1], mask[2] = True, False  # a row all valid, a row none
+    expected = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    assert torch.equal(batched.valid_first(mask), expected)
+    assert batched.valid_first(mask[:, :0]).shape == (6, 0)
+
+
+def reference_passing(row, col, threshold):
+    """Every (owner, position, score) with row[r]·col[c] >= threshold, from the whole product (plain)."""
+    found = set()
+    for i in range(row.shape[0]):
+        scores = torch.outer(row[i], col[i]).view(-1)
+        for p in (scores >= threshold[i]).nonzero().view(-1).tolist():
+            found.add((i, p, float(scores[p])))
+    return found
+
+
+def as_set(owner, position, score):
+    return set(zip(owner.tolist(), position.tolist(), score.tolist(), strict=True))
+
+
+def test_passing_by_sorted_columns_finds_what_the_scan_finds():
+    g = torch.Generator().manual_seed(9)
+    L, out_f, in_f = 3, 40, 50
+    row = torch.rand(L, out_f, generator=g).round(decimals=1)  # ties, and zero rows (no column passes)
+    col = torch.rand(L, in_f, generator=g).round(decimals=1)
+    row[0, :5] = 0
+    col[1, 7] = 1e-20  # tiny products
+    products = [torch.outer(row[i], col[i]).view(-1) for i in range(L)]
+    # thresholds that some products meet exactly (a boundary), one that nothing meets, one that many meet
+    threshold = torch.stack([products[0].max(), products[1].kthvalue(1500).values, torch.tensor(0.01)])
+    threshold[0] = threshold[0] * 1.5
+    assert batched.sorted_columns_apply(row, col, threshold)
+    expected = reference_passing(row, col, threshold)
+    assert as_set(*batched.passing_by_scan(row, col, threshold)) == expected
+    assert as_set(*batched.passing_by_sorted_columns(row, col, threshold)) == expected
+    threshold[1] = products[1].unique()[-3]  # exactly a product value
+    expected = reference_passing(row, col, threshold)
+    assert as_set(*batched.passing_by_sorted_columns(row, col, threshold)) == expected
+
+
+@pytest.mark.parametrize(
+    "change", ["negative row", "nan column", "zero threshold", "subnormal threshold", "inf column"]
+)
+def test_sorted_columns_are_not_used_where_they_could_differ_from_the_scan(change):
+    row, col = torch.rand(2, 6), torch.rand(2, 7)
+    threshold = torch.tensor([0.1, 0.2])
+    assert batched.sorted_columns_apply(row, col, threshold)
+    if change == "negative row":
+        row[1, 2] = -0.5
+    elif change == "nan column":
+        col[0, 3] = float("nan")
+    elif change == "zero threshold":
+        threshold[0] = 0.0
+    elif change == "subnormal threshold":
+        threshold[1] = 1e-40
+    else:
+        col[1, 0] = float("inf")
+    assert not batched.sorted_columns_apply(row, col, threshold)
+
+
+def test_ma_grow_rows_scans_when_the_sorted_columns_do_not_apply(monkeypatch):
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 512)
+    g = torch.Generator().manual_seed(10)
+    row, col = torch.rand(2, 60, generator=g), torch.rand(2, 70, generator=g)
+    active = torch.stack([torch.randperm(4200, generator=g)[:100].sort().values for _ in range(2)])
+    used = []
+    for name in ("passing_by_scan", "passing_by_sorted_columns"):
+        real = getattr(batched, name)
+        monkeypatch.setattr(batched, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
+    fast = batched.ma_grow_rows(row, col, active, 300)
+    monkeypatch.setattr(batched, "sorted_columns_apply", lambda *a: False)
+    scanned = batched.ma_grow_rows(row, col, active, 300)
+    assert used == ["passing_by_sorted_columns", "passing_by_scan"]
+    assert torch.equal(fast[0], scanned[0]) and fast[1] == scanned[1]

@@ -237,6 +237,16 @@ CASES = [
     ("invalid-json", text_config('{"format_version": 1,'), r"not valid JSON \(.* line 1 column"),
     ("list-json", text_config("[1, 2]"), r"expected a JSON object, got a list"),
     (
+        "huge-integer-json",
+        text_config('{"format_version": ' + "1" * 5000 + "}"),
+        r"spiel_config.json: holds a number Python will not parse",
+    ),
+    (
+        "deep-json",
+        text_config('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        r"spiel_config.json: nested too deeply to parse",
+    ),
+    (
         "bad-spiel-config",
         edit_config(lambda c: c["spiel_config"].update(method="rigl")),
         r"spiel_config: .*method",

@@ -185,6 +185,7 @@ def test_several_index_sets_share_the_sddmm_transposes(monkeypatch, fresh_calibr
         grad_paths, "_transpose_into", lambda dst, src: copies.append(1) or transpose(dst, src)
     )
     monkeypatch.setattr(grad_paths, "sddmm_token_chunk", lambda in_features: 16)
+    grad_paths.forget_shared_x()  # the calls above kept this x's chunks
     both = grad_paths.gather_grads(x, dy, [values_at, candidates], 40, 30, grad_path)
     assert len(copies) == 2 * 5  # X and dY, once per chunk of 16 of 70 tokens, for both sets
     assert all(torch.equal(a, b) for a, b in zip(alone, both, strict=True))
@@ -192,15 +193,16 @@ def test_several_index_sets_share_the_sddmm_transposes(monkeypatch, fresh_calibr
     torch.testing.assert_close(both[1], (dy.t() @ x).view(-1)[candidates.long()], rtol=1e-5, atol=1e-5)
 
 
-def test_sddmm_token_chunks_hold_half_a_million_floats_within_32_and_1024():
-    """2^19 / in_features tokens per chunk, clamped to [32, 1024] (hand-computed)."""
+def test_sddmm_token_chunks_hold_a_quarter_million_floats_within_128_and_1024():
+    """2^18 / in_features tokens per chunk, clamped to [128, 1024] (hand-computed)."""
     for in_features, tokens in [
         (4096, 128),
-        (1024, 512),
-        (512, 1024),
+        (2048, 128),
+        (1024, 256),
+        (512, 512),
         (256, 1024),
-        (1 << 14, 32),
-        (1 << 20, 32),
+        (128, 1024),
+        (1 << 14, 128),
     ]:
         assert grad_paths.sddmm_token_chunk(in_features) == tokens, in_features
 
@@ -223,3 +225,50 @@ def test_an_unknown_path_is_refused_not_run():
     for path in ("fast", "tritonx", "auto "):
         with pytest.raises(ValueError, match=r"grad_path must be one of .*, got '"):
             gather_grad(x, dy, indices, 8, 6, path)
+
+
+@pytest.mark.parametrize("tokens", [1, 127, 128, 129, 300])  # around the 128-token chunk of 2048 inputs
+def test_sddmm_matches_the_dense_autograd_gradient_with_empty_and_full_rows(tokens):
+    out_f, in_f = 6, 2048
+    assert grad_paths.sddmm_token_chunk(in_f) == 128
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(tokens, in_f, generator=g)
+    dy = torch.randn(tokens, out_f, generator=g)
+    # row 0 empty, row 1 full, row 3 a single entry at its last column, row 5 a single entry at its first
+    positions = [in_f + c for c in range(in_f)] + [2 * in_f + 5, 2 * in_f + 900, 4 * in_f - 1, 5 * in_f]
+    indices = torch.tensor(positions, dtype=torch.int32)
+    weight = torch.zeros(out_f, in_f, requires_grad=True)
+    (x @ weight.t()).backward(dy)  # the dense reference: autograd's dL/dW
+    expected = weight.grad.view(-1)[indices.long()]
+    got = grad_paths.gather_grad(x, dy, indices, out_f, in_f, "sddmm")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_projections_of_one_input_share_its_transposed_chunks_until_it_changes(monkeypatch):
+    """q/k/v (and gate/up) read one input: the second backward on it transposes only its dY; a changed input (in
+    place: a new autograd version) or another tensor is transposed afresh. Each result is the dense one."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(70, 30, generator=g)
+    copies = []
+    transpose = grad_paths._transpose_into
+    monkeypatch.setattr(
+        grad_paths, "_transpose_into", lambda dst, src: copies.append(src.shape[1]) or transpose(dst, src)
+    )
+
+    def check(x_used, out_f, seed):
+        dy = torch.randn(70, out_f, generator=torch.Generator().manual_seed(seed))
+        indices = random_subset(out_f * 30, 90, torch.Generator().manual_seed(seed)).int()
+        got = grad_paths.sddmm_gather_grad(x_used.reshape(-1, 30), dy, indices, out_f, 30, token_chunk=32)
+        torch.testing.assert_close(got, (dy.t() @ x_used).view(-1)[indices.long()], rtol=1e-5, atol=1e-5)
+        made = sorted(copies)
+        copies.clear()
+        return made
+
+    grad_paths.forget_shared_x()
+    assert check(x, 40, 1) == [30] * 3 + [40] * 3  # X and dY, 3 chunks of 32 of 70 tokens
+    assert check(x, 24, 2) == [24] * 3  # X's chunks kept
+    x.mul_(2)  # changed in place
+    assert check(x, 24, 3) == [24] * 3 + [30] * 3
+    assert check(x.clone(), 24, 4) == [24] * 3 + [30] * 3  # the same values in another tensor
+    monkeypatch.setattr(grad_paths, "SHARED_XT_FLOATS", 70 * 30 - 1)  # one float too many to keep
+    assert check(x, 24, 5) == [24] * 3 + [30] * 3 == check(x, 24, 6)

@@ -46,6 +46,37 @@ def test_adamw_per_index_age_gives_the_hand_computed_bias_correction():
     assert opt.ages(p).tolist() == [5, 2, 1]
 
 
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adamw_bias_correction_of_old_slots_in_several_vectors(foreach):
+    """Ages far past the update count (reset with an age) in one vector and fresh slots in another: each slot's
+    update is the hand-computed one (bias corrections in float64), whichever vector holds the oldest slot."""
+    b1, b2, lr, eps = 0.9, 0.999, 0.1, 1e-8
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    opt = SparseAdamW(params, lr=lr, betas=(b1, b2), eps=eps, foreach=foreach)
+    m0, v0 = torch.tensor([0.5, -0.2, 0.1]), torch.tensor([0.3, 0.1, 0.2])
+    opt.reset_slots(params[0], torch.arange(3), exp_avg=m0, exp_avg_sq=v0, age=torch.tensor([2999, 0, 19999]))
+    grads = [torch.tensor([1.0, 2.0, -3.0]), torch.tensor([0.5, -1.0])]
+    for p, grad in zip(params, grads, strict=True):
+        p.grad = grad.clone()
+    opt.step()
+    for p, grad, m_start, v_start, ages in (
+        (params[0], grads[0], m0.double(), v0.double(), [3000, 1, 20000]),
+        (
+            params[1],
+            grads[1],
+            torch.zeros(2, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.float64),
+            [1, 1],
+        ),
+    ):
+        age = torch.tensor(ages, dtype=torch.float64)
+        m = b1 * m_start + (1 - b1) * grad.double()
+        v = b2 * v_start + (1 - b2) * grad.double() ** 2
+        expected = -lr * (m / (1 - b1**age)) / ((v / (1 - b2**age)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected.float(), rtol=1e-6, atol=1e-7)
+        assert opt.ages(p).tolist() == ages
+
+
 def test_adamw_keeps_fp32_moments_for_bf16_values_through_save_and_load():
     p = torch.zeros(6, dtype=torch.bfloat16, requires_grad=True)
     opt = SparseAdamW([p], lr=1e-3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from spiel.delta import SparseDeltaLinear
+from spiel.delta import SparseDeltaLinear, indices
 from spiel.delta.indices import isin_sorted
 from spiel.optim import SparseAdamW, SparseSM3
 from spiel.selection import ReselectionSchedule, SelectionConfig, Selector, ma_grow_indices, top_candidates
@@ -282,13 +282,33 @@ def test_selector_checks_method_and_optimizer_match():
         )
 
 
+@pytest.mark.parametrize("by_mask", [True, False], ids=["mask", "search"])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_isin_sorted_matches_torch_isin(dtype):
+def test_isin_sorted_matches_torch_isin(monkeypatch, dtype, by_mask):
+    if not by_mask:
+        monkeypatch.setattr(indices, "ISIN_MASK_BYTES", 0)
     gen = torch.Generator().manual_seed(3)
-    for n_set, n_el in [(0, 5), (5, 0), (1, 7), (50, 200), (300, 40)]:
+    for n_set, n_el in [(0, 5), (5, 0), (1, 7), (50, 200), (300, 40), (4, 1)]:
         sorted_set = torch.randint(0, 120, (n_set,), generator=gen).unique().to(dtype)
         elements = torch.randint(-5, 130, (n_el,), generator=gen).to(dtype)
         assert torch.equal(isin_sorted(elements, sorted_set), torch.isin(elements, sorted_set))
+    # set entries outside the elements' range (a padding value, negatives) match nothing
+    sorted_set = torch.tensor([-7, 2, 5, torch.iinfo(dtype).max], dtype=dtype)
+    elements = torch.tensor([5, 3, 2, 2, 5], dtype=dtype)
+    assert isin_sorted(elements, sorted_set).tolist() == [True, False, True, True, True]
+
+
+def test_isin_by_mask_declines_ranges_past_its_limits(monkeypatch):
+    elements, members = torch.tensor([0, 99]), torch.tensor([99])
+    monkeypatch.setattr(indices, "ISIN_MASK_BYTES_PER_ENTRY", 1000)
+    monkeypatch.setattr(indices, "ISIN_MASK_BYTES", 100)  # the range is 100: exactly the limit
+    assert indices.isin_by_mask(elements, members).tolist() == [False, True]
+    assert indices.isin_by_mask(torch.tensor([0, 100]), members) is None  # one past it
+    monkeypatch.setattr(indices, "ISIN_MASK_BYTES", 1 << 20)
+    monkeypatch.setattr(indices, "ISIN_MASK_BYTES_PER_ENTRY", 33)  # 3 entries: at most 99 bytes
+    assert indices.isin_by_mask(elements, members) is None
+    assert indices.isin_by_mask(torch.tensor([0, 98]), members).tolist() == [False, False]
+    assert indices.isin_by_mask(elements.float(), members) is None  # integers only
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 37, 200, 1 << 20])

@@ -55,6 +55,11 @@ BAD = {
         "bad_text",
         r"s\.jsonl:2: record holds an unpaired UTF-16 surrogate escape",
     ),
+    "huge_integer": (
+        '{"messages": [], "n": ' + "9" * 5000 + "}",
+        "bad_number",
+        r"s\.jsonl:2: record holds a number Python will not parse \(Exceeds the limit",
+    ),
     "too_large": (
         conv(1, "x" * 5000),
         "too_large",
@@ -105,6 +110,9 @@ def test_json_array_files_get_the_same_checks(tmp_path):
         list(iter_records(path))
     path.write_text("[" + DEEP + "]")
     with pytest.raises(DataError, match=r"a\.json:1: record is nested too deeply"):
+        list(iter_records(path))
+    path.write_text("[\n" + conv(0) + ',\n{"n": ' + "9" * 5000 + "}\n]")
+    with pytest.raises(DataError, match=r"a\.json:3: record holds a number Python will not parse"):
         list(iter_records(path))
 
 

@@ -25,6 +25,35 @@ def fake_generate(answer_fn, seen):
     return gen
 
 
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_prompts_follow_the_checkpoints_chat_template(monkeypatch):
+    """A tokenizer with the Tülu template (spiel-train's final/ after data.template=tulu) or none is prompted
+    in the Tülu format with BOS added; one with another template (data.template=model keeps the model's own)
+    gets that template's prompt, tokenized without added special tokens, as training tokenized it."""
+    records = demo.load_demo(limit=3)
+    for template in ("tulu", None):
+        tok = tiny_tokenizer()
+        if template is None:
+            tok.chat_template = None
+        fmt, prompts, encode = demo.demo_prompts(records, tok)
+        assert fmt == "tulu" and encode is None and prompts == [chat_prompt(r["messages"]) for r in records]
+    tok = tiny_tokenizer()
+    tok.chat_template = CHATML
+    fmt, prompts, encode = demo.demo_prompts(records, tok)
+    user = records[0]["messages"][0]["content"]
+    assert fmt == "model" and prompts[0] == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    assert encode(prompts[0]) == tok(prompts[0], add_special_tokens=False)["input_ids"]
+    assert encode(prompts[0])[0] != tok.bos_token_id  # no BOS the template did not write
+    seen: list[str] = []
+    monkeypatch.setattr(demo, "generate", fake_generate(lambda i: "", seen))
+    assert demo.evaluate_demo(None, tok, limit=3)["prompt_format"] == "model" and seen == prompts
+
+
 def test_exact_match_scoring(monkeypatch):
     records = demo.load_demo(limit=12)
     refs = [r["messages"][-1]["content"] for r in records]

@@ -103,6 +103,8 @@ CASES = [
     ("gsm", GSM, replace_text(GSM, ""), "file is empty"),
     ("gsm", GSM, replace_text(GSM, "\n  \n"), "file is empty"),
     ("gsm", GSM, edit_lines(GSM, set_line(2, "{not json")), r":3: not valid JSON"),
+    ("gsm", GSM, edit_lines(GSM, set_line(1, '{"question": ' + "7" * 5000 + "}")), r":2: holds a number"),
+    ("gsm", GSM, edit_lines(GSM, set_line(0, "[" * 100_000 + "]" * 100_000)), r":1: nested too deeply"),
     (
         "gsm",
         GSM,
@@ -118,6 +120,13 @@ CASES = [
     ("gsm", GSM, edit_lines(GSM, gsm_line(0, {"answer": "#### 3"})), r":1: no 'question' text"),
     ("gsm", GSM, edit_lines(GSM, set_line(0, "[1, 2]")), r":1: no 'question' text"),
     ("bbh", BBH_TASK, replace_text(BBH_TASK, ""), r":1: not valid JSON"),
+    (
+        "bbh",
+        BBH_TASK,
+        replace_text(BBH_TASK, '{"examples": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        "nested too deeply",
+    ),
+    ("tydiqa", TYDIQA_DEV, replace_text(TYDIQA_DEV, '{"data": ' + "9" * 5000 + "}"), "holds a number"),
     ("bbh", BBH_TASK, replace_text(BBH_TASK, '{"examples": []}'), "non-empty 'examples' list"),
     (
         "bbh",

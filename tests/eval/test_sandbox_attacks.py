@@ -515,3 +515,18 @@ def test_an_oversized_reply_fails_and_a_failure_carries_no_text():
     )
     assert exits.status == "failed: SystemExit"
     assert not re.search("root|Leak", big.status + leak.status + named.status)
+
+
+def test_a_program_killed_at_the_deadline_is_a_timeout_not_an_ended_program(monkeypatch):
+    """At the deadline the supervisor kills the program; a checker that sees that end before its own
+    timer fires (a loaded machine) reports the timeout, while an earlier end stays "program ended"."""
+    import time
+
+    def ended(fd, deadline):
+        raise child._ProgramEnded
+
+    monkeypatch.setattr(child, "_recv", ended)
+    trusted = {"checker": "def check(candidate):\n    candidate()\n", "entry_point": "f"}
+    now = time.monotonic()
+    assert child._run_checker(trusted, -1, -1, 1.0, deadline=now - 0.01) == "timed out"
+    assert child._run_checker(trusted, -1, -1, 1.0, deadline=now + 60) == "failed: program ended"

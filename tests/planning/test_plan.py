@@ -29,6 +29,27 @@ def test_counts_match_the_wrapped_model_exactly(tiny):
     assert est.parts["base weights"] + est.parts["deltas"] == stored
 
 
+def test_ma_reselection_scores_are_planned_at_the_devices_chunk():
+    """SpIEL-MA scores a group of same-shape matrices in chunks whose size depends on the device: a GPU plan
+    counts the CUDA chunk (16x the CPU one), a group smaller than a chunk is counted whole on both."""
+    from collections import Counter
+
+    from spiel.selection.batched import GROUP_CHUNK_ELEMENTS_CPU, GROUP_CHUNK_ELEMENTS_CUDA
+
+    big = ModelShape.from_name("meta-llama/Llama-2-7b-hf")  # 128 matrices of 4096 x 4096: 2 Gi entries
+    small = ModelShape.from_name("tiny")
+    largest_tiny = max(count * o * i for (o, i), count in Counter(small.targets().values()).items())
+    assert largest_tiny < GROUP_CHUNK_ELEMENTS_CPU
+    for device, chunk in (("cuda", GROUP_CHUNK_ELEMENTS_CUDA), ("cpu", GROUP_CHUNK_ELEMENTS_CPU)):
+        plan = RunPlan(method="ma", rank_equiv=16, dtype="float32", device=device)
+        assert estimate(big, plan).parts["MA reselection scores"] == chunk * 5  # fp32 score + bool mask
+        assert estimate(small, plan).parts["MA reselection scores"] == largest_tiny * 5
+    with pytest.raises(ValueError, match="device: must be cuda or cpu"):
+        estimate(small, RunPlan(method="ma", device="tpu"))
+    with pytest.raises(ValueError, match="measure_peak measures on the CPU"):
+        measure_peak("tiny", RunPlan(method="ma", rank_equiv=4, dtype="float32"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method,ckpt,micro,seq",
@@ -43,6 +64,7 @@ def test_tiny_model_plan_within_15_percent_of_measured_peak(tiny, method, ckpt, 
         micro_batch_size=micro,
         seq_len=seq,
         activation_checkpointing=ckpt,
+        device="cpu",  # measured here, on the CPU
     )
     measured = measure_peak("tiny", plan)
     planned = estimate(tiny, plan)
@@ -56,7 +78,9 @@ def test_benchmark_model_plan_within_15_percent_of_measured_peak(method):
     from spiel.bench.models import CPU_DEFAULT, llama_config
 
     config = llama_config(CPU_DEFAULT, 512)
-    plan = RunPlan(method=method, rank_equiv=16, dtype="float32", micro_batch_size=2, seq_len=64)
+    plan = RunPlan(
+        method=method, rank_equiv=16, dtype="float32", micro_batch_size=2, seq_len=64, device="cpu"
+    )
     measured = measure_peak(config, plan)
     planned = estimate(ModelShape.from_config(config, "bench"), plan)
     assert abs(planned.total / measured["peak"] - 1) <= TOLERANCE, (planned.parts, measured)

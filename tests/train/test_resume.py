@@ -112,6 +112,33 @@ def test_a_selector_state_from_another_run_is_named_as_such(tmp_path):
     assert "compact" not in str(refused.value)
 
 
+def test_spiel_train_reports_a_selector_state_from_another_run_as_one_message(tmp_path):
+    """The Trainer's callback turns the selector's refusal into a CheckpointMismatchError naming the file:
+    spiel-train lists those as user errors (one message, exit 2), not as a bug with a traceback."""
+    from types import SimpleNamespace
+
+    from spiel.checkpoint.fingerprint import CheckpointMismatchError
+    from spiel.integrations.selector_callback import STATE_FILE, SelectorCallback
+    from spiel.training.engine.failures import as_user_error
+
+    ours, _ = _trained_selector(seed=3)
+    _, theirs = _trained_selector(seed=4)
+    checkpoint = tmp_path / "checkpoint-8"
+    ours.save_pretrained(checkpoint, compact=False)
+    torch.save(theirs.state_dict(), checkpoint / STATE_FILE)
+    again = SpielModel.from_pretrained(base(), checkpoint, is_trainable=True)
+    trainer = SimpleNamespace(
+        spiel_model=lambda: again,
+        optimizer=again.make_optimizer(lr=1e-2),
+        spiel_resume_from=str(checkpoint),
+    )
+    callback = SelectorCallback(trainer)
+    with pytest.raises(CheckpointMismatchError, match="belongs to another delta") as refused:
+        callback.on_train_begin(None, SimpleNamespace(max_steps=40, global_step=8), None)
+    assert str(checkpoint / STATE_FILE) in str(refused.value)
+    assert as_user_error(refused.value, tmp_path) is refused.value
+
+
 # --- spiel-train: killed, stopped and finished runs
 
 # SpIEL-AG, reselection every 4 steps after 2 of estimation; 16 steps over 1.3 epochs of 48 examples,

@@ -73,3 +73,18 @@ def test_data_edited_in_place_is_refused_on_resume_and_the_override_continues(st
     assert checkpoint_bytes(run_dir) == before and not (run_dir / "final").exists()
     assert run_cli([*args, "resume=auto", "resume_allow_config_changes=true"]) == 0
     assert (run_dir / "final").is_dir()
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"files": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"files": {"a": ' + "1" * 5000 + "}}", "holds a number Python will not parse"),
+    ],
+    ids=["deep", "huge-integer"],
+)
+def test_a_manifest_python_cannot_parse_is_damage_not_a_traceback(tmp_path, text, why):
+    (tmp_path / checkpoints.MARKER).write_text(text)
+    file, problem = checkpoint_damage(tmp_path)
+    assert file == checkpoints.MARKER and problem.startswith("unreadable") and why in problem
+    assert not checkpoints.is_complete(tmp_path)

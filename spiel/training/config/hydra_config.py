@@ -186,98 +186,19 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
             "method", f"the method config must extend a schema (/schema/method/...), got {name!r}"
         )
     _reject_unknown_keys(cfg, method)
-    model = obj.model if isinstance(obj.model, dict) else _plain(obj.model)
-    quant_cfg = obj.quant if isinstance(obj.quant, dict) else _plain(obj.quant)
-
-    def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise key_error(key, message)
-
-    need(
-        bool(model.get("name_or_path")),
-        "model.name_or_path",
-        f"no base model: choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own with {OWN_MODEL}",
-    )
-    dtype = str(model.get("dtype") or "auto")
-    need(
-        dtype in ("auto", "float32", "bfloat16", "float16"),
-        "model.dtype",
-        f"must be auto, float32, bfloat16 or float16, got {dtype!r}",
-    )
-    quant = str((quant_cfg or {}).get("name") or "none")
-    need(quant in ("none", "nf4"), "quant.name", f"must be none or nf4, got {quant!r}")
-    need(
-        quant != "nf4" or get_method(method.name).supports_quant,
-        "quant",
-        "quant=nf4 needs a method that trains on top of frozen 4-bit weights "
-        f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}",
-    )
-    if quant == "nf4":
-        dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
-        _require("bitsandbytes", "quant=nf4", "quant")
-
+    dtype, quant = _check_model_and_quant(obj, method)
     for old, new in MOVED_KEYS.items():  # one key each: method.lr, method.weight_decay
         value = getattr(obj, old)
-        need(
+        _need(
             value is None,
             old,
             f"moved to {new} (one key; each method file sets the paper's value as its "
             f"default): write {new}={value} instead of {old}={value}",
         )
-    need(obj.epochs > 0 or obj.max_steps > 0, "epochs", f"must be > 0 (or set max_steps), got {obj.epochs}")
-    need(obj.batch_size >= 1, "batch_size", f"must be >= 1, got {obj.batch_size}")
-    need(obj.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {obj.micro_batch_size}")
-    per_step = obj.micro_batch_size * world_size
-    need(
-        obj.batch_size % per_step == 0,
-        "batch_size",
-        f"{obj.batch_size} is not a multiple of micro_batch_size × devices = {obj.micro_batch_size} × "
-        f"{world_size}; gradient accumulation needs a whole number of micro-batches",
-    )
-    need(
-        obj.max_seq_len is None or obj.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {obj.max_seq_len}"
-    )
-    need(0 <= obj.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {obj.warmup_ratio}")
-    need(
-        obj.lr_scheduler in ("linear", "cosine", "constant", "constant_with_warmup"),
-        "lr_scheduler",
-        f"must be linear, cosine, constant or constant_with_warmup, got {obj.lr_scheduler!r}",
-    )
-    need(obj.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {obj.max_grad_norm}")
-    need(
-        obj.loss_reduction in ("tokens", "micro_batch"),
-        "loss_reduction",
-        f"must be tokens or micro_batch, got {obj.loss_reduction!r}",
-    )
+    per_step = _check_batches_and_schedule(obj, world_size)
     _check_parallel(obj, method, quant, world_size)
-    need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
-    need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
-    need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
-    need(0 <= obj.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {obj.eval_fraction}")
-    need(
-        not (obj.eval_fraction > 0 and obj.eval_data),
-        "eval_data",
-        "set eval_fraction (a part of the training data) or eval_data (a file), not both",
-    )
-    need(not obj.eval_data or Path(obj.eval_data).is_file(), "eval_data", f"{obj.eval_data} is not a file")
-    need(obj.eval_steps >= 0, "eval_steps", f"must be >= 0, got {obj.eval_steps}")
-    need(
-        obj.eval_steps == 0 or obj.eval_fraction > 0 or bool(obj.eval_data),
-        "eval_steps",
-        "evaluating needs a held-out set: set eval_fraction=0.05 (say) or eval_data=<file>",
-    )
-    need(
-        obj.device in ("auto", "cpu", "cuda"),
-        "device",
-        f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}",
-    )
-    if obj.device == "cuda":
-        import torch
-
-        need(torch.cuda.is_available(), "device", "cuda was asked for but no CUDA device is available")
-    need(obj.resume in ("never", "auto") or bool(obj.resume), "resume", RESUME_HELP)
-    if obj.resume not in ("never", "auto"):
-        need(Path(obj.resume).is_dir(), "resume", f"{obj.resume} is not a directory ({RESUME_HELP})")
+    _check_saving_and_validation(obj)
+    _check_device_and_resume(obj)
     try:
         from spiel.data import DataError, parse_data_config
 
@@ -292,6 +213,104 @@ def validate(cfg: DictConfig, world_size: int = 1) -> Settings:
         world_size=world_size,
         grad_accum=obj.batch_size // per_step,
     )
+
+
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise key_error(key, message)
+
+
+def _check_model_and_quant(obj: TrainConfig, method: MethodConfig) -> tuple[str, str]:
+    """(the base's dtype, none | nf4): an NF4 base computes in bf16, so the rest of the model does too."""
+    model = obj.model if isinstance(obj.model, dict) else _plain(obj.model)
+    quant_cfg = obj.quant if isinstance(obj.quant, dict) else _plain(obj.quant)
+    _need(
+        bool(model.get("name_or_path")),
+        "model.name_or_path",
+        f"no base model: choose model=tiny|smollm2-135m|llama2-7b|llama2-13b, or your own with {OWN_MODEL}",
+    )
+    dtype = str(model.get("dtype") or "auto")
+    _need(
+        dtype in ("auto", "float32", "bfloat16", "float16"),
+        "model.dtype",
+        f"must be auto, float32, bfloat16 or float16, got {dtype!r}",
+    )
+    quant = str((quant_cfg or {}).get("name") or "none")
+    _need(quant in ("none", "nf4"), "quant.name", f"must be none or nf4, got {quant!r}")
+    _need(
+        quant != "nf4" or get_method(method.name).supports_quant,
+        "quant",
+        "quant=nf4 needs a method that trains on top of frozen 4-bit weights "
+        f"({', '.join(n for n, m in METHOD_REGISTRY.items() if m.supports_quant)}), not {method.name}",
+    )
+    if quant == "nf4":
+        dtype = "bfloat16"  # the 4-bit layers compute in bf16: the rest of the model must match
+        _require("bitsandbytes", "quant=nf4", "quant")
+    return dtype, quant
+
+
+def _check_batches_and_schedule(obj: TrainConfig, world_size: int) -> int:
+    """The examples one micro-step takes over all devices (the batch must be a whole number of them)."""
+    _need(obj.epochs > 0 or obj.max_steps > 0, "epochs", f"must be > 0 (or set max_steps), got {obj.epochs}")
+    _need(obj.batch_size >= 1, "batch_size", f"must be >= 1, got {obj.batch_size}")
+    _need(obj.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {obj.micro_batch_size}")
+    per_step = obj.micro_batch_size * world_size
+    _need(
+        obj.batch_size % per_step == 0,
+        "batch_size",
+        f"{obj.batch_size} is not a multiple of micro_batch_size × devices = {obj.micro_batch_size} × "
+        f"{world_size}; gradient accumulation needs a whole number of micro-batches",
+    )
+    _need(
+        obj.max_seq_len is None or obj.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {obj.max_seq_len}"
+    )
+    _need(0 <= obj.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {obj.warmup_ratio}")
+    _need(
+        obj.lr_scheduler in ("linear", "cosine", "constant", "constant_with_warmup"),
+        "lr_scheduler",
+        f"must be linear, cosine, constant or constant_with_warmup, got {obj.lr_scheduler!r}",
+    )
+    _need(obj.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {obj.max_grad_norm}")
+    _need(
+        obj.loss_reduction in ("tokens", "micro_batch"),
+        "loss_reduction",
+        f"must be tokens or micro_batch, got {obj.loss_reduction!r}",
+    )
+    return per_step
+
+
+def _check_saving_and_validation(obj: TrainConfig) -> None:
+    _need(obj.save_steps >= 0, "save_steps", f"must be >= 0, got {obj.save_steps}")
+    _need(obj.save_total_limit >= 1, "save_total_limit", f"must be >= 1, got {obj.save_total_limit}")
+    _need(obj.logging_steps >= 1, "logging_steps", f"must be >= 1, got {obj.logging_steps}")
+    _need(0 <= obj.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {obj.eval_fraction}")
+    _need(
+        not (obj.eval_fraction > 0 and obj.eval_data),
+        "eval_data",
+        "set eval_fraction (a part of the training data) or eval_data (a file), not both",
+    )
+    _need(not obj.eval_data or Path(obj.eval_data).is_file(), "eval_data", f"{obj.eval_data} is not a file")
+    _need(obj.eval_steps >= 0, "eval_steps", f"must be >= 0, got {obj.eval_steps}")
+    _need(
+        obj.eval_steps == 0 or obj.eval_fraction > 0 or bool(obj.eval_data),
+        "eval_steps",
+        "evaluating needs a held-out set: set eval_fraction=0.05 (say) or eval_data=<file>",
+    )
+
+
+def _check_device_and_resume(obj: TrainConfig) -> None:
+    _need(
+        obj.device in ("auto", "cpu", "cuda"),
+        "device",
+        f"must be auto, cpu or cuda (CUDA_VISIBLE_DEVICES picks GPUs), got {obj.device!r}",
+    )
+    if obj.device == "cuda":
+        import torch
+
+        _need(torch.cuda.is_available(), "device", "cuda was asked for but no CUDA device is available")
+    _need(obj.resume in ("never", "auto") or bool(obj.resume), "resume", RESUME_HELP)
+    if obj.resume not in ("never", "auto"):
+        _need(Path(obj.resume).is_dir(), "resume", f"{obj.resume} is not a directory ({RESUME_HELP})")
 
 
 def _require(module: str, what: str, key: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from spiel.json_text import parse_json
 from spiel.training.config.hydra_config import flatten_keys, with_moved_keys
 from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.engine.rundir import RunDirError
@@ -117,7 +118,7 @@ def record_training_data(
     path = Path(checkpoint).parent / DATA_FINGERPRINT if checkpoint is not None else None
     if checkpoint is not None:
         try:
-            saved = json.loads(path.read_text())["sources"]
+            saved = parse_json(path.read_text())["sources"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             saved = None
             if not allow_changes:

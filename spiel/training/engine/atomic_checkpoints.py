@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from spiel.data.reader import file_sha256
+from spiel.json_text import parse_json
 
 MARKER = "checkpoint_complete.json"
 STAGING = ".staging"
@@ -90,7 +91,7 @@ def is_complete(directory: Path) -> bool:
     """Sealed, and every listed file is present with its recorded size."""
     marker = Path(directory) / MARKER
     try:
-        files = json.loads(marker.read_text())["files"]
+        files = parse_json(marker.read_text())["files"]
     except (OSError, ValueError, KeyError):
         return False
     return all(

@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from spiel.data.reader import file_sha256
+from spiel.json_text import parse_json
 from spiel.training.engine import atomic_checkpoints as checkpoints
 from spiel.training.loggers.metrics import METRICS_FILE
 
@@ -77,7 +77,7 @@ def checkpoint_damage(directory: Path) -> tuple[str, str] | None:
     if not marker.exists():
         return checkpoints.MARKER, "missing (a save or a rotation that was interrupted)"
     try:
-        manifest = json.loads(marker.read_text())
+        manifest = parse_json(marker.read_text())
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return checkpoints.MARKER, f"unreadable ({e})"

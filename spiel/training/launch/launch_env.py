@@ -2,11 +2,12 @@
 
 torchrun and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` for each process; a SLURM job with one task per GPU (``hydra/launcher=slurm`` with
-``tasks_per_node`` = GPUs per node, ``nodes`` = N) has only submitit's job environment. submitit's ``TorchDistributedEnvironment`` derives the same
-variables from it, so every task joins one process group: rank = the task's global rank, the master is the
-job's first host, and the port comes from the job id (or ``MASTER_PORT`` when exported). Its option to set
-``CUDA_VISIBLE_DEVICES`` to the local rank is left off: each rank picks ``cuda:LOCAL_RANK`` (transformers'
-rule), which would not exist once every process sees a single GPU.
+``tasks_per_node`` = GPUs per node, ``nodes`` = N) has only submitit's job environment. submitit's
+``TorchDistributedEnvironment`` derives the same variables from it, so every task joins one process group:
+rank = the task's global rank, the master is the job's first host, and the port comes from the job id (or
+``MASTER_PORT`` when exported). Its option to set ``CUDA_VISIBLE_DEVICES`` to the local rank is left off: each
+rank picks ``cuda:LOCAL_RANK`` (transformers' rule), which would not exist once every process sees a single
+GPU.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Quantization is orthogonal to the method: ``quant=nf4`` loads the frozen base with bitsandbytes NF4,
-double quantization and bfloat16 compute (``spiel.io.base_model``); qSpIEL = ``method=ag quant=nf4``, QLoRA =
-``method=lora quant=nf4``. The non-quantized layers are kept in bfloat16 too (``spiel.training.config.hydra_config.validate``),
-matching the 4-bit layers' compute dtype, and the trainable deltas/adapters default to bfloat16 (the
-paper's setting for quantized training).
+"""Quantization is orthogonal to the method: ``quant=nf4`` loads the frozen base with bitsandbytes NF4, double
+quantization and bfloat16 compute (``spiel.io.base_model``); qSpIEL = ``method=ag quant=nf4``, QLoRA =
+``method=lora quant=nf4``. The non-quantized layers are kept in bfloat16 too
+(``spiel.training.config.hydra_config.validate``), matching the 4-bit layers' compute dtype, and the trainable
+deltas/adapters default to bfloat16 (the paper's setting for quantized training).
 """
 
 from __future__ import annotations

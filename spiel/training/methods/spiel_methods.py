@@ -51,13 +51,14 @@ class SpielMethod(Method):
         else:
             parts["optimizer state"] = sum(4 * (o + i) for o, i in targets.values())  # SM3 row/col
             # a reselection scores every same-shape matrix at once (spiel.selection.batched): fp32 SM3
-            # products and their keep-mask over the largest group, in chunks. The CPU chunk (4 Mi) is what the
-            # planner's measurements check; on CUDA a chunk may be up to 16x larger (at most +320 MB, not planned)
-            from spiel.selection.batched import GROUP_CHUNK_ELEMENTS_CPU
+            # products and their keep-mask over the largest group, in chunks of the device's size (on CUDA
+            # the largest it may take; less when free memory is short)
+            from spiel.selection.batched import GROUP_CHUNK_ELEMENTS_CPU, GROUP_CHUNK_ELEMENTS_CUDA
 
             groups = Counter(targets.values())
             largest = max(count * o * i for (o, i), count in groups.items())
-            parts["MA reselection scores"] = min(largest, GROUP_CHUNK_ELEMENTS_CPU) * (4 + 1)
+            chunk = GROUP_CHUNK_ELEMENTS_CUDA if plan.device == "cuda" else GROUP_CHUNK_ELEMENTS_CPU
+            parts["MA reselection scores"] = min(largest, chunk) * (4 + 1)
         if growth_rule(self.name, "paper").estimates_gradients:
             # the first micro-batch of an estimation phase forms each target's dense dL/dW in turn; the
             # phase then keeps k candidates (int64) and three fp32 statistics
