@@ -420,7 +420,8 @@ def main(argv=None) -> int:
             caught.append(r)
     for r in survived:
         print(
-            f"\nSURVIVED {r['group']}: {r['module_path']} ({r['operator_name']} #{r['occurrence']})\n{r.get('diff', '')}"
+            f"\nSURVIVED {r['group']}: {r['module_path']} ({r['operator_name']} #{r['occurrence']})\n"
+            f"{r.get('diff', '')}"
         )
     for r in equivalent:
         print(

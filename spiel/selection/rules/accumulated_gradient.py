@@ -1,9 +1,10 @@
 """SpIEL-AG's growth: gradients accumulated at candidate positions over an estimation phase, and its variants.
 
-Paper rule (``paper``): at each phase start the ``k`` largest ``|g|`` of the first micro-batch's dense gradient
-(under data parallelism, its mean over ranks: the global gradient) become the candidates; over the phase's γ steps the step gradients at the candidates are summed (and squared);
-at the reselection the best candidates by ``|mean gradient|`` not staying active are grown, their Adam moments
-seeded with the phase's mean and mean square.
+Paper rule (``paper``): at each phase start the ``k`` largest ``|g|`` of the first micro-batch's dense
+gradient (under data parallelism, its mean over ranks: the global gradient) become the candidates; over the
+phase's γ steps the step gradients at the candidates are summed (and squared); at the reselection the best
+candidates by ``|mean gradient|`` not staying active are grown, their Adam moments seeded with the phase's
+mean and mean square.
 
 Variants that keep the support spread (the paper's rule ranks raw ``|g|`` across rows whose gradient norms
 differ several-fold, so most of the budget lands in a few rows):
