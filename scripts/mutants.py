@@ -123,6 +123,45 @@ READ_SIZES = ("1 << 19", "1 << 21", " 2 << 20", "1 | 20", "1 ** 20")
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
     (
+        "spiel/optim/adamw.py",
+        "steps = torch.arange(top << 1, dtype=torch.float64, device=params[0].device)",
+    ): "a longer bias-correction table: the update count is incremented before the table is built, so top >= 1 "
+    "and 2·top >= top + 1; the ages index the same entries",
+    (
+        "spiel/optim/adamw.py",
+        "steps = torch.arange(top + 2, dtype=torch.float64, device=params[0].device)",
+    ): "a longer bias-correction table: the ages index the same entries",
+    (
+        "spiel/optim/adamw.py",
+        "top = max(top, int(torch.stack([a.to(params[ -1].device) for a in unbounded]).max()))",
+    ): "the maxima are read back as one Python int: the device that stacks them does not change it",
+    (
+        "spiel/optim/adamw.py",
+        "a.max() for p, a in zip(params, ages, strict=False) if not self.is_linked(p) and a.numel()",
+    ): "ages is built from params one for one two lines above: the lengths are always equal",
+    (
+        "spiel/optim/adamw.py",
+        "if full[ 1] is not params[0]:",
+    ): "the multi-tensor step runs on vectors of one dtype: fp32 ones are their own float32 copies (copying "
+    "them onto themselves changes nothing), and other dtypes make both conditions true",
+    (
+        "spiel/optim/adamw.py",
+        "return self.foreach and len(params) != 1 and len({(p.device, p.dtype) for p in params}) == 1",
+    ): "with no parameters the set of (device, dtype) pairs is empty, so the last condition is false either way",
+    (
+        "spiel/optim/adamw.py",
+        'if "age" in state or "step" not in state:',
+    ): "a state is either the old format (age, no step) or the current one (step, no age): spiel never writes "
+    "both, and a state is never empty (_state_for initializes it on first access)",
+    (
+        "spiel/optim/slot_state.py",
+        'for saved, group in zip(state_dict["param_groups"], self.param_groups, strict=False)',
+    ): "torch's load_state_dict, called first, refuses a different number of parameter groups",
+    (
+        "spiel/optim/slot_state.py",
+        'for pid, p in zip(saved["params"], group["params"], strict=False)',
+    ): "torch's load_state_dict, called first, refuses a group with a different number of parameters",
+    (
         "spiel/selection/rules/accumulated_gradient.py",
         "if rows_per_block is layer.out_features:  # the dense gradient exists anyway: the cheaper search",
     ): "only which of two searches runs: streamed_top_candidates gives the whole-matrix top, ties and values "

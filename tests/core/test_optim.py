@@ -441,3 +441,82 @@ def test_linked_growth_steps_must_match_the_values_in_shape():
             opt.link_ages(p, grown_at, 1)
     opt.link_ages(p, torch.zeros(3, dtype=torch.int32), 1)
     assert opt.is_linked(p)
+
+
+def test_linked_ages_with_no_head_start_equal_torch_adamw():
+    """SpIEL-AG's default (adam_seeding=none): ages linked to grown_at with head start 0; with nothing grown
+    every slot's age is the update count, so the steps are torch.optim.AdamW's."""
+    start = torch.randn(5, generator=torch.Generator().manual_seed(8))
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt_ours = SparseAdamW([ours], lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    opt_ours.link_ages(ours, torch.zeros(5, dtype=torch.int32), head_start=0)
+    opt_theirs = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
+    for grad in quadratic_grads(4, 5, seed=9):
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            p.grad = grad.clone()
+            opt.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    assert opt_ours.ages(ours).tolist() == [4] * 5
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_an_empty_values_vector_beside_others_steps_like_torch_adamw(foreach):
+    """A matrix left with no entries (a global budget can give it none) holds an empty values vector: it has
+    no ages to bound the bias-correction table, and the others step as torch.optim.AdamW."""
+    start = torch.randn(4, generator=torch.Generator().manual_seed(10))
+    empty, ours, theirs = (
+        torch.zeros(0, requires_grad=True),
+        *(start.clone().requires_grad_() for _ in range(2)),
+    )
+    opt_ours = SparseAdamW([empty, ours], lr=1e-2, foreach=foreach)
+    opt_theirs = torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.0)
+    for grad in quadratic_grads(3, 4, seed=11):
+        empty.grad = torch.zeros(0)
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            p.grad = grad.clone()
+            opt.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    assert empty.numel() == 0 and opt_ours.update_count(empty) == 3
+
+
+def test_every_param_group_steps_after_a_multi_tensor_one():
+    """Two groups of two vectors (each group takes the multi-tensor step) with their own lr: both groups move
+    exactly as torch.optim.AdamW with the same groups."""
+    starts = [torch.randn(3, generator=torch.Generator().manual_seed(20 + i)) for i in range(4)]
+    ours = [s.clone().requires_grad_() for s in starts]
+    theirs = [s.clone().requires_grad_() for s in starts]
+
+    def groups(ps):
+        return [{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 3e-2}]
+
+    opt_ours = SparseAdamW(groups(ours), weight_decay=0.0, foreach=True)
+    opt_theirs = torch.optim.AdamW(groups(theirs), weight_decay=0.0)
+    for step in range(3):
+        grads = quadratic_grads(4, 3, seed=30 + step)
+        for ps, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, s in zip(ours, theirs, starts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(a.detach(), s)
+
+
+def test_sm3_has_no_weight_decay_by_default():
+    shape = (3, 4)
+    indices = torch.tensor([0, 5, 7, 11], dtype=torch.int32)
+    start = torch.ones(4)
+    grads = quadratic_grads(3, 4, seed=12)
+    p = start.clone().requires_grad_()
+    opt = SparseSM3([p], {p: Layout(indices, shape)}, lr=0.05)
+    for grad in grads:
+        p.grad = grad.clone()
+        opt.step()
+    values, _, _ = dense_sm3_reference(start, indices, shape, grads, 0.05, 1e-8, 0.0, 0.0)
+    torch.testing.assert_close(p.detach(), values, rtol=1e-5, atol=1e-6)
+
+
+def test_decay_problem_names_a_fractional_one_over_lr():
+    from spiel.optim.slot_state import decay_problem
+
+    assert decay_problem(0.3, 4.0).endswith("use weight_decay < 1/lr = 3.33333")
