@@ -164,7 +164,8 @@ LAYERS = (
         "spiel.testing",  # the version, paths, dtype names, test helpers
         "spiel.extras",
         "spiel.quiet_imports",
-    ),  # optional packages and their extras; quiet imports offline
+        "spiel.json_text",
+    ),  # optional packages and their extras; quiet imports offline; JSON from outside
     ("spiel.delta", "spiel.optim", "spiel.selection"),  # the core: torch only
     ("spiel.spiel_config", "spiel.checkpoint"),  # the knobs; the checkpoint format
     ("spiel.io", "spiel.data"),  # loading bases, sources and the Hub; training data
