@@ -287,3 +287,19 @@ def test_an_array_cut_off_after_a_comma_says_so_in_a_long_file(tmp_path):
         DataError, match=r"cut\.json:2: malformed JSON \(unexpected end of file inside the top-level array\)"
     ):
         list(iter_records(path))
+
+
+@pytest.mark.parametrize(
+    "tail, line",
+    [("", 3), (' "x"]', 3), (" +1]", 3)],
+    ids=["cut-off-after-a-record", "string-after-a-record", "plus-after-a-record"],
+)
+def test_a_json_array_without_a_separator_after_a_record_names_the_place(tmp_path, tail, line):
+    """After a record only ',' or ']' may follow: end of file, or any other character (some sort before
+    ','), is refused at its line. The file is over 256 characters, so positions are not small cached ints."""
+    path = tmp_path / "a.json"
+    path.write_text("[\n" + conv(0, "y" * 300) + ",\n" + conv(1) + tail)
+    with pytest.raises(
+        DataError, match=rf"a\.json:{line}: malformed JSON \(expected ',' or '\]' between records\)"
+    ):
+        list(iter_records(path))
