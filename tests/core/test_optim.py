@@ -520,3 +520,15 @@ def test_decay_problem_names_a_fractional_one_over_lr():
     from spiel.optim.slot_state import decay_problem
 
     assert decay_problem(0.3, 4.0).endswith("use weight_decay < 1/lr = 3.33333")
+
+
+def test_resize_slots_keeps_the_chosen_slots_then_zeroes_the_new_ones():
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-2)
+    m0, v0 = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5, 0.6])
+    opt.reset_slots(p, torch.arange(3), exp_avg=m0, exp_avg_sq=v0, age=torch.tensor([1, 2, 3]))
+    opt.resize_slots(p, torch.tensor([2, 0]), n_new=2)
+    state = opt.state[p]
+    assert state["exp_avg"].tolist() == pytest.approx([0.3, 0.1, 0.0, 0.0])
+    assert state["exp_avg_sq"].tolist() == pytest.approx([0.6, 0.4, 0.0, 0.0])
+    assert state["exp_avg"].shape == (4,) and state["born"].shape == (4,)
