@@ -221,13 +221,19 @@ def test_linked_ages_follow_grown_at_and_match_per_slot_ages():
     assert opt.ages(p).tolist() == [9, 6 + head_start, 9, 9, 3 + head_start, 3 + head_start]
 
 
-def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():
+def linked_after_one_step(head_start: int):
+    """Three values whose ages derive from grown_at (nothing grown yet), after one Adam step."""
     p = torch.zeros(3, requires_grad=True)
     grown_at = torch.zeros(3, dtype=torch.int32)
     opt = SparseAdamW([p], lr=1e-3)
-    opt.link_ages(p, grown_at, head_start=5)
+    opt.link_ages(p, grown_at, head_start=head_start)
     p.grad = torch.ones(3)
     opt.step()
+    return p, grown_at, opt
+
+
+def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():
+    p, grown_at, opt = linked_after_one_step(head_start=5)
     with pytest.raises(ValueError, match="seed every grown slot at age 5"):
         opt.reset_slots(p, torch.tensor([0]), age=2)
     grown_at[1] = 1
@@ -242,12 +248,7 @@ def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():
 def test_linked_ages_take_one_seed_age_as_a_number_or_a_one_element_tensor_only():
     """Linked ages seed every grown slot alike: a per-slot tensor of ages is refused with the message even
     when each of its ages is the head start (one element, or a 0-d tensor, is that one age)."""
-    p = torch.zeros(3, requires_grad=True)
-    grown_at = torch.zeros(3, dtype=torch.int32)
-    opt = SparseAdamW([p], lr=1e-3)
-    opt.link_ages(p, grown_at, head_start=5)
-    p.grad = torch.ones(3)
-    opt.step()
+    p, grown_at, opt = linked_after_one_step(head_start=5)
     for age in (5, torch.tensor(5), torch.tensor([5])):
         opt.reset_slots(p, torch.tensor([0]), age=age)
     for age in (torch.tensor([5, 5]), torch.tensor([], dtype=torch.long), torch.tensor([4]), 6):
