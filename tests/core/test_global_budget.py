@@ -305,3 +305,45 @@ def test_when_fewer_grow_than_leave_the_strongest_leaving_entries_stay():
     even = {"a": (torch.tensor([0, 2]), torch.tensor([7, 8]), {})}
     Selector._balance(even, drop_scores)
     assert even["a"][0].tolist() == [0, 2]
+
+
+def test_global_drop_scores_by_change_are_each_values_distance_from_its_reference(monkeypatch):
+    """drop="change" (Algorithm 1) with a global budget: the scores handed to the global drop at the first
+    reselection are |value − reference| per matrix (hand-computed from values set far from 0, where
+    |value + reference| would order them otherwise)."""
+    import spiel.selection.selector as selector_module
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 16))
+    model = get_spiel_model(
+        base,
+        SpielConfig(
+            num_tunable=120, reselection_steps=4, estimation_steps=2, budget="global", drop="change", seed=0
+        ),
+    )
+    opt = model.make_optimizer(lr=1e-2, weight_decay=0.0)
+    sel = model.make_selector(opt, total_steps=40)
+    seen = {}
+
+    def recording_drop(scores, n):
+        seen.update({name: s.clone() for name, s in scores.items()})
+        return global_drop(scores, n)
+
+    monkeypatch.setattr(selector_module, "global_drop", recording_drop)
+    for group in opt.param_groups:
+        group["lr"] = 0.0  # the last step leaves the values as set below
+    g = torch.Generator().manual_seed(1)
+    for _ in range(8):  # up to the first reselection; before each step, values set far from their references
+        expected = {}
+        with torch.no_grad():
+            for name, layer in model.deltas.items():
+                sel.references[name] = torch.full((layer.k,), 10.0)
+                change = torch.rand(layer.k, generator=g) * 16 - 8
+                layer.values.copy_(10.0 + change)
+                expected[name] = change.abs()
+        train_steps(model, opt, sel, 1)
+        if seen:
+            break
+    assert set(seen) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(seen[name], expected[name], rtol=1e-6, atol=1e-5)
