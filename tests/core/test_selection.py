@@ -344,3 +344,12 @@ def test_one_process_needs_no_process_group():
     t = torch.tensor([3, 1, 2])
     assert broadcast_from_rank0(t) is t and t.tolist() == [3, 1, 2]
     check_same_on_all_ranks(t, "indices")
+
+
+def test_a_phase_starts_at_each_period_start_that_leaves_room_for_its_estimation():
+    """R = 5, γ = 2, 14 steps: phases start after 0, 5 and 10 completed steps (10 + 2 <= 14); with 11 steps
+    the third would run past the end, so only 0 and 5."""
+    s = schedule(14, reselection_steps=5, estimation_steps=2)
+    assert [t for t in range(15) if s.starts_phase(t)] == [0, 5, 10]
+    s = schedule(11, reselection_steps=5, estimation_steps=2)
+    assert [t for t in range(12) if s.starts_phase(t)] == [0, 5]
