@@ -139,3 +139,17 @@ def test_a_constant_fingerprint_correlates_zero_and_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError) as err:
         check_against_base(tmp_path, saved, base)
     assert f"correlate 0.00 with it (same base: > {FINGERPRINT_MIN_CORRELATION})" in str(err.value)
+
+
+def test_a_constant_base_correlates_zero_and_is_refused(tmp_path):
+    """The other side: a given base whose sampled weights are all equal (a base filled with one value) against a
+    checkpoint's varied fingerprint: 0.00 in the message (not nan), and refused."""
+    from spiel.checkpoint.fingerprint import FINGERPRINT_MIN_CORRELATION, check_against_base
+
+    base = torch.nn.ModuleDict({"a": torch.nn.Linear(8, 8)})
+    torch.nn.init.constant_(base["a"].weight, 0.5)
+    varied = torch.linspace(-1, 1, 32).tolist()
+    saved = {"modules": {"a": {"k": 1, "shape": [8, 8], "fingerprint": varied}}, "base_model": {}}
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_against_base(tmp_path, saved, base)
+    assert f"correlate 0.00 with it (same base: > {FINGERPRINT_MIN_CORRELATION})" in str(err.value)
