@@ -284,10 +284,7 @@ def _shared_x_chunks(x2d: torch.Tensor, chunk: int) -> list[torch.Tensor] | None
     kept = _local.__dict__.get("shared_xt")
     if kept is not None and kept[0]() is owner and kept[1] == key:
         return kept[2]
-    cache = _local.__dict__.setdefault("shared_xt_buffers", {})
-    buf = cache.get(x2d.device)
-    if buf is None or buf.numel() < tokens * in_features:
-        buf = cache[x2d.device] = torch.empty(tokens * in_features, dtype=torch.float32, device=x2d.device)
+    buf = _workspace(tokens * in_features, x2d.device, purpose="shared_xt_buffers")
     chunks = []
     for start in range(0, tokens, chunk):
         c = min(chunk, tokens - start)
@@ -314,14 +311,15 @@ def _transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:
 _local = threading.local()
 
 
-def _workspace(numel: int, device: torch.device) -> torch.Tensor:
-    """A reused fp32 buffer of at least ``numel`` for the transposed chunks, one per thread and device.
+def _workspace(numel: int, device: torch.device, purpose: str = "buffers") -> torch.Tensor:
+    """A reused fp32 buffer of at least ``numel`` for the transposed chunks, one per thread, device and
+    ``purpose`` (the kept Xᵀ has its own, so that the per-call chunks never overwrite it).
 
     Allocating the chunks afresh in every backward costs more than copying into them: buffers of a few
     MiB are mmap-ed by the allocator and page-faulted on first touch each time (measured: the transposed
     copy of a 512x2752 dY took 4 ms fresh and 1.4 ms into warm memory). Kept: at most one chunk of
     Xᵀ and dYᵀ for the largest layer (~8 MiB at LLaMA-2-7B shapes)."""
-    cache = _local.__dict__.setdefault("buffers", {})
+    cache = _local.__dict__.setdefault(purpose, {})
     buf = cache.get(device)
     if buf is None or buf.numel() < numel:
         buf = cache[device] = torch.empty(numel, dtype=torch.float32, device=device)

@@ -118,14 +118,10 @@ def isin_by_mask(elements: torch.Tensor, members: torch.Tensor, by_row: bool = F
     if size > ISIN_MASK_BYTES or size > ISIN_MASK_BYTES_PER_ENTRY * (elements.numel() + members.numel()):
         return None
     members = members.long()
-    slot = members - lo
-    if by_row:
-        slot = slot + torch.arange(rows)[:, None] * span
+    row_start = torch.arange(rows)[:, None] * span if by_row else 0  # each row's own stretch of the mask
     # Members out of the elements' range match nothing: they go to one spare entry past the mask.
-    slot = torch.where((members >= lo) & (members <= hi), slot, size)
+    slot = torch.where((members >= lo) & (members <= hi), members - lo + row_start, size)
     mask = torch.zeros(size + 1, dtype=torch.bool)
     mask.index_fill_(0, slot.view(-1), True)  # index_fill_ / index_select: several times faster than [] here
-    looked_up = elements.long() - lo
-    if by_row:
-        looked_up = looked_up + torch.arange(rows)[:, None] * span
+    looked_up = elements.long() - lo + row_start
     return mask.index_select(0, looked_up.reshape(-1)).view(elements.shape)
