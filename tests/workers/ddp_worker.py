@@ -31,13 +31,12 @@ def start_rank(method_growth, rank, world, port):
     return model, ddp, optimizer, model.make_selector(optimizer, total_steps=30)
 
 
-def main(method_growth, rank, world, port, out_dir):
-    model, ddp, optimizer, selector = start_rank(method_growth, rank, world, port)
+def train_and_save(model, ddp, optimizer, selector, batch_of_step, rank, out_dir):
+    """30 steps on ``batch_of_step(step)``; this rank's indices after every reselection and its final values
+    go to OUT_DIR/rank{rank}.pt. Ends the process group."""
     history = []
     for step in range(30):
-        data = torch.Generator().manual_seed(1000 * rank + step)  # each rank sees different data
-        x = torch.randn(8, 16, generator=data)
-        ddp(x).pow(2).mean().backward()
+        ddp(batch_of_step(step)).pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
         selector.step()
@@ -48,6 +47,15 @@ def main(method_growth, rank, world, port, out_dir):
         f"{out_dir}/rank{rank}.pt",
     )
     dist.destroy_process_group()
+
+
+def main(method_growth, rank, world, port, out_dir):
+    model, ddp, optimizer, selector = start_rank(method_growth, rank, world, port)
+
+    def batch_of_step(step):  # each rank sees different data
+        return torch.randn(8, 16, generator=torch.Generator().manual_seed(1000 * rank + step))
+
+    train_and_save(model, ddp, optimizer, selector, batch_of_step, rank, out_dir)
 
 
 if __name__ == "__main__":

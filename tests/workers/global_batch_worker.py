@@ -9,8 +9,7 @@ with all of it); writes the indices after every reselection and the final values
 import sys
 
 import torch
-import torch.distributed as dist
-from ddp_worker import start_rank  # this script's folder is on sys.path when it runs
+from ddp_worker import start_rank, train_and_save  # this script's folder is on sys.path when it runs
 
 GLOBAL_BATCH = 16
 
@@ -22,22 +21,14 @@ def main(method_growth, rank, world, port, out_dir):
 
         spiel.delta.function.PROBE_BLOCK_BYTES = 1  # one row per block
     model, ddp, optimizer, selector = start_rank(method_growth, rank, world, port)
-    history = []
     share = GLOBAL_BATCH // world
-    for step in range(30):
+
+    # the mean over this rank's rows; DDP averages the ranks: the global batch's mean
+    def batch_of_step(step):
         x = torch.randn(GLOBAL_BATCH, 16, generator=torch.Generator().manual_seed(step))
-        # the mean over this rank's rows; DDP averages the ranks: the global batch's mean
-        ddp(x[rank * share : (rank + 1) * share]).pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        selector.step()
-        if selector.schedule.is_reselection(selector.t):
-            history.append({n: layer.indices.clone() for n, layer in model.deltas.items()})
-    torch.save(
-        {"history": history, "values": {n: layer.values.detach() for n, layer in model.deltas.items()}},
-        f"{out_dir}/rank{rank}.pt",
-    )
-    dist.destroy_process_group()
+        return x[rank * share : (rank + 1) * share]
+
+    train_and_save(model, ddp, optimizer, selector, batch_of_step, rank, out_dir)
 
 
 if __name__ == "__main__":
