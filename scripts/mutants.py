@@ -4,14 +4,15 @@
     python scripts/mutants.py --budget 600 --groups optim data_reader --per-group 8 --seed 1
     python scripts/mutants.py --list                   # the groups, their modules and tests
 
-Cosmic Ray (a mutation tool from PyPI, `pip install -e .[dev]`) generates every mutant of each group's
-modules with all its operators (comparisons, arithmetic, boolean and unary operators, numbers, break/
-continue, exceptions, ...). Each group's modules are tested against the tests that mirror them (the
-mapping below), never the whole suite. The full set does not fit an hour on a 2-core machine, so a
-seeded random sample of each group runs: its size is what the group's share of the budget allows at
-the measured run time of its tests (unmutated, which must pass first). Everything runs in a temporary
-copy of the repository, so an interrupted run never leaves a mutated file behind; a group whose share of
-the budget is spent is scored on the mutants that finished (the count is printed).
+Cosmic Ray (a mutation tool from PyPI, `pip install -e .[dev]`) generates every mutant of each group's modules
+with all its operators (comparisons, arithmetic, boolean and unary operators, numbers, break/continue,
+exceptions, ...). Each group's modules are tested against the tests that mirror them (the mapping below),
+never the whole suite. The full set does not fit an hour on a 2-core machine, so a seeded random sample of
+each group runs: its size is what the group's share of the budget allows at the measured run time of its tests
+(unmutated, which must pass first). A group's share is an equal part of the time left, so time a group that
+finishes early did not use goes to the groups after it. Everything runs in a temporary copy of the repository,
+so an interrupted run never leaves a mutated file behind; a group whose share of the budget is spent is scored
+on the mutants that finished (the count is printed).
 
 Prints, per group and in all, the mutants caught (a test failed or timed out) and survived, the diff of
 every survivor, and the score over the non-equivalent ones; exits 1 under 90%. A survivor that cannot
@@ -444,10 +445,11 @@ def main(argv=None) -> int:
     annotations = 0
     with tempfile.TemporaryDirectory(prefix="spiel-mutants-") as tmp:
         root = copy_repo(Path(tmp))
-        for name in args.groups:
-            done, in_annotations = run_group(
-                name, root, args.budget / len(args.groups), args.per_group, args.seed
-            )
+        start = time.monotonic()
+        for i, name in enumerate(args.groups):
+            # an equal share of what is left: time a group did not need goes to the groups after it
+            share = (args.budget - (time.monotonic() - start)) / (len(args.groups) - i)
+            done, in_annotations = run_group(name, root, share, args.per_group, args.seed)
             found += done
             annotations += in_annotations
     equivalent, caught, survived = [], [], []

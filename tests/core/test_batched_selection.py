@@ -375,3 +375,38 @@ def test_ma_grow_rows_scans_when_the_sorted_columns_do_not_apply(monkeypatch):
     scanned = batched.ma_grow_rows(row, col, active, 300)
     assert used == ["passing_by_sorted_columns", "passing_by_scan"]
     assert torch.equal(fast[0], scanned[0]) and fast[1] == scanned[1]
+
+
+@pytest.mark.parametrize("differ", ["none", "steps", "candidates", "betas"])
+def test_ag_grows_layers_together_only_when_their_phases_stack(differ):
+    """grow_rows stacks the layers' phase statistics into one row-wise growth: layers whose phases differ in
+    length, in candidate count or in Adam's betas cannot be stacked and are left to the one-matrix rule."""
+    model = make_model("ag", "paper", "magnitude")
+    opt = model.make_optimizer(lr=1e-2)
+    sel = model.make_selector(opt, total_steps=30)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(1):  # one step into the first estimation phase (reselection at t = 2)
+        model(torch.randn(16, 32, generator=g)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sel.step()
+    rule = sel.rule
+    names = [name for name in rule.layers if rule.layers[name].weight.shape == (32, 32)][:2]
+    assert len(names) == 2 and all(rule.phases[n].steps > 0 for n in names)
+    phase = rule.phases[names[1]]
+    if differ == "steps":
+        phase.steps += 1
+    elif differ == "candidates":
+        for attr in ("candidates", "grad_sum", "grad_sq_sum"):
+            setattr(phase, attr, getattr(phase, attr)[:-1])
+    elif differ == "betas":
+        values = rule.layers[names[1]].values
+        group = opt.group_of(values)
+        group["params"] = [p for p in group["params"] if p is not values]
+        opt.add_param_group({"params": [values], "betas": (0.8, 0.99)})
+    layers = [rule.layers[n] for n in names]
+    k = layers[0].indices.numel()
+    staying = torch.stack([la.indices[: k // 2].long() for la in layers])
+    active = torch.stack([la.indices for la in layers])
+    offer = rule.grow_rows(names, 5, staying, active, sel.t)
+    assert (offer is None) == (differ != "none")

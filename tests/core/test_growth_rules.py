@@ -246,6 +246,19 @@ def test_random_growth_is_seeded_fresh_and_reproducible():
     assert not opt.state[layer.values]["exp_avg"].any() and "born" not in opt.state[layer.values]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2**62, 2**80])
+def test_growth_draws_are_fixed_by_seed_step_and_layer_for_any_seed(seed):
+    """Every rank draws what every other rank draws; another step or layer draws anew; any whole seed works
+    (a run's seed can be large: the generator takes at most 64 bits)."""
+    from spiel.selection.rules.base import growth_generator
+
+    def draws(t, ordinal):
+        return torch.randint(1 << 30, (8,), generator=growth_generator(seed, t, ordinal, "cpu")).tolist()
+
+    assert draws(5, 1) == draws(5, 1)
+    assert len({tuple(draws(t, i)) for t in (5, 6) for i in (0, 1)}) == 4
+
+
 def test_static_keeps_the_initial_positions_and_trains():
     layer = spread_layer(20, 30, per_row=2)
     start = layer.indices.clone()

@@ -186,6 +186,65 @@ def test_top_n_by_sampled_threshold_is_exact_with_ties_to_the_lower_position(mon
     assert grow.ma_grow_indices(row, col, active, n, chunk_elements=700).tolist() == expected
 
 
+def spy_on_sorts(monkeypatch, grow):
+    """The sizes of the candidate sets that ``_best_first`` sorts (one per sort)."""
+    sizes, real = [], grow._best_first
+    monkeypatch.setattr(grow, "_best_first", lambda index, *a: sizes.append(index.numel()) or real(index, *a))
+    return sizes
+
+
+@pytest.mark.parametrize("rule", ["plain", "normalized", "ma"])
+def test_a_sampled_threshold_keeps_about_n_scores_and_one_sort_finishes(monkeypatch, rule):
+    """The sample stands for the real scores: about 1.25·n + 4σ of them reach its threshold, so the chunks keep
+    a little over n and one sort ends the search (a threshold from other scores keeps far more or too few)."""
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 4096)
+    sizes = spy_on_sorts(monkeypatch, grow)
+    g = torch.Generator().manual_seed(5)
+    out_f, in_f, n = 200, 200, 2000  # n = 5%: 205 expected in the sample, its 329th score: 1.6·n kept
+    if rule == "ma":
+        row, col = torch.rand(out_f, generator=g) + 0.5, torch.rand(in_f, generator=g) * 10
+        active = torch.randperm(out_f * in_f, generator=g)[:400].sort().values.int()
+        grow.ma_grow_indices(row, col, active, n, chunk_elements=4000)
+    else:
+        dense = torch.randn(out_f, in_f, generator=g) * (torch.arange(out_f)[:, None] + 1.0)
+        factors = {}
+        if rule == "normalized":  # rows scaled up, columns scaled up: the factors undo both
+            factors = dict(
+                row_factor=torch.rand(out_f, generator=g) + 0.5, col_factor=torch.rand(in_f, generator=g) * 10
+            )
+        grow.top_candidates(dense, n, chunk_elements=4000, **factors)
+    assert len(sizes) == 1  # no running top-n after the threshold
+    assert n <= sizes[0] <= 2 * n
+
+
+@pytest.mark.parametrize("n,sampled", [(2999, True), (3000, False)])
+def test_no_sample_once_n_is_a_quarter_of_the_scores(monkeypatch, n, sampled):
+    """At n >= total/4 a threshold cannot save work: the running top-n merges chunk by chunk (one sort per
+    chunk); one fewer and the sample is used (one sort)."""
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 1024)
+    sizes = spy_on_sorts(monkeypatch, grow)
+    dense = torch.randn(120, 100, generator=torch.Generator().manual_seed(6))  # 12,000 = 4 · 3000
+    got = grow.top_candidates(dense, n, chunk_elements=3000)  # 4 chunks of 30 rows
+    assert got.tolist() == dense.view(-1).abs().topk(n).indices.sort().values.tolist()
+    assert len(sizes) == (1 if sampled else 4)
+
+
+@pytest.mark.parametrize("total,sampled", [(1024, False), (1025, True)])
+def test_no_sample_of_a_matrix_no_larger_than_the_sample(monkeypatch, total, sampled):
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 1024)
+    sizes = spy_on_sorts(monkeypatch, grow)
+    dense = torch.randn(total, 1, generator=torch.Generator().manual_seed(7))
+    got = grow.top_candidates(dense, 10, chunk_elements=256)  # 5 chunks (4 of 256 rows, the last of 0 or 1)
+    assert got.tolist() == dense.view(-1).abs().topk(10).indices.sort().values.tolist()
+    assert (len(sizes) == 1) == sampled
+
+
 def test_ma_growth_memory_stays_bounded():
     out_f, in_f = 2048, 2048
     row, col = torch.rand(out_f), torch.rand(in_f)
