@@ -90,6 +90,7 @@ GROUPS = {
             "tests/core/test_global_budget.py",
             "tests/core/test_batched_selection.py",
             "tests/core/test_adam_seeding.py",
+            "tests/core/test_selection_distributed.py",
         ],
     ),
     "optim": (
@@ -259,6 +260,33 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/data/reader.py",
         "if _skip_ws(text, pos + 1) < len(text):",
     ): "_skip_ws never returns more than len(text), so != len(text) is < len(text)",
+    **{
+        ("spiel/selection/batched.py", f"* {condition}"): (
+            "the conditions are 0-dim bool tensors: the product of two bools is their logical and"
+        )
+        for condition in (
+            "torch.isfinite(threshold).all()",
+            "torch.isfinite(row_acc).all()",
+            "(row_acc >= 0).all()",
+            "torch.isfinite(col_acc).all()",
+            "(col_acc >= 0).all()",
+        )
+    },
+    (
+        "spiel/selection/selector.py",
+        "if len({(layer.k, layer.out_features, layer.in_features) for layer in layers}) != 1:",
+    ): "_sort_layers is only given one layer or one group of layers of one shape and k; both branches sort each "
+    "layer's indices stably, so the permutations are the same",
+    (
+        "spiel/selection/selector.py",
+        "offered = sort_rows(torch.where(valid, grown_all, numel), numel + 0)[0]  # numel: no position",
+    ): "with bound numel, row i's largest key (its 'no position' numel) equals row i+1's smallest (position 0) "
+    "and nothing else overlaps; the stable sort keeps row i's first, so every row still sorts on its own",
+    (
+        "spiel/selection/selector.py",
+        "removed @torch.no_grad() before def _reselect_global(self) -> None:",
+    ): "every write in it goes through resize_layer (itself under torch.no_grad) and it reads the values with "
+    "detach(): no graph is recorded either way (test_global_budget checks the values stay graph-free leaves)",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -134,7 +134,12 @@ def test_batched_reselection_equals_one_matrix_at_a_time(monkeypatch, method, gr
     offers = []
     rule = runs[0][2].rule
     grow_rows = rule.grow_rows
-    monkeypatch.setattr(rule, "grow_rows", lambda *a: offers.append(grow_rows(*a)) or offers[-1])
+    group_sizes = []  # how many layers each batched growth took at once
+    monkeypatch.setattr(
+        rule,
+        "grow_rows",
+        lambda *a: group_sizes.append(len(a[0])) or offers.append(grow_rows(*a)) or offers[-1],
+    )
     g = torch.Generator().manual_seed(3)
     for _ in range(30):
         x = torch.randn(16, 32, generator=g)
@@ -153,6 +158,7 @@ def test_batched_reselection_equals_one_matrix_at_a_time(monkeypatch, method, gr
                 assert torch.equal(s1[key], s2[key]), (name, key)
     together = [offer is not None for offer in offers]
     assert together and all(together) == (growth != "capped")  # capped ranks under caps, one matrix at a time
+    assert set(group_sizes) == {3, 1}  # the three 32x32 layers together; 32x48 and 48x32 alone
 
 
 @pytest.mark.parametrize("rows_per_block", [1, 7, 60])
@@ -342,7 +348,17 @@ def test_passing_by_sorted_columns_finds_what_the_scan_finds():
 
 
 @pytest.mark.parametrize(
-    "change", ["negative row", "nan column", "zero threshold", "subnormal threshold", "inf column"]
+    "change",
+    [
+        "negative row",
+        "negative column",
+        "nan row",
+        "nan column",
+        "zero threshold",
+        "subnormal threshold",
+        "inf threshold",
+        "inf column",
+    ],
 )
 def test_sorted_columns_are_not_used_where_they_could_differ_from_the_scan(change):
     row, col = torch.rand(2, 6), torch.rand(2, 7)
@@ -350,6 +366,12 @@ def test_sorted_columns_are_not_used_where_they_could_differ_from_the_scan(chang
     assert batched.sorted_columns_apply(row, col, threshold)
     if change == "negative row":
         row[1, 2] = -0.5
+    elif change == "negative column":
+        col[0, 6] = -0.5
+    elif change == "nan row":
+        row[0, 0] = float("nan")
+    elif change == "inf threshold":
+        threshold[1] = float("inf")
     elif change == "nan column":
         col[0, 3] = float("nan")
     elif change == "zero threshold":
@@ -410,3 +432,19 @@ def test_ag_grows_layers_together_only_when_their_phases_stack(differ):
     active = torch.stack([la.indices for la in layers])
     offer = rule.grow_rows(names, 5, staying, active, sel.t)
     assert (offer is None) == (differ != "none")
+
+
+@pytest.mark.parametrize("n", [839, 840])
+def test_ma_grow_rows_takes_the_sampled_threshold_well_below_a_quarter(monkeypatch, n):
+    """n a fifth of the 4200 positions: about 1.25·n + 4σ of the 2048 sampled products reach the threshold,
+    enough that every matrix finds its n without the per-matrix rule (ok), and the grown are the top n."""
+    monkeypatch.setattr(grow, "SAMPLE_SIZE", 2048)
+    g = torch.Generator().manual_seed(11)
+    row, col = torch.rand(3, 60, generator=g), torch.rand(3, 70, generator=g)
+    active = torch.stack([torch.randperm(4200, generator=g)[:50].sort().values for _ in range(3)])
+    grown, ok = batched.ma_grow_rows(row, col, active, n)
+    assert ok == [True, True, True]
+    for i in range(3):
+        scores = torch.outer(row[i], col[i]).view(-1).clone()
+        scores[active[i].long()] = -1
+        assert grown[i].tolist() == reference_order(scores, True)[:n]

@@ -82,6 +82,7 @@ def test_global_budget_keeps_the_total_and_moves_entries_with_their_state(growth
         for name, layer in model.deltas.items():
             idx = layer.indices
             assert layer.values.numel() == idx.numel() == layer.grown_at.numel() >= 1
+            assert layer.values.is_leaf and layer.values.grad_fn is None  # no graph recorded by the moves
             assert bool((idx[1:] > idx[:-1]).all()), "sorted and unique"
             state = opt.state[layer.values]
             assert all(state[k].shape == layer.values.shape for k in ("exp_avg", "exp_avg_sq"))

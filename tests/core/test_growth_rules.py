@@ -368,6 +368,14 @@ def test_selector_state_without_growth_loads_as_the_paper_rule_and_other_rules_a
     )
     with pytest.raises(ValueError, match="growth=paper .* growth=capped"):
         capped.load_state_dict(state)
+    with pytest.raises(ValueError, match="growth=capped .* growth=paper"):  # and the other way round
+        other.load_state_dict({**state, "growth": "capped"})
+    with pytest.raises(ValueError, match="budget=global .* budget=per_matrix"):
+        other.load_state_dict({**state, "budget": "global"})
+    with pytest.raises(ValueError, match="method=ma .* method=ag"):
+        other.load_state_dict({**state, "method": "ma"})
+    with pytest.raises(ValueError, match="'reselection_steps': 9"):
+        other.load_state_dict({**state, "schedule": {**state["schedule"], "reselection_steps": 9}})
 
 
 def test_normalized_phase_state_resumes_mid_phase():

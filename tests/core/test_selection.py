@@ -24,6 +24,18 @@ def test_linear_schedule_is_eq8_with_full_first_replacement():
         assert s.num_to_replace(1000, t) == math.floor(0.2 * (200 - t) / 200 * 1000)
 
 
+def test_a_schedule_is_a_frozen_value():
+    """Selectors compare schedules on resume and share them: one cannot change under another's feet."""
+    import dataclasses
+
+    s = schedule(200, reselection_steps=20, estimation_steps=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.reselection_steps = 10
+    assert s == schedule(200, reselection_steps=20, estimation_steps=5) and hash(s) == hash(
+        schedule(200, reselection_steps=20, estimation_steps=5)
+    )
+
+
 def test_cosine_schedule_is_eq11():
     s = schedule(200, reselection_steps=20, estimation_steps=5, schedule="cosine")
     for t in (5, 25, 105, 185):
@@ -245,6 +257,15 @@ def test_no_sample_of_a_matrix_no_larger_than_the_sample(monkeypatch, total, sam
     assert (len(sizes) == 1) == sampled
 
 
+def test_no_candidates_asked_none_found():
+    dense = torch.randn(6, 7)
+    for num in (0, -3):
+        got = top_candidates(dense, num)
+        assert got.dtype == torch.long and got.numel() == 0
+    assert top_candidates(dense, 100).tolist() == list(range(42))  # more than there are: all of them
+    assert ma_grow_indices(torch.rand(6), torch.rand(7), torch.tensor([3], dtype=torch.int32), 0).numel() == 0
+
+
 def test_ma_growth_memory_stays_bounded():
     out_f, in_f = 2048, 2048
     row, col = torch.rand(out_f), torch.rand(in_f)
@@ -397,12 +418,22 @@ def test_one_process_needs_no_process_group():
     all ranks: nothing is sent and nothing is refused."""
     import torch.distributed as dist
 
-    from spiel.selection.distributed import broadcast_from_rank0, check_same_on_all_ranks
+    from spiel.selection.distributed import (
+        all_reduce_mean_,
+        broadcast_from_rank0,
+        check_same_on_all_ranks,
+        global_mean,
+        world_size,
+    )
 
     assert not (dist.is_available() and dist.is_initialized())
+    assert world_size() == 1
     t = torch.tensor([3, 1, 2])
     assert broadcast_from_rank0(t) is t and t.tolist() == [3, 1, 2]
     check_same_on_all_ranks(t, "indices")
+    x = torch.tensor([1.0, 3.0])
+    assert all_reduce_mean_(x) is x and x.tolist() == [1.0, 3.0]
+    assert global_mean(x).tolist() == [1.0, 3.0] and global_mean(x) is not x
 
 
 def test_a_phase_starts_at_each_period_start_that_leaves_room_for_its_estimation():
