@@ -236,3 +236,73 @@ def test_ag_paper_growth_over_three_reselections_and_two_layers_follows_the_defi
             assert got == pytest.approx(support[name]), (t, name)
             assert {p for p, v in got.items() if v == 0.0} >= set(grown) - set(dropped)
             phase[name] = []
+
+
+@pytest.mark.parametrize(
+    "knobs,field",
+    [
+        (dict(reselection_steps=1, estimation_steps=1), "estimation_steps"),  # γ < R: R = 1 leaves no γ
+        (dict(reselection_steps=0), "reselection_steps"),
+        (dict(reselection_steps=2, estimation_steps=1), None),
+        (dict(reselection_steps=5, estimation_steps=4), None),
+        (dict(reselection_steps=5, estimation_steps=5), "estimation_steps"),
+        (dict(estimation_steps=0), "estimation_steps"),
+        (dict(initial_rate=0.0), None),
+        (dict(initial_rate=1.0), None),
+        (dict(initial_rate=-0.01), "initial_rate"),
+        (dict(initial_rate=1.01), "initial_rate"),
+        (dict(growth_cap=1.0), None),
+        (dict(growth_cap=0.99), "growth_cap"),
+        (dict(explore_share=0.0), None),
+        (dict(explore_share=1.0), None),
+        (dict(explore_share=-0.01), "explore_share"),
+        (dict(explore_share=1.01), "explore_share"),
+        *[(dict(schedule=v), None) for v in ("linear", "cosine")],
+        (dict(schedule="step"), "schedule"),
+        *[(dict(drop=v), None) for v in ("magnitude", "change")],
+        (dict(drop="random"), "drop"),
+        *[(dict(growth=v), None) for v in ("paper", "normalized", "capped", "explore", "random", "static")],
+        (dict(growth="greedy"), "growth"),
+        *[(dict(adam_seeding=v), None) for v in ("full", "released", "none")],
+        (dict(adam_seeding="half"), "adam_seeding"),
+        *[(dict(eps_placement=v), None) for v in ("torch", "hf")],
+        (dict(eps_placement="keras"), "eps_placement"),
+        *[(dict(budget=v), None) for v in ("per_matrix", "global")],
+        (dict(budget="local"), "budget"),
+    ],
+)
+def test_every_selection_knob_takes_its_limits_and_refuses_one_past_them(knobs, field):
+    """Each bound exactly is accepted, one step past it refused with the field named (the error carries it)."""
+    from spiel.selection.config import SpielConfigError
+
+    if field is None:
+        config = SelectionConfig(**knobs)
+        assert all(getattr(config, k) == v for k, v in knobs.items())
+        return
+    with pytest.raises(SpielConfigError) as refused:
+        SelectionConfig(**knobs)
+    assert refused.value.field == field and str(refused.value).startswith(f"SpielConfig: {field} must")
+
+
+def test_a_config_error_keeps_its_field_across_processes_and_the_knobs_list_themselves():
+    import dataclasses
+    import pickle
+
+    from spiel.selection.config import SpielConfigError, knob
+
+    for field, text in (("growth", "SpielConfig: growth must be x"), (None, "SpielConfig: must be x")):
+        e = pickle.loads(pickle.dumps(SpielConfigError(field, "must be x")))  # DDP and submitit pickle it
+        assert (e.field, e.problem, str(e)) == (field, "must be x", text)
+    config = SelectionConfig(reselection_steps=7, estimation_steps=3, growth="capped")
+    values = config.selection_values()
+    assert values["reselection_steps"] == 7 and values["growth"] == "capped"
+    assert set(values) == {f.name for f in dataclasses.fields(SelectionConfig)}
+
+    @dataclasses.dataclass
+    class Two:
+        a: list = knob([1], "a list")
+
+    first, second = Two(), Two()
+    first.a.append(2)
+    assert second.a == [1]  # each instance its own copy of a list default
+    assert dataclasses.fields(Two)[0].metadata["help"] == "a list"
