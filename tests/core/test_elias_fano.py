@@ -80,7 +80,17 @@ def test_round_trip_over_shapes_and_densities(n, k):
 
 
 def test_low_width_is_floor_log2_of_n_over_k():
-    for n, k in [(100, 1), (100, 3), (100, 50), (100, 51), (100, 100), (2**20, 2**15), (2**20, 2**15 + 1)]:
+    """... and 0 below 1, also when k > n (n // k = 0: floor(log2) would be negative)."""
+    for n, k in [
+        (100, 1),
+        (100, 3),
+        (100, 50),
+        (100, 51),
+        (100, 100),
+        (100, 101),
+        (2**20, 2**15),
+        (2**20, 2**15 + 1),
+    ]:
         expected = int(math.floor(math.log2(n / k))) if n / k >= 2 else 0
         assert ef.low_width(n, k) == expected, (n, k)
 
