@@ -203,11 +203,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "def build_prompt(question: str, n_shot: int = 9) -> str:",
         )
     },
-    (
-        "spiel/checkpoint/elias_fano.py",
-        "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
-    ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
-    "never negative, so != 0 is > 0",
+    **{
+        ("spiel/checkpoint/elias_fano.py", line): (
+            "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
+            "never negative, so != 0 is > 0"
+        )
+        for line in (
+            "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
+            "return max(0, (n // k).bit_length() - 1) if k != 0 else 0",
+        )
+    },
     (
         "spiel/optim/sm3.py",
         "if momentum != 0:",

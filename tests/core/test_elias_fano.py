@@ -95,6 +95,15 @@ def test_low_width_is_floor_log2_of_n_over_k():
         assert ef.low_width(n, k) == expected, (n, k)
 
 
+def test_no_positions_have_no_low_bits():
+    """k = 0 (a matrix with no entries): no low bits, so decode's shape message for stray bytes says 0."""
+    assert ef.low_width(N, 0) == 0
+    with pytest.raises(
+        ValueError, match=r"has shape \[1\], expected \[0\] \(0 bits: k=0 .* at 0 low bits each\)"
+    ):
+        ef.decode(torch.zeros(1, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8), N, 0)
+
+
 def test_int32_work_exactly_while_every_intermediate_fits():
     """Bitmap offsets reach n + k and a corrupt low part n + n/k: int32 while 2n + k < 2^31, one past int64."""
     for n, k in [(2**30 - 1, 1), (2**30 - 2, 3), (2**29, 2**30 - 1)]:
