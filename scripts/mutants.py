@@ -210,6 +210,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "def build_prompt(question: str, n_shot: int = 9) -> str:",
         )
     },
+    (
+        "spiel/eval/metrics.py",
+        "return float(_estimate_pass_at_k(n, [c], k)[ -1])",
+    ): "the estimator gives one value per entry of num_correct, and [c] has one: [-1] is [0]",
     **{
         ("spiel/checkpoint/elias_fano.py", line): (
             "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
