@@ -186,10 +186,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/optim/adamw.py",
         "removed @torch.no_grad() before def ages(self, param: torch.Tensor) -> torch.Tensor:",
     ): "ages are computed from integer state tensors (step, born, grown_at), which never require grad",
-    (
-        "spiel/optim/sm3.py",
-        'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)',
-    ): "col_acc is 1-D: dimension -1 is dimension 0",
+    **{
+        ("spiel/optim/sm3.py", line): "row_acc and col_acc are 1-D: dimension -1 is dimension 0"
+        for line in (
+            'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)',
+            'row_acc.scatter_reduce_( -1, rows, u, "amax", include_self=True)',
+            "u = torch.minimum(row_acc.index_select( -1, rows), col_acc.index_select(0, cols))"
+            ".addcmul_(grad, grad)",
+            "u = torch.minimum(row_acc.index_select(0, rows), col_acc.index_select( -1, cols))"
+            ".addcmul_(grad, grad)",
+        )
+    },
     (
         "spiel/optim/adamw.py",
         "if full[0] is not params[ -1]:",
@@ -206,14 +213,26 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
     },
     (
-        "spiel/checkpoint/elias_fano.py",
-        "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
-    ): "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
-    "never negative, so != 0 is > 0",
-    (
-        "spiel/optim/sm3.py",
-        "if momentum != 0:",
-    ): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0",
+        "spiel/eval/metrics.py",
+        "return float(_estimate_pass_at_k(n, [c], k)[ -1])",
+    ): "the estimator gives one value per entry of num_correct, and [c] has one: [-1] is [0]",
+    **{
+        ("spiel/checkpoint/elias_fano.py", line): (
+            "k is a count at every caller (encode: a tensor's numel; decode: a header k checked to be >= 1): "
+            "never negative, so != 0 is > 0"
+        )
+        for line in (
+            "return k + ((n - 1) >> low_width(n, k)) if k != 0 else 0",
+            "return max(0, (n // k).bit_length() - 1) if k != 0 else 0",
+        )
+    },
+    **{
+        ("spiel/optim/sm3.py", line): "momentum is checked to be in [0, 1) in __init__: != 0 is > 0"
+        for line in (
+            "if momentum != 0:",
+            'if any(g["momentum"] != 0 and any(p is param for p in g["params"]) for g in self.param_groups):',
+        )
+    },
     **{
         ("spiel/selection/selector.py", line): (
             "budget is checked to be 'per_matrix' or 'global' (SelectionConfig); 'per_matrix' <= 'global' is "

@@ -78,6 +78,17 @@ def test_the_digest_costs_well_under_a_millisecond_per_large_matrix():
     assert (time.perf_counter() - start) / 10 < 0.05  # generous for a shared 2-core machine
 
 
+def test_the_fingerprint_samples_evenly_spaced_entries_from_the_first_to_the_last():
+    """Each entry of a 12x40 weight holds its own flat position, so the fingerprint reads back the positions:
+    the first and last entries, and 32 in between within one of i·479/31."""
+    layer = torch.nn.Linear(40, 12, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(480, dtype=torch.float32).view(12, 40))
+    positions = weight_fingerprint(layer)
+    assert len(positions) == 32 and positions[0] == 0 and positions[-1] == 479
+    assert all(p == int(p) and abs(p - i * 479 / 31) < 1 for i, p in enumerate(positions))
+
+
 def test_load_delta_checks_the_positions_it_keeps(ckpt, monkeypatch):
     """read_checkpoint checks the files; the set load_delta keeps is checked again against this model's
     layers (an API user's reader, or a future form, cannot slip positions past it)."""

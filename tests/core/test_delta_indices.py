@@ -74,10 +74,12 @@ def test_csr_pattern_with_empty_first_middle_and_last_rows():
     assert rows.tolist() == [0, 0, 1, 3] and cols.tolist() == [0, 4, 0, 4]
 
 
-def test_isin_sorted_at_the_ends_of_the_set_and_outside_it():
-    sorted_set = torch.tensor([2, 5, 9], dtype=torch.int32)
-    elements = torch.tensor([[0, 2, 3], [5, 9, 10]])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64], ids=["mask", "binary-search"])
+def test_isin_sorted_at_the_ends_of_the_set_and_outside_it(dtype):
+    """Integers on CPU take the mask, floats the binary search: either way an empty set or no elements."""
+    sorted_set = torch.tensor([2, 5, 9], dtype=torch.int32 if dtype == torch.int64 else dtype)
+    elements = torch.tensor([[0, 2, 3], [5, 9, 10]], dtype=dtype)
     expected = [[p in (2, 5, 9) for p in row] for row in elements.tolist()]
     assert isin_sorted(elements, sorted_set).tolist() == expected
-    assert isin_sorted(elements, torch.empty(0, dtype=torch.int64)).tolist() == [[False] * 3] * 2
-    assert isin_sorted(torch.empty(0, dtype=torch.int64), sorted_set).tolist() == []
+    assert isin_sorted(elements, torch.empty(0, dtype=dtype)).tolist() == [[False] * 3] * 2
+    assert isin_sorted(torch.empty(0, dtype=dtype), sorted_set).tolist() == []

@@ -80,9 +80,28 @@ def test_round_trip_over_shapes_and_densities(n, k):
 
 
 def test_low_width_is_floor_log2_of_n_over_k():
-    for n, k in [(100, 1), (100, 3), (100, 50), (100, 51), (100, 100), (2**20, 2**15), (2**20, 2**15 + 1)]:
+    """... and 0 below 1, also when k > n (n // k = 0: floor(log2) would be negative)."""
+    for n, k in [
+        (100, 1),
+        (100, 3),
+        (100, 50),
+        (100, 51),
+        (100, 100),
+        (100, 101),
+        (2**20, 2**15),
+        (2**20, 2**15 + 1),
+    ]:
         expected = int(math.floor(math.log2(n / k))) if n / k >= 2 else 0
         assert ef.low_width(n, k) == expected, (n, k)
+
+
+def test_no_positions_have_no_low_bits():
+    """k = 0 (a matrix with no entries): no low bits, so decode's shape message for stray bytes says 0."""
+    assert ef.low_width(N, 0) == 0
+    with pytest.raises(
+        ValueError, match=r"has shape \[1\], expected \[0\] \(0 bits: k=0 .* at 0 low bits each\)"
+    ):
+        ef.decode(torch.zeros(1, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8), N, 0)
 
 
 def test_int32_work_exactly_while_every_intermediate_fits():

@@ -106,6 +106,15 @@ def test_small_cpu_problems_use_the_time_model_without_measuring(monkeypatch, fr
     assert calibrated_choices() == {}
 
 
+def test_off_cuda_auto_keeps_to_the_paths_that_run_anywhere_and_the_time_model():
+    """Only CUDA gets the Triton paths, the dense default until measured and a CUDA synchronize: another
+    device (meta here, like mps or xpu a name that sorts after "cuda") is treated as the CPU is."""
+    meta = torch.device("meta")
+    assert grad_paths.candidate_paths(meta) == ("dense", "blocked", "sddmm")
+    assert grad_paths.choose_grad_path(meta, 16, 1000, 1024, 1024) == "sddmm"  # 0.1%: sddmm's side
+    grad_paths._sync(meta)  # no CUDA call (this build may have no CUDA at all)
+
+
 @pytest.mark.parametrize("tokens, expected", [(15, "dense"), (16, "sddmm")])
 def test_the_time_model_counts_tokens_from_the_sddmm_minimum(
     monkeypatch, fresh_calibration, tokens, expected

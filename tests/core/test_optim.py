@@ -156,6 +156,34 @@ def test_sm3_matches_a_dense_reference(momentum):
     torch.testing.assert_close(col_acc, col)
 
 
+def test_sm3_accumulators_keep_their_maximum_when_the_positions_move():
+    """Hand-computed, 2x2 with k = 2: step 1 at (0,0), (1,1) with gradients 2, 0 gives row = col = [4, 0];
+    regrown to (0,1), (1,0) with gradients 1, 1, each u = min(4, 0) + 1 = 1, so row and column 0 keep 4
+    (scatter-max with the accumulator itself: nothing in row or column 0 reaches it any more)."""
+    layout = Layout(torch.tensor([0, 3]), (2, 2))
+    p = torch.zeros(2, requires_grad=True)
+    opt = SparseSM3([p], {p: layout}, lr=0.1)
+    p.grad = torch.tensor([2.0, 0.0])
+    opt.step()
+    assert [t.tolist() for t in opt.accumulators(p)] == [[4.0, 0.0], [4.0, 0.0]]
+    layout.indices = torch.tensor([1, 2])
+    p.grad = torch.tensor([1.0, 1.0])
+    opt.step()
+    assert [t.tolist() for t in opt.accumulators(p)] == [[4.0, 1.0], [4.0, 1.0]]
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.1 - 0.1, -0.1]))  # 2/sqrt(4), then 1/sqrt(1)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_sm3_keeps_a_per_slot_buffer_only_with_momentum(momentum):
+    """Momentum 0: the state is the two accumulators (no k-sized buffer in memory or in the saved state)."""
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseSM3([p], {p: Layout(torch.tensor([0, 4, 5]), (2, 3))}, lr=0.1, momentum=momentum)
+    p.grad = torch.ones(3)
+    opt.step()
+    expected = {"row_acc", "col_acc"} | ({"momentum_buffer"} if momentum else set())
+    assert set(opt.state[p]) == expected
+
+
 def test_sm3_requires_a_layout_and_validates_arguments():
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match="no layout"):

@@ -236,11 +236,16 @@ def test_blank_lines_are_skipped_and_the_records_after_them_keep_their_line_numb
     ]
 
 
-def test_extra_data_after_the_array_is_named_at_its_line(tmp_path):
+@pytest.mark.parametrize(
+    "text, line",
+    [('[{"a": 1},\n {"a": 2}]\n\n{"a": 3}\n', 2), ('[{"a": 1},\n {"a": 2}\n\n]\n{"a": 3}', 4)],
+    ids=["after-the-last-record", "on-a-line-of-its-own"],
+)
+def test_extra_data_after_the_array_is_named_at_the_line_of_the_closing_bracket(tmp_path, text, line):
     path = tmp_path / "x.json"
-    path.write_text('[{"a": 1},\n {"a": 2}]\n\n{"a": 3}\n')
+    path.write_text(text)
     with pytest.raises(
-        DataError, match=r"x\.json:2: malformed JSON \(extra data after the top-level array\)"
+        DataError, match=rf"x\.json:{line}: malformed JSON \(extra data after the top-level array\)"
     ):
         list(iter_records(path))
 

@@ -46,6 +46,9 @@ def test_headline_reads_the_benchmark_s_metric_path():
 
     assert headline("tydiqa", {"average": {"f1": 41.5}}) == 41.5
     assert headline("mmlu", {"average_acc": 0.5}) == 50.0
+    # fractions shown as percent (hand-computed)
+    assert headline("gsm", {"exact_match": 0.125}) == 12.5
+    assert headline("bbh", {"average_exact_match": 0.375}) == 37.5
     assert headline("mmlu", {}) is None and headline("nope", {"average_acc": 1}) is None
 
 

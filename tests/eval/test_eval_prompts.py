@@ -423,6 +423,17 @@ def test_missing_data_names_the_path_and_the_fetch_command(tmp_path, bench, call
     assert str(tmp_path) in msg and "scripts/prepare_eval_data.py" in msg and f"--bench {bench}" in msg
 
 
+def test_gsm_verify_counts_the_problems_of_the_full_test_split(tmp_path):
+    """1319 non-blank lines pass; one fewer, or no file (0 problems), is named."""
+    path = tmp_path / "gsm" / "test.jsonl"
+    assert gsm.verify(tmp_path) == [f"gsm: {path} has 0 problems, expected 1319"]
+    path.parent.mkdir()
+    path.write_text('{"q": 1}\n\n' * 1318)
+    assert gsm.verify(tmp_path) == [f"gsm: {path} has 1318 problems, expected 1319"]
+    path.write_text('{"q": 1}\n\n' * 1319)
+    assert gsm.verify(tmp_path) == []
+
+
 def test_bbh_names_unknown_tasks_and_missing_prompts_three_at_most(tmp_path):
     with pytest.raises(ValueError, match=r"^bbh: unknown task\(s\) \['nope', 'zzz'\]$"):
         bbh.load_tasks(EVAL_FIXTURES, 3, tasks=["date_understanding", "zzz", "nope"])

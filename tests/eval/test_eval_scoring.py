@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 
 import pytest
 import torch
@@ -95,6 +96,31 @@ def test_gsm_scores_known_answers(monkeypatch):
     assert [p["prediction"] for p in result["predictions"]] == ["7", "14400", "46", "15.00", "10", "no idea"]
     assert [p["answer"] for p in result["predictions"]] == ["7", "14400", "45", "15", "10", "72"]
     assert result["metrics"] == {"exact_match": 0.5, "num_examples": 6}
+
+
+def test_gsm_defaults_are_the_protocol(tmp_path, monkeypatch):
+    """With no settings given: 200 problems drawn by random.Random(42).sample (a file of exactly 200 keeps
+    its order), 8 shots, at most 512 new tokens, stop at a newline, batches of 4 (open-instruct's run)."""
+    (tmp_path / "gsm").mkdir()
+    path = tmp_path / "gsm" / "test.jsonl"
+    rows = [{"question": f"Problem {i}: how many?", "answer": f"{i} in all.\n#### {i}"} for i in range(201)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = random.Random(42).sample(range(201), 200)
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        calls.append({"shots": {p.count("Question: ") - 1 for p in prompts}, **kwargs})
+        return [f"So the answer is {p.rsplit('Problem ', 1)[1].split(':')[0]}." for p in prompts]
+
+    monkeypatch.setattr(gsm, "generate", fake_generate)
+    result = gsm.evaluate_gsm(None, None, tmp_path)
+    assert [p["question"] for p in result["predictions"]] == [f"Problem {i}: how many?" for i in drawn]
+    assert result["metrics"] == {"exact_match": 1.0, "num_examples": 200}
+    assert len(calls) == 1 and calls[0]["shots"] == {8} and calls[0]["max_new_tokens"] == 512
+    assert calls[0]["batch_size"] == 4 and calls[0]["stop"] == ["\n"]
+    assert [r["question"] for r in gsm.load_gsm(tmp_path)] == [f"Problem {i}: how many?" for i in drawn]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:200]))
+    assert [r["answer"] for r in gsm.load_gsm(tmp_path)] == [str(i) for i in range(200)]
 
 
 def test_bbh_scores_known_answers(monkeypatch):
