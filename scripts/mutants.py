@@ -306,6 +306,44 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "removed @torch.no_grad() before def _reselect_global(self) -> None:",
     ): "every write in it goes through resize_layer (itself under torch.no_grad) and it reads the values with "
     "detach(): no graph is recorded either way (test_global_budget checks the values stay graph-free leaves)",
+    (
+        "spiel/selection/batched.py",
+        "owner, row, column, score = (t.index_select( -1, keep) for t in (owner, row, column, score))",
+    ): "owner, row, column and score are 1-D: dimension -1 is dimension 0",
+    (
+        "spiel/delta/merged.py",
+        "expected = self.saved.clone().index_add_( -1, torch.arange(self.saved.numel(), "
+        "device=self.saved.device), values.to(self.saved.dtype)",
+    ): "saved is 1-D: dimension -1 is dimension 0",
+    (
+        "spiel/optim/adamw.py",
+        "[table1.to(a.device).index_select( -1, a) for a in ages],",
+    ): "the bias-correction table is 1-D: dimension -1 is dimension 0",
+    (
+        "spiel/optim/adamw.py",
+        "steps = torch.arange(top + 1, dtype=torch.float64, device=params[ -1].device)",
+    ): "the multi-tensor step's vectors share one device (checked before it runs): the last one's is the first's",
+    (
+        "spiel/optim/adamw.py",
+        "if full[0] is not params[ 1]:",
+    ): "the multi-tensor step runs on vectors of one dtype: fp32 ones are their own float32 copies, so the "
+    "condition holds for any other vector (copying them onto themselves changes nothing), and other dtypes make "
+    "both conditions true",
+    (
+        "spiel/optim/adamw.py",
+        "return self.foreach and len(params) > 1 and len({(p.device, p.dtype) for p in params}) <= 1",
+    ): "with more than one vector the set of (device, dtype) pairs is never empty: <= 1 is == 1",
+    (
+        "spiel/delta/indices.py",
+        "slot = torch.where((members >= lo) * (members <= hi), members - lo + row_start, size)",
+    ): "the conditions are bool tensors: the product of two bools is their logical and",
+    **{
+        ("spiel/selection/grow.py", f"if groups.numel() {op} 0:"): (
+            "an empty tensor's rank is the empty long tensor the general path also returns (the early return "
+            "only spares its kernel launches); numel is never negative and 0 is a cached int"
+        )
+        for op in ("<", "<=", "is")
+    },
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

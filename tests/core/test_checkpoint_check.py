@@ -95,6 +95,13 @@ def duplicate_index(t):
     t[f"{MODULE}.indices"][4] = t[f"{MODULE}.indices"][3]
 
 
+def duplicate_then_unsorted(t):
+    """Two defects: the message names the first one (position 4), not the last (position 11)."""
+    duplicate_index(t)
+    idx = t[f"{MODULE}.indices"]
+    idx[[10, 11]] = idx[[11, 10]].clone()
+
+
 def index_past_the_end(t):
     t[f"{MODULE}.indices"][-1] = 2**30  # far past the end of q_proj
 
@@ -212,6 +219,8 @@ CASES = [
     ("indices-2d", tensors(indices_2d), rf"'{MODULE}.indices' has shape \[\d+, 1\]"),
     ("unsorted", tensors(swap_two_indices), r"indices' not sorted at position"),
     ("duplicate", tensors(duplicate_index), r"indices' duplicated at position 4"),
+    ("unsorted-at-4", tensors(swap_two_indices), r"indices' not sorted at position 4 "),
+    ("two-defects", tensors(duplicate_then_unsorted), r"indices' duplicated at position 4 "),
     (
         "past-the-end",
         tensors(index_past_the_end),

@@ -33,6 +33,13 @@ def test_what_is_not_a_checkpoint_is_named_with_a_hint(tmp_path):
     (run / "checkpoint-10").mkdir()
     with pytest.raises(CheckpointError, match=r"^out=.*checkpoint-N/ directories"):
         checkpoint_kind(run, key="out")
+    # Only directories named checkpoint-* earn that hint: a file so named, or another directory, does not.
+    other = _dir(tmp_path, "other", "checkpoint-notes.txt")
+    (other / "logs").mkdir()
+    with pytest.raises(CheckpointError) as refused:
+        checkpoint_kind(other)
+    assert "checkpoint-N/" not in str(refused.value)
+    assert "neither a SpIEL checkpoint" in str(refused.value)
 
 
 @pytest.mark.parametrize(

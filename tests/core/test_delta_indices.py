@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spiel.delta import indices as indices_module
 from spiel.delta.indices import check_indices, csr_pattern, isin_sorted, random_subset, rows_cols
 
 
@@ -49,6 +50,7 @@ def test_random_subsets_are_uniform():
         (torch.tensor([-1, 3]), r"idx out of range \[0, 10\)"),
         (torch.tensor([3, 3]), "idx must be sorted and unique"),
         (torch.tensor([4, 3]), "idx must be sorted and unique"),
+        (torch.tensor([0, 5, 3]), "idx must be sorted and unique"),  # each step, not only the first
         (torch.tensor([[1, 2]]), r"idx must be 1-D, got shape \(1, 2\)"),
         (torch.tensor([1.0, 2.0]), "idx must be int32 or int64, got torch.float32"),
         (torch.tensor([1, 2], dtype=torch.int16), "idx must be int32 or int64, got torch.int16"),
@@ -83,3 +85,15 @@ def test_isin_sorted_at_the_ends_of_the_set_and_outside_it(dtype):
     assert isin_sorted(elements, sorted_set).tolist() == expected
     assert isin_sorted(elements, torch.empty(0, dtype=dtype)).tolist() == [[False] * 3] * 2
     assert isin_sorted(torch.empty(0, dtype=dtype), sorted_set).tolist() == []
+
+
+def test_isin_by_mask_takes_ranges_up_to_32_bytes_per_entry():
+    """The mask is used while its range is at most ISIN_MASK_BYTES_PER_ENTRY (32) bytes per element and member:
+    3 entries allow 96; members outside the elements' range match nothing."""
+    assert indices_module.ISIN_MASK_BYTES_PER_ENTRY == 32
+    members = torch.tensor([95, -7])  # 4 entries with [0, 95]: 128 bytes allowed
+    got = indices_module.isin_by_mask(torch.tensor([0, 95]), members)
+    assert got is not None and got.tolist() == [False, True]
+    members = torch.tensor([95])  # 3 entries: exactly 96 allowed, 97 not
+    assert indices_module.isin_by_mask(torch.tensor([0, 95]), members).tolist() == [False, True]
+    assert indices_module.isin_by_mask(torch.tensor([0, 96]), members) is None

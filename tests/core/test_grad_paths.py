@@ -115,6 +115,57 @@ def test_off_cuda_auto_keeps_to_the_paths_that_run_anywhere_and_the_time_model()
     grad_paths._sync(meta)  # no CUDA call (this build may have no CUDA at all)
 
 
+@pytest.mark.parametrize("tokens, measured", [(255, False), (256, True)])
+def test_cpu_measures_from_a_1024x1024_layer_at_256_tokens(monkeypatch, fresh_calibration, tokens, measured):
+    """CPU_CALIBRATION_MIN_WORK is tokens·out·in = 2**28: one token under it the time model decides
+    unmeasured, exactly at it ``auto`` measures (on a fake clock here, so the test costs no timing)."""
+    runs = []
+
+    def run(path, x2d, *args):
+        runs.append(path)
+        return torch.zeros(1)
+
+    monkeypatch.setattr(grad_paths, "_run_path", run)
+    x, dy = torch.zeros(tokens, 1024), torch.zeros(tokens, 1024)
+    indices = torch.arange(0, 1024 * 1024, 1024, dtype=torch.int32)
+    path, gradient = calibrated_path(x, dy, indices, 1024, 1024)
+    assert bool(runs) == measured and (gradient is not None) == measured
+    assert path in grad_paths.candidate_paths(x.device)
+
+
+def test_other_devices_are_not_measured_on_small_problems(monkeypatch, fresh_calibration):
+    """meta (like mps or xpu, a name that sorts after "cuda") follows the CPU rule: no measuring below
+    the minimum work, only the time model."""
+    monkeypatch.setattr(grad_paths, "_run_path", lambda *a: pytest.fail("measured a small problem"))
+    meta = torch.device("meta")
+    x, dy = torch.empty(9, 30, device=meta), torch.empty(9, 40, device=meta)
+    indices = torch.empty(100, dtype=torch.int32, device=meta)
+    assert calibrated_path(x, dy, indices, 40, 30) == (
+        grad_paths.choose_grad_path(meta, 9, 100, 40, 30),
+        None,
+    )
+
+
+def test_blocked_path_computes_blocks_of_at_most_2_22_entries(monkeypatch):
+    """Without block_rows each GEMM of the blocked path is BLOCKED_ELEMENTS // in rows of dYᵀ X (4 rows of a
+    2**20-wide weight): its extra memory stays O(block · in), and the blocks still give the dense result."""
+    shapes = []
+    real_mm = torch.mm
+
+    def mm(a, b):
+        shapes.append((a.shape[0], b.shape[1]))
+        return real_mm(a, b)
+
+    in_f, out_f = 1 << 20, 10
+    x, dy, indices, expected = problem(out_f, in_f, 64, 2)
+    monkeypatch.setattr(grad_paths.torch, "mm", mm)
+    got = grad_paths.blocked_gather_grad(x, dy, indices, out_f, in_f)
+    assert grad_paths.BLOCKED_ELEMENTS == 1 << 22
+    assert shapes and all(rows * cols <= 1 << 22 for rows, cols in shapes)
+    assert max(rows for rows, _ in shapes) == 4
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("tokens, expected", [(15, "dense"), (16, "sddmm")])
 def test_the_time_model_counts_tokens_from_the_sddmm_minimum(
     monkeypatch, fresh_calibration, tokens, expected

@@ -154,6 +154,26 @@ def test_random_inactive_draws_distinct_free_positions(numel, excluded, n):
     assert torch.equal(got, random_inactive(taken, numel, n, torch.Generator().manual_seed(5)))
 
 
+def test_random_inactive_rejection_rounds_top_up_to_exactly_n():
+    """Half the positions taken and n just under free/4: the first round of 2n + 16 draws often keeps fewer
+    than n, so later rounds draw only for what is missing, and still end with n distinct free positions."""
+    taken = torch.arange(0, 10000, 2)
+    for seed in range(12):
+        got = random_inactive(taken, 10000, 1200, torch.Generator().manual_seed(seed))
+        assert got.numel() == 1200 and got.unique().numel() == 1200 and bool((got % 2 == 1).all())
+
+
+@pytest.mark.parametrize("numel,excluded,n", [(16, 3, 4), (16, 4, 3), (40, 8, 8)])  # free <= 4n, free = 4n
+def test_random_inactive_lists_the_free_positions_when_they_are_few(numel, excluded, n):
+    """free <= 4n: a random permutation of the free positions, drawn from the generator (no rejection)."""
+    taken = torch.arange(excluded)
+    got = random_inactive(taken, numel, n, torch.Generator().manual_seed(9))
+    pool = torch.arange(excluded, numel)
+    assert torch.equal(
+        got, pool[torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(9))[:n]]
+    )
+
+
 def test_random_inactive_is_uniform_over_the_free_positions():
     taken = torch.arange(0, 200, 2)  # the even positions of 200
     counts = torch.zeros(200)
@@ -454,3 +474,15 @@ def test_budget_shares_sum_per_layer_and_projection():
     assert shares["by_layer"] == pytest.approx({"0": 0.4, "1": 0.6})
     assert shares["by_projection"] == pytest.approx({"q_proj": 0.3, "up_proj": 0.7})
     assert sum(shares["by_module"].values()) == pytest.approx(1.0)
+
+
+def test_default_chunks_are_2_20_scores_or_2_24_on_cuda_or_8n():
+    """The chunk of scores materialized at once: max(2**20, 8·n), on CUDA max(2**24, 8·n); another device (meta,
+    like mps or xpu a name that sorts after "cuda") takes the CPU's."""
+    from spiel.selection import grow
+
+    for device in ("cpu", "meta"):
+        assert grow._default_chunk(1000, torch.device(device)) == 1 << 20
+        assert grow._default_chunk(1 << 18, torch.device(device)) == 8 << 18
+    assert grow._default_chunk(1000, torch.device("cuda")) == 1 << 24
+    assert grow._default_chunk(1 << 22, torch.device("cuda")) == 8 << 22

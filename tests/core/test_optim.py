@@ -192,7 +192,7 @@ def test_sm3_requires_a_layout_and_validates_arguments():
         SparseSM3([p], {p: Layout(torch.arange(3), (1, 3))}, momentum=1.5)
     with pytest.raises(ValueError, match="betas"):
         SparseAdamW([p], betas=(1.0, 0.9))
-    for betas in ((0.9, 1.0), (-0.1, 0.9), (0.9, -0.1)):  # one past each end of [0, 1)
+    for betas in ((0.9, 1.0), (-0.1, 0.9), (0.9, -0.1), (1.5, 0.9), (0.9, 1.5)):  # past each end of [0, 1)
         with pytest.raises(ValueError, match="betas"):
             SparseAdamW([p], betas=betas)
     SparseAdamW([p], betas=(0.0, 0.0))  # the boundaries themselves, as torch.optim.AdamW allows
@@ -561,3 +561,22 @@ def test_resize_slots_keeps_the_chosen_slots_then_zeroes_the_new_ones():
     assert state["exp_avg"].tolist() == pytest.approx([0.3, 0.1, 0.0, 0.0])
     assert state["exp_avg_sq"].tolist() == pytest.approx([0.6, 0.4, 0.0, 0.0])
     assert state["exp_avg"].shape == (4,) and state["born"].shape == (4,)
+
+
+def test_defaults_are_torch_adamw_s_and_sm3_s():
+    """Unset settings: SparseAdamW takes torch.optim.AdamW's lr, betas and eps with no decay; SparseSM3 the
+    same lr and eps, no momentum and no decay."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    torch_defaults = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))]).defaults
+    adamw = SparseAdamW([p]).defaults
+    assert {k: adamw[k] for k in ("lr", "betas", "eps")} == {
+        k: torch_defaults[k] for k in ("lr", "betas", "eps")
+    }
+    assert adamw["weight_decay"] == 0.0
+    sm3 = SparseSM3([p], {p: Layout(torch.tensor([0, 4, 5]), (2, 3))}).defaults
+    assert sm3 == {
+        "lr": torch_defaults["lr"],
+        "momentum": 0.0,
+        "eps": torch_defaults["eps"],
+        "weight_decay": 0.0,
+    }

@@ -443,3 +443,28 @@ def test_a_phase_starts_at_each_period_start_that_leaves_room_for_its_estimation
     assert [t for t in range(15) if s.starts_phase(t)] == [0, 5, 10]
     s = schedule(11, reselection_steps=5, estimation_steps=2)
     assert [t for t in range(12) if s.starts_phase(t)] == [0, 5]
+
+
+@pytest.mark.parametrize("head_start", [2, 1000])  # 1000: past CPython's cache of small ints
+def test_linked_ages_survive_growth_only_with_the_same_seed_age_at_the_same_step(head_start):
+    """keep_ages_exact keeps a link while the grown slots' seed age equals the link's head start (by
+    value, whatever int object carries it) and the optimizer has counted exactly t updates."""
+    from types import SimpleNamespace
+
+    from spiel.selection.rules.adam_ages import keep_ages_exact
+
+    def linked_after_one_update():
+        p = nn.Parameter(torch.zeros(3))
+        opt = SparseAdamW([p], lr=1e-3)
+        opt.link_ages(p, torch.zeros(3, dtype=torch.int32), int(str(head_start)))
+        p.grad = torch.ones(3)
+        opt.step()
+        return opt, SimpleNamespace(values=p)
+
+    opt, layer = linked_after_one_update()
+    keep_ages_exact(opt, layer, int(str(head_start)), t=1)  # equal value, a different object
+    assert opt.linked_head_start(layer.values) == head_start
+    for seed_age, t in [(head_start + 1, 1), (torch.tensor([head_start] * 3), 1), (head_start, 2)]:
+        opt, layer = linked_after_one_update()
+        keep_ages_exact(opt, layer, seed_age, t=t)
+        assert opt.linked_head_start(layer.values) is None

@@ -73,14 +73,11 @@ def test_three_ranks_average_broadcast_and_refuse_a_rank_that_differs(tmp_path):
     assert got[1]["sub_mean"] == got[2]["sub_mean"] == [1.5]
 
 
-def ag_run(rank: int, world: int, growth: str, streamed: bool, steps: int = 7) -> list[dict]:
+def ag_run(rank: int, world: int, growth: str, steps: int = 7) -> list[dict]:
     """SpIEL-AG on two linear layers, this rank's share of a 16-row global batch per step (world 1: all of it),
     the values' gradients averaged over ranks as DDP does; the indices after every reselection."""
     from spiel import SpielConfig, get_spiel_model
-    from spiel.delta import function
 
-    if streamed:
-        function.PROBE_STREAM_BYTES, function.PROBE_BLOCK_BYTES = 0, 1  # first gradient streamed row by row
     torch.manual_seed(0)
     model = get_spiel_model(
         torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 16)),
@@ -104,11 +101,11 @@ def ag_run(rank: int, world: int, growth: str, streamed: bool, steps: int = 7) -
     return history
 
 
-def ag_worker(rank: int, world: int, init_file: str, out_dir: str, growth: str, streamed: bool) -> None:
+def ag_worker(rank: int, world: int, init_file: str, out_dir: str, growth: str) -> None:
     torch.set_num_threads(1)  # a forked child must not reuse the parent's thread pool (as DataLoader workers)
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        found = {"history": ag_run(rank, world, growth, streamed)}
+        found = {"history": ag_run(rank, world, growth)}
         dist.destroy_process_group()
     except BaseException:
         found = {"error": traceback.format_exc()}
@@ -120,19 +117,26 @@ def ag_worker(rank: int, world: int, init_file: str, out_dir: str, growth: str, 
     [("paper", False), ("paper", True), ("normalized", False)],
     ids=["whole-blocks", "row-blocks", "dense-gradient"],  # normalized takes the dense gradient, not blocks
 )
-def test_two_ag_ranks_grow_what_one_process_grows_from_the_whole_batch(tmp_path, growth, streamed):
+def test_two_ag_ranks_grow_what_one_process_grows_from_the_whole_batch(
+    tmp_path, monkeypatch, growth, streamed
+):
     """Each rank sees half the batch: candidates from a rank's own gradient would differ between the ranks
     (refused by the indices check) and from one process's; from the global gradient they are the same."""
+    from spiel.delta import function
+
+    if streamed:  # the first gradient streamed row by row, in the forked ranks and in this process alike
+        monkeypatch.setattr(function, "PROBE_STREAM_BYTES", 0)
+        monkeypatch.setattr(function, "PROBE_BLOCK_BYTES", 1)
     mp.start_processes(
         ag_worker,
-        args=(2, str(tmp_path / "init"), str(tmp_path), growth, streamed),
+        args=(2, str(tmp_path / "init"), str(tmp_path), growth),
         nprocs=2,
         join=True,
         start_method="fork",
     )
     got = [torch.load(tmp_path / f"ag{r}.pt") for r in range(2)]
     assert all("error" not in g for g in got), [g.get("error") for g in got]
-    one = ag_run(0, 1, growth, streamed)
+    one = ag_run(0, 1, growth)
     assert len(one) == len(got[0]["history"]) == 2  # reselections at steps 2 and 6
     for a, b in zip(one, got[0]["history"], strict=True):
         for name in a:

@@ -167,6 +167,8 @@ def test_exact_match_is_the_fraction_of_equal_normalized_answers():
     assert exact_match(["a b"], ["ab"]) == 0.0  # spaces are kept: only case and punctuation are ignored
     with pytest.raises(ValueError, match="2 predictions for 3 references"):
         exact_match(["a", "b"], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="3 predictions for 2 references"):
+        exact_match(["a", "b", "c"], ["a", "b"])
 
 
 # ---------------------------------------------------------------- BBH

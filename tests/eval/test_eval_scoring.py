@@ -123,6 +123,35 @@ def test_gsm_defaults_are_the_protocol(tmp_path, monkeypatch):
     assert [r["answer"] for r in gsm.load_gsm(tmp_path)] == [str(i) for i in range(200)]
 
 
+def test_bbh_defaults_are_the_protocol(tmp_path, monkeypatch):
+    """With no settings given: 40 examples per task, drawn by one random.Random(42) stream over the tasks in
+    sorted order (a task of exactly 40 keeps its order), at most 512 new tokens, stop at a blank line, batches
+    of 4; ``limit`` then keeps the first that many of each task's draw."""
+    sizes = {"a_task": 41, "b_task": 40}
+    for task, size in sizes.items():
+        examples = [{"input": f"{task} {i}", "target": str(i)} for i in range(size)]
+        (tmp_path / "bbh" / "bbh").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bbh" / "bbh" / f"{task}.json").write_text(json.dumps({"examples": examples}))
+        (tmp_path / "bbh" / "cot-prompts").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bbh" / "cot-prompts" / f"{task}.txt").write_text("canary\n-----\nSolve it.\n")
+    drawn = [f"a_task {i}" for i in random.Random(42).sample(range(41), 40)]
+    drawn += [f"b_task {i}" for i in range(40)]
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        calls.append(kwargs)
+        return [f"So the answer is {p.rsplit(' ', 1)[1][: -len(chr(10) + 'A:')]}." for p in prompts]
+
+    monkeypatch.setattr(bbh, "generate", fake_generate)
+    result = bbh.evaluate_bbh(None, None, tmp_path)
+    assert [p["input"] for p in result["predictions"]] == drawn
+    assert result["metrics"] == {"a_task": 1.0, "b_task": 1.0, "average_exact_match": 1.0, "num_examples": 80}
+    assert calls[0]["max_new_tokens"] == 512 and calls[0]["batch_size"] == 4 and calls[0]["stop"] == ["\n\n"]
+    assert [ex["input"] for exs in bbh.load_tasks(tmp_path).values() for ex in exs] == drawn
+    limited = bbh.evaluate_bbh(None, None, tmp_path, limit=3)
+    assert [p["input"] for p in limited["predictions"]] == drawn[:3] + drawn[40:43]
+
+
 def test_bbh_scores_known_answers(monkeypatch):
     # Per task, example i gets: i % 3 == 0 the bare target (no "the answer is": the fallback path),
     # 1 "so the answer is <target, lower case>." (right: case-blind), 2 a wrong answer.
