@@ -120,7 +120,7 @@ GROUPS = {
 }
 
 # Mutants of a 1 MiB read size (1 << 20) that still read > 0 bytes (Cosmic Ray puts a space before a new number)
-READ_SIZES = ("1 << 19", "1 << 21", " 2 << 20", "1 | 20", "1 ** 20")
+READ_SIZES = ("1 << 19", "1 << 21", " 2 << 20", "1 | 20", "1 ** 20", "1 + 20", "1 * 20", "1 % 20", "1 ^ 20")
 
 # (module, the mutated line as it reads after the mutation) -> why it cannot change behaviour
 EQUIVALENT: dict[tuple[str, str], str] = {
