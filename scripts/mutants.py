@@ -344,6 +344,19 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for op in ("<", "<=", "is")
     },
+    (
+        "spiel/selection/selector.py",
+        "numel = layers[0].out_features * layers[ -1].in_features",
+    ): "a group holds layers of one shape and k (_sort_layers groups them so): the last one's in_features is "
+    "the first's",
+    (
+        "spiel/selection/grow.py",
+        'first.scatter_reduce_( -1, inverse, torch.arange(draw.numel(), device=device), "amin")',
+    ): "first is 1-D: dimension -1 is dimension 0",
+    (
+        "spiel/selection/rules/accumulated_gradient.py",
+        "if not self.batched_growth or any(p.candidates is None or p.steps <= 0 for p in phases):",
+    ): "a phase's steps count completed steps from 0 up: never negative, so <= 0 is == 0",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -399,10 +399,11 @@ def test_ma_grow_rows_scans_when_the_sorted_columns_do_not_apply(monkeypatch):
     assert torch.equal(fast[0], scanned[0]) and fast[1] == scanned[1]
 
 
-@pytest.mark.parametrize("differ", ["none", "steps", "candidates", "betas"])
+@pytest.mark.parametrize("differ", ["none", "steps", "candidates", "betas", "no-steps"])
 def test_ag_grows_layers_together_only_when_their_phases_stack(differ):
     """grow_rows stacks the layers' phase statistics into one row-wise growth: layers whose phases differ in
-    length, in candidate count or in Adam's betas cannot be stacked and are left to the one-matrix rule."""
+    length, in candidate count or in Adam's betas cannot be stacked and are left to the one-matrix rule. A
+    phase with candidates but no completed step (nothing to average) grows nothing."""
     model = make_model("ag", "paper", "magnitude")
     opt = model.make_optimizer(lr=1e-2)
     sel = model.make_selector(opt, total_steps=30)
@@ -418,6 +419,9 @@ def test_ag_grows_layers_together_only_when_their_phases_stack(differ):
     phase = rule.phases[names[1]]
     if differ == "steps":
         phase.steps += 1
+    elif differ == "no-steps":
+        for name in names:
+            rule.phases[name].steps = 0
     elif differ == "candidates":
         for attr in ("candidates", "grad_sum", "grad_sq_sum"):
             setattr(phase, attr, getattr(phase, attr)[:-1])
@@ -432,6 +436,9 @@ def test_ag_grows_layers_together_only_when_their_phases_stack(differ):
     active = torch.stack([la.indices for la in layers])
     offer = rule.grow_rows(names, 5, staying, active, sel.t)
     assert (offer is None) == (differ != "none")
+    positions, scores, seeds = rule.scored_growth(names[1], 5, staying[1], active[1], sel.t)
+    assert (positions.numel() == 0) == (differ == "no-steps") and positions.numel() == scores.numel()
+    assert (seeds == {}) == (differ == "no-steps")
 
 
 @pytest.mark.parametrize("n", [839, 840])

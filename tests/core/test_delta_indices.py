@@ -97,3 +97,15 @@ def test_isin_by_mask_takes_ranges_up_to_32_bytes_per_entry():
     members = torch.tensor([95])  # 3 entries: exactly 96 allowed, 97 not
     assert indices_module.isin_by_mask(torch.tensor([0, 95]), members).tolist() == [False, True]
     assert indices_module.isin_by_mask(torch.tensor([0, 96]), members) is None
+
+
+def test_isin_by_mask_row_by_row_looks_each_row_up_in_its_own_members():
+    """by_row: row i of the elements against row i of the members only (each row its own stretch of the mask),
+    against torch.isin row by row; several rows, members outside the elements' range included."""
+    gen = torch.Generator().manual_seed(6)
+    elements = torch.randint(0, 40, (4, 25), generator=gen)
+    members = torch.randint(-5, 45, (4, 12), generator=gen)
+    got = indices_module.isin_by_mask(elements, members, by_row=True)
+    assert got is not None and got.shape == elements.shape
+    for row in range(4):
+        assert got[row].tolist() == torch.isin(elements[row], members[row]).tolist(), row

@@ -115,6 +115,32 @@ def test_off_cuda_auto_keeps_to_the_paths_that_run_anywhere_and_the_time_model()
     grad_paths._sync(meta)  # no CUDA call (this build may have no CUDA at all)
 
 
+def test_cuda_starts_dense_measures_its_own_paths_and_synchronizes(monkeypatch):
+    """No GPU is needed to check the CUDA branches: a cuda device object takes them (device.type is a fresh
+    string at each access, so only an equality test finds it)."""
+    cuda = torch.device("cuda")
+    assert grad_paths.choose_grad_path(cuda, 16, 1000, 1024, 1024) == "dense"  # sddmm's side on the CPU
+    assert grad_paths.choose_grad_path(torch.device("cpu"), 16, 1000, 1024, 1024) == "sddmm"
+    monkeypatch.setattr("spiel.delta.triton_sddmm.triton_available", lambda: False)
+    assert grad_paths.candidate_paths(cuda) == ("dense", "blocked")
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    grad_paths._sync(cuda)
+    grad_paths._sync(torch.device("cpu"))
+    assert synced == [cuda]
+
+
+def test_workspaces_are_reused_while_large_enough_one_per_purpose():
+    first = grad_paths._workspace(1000, torch.device("cpu"), purpose="test-a")
+    assert first.numel() == 1000 and first.dtype == torch.float32
+    assert grad_paths._workspace(1000, torch.device("cpu"), purpose="test-a").data_ptr() == first.data_ptr()
+    assert grad_paths._workspace(10, torch.device("cpu"), purpose="test-a").data_ptr() == first.data_ptr()
+    other = grad_paths._workspace(10, torch.device("cpu"), purpose="test-b")
+    assert other.data_ptr() != first.data_ptr()
+    grown = grad_paths._workspace(1001, torch.device("cpu"), purpose="test-a")
+    assert grown.numel() == 1001 and grad_paths._workspace(1001, torch.device("cpu"), "test-a") is grown
+
+
 @pytest.mark.parametrize("tokens, measured", [(255, False), (256, True)])
 def test_cpu_measures_from_a_1024x1024_layer_at_256_tokens(monkeypatch, fresh_calibration, tokens, measured):
     """CPU_CALIBRATION_MIN_WORK is tokens·out·in = 2**28: one token under it the time model decides

@@ -126,7 +126,11 @@ def test_admission_under_caps_matches_the_plain_rule():
         assert got.tolist() == _greedy_caps(positions.tolist(), 6, row_counts, col_counts, 3, 4)
 
 
-def test_capped_candidates_are_the_best_under_the_caps():
+@pytest.mark.parametrize("chunk", [45, 1 << 20], ids=["3-row-chunks", "one-chunk"])
+def test_capped_candidates_are_the_best_under_the_caps(monkeypatch, chunk):
+    from spiel.selection import grow
+
+    monkeypatch.setattr(grow, "CHUNK_ELEMENTS", chunk)
     g = scaled_gradient(20, 15, seed=3)
     row_cap, col_cap = line_caps(40, 20, 15, 2.0)
     assert (row_cap, col_cap) == (4, 6)
@@ -139,9 +143,18 @@ def test_capped_candidates_are_the_best_under_the_caps():
     assert torch.equal(got, expected)
     rows, cols = got // 15, got % 15
     assert torch.bincount(rows).max() <= row_cap and torch.bincount(cols).max() <= col_cap
-    # caps too tight for num: topped up with the best of the rest, still num distinct positions
-    tight = capped_top_candidates(g, 100, 1, 1)
-    assert tight.numel() == 100 and bool((tight[1:] > tight[:-1]).all())
+    # caps too tight for num: the offered (each row's best) that the caps refused come next, best first, then
+    # the best of all the rest; still num distinct positions
+    magnitude = g.abs().view(-1)
+    offered = sorted((r * 15 + int(g[r].abs().argmax()) for r in range(20)), key=lambda p: -magnitude[p])
+    admitted = _greedy_caps(offered, 15, torch.zeros(20), torch.zeros(15), 1, 1)
+    for num in (18, 100):
+        expected = [p for p, ok in zip(offered, admitted, strict=True) if ok][:num]
+        expected += [p for p, ok in zip(offered, admitted, strict=True) if not ok][: num - len(expected)]
+        rest = sorted((p for p in range(300) if p not in expected), key=lambda p: -magnitude[p])
+        expected += rest[: num - len(expected)]
+        tight = capped_top_candidates(g, num, 1, 1)
+        assert tight.tolist() == sorted(expected)
 
 
 @pytest.mark.parametrize("numel,excluded,n", [(1000, 50, 30), (100, 60, 30), (100, 60, 50), (10, 10, 3)])
