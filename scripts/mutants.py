@@ -357,6 +357,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/selection/rules/accumulated_gradient.py",
         "if not self.batched_growth or any(p.candidates is None or p.steps <= 0 for p in phases):",
     ): "a phase's steps count completed steps from 0 up: never negative, so <= 0 is == 0",
+    **{
+        ("spiel/optim/adamw.py", f'if group.get("eps_placement", "torch") <= "hf":  # {comment}'): (
+            "eps_placement is one of EPS_PLACEMENTS (checked in __init__; a saved group holds what its "
+            'optimizer was given, one saved before the option reads "torch"): "torch" <= "hf" is false, so <= is =='
+        )
+        for comment in (".get: groups saved before the option lack it", "as _update")
+    },
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")
