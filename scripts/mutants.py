@@ -364,6 +364,33 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for comment in (".get: groups saved before the option lack it", "as _update")
     },
+    (
+        "spiel/selection/batched.py",
+        "expected = sample_size * n // total",
+    ): "the sampled threshold only prunes: a row where fewer than n scores pass is finished by the per-matrix "
+    "rule (ok false), so the grown positions are the exact top n either way; a rank lower by at most 1.25 changes "
+    "only how often that happens",
+    (
+        "spiel/selection/grow.py",
+        "expected = SAMPLE_SIZE * n // total  # sample entries above the true n-th largest, on average",
+    ): "the sampled threshold only prunes: should fewer than n pass, the running top-n merge finds the exact n "
+    "best, so a rank lower by at most 1.25 changes only how often that happens",
+    (
+        "spiel/selection/grow.py",
+        "positions = (scores > threshold).nonzero().view(-1)",
+    ): "when at least n scores lie above the threshold the n best are among them (a score equal to it ranks below "
+    "them); otherwise the running top-n merge finds the exact n best: the result is the same",
+    **{
+        (
+            "spiel/selection/rules/accumulated_gradient.py",
+            f"if rows_per_block {op} layer.out_features:  # the dense gradient exists anyway: the cheaper search",
+        ): (
+            "streamed_top_candidates gives top_candidates' positions and gradient (ties: the lower position) block "
+            "by block; with rows_per_block >= out_features its one block is the whole gradient, so this only "
+            "picks the cheaper search"
+        )
+        for op in ("==", ">")
+    },
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

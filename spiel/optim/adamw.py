@@ -78,6 +78,8 @@ class SparseAdamW(SlotStateOptimizer):
             raise ValueError(
                 f"grown_at {tuple(grown_at.shape)} does not match the values {tuple(param.shape)}"
             )
+        if int(head_start) < 0:
+            raise ValueError(f"head_start is the age grown slots start at: must be >= 0, got {head_start}")
         if "born" in self.state.get(param, {}):
             return
         self._links[param] = (grown_at, int(head_start))
@@ -165,7 +167,7 @@ class SparseAdamW(SlotStateOptimizer):
         """The largest age ``p``'s slots can have by its update count alone: ages derived from ``grown_at`` are
         at most ``step + head_start``; per-slot ones may be older (reset with an age) and are read back."""
         step = int(self._state_for(p)["step"])
-        return step + max(0, self._links[p][1]) if self.is_linked(p) else step
+        return step + self._links[p][1] if self.is_linked(p) else step
 
     def _foreach_ok(self, params):
         return self.foreach and len(params) > 1 and len({(p.device, p.dtype) for p in params}) == 1

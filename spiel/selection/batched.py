@@ -208,10 +208,10 @@ def passing_by_scan(
     L, out_features = row_acc.shape
     in_features = col_acc.shape[1]
     budget = chunk_elements or group_chunk_elements(row_acc.device)
-    rows_per_chunk = max(1, budget // (L * in_features))
+    chunk_rows = grow.rows_per_chunk(budget, L * in_features)  # the rows of all L matrices at once
     owners, positions, scores = [], [], []
-    for r0 in range(0, out_features, rows_per_chunk):
-        r1 = min(out_features, r0 + rows_per_chunk)
+    for r0 in range(0, out_features, chunk_rows):
+        r1 = min(out_features, r0 + chunk_rows)
         chunk = (row_acc[:, r0:r1, None].float() * col_acc[:, None, :].float()).view(L, -1)
         owner, position = (chunk >= threshold[:, None]).nonzero(as_tuple=True)
         owners.append(owner)

@@ -25,6 +25,11 @@ CHUNK_PER_N = (
 CHUNK_ELEMENTS_CUDA = 1 << 24
 
 
+def rows_per_chunk(chunk_elements: int, in_features: int) -> int:
+    """How many whole rows of ``in_features`` fit ``chunk_elements`` scores (at least one)."""
+    return max(1, chunk_elements // in_features)
+
+
 def _default_chunk(n: int, device: torch.device) -> int:
     return max(CHUNK_ELEMENTS_CUDA if device.type == "cuda" else CHUNK_ELEMENTS, CHUNK_PER_N * n)
 
@@ -75,8 +80,8 @@ def _top_by_row_chunks(
     With ``score_at``, chunks keep only the scores at or above a sampled threshold and one sort finishes;
     should fewer than ``n`` pass (a sample far off), or without it, a running top-n is merged chunk by chunk.
     Both give exactly the ``n`` best."""
-    rows_per_chunk = max(1, chunk_elements // in_features)
-    chunks = [(r0, min(out_features, r0 + rows_per_chunk)) for r0 in range(0, out_features, rows_per_chunk)]
+    chunk_rows = rows_per_chunk(chunk_elements, in_features)
+    chunks = [(r0, min(out_features, r0 + chunk_rows)) for r0 in range(0, out_features, chunk_rows)]
     threshold = (
         None if score_at is None else _sample_threshold(score_at, out_features * in_features, n, device)
     )
@@ -253,10 +258,10 @@ def normalization_factors(dense_grad: torch.Tensor) -> tuple[torch.Tensor, torch
     out_features, in_features = dense_grad.shape
     row_sq = torch.zeros(out_features, dtype=torch.float32, device=dense_grad.device)
     col_sq = torch.zeros(in_features, dtype=torch.float32, device=dense_grad.device)
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // in_features)
-    for r0 in range(0, out_features, rows_per_chunk):
-        chunk = dense_grad[r0 : r0 + rows_per_chunk].float().square()  # a copy: .float() of fp32 is no copy
-        row_sq[r0 : r0 + rows_per_chunk] = chunk.sum(1)
+    chunk_rows = rows_per_chunk(CHUNK_ELEMENTS, in_features)
+    for r0 in range(0, out_features, chunk_rows):
+        chunk = dense_grad[r0 : r0 + chunk_rows].float().square()  # a copy: .float() of fp32 is no copy
+        row_sq[r0 : r0 + chunk_rows] = chunk.sum(1)
         col_sq += chunk.sum(0)
     total_rms = (row_sq.sum() / dense_grad.numel()).sqrt()
     row_rms, col_rms = (row_sq / in_features).sqrt_(), (col_sq / out_features).sqrt_()
@@ -310,10 +315,10 @@ def capped_top_candidates(dense_grad: torch.Tensor, num: int, row_cap: int, col_
     out_features, in_features = dense_grad.shape
     num = min(num, dense_grad.numel())
     per_row = min(row_cap, in_features)
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // in_features)
+    chunk_rows = rows_per_chunk(CHUNK_ELEMENTS, in_features)
     positions, scores = [], []
-    for r0 in range(0, out_features, rows_per_chunk):
-        top = dense_grad[r0 : r0 + rows_per_chunk].abs().float().topk(per_row, dim=1)
+    for r0 in range(0, out_features, chunk_rows):
+        top = dense_grad[r0 : r0 + chunk_rows].abs().float().topk(per_row, dim=1)
         row_ids = torch.arange(r0, r0 + top.indices.shape[0], device=dense_grad.device)
         positions.append((row_ids[:, None] * in_features + top.indices).view(-1))
         scores.append(top.values.view(-1))

@@ -499,3 +499,10 @@ def test_default_chunks_are_2_20_scores_or_2_24_on_cuda_or_8n():
         assert grow._default_chunk(1 << 18, torch.device(device)) == 8 << 18
     assert grow._default_chunk(1000, torch.device("cuda")) == 1 << 24
     assert grow._default_chunk(1 << 22, torch.device("cuda")) == 8 << 22
+
+
+def test_rows_per_chunk_are_the_whole_rows_that_fit_and_at_least_one():
+    from spiel.selection.grow import rows_per_chunk
+
+    assert [rows_per_chunk(e, 15) for e in (45, 44, 30, 16, 15, 14, 1)] == [3, 2, 2, 1, 1, 1, 1]
+    assert rows_per_chunk(1 << 20, 4096) == 256 and rows_per_chunk(1 << 20, 1 << 21) == 1

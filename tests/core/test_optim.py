@@ -284,6 +284,16 @@ def test_linked_ages_take_one_seed_age_as_a_number_or_a_one_element_tensor_only(
             opt.reset_slots(p, torch.tensor([0, 1]), age=age)
 
 
+def test_linked_ages_refuse_a_negative_head_start():
+    p = torch.zeros(3, requires_grad=True)
+    opt = SparseAdamW([p], lr=1e-3)
+    with pytest.raises(ValueError, match="head_start is the age grown slots start at: must be >= 0, got -1"):
+        opt.link_ages(p, torch.zeros(3, dtype=torch.int32), -1)
+    assert not opt.is_linked(p)
+    opt.link_ages(p, torch.zeros(3, dtype=torch.int32), 0)  # the limit itself
+    assert opt.linked_head_start(p) == 0
+
+
 def test_unlinked_state_without_ages_is_refused():
     p = torch.zeros(3, requires_grad=True)
     opt = SparseAdamW([p], lr=1e-3)

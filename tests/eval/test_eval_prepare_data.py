@@ -36,8 +36,11 @@ def archives(tmp_path):
         _add(tar, "data/auxiliary_train/race.csv", b"q,a,b,c,d,A\n")
     (d / "test.jsonl").write_bytes((EVAL_FIXTURES / "gsm" / "test.jsonl").read_bytes())
     with zipfile.ZipFile(d / "BIG-Bench-Hard-main.zip", "w") as zf:
+        zf.writestr("BIG-Bench-Hard-main/", "")  # GitHub's archives list their directories too
         zf.writestr("BIG-Bench-Hard-main/README.md", "readme")
+        zf.writestr("BIG-Bench-Hard-main/bbh/extra/notes.json", "{}")  # deeper than a task file: not laid out
         for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
+            zf.writestr(f"BIG-Bench-Hard-main/{sub}/", "")
             for path in (EVAL_FIXTURES / "bbh" / sub).glob(f"*.{ext}"):
                 zf.writestr(f"BIG-Bench-Hard-main/{sub}/{path.name}", path.read_bytes())
     for split in ("dev", "train"):
@@ -58,6 +61,9 @@ def test_archives_are_laid_out_as_the_loaders_read_them(tmp_path, archives, monk
     assert mmlu.subjects(out) == mmlu.subjects(EVAL_FIXTURES)
     assert gsm.load_gsm(out, None) == gsm.load_gsm(EVAL_FIXTURES, None)
     assert bbh.load_tasks(out) == bbh.load_tasks(EVAL_FIXTURES)
+    assert sorted(p.name for p in (out / "bbh" / "bbh").iterdir()) == [
+        f"{t}.json" for t in bbh.task_names(EVAL_FIXTURES)
+    ]
     assert bbh.load_cot_prompt(out, "date_understanding") == bbh.load_cot_prompt(
         EVAL_FIXTURES, "date_understanding"
     )

@@ -147,6 +147,7 @@ def test_bbh_defaults_are_the_protocol(tmp_path, monkeypatch):
     assert [p["input"] for p in result["predictions"]] == drawn
     assert result["metrics"] == {"a_task": 1.0, "b_task": 1.0, "average_exact_match": 1.0, "num_examples": 80}
     assert calls[0]["max_new_tokens"] == 512 and calls[0]["batch_size"] == 4 and calls[0]["stop"] == ["\n\n"]
+    assert calls[0]["progress"] is False
     assert [ex["input"] for exs in bbh.load_tasks(tmp_path).values() for ex in exs] == drawn
     limited = bbh.evaluate_bbh(None, None, tmp_path, limit=3)
     assert [p["input"] for p in limited["predictions"]] == drawn[:3] + drawn[40:43]
