@@ -290,6 +290,22 @@ def test_growth_draws_are_fixed_by_seed_step_and_layer_for_any_seed(seed):
 
     assert draws(5, 1) == draws(5, 1)
     assert len({tuple(draws(t, i)) for t in (5, 6) for i in (0, 1)}) == 4
+    # the generator's seed is the documented mix, so a run resumed by a later version draws what it drew
+    for t, ordinal in [(5, 1), (6, 0), (10**6, 7)]:
+        expected = (seed * 1_000_003 + t * 7_919 + ordinal) % (1 << 63)
+        assert growth_generator(seed, t, ordinal, "cpu").initial_seed() == expected
+
+
+def test_normalized_growth_scores_the_mean_gradient_times_its_factors():
+    """NormalizedGradient: |mean · row_factor · col_factor| at each candidate (the factors kept as the phase's
+    scale), so a candidate in a row with a small gradient scale can outrank a larger raw gradient."""
+    from spiel.selection.rules.accumulated_gradient import NormalizedGradient, Phase
+
+    phase = Phase()
+    phase.scale = torch.tensor([0.5, 4.0, 1.0])
+    mean = torch.tensor([2.0, -0.5, -3.0])
+    scores = NormalizedGradient.scores(None, phase, mean)
+    assert scores.tolist() == [1.0, 2.0, 3.0]
 
 
 def test_static_keeps_the_initial_positions_and_trains():

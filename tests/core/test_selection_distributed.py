@@ -36,6 +36,11 @@ def ranks_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             found["sub_world"] = distributed.world_size(sub)
             found["sub_broadcast"] = distributed.broadcast_from_rank0(torch.tensor([10 * rank]), sub).tolist()
             found["sub_mean"] = distributed.all_reduce_mean_(torch.tensor([float(rank)]), sub).tolist()
+            try:  # a world of two ranks is checked too: only a world of one has nothing to compare
+                distributed.check_same_on_all_ranks(torch.tensor([rank]), "positions", sub)
+                found["sub_refused"] = None
+            except RuntimeError as e:
+                found["sub_refused"] = str(e)
         distributed.check_same_on_all_ranks(torch.tensor([5, 6]), "indices")  # the same everywhere: passes
         try:
             distributed.check_same_on_all_ranks(torch.tensor([5, 6 + (rank == 2)]), "indices")
@@ -71,6 +76,7 @@ def test_three_ranks_average_broadcast_and_refuse_a_rank_that_differs(tmp_path):
     assert got[1]["sub_world"] == got[2]["sub_world"] == 2
     assert got[1]["sub_broadcast"] == got[2]["sub_broadcast"] == [10]  # global rank 1, the subgroup's rank 0
     assert got[1]["sub_mean"] == got[2]["sub_mean"] == [1.5]
+    assert got[1]["sub_refused"] is None and "SpIEL ranks disagree on positions" in got[2]["sub_refused"]
 
 
 def ag_run(rank: int, world: int, growth: str, steps: int = 7) -> list[dict]:

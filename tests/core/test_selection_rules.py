@@ -306,3 +306,13 @@ def test_a_config_error_keeps_its_field_across_processes_and_the_knobs_list_them
     first.a.append(2)
     assert second.a == [1]  # each instance its own copy of a list default
     assert dataclasses.fields(Two)[0].metadata["help"] == "a list"
+
+
+def test_a_schedule_needs_at_least_one_step():
+    from spiel.selection.schedule import ReselectionSchedule
+
+    config = SelectionConfig(reselection_steps=4, estimation_steps=2)
+    assert ReselectionSchedule.of(1, config).total_steps == 1  # the limit itself
+    for total in (0, -3):
+        with pytest.raises(ValueError, match=f"total_steps must be >= 1, got {total}"):
+            ReselectionSchedule.of(total, config)

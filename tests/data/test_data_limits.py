@@ -308,3 +308,25 @@ def test_a_json_array_without_a_separator_after_a_record_names_the_place(tmp_pat
         DataError, match=rf"a\.json:{line}: malformed JSON \(expected ',' or '\]' between records\)"
     ):
         list(iter_records(path))
+
+
+@pytest.mark.parametrize("cap", [64, 66, 67])  # 66 and 67: caps with bit 1 set (cap | 2 is not cap + 2)
+def test_a_last_line_of_exactly_the_cap_is_a_record_and_one_byte_more_is_not(tmp_path, cap):
+    path = tmp_path / "r.jsonl"
+    for size, ok in [(cap, True), (cap + 1, False), (cap - 1, True)]:
+        path.write_bytes((record_of(10) + "\n" + record_of(size)).encode())  # no newline at the end
+        (first, _, error1), (where, record, error) = list(iter_records(path, max_record_bytes=cap))
+        assert error1 is None and where == f"{path}:2"
+        assert (error is None and record == json.loads(record_of(size))) if ok else error[0] == "too_large"
+
+
+def test_a_one_byte_cap_reads_each_line_whole_and_counts_lines(tmp_path):
+    """The smallest cap: every record is too large, each on its own line number (lines are read up to cap + 2
+    bytes, so a two-byte line is never split into two)."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"{}\n{}\n")
+    got = list(iter_records(path, max_record_bytes=1))
+    assert [(where, error[0]) for where, _, error in got] == [
+        (f"{path}:1", "too_large"),
+        (f"{path}:2", "too_large"),
+    ]

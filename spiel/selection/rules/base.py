@@ -85,5 +85,6 @@ class GrowthRule:
 
 def growth_generator(seed: int, t: int, ordinal: int, device) -> torch.Generator:
     """The random draws of one layer (the ``ordinal``-th) at the reselection of step ``t``: fixed by seed, step
-    and layer, so every rank of a data-parallel run draws the same."""
+    and layer, so every rank of a data-parallel run draws the same (and a run resumed by a later version draws
+    what it drew before: the seed is (seed·1,000,003 + t·7,919 + ordinal) mod 2**63)."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + t * 7_919 + ordinal) % (1 << 63))
