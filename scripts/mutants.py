@@ -401,6 +401,19 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/data/reader.py",
         'if raw.endswith(b"\\n") or len(raw) != cap + 2:  # the whole line (or the file\'s last one)',
     ): "raw comes from readline(cap + 2): it is never longer than cap + 2 bytes, so != is <",
+    (
+        "spiel/selection/global_budget.py",
+        "0, dtype=torch.float64 if data.dtype is not torch.float64 else torch.float32, device=data.device",
+    ): "torch dtypes are singletons: is not is !=",
+    (
+        "spiel/selection/grow.py",
+        "if eligible.numel() < 0 or n <= 0:",
+    ): "with no eligible candidate the general path returns eligible[order[:n]] of an empty order: the same "
+    "empty tensor the early return gives",
+    (
+        "spiel/selection/grow.py",
+        "if chosen.numel() != num:  # caps too tight for num entries among the offered ones: the best of the rest",
+    ): "chosen is cut to [:num] just before: never more than num, so != is <",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -19,7 +19,8 @@ def test_drop_order_rows_is_the_reference_order_with_ties():
     g = torch.Generator().manual_seed(0)
     values = torch.randn(3, 50, generator=g).round(decimals=1)  # many equal magnitudes
     references = torch.randn(3, 50, generator=g).round(decimals=1)
-    for criterion, refs in (("magnitude", None), ("change", references)):
+    # "change" built at run time, as a config file's string is (not the interned literal)
+    for criterion, refs in (("magnitude", None), ("".join(["ch", "ange"]), references)):
         got = batched.drop_order_rows(values, 20, criterion, refs)
         for i in range(3):
             score = (values[i] - (0 if refs is None else refs[i])).abs()
@@ -240,6 +241,9 @@ def test_group_chunks_on_cuda_follow_free_memory_between_floor_and_cap(monkeypat
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 1 << 40))
     assert batched.group_chunk_elements(torch.device("cuda", 0)) == expected
     assert batched.group_chunk_elements(torch.device("cpu")) == batched.GROUP_CHUNK_ELEMENTS_CPU == 1 << 22
+    assert (
+        batched.group_chunk_elements(torch.device("meta")) == 1 << 22
+    )  # another device (a name after "cuda")
 
 
 def test_ma_grow_rows_samples_only_while_four_n_is_under_the_total(monkeypatch):
