@@ -257,10 +257,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     },
     **{
         ("spiel/data/reader.py", f'fail(pos {op} 1, "extra data after the top-level array")'): (
-            "the integer pos (op 1) is pos, and text[pos] is the closing ']', not a newline: the line of pos "
-            "and of pos + 1 is the same"
+            "the integer pos (op 1) is pos (or, for |, pos or pos + 1), and text[pos] is the closing ']', not a "
+            "newline: the line of pos and of pos + 1 is the same"
         )
-        for op in ("*", "**", "//")
+        for op in ("*", "**", "//", "|")
     },
     **{
         ("spiel/data/reader.py", f'for block in iter(lambda: f.read({size}), b""):'): (
@@ -391,12 +391,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for op in ("==", ">")
     },
-    **{
-        ("spiel/data/reader.py", f"while chunk := f.read({size}):"): (
-            "_first_char reads until the first non-blank byte: the answer does not depend on the read size (> 0)"
-        )
-        for size in (" 4095", " 4097")
-    },
     (
         "spiel/data/reader.py",
         'if raw.endswith(b"\\n") or len(raw) != cap + 2:  # the whole line (or the file\'s last one)',
@@ -414,6 +408,18 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "spiel/selection/grow.py",
         "if chosen.numel() != num:  # caps too tight for num entries among the offered ones: the best of the rest",
     ): "chosen is cut to [:num] just before: never more than num, so != is <",
+    **{
+        ("spiel/data/reader.py", line): (
+            "_iter_array's pos never passes len(text) (it starts just past the '[' the file begins with, and "
+            "_skip_ws and raw_decode never return more than len(text)): != len(text) is < len(text), == is >="
+        )
+        for line in (
+            'if pos != len(text) and text[pos] == "]":',
+            'elif pos != len(text) and text[pos] == "]":',
+            'if pos != len(text) and text[pos] == ",":',
+            "if pos == len(text):",
+        )
+    },
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -238,8 +238,12 @@ def test_blank_lines_are_skipped_and_the_records_after_them_keep_their_line_numb
 
 @pytest.mark.parametrize(
     "text, line",
-    [('[{"a": 1},\n {"a": 2}]\n\n{"a": 3}\n', 2), ('[{"a": 1},\n {"a": 2}\n\n]\n{"a": 3}', 4)],
-    ids=["after-the-last-record", "on-a-line-of-its-own"],
+    [
+        ('[{"a": 1},\n {"a": 2}]\n\n{"a": 3}\n', 2),
+        ('[{"a": 1},\n {"a": 2}\n\n]\n{"a": 3}', 4),
+        ('[{"a":1}\n]x', 2),  # the ']' at an odd position, just after a newline
+    ],
+    ids=["after-the-last-record", "on-a-line-of-its-own", "after-a-newline"],
 )
 def test_extra_data_after_the_array_is_named_at_the_line_of_the_closing_bracket(tmp_path, text, line):
     path = tmp_path / "x.json"
@@ -330,3 +334,26 @@ def test_a_one_byte_cap_reads_each_line_whole_and_counts_lines(tmp_path):
         (f"{path}:1", "too_large"),
         (f"{path}:2", "too_large"),
     ]
+
+
+def test_a_compact_array_with_no_whitespace_reads_every_record(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('[{"a":1},{"b":2},{"c":3}]')
+    assert [record for _, record, _ in iter_records(path)] == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
+def test_an_opening_bracket_alone_is_an_unfinished_array_in_a_long_file(tmp_path):
+    """Nothing but "[" and 300 blanks (past Python's small-integer cache): the end of the text is found."""
+    path = tmp_path / "open.json"
+    path.write_text("[" + " " * 300)
+    with pytest.raises(
+        DataError, match=r"open\.json:1: malformed JSON \(unexpected end of file inside the top-level array\)"
+    ):
+        list(iter_records(path))
+
+
+def test_an_array_file_that_is_not_utf8_is_refused_with_the_byte(tmp_path):
+    path = tmp_path / "u.json"
+    path.write_bytes(b'[{"a": 1}, {"a": "\xff"}]')
+    with pytest.raises(DataError, match=r"u\.json: file is not valid UTF-8 \(byte 18\)"):
+        list(iter_records(path))
