@@ -420,6 +420,31 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "if pos == len(text):",
         )
     },
+    (
+        "spiel/selection/concentration.py",
+        'shares["by_projection"][name.rsplit(".", 2)[-1]] += share',
+    ): "the last piece of a right split is the same for any maxsplit >= 1",
+    **{
+        (module, line): "the minimum of the top rank values does not depend on their order"
+        for module, line in (
+            ("spiel/selection/grow.py", "return torch.topk(sample, rank, sorted=True).values.min()"),
+            (
+                "spiel/selection/batched.py",
+                "threshold = torch.topk(sample_scores, rank, dim=1, sorted=True).values.min(dim=1).values",
+            ),
+        )
+    },
+    **{
+        (
+            "spiel/eval/metrics.py",
+            line,
+        ): "the lengths are checked to be equal just before: strict=False zips the same"
+        for line in (
+            "em = [max(squad_em(p, g) for g in golds) for p, golds in zip(predictions, gold_answers, strict=False)]",
+            "f1 = [max(squad_f1(p, g) for g in golds) for p, golds in zip(predictions, gold_answers, strict=False)]",
+            "np.mean([normalize_em(p) == normalize_em(r) for p, r in zip(predictions, references, strict=False)])",
+        )
+    },
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")
