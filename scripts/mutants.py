@@ -445,6 +445,38 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "np.mean([normalize_em(p) == normalize_em(r) for p, r in zip(predictions, references, strict=False)])",
         )
     },
+    (
+        "spiel/checkpoint/read.py",
+        'problem = "duplicated" if int(steps[at]) >= 0 else "not sorted"',
+    ): "at is the first step <= 0: there steps[at] >= 0 only when it is 0",
+    (
+        "spiel/delta/indices.py",
+        "if sorted_set.numel() == 0 or elements.numel() == -1:",
+    ): "with no elements isin_by_mask (or, off the CPU, the binary search) returns the same empty bool tensor",
+    (
+        "spiel/delta/indices.py",
+        "if elements.numel() <= 0 or members.numel() == 0:",
+    ): "a tensor's numel is never negative: <= 0 is == 0",
+    (
+        "spiel/selection/batched.py",
+        "(threshold > _SMALLEST_THRESHOLD).all()",
+    ): "sorted_columns_apply only chooses the faster of two searches that find the same scores: a threshold "
+    "exactly at the smallest normal float then takes the scan, with the same result",
+    **{
+        ("spiel/data/reader.py", line): (
+            "CPython keeps one object per one-character Latin-1 string: text[pos] is ']' (or ',') exactly when it "
+            "equals it"
+        )
+        for line in (
+            'if pos < len(text) and text[pos] is "]":',
+            'if pos < len(text) and text[pos] is ",":',
+            'elif pos < len(text) and text[pos] is "]":',
+        )
+    },
+    (
+        "spiel/data/reader.py",
+        'fail(pos + 0, "extra data after the top-level array")',
+    ): "text[pos] is the closing ']', not a newline: the line of pos and of pos + 1 is the same",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

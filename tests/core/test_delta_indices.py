@@ -109,3 +109,15 @@ def test_isin_by_mask_row_by_row_looks_each_row_up_in_its_own_members():
     assert got is not None and got.shape == elements.shape
     for row in range(4):
         assert got[row].tolist() == torch.isin(elements[row], members[row]).tolist(), row
+
+
+def test_index_dtype_is_int32_below_2_31_entries_and_int64_from_there():
+    from spiel.delta.indices import index_dtype
+
+    assert [index_dtype(n) for n in (0, 2**31 - 1, 2**31, 2**31 + 1, 2**40)] == [
+        torch.int32,
+        torch.int32,
+        torch.int64,
+        torch.int64,
+        torch.int64,
+    ]

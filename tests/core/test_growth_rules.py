@@ -522,3 +522,18 @@ def test_rows_per_chunk_are_the_whole_rows_that_fit_and_at_least_one():
 
     assert [rows_per_chunk(e, 15) for e in (45, 44, 30, 16, 15, 14, 1)] == [3, 2, 2, 1, 1, 1, 1]
     assert rows_per_chunk(1 << 20, 4096) == 256 and rows_per_chunk(1 << 20, 1 << 21) == 1
+
+
+def test_normalized_candidates_carry_their_row_times_column_factor():
+    """The phase's scale at each candidate is row_factor[r] · col_factor[c] of the first gradient's factors."""
+    from types import SimpleNamespace
+
+    from spiel.selection.grow import normalization_factors
+    from spiel.selection.rules.accumulated_gradient import NormalizedGradient
+
+    g = scaled_gradient(20, 15, seed=5)
+    candidates, scale = NormalizedGradient.candidates(None, SimpleNamespace(k=30, in_features=15), g)
+    row_factor, col_factor = normalization_factors(g)
+    rows, cols = candidates.long() // 15, candidates.long() % 15
+    torch.testing.assert_close(scale, row_factor[rows] * col_factor[cols])
+    assert candidates.numel() == 30

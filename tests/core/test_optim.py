@@ -138,7 +138,7 @@ def dense_sm3_reference(start, indices, shape, grads, lr, eps, weight_decay, mom
     return torch.tensor(values), torch.tensor(row), torch.tensor(col)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("momentum", [0.0, 0.3, 0.9])  # 0.3: below 0.5, where 1 % m is not 1 - m
 def test_sm3_matches_a_dense_reference(momentum):
     shape = (5, 7)
     indices = torch.tensor([0, 3, 6, 8, 9, 15, 20, 21, 27, 33, 34], dtype=torch.int32)
@@ -590,3 +590,22 @@ def test_defaults_are_torch_adamw_s_and_sm3_s():
         "eps": torch_defaults["eps"],
         "weight_decay": 0.0,
     }
+
+
+def test_a_loaded_state_is_the_optimizer_s_own_copy():
+    """load_state_dict copies every state tensor: changing the dict it was given (or stepping) afterwards
+    leaves the other untouched."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SparseAdamW([p], lr=1e-2)
+    p.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    kept = {k: v.clone() for k, v in saved["state"][0].items() if torch.is_tensor(v)}
+    fresh = SparseAdamW([p], lr=1e-2)
+    fresh.load_state_dict(saved)
+    for key, value in saved["state"][0].items():
+        if torch.is_tensor(value):
+            assert fresh.state[p][key] is not value
+            value.add_(7)  # the caller reuses its dict
+    for key, value in kept.items():
+        assert torch.equal(fresh.state[p][key], value), key
