@@ -150,8 +150,7 @@ def ma_grow_rows(
     srows = torch.div(sample, in_features, rounding_mode="floor")
     sample_scores = row_acc[:, srows].float() * col_acc[:, sample - srows * in_features].float()
     sample_scores.masked_fill_(isin_sorted_rows(sample.expand(L, -1).contiguous(), active.long()), -torch.inf)
-    expected = sample_size * n / total
-    rank = min(sample_size, int(1.25 * expected + 4 * expected**0.5 + 16))
+    rank = grow.threshold_rank(n, total)
     threshold = torch.topk(sample_scores, rank, dim=1, sorted=False).values.min(dim=1).values
     if not all(math.isfinite(v) for v in threshold.tolist()):
         return None

@@ -48,9 +48,14 @@ def _sample_threshold(score_at, total: int, n: int, device: torch.device) -> tor
         return None
     gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
     sample = score_at(torch.randint(total, (SAMPLE_SIZE,), generator=gen, device=device))
+    return torch.topk(sample, threshold_rank(n, total), sorted=False).values.min()
+
+
+def threshold_rank(n: int, total: int) -> int:
+    """Which of the ``SAMPLE_SIZE`` sampled scores (by rank) makes the threshold for the top ``n`` of ``total``:
+    about ``1.25·n + 4σ`` of them, so that the threshold almost always lets at least ``n`` through."""
     expected = SAMPLE_SIZE * n / total  # sample entries above the true n-th largest, on average
-    rank = min(SAMPLE_SIZE, int(1.25 * expected + 4 * expected**0.5 + 16))
-    return torch.topk(sample, rank, sorted=False).values.min()
+    return min(SAMPLE_SIZE, int(1.25 * expected + 4 * expected**0.5 + 16))
 
 
 # Gathers here use ``index_select``: on CPU several times faster than ``tensor[index]`` (29,004 of 1 Mi fp32:
