@@ -187,14 +187,34 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "removed @torch.no_grad() before def ages(self, param: torch.Tensor) -> torch.Tensor:",
     ): "ages are computed from integer state tensors (step, born, grown_at), which never require grad",
     **{
-        ("spiel/optim/sm3.py", line): "row_acc and col_acc are 1-D: dimension -1 is dimension 0"
-        for line in (
-            'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)',
-            'row_acc.scatter_reduce_( -1, rows, u, "amax", include_self=True)',
-            "u = torch.minimum(row_acc.index_select( -1, rows), col_acc.index_select(0, cols))"
-            ".addcmul_(grad, grad)",
-            "u = torch.minimum(row_acc.index_select(0, rows), col_acc.index_select( -1, cols))"
-            ".addcmul_(grad, grad)",
+        (module, line): "the tensors indexed here are 1-D: dimension -1 is dimension 0"
+        for module, line in (
+            ("spiel/optim/sm3.py", 'col_acc.scatter_reduce_( -1, cols, u, "amax", include_self=True)'),
+            ("spiel/optim/sm3.py", 'row_acc.scatter_reduce_( -1, rows, u, "amax", include_self=True)'),
+            (
+                "spiel/optim/sm3.py",
+                "u = torch.minimum(row_acc.index_select( -1, rows), col_acc.index_select(0, cols))"
+                ".addcmul_(grad, grad)",
+            ),
+            (
+                "spiel/optim/sm3.py",
+                "u = torch.minimum(row_acc.index_select(0, rows), col_acc.index_select( -1, cols))"
+                ".addcmul_(grad, grad)",
+            ),
+            ("spiel/optim/adamw.py", "[table1.to(a.device).index_select( -1, a) for a in ages],"),
+            (
+                "spiel/selection/batched.py",
+                "owner, row, column, score = (t.index_select( -1, keep) for t in (owner, row, column, score))",
+            ),
+            (
+                "spiel/selection/grow.py",
+                'first.scatter_reduce_( -1, inverse, torch.arange(draw.numel(), device=device), "amin")',
+            ),
+            (
+                "spiel/delta/merged.py",
+                "expected = self.saved.clone().index_add_( -1, torch.arange(self.saved.numel(), "
+                "device=self.saved.device), values.to(self.saved.dtype)",
+            ),
         )
     },
     (
@@ -256,11 +276,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         for size in (4095, 4097)
     },
     **{
-        ("spiel/data/reader.py", f'fail(pos {op} 1, "extra data after the top-level array")'): (
-            "the integer pos (op 1) is pos (or, for |, pos or pos + 1), and text[pos] is the closing ']', not a "
-            "newline: the line of pos and of pos + 1 is the same"
+        ("spiel/data/reader.py", f'fail({at}, "extra data after the top-level array")'): (
+            "the integer expression is pos or pos + 1, and text[pos] is the closing ']', not a newline: the line "
+            "of pos and of pos + 1 is the same"
         )
-        for op in ("*", "**", "//", "|")
+        for at in ("pos * 1", "pos ** 1", "pos // 1", "pos | 1", "pos + 0")
     },
     **{
         ("spiel/data/reader.py", f'for block in iter(lambda: f.read({size}), b""):'): (
@@ -307,19 +327,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "every write in it goes through resize_layer (itself under torch.no_grad) and it reads the values with "
     "detach(): no graph is recorded either way (test_global_budget checks the values stay graph-free leaves)",
     (
-        "spiel/selection/batched.py",
-        "owner, row, column, score = (t.index_select( -1, keep) for t in (owner, row, column, score))",
-    ): "owner, row, column and score are 1-D: dimension -1 is dimension 0",
-    (
-        "spiel/delta/merged.py",
-        "expected = self.saved.clone().index_add_( -1, torch.arange(self.saved.numel(), "
-        "device=self.saved.device), values.to(self.saved.dtype)",
-    ): "saved is 1-D: dimension -1 is dimension 0",
-    (
-        "spiel/optim/adamw.py",
-        "[table1.to(a.device).index_select( -1, a) for a in ages],",
-    ): "the bias-correction table is 1-D: dimension -1 is dimension 0",
-    (
         "spiel/optim/adamw.py",
         "steps = torch.arange(top + 1, dtype=torch.float64, device=params[ -1].device)",
     ): "the multi-tensor step's vectors share one device (checked before it runs): the last one's is the first's",
@@ -350,10 +357,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "a group holds layers of one shape and k (_sort_layers groups them so): the last one's in_features is "
     "the first's",
     (
-        "spiel/selection/grow.py",
-        'first.scatter_reduce_( -1, inverse, torch.arange(draw.numel(), device=device), "amin")',
-    ): "first is 1-D: dimension -1 is dimension 0",
-    (
         "spiel/selection/rules/accumulated_gradient.py",
         "if not self.batched_growth or any(p.candidates is None or p.steps <= 0 for p in phases):",
     ): "a phase's steps count completed steps from 0 up: never negative, so <= 0 is == 0",
@@ -365,16 +368,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         for comment in (".get: groups saved before the option lack it", "as _update")
     },
     (
-        "spiel/selection/batched.py",
-        "expected = sample_size * n // total",
-    ): "the sampled threshold only prunes: a row where fewer than n scores pass is finished by the per-matrix "
-    "rule (ok false), so the grown positions are the exact top n either way; a rank lower by at most 1.25 changes "
-    "only how often that happens",
-    (
         "spiel/selection/grow.py",
         "expected = SAMPLE_SIZE * n // total  # sample entries above the true n-th largest, on average",
-    ): "the sampled threshold only prunes: should fewer than n pass, the running top-n merge finds the exact n "
-    "best, so a rank lower by at most 1.25 changes only how often that happens",
+    ): "the sampled threshold only prunes: should fewer than n pass, the running top-n merge (or, for a batched "
+    "row, the per-matrix rule) finds the exact n best, so a rank lower by at most 1.25 changes only how often "
+    "that happens",
     (
         "spiel/selection/grow.py",
         "positions = (scores > threshold).nonzero().view(-1)",
@@ -473,10 +471,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             'elif pos < len(text) and text[pos] is "]":',
         )
     },
-    (
-        "spiel/data/reader.py",
-        'fail(pos + 0, "extra data after the top-level array")',
-    ): "text[pos] is the closing ']', not a newline: the line of pos and of pos + 1 is the same",
 }
 
 COPIED = ("spiel", "tests", "scripts", "configs", "assets", "pyproject.toml")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spiel.optim import SparseAdamW, SparseSM3
+from tests.helpers.linked_ages import linked_after_one_step
 
 
 def quadratic_grads(steps, k, seed=0):
@@ -247,17 +248,6 @@ def test_linked_ages_follow_grown_at_and_match_per_slot_ages():
     expected = adamw_reference_with_ages(start, grads, seeds, 1e-2, (0.8, 0.9), 1e-8, 0.5)
     torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
     assert opt.ages(p).tolist() == [9, 6 + head_start, 9, 9, 3 + head_start, 3 + head_start]
-
-
-def linked_after_one_step(head_start: int):
-    """Three values whose ages derive from grown_at (nothing grown yet), after one Adam step."""
-    p = torch.zeros(3, requires_grad=True)
-    grown_at = torch.zeros(3, dtype=torch.int32)
-    opt = SparseAdamW([p], lr=1e-3)
-    opt.link_ages(p, grown_at, head_start=head_start)
-    p.grad = torch.ones(3)
-    opt.step()
-    return p, grown_at, opt
 
 
 def test_linked_ages_refuse_a_different_seed_and_unlink_exactly():

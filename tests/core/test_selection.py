@@ -452,13 +452,10 @@ def test_linked_ages_survive_growth_only_with_the_same_seed_age_at_the_same_step
     from types import SimpleNamespace
 
     from spiel.selection.rules.adam_ages import keep_ages_exact
+    from tests.helpers.linked_ages import linked_after_one_step
 
     def linked_after_one_update():
-        p = nn.Parameter(torch.zeros(3))
-        opt = SparseAdamW([p], lr=1e-3)
-        opt.link_ages(p, torch.zeros(3, dtype=torch.int32), int(str(head_start)))
-        p.grad = torch.ones(3)
-        opt.step()
+        p, _, opt = linked_after_one_step(int(str(head_start)))  # a head start object of its own
         return opt, SimpleNamespace(values=p)
 
     opt, layer = linked_after_one_update()
